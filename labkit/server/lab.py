@@ -1,0 +1,144 @@
+"""The lab server of this checkout, and `connect()`: which server a lesson talks to."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from labkit.errors import ConfigError, ServerUnavailable
+from labkit.server.process import HOST, Server, mask, ping_raw
+
+URL_ENV = "LABKIT_REDIS_URL"
+LAB_SAVE = "3600 1 300 100 60 10000"
+START_HINT = "Start it with `make lab` (or `python -m labkit server start`)"
+_embedded: Server | None = None
+
+
+def home() -> Path:
+    """The checkout's root (`LABKIT_HOME`, else the folder holding labkit's pyproject.toml, else cwd)."""
+    if os.environ.get("LABKIT_HOME"):
+        return Path(os.environ["LABKIT_HOME"]).resolve()
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").exists() else Path.cwd()
+
+
+def state_dir() -> Path:
+    return home() / ".labkit"
+
+
+def _state_file() -> Path:
+    return state_dir() / "server.json"
+
+
+def read_state() -> dict[str, Any] | None:
+    """The recorded lab server, or None when none is recorded."""
+    try:
+        return json.loads(_state_file().read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _alive(state: dict[str, Any] | None) -> bool:
+    return bool(state) and ping_raw(HOST, state["port"])
+
+
+def start(engine: str | None = None) -> dict[str, Any]:
+    """Start the lab server for this checkout (or reuse the running one); return its state."""
+    state = read_state()
+    if _alive(state):
+        return state
+    data = state_dir() / "data"
+    password = state["password"] if state else None
+    server = Server(engine, directory=data, password=password, detached=True, config={"save": LAB_SAVE})
+    server.start()
+    state = {
+        "url": server.url, "port": server.port, "password": server.password, "pid": server.pid,
+        "engine": server.engine.name, "version": server.engine.version, "dir": str(data),
+        "modules": sorted(server.modules), "module_error": server.module_error, "started": time.time(),
+    }
+    _state_file().write_text(json.dumps(state, indent=2))
+    _state_file().chmod(0o600)
+    return state
+
+
+def stop() -> bool:
+    """Stop the recorded lab server; True if one was running."""
+    state = read_state()
+    _state_file().unlink(missing_ok=True)
+    if not _alive(state):
+        return False
+    try:
+        os.kill(state["pid"], signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + 10
+    while ping_raw(HOST, state["port"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return True
+
+
+def status() -> dict[str, Any]:
+    """`running`, and for a running server its masked URL, pid, engine and data directory."""
+    state = read_state()
+    if not _alive(state):
+        return {"running": False, "state_file": str(_state_file())}
+    return {"running": True, **{k: v for k, v in state.items() if k != "password"}, "url": mask(state["url"])}
+
+
+def client_for(url: str, **kwargs: Any) -> redis.Redis:
+    """A checked client for `url`: one clear error naming the (masked) URL if it cannot be used."""
+    kwargs.setdefault("decode_responses", True)
+    kwargs.setdefault("socket_connect_timeout", 3)
+    try:
+        r = redis.Redis.from_url(url, **kwargs)
+    except ValueError as err:
+        raise ConfigError(f"{mask(url)} is not a usable server URL ({err}). Expected redis://:PASSWORD@HOST:PORT/0.") from None
+    try:
+        r.ping()
+    except redis.AuthenticationError as err:
+        raise ServerUnavailable(
+            f"The server at {mask(url)} rejected the password ({err}). Check the password in the URL."
+        ) from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as err:
+        raise ServerUnavailable(
+            f"Cannot reach a server at {mask(url)} ({err}). {START_HINT} and use the URL it prints, "
+            f"or unset {URL_ENV} to let labkit start an embedded server."
+        ) from None
+    return r
+
+
+def connect(url: str | None = None, **kwargs: Any) -> redis.Redis:
+    """The client for the lab: `url`, else `LABKIT_REDIS_URL`, else this checkout's lab server,
+    else an embedded server owned by this process (stopped at exit).
+
+    Example:
+        >>> r = connect()
+        >>> r.ping()
+        True
+    """
+    url = url or os.environ.get(URL_ENV)
+    if url:
+        return client_for(url, **kwargs)
+    state = read_state()
+    if _alive(state):
+        return client_for(state["url"], **kwargs)
+    return client_for(embedded().url, **kwargs)
+
+
+def embedded() -> Server:
+    """The embedded server owned by this process, started on first use."""
+    global _embedded
+    if _embedded is None or not _embedded.is_running():
+        _embedded = Server().start()
+        mods = ", ".join(sorted(_embedded.modules)) or "no modules"
+        print(
+            f"labkit: started an embedded {_embedded.engine.name} {_embedded.engine.version} ({mods}) on "
+            f"{HOST}:{_embedded.port} for this process; it stops when the process exits. {START_HINT} to keep one."
+        )
+    return _embedded

@@ -1,0 +1,289 @@
+"""One real server process: start, readiness, failure injection, clean stop."""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from labkit.errors import ServerUnavailable
+from labkit.server.binaries import Engine, find_engine, module_paths
+
+HOST = "127.0.0.1"
+READY_TIMEOUT_S = 15.0
+_RUNNING: set[Server] = set()
+
+
+def temp_root() -> Path:
+    """Where throwaway servers keep their directories (`LABKIT_TMP`, else the system temp dir)."""
+    root = Path(os.environ.get("LABKIT_TMP") or tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now, with port+10000 free too (the cluster bus)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if port < 55535 and _port_free(port + 10000):
+            return port
+    raise ServerUnavailable("Found no free port on 127.0.0.1.")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def mask(url: str) -> str:
+    """`url` with its password replaced by ****."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0] if ":" in creds else ""
+    return f"{scheme}://{user}:****@{host}"
+
+
+def _config_lines(config: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, value in config.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, bool):
+                v = "yes" if v else "no"
+            text = str(v)
+            lines.append(f"{key.replace('_', '-')} {text if text else chr(34) * 2}")
+    return lines
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM us when the parent dies (no orphan servers)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+class Server:
+    """A real valkey-server/redis-server on 127.0.0.1, a free port and a generated password.
+
+    Example:
+        >>> with Server() as srv:
+        ...     srv.client().ping()
+        True
+    """
+
+    def __init__(
+        self,
+        engine: Engine | str | None = None,
+        *,
+        port: int | None = None,
+        password: str | None = None,
+        directory: Path | str | None = None,
+        modules: bool = True,
+        sentinel: bool = False,
+        detached: bool = False,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.engine = engine if isinstance(engine, Engine) else find_engine(engine)
+        self.host = HOST
+        self.port = port or free_port()
+        self.password = password or secrets.token_urlsafe(18)
+        self._owns_dir = directory is None
+        self.dir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="labkit-", dir=temp_root()))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.sentinel = sentinel
+        self.detached = detached
+        self.config = dict(config or {})
+        self.modules = {} if (sentinel or not modules) else module_paths()
+        self.module_error: str | None = None
+        self.proc: subprocess.Popen | None = None
+        self._pid: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """`redis://:PASSWORD@127.0.0.1:PORT/0`."""
+        return f"redis://:{self.password}@{self.host}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else self._pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "server.log"
+
+    def _base_config(self) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "bind": HOST,
+            "port": self.port,
+            "requirepass": self.password,
+            "dir": str(self.dir),
+            "logfile": str(self.log_path),
+            "daemonize": False,
+            "set-proc-title": False,
+        }
+        if not self.sentinel:
+            base |= {"masterauth": self.password, "save": "", "appendonly": False}
+        if self.modules:
+            base["loadmodule"] = [str(p) for p in self.modules.values()]
+        return base | self.config
+
+    def write_config(self, extra_lines: list[str] = ()) -> Path:
+        path = self.dir / ("sentinel.conf" if self.sentinel else "server.conf")
+        if not (self.sentinel and path.exists()):
+            path.write_text("\n".join(_config_lines(self._base_config()) + list(extra_lines)) + "\n")
+        return path
+
+    def start(self, extra_lines: list[str] = ()) -> Server:
+        """Start the process and return once it answers PING.
+
+        If the modules fail to load here, start again without them and record why in `module_error`.
+        """
+        try:
+            self._launch(self.write_config(extra_lines))
+        except ServerUnavailable as err:
+            if not self.modules:
+                raise
+            self.module_error = str(err)
+            self.modules = {}
+            (self.dir / "server.conf").unlink(missing_ok=True)
+            self._launch(self.write_config(extra_lines))
+        return self
+
+    def _launch(self, conf: Path) -> None:
+        args = [str(self.engine.server), str(conf)] + (["--sentinel"] if self.sentinel else [])
+        own_death = not self.detached and sys.platform == "linux" and threading.current_thread() is threading.main_thread()
+        self.proc = subprocess.Popen(
+            args,
+            cwd=self.dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=self.detached,
+            preexec_fn=_die_with_parent if own_death else None,
+        )
+        _RUNNING.add(self)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                _RUNNING.discard(self)
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise ServerUnavailable(
+                    f"{self.engine.name} exited at start (code {self.proc.returncode}): {self._log_tail(err)}"
+                )
+            if ping_raw(self.host, self.port):
+                return
+            time.sleep(0.004)
+        self.kill()
+        raise ServerUnavailable(f"{self.engine.name} on port {self.port} did not answer PING within {timeout:.0f} s.")
+
+    def _log_tail(self, stderr: str = "") -> str:
+        text = stderr + (self.log_path.read_text(errors="replace") if self.log_path.exists() else "")
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        return " | ".join(lines[-4:]) or "no log output"
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- failure injection -------------------------------------------------------------------
+    def kill(self) -> None:
+        """SIGKILL the process, as a crash would (data not yet persisted may be lost)."""
+        if self.is_running():
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait()
+        _RUNNING.discard(self)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process is frozen, its port open and silent (a GC pause, a VM stall)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause()`."""
+        self.proc.send_signal(signal.SIGCONT)
+
+    def restart(self) -> Server:
+        """Stop (if running) and start again on the same port, password and data directory."""
+        if self.is_running():
+            self._terminate()
+        return self.start()
+
+    def _terminate(self, grace_s: float = 5.0) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        _RUNNING.discard(self)
+
+    def stop(self) -> None:
+        """Stop the process and delete its directory if labkit created it."""
+        if self.is_running():
+            self._terminate()
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
+        _RUNNING.discard(self)
+        if self._owns_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- clients -----------------------------------------------------------------------------
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A `redis.Redis` for this server (`decode_responses=True` unless overridden)."""
+        kwargs.setdefault("decode_responses", True)
+        return redis.Redis(host=self.host, port=self.port, password=self.password, **kwargs)
+
+    def info(self, section: str = "server") -> dict[str, Any]:
+        return self.client().info(section)
+
+    def __enter__(self) -> Server:
+        return self if self.is_running() else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else "stopped"
+        role = "sentinel" if self.sentinel else self.engine.name
+        return f"<Server {role} {self.host}:{self.port} pid={self.pid} {state}>"
+
+
+def ping_raw(host: str, port: int, timeout: float = 0.2) -> bool:
+    """True when something on host:port answers PING like a Redis server (+PONG or -NOAUTH)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            reply = s.recv(64)
+    except OSError:
+        return False
+    return reply.startswith(b"+PONG") or reply.startswith(b"-NOAUTH")
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_RUNNING):
+        if not server.detached:
+            server.stop()

@@ -1,0 +1,288 @@
+"""Throwaway topologies of real processes: one server, replicas, Sentinel, Cluster, independent nodes.
+
+Each is started on creation, is a context manager, and stops every member on exit even when the body
+raises. Failure timers default to 1000 ms so a lesson sees a failover in seconds; production defaults
+are much longer (Sentinel down-after-milliseconds 30000, cluster-node-timeout 15000).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+from redis.sentinel import Sentinel
+
+from labkit.errors import ConfigError, ServerUnavailable
+from labkit.server.process import HOST, Server
+
+CLUSTER_SLOTS = 16384
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.02) -> None:
+    """Poll `predicate` until true; raise ServerUnavailable naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except (redis.RedisError, OSError):
+            pass
+        time.sleep(every)
+    raise ServerUnavailable(f"Timed out after {timeout:.0f} s waiting for {what}.")
+
+
+def spawn(engine: str | None = None, *, modules: bool = True, **config: Any) -> Server:
+    """A dedicated, started server; `config` becomes server directives (`maxmemory="10mb"`).
+
+    Example:
+        >>> with spawn(maxmemory="2mb", maxmemory_policy="allkeys-lru") as srv:
+        ...     srv.client().config_get("maxmemory-policy")
+        {'maxmemory-policy': 'allkeys-lru'}
+    """
+    return Server(engine, modules=modules, config=config).start()
+
+
+class Topology:
+    """Several servers stopped together; a context manager."""
+
+    def __init__(self) -> None:
+        self.servers: list[Server] = []
+
+    def _add(self, server: Server) -> Server:
+        self.servers.append(server)
+        server.start()
+        return server
+
+    def stop(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()
+
+    def __enter__(self) -> Topology:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _guard(self, build: Callable[[], None]) -> None:
+        try:
+            build()
+        except BaseException:
+            self.stop()
+            raise
+
+
+FAST_SYNC = {"repl-diskless-sync-delay": 0}
+
+
+def _link_up(replica: Server) -> bool:
+    return replica.client().info("replication").get("master_link_status") == "up"
+
+
+class Replicated(Topology):
+    """A primary and `replicas` replicas, all linked and in sync."""
+
+    def __init__(self, replicas: int = 1, engine: str | None = None, **config: Any) -> None:
+        super().__init__()
+        if replicas < 1:
+            raise ConfigError(f"replicas must be at least 1, got {replicas}.")
+        self.replicas: list[Server] = []
+        self._guard(lambda: self._build(replicas, engine, config))
+
+    def _build(self, replicas: int, engine: str | None, config: dict[str, Any]) -> None:
+        config = FAST_SYNC | config
+        self.primary = self._add(Server(engine, modules=False, config=config))
+        for _ in range(replicas):
+            replica_config = config | {"replicaof": f"{HOST} {self.primary.port}"}
+            replica = self._add(Server(engine, password=self.primary.password, modules=False, config=replica_config))
+            self.replicas.append(replica)
+        for replica in self.replicas:
+            wait_until(lambda r=replica: _link_up(r), 15, f"replica {replica.port} to sync")
+
+
+def replicated(replicas: int = 1, engine: str | None = None, **config: Any) -> Replicated:
+    """A started primary with `replicas` synced replicas (`.primary`, `.replicas`, `.servers`)."""
+    return Replicated(replicas, engine, **config)
+
+
+class SentinelTopology(Replicated):
+    """A replicated set watched by `sentinels` Sentinel processes under `master_name`."""
+
+    def __init__(
+        self,
+        replicas: int = 1,
+        sentinels: int = 3,
+        *,
+        master_name: str = "labmaster",
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 10000,
+        engine: str | None = None,
+    ) -> None:
+        if sentinels < 1:
+            raise ConfigError(f"sentinels must be at least 1, got {sentinels}.")
+        self.master_name = master_name
+        self.quorum = sentinels // 2 + 1
+        self.sentinels: list[Server] = []
+        super().__init__(replicas, engine)
+        self._guard(lambda: self._watch(sentinels, down_after_ms, failover_timeout_ms, engine))
+
+    def _watch(self, count: int, down_after_ms: int, failover_ms: int, engine: str | None) -> None:
+        password = self.primary.password
+        lines = [
+            f"sentinel monitor {self.master_name} {HOST} {self.primary.port} {self.quorum}",
+            f"sentinel down-after-milliseconds {self.master_name} {down_after_ms}",
+            f"sentinel failover-timeout {self.master_name} {failover_ms}",
+            f"sentinel auth-pass {self.master_name} {password}",
+            f"sentinel sentinel-pass {password}",
+        ]
+        for _ in range(count):
+            sentinel = Server(engine, password=password, sentinel=True)
+            self.servers.append(sentinel)
+            self.sentinels.append(sentinel.start(lines))
+        wait_until(self._all_sentinels_see_everyone, 30, "the sentinels to discover each other and the replicas")
+
+    def _all_sentinels_see_everyone(self) -> bool:
+        for sentinel in self.sentinels:
+            state = sentinel.client().sentinel_master(self.master_name)
+            if state["num-other-sentinels"] != len(self.sentinels) - 1 or state["num-slaves"] != len(self.replicas):
+                return False
+        return True
+
+    def sentinel_client(self, **kwargs: Any) -> Sentinel:
+        """A redis-py `Sentinel` that knows every sentinel and the data password."""
+        kwargs.setdefault("decode_responses", True)
+        return Sentinel(
+            [(s.host, s.port) for s in self.sentinels],
+            sentinel_kwargs={"password": self.primary.password},
+            password=self.primary.password,
+            **kwargs,
+        )
+
+    def master_address(self) -> tuple[str, int]:
+        """The primary's address as the sentinels currently report it."""
+        host, port = self.sentinels[0].client().sentinel_get_master_addr_by_name(self.master_name)
+        return host, int(port)
+
+    def master_for(self, **kwargs: Any) -> redis.Redis:
+        """A client that follows the primary through failovers."""
+        return self.sentinel_client(**kwargs).master_for(self.master_name)
+
+
+def sentinel(replicas: int = 1, sentinels: int = 3, **kwargs: Any) -> SentinelTopology:
+    """A started primary, `replicas` replicas and `sentinels` sentinels (see `SentinelTopology`)."""
+    return SentinelTopology(replicas, sentinels, **kwargs)
+
+
+class Cluster(Topology):
+    """`primaries` primaries sharing the 16384 slots, each with `replicas` replicas."""
+
+    def __init__(
+        self, primaries: int = 3, replicas: int = 1, *, node_timeout_ms: int = 1000, engine: str | None = None
+    ) -> None:
+        super().__init__()
+        if primaries < 1 or replicas < 0:
+            raise ConfigError(f"Need primaries >= 1 and replicas >= 0, got {primaries} and {replicas}.")
+        self.primaries: list[Server] = []
+        self.replicas: list[Server] = []
+        self._guard(lambda: self._build(primaries, replicas, node_timeout_ms, engine))
+
+    def _build(self, primaries: int, replicas: int, node_timeout_ms: int, engine: str | None) -> None:
+        config = FAST_SYNC | {"cluster-enabled": True, "cluster-config-file": "nodes.conf", "cluster-node-timeout": node_timeout_ms}
+        first = None
+        for i in range(primaries * (1 + replicas)):
+            node = self._add(Server(engine, password=first.password if first else None, modules=False, config=config))
+            first = first or node
+            (self.primaries if i < primaries else self.replicas).append(node)
+        self._assign_slots()
+        for node in self.servers[1:]:
+            first.client().cluster("meet", HOST, node.port)
+        total = len(self.servers)
+        wait_until(lambda: all(len(_cluster_nodes(n)) == total for n in self.servers), 30, "every node to meet")
+        for i, replica in enumerate(self.replicas):
+            primary_id = self.node_id(self.primaries[i % primaries])
+            wait_until(lambda r=replica, p=primary_id: r.client().cluster("replicate", p), 15, "CLUSTER REPLICATE")
+        wait_until(self._healthy, 60, "cluster_state:ok on every node")
+
+    def _assign_slots(self) -> None:
+        count = len(self.primaries)
+        for i, node in enumerate(self.primaries):
+            first, last = i * CLUSTER_SLOTS // count, (i + 1) * CLUSTER_SLOTS // count - 1
+            node.client().execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+
+    def _healthy(self) -> bool:
+        live = [n for n in self.servers if n.is_running()]
+        if not all(n.client().cluster("info")["cluster_state"] == "ok" for n in live):
+            return False
+        return all(_link_up(n) for n in live if n.client().info("replication")["role"] == "slave")
+
+    @staticmethod
+    def node_id(node: Server) -> str:
+        return node.client().execute_command("CLUSTER", "MYID")
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        """Block until every running node reports cluster_state:ok and replicas are linked."""
+        wait_until(self._healthy, timeout, "cluster_state:ok on every node")
+
+    def client(self, **kwargs: Any) -> RedisCluster:
+        """A cluster-aware client seeded with every node."""
+        from redis.cluster import ClusterNode
+
+        kwargs.setdefault("decode_responses", True)
+        seeds = [ClusterNode(n.host, n.port) for n in self.servers if n.is_running()]
+        return RedisCluster(startup_nodes=seeds, password=self.servers[0].password, **kwargs)
+
+    def primary_for(self, key: str) -> Server:
+        """The node that currently serves `key`'s slot as a primary."""
+        live = [n for n in self.servers if n.is_running()]
+        slot = live[0].client().cluster("keyslot", key)
+        for node in live:
+            if node.client().info("replication")["role"] == "master":
+                if any(lo <= slot <= hi for lo, hi in _own_slots(node)):
+                    return node
+        raise ServerUnavailable(f"No running primary serves slot {slot}.")
+
+
+def _cluster_nodes(node: Server) -> dict:
+    return node.client().cluster("nodes")
+
+
+def _own_slots(node: Server) -> list[tuple[int, int]]:
+    line = next(ln for ln in node.client().execute_command("CLUSTER", "NODES").splitlines() if "myself" in ln)
+    ranges = []
+    for part in line.split()[8:]:
+        if part.startswith("["):
+            continue
+        lo, _, hi = part.partition("-")
+        ranges.append((int(lo), int(hi or lo)))
+    return ranges
+
+
+def cluster(primaries: int = 3, replicas: int = 1, **kwargs: Any) -> Cluster:
+    """A started cluster (`.primaries`, `.replicas`, `.servers`, `.client()`)."""
+    return Cluster(primaries, replicas, **kwargs)
+
+
+class Nodes(Topology, list):
+    """`n` independent servers (for Redlock); also a list of `Server`s."""
+
+    def __init__(self, n: int, engine: str | None = None, **config: Any) -> None:
+        Topology.__init__(self)
+        if n < 1:
+            raise ConfigError(f"n must be at least 1, got {n}.")
+        self._guard(lambda: [self._add(Server(engine, modules=False, config=config)) for _ in range(n)])
+        list.extend(self, self.servers)
+
+    def clients(self, **kwargs: Any) -> list[redis.Redis]:
+        return [s.client(**kwargs) for s in self.servers]
+
+    def __enter__(self) -> Nodes:
+        return self
+
+    __hash__ = object.__hash__
+
+
+def nodes(n: int = 3, engine: str | None = None, **config: Any) -> Nodes:
+    """`n` started independent servers; `with nodes(3) as servers:` gives a list of `Server`s."""
+    return Nodes(n, engine, **config)

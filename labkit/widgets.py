@@ -1,0 +1,145 @@
+"""Live views: a background thread samples numbers a few times a second and redraws a widget.
+
+They run the same way in JupyterLab (updating live) and headless under nbval: bounded in time, each
+ends by showing a static figure and returning a one-line summary. Widgets read numbers (INFO, XINFO,
+a pattern's `.stats`); they never import the pattern modules.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ipywidgets as w
+import redis
+from IPython.display import Image, display
+from matplotlib.figure import Figure
+
+Sample = dict[str, float]
+Workload = Callable[[threading.Event], None]
+
+
+@dataclass
+class MonitorResult:
+    """What a monitor saw: the time axis, one list per series, and a one-line summary."""
+
+    times: list[float] = field(default_factory=list)
+    series: dict[str, list[float]] = field(default_factory=dict)
+    summary: str = ""
+    png: bytes = b""
+
+    def mean(self, name: str) -> float:
+        values = self.series[name]
+        return sum(values) / len(values) if values else 0.0
+
+    def peak(self, name: str) -> float:
+        return max(self.series[name], default=0.0)
+
+
+class LiveMonitor:
+    """Samples `sample()` every `interval` s for `duration` s while a workload runs; draws the series."""
+
+    title = "live monitor"
+    unit = ""
+
+    def __init__(self, sample: Callable[[], Sample], *, duration: float = 3.0, interval: float = 0.2) -> None:
+        if duration <= 0 or interval <= 0:
+            raise ValueError(f"duration and interval must be positive, got {duration} and {interval}.")
+        self.sample, self.duration, self.interval = sample, duration, interval
+        self.result = MonitorResult()
+        self.label = w.HTML(f"<b>{self.title}</b>: starting…")
+        self.plot = w.Output()
+        self.view = w.VBox([self.label, self.plot])
+
+    def run(self, workload: Workload | None = None) -> MonitorResult:
+        """Show the live view, run `workload(stop_event)` in a thread, return when `duration` is over."""
+        display(self.view)
+        stop, errors = threading.Event(), []
+        worker = threading.Thread(target=_capture_errors, args=(workload, stop, errors), daemon=True) if workload else None
+        if worker:
+            worker.start()
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < self.duration:
+            self._record(elapsed, self.sample())
+            self._redraw()
+            time.sleep(self.interval)
+        stop.set()
+        if worker:
+            worker.join()
+        if errors:
+            raise errors[0]
+        return self._finish()
+
+    def _record(self, t: float, sample: Sample) -> None:
+        self.result.times.append(round(t, 3))
+        for name, value in sample.items():
+            self.result.series.setdefault(name, []).append(value)
+
+    def _redraw(self) -> None:
+        self.label.value = f"<b>{self.title}</b>: {self.describe()}"
+        png = self.render()
+        self.plot.outputs = ({"output_type": "display_data", "metadata": {},
+                              "data": {"image/png": base64.b64encode(png).decode(), "text/plain": self.title}},)
+
+    def _finish(self) -> MonitorResult:
+        self.result.summary = f"{self.title}: {self.describe()}"
+        self.result.png = self.render()
+        self.label.value = f"<b>{self.title}</b> (done): {self.describe()}"
+        display(Image(self.result.png))
+        print(self.result.summary)
+        return self.result
+
+    def describe(self) -> str:
+        """One line about the latest numbers (subclasses say more)."""
+        parts = [f"{name} {values[-1]:,.0f}{self.unit}" for name, values in self.result.series.items() if values]
+        return ", ".join(parts) or "no samples yet"
+
+    def render(self) -> bytes:
+        fig = Figure(figsize=(7, 2.6), dpi=90)
+        ax = fig.add_subplot()
+        for name, values in self.result.series.items():
+            ax.plot(self.result.times[: len(values)], values, label=name)
+        ax.set(title=self.title, xlabel="seconds", xlim=(0, self.duration))
+        ax.grid(alpha=0.3)
+        if self.result.series:
+            ax.legend(loc="upper left", fontsize=8)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+
+
+def _capture_errors(workload: Workload, stop: threading.Event, errors: list[BaseException]) -> None:
+    try:
+        workload(stop)
+    except BaseException as err:  # re-raised in the cell's thread
+        errors.append(err)
+        stop.set()
+
+
+class OpsMonitor(LiveMonitor):
+    """Commands per second the server processes (from INFO's total_commands_processed)."""
+
+    title = "server ops/s"
+    unit = " ops/s"
+
+    def __init__(self, r: redis.Redis, **kwargs: float) -> None:
+        self.r = r
+        self._last: tuple[float, int] | None = None
+        super().__init__(self._ops_per_second, **kwargs)
+
+    def _ops_per_second(self) -> Sample:
+        now, total = time.monotonic(), int(self.r.info("stats")["total_commands_processed"])
+        last, self._last = self._last, (now, total)
+        rate = 0.0 if last is None else (total - last[1]) / (now - last[0])
+        return {"ops/s": rate}
+
+    def describe(self) -> str:
+        ops = self.result.series.get("ops/s", [])
+        if not ops:
+            return "no samples yet"
+        return f"now {ops[-1]:,.0f} ops/s, peak {max(ops):,.0f} ops/s over {self.result.times[-1]:.1f} s"
