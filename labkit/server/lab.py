@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from labkit.errors import ConfigError, ServerUnavailable
 from labkit.server.process import HOST, Server, mask, ping_raw
@@ -97,10 +99,12 @@ def client_for(url: str, **kwargs: Any) -> redis.Redis:
     kwargs.setdefault("socket_connect_timeout", 3)
     try:
         r = redis.Redis.from_url(url, **kwargs)
+        probe = redis.Redis.from_url(url, **kwargs | {"retry": Retry(NoBackoff(), 0)})
     except ValueError as err:
         raise ConfigError(f"{mask(url)} is not a usable server URL ({err}). Expected redis://:PASSWORD@HOST:PORT/0.") from None
     try:
-        r.ping()
+        with probe:
+            probe.ping()
     except redis.AuthenticationError as err:
         raise ServerUnavailable(
             f"The server at {mask(url)} rejected the password ({err}). Check the password in the URL."

@@ -1,0 +1,131 @@
+"""labkit.server against real processes: start, readiness, security, failure injection, restart."""
+
+import os
+import socket
+import time
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+import labkit
+from labkit.server import Server, available_engines, capabilities, find_engine, module_paths, spawn
+from labkit.server.process import mask, ping_raw
+
+
+ONCE = {"retry": Retry(NoBackoff(), 0)}
+
+
+def _non_loopback_ip() -> str | None:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # no packet is sent; this only picks the outgoing interface
+            ip = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if ip.startswith("127.") else ip
+
+
+def test_start_answers_ping_and_stop_removes_everything():
+    server = Server(modules=False).start()
+    assert server.client().ping() is True
+    directory, pid = server.dir, server.pid
+    server.stop()
+    assert not ping_raw(server.host, server.port)
+    assert not directory.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_password_is_required_and_generated():
+    with spawn(modules=False) as a, spawn(modules=False) as b:
+        assert a.password != b.password and len(a.password) >= 20
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=a.port, **ONCE).ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=a.port, password="wrong", **ONCE).ping()
+        assert a.client().ping()
+
+
+def test_bound_to_loopback_only():
+    with spawn(modules=False) as srv:
+        assert srv.client().config_get("bind")["bind"] == "127.0.0.1"
+        ip = _non_loopback_ip()
+        if ip:
+            with pytest.raises(OSError), socket.create_connection((ip, srv.port), timeout=1):
+                pass
+
+
+def test_spawn_passes_config_and_loads_modules():
+    with spawn(maxmemory="3mb", maxmemory_policy="allkeys-lru") as srv:
+        c = srv.client()
+        assert c.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
+        assert int(c.config_get("maxmemory")["maxmemory"]) == 3 * 1024 * 1024
+        caps = capabilities(c)
+        assert caps.engine == "valkey" and caps.version_tuple >= (9,)
+        assert caps.search == ("search" in module_paths()) and caps.json == ("json" in module_paths())
+        assert caps.has("GET") and caps.hash_field_expiration
+
+
+def test_pause_freezes_and_resume_thaws():
+    with spawn(modules=False) as srv:
+        c = srv.client(socket_timeout=0.3, **ONCE)
+        srv.pause()
+        with pytest.raises(redis.TimeoutError):
+            c.ping()
+        srv.resume()
+        assert srv.client().ping()
+
+
+def test_kill_then_restart_keeps_data_with_aof():
+    with spawn(modules=False, appendonly="yes", appendfsync="always") as srv:
+        srv.client().set("survivor", "yes")
+        old_pid = srv.pid
+        srv.kill()
+        assert not ping_raw(srv.host, srv.port)
+        srv.restart()
+        assert srv.pid != old_pid
+        assert srv.client().get("survivor") == "yes"
+
+
+def test_without_persistence_restart_loses_data():
+    with spawn(modules=False) as srv:
+        srv.client().set("ghost", "yes")
+        srv.kill()
+        srv.restart()
+        assert srv.client().get("ghost") is None
+
+
+def test_bad_config_fails_with_the_servers_reason():
+    with pytest.raises(labkit.ServerUnavailable, match="exited at start.*maxmemory-policy"):
+        spawn(modules=False, maxmemory_policy="sometimes")
+
+
+def test_unknown_engine_and_missing_engine_say_what_to_do(monkeypatch):
+    with pytest.raises(labkit.ConfigError, match="choose one of"):
+        find_engine("memcached")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(labkit.ServerUnavailable, match="apt-get install redis-server"):
+        find_engine("redis")
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_every_installed_engine_starts(engine):
+    with Server(engine, modules=False) as srv:
+        caps = capabilities(srv.client())
+        assert caps.version == find_engine(engine).version
+
+
+def test_readiness_is_polled_not_slept():
+    started = time.perf_counter()
+    with Server(modules=False) as srv:
+        elapsed = time.perf_counter() - started
+        assert srv.client().ping()
+    assert elapsed < 5  # a generous bound; the benchmark reports the real figure (~40 ms)
+
+
+def test_mask_hides_the_password():
+    assert mask("redis://:s3cret@127.0.0.1:1/0") == "redis://:****@127.0.0.1:1/0"
+    assert mask("redis://user:s3cret@h:1") == "redis://user:****@h:1"
+    assert mask("redis://h:1") == "redis://h:1"

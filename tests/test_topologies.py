@@ -1,0 +1,63 @@
+"""Replication, Sentinel, Cluster and independent nodes, as real processes, with real failovers."""
+
+import pytest
+
+import labkit
+from labkit.server import cluster, nodes, replicated, sentinel
+from labkit.server.process import ping_raw
+from labkit.server.topology import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def test_replicated_copies_writes():
+    with replicated(replicas=2) as topo:
+        topo.primary.client().set("k", "v")
+        topo.primary.client().wait(2, 2000)
+        assert [r.client().get("k") for r in topo.replicas] == ["v", "v"]
+        assert all(r.client().info("replication")["role"] == "slave" for r in topo.replicas)
+
+
+def test_sentinel_fails_over_after_the_primary_is_killed():
+    with sentinel(replicas=1, sentinels=3, down_after_ms=1000) as topo:
+        assert topo.master_address() == ("127.0.0.1", topo.primary.port)
+        client = topo.master_for(socket_timeout=1)
+        client.set("before", "1")
+        topo.primary.client().wait(1, 2000)
+        topo.primary.kill()
+        wait_until(lambda: topo.master_address()[1] == topo.replicas[0].port, 30, "the failover")
+        assert topo.master_for().get("before") == "1"
+        assert topo.replicas[0].client().info("replication")["role"] == "master"
+
+
+def test_cluster_serves_keys_and_fails_over_after_a_kill():
+    with cluster(primaries=3, replicas=1, node_timeout_ms=1000) as topo:
+        rc = topo.client()
+        rc.mset_nonatomic({f"key{i}": i for i in range(100)})
+        victim = topo.primary_for("key7")
+        victim.client().wait(1, 2000)
+        victim.kill()
+        wait_until(lambda: topo.primary_for("key7") is not victim, 30, "a replica to take over")
+        topo.wait_healthy()
+        assert topo.client().get("key7") == "7"
+
+
+def test_nodes_are_independent():
+    with nodes(3) as servers:
+        assert len(servers) == 3 and len({s.port for s in servers}) == 3
+        servers[0].client().set("only-here", 1)
+        assert [s.client().exists("only-here") for s in servers] == [1, 0, 0]
+
+
+def test_topology_cleans_up_when_the_body_raises():
+    with pytest.raises(RuntimeError, match="boom"), replicated(replicas=1) as topo:
+        members = list(topo.servers)
+        raise RuntimeError("boom")
+    assert not any(ping_raw(s.host, s.port) for s in members)
+    assert not any(s.dir.exists() for s in members)
+
+
+def test_bad_sizes_are_config_errors():
+    for build in (lambda: replicated(0), lambda: cluster(0), lambda: nodes(0), lambda: sentinel(sentinels=0)):
+        with pytest.raises(labkit.ConfigError):
+            build()
