@@ -17,7 +17,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     if args.action == "start":
         state = lab.start(args.engine)
         mods = ", ".join(state["modules"]) or "none"
-        print(f"lab server: {state['engine']} {state['version']} at {mask(state['url'])} (pid {state['pid']}, modules: {mods})")
+        where = f"{mask(state['url'])} (pid {state['pid']}, modules: {mods})"
+        print(f"lab server: {state['engine']} {state['version']} at {where}")
         if state.get("module_error"):
             print(f"  modules did not load: {state['module_error']}")
         print(f"  data in {state['dir']}; full URL (with password) in {lab.state_dir() / 'server.json'}")

@@ -31,7 +31,7 @@ def bench_server(runs: int = 20) -> list[Row]:
     for name in available_engines():
         rows.append((f"{name} spawn-to-PING", median_of(runs, lambda n=name: spawn_to_ping_ms(n, modules=False))))
         if name == "valkey9":
-            rows.append((f"{name} + search/JSON modules", median_of(runs, lambda: spawn_to_ping_ms(name))))
+            rows.append((f"{name} + search/JSON modules", median_of(runs, lambda n=name: spawn_to_ping_ms(n))))
     return rows
 
 

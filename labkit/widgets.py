@@ -59,8 +59,9 @@ class LiveMonitor:
         """Show the live view, run `workload(stop_event)` in a thread, return when `duration` is over."""
         display(self.view)
         stop, errors = threading.Event(), []
-        worker = threading.Thread(target=_capture_errors, args=(workload, stop, errors), daemon=True) if workload else None
-        if worker:
+        worker = None
+        if workload:
+            worker = threading.Thread(target=_capture_errors, args=(workload, stop, errors), daemon=True)
             worker.start()
         started = time.monotonic()
         while (elapsed := time.monotonic() - started) < self.duration:
@@ -89,6 +90,7 @@ class LiveMonitor:
         self.result.summary = f"{self.title}: {self.describe()}"
         self.result.png = self.render()
         self.label.value = f"<b>{self.title}</b> (done): {self.describe()}"
+        self.plot.outputs = ()  # the static figure below replaces the live one
         display(Image(self.result.png))
         print(self.result.summary)
         return self.result

@@ -13,7 +13,6 @@ import labkit
 from labkit.server import Server, available_engines, capabilities, find_engine, module_paths, spawn
 from labkit.server.process import mask, ping_raw
 
-
 ONCE = {"retry": Retry(NoBackoff(), 0)}
 
 
@@ -98,7 +97,7 @@ def test_without_persistence_restart_loses_data():
 
 
 def test_bad_config_fails_with_the_servers_reason():
-    with pytest.raises(labkit.ServerUnavailable, match="exited at start.*maxmemory-policy"):
+    with pytest.raises(labkit.ServerUnavailable, match=r"exited at start.*maxmemory-policy"):
         spawn(modules=False, maxmemory_policy="sometimes")
 
 

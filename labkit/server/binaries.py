@@ -35,7 +35,7 @@ class Engine:
         return _version_of(str(self.server))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _version_of(path: str) -> str:
     out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
     return next((w[2:] for w in out.split() if w.startswith("v=")), out.strip())

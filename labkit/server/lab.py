@@ -101,7 +101,8 @@ def client_for(url: str, **kwargs: Any) -> redis.Redis:
         r = redis.Redis.from_url(url, **kwargs)
         probe = redis.Redis.from_url(url, **kwargs | {"retry": Retry(NoBackoff(), 0)})
     except ValueError as err:
-        raise ConfigError(f"{mask(url)} is not a usable server URL ({err}). Expected redis://:PASSWORD@HOST:PORT/0.") from None
+        expected = "Expected redis://:PASSWORD@HOST:PORT/0."
+        raise ConfigError(f"{mask(url)} is not a usable server URL ({err}). {expected}") from None
     try:
         with probe:
             probe.ping()

@@ -171,7 +171,8 @@ class Server:
 
     def _launch(self, conf: Path) -> None:
         args = [str(self.engine.server), str(conf)] + (["--sentinel"] if self.sentinel else [])
-        own_death = not self.detached and sys.platform == "linux" and threading.current_thread() is threading.main_thread()
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        own_death = not self.detached and sys.platform == "linux" and in_main_thread
         self.proc = subprocess.Popen(
             args,
             cwd=self.dir,

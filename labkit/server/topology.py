@@ -189,7 +189,9 @@ class Cluster(Topology):
         self._guard(lambda: self._build(primaries, replicas, node_timeout_ms, engine))
 
     def _build(self, primaries: int, replicas: int, node_timeout_ms: int, engine: str | None) -> None:
-        config = FAST_SYNC | {"cluster-enabled": True, "cluster-config-file": "nodes.conf", "cluster-node-timeout": node_timeout_ms}
+        config = FAST_SYNC | {
+            "cluster-enabled": True, "cluster-config-file": "nodes.conf", "cluster-node-timeout": node_timeout_ms,
+        }
         first = None
         for i in range(primaries * (1 + replicas)):
             node = self._add(Server(engine, password=first.password if first else None, modules=False, config=config))
@@ -238,9 +240,9 @@ class Cluster(Topology):
         live = [n for n in self.servers if n.is_running()]
         slot = live[0].client().cluster("keyslot", key)
         for node in live:
-            if node.client().info("replication")["role"] == "master":
-                if any(lo <= slot <= hi for lo, hi in _own_slots(node)):
-                    return node
+            is_primary = node.client().info("replication")["role"] == "master"
+            if is_primary and any(lo <= slot <= hi for lo, hi in _own_slots(node)):
+                return node
         raise ServerUnavailable(f"No running primary serves slot {slot}.")
 
 

@@ -1,0 +1,96 @@
+"""A real browser: JupyterLab on 127.0.0.1, lesson 00 run from the Run menu, its widget rendered."""
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from labkit.server.process import free_port, temp_root
+
+from .notebooks import NOTEBOOKS
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = Path(__file__).resolve().parents[1] / "build" / "browser"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def jupyterlab():
+    """JupyterLab serving a copy of the notebooks (so the browser never writes into the checkout)."""
+    work = Path(tempfile.mkdtemp(prefix="labkit-browser-", dir=temp_root()))
+    shutil.copytree(NOTEBOOKS, work / "notebooks")
+    port, token = free_port(), secrets.token_hex(16)
+    log = open(work / "jupyter.log", "w")  # noqa: SIM115 (closed after JupyterLab stops)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+         f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+         f"--ServerApp.root_dir={work}", "--allow-root",
+         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=1) as resp:
+                json.load(resp)
+            break
+        except OSError:
+            assert proc.poll() is None, (work / "jupyter.log").read_text()[-2000:]
+            time.sleep(0.2)
+    yield base, token
+    request = urllib.request.Request(f"{base}/api/shutdown?token={token}", method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=5)
+        proc.wait(20)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+    log.close()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def test_lesson_00_runs_in_jupyterlab_and_its_widget_renders(jupyterlab):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not here and `make test` could not install it (needs root + apt-get)")
+    from playwright.sync_api import sync_playwright
+
+    base, token = jupyterlab
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{base}/lab/tree/notebooks/00_setup.ipynb?token={token}")
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+            news = page.get_by_role("button", name="No")
+            if news.count():
+                news.first.click()
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").click()
+            page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+            widget = page.locator(".widget-vbox .widget-html", has_text="server ops/s")
+            live_plot = page.locator(".widget-vbox .widget-output img")
+            live_plot.first.wait_for(timeout=90_000)
+            page.locator(".widget-vbox .widget-html", has_text=re.compile(r"over [12]\.\d s")).wait_for(timeout=30_000)
+            live_plot.first.scroll_into_view_if_needed()
+            page.screenshot(path=str(SHOTS / "00_setup.png"))
+            assert "ops/s" in widget.inner_text()
+            page.locator(".widget-vbox .widget-html", has_text="(done)").wait_for(timeout=90_000)
+            page.get_by_text("deleted", exact=False).last.wait_for(timeout=90_000)
+            errors = page.get_by_text("Traceback (most recent call last)").count()
+            assert errors == 0, "a cell failed in the browser"
+        finally:
+            page.screenshot(path=str(SHOTS / "00_setup_last.png"))
+            browser.close()
+    assert (SHOTS / "00_setup.png").stat().st_size > 10_000

@@ -1,0 +1,74 @@
+"""`python -m labkit ...` as a user runs it: in a subprocess, against real servers."""
+
+import subprocess
+import sys
+
+from labkit import bench
+from labkit.server.lab import URL_ENV
+
+
+def labkit_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "labkit", *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def _env_without_url(lab_home):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != URL_ENV}
+    return env | {"LABKIT_HOME": str(lab_home)}
+
+
+def test_server_start_status_stop(lab_home):
+    env = _env_without_url(lab_home)
+    started = labkit_cli("server", "start", env=env)
+    assert started.returncode == 0 and "lab server: valkey9" in started.stdout and "****" in started.stdout
+    assert labkit_cli("server", "status", env=env).returncode == 0
+    url = labkit_cli("url", env=env).stdout.strip()
+    assert url.startswith("redis://:") and "****" not in url
+    assert labkit_cli("server", "stop", env=env).stdout.strip() == "lab server stopped."
+    assert labkit_cli("server", "status", env=env).returncode == 3
+
+
+def test_reset_deletes_lab_keys_on_the_lab_server_only(r):
+    r.mset({"lab:cli-test:a": 1, "lab:cli-test:b": 2, "cli-test-outside": 3})
+    try:
+        out = labkit_cli("reset")
+        assert out.returncode == 0 and "deleted" in out.stdout
+        assert r.exists("lab:cli-test:a", "lab:cli-test:b") == 0
+        assert r.get("cli-test-outside") == "3"
+    finally:
+        r.delete("cli-test-outside")
+
+
+def test_reset_without_a_lab_server_touches_nothing(lab_home):
+    out = labkit_cli("reset", env=_env_without_url(lab_home))
+    assert out.returncode == 0 and "nothing to reset" in out.stdout
+
+
+def test_doctor_reports_every_requirement():
+    out = labkit_cli("doctor")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name in ["python", "packages", "server binary", "search and JSON modules", "embedded server starts"]:
+        assert f"[OK]   {name}:" in out.stdout
+    assert "All requirements met." in out.stdout
+
+
+def test_doctor_fails_with_a_fix_when_the_url_is_wrong(tmp_path):
+    import os
+
+    env = dict(os.environ) | {URL_ENV: "redis://:pw@127.0.0.1:1/0"}
+    out = labkit_cli("doctor", env=env)
+    assert out.returncode == 1
+    assert f"[FAIL] {URL_ENV}" in out.stdout and "fix:" in out.stdout and "pw@" not in out.stdout
+
+
+def test_errors_are_one_line_not_a_traceback(lab_home):
+    env = _env_without_url(lab_home) | {"LABKIT_ENGINE": "memcached"}
+    out = labkit_cli("server", "start", env=env)
+    assert out.returncode == 2 and out.stderr.startswith("error: Unknown engine") and "Traceback" not in out.stderr
+
+
+def test_bench_server_measures_every_engine():
+    rows = dict(bench.bench_server(runs=3))
+    assert rows["valkey9 spawn-to-PING"] > 0
+    assert "valkey9 + search/JSON modules" in rows

@@ -1,0 +1,68 @@
+"""The set-up files agree with each other: pins, conda file, compose file, CI entry point."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labkit.server.docker import EMBEDDED_HINT, container, docker_engine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=;\[ ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _declared() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    return {_name(r) for r in reqs}
+
+
+def test_lock_pins_every_declared_dependency_exactly():
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            assert "==" in line, f"not an exact pin: {line}"
+            pins[_name(line)] = line
+    assert _declared() <= set(pins), _declared() - set(pins)
+
+
+def test_environment_yml_lists_the_same_dependencies_with_a_comment_each():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    listed = {_name(d) for d in env["dependencies"] if isinstance(d, str)}
+    listed |= {_name(d) for d in env["dependencies"][-1]["pip"] if not d.startswith("-")}
+    assert _declared() - {"testcontainers"} <= listed | {"python"}
+    for line in (ROOT / "environment.yml").read_text().splitlines():
+        if re.match(r"\s+- (?!pip$|-)[a-z]", line) and "python>=" not in line:
+            assert "#" in line, f"no comment saying what uses it: {line.strip()}"
+
+
+def test_compose_binds_loopback_with_passwords_and_healthchecks():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert {"valkey", "redis-stack"} <= set(services)
+    assert services["valkey"]["image"].startswith("valkey/valkey-bundle")
+    for service in services.values():
+        assert all(port.startswith("127.0.0.1:") for port in service["ports"])
+        assert "--requirepass" in " ".join(service["environment"].values())
+        assert "healthcheck" in service
+
+
+def test_ci_calls_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "make lab" in readme and "make test" in readme
+
+
+def test_docker_path_fails_at_once_naming_the_embedded_default():
+    ok, _ = docker_engine()
+    if ok:
+        pytest.skip("a Docker engine runs here; this test covers machines without one")
+    import labkit
+
+    with pytest.raises(labkit.DockerUnavailable) as err:
+        container("valkey")
+    assert "no Docker engine" in str(err.value) and EMBEDDED_HINT in str(err.value)

@@ -1,0 +1,31 @@
+"""Widgets run headless: bounded in time, ending with a figure and a one-line summary."""
+
+import pytest
+
+from labkit.widgets import LiveMonitor, OpsMonitor
+
+
+def test_ops_monitor_sees_a_workload(r, ns, capsys):
+    def workload(stop):
+        while not stop.is_set():
+            r.incr(ns.key("counter"))
+
+    result = OpsMonitor(r, duration=1.0, interval=0.1).run(workload)
+    assert len(result.times) >= 5
+    assert result.peak("ops/s") > 100
+    assert result.png.startswith(b"\x89PNG")
+    assert result.summary.startswith("server ops/s: now") and result.summary in capsys.readouterr().out
+    assert int(r.get(ns.key("counter"))) > 0
+
+
+def test_workload_errors_reach_the_cell():
+    def broken(stop):
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        LiveMonitor(lambda: {"x": 1.0}, duration=0.3, interval=0.05).run(broken)
+
+
+def test_duration_must_be_positive():
+    with pytest.raises(ValueError, match="must be positive"):
+        LiveMonitor(lambda: {}, duration=0)
