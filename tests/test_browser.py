@@ -13,7 +13,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from labkit.server import spawn
+from labkit.server.lab import URL_ENV
 from labkit.server.process import free_port, temp_root
 
 from .notebooks import NOTEBOOKS
@@ -27,7 +30,9 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture
 def jupyterlab():
-    """JupyterLab serving a copy of the notebooks (so the browser never writes into the checkout)."""
+    """JupyterLab serving a copy of the notebooks (so the browser never writes into the checkout),
+    its kernels on a server of their own (so they never meet the nbval run of the same lesson)."""
+    server = spawn()
     work = Path(tempfile.mkdtemp(prefix="labkit-browser-", dir=temp_root()))
     shutil.copytree(NOTEBOOKS, work / "notebooks")
     port, token = free_port(), secrets.token_hex(16)
@@ -37,7 +42,7 @@ def jupyterlab():
          f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
          f"--ServerApp.root_dir={work}", "--allow-root",
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+        stdout=log, stderr=subprocess.STDOUT, env=os.environ | {URL_ENV: server.url},
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -59,6 +64,22 @@ def jupyterlab():
         proc.wait()
     log.close()
     shutil.rmtree(work, ignore_errors=True)
+    server.stop()
+
+
+def run_all_cells(page, attempts: int = 20) -> None:
+    """Run > Run All Cells, first accepting any dialog JupyterLab puts up (kernel choice, news)."""
+    for _ in range(attempts):
+        dialog = page.locator(".jp-Dialog .jp-mod-accept")
+        if dialog.count():
+            dialog.first.click()
+        try:
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").click(timeout=2000)
+            page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click(timeout=2000)
+            return
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+    raise AssertionError("could not open Run > Run All Cells")
 
 
 def test_lesson_00_runs_in_jupyterlab_and_its_widget_renders(jupyterlab):
@@ -74,11 +95,7 @@ def test_lesson_00_runs_in_jupyterlab_and_its_widget_renders(jupyterlab):
         try:
             page.goto(f"{base}/lab/tree/notebooks/00_setup.ipynb?token={token}")
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-            news = page.get_by_role("button", name="No")
-            if news.count():
-                news.first.click()
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").click()
-            page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+            run_all_cells(page)
             widget = page.locator(".widget-vbox .widget-html", has_text="server ops/s")
             live_plot = page.locator(".widget-vbox .widget-output img")
             live_plot.first.wait_for(timeout=90_000)
