@@ -46,10 +46,13 @@ class LiveMonitor:
     title = "live monitor"
     unit = ""
 
+    redraw_every = 0.5  # seconds between redraws of the live figure (the label follows every sample)
+
     def __init__(self, sample: Callable[[], Sample], *, duration: float = 3.0, interval: float = 0.2) -> None:
         if duration <= 0 or interval <= 0:
             raise ValueError(f"duration and interval must be positive, got {duration} and {interval}.")
         self.sample, self.duration, self.interval = sample, duration, interval
+        self._drawn_at = float("-inf")
         self.result = MonitorResult()
         self.label = w.HTML(f"<b>{self.title}</b>: starting…")
         self.plot = w.Output()
@@ -64,10 +67,12 @@ class LiveMonitor:
             worker = threading.Thread(target=_capture_errors, args=(workload, stop, errors), daemon=True)
             worker.start()
         started = time.monotonic()
-        while (elapsed := time.monotonic() - started) < self.duration:
-            self._record(elapsed, self.sample())
-            self._redraw()
-            time.sleep(self.interval)
+        next_sample = started
+        while (now := time.monotonic()) - started < self.duration:
+            self._record(now - started, self.sample())
+            self._redraw(now)
+            next_sample = max(next_sample + self.interval, time.monotonic())
+            time.sleep(max(0.0, min(next_sample, started + self.duration) - time.monotonic()))
         stop.set()
         if worker:
             worker.join()
@@ -80,8 +85,11 @@ class LiveMonitor:
         for name, value in sample.items():
             self.result.series.setdefault(name, []).append(value)
 
-    def _redraw(self) -> None:
+    def _redraw(self, now: float) -> None:
         self.label.value = f"<b>{self.title}</b>: {self.describe()}"
+        if now - self._drawn_at < self.redraw_every:
+            return
+        self._drawn_at = now
         png = self.render()
         self.plot.outputs = ({"output_type": "display_data", "metadata": {},
                               "data": {"image/png": base64.b64encode(png).decode(), "text/plain": self.title}},)

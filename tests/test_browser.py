@@ -67,6 +67,15 @@ def jupyterlab():
     server.stop()
 
 
+def start_kernel_for(base: str, token: str, path: str) -> None:
+    """Start the notebook's kernel through the REST API, so the page opens on a running kernel."""
+    body = json.dumps({"path": path, "type": "notebook", "name": "", "kernel": {"name": "python3"}}).encode()
+    request = urllib.request.Request(f"{base}/api/sessions?token={token}", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        assert resp.status == 201
+
+
 def run_all_cells(page, attempts: int = 20) -> None:
     """Run > Run All Cells, first accepting any dialog JupyterLab puts up (kernel choice, news)."""
     for _ in range(attempts):
@@ -88,6 +97,7 @@ def test_lesson_00_runs_in_jupyterlab_and_its_widget_renders(jupyterlab):
     from playwright.sync_api import sync_playwright
 
     base, token = jupyterlab
+    start_kernel_for(base, token, "notebooks/00_setup.ipynb")
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)

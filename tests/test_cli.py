@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 from labkit import bench
+from labkit.server import spawn
 from labkit.server.lab import URL_ENV
 
 
@@ -29,15 +30,17 @@ def test_server_start_status_stop(lab_home):
     assert labkit_cli("server", "status", env=env).returncode == 3
 
 
-def test_reset_deletes_lab_keys_on_the_lab_server_only(r):
-    r.mset({"lab:cli-test:a": 1, "lab:cli-test:b": 2, "cli-test-outside": 3})
-    try:
-        out = labkit_cli("reset")
-        assert out.returncode == 0 and "deleted" in out.stdout
+def test_reset_deletes_lab_keys_on_the_lab_server_only():
+    """On a server of its own: reset deletes every lab:* key, which would disturb lessons running meanwhile."""
+    import os
+
+    with spawn(modules=False) as srv:
+        r = srv.client()
+        r.mset({"lab:cli-test:a": 1, "lab:cli-test:b": 2, "cli-test-outside": 3})
+        out = labkit_cli("reset", env=dict(os.environ) | {URL_ENV: srv.url})
+        assert out.returncode == 0 and "deleted 2 lab key(s)" in out.stdout
         assert r.exists("lab:cli-test:a", "lab:cli-test:b") == 0
         assert r.get("cli-test-outside") == "3"
-    finally:
-        r.delete("cli-test-outside")
 
 
 def test_reset_without_a_lab_server_touches_nothing(lab_home):
