@@ -165,6 +165,23 @@ class SentinelTopology(Replicated):
         host, port = self.sentinels[0].client().sentinel_get_master_addr_by_name(self.master_name)
         return host, int(port)
 
+    def wait_for_new_primary(self, old: Server, timeout: float = 60) -> Server:
+        """Block until every sentinel reports a primary other than `old` and that server says it is
+        master; return it."""
+
+        def promoted() -> bool:
+            ports = {s.client().sentinel_get_master_addr_by_name(self.master_name)[1] for s in self.sentinels}
+            if len(ports) != 1 or int(next(iter(ports))) == old.port:
+                return False
+            new = self.member(int(next(iter(ports))))
+            return new.client().info("replication")["role"] == "master"
+
+        wait_until(promoted, timeout, f"the sentinels to promote a new primary in place of port {old.port}")
+        return self.member(self.master_address()[1])
+
+    def member(self, port: int) -> Server:
+        return next(s for s in self.servers if s.port == port)
+
     def master_for(self, **kwargs: Any) -> redis.Redis:
         """A client that follows the primary through failovers."""
         return self.sentinel_client(**kwargs).master_for(self.master_name)
