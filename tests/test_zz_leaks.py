@@ -10,16 +10,17 @@ from labkit.server.process import temp_root
 pytestmark = pytest.mark.leakcheck
 
 
-def _processes_mentioning(text: str) -> list[tuple[int, str]]:
+def _processes_mentioning(directory: str) -> list[tuple[int, str]]:
+    """Processes with an argument inside `directory` (servers take their config file from there)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
             except OSError:
                 continue
-            if text in cmdline:
-                found.append((int(entry.name), cmdline.strip()))
+            if any(arg.startswith(directory + os.sep) for arg in args):
+                found.append((int(entry.name), " ".join(args).strip()))
     return found
 
 
