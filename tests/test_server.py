@@ -96,9 +96,11 @@ def test_without_persistence_restart_loses_data():
         assert srv.client().get("ghost") is None
 
 
-def test_bad_config_fails_with_the_servers_reason():
+def test_bad_config_fails_with_the_servers_reason_and_leaves_nothing():
+    server = Server(modules=False, config={"maxmemory-policy": "sometimes"})
     with pytest.raises(labkit.ServerUnavailable, match=r"exited at start.*maxmemory-policy"):
-        spawn(modules=False, maxmemory_policy="sometimes")
+        server.start()
+    assert not server.dir.exists()
 
 
 def test_unknown_engine_and_missing_engine_say_what_to_do(monkeypatch):

@@ -159,14 +159,18 @@ class Server:
         If the modules fail to load here, start again without them and record why in `module_error`.
         """
         try:
-            self._launch(self.write_config(extra_lines))
-        except ServerUnavailable as err:
-            if not self.modules:
-                raise
-            self.module_error = str(err)
-            self.modules = {}
-            (self.dir / "server.conf").unlink(missing_ok=True)
-            self._launch(self.write_config(extra_lines))
+            try:
+                self._launch(self.write_config(extra_lines))
+            except ServerUnavailable as err:
+                if not self.modules:
+                    raise
+                self.module_error = str(err)
+                self.modules = {}
+                (self.dir / "server.conf").unlink(missing_ok=True)
+                self._launch(self.write_config(extra_lines))
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _launch(self, conf: Path) -> None:
