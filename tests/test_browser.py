@@ -25,6 +25,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[1] / "build" / "browser"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
+SETTINGS = {  # a fresh user's settings, minus two prompts that would sit on top of the page
+    "@jupyterlab/notebook-extension/tracker": {"autoStartDefaultKernel": True},
+    "@jupyterlab/apputils-extension/notification": {"fetchNews": "false"},
+}
 pytestmark = pytest.mark.browser
 
 
@@ -35,6 +39,10 @@ def jupyterlab():
     server = spawn()
     work = Path(tempfile.mkdtemp(prefix="labkit-browser-", dir=temp_root()))
     shutil.copytree(NOTEBOOKS, work / "notebooks")
+    settings = work / "settings"
+    for plugin, values in SETTINGS.items():
+        (settings / plugin).parent.mkdir(parents=True, exist_ok=True)
+        (settings / f"{plugin}.jupyterlab-settings").write_text(json.dumps(values))
     port, token = free_port(), secrets.token_hex(16)
     log = open(work / "jupyter.log", "w")  # noqa: SIM115 (closed after JupyterLab stops)
     proc = subprocess.Popen(
@@ -42,7 +50,8 @@ def jupyterlab():
          f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
          f"--ServerApp.root_dir={work}", "--allow-root",
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        stdout=log, stderr=subprocess.STDOUT, env=os.environ | {URL_ENV: server.url},
+        stdout=log, stderr=subprocess.STDOUT,
+        env=os.environ | {URL_ENV: server.url, "JUPYTERLAB_SETTINGS_DIR": str(settings)},
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -67,28 +76,31 @@ def jupyterlab():
     server.stop()
 
 
-def start_kernel_for(base: str, token: str, path: str) -> None:
-    """Start the notebook's kernel through the REST API, so the page opens on a running kernel."""
-    body = json.dumps({"path": path, "type": "notebook", "name": "", "kernel": {"name": "python3"}}).encode()
-    request = urllib.request.Request(f"{base}/api/sessions?token={token}", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as resp:
-        assert resp.status == 201
+def accept_dialogs(page) -> None:
+    """Accept whatever dialog JupyterLab shows (a slow kernel start can bring up "Select Kernel")."""
+    dialog = page.locator(".jp-Dialog .jp-mod-accept")
+    if dialog.count():
+        dialog.first.click()
 
 
-def run_all_cells(page, attempts: int = 20) -> None:
-    """Run > Run All Cells, first accepting any dialog JupyterLab puts up (kernel choice, news)."""
-    for _ in range(attempts):
-        dialog = page.locator(".jp-Dialog .jp-mod-accept")
-        if dialog.count():
-            dialog.first.click()
+def run_all_cells(page, timeout_s: float = 120) -> None:
+    """Run > Run All Cells, until the cells are queued ([*] prompts), accepting dialogs on the way."""
+    queued = page.locator(".jp-InputArea-prompt", has_text="[*]")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        accept_dialogs(page)
         try:
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").click(timeout=2000)
             page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click(timeout=2000)
-            return
         except PlaywrightTimeout:
             page.keyboard.press("Escape")
-    raise AssertionError("could not open Run > Run All Cells")
+            continue
+        for _ in range(20):
+            accept_dialogs(page)
+            if queued.count():
+                return
+            page.wait_for_timeout(250)
+    raise AssertionError("Run > Run All Cells did not start the cells")
 
 
 def test_lesson_00_runs_in_jupyterlab_and_its_widget_renders(jupyterlab):
@@ -97,7 +109,6 @@ def test_lesson_00_runs_in_jupyterlab_and_its_widget_renders(jupyterlab):
     from playwright.sync_api import sync_playwright
 
     base, token = jupyterlab
-    start_kernel_for(base, token, "notebooks/00_setup.ipynb")
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
