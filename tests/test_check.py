@@ -35,3 +35,93 @@ def test_greeting_rejects_wrong_value_and_says_both_problems(r, ns):
 def test_result_renders_for_notebooks():
     assert check.Result(True, "fine")._repr_markdown_().startswith("**✅ Correct**")
     assert str(check.Result(False, "no")).startswith("❌ not yet")
+
+
+# --- lesson 01: leaderboard ---------------------------------------------------------------------------
+def top_n_reference(r, key, n):
+    rows = r.zrange(key, 0, n - 1, desc=True, withscores=True)
+    return [(i + 1, member, score) for i, (member, score) in enumerate(rows)]
+
+
+def test_leaderboard_accepts_the_reference(r, ns):
+    assert check.leaderboard(r, ns, top_n_reference)
+    assert ns.keys(r) == []
+
+
+def test_leaderboard_rejects_ascending_order(r, ns):
+    def ascending(r, key, n):
+        return [(i + 1, m, s) for i, (m, s) in enumerate(r.zrange(key, 0, n - 1, withscores=True))]
+
+    result = check.leaderboard(r, ns, ascending)
+    assert not result and "highest score first" in result.message
+
+
+def test_leaderboard_rejects_inclusive_stop_off_by_one(r, ns):
+    def one_too_many(r, key, n):
+        return [(i + 1, m, s) for i, (m, s) in enumerate(r.zrevrange(key, 0, n, withscores=True))]
+
+    result = check.leaderboard(r, ns, one_too_many)
+    assert not result and "inclusive" in result.message
+
+
+def test_leaderboard_rejects_zero_based_ranks(r, ns):
+    def zero_based(r, key, n):
+        return [(i, m, s) for i, (m, s) in enumerate(r.zrevrange(key, 0, n - 1, withscores=True))]
+
+    result = check.leaderboard(r, ns, zero_based)
+    assert not result and "count from 1" in result.message
+
+
+# --- lesson 01: daily visitors ------------------------------------------------------------------------
+def record_visit_hll(r, ns, day, user):
+    r.pfadd(ns.key("visitors", day), user)
+
+
+def unique_visitors_hll(r, ns, day):
+    return r.pfcount(ns.key("visitors", day))
+
+
+def test_daily_visitors_accepts_hyperloglog(r, ns):
+    result = check.daily_visitors(r, ns, record_visit_hll, unique_visitors_hll)
+    assert result, result.message
+    assert ns.keys(r) == []
+
+
+def test_daily_visitors_rejects_counting_visits(r, ns):
+    result = check.daily_visitors(r, ns, lambda r, ns, day, user: r.incr(ns.key("visits", day)),
+                                  lambda r, ns, day: int(r.get(ns.key("visits", day))))
+    assert not result and "counts visits, not visitors" in result.message
+
+
+def test_daily_visitors_rejects_one_counter_for_all_days(r, ns):
+    result = check.daily_visitors(r, ns, lambda r, ns, day, user: r.pfadd(ns.key("visitors"), user),
+                                  lambda r, ns, day: r.pfcount(ns.key("visitors")))
+    assert not result and "one counter per day" in result.message
+
+
+def test_daily_visitors_rejects_an_exact_set(r, ns):
+    result = check.daily_visitors(r, ns, lambda r, ns, day, user: r.sadd(ns.key("visitors", day), user),
+                                  lambda r, ns, day: r.scard(ns.key("visitors", day)))
+    assert not result and "a Set grows" in result.message
+    assert ns.keys(r) == []
+
+
+# --- lesson 01: tag query -----------------------------------------------------------------------------
+def test_tag_query_accepts_sinter(r, ns):
+    assert check.tag_query(r, ns, lambda r, ns, tags: r.sinter([ns.key("tag", t) for t in tags]))
+    assert ns.keys(r) == []
+
+
+def test_tag_query_rejects_sunion(r, ns):
+    result = check.tag_query(r, ns, lambda r, ns, tags: r.sunion([ns.key("tag", t) for t in tags]))
+    assert not result and "ANY of the tags" in result.message
+
+
+def test_tag_query_rejects_only_the_first_tag(r, ns):
+    result = check.tag_query(r, ns, lambda r, ns, tags: r.smembers(ns.key("tag", tags[0])))
+    assert not result and "expected" in result.message
+
+
+def test_tag_query_rejects_wrong_key_names(r, ns):
+    result = check.tag_query(r, ns, lambda r, ns, tags: r.sinter([f"tag:{t}" for t in tags]))
+    assert not result
