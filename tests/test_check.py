@@ -96,7 +96,7 @@ def test_daily_visitors_rejects_counting_visits(r, ns):
 def test_daily_visitors_rejects_one_counter_for_all_days(r, ns):
     result = check.daily_visitors(r, ns, lambda r, ns, day, user: r.pfadd(ns.key("visitors"), user),
                                   lambda r, ns, day: r.pfcount(ns.key("visitors")))
-    assert not result and "one counter per day" in result.message
+    assert not result and "keep one counter per day" in result.message
 
 
 def test_daily_visitors_rejects_an_exact_set(r, ns):
@@ -125,3 +125,8 @@ def test_tag_query_rejects_only_the_first_tag(r, ns):
 def test_tag_query_rejects_wrong_key_names(r, ns):
     result = check.tag_query(r, ns, lambda r, ns, tags: r.sinter([f"tag:{t}" for t in tags]))
     assert not result
+
+
+def test_daily_visitors_says_what_to_do_when_nothing_is_recorded(r, ns):
+    result = check.daily_visitors(r, ns, lambda *a: None, lambda r, ns, day: 0)
+    assert not result and "add users with PFADD" in result.message
