@@ -136,7 +136,7 @@ def test_lesson_00_runs_in_jupyterlab_and_its_widget_renders(jupyterlab):
             live_plot = page.locator(".widget-vbox .widget-output img")
             live_plot.first.wait_for(timeout=90_000)
             page.locator(".widget-vbox .widget-html", has_text=re.compile(r"over [12]\.\d s")).wait_for(timeout=30_000)
-            live_plot.first.scroll_into_view_if_needed()
+            widget.evaluate("label => label.scrollIntoView({block: 'start'})")
             page.screenshot(path=str(SHOTS / "00_setup.png"))
             assert "ops/s" in widget.inner_text()
             page.locator(".widget-vbox .widget-html", has_text="(done)").wait_for(timeout=90_000)
