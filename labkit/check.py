@@ -152,3 +152,33 @@ def tag_query(r: redis.Redis, ns, with_all_tags) -> Result:
             problems.append(f"{tags}: got {sorted(got)}, expected {sorted(want)}.")
             break
     return _verdict(problems, f"{len(cases)} queries answered with set intersections.")
+
+
+# --- lesson 03 -------------------------------------------------------------------------------------
+def touch_session(r: redis.Redis, ns, touch) -> Result:
+    """Lesson 03: `touch(r, key, idle_ms) -> bool` refreshes an existing session hash's idle TTL and returns
+    True; for a missing session it returns False and writes nothing."""
+    live, missing = ns.key("check", "session", "live"), ns.key("check", "session", "missing")
+    r.delete(live, missing)
+    r.hset(live, mapping={"user_id": "u1", "last_seen": "0"})
+    r.pexpire(live, 2000)
+    try:
+        refreshed = touch(r, live, 60_000)
+        ttl_after = r.pttl(live)
+        absent = touch(r, missing, 60_000)
+        created = r.exists(missing)
+        leftover = r.hgetall(missing) if created else {}
+    finally:
+        _cleanup(r, [live, missing])
+    problems = []
+    if refreshed is not True:
+        problems.append(f"touching a live session returned {refreshed!r}, expected True (HSET returns how many "
+                        "fields are NEW, so 0 for a refresh: use EXPIRE's reply, or a script).")
+    if not 50_000 < ttl_after <= 60_000:
+        problems.append(f"the live session's TTL is {ttl_after} ms after touch, expected about 60,000 ms.")
+    if absent is not False:
+        problems.append(f"touching a missing session returned {absent!r}, expected False.")
+    if created:
+        problems.append(f"touching a missing session created {missing!r} holding {leftover}: a half session "
+                        "with no user. Check that the session exists before writing, in the same round trip.")
+    return _verdict(problems, "refreshes live sessions, reports and leaves missing ones alone.")
