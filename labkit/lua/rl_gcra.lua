@@ -1,0 +1,21 @@
+-- GCRA (generic cell rate algorithm): one timestamp per key, the theoretical arrival time (TAT) of the
+-- next unit at the steady rate; a burst of BURST units may arrive early.
+-- KEYS[1]  string: TAT in ms
+-- ARGV[1]  burst; ARGV[2] ms per unit (the emission interval); ARGV[3] cost; ARGV[4] optional now ms (tests)
+-- Returns  {allowed 0/1, remaining, retry_after_ms, reset_after_ms, now_ms}
+local burst, interval, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
+local new_tat = tat + cost * interval
+local allow_at = new_tat - burst * interval
+if now < allow_at then
+  local remaining = math.floor((now - (tat - burst * interval)) / interval)
+  return {0, math.max(0, remaining), math.ceil(allow_at - now), math.ceil(tat - now), now}
+end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1)
+local remaining = math.floor((now - (new_tat - burst * interval)) / interval)
+return {1, math.max(0, remaining), 0, math.ceil(new_tat - now), now}

@@ -1,0 +1,33 @@
+-- Sliding window counter: the previous window's count, weighted by how much of it still overlaps the
+-- sliding window, plus the current window's count, must stay within LIMIT.
+-- KEYS[1]  hash {start = current window start ms, cur = units in it, prev = units in the window before}
+-- ARGV[1]  limit; ARGV[2] window ms; ARGV[3] cost; ARGV[4] optional now in ms (tests only; else TIME)
+-- Returns  {allowed 0/1, remaining, retry_after_ms, reset_after_ms, now_ms}
+local limit, window, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local start = now - (now % window)
+local saved = redis.call('HMGET', KEYS[1], 'start', 'cur', 'prev')
+local cur, prev = 0, 0
+if tonumber(saved[1]) == start then
+  cur, prev = tonumber(saved[2]), tonumber(saved[3])
+elseif tonumber(saved[1]) == start - window then
+  prev = tonumber(saved[2])
+end
+local weight = (window - (now - start)) / window
+local estimate = prev * weight + cur
+local reset = start + window - now
+if estimate + cost > limit then
+  local wait = reset
+  if prev > 0 and cur + cost <= limit then
+    -- the weighted share of prev must shrink by (estimate + cost - limit): it loses prev/window per ms
+    wait = math.ceil((estimate + cost - limit) * window / prev)
+  end
+  return {0, math.max(0, math.floor(limit - estimate)), wait, reset, now}
+end
+redis.call('HSET', KEYS[1], 'start', start, 'cur', cur + cost, 'prev', prev)
+redis.call('PEXPIRE', KEYS[1], reset + window)
+return {1, math.max(0, math.floor(limit - estimate - cost)), 0, reset, now}

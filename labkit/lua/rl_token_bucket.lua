@@ -1,0 +1,22 @@
+-- Token bucket: a bucket of BURST tokens refilled at RATE per second; each unit takes one token.
+-- KEYS[1]  hash {tokens = tokens left (fractional), ts = time ms of that count}
+-- ARGV[1]  burst (capacity); ARGV[2] ms per token; ARGV[3] cost; ARGV[4] optional now ms (tests; else TIME)
+-- Returns  {allowed 0/1, remaining, retry_after_ms, reset_after_ms, now_ms}
+local burst, per_token, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local saved = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = burst
+if saved[1] then
+  tokens = math.min(burst, tonumber(saved[1]) + (now - tonumber(saved[2])) / per_token)
+end
+if tokens < cost then
+  return {0, math.floor(tokens), math.ceil((cost - tokens) * per_token), math.ceil((burst - tokens) * per_token), now}
+end
+tokens = tokens - cost
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * per_token) + 1)
+return {1, math.floor(tokens), 0, math.ceil((burst - tokens) * per_token), now}
