@@ -182,3 +182,48 @@ def touch_session(r: redis.Redis, ns, touch) -> Result:
         problems.append(f"touching a missing session created {missing!r} holding {leftover}: a half session "
                         "with no user. Check that the session exists before writing, in the same round trip.")
     return _verdict(problems, "refreshes live sessions, reports and leaves missing ones alone.")
+
+
+# --- lesson 04 -------------------------------------------------------------------------------------
+SLIDING_LIMIT, SLIDING_THREADS, SLIDING_EACH = 50, 8, 40
+
+
+def sliding_log(r: redis.Redis, ns, allow) -> Result:
+    """Lesson 04: `allow(r, key, limit, window_ms) -> bool` is an atomic sliding log: with 8 threads asking
+    320 times at once against a limit of 50 per 60 s, exactly 50 are admitted, and the key expires."""
+    import threading
+
+    key = ns.key("check", "sliding-log")
+    r.delete(key)
+    admitted, errors = [], []
+
+    def client() -> None:
+        try:
+            admitted.extend(1 for _ in range(SLIDING_EACH) if allow(r, key, SLIDING_LIMIT, 60_000))
+        except Exception as err:  # reported below, never swallowed
+            errors.append(err)
+
+    threads = [threading.Thread(target=client) for _ in range(SLIDING_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        ttl = r.pttl(key)
+        entries = r.zcard(key) if r.type(key) == "zset" else None
+    finally:
+        _cleanup(r, [k for k in ns.keys(r) if k.startswith(key)])
+    if errors:
+        return Result(False, f"your function raised {errors[0]!r}.")
+    problems = []
+    asked = SLIDING_THREADS * SLIDING_EACH
+    if len(admitted) > SLIDING_LIMIT:
+        problems.append(f"{len(admitted)} of {asked} admitted against a limit of {SLIDING_LIMIT}: the check and the add "
+                        "must happen in one atomic step (one script), and every request needs its own member.")
+    elif len(admitted) < SLIDING_LIMIT:
+        problems.append(f"only {len(admitted)} admitted, expected exactly {SLIDING_LIMIT}.")
+    if entries is not None and entries > SLIDING_LIMIT:
+        problems.append(f"the sorted set holds {entries} entries: a denied request must not be recorded.")
+    if ttl < 0:
+        problems.append("the key has no expiry: PEXPIRE it by the window so idle users cost nothing.")
+    return _verdict(problems, f"exactly {SLIDING_LIMIT} of {asked} concurrent requests admitted; key expires.")

@@ -153,3 +153,52 @@ class OpsMonitor(LiveMonitor):
         if not ops:
             return "no samples yet"
         return f"now {ops[-1]:,.0f} ops/s, peak {max(ops):,.0f} ops/s over {self.result.times[-1]:.1f} s"
+
+
+class AdmissionTimeline(LiveMonitor):
+    """Admitted and rejected requests per interval for several limiters, from counters a workload updates:
+    `counts[name]["admitted"]` and `counts[name]["rejected"]`."""
+
+    title = "admitted / rejected per interval"
+
+    def __init__(self, counts: dict[str, dict[str, int]], **kwargs: float) -> None:
+        self.counts = counts
+        self._seen = {name: {"admitted": 0, "rejected": 0} for name in counts}
+        super().__init__(self._deltas, **kwargs)
+
+    def _deltas(self) -> Sample:
+        sample = {}
+        for name, now in self.counts.items():
+            for outcome in ("admitted", "rejected"):
+                total = now[outcome]
+                sample[f"{name} {outcome}"] = float(total - self._seen[name][outcome])
+                self._seen[name][outcome] = total
+        return sample
+
+    def totals(self, name: str) -> tuple[int, int]:
+        series = self.result.series
+        return int(sum(series.get(f"{name} admitted", []))), int(sum(series.get(f"{name} rejected", [])))
+
+    def describe(self) -> str:
+        parts = [f"{name} {a}/{a + r}" for name in self.counts for a, r in [self.totals(name)]]
+        return "admitted/asked: " + ", ".join(parts)
+
+    def render(self) -> bytes:
+        names = list(self.counts)
+        fig = Figure(figsize=(9, 1.1 + 0.9 * len(names)), dpi=90)
+        axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
+        t = self.result.times
+        for ax, name in zip(axes, names, strict=True):
+            admitted = self.result.series.get(f"{name} admitted", [])
+            rejected = self.result.series.get(f"{name} rejected", [])
+            ax.bar(t[: len(admitted)], admitted, width=self.interval * 0.9, color="tab:green", align="edge")
+            ax.bar(t[: len(rejected)], rejected, bottom=admitted, width=self.interval * 0.9, color="tab:red",
+                   align="edge")
+            ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+            ax.tick_params(labelsize=7)
+        axes[0].set_title(f"{self.title}: green admitted, red rejected", fontsize=9)
+        axes[-1].set(xlabel="seconds", xlim=(0, self.duration))
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
