@@ -218,8 +218,8 @@ def sliding_log(r: redis.Redis, ns, allow) -> Result:
     problems = []
     asked = SLIDING_THREADS * SLIDING_EACH
     if len(admitted) > SLIDING_LIMIT:
-        problems.append(f"{len(admitted)} of {asked} admitted against a limit of {SLIDING_LIMIT}: the check and the add "
-                        "must happen in one atomic step (one script), and every request needs its own member.")
+        problems.append(f"{len(admitted)} of {asked} admitted against a limit of {SLIDING_LIMIT}: the check and "
+                        "the add must happen in one atomic step (one script), and every request needs its own member.")
     elif len(admitted) < SLIDING_LIMIT:
         problems.append(f"only {len(admitted)} admitted, expected exactly {SLIDING_LIMIT}.")
     if entries is not None and entries > SLIDING_LIMIT:
