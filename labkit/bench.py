@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Callable
 
@@ -35,14 +36,86 @@ def bench_server(runs: int = 20) -> list[Row]:
     return rows
 
 
-SUITES: dict[str, Callable[[], list[Row]]] = {"server": bench_server}
+def _rate(decide: Callable[[], object], seconds: float, clients: int) -> float:
+    """Decisions per second from `clients` threads calling `decide` for `seconds`."""
+    counts = [0] * clients
+    deadline = time.perf_counter() + seconds
+
+    def client(i: int) -> None:
+        while time.perf_counter() < deadline:
+            decide()
+            counts[i] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / seconds
+
+
+def _round_trips(server: Server, decide: Callable[[], object], n: int = 200) -> float:
+    r = server.client()
+    before = r.info("stats")["total_reads_processed"]
+    for _ in range(n):
+        decide()
+    return (r.info("stats")["total_reads_processed"] - before - 1) / n
+
+
+def bench_ratelimit(seconds: float = 1.0) -> list[Row]:
+    """Decisions per second (1 and 4 clients) and round trips per decision: labkit's limiters next to the
+    `limits` library's moving window and sliding window counter, on one quiet server, in one run."""
+    from limits import RateLimitItemPerSecond
+    from limits.storage import RedisStorage
+    from limits.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+
+    from labkit import ratelimit
+
+    rows: list[Row] = []
+    with Server(modules=False) as server:
+        r = server.client()
+        item = RateLimitItemPerSecond(1_000_000)  # never reached: we time decisions, not denials
+        storage = RedisStorage(server.url.removesuffix("/0"))
+        contenders = {
+            "limits moving window": lambda: MovingWindowRateLimiter(storage).hit(item, "bench"),
+            "limits sliding window counter": lambda: SlidingWindowCounterRateLimiter(storage).hit(item, "bench"),
+        }
+        for cls in ratelimit.ALGORITHMS:
+            limiter = (cls(r, 1_000_000, 1, prefix="bench") if cls in (ratelimit.FixedWindow, ratelimit.SlidingLog,
+                       ratelimit.SlidingWindowCounter) else cls(r, 1_000_000, 1_000_000, prefix="bench"))
+            contenders[f"labkit {cls.algorithm}"] = lambda lim=limiter: lim.allow("bench")
+        for name, decide in contenders.items():
+            r.flushdb()  # a server of our own: start each contender from an empty keyspace
+            decide()
+            rows.append((f"{name}: decisions/s, 1 client", _rate(decide, seconds, 1)))
+            rows.append((f"{name}: decisions/s, 4 clients", _rate(decide, seconds, 4)))
+            rows.append((f"{name}: round trips per decision", _round_trips(server, decide)))
+    return rows
+
+
+SUITES: dict[str, Callable[[], list[Row]]] = {"server": bench_server, "ratelimit": bench_ratelimit}
 
 
 def run(suite: str = "server") -> list[Row]:
-    """Run one suite and print its table; the first row is the baseline of the ratios."""
+    """Run one suite and print its table; the first row of a group is the baseline of its ratios."""
     rows = SUITES[suite]()
+    if suite == "ratelimit":
+        _print_ratelimit(rows)
+        return rows
     base = rows[0][1]
     print(f"{'benchmark':40} {'median ms':>10} {'ratio':>7}")
     for name, ms in rows:
         print(f"{name:40} {ms:10.1f} {ms / base:7.2f}")
     return rows
+
+
+def _print_ratelimit(rows: list[Row]) -> None:
+    table = dict(rows)
+    names = dict.fromkeys(name.split(":")[0] for name, _ in rows)
+    base1 = table["limits moving window: decisions/s, 1 client"]
+    base4 = table["limits moving window: decisions/s, 4 clients"]
+    print(f"{'limiter':36} {'1 client/s':>11} {'x limits MW':>11} {'4 clients/s':>12} {'x limits MW':>11} {'RTT':>5}")
+    for name in names:
+        one, four = table[f"{name}: decisions/s, 1 client"], table[f"{name}: decisions/s, 4 clients"]
+        rtt = table[f"{name}: round trips per decision"]
+        print(f"{name:36} {one:11,.0f} {one / base1:11.2f} {four:12,.0f} {four / base4:11.2f} {rtt:5.2f}")

@@ -75,3 +75,11 @@ def test_bench_server_measures_every_engine():
     rows = dict(bench.bench_server(runs=3))
     assert rows["valkey9 spawn-to-PING"] > 0
     assert "valkey9 + search/JSON modules" in rows
+
+
+def test_bench_ratelimit_compares_with_the_limits_library_in_one_round_trip():
+    rows = dict(bench.bench_ratelimit(seconds=0.2))
+    for name in ["limits moving window", "labkit sliding log", "labkit GCRA"]:
+        assert rows[f"{name}: decisions/s, 1 client"] > 0 and rows[f"{name}: decisions/s, 4 clients"] > 0
+    labkit_rtts = [v for k, v in rows.items() if k.startswith("labkit") and k.endswith("round trips per decision")]
+    assert len(labkit_rtts) == 5 and all(v == 1.0 for v in labkit_rtts)
