@@ -26,6 +26,18 @@ def median_of(runs: int, measure: Callable[[], float]) -> float:
     return statistics.median(measure() for _ in range(runs))
 
 
+def side_by_side(calls: dict[str, Callable[[], object]], reps: int = 300) -> dict[str, float]:
+    """Median microseconds per call of each entry, timed round-robin so that a busy machine slows every
+    entry alike (compare the results as ratios, never as absolute times)."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(reps):
+        for name, call in calls.items():
+            started = time.perf_counter_ns()
+            call()
+            samples[name].append((time.perf_counter_ns() - started) / 1000)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def bench_server(runs: int = 20) -> list[Row]:
     """Median spawn-to-PING time of every installed engine, without and with the modules."""
     rows: list[Row] = []

@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -133,13 +132,13 @@ def test_lesson_00_runs_in_jupyterlab_and_its_widget_renders(jupyterlab):
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
             start_lesson(page)
             widget = page.locator(".widget-vbox .widget-html", has_text="server ops/s")
-            live_plot = page.locator(".widget-vbox .widget-output img")
-            live_plot.first.wait_for(timeout=90_000)
-            page.locator(".widget-vbox .widget-html", has_text=re.compile(r"over [12]\.\d s")).wait_for(timeout=30_000)
+            widget.wait_for(timeout=90_000)  # the widget view rendered (live, or already done)
             widget.evaluate("label => label.scrollIntoView({block: 'start'})")
             page.screenshot(path=str(SHOTS / "00_setup.png"))
             assert "ops/s" in widget.inner_text()
             page.locator(".widget-vbox .widget-html", has_text="(done)").wait_for(timeout=90_000)
+            cell = page.locator(".jp-CodeCell", has=page.locator(".widget-vbox"))
+            assert cell.locator(".jp-OutputArea-output img").count() >= 1  # the final static figure
             page.get_by_text("deleted", exact=False).last.wait_for(timeout=90_000)
             errors = page.get_by_text("Traceback (most recent call last)").count()
             assert errors == 0, "a cell failed in the browser"
