@@ -72,17 +72,19 @@ def test_lesson_uses_its_namespace_and_cleans_up(path):
 def test_lesson_writes_only_its_own_prefix(path, monkeypatch):
     """Run the lesson on its own server with keyspace events on, and record every key it writes."""
     with spawn(notify_keyspace_events="KEA") as srv:
-        touched, listener = set(), srv.client().pubsub()
+        touched, errors, listener = set(), [], srv.client().pubsub()
         listener.psubscribe(**{"__keyevent@*__:*": lambda msg: touched.add(msg["data"])})
-        thread = listener.run_in_thread(sleep_time=0.01, daemon=True)
+        thread = listener.run_in_thread(sleep_time=0.01, daemon=True,
+                                        exception_handler=lambda err, *_: (errors.append(err), thread.stop()))
         monkeypatch.setenv(URL_ENV, srv.url)
         nb = read(path)
         where = {"metadata": {"path": str(NOTEBOOKS)}}
         NotebookClient(nb, timeout=120, kernel_name="python3", resources=where).execute()
         time.sleep(0.2)
         thread.stop()
-        thread.join(2)
+        thread.join()
         remaining = srv.client().dbsize()
+    assert not errors, f"the key audit lost its subscription, so it cannot vouch for the lesson: {errors}"
     prefix = f"lab:l{number(path):02d}"
     assert touched, "the audit saw no key at all"
     assert all(k.startswith(prefix) for k in touched), sorted(k for k in touched if not k.startswith(prefix))
