@@ -185,21 +185,25 @@ def touch_session(r: redis.Redis, ns, touch) -> Result:
 
 
 # --- lesson 04 -------------------------------------------------------------------------------------
-SLIDING_LIMIT, SLIDING_THREADS, SLIDING_EACH = 50, 8, 40
+SLIDING_USERS, SLIDING_LIMIT, SLIDING_THREADS = 50, 4, 8
 
 
 def sliding_log(r: redis.Redis, ns, allow) -> Result:
-    """Lesson 04: `allow(r, key, limit, window_ms) -> bool` is an atomic sliding log: with 8 threads asking
-    320 times at once against a limit of 50 per 60 s, exactly 50 are admitted, and the key expires."""
+    """Lesson 04: `allow(r, key, limit, window_ms) -> bool` is an atomic sliding log. 8 threads ask for 50
+    users in lockstep (each user 8 times, limit 4 per 60 s): exactly 4 per user must pass, and keys expire."""
     import threading
 
-    key = ns.key("check", "sliding-log")
-    r.delete(key)
-    admitted, errors = [], []
+    base = ns.key("check", "sliding-log")
+    users = [f"{base}:{u}" for u in range(SLIDING_USERS)]
+    admitted: dict[str, int] = dict.fromkeys(users, 0)
+    lock, errors = threading.Lock(), []
 
     def client() -> None:
         try:
-            admitted.extend(1 for _ in range(SLIDING_EACH) if allow(r, key, SLIDING_LIMIT, 60_000))
+            for key in users:
+                if allow(r, key, SLIDING_LIMIT, 60_000):
+                    with lock:
+                        admitted[key] += 1
         except Exception as err:  # reported below, never swallowed
             errors.append(err)
 
@@ -209,21 +213,24 @@ def sliding_log(r: redis.Redis, ns, allow) -> Result:
     for t in threads:
         t.join()
     try:
-        ttl = r.pttl(key)
-        entries = r.zcard(key) if r.type(key) == "zset" else None
+        ttl = r.pttl(users[0])
+        entries = max((r.zcard(k) for k in users if r.type(k) == "zset"), default=0)
     finally:
-        _cleanup(r, [k for k in ns.keys(r) if k.startswith(key)])
+        _cleanup(r, [k for k in r.scan_iter(match=base + "*")])
     if errors:
         return Result(False, f"your function raised {errors[0]!r}.")
     problems = []
-    asked = SLIDING_THREADS * SLIDING_EACH
-    if len(admitted) > SLIDING_LIMIT:
-        problems.append(f"{len(admitted)} of {asked} admitted against a limit of {SLIDING_LIMIT}: the check and "
-                        "the add must happen in one atomic step (one script), and every request needs its own member.")
-    elif len(admitted) < SLIDING_LIMIT:
-        problems.append(f"only {len(admitted)} admitted, expected exactly {SLIDING_LIMIT}.")
-    if entries is not None and entries > SLIDING_LIMIT:
-        problems.append(f"the sorted set holds {entries} entries: a denied request must not be recorded.")
+    over = {k: n for k, n in admitted.items() if n > SLIDING_LIMIT}
+    total, expected = sum(admitted.values()), SLIDING_USERS * SLIDING_LIMIT
+    if over:
+        problems.append(f"{len(over)} of {SLIDING_USERS} users got more than {SLIDING_LIMIT} requests through "
+                        f"({total} admitted, expected {expected}): the check and the add must happen in one atomic "
+                        "step (one script), and every request needs its own member.")
+    elif total < expected:
+        problems.append(f"only {total} admitted, expected exactly {expected} ({SLIDING_LIMIT} per user).")
+    if entries > SLIDING_LIMIT:
+        problems.append(f"a sorted set holds {entries} entries: a denied request must not be recorded.")
     if ttl < 0:
         problems.append("the key has no expiry: PEXPIRE it by the window so idle users cost nothing.")
-    return _verdict(problems, f"exactly {SLIDING_LIMIT} of {asked} concurrent requests admitted; key expires.")
+    asked = SLIDING_USERS * SLIDING_THREADS
+    return _verdict(problems, f"exactly {SLIDING_LIMIT} per user, {total} of {asked} concurrent requests; keys expire.")

@@ -213,6 +213,7 @@ def test_sliding_log_rejects_count_then_add_across_round_trips(r, ns):
 
     result = check.sliding_log(r, ns, count_then_add)
     assert not result and "one atomic step" in result.message
+    assert ns.keys(r) == []
 
 
 def test_sliding_log_rejects_timestamp_members(r, ns):
@@ -228,7 +229,7 @@ def test_sliding_log_rejects_timestamp_members(r, ns):
         return count <= limit
 
     result = check.sliding_log(r, ns, str_time_members)
-    assert not result and "admitted against a limit" in result.message
+    assert not result and "got more than 4 requests through" in result.message
 
 
 def test_sliding_log_rejects_a_key_without_expiry(r, ns):
