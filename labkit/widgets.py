@@ -204,3 +204,70 @@ class AdmissionTimeline(LiveMonitor):
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         return buf.getvalue()
+
+
+class HitRateMonitor(LiveMonitor):
+    """Cache hit rate live: the server's keyspace_hits/misses (every client) and, given a cache's `.stats`
+    (anything with `hits` and `misses`), that cache's own; plus the p50 of `latencies_ms` a workload appends."""
+
+    title = "cache hit rate"
+    redraw_every = 1.0
+
+    def __init__(self, r: redis.Redis, stats: object | None = None, latencies_ms: list[float] | None = None,
+                 **kwargs: float) -> None:
+        self.r, self.stats, self.latencies_ms = r, stats, latencies_ms
+        self._last: tuple[float, int, int, int, int, int] | None = None
+        super().__init__(self._hit_sample, **kwargs)
+
+    def _hit_sample(self) -> Sample:
+        info = self.r.info("stats")
+        now = time.monotonic()
+        hits, misses = int(info["keyspace_hits"]), int(info["keyspace_misses"])
+        c_hits, c_misses = (self.stats.hits, self.stats.misses) if self.stats is not None else (0, 0)
+        seen = len(self.latencies_ms) if self.latencies_ms is not None else 0
+        last, self._last = self._last, (now, hits, misses, c_hits, c_misses, seen)
+        if last is None:
+            return {}
+        dt = max(now - last[0], 1e-6)
+        dh, dm, ch, cm = hits - last[1], misses - last[2], c_hits - last[3], c_misses - last[4]
+        sample = {"server hits/s": dh / dt, "server misses/s": dm / dt,
+                  "server hit rate %": 100 * dh / (dh + dm) if dh + dm else 0.0}
+        if self.stats is not None:
+            sample["cache hit rate %"] = 100 * ch / (ch + cm) if ch + cm else 0.0
+        if self.latencies_ms is not None and seen > last[5]:
+            recent = sorted(self.latencies_ms[last[5]:seen])
+            sample["p50 latency ms"] = recent[len(recent) // 2]
+        return sample
+
+    def describe(self) -> str:
+        s = self.result.series
+        if not s.get("server hit rate %"):
+            return "no samples yet"
+        parts = [f"server hit rate {s['server hit rate %'][-1]:.0f}%", f"{s['server hits/s'][-1]:,.0f} hits/s",
+                 f"{s['server misses/s'][-1]:,.0f} misses/s"]
+        if s.get("cache hit rate %"):
+            parts.append(f"cache hit rate {s['cache hit rate %'][-1]:.0f}%")
+        if s.get("p50 latency ms"):
+            parts.append(f"p50 {s['p50 latency ms'][-1]:.2f} ms")
+        return ", ".join(parts)
+
+    def render(self) -> bytes:
+        fig = Figure(figsize=(9, 2.8), dpi=90)
+        rate_ax, flow_ax = fig.subplots(1, 2)
+        times = self.result.times[len(self.result.times) - len(self.result.series.get("server hit rate %", [])):]
+        for name in ("server hit rate %", "cache hit rate %"):
+            if self.result.series.get(name):
+                rate_ax.plot(times, self.result.series[name], label=name)
+        rate_ax.set(title="hit rate (%)", ylim=(0, 100), xlim=(0, self.duration), xlabel="seconds")
+        for name in ("server hits/s", "server misses/s"):
+            if self.result.series.get(name):
+                flow_ax.plot(times, self.result.series[name], label=name)
+        flow_ax.set(title="per second", xlim=(0, self.duration), xlabel="seconds")
+        for ax in (rate_ax, flow_ax):
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()

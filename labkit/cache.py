@@ -1,0 +1,259 @@
+"""Cache-aside with stampede protection: `cached(r, ...)` wraps a function whose results live in Redis.
+
+Each entry is one hash `{v: JSON value, d: recompute time in ms}` with a TTL, read with HMGET and PTTL in
+one pipelined round trip, so a hit costs one round trip and the remaining time comes from the server in
+milliseconds. Strategies for what happens near and at expiry:
+
+- "none": every client that misses recomputes (a stampede at expiry of a hot key);
+- "lock": single flight: one client recomputes under a token lock, the others wait and re-read;
+- "xfetch": probabilistic early expiration (Vattani et al., VLDB 2015): a hit recomputes early when
+  `delta * beta * -ln(random()) >= remaining`, so one client refreshes shortly before expiry;
+- "swr": stale-while-revalidate: past the TTL the stale value is served for `stale_ttl` more seconds
+  while one background refresher recomputes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import random
+import secrets
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from labkit import scripts
+from labkit.errors import ConfigError
+
+STRATEGIES = ("none", "lock", "xfetch", "swr")
+
+
+@dataclass
+class CacheStats:
+    """What a cached function did; updated from any thread."""
+
+    hits: int = 0
+    misses: int = 0
+    recomputes: int = 0
+    early_refreshes: int = 0
+    stale_served: int = 0
+    lock_waits: int = 0
+    round_trips: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+def cache_key(prefix: str, name: str, args: tuple, kwargs: dict) -> str:
+    """`prefix:name:<sha256 of the JSON arguments>`: the full digest, never a truncated one."""
+    try:
+        payload = json.dumps([args, sorted(kwargs.items())], sort_keys=True, separators=(",", ":"))
+    except TypeError as err:
+        raise ConfigError(f"cached arguments must be JSON-serialisable ({err}).") from None
+    return f"{prefix}:{name}:{hashlib.sha256(payload.encode()).hexdigest()}"
+
+
+class Cached:
+    """The wrapper `cached()` returns: call it like the function; `.stats`, `.invalidate(*args)`."""
+
+    def __init__(self, fn: Callable, r: redis.Redis, prefix: str, ttl: float, strategy: str, beta: float,
+                 stale_ttl: float, lock_ttl: float, jitter: float) -> None:
+        self.fn, self.r, self.prefix, self.strategy = fn, r, prefix, strategy
+        self.ttl_ms, self.stale_ms, self.lock_ms = int(ttl * 1000), int(stale_ttl * 1000), int(lock_ttl * 1000)
+        self.beta, self.jitter = beta, jitter
+        self.stats = CacheStats()
+        self._release = scripts.register(r, "lock_release")
+        functools.update_wrapper(self, fn)
+
+    def key(self, *args: Any, **kwargs: Any) -> str:
+        return cache_key(self.prefix, self.fn.__qualname__, args, kwargs)
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Delete the cached result for these arguments; True if there was one."""
+        return self.r.delete(self.key(*args, **kwargs)) == 1
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        key = self.key(*args, **kwargs)
+        found, value, delta_ms, remaining_ms = self._read(key)
+        if not found:
+            self.stats.add(misses=1)
+            if self.strategy == "lock":
+                return self._single_flight(key, args, kwargs)
+            return self._recompute(key, args, kwargs)
+        self.stats.add(hits=1)
+        if self.strategy == "xfetch" and delta_ms * self.beta * -math.log(1.0 - random.random()) >= remaining_ms:
+            self.stats.add(early_refreshes=1)
+            return self._recompute(key, args, kwargs)
+        if self.strategy == "swr" and remaining_ms <= 0:
+            self.stats.add(stale_served=1)
+            self._refresh_in_background(key, args, kwargs)
+        return value
+
+    # -- the pieces ----------------------------------------------------------------------------------
+    def _read(self, key: str) -> tuple[bool, Any, float, float]:
+        """One round trip: (found, value, recompute ms, ms left before the entry is no longer fresh)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hmget(key, "v", "d")
+            pipe.pttl(key)
+            (raw, delta), pttl = pipe.execute()
+        self.stats.add(round_trips=1)
+        if raw is None:
+            return False, None, 0.0, 0.0
+        fresh_left = pttl - self.stale_ms if self.strategy == "swr" else pttl
+        return True, json.loads(raw), float(delta or 0), float(fresh_left)
+
+    def _recompute(self, key: str, args: tuple, kwargs: dict) -> Any:
+        started = time.perf_counter()
+        value = self.fn(*args, **kwargs)
+        delta_ms = (time.perf_counter() - started) * 1000
+        self.stats.add(recomputes=1)
+        self._write(key, value, delta_ms)
+        return value
+
+    def _write(self, key: str, value: Any, delta_ms: float) -> None:
+        try:
+            encoded = json.dumps(value)
+        except TypeError as err:
+            raise ConfigError(f"{self.fn.__qualname__} returned a value that is not JSON-serialisable ({err}); "
+                              "return plain data (dict, list, str, numbers, None).") from None
+        ttl_ms = self.ttl_ms * (1 + random.uniform(-self.jitter, self.jitter)) if self.jitter else self.ttl_ms
+        with self.r.pipeline() as pipe:
+            pipe.hset(key, mapping={"v": encoded, "d": f"{delta_ms:.3f}"})
+            pipe.pexpire(key, int(ttl_ms) + (self.stale_ms if self.strategy == "swr" else 0))
+            pipe.execute()
+        self.stats.add(round_trips=1)
+
+    def _single_flight(self, key: str, args: tuple, kwargs: dict) -> Any:
+        """One client recomputes under a token lock; the others poll the cache until the value appears."""
+        lock_key, token = f"{key}:lock", secrets.token_hex(16)
+        deadline = time.monotonic() + self.lock_ms / 1000
+        while time.monotonic() < deadline:
+            if self.r.set(lock_key, token, nx=True, px=self.lock_ms):
+                self.stats.add(round_trips=1)
+                try:
+                    found, value, _, _ = self._read(key)  # someone may have filled it meanwhile
+                    return value if found else self._recompute(key, args, kwargs)
+                finally:
+                    self._release(keys=[lock_key], args=[token])
+                    self.stats.add(round_trips=1)
+            self.stats.add(lock_waits=1, round_trips=1)
+            time.sleep(0.005)
+            found, value, _, _ = self._read(key)
+            if found:
+                return value
+        return self._recompute(key, args, kwargs)  # the lock holder is stuck: do not wait forever
+
+    def _refresh_in_background(self, key: str, args: tuple, kwargs: dict) -> None:
+        lock_key, token = f"{key}:lock", secrets.token_hex(16)
+        if not self.r.set(lock_key, token, nx=True, px=self.lock_ms):
+            return
+
+        def refresh() -> None:
+            try:
+                self._recompute(key, args, kwargs)
+            finally:
+                self._release(keys=[lock_key], args=[token])
+
+        threading.Thread(target=refresh, daemon=True).start()
+
+
+def cached(r: redis.Redis, prefix: str, ttl: float, strategy: str = "xfetch", beta: float = 1.0,
+           stale_ttl: float | None = None, lock_ttl: float = 5.0, jitter: float = 0.0) -> Callable[[Callable], Cached]:
+    """Decorate a function so its results are cached in `r` under `prefix` for `ttl` seconds.
+
+    Example:
+        >>> @cached(r, prefix="lab:l02:cache", ttl=60, strategy="xfetch")
+        ... def product(pid): return db.fetch(pid)
+        >>> product(7); product(7); product.stats.hits
+        1
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}.")
+    if not ttl > 0:
+        raise ConfigError(f"ttl must be a positive number of seconds, got {ttl!r}.")
+    if not beta > 0 or not lock_ttl > 0 or not 0 <= jitter < 1:
+        raise ConfigError(f"need beta > 0, lock_ttl > 0 and 0 <= jitter < 1; got {beta}, {lock_ttl}, {jitter}.")
+    if not prefix or prefix.endswith(":"):
+        raise ConfigError(f"prefix must be non-empty and not end with ':', got {prefix!r}.")
+    stale = (ttl if stale_ttl is None else stale_ttl) if strategy == "swr" else 0.0
+
+    def decorate(fn: Callable) -> Cached:
+        return Cached(fn, r, prefix, ttl, strategy, beta, stale, lock_ttl, jitter)
+
+    return decorate
+
+
+@dataclass
+class StampedeResult:
+    """One stampede experiment: how often the source was hit, and what clients waited."""
+
+    strategy: str
+    clients: int
+    recomputes: int
+    misses: int
+    early_refreshes: int
+    latencies_ms: list[float]
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies_ms)
+
+    @property
+    def p99(self) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl: float = 1.0,
+             recompute_s: float = 0.05, run_s: float = 1.6, think_s: float = 0.02, beta: float = 1.0) -> StampedeResult:
+    """Warm a hot key, then let `clients` threads read it in a loop (pausing ~`think_s`) for `run_s`
+    seconds, across its expiry at `ttl`. The source takes `recompute_s` per call. Counts what happened."""
+    if clients < 1 or not run_s > ttl:
+        raise ConfigError(f"need clients >= 1 and run_s > ttl, got {clients} and {run_s} <= {ttl}.")
+    calls = {"n": 0}
+
+    def source(item: int) -> dict:
+        calls["n"] += 1
+        time.sleep(recompute_s)
+        return {"item": item, "version": calls["n"]}
+
+    hot = cached(r, prefix=prefix, ttl=ttl, strategy=strategy, beta=beta, stale_ttl=ttl)(source)
+    hot.invalidate(1)
+    hot(1)  # warm: the key now expires `ttl` from here
+    warm = dict(recomputes=hot.stats.recomputes, misses=hot.stats.misses, early=hot.stats.early_refreshes)
+    latencies: list[float] = []
+    lock, start, stop_at = threading.Lock(), threading.Barrier(clients), time.monotonic() + run_s
+
+    def client() -> None:
+        start.wait()
+        while time.monotonic() < stop_at:
+            began = time.perf_counter()
+            hot(1)
+            with lock:
+                latencies.append((time.perf_counter() - began) * 1000)
+            time.sleep(random.expovariate(1 / think_s))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    time.sleep(recompute_s * 2)  # let a background refresh (swr) finish before counting
+    hot.invalidate(1)
+    return StampedeResult(strategy, clients, hot.stats.recomputes - warm["recomputes"],
+                          hot.stats.misses - warm["misses"], hot.stats.early_refreshes - warm["early"], latencies)
