@@ -44,6 +44,7 @@ test: $(STAMP)  ## run the whole suite: labkit against real servers, every noteb
 bench: $(STAMP)  ## benchmarks, side by side in one run (python -m labkit bench)
 	$(PY) -m labkit bench server
 	$(PY) -m labkit bench ratelimit
+	$(PY) -m labkit bench cache
 
 lock: $(STAMP)  ## re-pin requirements.lock (Python 3.11-3.13, every platform) from pyproject.toml
 	$(PY) -m pip install --quiet uv

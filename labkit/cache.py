@@ -1,8 +1,8 @@
 """Cache-aside with stampede protection: `cached(r, ...)` wraps a function whose results live in Redis.
 
-Each entry is one hash `{v: JSON value, d: recompute time in ms}` with a TTL, read with HMGET and PTTL in
-one pipelined round trip, so a hit costs one round trip and the remaining time comes from the server in
-milliseconds. Strategies for what happens near and at expiry:
+Each entry is one hash `{v: JSON value, d: recompute time in ms, e: expiry in ms since the epoch}` with a
+TTL, read with one HMGET: a hit costs one round trip, and the time left is known to the millisecond
+(not TTL's whole seconds). Strategies for what happens near and at expiry:
 
 - "none": every client that misses recomputes (a stampede at expiry of a hot key);
 - "lock": single flight: one client recomputes under a token lock, the others wait and re-read;
@@ -37,7 +37,7 @@ STRATEGIES = ("none", "lock", "xfetch", "swr")
 
 @dataclass
 class CacheStats:
-    """What a cached function did; updated from any thread."""
+    """What a cached function did; updated from any thread (under a lock: `+=` is not atomic)."""
 
     hits: int = 0
     misses: int = 0
@@ -107,15 +107,11 @@ class Cached:
     # -- the pieces ----------------------------------------------------------------------------------
     def _read(self, key: str) -> tuple[bool, Any, float, float]:
         """One round trip: (found, value, recompute ms, ms left before the entry is no longer fresh)."""
-        with self.r.pipeline(transaction=False) as pipe:
-            pipe.hmget(key, "v", "d")
-            pipe.pttl(key)
-            (raw, delta), pttl = pipe.execute()
+        raw, delta, expiry = self.r.hmget(key, "v", "d", "e")
         self.stats.add(round_trips=1)
         if raw is None:
             return False, None, 0.0, 0.0
-        fresh_left = pttl - self.stale_ms if self.strategy == "swr" else pttl
-        return True, json.loads(raw), float(delta or 0), float(fresh_left)
+        return True, json.loads(raw), float(delta or 0), float(expiry or 0) - time.time() * 1000
 
     def _recompute(self, key: str, args: tuple, kwargs: dict) -> Any:
         started = time.perf_counter()
@@ -131,10 +127,11 @@ class Cached:
         except TypeError as err:
             raise ConfigError(f"{self.fn.__qualname__} returned a value that is not JSON-serialisable ({err}); "
                               "return plain data (dict, list, str, numbers, None).") from None
-        ttl_ms = self.ttl_ms * (1 + random.uniform(-self.jitter, self.jitter)) if self.jitter else self.ttl_ms
+        ttl_ms = int(self.ttl_ms * (1 + random.uniform(-self.jitter, self.jitter)) if self.jitter else self.ttl_ms)
+        expiry_ms = int(time.time() * 1000) + ttl_ms
         with self.r.pipeline() as pipe:
-            pipe.hset(key, mapping={"v": encoded, "d": f"{delta_ms:.3f}"})
-            pipe.pexpire(key, int(ttl_ms) + (self.stale_ms if self.strategy == "swr" else 0))
+            pipe.hset(key, mapping={"v": encoded, "d": f"{delta_ms:.3f}", "e": expiry_ms})
+            pipe.pexpire(key, ttl_ms + (self.stale_ms if self.strategy == "swr" else 0))
             pipe.execute()
         self.stats.add(round_trips=1)
 

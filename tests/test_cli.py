@@ -83,3 +83,11 @@ def test_bench_ratelimit_compares_with_the_limits_library_in_one_round_trip():
         assert rows[f"{name}: decisions/s, 1 client"] > 0 and rows[f"{name}: decisions/s, 4 clients"] > 0
     labkit_rtts = [v for k, v in rows.items() if k.startswith("labkit") and k.endswith("round trips per decision")]
     assert len(labkit_rtts) == 5 and all(v == 1.0 for v in labkit_rtts)
+
+
+def test_bench_cache_compares_hits_and_counts_stampedes():
+    rows = dict(bench.bench_cache(seconds=0.1, clients=10))
+    contenders = ("raw GET + json.loads", "labkit cached (xfetch)", "dogpile.cache redis")
+    assert all(rows[f"hits/s: {name}"] > 0 for name in contenders)
+    assert rows["stampede lock: recomputes at expiry"] == 1 and rows["stampede swr: misses at expiry"] == 0
+    assert rows["stampede none: recomputes at expiry"] > rows["stampede lock: recomputes at expiry"]
