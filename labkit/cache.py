@@ -96,13 +96,17 @@ class Cached:
                 return self._single_flight(key, args, kwargs)
             return self._recompute(key, args, kwargs)
         self.stats.add(hits=1)
-        if self.strategy == "xfetch" and delta_ms * self.beta * -math.log(1.0 - random.random()) >= remaining_ms:
+        if self.strategy == "xfetch" and self.should_refresh(delta_ms, remaining_ms):
             self.stats.add(early_refreshes=1)
             return self._recompute(key, args, kwargs)
         if self.strategy == "swr" and remaining_ms <= 0:
             self.stats.add(stale_served=1)
             self._refresh_in_background(key, args, kwargs)
         return value
+
+    def should_refresh(self, delta_ms: float, remaining_ms: float) -> bool:
+        """XFetch: refresh when `now - delta * beta * ln(rand) >= expiry`, i.e. `-delta*beta*ln(rand) >= left`."""
+        return delta_ms * self.beta * -math.log(1.0 - random.random()) >= remaining_ms
 
     # -- the pieces ----------------------------------------------------------------------------------
     def _read(self, key: str) -> tuple[bool, Any, float, float]:
@@ -217,9 +221,11 @@ class StampedeResult:
 
 
 def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl: float = 1.0,
-             recompute_s: float = 0.05, run_s: float = 1.6, think_s: float = 0.02, beta: float = 1.0) -> StampedeResult:
+             recompute_s: float = 0.05, run_s: float = 1.6, think_s: float = 0.02, beta: float = 1.0,
+             should_refresh: Callable[[float, float], bool] | None = None) -> StampedeResult:
     """Warm a hot key, then let `clients` threads read it in a loop (pausing ~`think_s`) for `run_s`
-    seconds, across its expiry at `ttl`. The source takes `recompute_s` per call. Counts what happened."""
+    seconds, across its expiry at `ttl`. The source takes `recompute_s` per call. Counts what happened.
+    `should_refresh(delta_ms, remaining_ms)` replaces XFetch's test (to run a broken copy of it)."""
     if clients < 1 or not run_s > ttl:
         raise ConfigError(f"need clients >= 1 and run_s > ttl, got {clients} and {run_s} <= {ttl}.")
     calls = {"n": 0}
@@ -230,6 +236,8 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
         return {"item": item, "version": calls["n"]}
 
     hot = cached(r, prefix=prefix, ttl=ttl, strategy=strategy, beta=beta, stale_ttl=ttl)(source)
+    if should_refresh is not None:
+        hot.should_refresh = should_refresh
     hot.invalidate(1)
     hot(1)  # warm: the key now expires `ttl` from here
     warm = dict(recomputes=hot.stats.recomputes, misses=hot.stats.misses, early=hot.stats.early_refreshes)

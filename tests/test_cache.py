@@ -138,3 +138,16 @@ def test_hit_rate_monitor_reads_server_and_cache(r, ns):
     assert result.series["cache hit rate %"][-1] > 90
     assert result.series["server hits/s"][-1] > 0 and result.series["p50 latency ms"]
     assert "cache hit rate" in result.summary and result.png.startswith(b"\x89PNG")
+
+
+def test_slow_database_counts_queries_and_adds_its_latency():
+    from labkit.db import SlowDatabase
+
+    db = SlowDatabase(rows=100, latency_ms=20)
+    started = time.perf_counter()
+    row = db.product(7)
+    assert time.perf_counter() - started >= 0.02 and row["id"] == 7 and db.product(101) is None
+    db.update_price(7, 1.5)
+    assert db.product(7)["price"] == 1.5 and db.queries == 4
+    with pytest.raises(labkit.ConfigError):
+        SlowDatabase(rows=0)
