@@ -90,6 +90,8 @@ class Cached:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key = self.key(*args, **kwargs)
         found, value, delta_ms, remaining_ms = self._read(key)
+        if found and remaining_ms <= 0 and self.strategy != "swr":
+            found = False  # past its expiry, in the moment before the server deletes it
         if not found:
             self.stats.add(misses=1)
             if self.strategy == "lock":
@@ -166,7 +168,9 @@ class Cached:
 
         def refresh() -> None:
             try:
-                self._recompute(key, args, kwargs)
+                found, _, _, remaining_ms = self._read(key)
+                if not (found and remaining_ms > 0):  # another refresher may have finished meanwhile
+                    self._recompute(key, args, kwargs)
             finally:
                 self._release(keys=[lock_key], args=[token])
 

@@ -1,12 +1,7 @@
-"""One real lab server for the whole test session, shared with notebooks through LABKIT_REDIS_URL.
-
-It starts in `pytest_configure` (on the controller only, before xdist starts its workers, so the
-workers and every notebook kernel inherit the URL) and stops in `pytest_unconfigure`.
-"""
+"""Fixtures for the unit tests (the session server and the notebook audits live in the root conftest.py)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import uuid
@@ -15,25 +10,7 @@ from pathlib import Path
 import pytest
 
 import labkit
-from labkit.server.lab import URL_ENV
-from labkit.server.process import Server, temp_root
-
-ROOT = Path(__file__).resolve().parents[1]
-_session_server: Server | None = None
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    global _session_server
-    if hasattr(config, "workerinput") or os.environ.get(URL_ENV) or config.getoption("markexpr") == "leakcheck":
-        return
-    _session_server = Server().start()
-    os.environ[URL_ENV] = _session_server.url
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    if _session_server is not None:
-        _session_server.stop()
-        os.environ.pop(URL_ENV, None)
+from labkit.server.process import temp_root
 
 
 @pytest.fixture

@@ -1,16 +1,13 @@
 """Every lesson follows the template, carries no stray outputs, and touches only its own keys."""
 
 import re
-import threading
 import time
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+import redis
 
-from labkit.server import spawn
-from labkit.server.lab import URL_ENV
-
+from .audit import KeyAudit
 from .notebooks import NAME, NOTEBOOKS, code, headings, lessons, number, read
 
 REQUIRED_BEFORE = ["What you will learn", "Before you start", "Setup"]
@@ -68,41 +65,24 @@ def test_lesson_uses_its_namespace_and_cleans_up(path):
     assert ".cleanup(r)" in last, "the last code cell cleans the lesson's keys"
 
 
-@pytest.mark.parametrize("path", LESSONS, ids=IDS)
-def test_lesson_writes_only_its_own_prefix(path, monkeypatch):
-    """Run the lesson on its own server with keyspace events on, and record every key it writes."""
-    with spawn(notify_keyspace_events="KEA") as srv:
-        touched, errors, listener = set(), [], srv.client().pubsub()
-        listener.psubscribe(**{"__keyevent@*__:*": lambda msg: touched.add(msg["data"])})
-        thread = listener.run_in_thread(sleep_time=0.01, daemon=True,
-                                        exception_handler=lambda err, *_: (errors.append(err), thread.stop()))
-        monkeypatch.setenv(URL_ENV, srv.url)
-        nb = read(path)
-        where = {"metadata": {"path": str(NOTEBOOKS)}}
-        NotebookClient(nb, timeout=120, kernel_name="python3", resources=where).execute()
-        time.sleep(0.2)
-        thread.stop()
-        thread.join()
-        remaining = srv.client().dbsize()
-    assert not errors, f"the key audit lost its subscription, so it cannot vouch for the lesson: {errors}"
-    prefix = f"lab:l{number(path):02d}"
-    assert touched, "the audit saw no key at all"
-    assert all(k.startswith(prefix) for k in touched), sorted(k for k in touched if not k.startswith(prefix))
-    assert remaining == 0, "the Cleanup section left keys behind"
+def test_the_key_audit_catches_a_stray_key_and_a_leftover():
+    """The audit that runs around every notebook (tests/conftest.py) can fail: a key outside the prefix and
+    a key left behind both show up."""
+    audit = KeyAudit()
+    client = redis.Redis.from_url(audit.url, decode_responses=True)
+    client.set("lab:l07:mine", 1)
+    client.set("stray", 1)
+    time.sleep(0.1)
+    problems = audit.problems("lab:l07")
+    assert any("'stray'" in p for p in problems) and any("left behind" in p for p in problems)
 
 
-def test_audit_would_catch_a_stray_key():
-    """The audit above can fail: a write outside the prefix shows up in the recorded keys."""
-    with spawn(notify_keyspace_events="KEA", modules=False) as srv:
-        seen, done = set(), threading.Event()
-        p = srv.client().pubsub()
-        p.psubscribe(**{"__keyevent@*__:*": lambda m: (seen.add(m["data"]), done.set())})
-        thread = p.run_in_thread(sleep_time=0.01, daemon=True)
-        time.sleep(0.05)
-        srv.client().set("stray", 1)
-        done.wait(2)
-        thread.stop()
-    assert "stray" in seen
+def test_the_key_audit_passes_a_clean_lesson():
+    audit = KeyAudit()
+    client = redis.Redis.from_url(audit.url, decode_responses=True)
+    client.set("lab:l07:mine", 1)
+    client.delete("lab:l07:mine")
+    assert audit.problems("lab:l07") == []
 
 
 def test_notebooks_are_valid_nbformat():

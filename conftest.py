@@ -1,0 +1,70 @@
+"""Real servers for the tests.
+
+- One lab server for the whole session, shared by the unit tests through LABKIT_REDIS_URL. It starts in
+  `pytest_configure` (on the controller only, before xdist starts its workers, so they inherit the URL)
+  and stops in `pytest_unconfigure`.
+- Each notebook (nbval) runs on a server of its own with keyspace events on (a `KeyAudit`): the hooks
+  below point the kernel at it before the notebook's first cell, and after its last cell fail the
+  notebook if it wrote a key outside its `lab:lNN` prefix or left one behind.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from labkit.server.lab import URL_ENV
+from labkit.server.process import Server
+from tests.audit import KeyAudit
+
+_session_server: Server | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _session_server
+    if hasattr(config, "workerinput") or os.environ.get(URL_ENV) or config.getoption("markexpr") == "leakcheck":
+        return
+    _session_server = Server().start()
+    os.environ[URL_ENV] = _session_server.url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _session_server is not None:
+        _session_server.stop()
+        os.environ.pop(URL_ENV, None)
+
+
+_audits: dict[Path, tuple[KeyAudit, str | None]] = {}
+
+
+def _notebook(item: pytest.Item) -> Path | None:
+    return item.path if item.path.suffix == ".ipynb" else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before a notebook's first cell (and so before nbval starts its kernel): give it its own server."""
+    path = _notebook(item)
+    if path is not None and path not in _audits:
+        _audits[path] = (KeyAudit(), os.environ.get(URL_ENV))
+        os.environ[URL_ENV] = _audits[path][0].url
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    """After a notebook's last cell (its kernel is gone by now): check what it wrote."""
+    yield
+    path = _notebook(item)
+    if path is None or path not in _audits or (nextitem is not None and nextitem.path == path):
+        return
+    audit, previous = _audits.pop(path)
+    if previous is None:
+        os.environ.pop(URL_ENV, None)
+    else:
+        os.environ[URL_ENV] = previous
+    problems = audit.problems(f"lab:l{path.name[:2]}")
+    assert not problems, f"{path.name}: " + "; ".join(problems)
+
+
