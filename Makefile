@@ -37,9 +37,10 @@ reset: $(STAMP)  ## delete the lab's keys (lab:*) on the lab server, nothing els
 test: $(STAMP)  ## run the whole suite: labkit against real servers, every notebook, hygiene, browser
 	@bash scripts/ensure-chromium.sh
 	rm -rf build/tmp && mkdir -p build/tmp
-	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -n 2 --dist loadfile -m "not leakcheck" \
+	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -n 2 --dist loadfile -m "not leakcheck and not browser" \
 		--nbval-lax --nbval-cell-timeout=120 $(PYTEST_ARGS)
-	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -m leakcheck -p no:nbval tests/test_zz_leaks.py
+	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -m "browser or leakcheck" -p no:nbval \
+		tests/test_browser.py tests/test_zz_leaks.py
 
 bench: $(STAMP)  ## benchmarks, side by side in one run (python -m labkit bench)
 	$(PY) -m labkit bench server

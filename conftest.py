@@ -24,7 +24,7 @@ _session_server: Server | None = None
 
 def pytest_configure(config: pytest.Config) -> None:
     global _session_server
-    if hasattr(config, "workerinput") or os.environ.get(URL_ENV) or config.getoption("markexpr") == "leakcheck":
+    if hasattr(config, "workerinput") or os.environ.get(URL_ENV) or "leakcheck" in config.getoption("markexpr"):
         return
     _session_server = Server().start()
     os.environ[URL_ENV] = _session_server.url
