@@ -24,7 +24,9 @@ _session_server: Server | None = None
 
 def pytest_configure(config: pytest.Config) -> None:
     global _session_server
-    if hasattr(config, "workerinput") or os.environ.get(URL_ENV) or "leakcheck" in config.getoption("markexpr"):
+    markexpr = config.getoption("markexpr")
+    leak_run = "leakcheck" in markexpr and "not leakcheck" not in markexpr  # must not leave a server running
+    if hasattr(config, "workerinput") or os.environ.get(URL_ENV) or leak_run:
         return
     _session_server = Server().start()
     os.environ[URL_ENV] = _session_server.url
