@@ -5,7 +5,8 @@
   and stops in `pytest_unconfigure`.
 - Each notebook (nbval) runs on a server of its own with keyspace events on (a `KeyAudit`): the hooks
   below point the kernel at it before the notebook's first cell, and after its last cell fail the
-  notebook if it wrote a key outside its `lab:lNN` prefix or left one behind.
+  notebook if it wrote a key outside its `lab:lNN` prefix or left one behind, or left a connection
+  subscribed or blocked.
 """
 
 from __future__ import annotations
@@ -56,10 +57,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
-    """After a notebook's last cell (its kernel is gone by now): check what it wrote."""
-    yield
+    """After a notebook's last cell: check that no subscriber or blocked reader outlived it (while its kernel
+    still runs), then, once the kernel is gone, what it wrote."""
     path = _notebook(item)
-    if path is None or path not in _audits or (nextitem is not None and nextitem.path == path):
+    last = path is not None and path in _audits and (nextitem is None or nextitem.path != path)
+    lingering = _audits[path][0].lingering_clients() if last else []
+    yield
+    if not last:
         return
     audit, previous = _audits.pop(path)
     if previous is None:
@@ -67,6 +71,8 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
     else:
         os.environ[URL_ENV] = previous
     problems = audit.problems(f"lab:l{path.name[:2]}")
+    if lingering:
+        problems.append(f"connections still subscribed or blocked after the last cell: {lingering}; close them")
     assert not problems, f"{path.name}: " + "; ".join(problems)
 
 

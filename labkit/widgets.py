@@ -271,3 +271,59 @@ class HitRateMonitor(LiveMonitor):
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         return buf.getvalue()
+
+
+class PubSubMonitor(LiveMonitor):
+    """Messages per second published (the server's PUBLISH calls) and received (a counter a subscriber keeps),
+    with the channel's subscriber count (PUBSUB NUMSUB) and any other gauges, e.g. users online."""
+
+    title = "pub/sub"
+
+    def __init__(self, r: redis.Redis, channel: str, received: Callable[[], int] | None = None,
+                 gauges: dict[str, Callable[[], float]] | None = None, **kwargs: float) -> None:
+        self.r, self.channel, self.received, self.gauges = r, channel, received, gauges or {}
+        self._last: tuple[float, int, int] | None = None
+        super().__init__(self._pubsub_sample, **kwargs)
+
+    def _publishes(self) -> int:
+        return int(self.r.info("commandstats").get("cmdstat_publish", {}).get("calls", 0))
+
+    def _pubsub_sample(self) -> Sample:
+        now, published = time.monotonic(), self._publishes()
+        received = self.received() if self.received else 0
+        last, self._last = self._last, (now, published, received)
+        sample = {"subscribers": float(self.r.pubsub_numsub(self.channel)[0][1])}
+        sample |= {name: float(gauge()) for name, gauge in self.gauges.items()}
+        if last is not None:
+            dt = max(now - last[0], 1e-6)
+            sample["published/s"] = (published - last[1]) / dt
+            if self.received:
+                sample["received/s"] = (received - last[2]) / dt
+        return sample
+
+    def describe(self) -> str:
+        s = self.result.series
+        if not s.get("published/s"):
+            return "no samples yet"
+        parts = [f"{s['published/s'][-1]:,.0f} published/s"]
+        if s.get("received/s"):
+            parts.append(f"{s['received/s'][-1]:,.0f} received/s")
+        parts += [f"{name} {values[-1]:,.0f}" for name, values in s.items() if not name.endswith("/s") and values]
+        return ", ".join(parts)
+
+    def render(self) -> bytes:
+        fig = Figure(figsize=(9, 2.8), dpi=90)
+        flow_ax, gauge_ax = fig.subplots(1, 2)
+        for name, values in self.result.series.items():
+            ax = flow_ax if name.endswith("/s") else gauge_ax
+            ax.plot(self.result.times[len(self.result.times) - len(values):], values, label=name)
+        flow_ax.set(title="messages per second", xlim=(0, self.duration), xlabel="seconds")
+        gauge_ax.set(title="subscribers and gauges", xlim=(0, self.duration), xlabel="seconds")
+        for ax in (flow_ax, gauge_ax):
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=7, loc="upper left")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()

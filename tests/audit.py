@@ -8,12 +8,14 @@ from labkit.server import Server, spawn
 class KeyAudit:
     """Start with `KeyAudit()`, point a client (or a notebook kernel) at `.url`, then `finish()`."""
 
+    NAME = "labkit-audit"
+
     def __init__(self) -> None:
         self.server: Server = spawn(notify_keyspace_events="KEA")
         self.url = self.server.url
         self.written: set[str] = set()
         self.errors: list[BaseException] = []
-        self._pubsub = self.server.client().pubsub()
+        self._pubsub = self.server.client(client_name=self.NAME).pubsub()
         self._pubsub.psubscribe(**{"__keyevent@*__:*": lambda message: self.written.add(message["data"])})
         self._thread = self._pubsub.run_in_thread(sleep_time=0.01, daemon=True,
                                                   exception_handler=self._on_error)
@@ -21,6 +23,15 @@ class KeyAudit:
     def _on_error(self, err: BaseException, *_: object) -> None:
         self.errors.append(err)
         self._thread.stop()
+
+    def lingering_clients(self) -> list[str]:
+        """Connections still subscribed or blocked (other than the audit's own), while the kernel still runs."""
+        found = []
+        for client in self.server.client().client_list():
+            subscribed = any(int(client.get(kind, 0) or 0) for kind in ("sub", "psub", "ssub"))
+            if client.get("name") != self.NAME and (subscribed or "b" in client.get("flags", "")):
+                found.append(f"{client.get('name') or 'unnamed'} ({client.get('cmd')})")
+        return found
 
     def finish(self) -> tuple[set[str], int]:
         """Stop listening; return (keys written, keys still on the server) and stop the server."""

@@ -1,6 +1,7 @@
 """Every lesson follows the template, carries no stray outputs, and touches only its own keys."""
 
 import re
+import threading
 import time
 
 import nbformat
@@ -75,6 +76,22 @@ def test_the_key_audit_catches_a_stray_key_and_a_leftover():
     time.sleep(0.1)
     problems = audit.problems("lab:l07")
     assert any("'stray'" in p for p in problems) and any("left behind" in p for p in problems)
+
+
+def test_the_audit_sees_a_subscriber_and_a_blocked_reader_left_open():
+    audit = KeyAudit()
+    client = redis.Redis.from_url(audit.url, decode_responses=True)
+    pubsub = client.pubsub()
+    pubsub.subscribe("lab:l07:news")
+    blocked = threading.Thread(target=lambda: redis.Redis.from_url(audit.url).blpop("lab:l07:queue", timeout=1))
+    blocked.start()
+    time.sleep(0.2)
+    lingering = audit.lingering_clients()
+    pubsub.close()
+    blocked.join()
+    assert {entry.split(" ")[-1] for entry in lingering} == {"(subscribe)", "(blpop)"}
+    assert audit.lingering_clients() == []
+    audit.finish()
 
 
 def test_the_key_audit_passes_a_clean_lesson():

@@ -1,8 +1,10 @@
 """Widgets run headless: bounded in time, ending with a figure and a one-line summary."""
 
+import time
+
 import pytest
 
-from labkit.widgets import LiveMonitor, OpsMonitor
+from labkit.widgets import LiveMonitor, OpsMonitor, PubSubMonitor
 
 
 def test_ops_monitor_sees_a_workload(r, ns, capsys):
@@ -41,3 +43,20 @@ def test_side_by_side_times_every_call_the_same_number_of_times():
                            reps=20)
     assert calls.count("f") == calls.count("s") == 20 and calls[:2] == ["f", "s"]
     assert medians["slow"] > 10 * medians["fast"]
+
+
+def test_pubsub_monitor_counts_published_and_received(r, ns, capsys):
+    from labkit.pubsub import Subscriber
+
+    channel = ns.key("monitored")
+    with Subscriber(r, channel, name=ns.key("monitor")) as sub:
+        def workload(stop):
+            while not stop.is_set():
+                r.publish(channel, "x")
+                time.sleep(0.002)
+
+        result = PubSubMonitor(r, channel, received=lambda: len(sub.messages), gauges={"queue": lambda: 3},
+                               duration=1.0, interval=0.1).run(workload)
+    assert result.peak("published/s") > 50 and result.peak("received/s") > 50
+    assert result.peak("subscribers") == 1 and result.series["queue"][-1] == 3
+    assert "published/s" in result.summary and result.summary in capsys.readouterr().out

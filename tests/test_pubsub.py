@@ -1,0 +1,149 @@
+"""labkit.pubsub against real servers: delivery, disconnects, resync, the slow subscriber, asyncio."""
+
+import asyncio
+import itertools
+import random
+import threading
+import time
+
+import pytest
+
+from labkit import ConfigError, ServerUnavailable
+from labkit.pubsub import (
+    PresenceFeed,
+    Subscriber,
+    backoff_delays,
+    kill_clients,
+    listen,
+    missing,
+    publish_numbered,
+    slow_subscriber,
+    subscribed_clients,
+)
+from labkit.server import Server, spawn
+
+
+def test_channel_and_pattern_subscribers_both_receive(r, ns):
+    with Subscriber(r, ns.key("a"), name=ns.key("s1")) as one, Subscriber(r, patterns=[ns.key("*")],
+                                                                           name=ns.key("s2")) as many:
+        assert r.publish(ns.key("a"), "x") == 2
+        assert one.wait_for(1) and many.wait_for(1)
+    assert one.data() == many.data() == ["x"] and many.messages[0][1] == ns.key("a")
+
+
+def test_close_leaves_no_subscription_and_no_thread(r, ns):
+    threads = threading.active_count()
+    with Subscriber(r, ns.key("a"), name=ns.key("closing")):
+        assert any(c.get("name") == ns.key("closing") for c in subscribed_clients(r))
+    assert not any(c.get("name") == ns.key("closing") for c in r.client_list())
+    assert threading.active_count() == threads
+
+
+def test_a_disconnect_is_counted_resynced_and_its_gap_is_contiguous(r, ns):
+    resyncs = []
+    with Subscriber(r, ns.key("a"), name=ns.key("blink"), on_connect=lambda client: resyncs.append(1)) as sub:
+        killer = threading.Timer(0.05, sub.kill_connection, args=(r,))
+        killer.start()
+        publish_numbered(r, ns.key("a"), 1000, rate=5000)
+        killer.join()
+        assert sub.wait_connected()
+        publish_numbered(r, ns.key("a"), 1, start=1000)
+        assert sub.wait_for(1, timeout=2) and sub.data()[-1] == "1000"
+    lost = missing(sub.data(), range(1001))
+    assert len(sub.disconnects) == 1 and "closed" in sub.disconnects[0] and sub.connects == 2 and len(resyncs) == 2
+    assert lost == list(range(lost[0], lost[-1] + 1)) if lost else True
+
+
+def test_without_reconnect_a_killed_subscriber_stays_down(r, ns):
+    with Subscriber(r, ns.key("a"), name=ns.key("once"), reconnect=False) as sub:
+        assert sub.kill_connection(r) == 1
+        time.sleep(0.2)
+        assert not sub.connected and r.publish(ns.key("a"), "x") == 0
+
+
+def test_bad_input_gets_clear_errors(r):
+    with pytest.raises(ConfigError, match="at least one channel"):
+        Subscriber(r)
+    with pytest.raises(ConfigError, match="zero or more"):
+        publish_numbered(r, "x", -1)
+    with pytest.raises(ConfigError, match="base"):
+        next(backoff_delays(base=0))
+
+
+def test_a_subscriber_to_a_server_that_is_down_says_so_at_once():
+    server = Server().start()
+    client = server.client()
+    server.stop()
+    started = time.monotonic()
+    with pytest.raises(ServerUnavailable, match=r"could not subscribe.*doctor"):
+        Subscriber(client, "x")
+    assert time.monotonic() - started < 2
+
+
+def test_backoff_grows_and_stays_within_its_cap():
+    delays = list(itertools.islice(backoff_delays(0.01, 0.5, random.Random(1)), 12))
+    assert all(0 <= d <= min(0.5, 0.01 * 2**i) for i, d in enumerate(delays))
+    assert max(delays[8:]) > max(delays[:3])
+
+
+def test_presence_feed_keeps_set_and_announcements_in_step(r, ns):
+    feed, view = PresenceFeed(r, "room", prefix=ns.key("p")), set()
+    with Subscriber(r, feed.channel, name=ns.key("t"), on_message=lambda m: PresenceFeed.apply(m[2], view)) as sub:
+        for user in ("ann", "ben", "cy"):
+            feed.join(user)
+        feed.leave("ben")
+        assert sub.wait_for(4)
+    assert view == feed.online() == {"ann", "cy"}
+    assert sub.data() == ["join:ann", "join:ben", "join:cy", "leave:ben"]
+
+
+def test_slow_subscriber_is_disconnected_at_the_output_buffer_limit():
+    with spawn(client_output_buffer_limit="pubsub 128kb 64kb 10") as srv:
+        result = slow_subscriber(srv.client(), "firehose", payload_bytes=500)
+        assert subscribed_clients(srv.client()) == []
+    assert result.hard_limit_bytes == 128 * 1024 and result.disconnections == 1
+    assert result.last_backlog_bytes <= result.hard_limit_bytes and result.received < result.published
+    assert "closed" in result.error
+
+
+def test_kill_clients_only_kills_the_named_ones(r, ns):
+    with Subscriber(r, ns.key("a"), name=ns.key("victim")), Subscriber(r, ns.key("a"), name=ns.key("bystander")):
+        assert kill_clients(r, ns.key("victim")) == 1
+        time.sleep(0.05)
+        names = {c.get("name") for c in r.client_list()}
+        assert ns.key("bystander") in names
+
+
+def test_async_listener_reconnects_after_a_restart_and_closes_when_stopped():
+    async def scenario(srv):
+        received, stop = [], asyncio.Event()
+        task = asyncio.create_task(listen(srv.url, "c", received.append, stop, base=0.01))
+        client = srv.client()
+        while client.publish("c", "before") == 0:
+            await asyncio.sleep(0.01)
+        srv.restart()
+        while client.publish("c", "after") == 0:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        stop.set()
+        return received, await task, subscribed_clients(client)
+
+    with spawn() as srv:
+        received, reconnections, left = asyncio.run(scenario(srv))
+    assert received[0] == "before" and received[-1] == "after" and reconnections == 1 and left == []
+
+
+def test_async_listener_closes_its_connection_when_cancelled():
+    async def scenario(srv):
+        task = asyncio.create_task(listen(srv.url, "c", lambda data: None, asyncio.Event()))
+        client = srv.client()
+        while not subscribed_clients(client):
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.05)
+        return subscribed_clients(client)
+
+    with spawn() as srv:
+        assert asyncio.run(scenario(srv)) == []
