@@ -89,6 +89,7 @@ class Subscriber:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._pubsub: redis.client.PubSub | None = None
+        self._live = False  # subscribed and confirmed
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         self._ready.wait(10)
@@ -112,6 +113,7 @@ class Subscriber:
         self.connects += 1
         if self.on_connect:
             self.on_connect(self.client)
+        self._live = True
 
     def _run(self) -> None:
         delays = backoff_delays()
@@ -138,6 +140,7 @@ class Subscriber:
             self.on_message(message)
 
     def _drop(self) -> None:
+        self._live = False
         if self._pubsub is not None:
             with contextlib.suppress(redis.RedisError, OSError):
                 self._pubsub.close()
@@ -145,7 +148,8 @@ class Subscriber:
 
     @property
     def connected(self) -> bool:
-        return self._pubsub is not None
+        """Subscribed, with every subscription confirmed by the server."""
+        return self._live
 
     def data(self) -> list[str]:
         """The payloads received so far, in order."""
