@@ -134,8 +134,78 @@ def bench_cache(seconds: float = 1.0, clients: int = 50) -> list[Row]:
     return rows
 
 
+def _drain_raw(r, stream: str, group: str, batch: int) -> int:
+    """The ceiling: XACK of one batch pipelined with the XREADGROUP of the next, one round trip per batch."""
+    handled, acks = 0, []
+    while True:
+        pipe = r.pipeline(transaction=False)
+        if acks:
+            pipe.xack(stream, group, *acks)
+        pipe.xreadgroup(group, "raw", {stream: ">"}, count=batch)
+        reply = pipe.execute()[-1]
+        entries = reply[0][1] if reply else []
+        if not entries:
+            return handled
+        acks = [entry_id for entry_id, _ in entries]
+        handled += len(entries)
+
+
+def _consumers_rate(r, group: str, consumers: int, jobs: int, io_ms: float) -> float:
+    """Messages/s for `consumers` Workers in threads sharing `group`, together handling `jobs` messages."""
+    from labkit.streams import Worker, ensure_group
+
+    ensure_group(r, "bench", group)
+    handled = [0] * consumers
+
+    def consume(i: int) -> None:
+        worker = Worker(r, "bench", group, f"w{i}", lambda _id, _f: time.sleep(io_ms / 1000), batch=10, block_ms=0)
+        while sum(handled) < jobs:
+            handled[i] += worker.process_once()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(consumers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(handled) / (time.perf_counter() - started)
+
+
+def bench_streams(messages: int = 20_000, batch: int = 100, rounds: int = 3, io_ms: float = 0.5) -> list[Row]:
+    """Messages/s processed and acknowledged: labkit's Worker next to a raw pipelined XREADGROUP+XACK loop
+    (the two alternating, `rounds` times, medians), then 1, 2 and 4 Workers in threads sharing a group with
+    a handler that waits `io_ms` per message (an I/O-bound job)."""
+    from labkit.streams import Worker, ensure_group
+
+    rows: list[Row] = []
+    with Server(modules=False) as server:
+        r = server.client()
+        for first in range(0, messages, 1000):
+            pipe = r.pipeline(transaction=False)
+            for i in range(first, min(first + 1000, messages)):
+                pipe.xadd("bench", {"n": i, "payload": "x" * 100})
+            pipe.execute()
+        rates: dict[str, list[float]] = {"raw pipelined XREADGROUP+XACK": [], "labkit Worker": []}
+        for k in range(rounds):
+            for name in rates:
+                group = f"{name}-{k}"
+                ensure_group(r, "bench", group)
+                started = time.perf_counter()
+                if name.startswith("raw"):
+                    handled = _drain_raw(r, "bench", group, batch)
+                else:
+                    handled = Worker(r, "bench", group, "w", lambda i, f: None, batch=batch,
+                                     block_ms=0).run(max_messages=messages)
+                rates[name].append(handled / (time.perf_counter() - started))
+        rows += [(f"messages/s: {name}", statistics.median(v)) for name, v in rates.items()]
+        for consumers in (1, 2, 4):
+            rate = _consumers_rate(r, f"io-{consumers}", consumers, min(messages, 2000), io_ms)
+            rows.append((f"messages/s: {consumers} Worker(s), {io_ms} ms handler", rate))
+    return rows
+
+
 SUITES: dict[str, Callable[[], list[Row]]] = {
-    "server": bench_server, "ratelimit": bench_ratelimit, "cache": bench_cache,
+    "server": bench_server, "ratelimit": bench_ratelimit, "cache": bench_cache, "streams": bench_streams,
 }
 
 
@@ -145,8 +215,8 @@ def run(suite: str = "server") -> list[Row]:
     if suite == "ratelimit":
         _print_ratelimit(rows)
         return rows
-    if suite == "cache":
-        _print_cache(rows)
+    if suite in ("cache", "streams"):
+        _print_cache(rows) if suite == "cache" else _print_streams(rows)
         return rows
     base = rows[0][1]
     print(f"{'benchmark':40} {'median ms':>10} {'ratio':>7}")
@@ -175,3 +245,10 @@ def _print_ratelimit(rows: list[Row]) -> None:
         one, four = table[f"{name}: decisions/s, 1 client"], table[f"{name}: decisions/s, 4 clients"]
         rtt = table[f"{name}: round trips per decision"]
         print(f"{name:36} {one:11,.0f} {one / base1:11.2f} {four:12,.0f} {four / base4:11.2f} {rtt:5.2f}")
+
+
+def _print_streams(rows: list[Row]) -> None:
+    raw = dict(rows)["messages/s: raw pipelined XREADGROUP+XACK"]
+    for name, value in rows:
+        ratio = f"{value / raw:5.2f}x raw" if "raw" in name or "labkit" in name else ""
+        print(f"{name:52} {value:10,.0f}   {ratio}")

@@ -327,3 +327,49 @@ class PubSubMonitor(LiveMonitor):
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         return buf.getvalue()
+
+
+class LagMonitor(LiveMonitor):
+    """A consumer group's lag (entries not yet delivered) and pending entries (delivered, not acknowledged),
+    in total and per consumer, from XINFO GROUPS and XINFO CONSUMERS."""
+
+    title = "consumer group lag"
+
+    def __init__(self, r: redis.Redis, stream: str, group: str, **kwargs: float) -> None:
+        self.r, self.stream, self.group = r, stream, group
+        super().__init__(self._lag_sample, **kwargs)
+
+    def _lag_sample(self) -> Sample:
+        info = next((g for g in self.r.xinfo_groups(self.stream) if g["name"] == self.group), None)
+        if info is None:
+            return {}
+        sample = {"lag": float(info.get("lag") or 0), "pending": float(info["pending"])}
+        for consumer in self.r.xinfo_consumers(self.stream, self.group):
+            sample[f"pending {consumer['name']}"] = float(consumer["pending"])
+        return sample
+
+    def describe(self) -> str:
+        s = self.result.series
+        if not s.get("lag"):
+            return "no samples yet"
+        consumers = sum(1 for name in s if name.startswith("pending ") and s[name])
+        return (f"lag {s['lag'][-1]:,.0f} (peak {max(s['lag']):,.0f}), pending {s['pending'][-1]:,.0f}, "
+                f"{consumers} consumer(s)")
+
+    def render(self) -> bytes:
+        fig = Figure(figsize=(9, 2.8), dpi=90)
+        group_ax, consumer_ax = fig.subplots(1, 2)
+        for name, values in self.result.series.items():
+            ax = consumer_ax if name.startswith("pending ") else group_ax
+            ax.plot(self.result.times[len(self.result.times) - len(values):], values,
+                    label=name.removeprefix("pending "))
+        group_ax.set(title=f"group {self.group}: entries", xlim=(0, self.duration), xlabel="seconds")
+        consumer_ax.set(title="pending per consumer", xlim=(0, self.duration), xlabel="seconds")
+        for ax in (group_ax, consumer_ax):
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=7, loc="upper left")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()

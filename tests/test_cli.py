@@ -91,3 +91,10 @@ def test_bench_cache_compares_hits_and_counts_stampedes():
     assert all(rows[f"hits/s: {name}"] > 0 for name in contenders)
     assert rows["stampede lock: recomputes at expiry"] == 1 and rows["stampede swr: misses at expiry"] == 0
     assert rows["stampede none: recomputes at expiry"] > rows["stampede lock: recomputes at expiry"]
+
+
+def test_bench_streams_compares_the_worker_with_a_raw_loop():
+    rows = dict(bench.bench_streams(messages=2000, rounds=1, io_ms=0.5))
+    raw, worker = rows["messages/s: raw pipelined XREADGROUP+XACK"], rows["messages/s: labkit Worker"]
+    assert raw > 0 and worker > 0.3 * raw  # the 0.8x goal is for the quiet-machine benchmark, not a busy suite
+    assert rows["messages/s: 4 Worker(s), 0.5 ms handler"] > 1.5 * rows["messages/s: 1 Worker(s), 0.5 ms handler"]

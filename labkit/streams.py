@@ -1,0 +1,307 @@
+"""Streams with consumer groups: an idempotent group set-up, an at-least-once `Worker`, and `lag`.
+
+A `Worker` reads new entries with `>`, hands each to your handler, and acknowledges only those the
+handler finished. Entries left pending by a consumer that died are reclaimed with XAUTOCLAIM once idle
+for `claim_idle_ms` (following its cursor to the end); an entry delivered `max_deliveries` times without
+success goes to the dead-letter stream, with its error, and is acknowledged there.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+
+from labkit.errors import ConfigError
+
+Handler = Callable[[str, dict], object]
+Entry = tuple[str, dict]
+
+
+def ensure_group(r: redis.Redis, stream: str, group: str, start: str = "0", *, mkstream: bool = True) -> bool:
+    """Create consumer group `group` on `stream` reading from `start`; True if created, False if it existed.
+
+    An existing group is not an error; anything else is, with what to do about it.
+    """
+    try:
+        r.xgroup_create(stream, group, id=start, mkstream=mkstream)
+        return True
+    except redis.ResponseError as err:
+        message = str(err)
+        if message.startswith("BUSYGROUP"):
+            return False
+        if "requires the key to exist" in message:
+            raise ConfigError(f"Stream {stream!r} does not exist: add an entry first, or pass mkstream=True.") from None
+        if message.startswith("WRONGTYPE"):
+            raise ConfigError(f"{stream!r} holds a {r.type(stream)}, not a stream: choose another key.") from None
+        raise
+
+
+@dataclass
+class Lag:
+    """How far a group is behind, from XINFO GROUPS and XINFO CONSUMERS."""
+
+    lag: int | None  # entries added but not yet delivered to the group (None when the server cannot tell)
+    pending: int  # delivered but not acknowledged
+    entries_read: int | None
+    last_delivered_id: str
+    consumers: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> pending, idle_ms, inactive_ms
+
+
+def lag(r: redis.Redis, stream: str, group: str) -> Lag:
+    """The group's lag, pending count and per-consumer pending and idle time."""
+    groups = {g["name"]: g for g in r.xinfo_groups(stream)}
+    if group not in groups:
+        raise ConfigError(f"No group {group!r} on {stream!r} (groups: {sorted(groups)}); see ensure_group().")
+    info = groups[group]
+    consumers = {c["name"]: {"pending": int(c["pending"]), "idle_ms": int(c["idle"]),
+                             "inactive_ms": int(c.get("inactive", -1))}
+                 for c in r.xinfo_consumers(stream, group)}
+    return Lag(info.get("lag"), int(info["pending"]), info.get("entries-read"), info["last-delivered-id"], consumers)
+
+
+@dataclass
+class WorkerStats:
+    processed: int = 0  # handled and acknowledged
+    failed: int = 0  # handler raised; left pending for another delivery
+    dead_lettered: int = 0
+    claimed: int = 0  # taken over from idle consumers
+    deleted_while_pending: int = 0  # XAUTOCLAIM's third element: gone from the stream, dropped from the PEL
+    errors: list[str] = field(default_factory=list)  # the latest handler errors, newest last
+
+
+class Worker:
+    """One consumer of a group: read, process, acknowledge after success; reclaim; dead-letter.
+
+    A read waits up to `block_ms` for new entries (0: return at once, never XREADGROUP's BLOCK 0 = forever).
+
+    Example:
+        >>> ensure_group(r, "orders", "billing")
+        >>> worker = Worker(r, "orders", "billing", "worker-1", lambda id, fields: charge(fields))
+        >>> worker.run(until=stop_event)
+    """
+
+    def __init__(self, r: redis.Redis, stream: str, group: str, consumer: str, handler: Handler, *,
+                 batch: int = 10, block_ms: int = 100, claim_idle_ms: int = 30_000, max_deliveries: int = 5,
+                 dead_letter: str | None = None) -> None:
+        if not callable(handler):
+            raise ConfigError(f"handler must be callable as handler(entry_id, fields), got {handler!r}.")
+        for name, value in (("batch", batch), ("claim_idle_ms", claim_idle_ms), ("max_deliveries", max_deliveries)):
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}.")
+        if block_ms < 0:
+            raise ConfigError(f"block_ms must be zero or more, got {block_ms}.")
+        self.r, self.stream, self.group, self.consumer, self.handler = r, stream, group, consumer, handler
+        self.batch, self.block_ms, self.claim_idle_ms = batch, block_ms, claim_idle_ms
+        self.max_deliveries = max_deliveries
+        self.dead_letter = dead_letter or f"{stream}:dead"
+        self.stats = WorkerStats()
+        self._backlog_cursor: str | None = "0"  # first, what this consumer name left pending before a restart
+        self._next_claim = 0.0
+
+    # -- one step -----------------------------------------------------------------------------
+    def process_once(self) -> int:
+        """Reclaim if due, then read one batch (own pending entries first) and process it.
+
+        Returns the number of entries handled and acknowledged.
+        """
+        done = 0
+        if time.monotonic() >= self._next_claim:
+            self._next_claim = time.monotonic() + self.claim_idle_ms / 2000
+            done += self._handle(self.reclaim(), reclaimed=True)
+        backlog = self._backlog_cursor is not None
+        entries = self._read(self._backlog_cursor) if backlog else []
+        if backlog:  # walk this consumer's own pending entries once, oldest first, then switch to new ones
+            self._backlog_cursor = entries[-1][0] if entries else None
+            backlog = bool(entries)
+        if not backlog:
+            entries = self._read(">")
+        gone = [i for i, f in entries if f is None]  # pending, but deleted from the stream since
+        if gone:
+            self.r.xack(self.stream, self.group, *gone)
+            self.stats.deleted_while_pending += len(gone)
+            entries = [(i, f) for i, f in entries if f is not None]
+        return done + self._handle(entries, reclaimed=backlog)
+
+    def _read(self, start: str) -> list[Entry]:
+        reply = self.r.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch,
+                                  block=self.block_ms if start == ">" and self.block_ms else None)
+        return reply[0][1] if reply else []
+
+    def reclaim(self) -> list[Entry]:
+        """XAUTOCLAIM every entry idle for `claim_idle_ms`, following the cursor until it returns to 0-0."""
+        claimed, cursor = [], "0-0"
+        while True:
+            reply = self.r.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms, cursor,
+                                      count=max(self.batch, 100))
+            cursor, entries = reply[0], reply[1]
+            if len(reply) > 2:  # 7.0+: ids deleted from the stream while pending, now dropped from the PEL
+                self.stats.deleted_while_pending += len(reply[2])
+            claimed += [(i, f) for i, f in entries if f is not None]
+            if cursor in ("0-0", b"0-0"):
+                break
+        self.stats.claimed += len(claimed)
+        return claimed
+
+    def _handle(self, entries: list[Entry], *, reclaimed: bool) -> int:
+        if not entries:
+            return 0
+        deliveries = self._deliveries([i for i, _ in entries]) if reclaimed else {}
+        succeeded = []
+        for entry_id, fields in entries:
+            count = deliveries.get(entry_id, 1)
+            if count > self.max_deliveries:
+                self._bury(entry_id, fields, count, "delivered without success (a consumer died each time?)")
+                continue
+            try:
+                self.handler(entry_id, fields)
+                succeeded.append(entry_id)
+            except Exception as err:  # recorded, and the entry stays pending for a later delivery
+                self._failed(entry_id, fields, err)
+        if succeeded:
+            self.r.xack(self.stream, self.group, *succeeded)
+            self.stats.processed += len(succeeded)
+        return len(succeeded)
+
+    def _deliveries(self, ids: list[str]) -> dict[str, int]:
+        """Delivery counts (XPENDING's times_delivered) of pending entries."""
+        counts = {}
+        pipe = self.r.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xpending_range(self.stream, self.group, entry_id, entry_id, 1)
+        for rows in pipe.execute():
+            for row in rows:
+                counts[row["message_id"]] = int(row["times_delivered"])
+        return counts
+
+    def _failed(self, entry_id: str, fields: dict, err: Exception) -> None:
+        self.stats.failed += 1
+        self.stats.errors = [*self.stats.errors[-9:], f"{entry_id}: {type(err).__name__}: {err}"]
+        count = self._deliveries([entry_id]).get(entry_id, 1)
+        if count >= self.max_deliveries:
+            self._bury(entry_id, fields, count, f"{type(err).__name__}: {err}")
+
+    def _bury(self, entry_id: str, fields: dict, deliveries: int, error: str) -> None:
+        """Move an entry to the dead-letter stream and acknowledge it, in one transaction."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.xadd(self.dead_letter, {"id": entry_id, "stream": self.stream, "group": self.group,
+                                     "deliveries": deliveries, "error": error, "fields": json.dumps(fields)})
+        pipe.xack(self.stream, self.group, entry_id)
+        pipe.execute()
+        self.stats.dead_lettered += 1
+
+    # -- a loop ---------------------------------------------------------------------------------
+    def run(self, max_messages: int | None = None, until: threading.Event | Callable[[], bool] | None = None) -> int:
+        """Process until `max_messages` were handled or `until` is set (an Event) or returns True.
+
+        Returns the number handled. With neither, runs until the process is stopped.
+        """
+        stop = until.is_set if isinstance(until, threading.Event) else until
+        handled = 0
+        while (max_messages is None or handled < max_messages) and not (stop and stop()):
+            handled += self.process_once()
+        return handled
+
+
+# -- the crash experiment ---------------------------------------------------------------------------
+@dataclass
+class CrashResult:
+    """What SIGKILLed workers did to `messages` orders: counted from what the handlers recorded."""
+
+    messages: int
+    processed: int  # distinct orders whose effect was recorded
+    lost: int
+    duplicates: int  # handler runs beyond the first, per order, summed
+    kills: int
+    naive_total: int  # INCRBY per handler run: counts duplicates twice
+    idempotent_total: int  # one ledger entry per order id: duplicates change nothing
+    expected_total: int
+    seconds: float
+    pending_after: int
+
+
+def _connection_spec(r: redis.Redis) -> dict:
+    kw = r.connection_pool.connection_kwargs
+    return {k: kw.get(k) for k in ("host", "port", "username", "password", "db")}
+
+
+def _crash_worker(spec: dict, stream: str, group: str, consumer: str, prefix: str, claim_idle_ms: int) -> None:
+    """A worker process: each order's effect goes to a naive total and to a ledger keyed by order id."""
+    r = redis.Redis(**spec, decode_responses=True)
+
+    def handle(entry_id: str, fields: dict) -> None:
+        pipe = r.pipeline(transaction=True)
+        pipe.hincrby(f"{prefix}:runs", fields["order"], 1)
+        pipe.incrby(f"{prefix}:naive-total", int(fields["amount"]))
+        pipe.hsetnx(f"{prefix}:ledger", fields["order"], fields["amount"])
+        pipe.execute()
+
+    Worker(r, stream, group, consumer, handle, batch=20, block_ms=50, claim_idle_ms=claim_idle_ms).run()
+
+
+def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: int = 3, rate: float = 5000,
+               kills: int = 10, seed: int = 0, claim_idle_ms: int = 300, timeout: float = 60) -> CrashResult:
+    """Orders flow into a stream at `rate`/s while worker PROCESSES are SIGKILLed at random moments.
+
+    Each killed worker restarts under its name, except the last, which stays dead: its pending entries
+    can only come back through XAUTOCLAIM. Keys live under `prefix`; the caller cleans them.
+    """
+    import multiprocessing
+    import os
+    import random
+    import signal
+
+    if messages <= 0 or workers < 2 or kills < 0:
+        raise ConfigError("crash_test needs messages > 0, at least 2 workers and kills >= 0.")
+    stream, group, rng = f"{prefix}:orders", "billing", random.Random(seed)
+    ensure_group(r, stream, group)
+    ctx, spec = multiprocessing.get_context("spawn"), _connection_spec(r)
+
+    def start(name: str):
+        process = ctx.Process(target=_crash_worker, args=(spec, stream, group, name, prefix, claim_idle_ms),
+                              daemon=True)
+        process.start()
+        return process
+
+    procs = {f"worker-{i}": start(f"worker-{i}") for i in range(workers)}
+    amounts = [rng.randint(1, 100) for _ in range(messages)]
+
+    def produce() -> None:
+        began = time.monotonic()
+        for first in range(0, messages, 50):
+            time.sleep(max(0.0, began + first / rate - time.monotonic()))
+            pipe = r.pipeline(transaction=False)
+            for order in range(first, min(first + 50, messages)):
+                pipe.xadd(stream, {"order": order, "amount": amounts[order]})
+            pipe.execute()
+
+    began = time.monotonic()
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    try:
+        for k in range(kills):
+            time.sleep(rng.uniform(0.5, 1.5) * messages / rate / max(kills, 1))
+            name = rng.choice(sorted(procs))
+            os.kill(procs[name].pid, signal.SIGKILL)
+            procs[name].join()
+            if k < kills - 1 or len(procs) <= 2:
+                procs[name] = start(name)
+            else:
+                del procs[name]  # stays dead: only XAUTOCLAIM brings its entries back
+        producer.join()
+        deadline = time.monotonic() + timeout
+        while r.hlen(f"{prefix}:ledger") < messages and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        for process in procs.values():
+            process.kill()
+            process.join()
+    runs = [int(v) for v in r.hvals(f"{prefix}:runs")]
+    ledger = [int(v) for v in r.hvals(f"{prefix}:ledger")]
+    return CrashResult(messages, len(ledger), messages - len(ledger), sum(runs) - len(runs), kills,
+                       int(r.get(f"{prefix}:naive-total") or 0), sum(ledger), sum(amounts),
+                       time.monotonic() - began, lag(r, stream, group).pending)

@@ -1,0 +1,142 @@
+"""labkit.streams against a real server: groups, the worker's acknowledgements, reclaim, dead letters, crashes."""
+
+import threading
+import time
+
+import pytest
+
+from labkit import ConfigError
+from labkit.streams import Worker, crash_test, ensure_group, lag
+
+
+def fill(r, stream, n):
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd(stream, {"n": i})
+    return pipe.execute()
+
+
+def test_ensure_group_is_idempotent(r, ns):
+    stream = ns.key("s")
+    assert ensure_group(r, stream, "g") is True
+    assert ensure_group(r, stream, "g") is False
+    assert [g["name"] for g in r.xinfo_groups(stream)] == ["g"]
+
+
+def test_ensure_group_errors_say_what_to_do(r, ns):
+    with pytest.raises(ConfigError, match="does not exist.*mkstream=True"):
+        ensure_group(r, ns.key("missing"), "g", mkstream=False)
+    r.set(ns.key("string"), "x")
+    with pytest.raises(ConfigError, match="holds a string, not a stream"):
+        ensure_group(r, ns.key("string"), "g")
+
+
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"handler": "not callable"}, "handler must be callable"),
+    ({"batch": 0}, "batch must be positive"),
+    ({"max_deliveries": -1}, "max_deliveries must be positive"),
+    ({"claim_idle_ms": 0}, "claim_idle_ms must be positive"),
+])
+def test_worker_rejects_bad_settings(r, ns, kwargs, says):
+    with pytest.raises(ConfigError, match=says):
+        Worker(r, ns.key("s"), "g", "c", **({"handler": print} | kwargs))
+
+
+def test_worker_acknowledges_only_what_succeeded(r, ns):
+    stream = ns.key("s")
+    ensure_group(r, stream, "g")
+    fill(r, stream, 10)
+
+    def handler(entry_id, fields):
+        if fields["n"] == "3":
+            raise ValueError("bad order")
+
+    worker = Worker(r, stream, "g", "c", handler, batch=10, block_ms=10)
+    assert worker.process_once() == 9
+    pending = r.xpending_range(stream, "g", "-", "+", 10)
+    assert len(pending) == 1 and worker.stats.failed == 1 and "ValueError: bad order" in worker.stats.errors[0]
+    assert lag(r, stream, "g").pending == 1
+
+
+def test_a_poison_message_is_dead_lettered_after_exactly_max_deliveries(r, ns):
+    stream, dead = ns.key("s"), ns.key("s-dead")
+    ensure_group(r, stream, "g")
+    [poison] = fill(r, stream, 1)
+    calls = []
+
+    def handler(entry_id, fields):
+        calls.append(entry_id)
+        raise RuntimeError("cannot parse")
+
+    worker = Worker(r, stream, "g", "c", handler, block_ms=5, claim_idle_ms=20, max_deliveries=3, dead_letter=dead)
+    deadline = time.monotonic() + 5
+    while not r.xlen(dead) and time.monotonic() < deadline:
+        worker.process_once()
+    [(_, buried)] = r.xrange(dead)
+    assert calls == [poison] * 3 and buried["deliveries"] == "3" and "cannot parse" in buried["error"]
+    assert buried["id"] == poison and lag(r, stream, "g").pending == 0 and worker.stats.dead_lettered == 1
+
+
+def test_entries_of_a_dead_consumer_are_reclaimed_after_idle_beyond_the_first_100(r, ns):
+    stream = ns.key("s")
+    ensure_group(r, stream, "g")
+    fill(r, stream, 250)
+    r.xreadgroup("g", "dead", {stream: ">"}, count=250)  # read, never acknowledged: the consumer died
+    seen = []
+    worker = Worker(r, stream, "g", "alive", lambda i, f: seen.append(i), block_ms=5, claim_idle_ms=100)
+    assert worker.process_once() == 0 and worker.stats.claimed == 0  # not idle long enough yet
+    time.sleep(0.15)
+    worker._next_claim = 0  # a reclaim is due now
+    assert worker.process_once() == 250 and len(set(seen)) == 250 and worker.stats.claimed == 250
+    assert lag(r, stream, "g").consumers["dead"]["pending"] == 0
+
+
+def test_entries_deleted_while_pending_leave_the_pel(r, ns):
+    stream = ns.key("s")
+    ensure_group(r, stream, "g")
+    ids = fill(r, stream, 5)
+    r.xreadgroup("g", "dead", {stream: ">"}, count=5)
+    r.xdel(stream, *ids[:2])
+    time.sleep(0.06)
+    worker = Worker(r, stream, "g", "alive", lambda i, f: None, block_ms=5, claim_idle_ms=50)
+    assert worker.process_once() == 3 and worker.stats.deleted_while_pending == 2
+    assert lag(r, stream, "g").pending == 0
+
+
+def test_a_restarted_worker_first_finishes_its_own_pending_entries(r, ns):
+    stream = ns.key("s")
+    ensure_group(r, stream, "g")
+    fill(r, stream, 4)
+    r.xreadgroup("g", "w1", {stream: ">"}, count=2)  # w1 read two, then crashed
+    seen = []
+    Worker(r, stream, "g", "w1", lambda i, f: seen.append(f["n"]), block_ms=5).run(max_messages=4)
+    assert seen == ["0", "1", "2", "3"]
+
+
+def test_run_stops_on_an_event(r, ns):
+    stream, stop = ns.key("s"), threading.Event()
+    ensure_group(r, stream, "g")
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    Worker(r, stream, "g", "c", print, block_ms=20).run(until=stop)
+    assert time.monotonic() - started < 1
+
+
+def test_lag_reports_the_group_and_its_consumers(r, ns):
+    stream = ns.key("s")
+    ensure_group(r, stream, "g")
+    fill(r, stream, 30)
+    r.xreadgroup("g", "c1", {stream: ">"}, count=10)
+    report = lag(r, stream, "g")
+    assert (report.lag, report.pending, report.entries_read) == (20, 10, 10)
+    assert report.consumers["c1"]["pending"] == 10
+    with pytest.raises(ConfigError, match="No group 'nope'"):
+        lag(r, stream, "nope")
+
+
+def test_sigkilled_worker_processes_lose_nothing(r, ns):
+    result = crash_test(r, ns.key("crash"), messages=3000, workers=3, kills=4, rate=3000, claim_idle_ms=200)
+    assert result.lost == 0 and result.processed == 3000 and result.pending_after == 0
+    assert result.idempotent_total == result.expected_total
+    assert result.naive_total - result.expected_total >= 0
+    assert (result.naive_total > result.expected_total) == (result.duplicates > 0)
