@@ -218,6 +218,7 @@ class CrashResult:
     duplicates: int  # handler runs beyond the first, per order, summed
     kills: int
     naive_total: int  # INCRBY per handler run: counts duplicates twice
+    duplicated_amount: int  # what the extra runs added to the naive total
     idempotent_total: int  # one ledger entry per order id: duplicates change nothing
     expected_total: int
     seconds: float
@@ -300,8 +301,9 @@ def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: 
         for process in procs.values():
             process.kill()
             process.join()
-    runs = [int(v) for v in r.hvals(f"{prefix}:runs")]
+    runs = {int(order): int(count) for order, count in r.hgetall(f"{prefix}:runs").items()}
     ledger = [int(v) for v in r.hvals(f"{prefix}:ledger")]
-    return CrashResult(messages, len(ledger), messages - len(ledger), sum(runs) - len(runs), kills,
-                       int(r.get(f"{prefix}:naive-total") or 0), sum(ledger), sum(amounts),
+    return CrashResult(messages, len(ledger), messages - len(ledger), sum(runs.values()) - len(runs), kills,
+                       int(r.get(f"{prefix}:naive-total") or 0),
+                       sum(amounts[order] * (count - 1) for order, count in runs.items()), sum(ledger), sum(amounts),
                        time.monotonic() - began, lag(r, stream, group).pending)

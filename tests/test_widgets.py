@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from labkit.widgets import LiveMonitor, OpsMonitor, PubSubMonitor
+from labkit.widgets import LagMonitor, LiveMonitor, OpsMonitor, PubSubMonitor
 
 
 def test_ops_monitor_sees_a_workload(r, ns, capsys):
@@ -60,3 +60,20 @@ def test_pubsub_monitor_counts_published_and_received(r, ns, capsys):
     assert result.peak("published/s") > 50 and result.peak("received/s") > 50
     assert result.peak("subscribers") == 1 and result.series["queue"][-1] == 3
     assert "published/s" in result.summary and result.summary in capsys.readouterr().out
+
+
+def test_lag_monitor_sees_lag_grow_and_drain(r, ns, capsys):
+    from labkit.streams import Worker, ensure_group
+
+    stream = ns.key("lagging")
+    ensure_group(r, stream, "g")
+
+    def workload(stop):
+        for _ in range(5):
+            r.xadd(stream, {"n": 1})
+        time.sleep(0.4)
+        Worker(r, stream, "g", "c1", lambda i, f: None, block_ms=10).run(until=stop)
+
+    result = LagMonitor(r, stream, "g", duration=1.0, interval=0.1).run(workload)
+    assert result.peak("lag") == 5 and result.series["lag"][-1] == 0 and result.series["pending c1"][-1] == 0
+    assert result.summary.startswith("consumer group lag: lag 0 (peak 5)") and result.summary in capsys.readouterr().out
