@@ -47,6 +47,7 @@ bench: $(STAMP)  ## benchmarks, side by side in one run (python -m labkit bench)
 	$(PY) -m labkit bench ratelimit
 	$(PY) -m labkit bench cache
 	$(PY) -m labkit bench streams
+	$(PY) -m labkit bench locks
 
 lock: $(STAMP)  ## re-pin requirements.lock (Python 3.11-3.13, every platform) from pyproject.toml
 	$(PY) -m pip install --quiet uv

@@ -204,19 +204,67 @@ def bench_streams(messages: int = 20_000, batch: int = 100, rounds: int = 3, io_
     return rows
 
 
+def _reads(clients: list) -> list[int]:
+    return [int(c.info("stats")["total_reads_processed"]) for c in clients]
+
+
+def _round_trips_per_acquire(clients: list, acquire: Callable[[], object], release: Callable[[], object],
+                             n: int = 50) -> float:
+    """Requests the servers read during acquire() alone, per call, summed over servers (each INFO that
+    measures counts itself once per server, subtracted)."""
+    total = 0
+    for _ in range(n):
+        before = _reads(clients)
+        acquire()
+        after = _reads(clients)
+        release()
+        total += sum(a - b - 1 for a, b in zip(after, before, strict=True))
+    return total / n
+
+
+def bench_locks(reps: int = 300) -> list[Row]:
+    """Uncontended acquire+release, median microseconds timed in turns: labkit's Lock next to redis-py's on
+    one server, labkit's Redlock next to pottery's on three; then round trips per acquire."""
+    from pottery import Redlock as PotteryRedlock
+
+    from labkit.locks import Lock, Redlock
+    from labkit.server import nodes
+
+    rows: list[Row] = []
+    with nodes(3) as servers:
+        clients = [s.client() for s in servers]
+        r = clients[0]
+        ours, theirs = Lock(r, "bench", ttl_ms=10_000), r.lock("bench-redispy", timeout=10)
+        ours_rl = Redlock(clients, "bench", ttl_ms=10_000)
+        pottery = PotteryRedlock(key="bench-pottery", masters=set(clients), auto_release_time=10)
+        contenders = {
+            "redis-py Lock, 1 server": (lambda: theirs.acquire(blocking=False), theirs.release, clients[:1]),
+            "labkit Lock, 1 server": (lambda: ours.acquire(blocking=False), ours.release, clients[:1]),
+            "pottery Redlock, 3 servers": (lambda: pottery.acquire(blocking=False), pottery.release, clients),
+            "labkit Redlock, 3 servers": (ours_rl.acquire, ours_rl.release, clients),
+        }
+        for acquire, release, _ in contenders.values():  # load scripts and connections before timing
+            acquire()
+            release()
+        medians = side_by_side({name: lambda a=a, rel=rel: (a(), rel()) for name, (a, rel, _) in contenders.items()},
+                               reps=reps)
+        rows += [(f"acquire+release us: {name}", us) for name, us in medians.items()]
+        rows += [(f"round trips per acquire: {name}", _round_trips_per_acquire(cs, a, rel))
+                 for name, (a, rel, cs) in contenders.items()]
+    return rows
+
+
 SUITES: dict[str, Callable[[], list[Row]]] = {
     "server": bench_server, "ratelimit": bench_ratelimit, "cache": bench_cache, "streams": bench_streams,
+    "locks": bench_locks,
 }
 
 
 def run(suite: str = "server") -> list[Row]:
     """Run one suite and print its table; the first row of a group is the baseline of its ratios."""
     rows = SUITES[suite]()
-    if suite == "ratelimit":
-        _print_ratelimit(rows)
-        return rows
-    if suite in ("cache", "streams"):
-        _print_cache(rows) if suite == "cache" else _print_streams(rows)
+    if suite in PRINTERS:
+        PRINTERS[suite](rows)
         return rows
     base = rows[0][1]
     print(f"{'benchmark':40} {'median ms':>10} {'ratio':>7}")
@@ -252,3 +300,19 @@ def _print_streams(rows: list[Row]) -> None:
     for name, value in rows:
         ratio = f"{value / raw:5.2f}x raw" if "raw" in name or "labkit" in name else ""
         print(f"{name:52} {value:10,.0f}   {ratio}")
+
+
+def _print_locks(rows: list[Row]) -> None:
+    table = dict(rows)
+    for name, value in rows:
+        kind, _, who = name.partition(": ")
+        if kind.startswith("acquire"):
+            base = table[f"{kind}: {'redis-py Lock, 1 server' if '1 server' in who else 'pottery Redlock, 3 servers'}"]
+            print(f"{name:56} {value:8.0f}   {value / base:5.2f}x")
+        else:
+            print(f"{name:56} {value:8.2f}")
+
+
+PRINTERS: dict[str, Callable[[list[Row]], None]] = {
+    "ratelimit": _print_ratelimit, "cache": _print_cache, "streams": _print_streams, "locks": _print_locks,
+}

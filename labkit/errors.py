@@ -19,3 +19,7 @@ class MissingModule(LabkitError, RuntimeError):
 
 class DockerUnavailable(LabkitError, RuntimeError):
     """The optional Docker path was asked for but cannot work here."""
+
+
+class LockNotHeld(LabkitError, RuntimeError):
+    """A lock was released or extended by a client that does not hold it (never did, or it expired)."""

@@ -22,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from labkit.errors import ConfigError, ServerUnavailable
+from labkit.server.lab import derive
 
 Message = tuple[float, str, str]  # (monotonic time received, channel, data)
 
@@ -31,12 +32,7 @@ def named_client(r: redis.Redis, name: str, *, retry: bool = True) -> redis.Redi
 
     With `retry=False` a dropped connection raises instead of being silently re-established.
     """
-    pool = r.connection_pool
-    kwargs = {**pool.connection_kwargs, "decode_responses": True, "client_name": name}
-    if not retry:
-        kwargs["retry"] = Retry(NoBackoff(), 0)
-        kwargs.pop("retry_on_error", None)
-    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+    return derive(r, retries=None if retry else 0, decode_responses=True, client_name=name)
 
 
 def kill_clients(r: redis.Redis, name: str) -> int:

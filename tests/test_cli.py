@@ -98,3 +98,11 @@ def test_bench_streams_compares_the_worker_with_a_raw_loop():
     raw, worker = rows["messages/s: raw pipelined XREADGROUP+XACK"], rows["messages/s: labkit Worker"]
     assert raw > 0 and worker > 0.3 * raw  # the 0.8x goal is for the quiet-machine benchmark, not a busy suite
     assert rows["messages/s: 4 Worker(s), 0.5 ms handler"] > 1.5 * rows["messages/s: 1 Worker(s), 0.5 ms handler"]
+
+
+def test_bench_locks_compares_with_redis_py_and_pottery_in_one_round_trip_per_node():
+    rows = dict(bench.bench_locks(reps=30))
+    assert rows["round trips per acquire: labkit Lock, 1 server"] == 1
+    assert rows["round trips per acquire: labkit Redlock, 3 servers"] == 3
+    assert all(rows[f"acquire+release us: {name}"] > 0 for name in (
+        "redis-py Lock, 1 server", "labkit Lock, 1 server", "pottery Redlock, 3 servers", "labkit Redlock, 3 servers"))

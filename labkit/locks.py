@@ -1,0 +1,298 @@
+"""Distributed locks: a single-server `Lock` with fencing tokens, `Redlock` over independent servers, and
+a `FencedStore` that rejects writes carrying an older token than one it already accepted.
+
+A lock with a TTL can expire while its holder still works (a pause, a slow call): no lock alone can
+stop a stale holder from writing afterwards. The fencing token, a number that grows with every
+acquisition, lets the resource itself refuse that write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import secrets
+import time
+from dataclasses import dataclass
+
+import redis
+
+from labkit import scripts
+from labkit.errors import ConfigError, LockNotHeld
+from labkit.server.lab import derive
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}.")
+
+
+class Lock:
+    """A lock on one server: SET NX PX with a random token, and a fencing token from the same script.
+
+    `acquire()` takes it (retrying with random pauses for up to `blocking_timeout` seconds); `release()`
+    and `extend()` act only if our token is still there, and raise `LockNotHeld` otherwise: the lock
+    expired, so the work since then was not protected. As a context manager it raises `LockNotHeld` at
+    the end of the block if the lock was lost meanwhile.
+
+    Example:
+        >>> with Lock(r, "invoice:42", ttl_ms=5000) as lock:
+        ...     store.write(lock.fence, "paid")
+    """
+
+    def __init__(self, r: redis.Redis, name: str, *, ttl_ms: int = 10_000, blocking_timeout: float | None = 10.0,
+                 prefix: str = "lab:lock") -> None:
+        _positive("ttl_ms", ttl_ms)
+        if blocking_timeout is not None and blocking_timeout < 0:
+            raise ConfigError(f"blocking_timeout must be zero or more seconds (or None), got {blocking_timeout}.")
+        self.r, self.name, self.ttl_ms, self.blocking_timeout = r, name, int(ttl_ms), blocking_timeout
+        self.key = f"{prefix}:{{{name}}}"
+        self.fence_key = f"{self.key}:fence"
+        self.token: str | None = None
+        self.fence: int | None = None
+        self._acquire = scripts.register(r, "lock_acquire")
+        self._release = scripts.register(r, "lock_release")
+        self._extend = scripts.register(r, "lock_extend")
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock; True on success. Sets `token` and `fence` (the fencing token)."""
+        token = secrets.token_hex(16)
+        deadline = None if self.blocking_timeout is None else time.monotonic() + self.blocking_timeout
+        while True:
+            fence = self._acquire(keys=[self.key, self.fence_key], args=[token, self.ttl_ms])
+            if fence:
+                self.token, self.fence = token, int(fence)
+                return True
+            if not blocking or (deadline is not None and time.monotonic() >= deadline):
+                return False
+            pause = random.uniform(0.002, 0.02)
+            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+
+    def release(self) -> None:
+        """Release the lock if we still hold it; `LockNotHeld` if we never did or it expired."""
+        if self.token is None:
+            raise LockNotHeld(f"Lock {self.name!r} is not held by this client: acquire() it first.")
+        token, self.token = self.token, None
+        if not self._release(keys=[self.key], args=[token]):
+            raise LockNotHeld(f"Lock {self.name!r} expired (ttl {self.ttl_ms} ms) or was taken by another client "
+                              "before release: the work done after the expiry was not protected.")
+
+    def extend(self, ttl_ms: int | None = None) -> None:
+        """Give the lock a new TTL (default: the original) if we still hold it; `LockNotHeld` otherwise."""
+        if self.token is None or not self._extend(keys=[self.key], args=[self.token, ttl_ms or self.ttl_ms]):
+            raise LockNotHeld(f"Lock {self.name!r} cannot be extended: it is not ours any more (or never was).")
+
+    def owned(self) -> bool:
+        """Whether the server still holds our token (one GET; the answer may be stale a moment later)."""
+        value = self.r.get(self.key)
+        value = value.decode() if isinstance(value, bytes) else value
+        return self.token is not None and value == self.token
+
+    def __enter__(self) -> Lock:
+        if not self.acquire():
+            raise TimeoutError(f"Could not acquire lock {self.name!r} within {self.blocking_timeout} s.")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.release()
+        except LockNotHeld as lost:
+            if exc is None:
+                raise
+            exc.add_note(str(lost))
+
+
+class Redlock:
+    """A lock held on a majority of independent servers (the Redlock algorithm).
+
+    `acquire()` tries SET NX PX on every node, each call bounded by `node_timeout_ms`; it holds the lock
+    if a majority answered yes and time is left: validity = ttl - elapsed (monotonic clock) - drift. Else
+    it releases what it took and retries after a random delay. `release()` tries every node, whatever
+    the others do. Redlock does not issue fencing tokens: pair it with a resource that checks one.
+    """
+
+    def __init__(self, clients: list[redis.Redis], name: str, *, ttl_ms: int = 10_000, retries: int = 3,
+                 retry_delay_ms: int = 200, node_timeout_ms: int = 50, drift_factor: float = 0.01,
+                 prefix: str = "lab:redlock") -> None:
+        if not clients:
+            raise ConfigError("Redlock needs a list of independent servers (3 or 5), got none.")
+        if len(clients) % 2 == 0:
+            raise ConfigError(f"Redlock needs an odd number of independent servers (3 or 5), got {len(clients)}: "
+                              "with an even number, a failure can split them into two equal halves.")
+        _positive("ttl_ms", ttl_ms)
+        _positive("node_timeout_ms", node_timeout_ms)
+        if node_timeout_ms >= ttl_ms:
+            raise ConfigError(f"node_timeout_ms ({node_timeout_ms}) must be far below ttl_ms ({ttl_ms}).")
+        if retries < 0 or retry_delay_ms < 0:
+            raise ConfigError("retries and retry_delay_ms must be zero or more.")
+        timeout = node_timeout_ms / 1000
+        self.nodes = [derive(c, retries=0, socket_timeout=timeout, socket_connect_timeout=timeout) for c in clients]
+        self.name, self.key, self.ttl_ms = name, f"{prefix}:{name}", int(ttl_ms)
+        self.retries, self.retry_delay_ms, self.drift_factor = retries, retry_delay_ms, drift_factor
+        self.quorum = len(clients) // 2 + 1
+        self.token: str | None = None
+        self.validity_ms = 0.0
+        self.acquired_on = 0
+        self._release_scripts = [scripts.register(node, "lock_release") for node in self.nodes]
+
+    def _lock_on(self, node: redis.Redis, token: str) -> bool:
+        try:
+            return bool(node.set(self.key, token, nx=True, px=self.ttl_ms))
+        except (redis.RedisError, OSError):
+            return False
+
+    def _unlock_all(self, token: str) -> int:
+        released = 0
+        for script in self._release_scripts:
+            with contextlib.suppress(redis.RedisError, OSError):  # a node down or slow: its copy expires by TTL
+                released += int(script(keys=[self.key], args=[token]))
+        return released
+
+    def acquire(self) -> float:
+        """Try up to `1 + retries` times; the remaining validity in ms if acquired, else 0.0."""
+        for attempt in range(self.retries + 1):
+            token = secrets.token_hex(16)
+            started = time.monotonic()
+            won = sum(self._lock_on(node, token) for node in self.nodes)
+            self.acquired_on = won
+            elapsed_ms = (time.monotonic() - started) * 1000
+            validity = self.ttl_ms - elapsed_ms - (self.ttl_ms * self.drift_factor + 2)
+            if won >= self.quorum and validity > 0:
+                self.token, self.validity_ms, self.acquired_on = token, validity, won
+                return validity
+            self._unlock_all(token)
+            if attempt < self.retries:
+                time.sleep(random.uniform(0, self.retry_delay_ms) / 1000)
+        return 0.0
+
+    def release(self) -> int:
+        """Release on every node that still has our token; returns how many did. `LockNotHeld` if not held."""
+        if self.token is None:
+            raise LockNotHeld(f"Redlock {self.name!r} is not held by this client: acquire() it first.")
+        token, self.token, self.validity_ms = self.token, None, 0.0
+        return self._unlock_all(token)
+
+
+class FencedStore:
+    """A value that accepts a write only with a fencing token above every token it accepted before."""
+
+    def __init__(self, r: redis.Redis, name: str, *, prefix: str = "lab:fenced") -> None:
+        self.r = r
+        self.key = f"{prefix}:{{{name}}}:value"
+        self.highest_key = f"{prefix}:{{{name}}}:highest-token"
+        self._write = scripts.register(r, "fenced_write")
+
+    def write(self, token: int, value: str) -> bool:
+        """True if written; False if `token` is stale (not above the highest accepted)."""
+        return bool(self._write(keys=[self.key, self.highest_key], args=[int(token), value]))
+
+    def read(self) -> str | None:
+        value = self.r.get(self.key)
+        return value.decode() if isinstance(value, bytes) else value
+
+
+# -- experiments with real processes ------------------------------------------------------------------
+def _connection_spec(r: redis.Redis) -> dict:
+    kw = r.connection_pool.connection_kwargs
+    return {k: kw.get(k) for k in ("host", "port", "username", "password", "db")}
+
+
+def _increment(spec: dict, prefix: str, increments: int, use_lock: bool, start) -> None:
+    """A process adding 1 to a counter `increments` times by GET then SET (a read-modify-write)."""
+    r = redis.Redis(**spec, decode_responses=True)
+    counter = f"{prefix}:counter"
+    r.ping()
+    start.wait()  # every process begins together
+    for _ in range(increments):
+        lock = Lock(r, f"{prefix}:counter", ttl_ms=5000, blocking_timeout=30, prefix=prefix) if use_lock else None
+        if lock:
+            lock.acquire()
+        value = int(r.get(counter) or 0)
+        r.set(counter, value + 1)
+        if lock:
+            lock.release()
+
+
+def mutual_exclusion(r: redis.Redis, prefix: str, *, processes: int = 4, increments: int = 200,
+                     use_lock: bool = True) -> tuple[int, int]:
+    """`processes` processes each increment a shared counter `increments` times; returns (expected, counted)."""
+    import multiprocessing
+
+    _positive("processes", processes)
+    _positive("increments", increments)
+    r.delete(f"{prefix}:counter")
+    ctx, spec = multiprocessing.get_context("spawn"), _connection_spec(r)
+    start = ctx.Barrier(processes)
+    workers = [ctx.Process(target=_increment, args=(spec, prefix, increments, use_lock, start))
+               for _ in range(processes)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join()
+    return processes * increments, int(r.get(f"{prefix}:counter") or 0)
+
+
+@dataclass
+class PausedHolder:
+    """What happened when a lock holder was frozen (SIGSTOP) past its TTL, then woke up and wrote."""
+
+    first_fence: int
+    second_fence: int
+    first_lock_lost: bool  # the first holder's release found someone else's token
+    stale_write_accepted: bool
+    final_value: str | None
+
+
+def _paused_writer(spec: dict, prefix: str, ttl_ms: int, fenced: bool, conn) -> None:
+    r = redis.Redis(**spec, decode_responses=True)
+    lock = Lock(r, "resource", ttl_ms=ttl_ms, prefix=prefix)
+    lock.acquire()
+    conn.send(lock.fence)
+    conn.recv()  # "go": sent while this process is stopped, so it arrives only after SIGCONT
+    if fenced:
+        accepted = FencedStore(r, "resource", prefix=prefix).write(lock.fence, "written by the paused holder")
+    else:
+        r.set(f"{prefix}:plain", "written by the paused holder")
+        accepted = True
+    try:
+        lock.release()
+        lost = False
+    except LockNotHeld:
+        lost = True
+    conn.send((accepted, lost))
+
+
+def paused_holder(r: redis.Redis, prefix: str, *, fenced: bool, ttl_ms: int = 200) -> PausedHolder:
+    """A holder PROCESS takes the lock and is frozen with SIGSTOP past its TTL; a second client takes the
+    lock and writes; the first is resumed and writes too. With `fenced`, writes go through a FencedStore."""
+    import multiprocessing
+    import os
+    import signal
+
+    ctx, spec = multiprocessing.get_context("spawn"), _connection_spec(r)
+    ours, theirs = ctx.Pipe()
+    holder = ctx.Process(target=_paused_writer, args=(spec, prefix, ttl_ms, fenced, theirs))
+    holder.start()
+    try:
+        if not ours.poll(30):
+            raise TimeoutError("the holder process did not take the lock within 30 s")
+        first_fence = ours.recv()
+        os.kill(holder.pid, signal.SIGSTOP)
+        ours.send("go")
+        second = Lock(r, "resource", ttl_ms=ttl_ms * 10, blocking_timeout=ttl_ms * 5 / 1000, prefix=prefix)
+        if not second.acquire():
+            raise TimeoutError("the second client never got the lock: did the first one's TTL not run out?")
+        if fenced:
+            FencedStore(r, "resource", prefix=prefix).write(second.fence, "written by the second holder")
+        else:
+            r.set(f"{prefix}:plain", "written by the second holder")
+        os.kill(holder.pid, signal.SIGCONT)
+        accepted, lost = ours.recv()
+        second.release()
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+        holder.join(timeout=10)
+        if holder.is_alive():
+            holder.kill()
+            holder.join()
+    final = FencedStore(r, "resource", prefix=prefix).read() if fenced else r.get(f"{prefix}:plain")
+    return PausedHolder(first_fence, second.fence, lost, accepted, final)
