@@ -59,7 +59,7 @@ def test_acquire_gives_up_after_the_blocking_timeout(r, ns):
     holder = Lock(r, "job", prefix=ns.key("lk"))
     holder.acquire()
     started = time.monotonic()
-    with pytest.raises(TimeoutError, match="within 0.1 s"), Lock(r, "job", prefix=ns.key("lk"), blocking_timeout=0.1):
+    with pytest.raises(TimeoutError, match=r"within 0\.1 s"), Lock(r, "job", prefix=ns.key("lk"), blocking_timeout=0.1):
         pass
     assert 0.09 < time.monotonic() - started < 1
     holder.release()
