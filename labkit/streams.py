@@ -295,7 +295,8 @@ def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: 
                 del procs[name]  # stays dead: only XAUTOCLAIM brings its entries back
         producer.join()
         deadline = time.monotonic() + timeout
-        while r.hlen(f"{prefix}:ledger") < messages and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (r.hlen(f"{prefix}:ledger") < messages
+                                               or lag(r, stream, group).pending):  # the last XACKs land
             time.sleep(0.02)
     finally:
         for process in procs.values():
