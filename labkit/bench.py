@@ -254,9 +254,116 @@ def bench_locks(reps: int = 300) -> list[Row]:
     return rows
 
 
+def clustered_vectors(n: int, seed: int = 7, spread: float = 0.05):
+    """`n` unit vectors scattered around the lab corpus's real embeddings (clusters, like real data)."""
+    import numpy as np
+
+    from labkit.vectors import Embedder, corpus_texts
+
+    rng = np.random.default_rng(seed)
+    centres = Embedder(precomputed=True).embed(corpus_texts())
+    x = centres[rng.integers(0, len(centres), n)] + rng.normal(0, spread, (n, centres.shape[1])).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def load_vectors(r, prefix: str, vectors) -> None:
+    """HSET each vector as `embedding` under `prefix<i>`, 1,000 per round trip."""
+    for first in range(0, len(vectors), 1000):
+        pipe = r.pipeline(transaction=False)
+        for i in range(first, min(first + 1000, len(vectors))):
+            pipe.hset(f"{prefix}{i}", mapping={"embedding": vectors[i].tobytes()})
+        pipe.execute()
+
+
+def _semantic_cache_rows(server: Server, threshold: float, reps: int) -> list[Row]:
+    from redisvl.extensions.cache.llm import SemanticCache as RedisVLCache
+    from redisvl.utils.vectorize import CustomTextVectorizer
+
+    from labkit.vectors import Embedder, SemanticCache, corpus
+
+    data, embedder = corpus(), Embedder(precomputed=True)
+    seeds = [(g["questions"][0], g["id"]) for g in data["groups"]]
+    queries = [(q, g["id"]) for g in data["groups"] for q in g["questions"][1:]]
+    queries += [(d["question"], None) for d in data["distractors"]]
+    probe = [1.0] + [0.0] * (embedder.dim - 1)  # RedisVL embeds a test string to learn the dimension
+
+    def embed(text: str) -> list[float]:
+        return probe if text == "dimension test" else embedder(text).tolist()
+
+    ours = SemanticCache(server.client(), name="bench-labkit", threshold=threshold, ttl=None, embedder=embedder)
+    theirs = RedisVLCache(name="bench-redisvl", redis_url=server.url, distance_threshold=threshold,
+                          vectorizer=CustomTextVectorizer(embed=embed))
+    for prompt, group in seeds:
+        ours.put(prompt, group)
+        theirs.store(prompt=prompt, response=group)
+    lookups = {"labkit SemanticCache": lambda q: (h.fields["response"] if (h := ours.get(q)) else None),
+               "RedisVL SemanticCache": lambda q: (h[0]["response"] if (h := theirs.check(prompt=q)) else None)}
+    rows: list[Row] = []
+    for name, lookup in lookups.items():
+        answers = [(lookup(q), group) for q, group in queries]
+        paraphrases = sum(group is not None for _, group in queries)
+        rows.append((f"semantic cache {name}: true hits of {paraphrases} paraphrases",
+                     sum(a is not None and a == g for a, g in answers)))
+        rows.append((f"semantic cache {name}: false hits of {len(queries)} queries",
+                     sum(a is not None and a != g for a, g in answers)))
+    cycle = iter(range(10**9))
+    medians = side_by_side({name: lambda f=f: f(queries[next(cycle) % len(queries)][0])
+                            for name, f in lookups.items()}, reps=reps)
+    rows += [(f"semantic cache {name}: lookup us", us) for name, us in medians.items()]
+    return rows
+
+
+def bench_vectors(n: int = 20_000, queries: int = 200, threshold: float = 0.4) -> list[Row]:
+    """Recall@10 and queries/s: HNSW (several EF_RUNTIME) next to FLAT and numpy brute force on `n` clustered
+    vectors, queries timed in turns; then labkit's SemanticCache next to RedisVL's on the corpus."""
+    import numpy as np
+
+    from labkit.vectors import create_index, knn, wait_indexed
+
+    data = clustered_vectors(n)
+    probes = clustered_vectors(queries, seed=8)
+    exact = [set(np.argsort(-(data @ q))[:10]) for q in probes]
+    rows: list[Row] = []
+    with Server() as server:
+        r = server.client()
+        for algorithm, params in (("FLAT", {}), ("HNSW", {"M": 16, "EF_CONSTRUCTION": 200})):
+            create_index(r, algorithm, prefix=f"{algorithm}:", algorithm=algorithm, **params)
+            started = time.perf_counter()
+            load_vectors(r, f"{algorithm}:", data)
+            wait_indexed(r, algorithm)
+            rows.append((f"build s: {algorithm}", time.perf_counter() - started))
+        contenders = {
+            "numpy brute force": lambda q: [int(i) for i in np.argpartition(-(data @ q), 10)[:10]],
+            "FLAT": lambda q: [int(h.key.split(":")[1]) for h in knn(r, "FLAT", q, k=10)],
+        }
+        for ef in (10, 50, 100):
+            contenders[f"HNSW ef_runtime {ef}"] = lambda q, ef=ef: [int(h.key.split(":")[1])
+                                                                   for h in knn(r, "HNSW", q, k=10, ef_runtime=ef)]
+        for name, search in contenders.items():
+            rows.append((f"recall@10: {name}", float(np.mean([len(set(search(q)) & e) / 10
+                                                               for q, e in zip(probes, exact, strict=True)]))))
+        cycle = iter(range(10**9))
+        medians = side_by_side({name: lambda s=s: s(probes[next(cycle) % queries]) for name, s in contenders.items()},
+                               reps=queries)
+        rows += [(f"queries/s: {name}", 1e6 / us) for name, us in medians.items()]
+        rows += _semantic_cache_rows(server, threshold, reps=300)
+    return rows
+
+
+def _print_vectors(rows: list[Row]) -> None:
+    table = dict(rows)
+    for name, value in rows:
+        note = ""
+        if name.startswith("queries/s"):
+            note = f"{value / table['queries/s: FLAT']:5.2f}x FLAT"
+        elif name.endswith("lookup us"):
+            note = f"{value / table['semantic cache RedisVL SemanticCache: lookup us']:5.2f}x RedisVL"
+        print(f"{name:64} {value:10,.3f}   {note}" if value < 10 else f"{name:64} {value:10,.0f}   {note}")
+
+
 SUITES: dict[str, Callable[[], list[Row]]] = {
     "server": bench_server, "ratelimit": bench_ratelimit, "cache": bench_cache, "streams": bench_streams,
-    "locks": bench_locks,
+    "locks": bench_locks, "vectors": bench_vectors,
 }
 
 
@@ -315,4 +422,5 @@ def _print_locks(rows: list[Row]) -> None:
 
 PRINTERS: dict[str, Callable[[list[Row]], None]] = {
     "ratelimit": _print_ratelimit, "cache": _print_cache, "streams": _print_streams, "locks": _print_locks,
+    "vectors": _print_vectors,
 }

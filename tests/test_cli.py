@@ -106,3 +106,12 @@ def test_bench_locks_compares_with_redis_py_and_pottery_in_one_round_trip_per_no
     assert rows["round trips per acquire: labkit Redlock, 3 servers"] == 3
     assert all(rows[f"acquire+release us: {name}"] > 0 for name in (
         "redis-py Lock, 1 server", "labkit Lock, 1 server", "pottery Redlock, 3 servers", "labkit Redlock, 3 servers"))
+
+
+def test_bench_vectors_measures_recall_and_compares_with_redisvl():
+    rows = dict(bench.bench_vectors(n=2000, queries=30))
+    assert rows["recall@10: FLAT"] == rows["recall@10: numpy brute force"] == 1.0
+    assert rows["recall@10: HNSW ef_runtime 100"] >= 0.9
+    for what in ("true hits of 150 paraphrases", "false hits of 210 queries"):
+        assert rows[f"semantic cache labkit SemanticCache: {what}"] == rows[f"semantic cache RedisVL SemanticCache: {what}"]
+    assert rows["semantic cache labkit SemanticCache: lookup us"] > 0
