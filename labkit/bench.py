@@ -277,7 +277,7 @@ def load_vectors(r, prefix: str, vectors) -> None:
 
 def _semantic_cache_rows(server: Server, threshold: float, reps: int) -> list[Row]:
     from redisvl.extensions.cache.llm import SemanticCache as RedisVLCache
-    from redisvl.utils.vectorize import CustomTextVectorizer
+    from redisvl.utils.vectorize import CustomVectorizer
 
     from labkit.vectors import Embedder, SemanticCache, corpus
 
@@ -292,7 +292,7 @@ def _semantic_cache_rows(server: Server, threshold: float, reps: int) -> list[Ro
 
     ours = SemanticCache(server.client(), name="bench-labkit", threshold=threshold, ttl=None, embedder=embedder)
     theirs = RedisVLCache(name="bench-redisvl", redis_url=server.url, distance_threshold=threshold,
-                          vectorizer=CustomTextVectorizer(embed=embed))
+                          vectorizer=CustomVectorizer(embed=embed))
     for prompt, group in seeds:
         ours.put(prompt, group)
         theirs.store(prompt=prompt, response=group)
