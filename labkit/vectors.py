@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from functools import cache
@@ -159,11 +160,13 @@ def _hits(reply: Any, return_fields: tuple[str, ...]) -> Hits:
         rows = [(row["id"], row.get("extra_attributes", {})) for row in reply["results"]]
         warnings = [_text(w) for w in reply.get("warning", [])]
     else:  # RESP2: total, key, [field, value, ...], key, ...
-        rows = [(key, dict(zip(values[::2], values[1::2], strict=True)))
+        rows = [(key, dict(zip(values[::2], values[1::2], strict=True)) if values else None)
                 for key, values in zip(reply[1::2], reply[2::2], strict=True)]
         warnings = []
     hits = Hits()
     for key, attributes in rows:
+        if not attributes:  # the document expired or was deleted after the index listed it
+            continue
         pairs = {_text(k): _text(v) for k, v in attributes.items()}
         hits.append(Hit(_text(key), float(pairs.pop("distance")), {f: pairs[f] for f in return_fields if f in pairs}))
     hits.warnings = warnings
@@ -220,12 +223,14 @@ def _shipped() -> dict[str, np.ndarray]:
 
 class Embedder:
     """Sentence embeddings (384 dimensions, unit length): the real all-MiniLM-L6-v2 model when the `embeddings`
-    extra is installed, else the shipped vectors that model computed for the corpus (`precomputed=True`
-    forces them). `source` says which."""
+    extra is installed, else the shipped vectors that model computed for the corpus (`precomputed=True`, or
+    LABKIT_EMBEDDINGS=precomputed, forces them). `source` says which."""
 
     dim = DIM
 
     def __init__(self, *, precomputed: bool | None = None) -> None:
+        if precomputed is None and os.environ.get("LABKIT_EMBEDDINGS") == "precomputed":
+            precomputed = True  # e.g. a workshop that wants the fast path even where the model is installed
         self.model = None
         if not precomputed:
             try:

@@ -133,3 +133,8 @@ def test_an_expired_entry_is_no_longer_found(r, ns):
         assert cache.get("How long does shipping take?") is None
     finally:
         cache.drop()
+
+
+def test_labkit_embeddings_precomputed_forces_the_shipped_vectors(monkeypatch):
+    monkeypatch.setenv("LABKIT_EMBEDDINGS", "precomputed")
+    assert "precomputed" in Embedder().source
