@@ -18,7 +18,7 @@ import redis
 
 from labkit import scripts
 from labkit.errors import ConfigError, LockNotHeld
-from labkit.server.lab import derive
+from labkit.server.lab import connection_spec, derive
 
 
 def _positive(name: str, value: float) -> None:
@@ -191,11 +191,6 @@ class FencedStore:
 
 
 # -- experiments with real processes ------------------------------------------------------------------
-def _connection_spec(r: redis.Redis) -> dict:
-    kw = r.connection_pool.connection_kwargs
-    return {k: kw.get(k) for k in ("host", "port", "username", "password", "db")}
-
-
 def _increment(spec: dict, prefix: str, increments: int, use_lock: bool, start) -> None:
     """A process adding 1 to a counter `increments` times by GET then SET (a read-modify-write)."""
     r = redis.Redis(**spec, decode_responses=True)
@@ -220,7 +215,7 @@ def mutual_exclusion(r: redis.Redis, prefix: str, *, processes: int = 4, increme
     _positive("processes", processes)
     _positive("increments", increments)
     r.delete(f"{prefix}:counter")
-    ctx, spec = multiprocessing.get_context("spawn"), _connection_spec(r)
+    ctx, spec = multiprocessing.get_context("spawn"), connection_spec(r)
     start = ctx.Barrier(processes)
     workers = [ctx.Process(target=_increment, args=(spec, prefix, increments, use_lock, start))
                for _ in range(processes)]
@@ -268,7 +263,7 @@ def paused_holder(r: redis.Redis, prefix: str, *, fenced: bool, ttl_ms: int = 20
     import os
     import signal
 
-    ctx, spec = multiprocessing.get_context("spawn"), _connection_spec(r)
+    ctx, spec = multiprocessing.get_context("spawn"), connection_spec(r)
     ours, theirs = ctx.Pipe()
     holder = ctx.Process(target=_paused_writer, args=(spec, prefix, ttl_ms, fenced, theirs))
     holder.start()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import redis
 
 from labkit.errors import ConfigError
+from labkit.server.lab import connection_spec
 
 Handler = Callable[[str, dict], object]
 Entry = tuple[str, dict]
@@ -225,11 +226,6 @@ class CrashResult:
     pending_after: int
 
 
-def _connection_spec(r: redis.Redis) -> dict:
-    kw = r.connection_pool.connection_kwargs
-    return {k: kw.get(k) for k in ("host", "port", "username", "password", "db")}
-
-
 def _crash_worker(spec: dict, stream: str, group: str, consumer: str, prefix: str, claim_idle_ms: int) -> None:
     """A worker process: each order's effect goes to a naive total and to a ledger keyed by order id."""
     r = redis.Redis(**spec, decode_responses=True)
@@ -260,7 +256,7 @@ def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: 
         raise ConfigError("crash_test needs messages > 0, at least 2 workers and kills >= 0.")
     stream, group, rng = f"{prefix}:orders", "billing", random.Random(seed)
     ensure_group(r, stream, group)
-    ctx, spec = multiprocessing.get_context("spawn"), _connection_spec(r)
+    ctx, spec = multiprocessing.get_context("spawn"), connection_spec(r)
 
     def start(name: str):
         process = ctx.Process(target=_crash_worker, args=(spec, stream, group, name, prefix, claim_idle_ms),

@@ -117,10 +117,30 @@ class LiveMonitor:
         ax.grid(alpha=0.3)
         if self.result.series:
             ax.legend(loc="upper left", fontsize=8)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return _png(fig)
+
+
+def _two_panels(monitor: LiveMonitor, titles: tuple[str, str], right: Callable[[str], bool],
+                label: Callable[[str], str] = str) -> bytes:
+    """Every series as a line, on the right panel where `right(name)`, else on the left."""
+    fig = Figure(figsize=(9, 2.8), dpi=90)
+    axes = fig.subplots(1, 2)
+    times = monitor.result.times
+    for name, values in monitor.result.series.items():
+        axes[1 if right(name) else 0].plot(times[len(times) - len(values):], values, label=label(name))
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set(title=title, xlim=(0, monitor.duration), xlabel="seconds")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7, loc="upper left")
+    return _png(fig)
+
+
+def _png(fig: Figure) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
 
 
 def _capture_errors(workload: Workload, stop: threading.Event, errors: list[BaseException]) -> None:
@@ -200,10 +220,7 @@ class AdmissionTimeline(LiveMonitor):
             ax.tick_params(labelsize=7)
         axes[0].set_title(f"{self.title}: green admitted, red rejected", fontsize=9)
         axes[-1].set(xlabel="seconds", xlim=(0, self.duration))
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return _png(fig)
 
 
 class HitRateMonitor(LiveMonitor):
@@ -267,10 +284,7 @@ class HitRateMonitor(LiveMonitor):
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return _png(fig)
 
 
 class PubSubMonitor(LiveMonitor):
@@ -312,21 +326,7 @@ class PubSubMonitor(LiveMonitor):
         return ", ".join(parts)
 
     def render(self) -> bytes:
-        fig = Figure(figsize=(9, 2.8), dpi=90)
-        flow_ax, gauge_ax = fig.subplots(1, 2)
-        for name, values in self.result.series.items():
-            ax = flow_ax if name.endswith("/s") else gauge_ax
-            ax.plot(self.result.times[len(self.result.times) - len(values):], values, label=name)
-        flow_ax.set(title="messages per second", xlim=(0, self.duration), xlabel="seconds")
-        gauge_ax.set(title="subscribers and gauges", xlim=(0, self.duration), xlabel="seconds")
-        for ax in (flow_ax, gauge_ax):
-            ax.grid(alpha=0.3)
-            if ax.lines:
-                ax.legend(fontsize=7, loc="upper left")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return _two_panels(self, ("messages per second", "subscribers and gauges"), lambda n: not n.endswith("/s"))
 
 
 class LagMonitor(LiveMonitor):
@@ -357,19 +357,5 @@ class LagMonitor(LiveMonitor):
                 f"{consumers} consumer(s)")
 
     def render(self) -> bytes:
-        fig = Figure(figsize=(9, 2.8), dpi=90)
-        group_ax, consumer_ax = fig.subplots(1, 2)
-        for name, values in self.result.series.items():
-            ax = consumer_ax if name.startswith("pending ") else group_ax
-            ax.plot(self.result.times[len(self.result.times) - len(values):], values,
-                    label=name.removeprefix("pending "))
-        group_ax.set(title=f"group {self.group}: entries", xlim=(0, self.duration), xlabel="seconds")
-        consumer_ax.set(title="pending per consumer", xlim=(0, self.duration), xlabel="seconds")
-        for ax in (group_ax, consumer_ax):
-            ax.grid(alpha=0.3)
-            if ax.lines:
-                ax.legend(fontsize=7, loc="upper left")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return _two_panels(self, (f"group {self.group}: entries", "pending per consumer"),
+                           lambda n: n.startswith("pending "), label=lambda n: n.removeprefix("pending "))

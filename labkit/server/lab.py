@@ -129,6 +129,12 @@ def derive(r: redis.Redis, *, retries: int | None = None, **options: Any) -> red
     return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
 
+def connection_spec(r: redis.Redis) -> dict[str, Any]:
+    """What another process needs to open its own client of `r`'s server: `redis.Redis(**spec)`."""
+    kw = r.connection_pool.connection_kwargs
+    return {k: kw.get(k) for k in ("host", "port", "username", "password", "db")}
+
+
 def connect(url: str | None = None, **kwargs: Any) -> redis.Redis:
     """The client for the lab: `url`, else `LABKIT_REDIS_URL`, else this checkout's lab server,
     else an embedded server owned by this process (stopped at exit).
