@@ -2,7 +2,7 @@
 
 A `Worker` reads new entries with `>`, hands each to your handler, and acknowledges only those the
 handler finished. Entries left pending by a consumer that died are reclaimed with XAUTOCLAIM once idle
-for `claim_idle_ms` (following its cursor to the end); an entry delivered `max_deliveries` times without
+for `claim_idle_ms` (following its cursor, never only its first page); an entry delivered `max_deliveries` times without
 success goes to the dead-letter stream, with its error, and is acknowledged there.
 """
 
@@ -103,6 +103,7 @@ class Worker:
         self.stats = WorkerStats()
         self._backlog_cursor: str | None = "0"  # first, what this consumer name left pending before a restart
         self._next_claim = 0.0
+        self._claim_cursor = "0-0"
 
     # -- one step -----------------------------------------------------------------------------
     def process_once(self) -> int:
@@ -133,17 +134,19 @@ class Worker:
                                   block=self.block_ms if start == ">" and self.block_ms else None)
         return reply[0][1] if reply else []
 
-    def reclaim(self) -> list[Entry]:
-        """XAUTOCLAIM every entry idle for `claim_idle_ms`, following the cursor until it returns to 0-0."""
-        claimed, cursor = [], "0-0"
-        while True:
-            reply = self.r.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms, cursor,
+    def reclaim(self, max_pages: int = 10) -> list[Entry]:
+        """XAUTOCLAIM entries idle for `claim_idle_ms`, following the cursor: up to `max_pages` pages of
+        `max(batch, 100)` per call, resuming where the previous call stopped, so a huge backlog is shared
+        among workers rather than swallowed by one."""
+        claimed = []
+        for _ in range(max_pages):
+            reply = self.r.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms, self._claim_cursor,
                                       count=max(self.batch, 100))
-            cursor, entries = reply[0], reply[1]
+            self._claim_cursor, entries = reply[0], reply[1]
             if len(reply) > 2:  # 7.0+: ids deleted from the stream while pending, now dropped from the PEL
                 self.stats.deleted_while_pending += len(reply[2])
             claimed += [(i, f) for i, f in entries if f is not None]
-            if cursor in ("0-0", b"0-0"):
+            if self._claim_cursor in ("0-0", b"0-0"):
                 break
         self.stats.claimed += len(claimed)
         return claimed

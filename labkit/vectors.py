@@ -286,13 +286,14 @@ class SemanticCache:
         self.embedder = embedder or Embedder()
         self.prefix = prefix or f"lab:semcache:{name}:"
         self.stats = CacheStats()
+        self._last: tuple[str, np.ndarray] | None = None  # a miss's vector, reused by the put that follows
         if not index_exists(r, name):
             create_index(r, name, prefix=self.prefix, dim=self.embedder.dim, algorithm=algorithm,
                          fields={"tenant": "TAG"})
 
     def get(self, prompt: str, tenant: str = "default") -> Hit | None:
         """The cached entry nearest to `prompt` for `tenant` if within the threshold, else None."""
-        hits = knn(self.r, self.name, self.embedder(prompt), k=1, filter=f"@tenant:{{{escape_tag(tenant)}}}",
+        hits = knn(self.r, self.name, self._embed(prompt), k=1, filter=f"@tenant:{{{escape_tag(tenant)}}}",
                    return_fields=("prompt", "response"), dim=self.embedder.dim)
         if hits and hits[0].distance <= self.threshold:
             self.stats.hits += 1
@@ -302,7 +303,7 @@ class SemanticCache:
 
     def put(self, prompt: str, response: str, tenant: str = "default") -> str:
         """Store `response` for `prompt` under `tenant`; returns the key."""
-        vector = self.embedder(prompt)
+        vector = self._embed(prompt)
         key = f"{self.prefix}{tenant}:{hashlib.sha256(prompt.encode()).hexdigest()}"
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(key, mapping={"prompt": prompt, "response": response, "tenant": tenant,
@@ -311,6 +312,11 @@ class SemanticCache:
             pipe.expire(key, self.ttl)
         pipe.execute()
         return key
+
+    def _embed(self, prompt: str) -> np.ndarray:
+        if self._last is None or self._last[0] != prompt:
+            self._last = (prompt, self.embedder(prompt))
+        return self._last[1]
 
     def drop(self) -> None:
         """Drop the index and delete its entries."""

@@ -140,3 +140,15 @@ def test_sigkilled_worker_processes_lose_nothing(r, ns):
     assert result.idempotent_total == result.expected_total
     assert result.naive_total - result.expected_total == result.duplicated_amount
     assert (result.duplicated_amount > 0) == (result.duplicates > 0)
+
+
+def test_a_huge_backlog_is_reclaimed_in_pages_that_resume_at_the_cursor(r, ns):
+    stream = ns.key("s")
+    ensure_group(r, stream, "g")
+    fill(r, stream, 450)
+    r.xreadgroup("g", "dead", {stream: ">"}, count=450)
+    time.sleep(0.06)
+    worker = Worker(r, stream, "g", "alive", lambda i, f: None, claim_idle_ms=50)
+    first, second = worker.reclaim(max_pages=2), worker.reclaim(max_pages=2)
+    assert (len(first), len(second)) == (200, 200) and not {i for i, _ in first} & {i for i, _ in second}
+    assert len(worker.reclaim(max_pages=2)) == 50 and worker.stats.claimed == 450

@@ -138,3 +138,21 @@ def test_an_expired_entry_is_no_longer_found(r, ns):
 def test_labkit_embeddings_precomputed_forces_the_shipped_vectors(monkeypatch):
     monkeypatch.setenv("LABKIT_EMBEDDINGS", "precomputed")
     assert "precomputed" in Embedder().source
+
+
+def test_a_miss_then_put_embeds_the_prompt_once(r, ns):
+    calls = []
+
+    class Counting(Embedder):
+        def embed(self, texts):
+            calls.append(list(texts))
+            return super().embed(texts)
+
+    cache = SemanticCache(r, name=ns.key("once"), threshold=0.3, embedder=Counting(precomputed=True),
+                          prefix=ns.key("once") + ":")
+    try:
+        assert cache.get("How long does shipping take?") is None
+        cache.put("How long does shipping take?", "3 to 5 days.")
+        assert len(calls) == 1
+    finally:
+        cache.drop()
