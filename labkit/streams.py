@@ -2,8 +2,9 @@
 
 A `Worker` reads new entries with `>`, hands each to your handler, and acknowledges only those the
 handler finished. Entries left pending by a consumer that died are reclaimed with XAUTOCLAIM once idle
-for `claim_idle_ms` (following its cursor, never only its first page); an entry delivered `max_deliveries` times without
-success goes to the dead-letter stream, with its error, and is acknowledged there.
+for `claim_idle_ms`, following its cursor (never only its first page); an entry delivered
+`max_deliveries` times without success goes to the dead-letter stream, with its error, and is
+acknowledged there.
 """
 
 from __future__ import annotations
