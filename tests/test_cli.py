@@ -54,6 +54,7 @@ def test_doctor_reports_every_requirement():
     for name in ["python", "packages", "server binary", "search and JSON modules", "embedded server starts"]:
         assert f"[OK]   {name}:" in out.stdout
     assert "All requirements met." in out.stdout
+    assert "embedding model (optional):" in out.stdout
 
 
 def test_doctor_fails_with_a_fix_when_the_url_is_wrong(tmp_path):
