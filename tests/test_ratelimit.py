@@ -161,18 +161,20 @@ def test_matches_a_reference_model_on_random_arrivals(cls, r, ns, arrivals, limi
 LIMIT, WINDOW_S, RUN_S = 20, 0.2, 1.0
 
 
-def hammer(url: str, cls_name: str, prefix: str, until: float, out) -> None:
-    """One client: ask as fast as it can until `until` (wall clock); report the admitted server times."""
+def hammer(url: str, cls_name: str, prefix: str, start: float, until: float, out, kind: str) -> None:
+    """One client: from `start` ask as fast as it can until `until` (wall clock); report the admitted
+    server times."""
     import labkit.ratelimit as rl
 
     r = labkit.server.lab.client_for(url)
     limiter = make(getattr(rl, cls_name), r, prefix, limit=LIMIT, per=WINDOW_S)
     admitted = []
+    time.sleep(max(0.0, start - time.time()))
     while time.time() < until:
         decision = limiter.allow("shared")
         if decision.allowed:
             admitted.append(decision.now_ms)
-    out.put(admitted)
+    out.put((kind, admitted))
 
 
 def check_invariant(cls, times: list[int]) -> None:
@@ -198,16 +200,19 @@ def check_invariant(cls, times: list[int]) -> None:
 def test_invariant_holds_under_threads_and_processes(cls, r, ns):
     url = r.connection_pool.connection_kwargs
     url = f"redis://:{url['password']}@{url['host']}:{url['port']}/0"
-    prefix, until = ns.key("rl", cls.__name__), time.time() + RUN_S
-    fork = multiprocessing.get_context("fork")
-    results = fork.Queue()
-    args = (url, cls.__name__, prefix, until, results)
-    workers = [threading.Thread(target=hammer, args=args) for _ in range(4)]
-    workers += [fork.Process(target=hammer, args=args) for _ in range(4)]
+    start = time.time() + 1.5  # time for the spawned processes to start (fork() from threads may deadlock)
+    prefix, until = ns.key("rl", cls.__name__), start + RUN_S
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    args = (url, cls.__name__, prefix, start, until, results)
+    workers = [threading.Thread(target=hammer, args=(*args, "thread")) for _ in range(4)]
+    workers += [ctx.Process(target=hammer, args=(*args, "process")) for _ in range(4)]
     for w in workers:
         w.start()
-    admitted = [t for _ in workers for t in results.get(timeout=30)]
+    reports = [results.get(timeout=30) for _ in workers]
     for w in workers:
         w.join(10)
+    admitted = [t for _, times in reports for t in times]
+    assert sum(len(times) for kind, times in reports if kind == "process") > 0  # the processes took part
     assert len(admitted) >= LIMIT * RUN_S / WINDOW_S * 0.5  # the limiter admitted a real load...
     check_invariant(cls, admitted)  # ...and never more than it promises
