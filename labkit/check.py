@@ -586,13 +586,13 @@ def similarity_lookup(r: redis.Redis, ns, lookup) -> Result:
         basis, _ = np.linalg.qr(vectors.T)
         unrelated -= basis @ (basis.T @ unrelated)
         unrelated /= np.linalg.norm(unrelated)
-        answers = [lookup(r, index, embedder(q), 0.7) for q in paraphrases]
+        asked = embedder.embed(paraphrases)
+        answers = [lookup(r, index, vector, 0.7) for vector in asked]
         orthogonal = lookup(r, index, unrelated, 0.7)
     finally:
         _drop(r, index)
-    nearest = [max(range(len(docs)), key=lambda i: float(vectors[i] @ embedder(q))) for q in paraphrases]
-    expected = [docs[i][0] if float(vectors[i] @ embedder(q)) >= 0.7 else None for i, q in zip(nearest, paraphrases,
-                                                                                                   strict=True)]
+    similarity = asked @ vectors.T  # one row per paraphrase, one column per cached prompt
+    expected = [docs[int(row.argmax())][0] if row.max() >= 0.7 else None for row in similarity]
     problems = []
     if orthogonal is not None:
         problems.append(f"a vector orthogonal to every cached prompt (similarity 0) got {orthogonal!r}: the score is a "
