@@ -1,0 +1,91 @@
+"""Lesson 07, vector search and semantic cache (`notebooks/07_vector_search.ipynb`): the exercise checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import redis
+
+from labkit.keys import Namespace
+from labkit.lessons import Result, verdict
+from labkit.vectors import Embedder, corpus, create_index, to_bytes, wait_indexed
+
+
+def _check_index(r: redis.Redis, ns: Namespace) -> tuple[str, str, list[tuple[str, str, str]], np.ndarray, Embedder]:
+    """A small index of the corpus (hash documents with topic and embedding) for the checks."""
+    data, embedder = corpus(), Embedder(precomputed=True)
+    docs = [(q, g["topic"], g["id"]) for g in data["groups"] for q in g["questions"][:1]]
+    docs += [(d["question"], d["topic"], "distractor") for d in data["distractors"]]
+    index, prefix = ns.key("check-idx"), ns.key("check-doc") + ":"
+    create_index(r, index, prefix=prefix, algorithm="FLAT", fields={"topic": "TAG", "group": "TAG"}, replace=True)
+    vectors = embedder.embed([q for q, _, _ in docs])
+    pipe = r.pipeline(transaction=False)
+    for i, ((text, topic, group), vector) in enumerate(zip(docs, vectors, strict=True)):
+        pipe.hset(f"{prefix}{i}", mapping={"text": text, "topic": topic, "group": group, "embedding": to_bytes(vector)})
+    pipe.execute()
+    wait_indexed(r, index)
+    return index, prefix, docs, vectors, embedder
+
+
+def _drop(r: redis.Redis, index: str) -> None:
+    """Drop the check's index and its documents."""
+    r.execute_command("FT.DROPINDEX", index, "DD")
+
+
+def check_topic_knn(r: redis.Redis, ns: Namespace, nearest_in_topic: Callable) -> Result:
+    """`nearest_in_topic(r, index, vector, topic, k)` returns the keys of the k documents nearest to
+    `vector` among those whose TAG field `topic` is `topic`, nearest first (a pre-filtered KNN)."""
+    index, prefix, docs, vectors, embedder = _check_index(r, ns)
+    try:
+        query = embedder("I want to close my account permanently.")
+        in_topic = [i for i, (_, topic, _) in enumerate(docs) if topic == "billing"]
+        order = sorted(in_topic, key=lambda i: float(1 - vectors[i] @ query))
+        expected = [f"{prefix}{i}" for i in order[:5]]
+        try:
+            got = list(nearest_in_topic(r, index, np.asarray(query, dtype=np.float32), "billing", 5))
+        except redis.ResponseError as err:
+            return Result(False, f"the server answered {err}. Vector queries need DIALECT 2, and the vector passed as "
+                                 "a PARAMS blob of FLOAT32 bytes.")
+    finally:
+        _drop(r, index)
+    got = [k.decode() if isinstance(k, bytes) else k for k in got]
+    if got == expected:
+        return Result(True, "the 5 nearest billing questions, nearest first: the filter ran before the KNN.")
+    if len(got) < 5:
+        return Result(False, f"{len(got)} results instead of 5: filter inside the query, `(@topic:{{billing}})=>[KNN 5 "
+                             "...]`, so KNN picks among billing documents, rather than filtering the 5 nearest of all.")
+    if got == expected[::-1] or set(got) == set(expected):
+        return Result(False, "the right documents in the wrong order: sort by the distance, ascending (0 = nearest).")
+    return Result(False, f"got {got[:3]}..., expected {expected[:3]}...: KNN 5 among @topic:{{billing}} documents.")
+
+
+def check_similarity_lookup(r: redis.Redis, ns: Namespace, lookup: Callable) -> Result:
+    """`lookup(r, index, vector, min_similarity)` returns the cached `text` of the nearest entry if its
+    cosine SIMILARITY is at least `min_similarity`, else None; the server reports cosine DISTANCE."""
+    index, _, docs, vectors, embedder = _check_index(r, ns)
+    try:
+        data = corpus()
+        paraphrases = [q for g in data["groups"][:20] for q in g["questions"][1:]]
+        unrelated = np.zeros(vectors.shape[1], dtype=np.float32)
+        unrelated[0] = 1.0  # then made orthogonal to every cached vector
+        basis, _ = np.linalg.qr(vectors.T)
+        unrelated -= basis @ (basis.T @ unrelated)
+        unrelated /= np.linalg.norm(unrelated)
+        asked = embedder.embed(paraphrases)
+        answers = [lookup(r, index, vector, 0.7) for vector in asked]
+        orthogonal = lookup(r, index, unrelated, 0.7)
+    finally:
+        _drop(r, index)
+    similarity = asked @ vectors.T  # one row per paraphrase, one column per cached prompt
+    expected = [docs[int(row.argmax())][0] if row.max() >= 0.7 else None for row in similarity]
+    problems = []
+    if orthogonal is not None:
+        problems.append(f"a vector orthogonal to every cached prompt (similarity 0) got {orthogonal!r}: the score is a "
+                        "DISTANCE (1 - similarity), so `score >= min_similarity` accepts the least similar.")
+    wrong = sum(a != e for a, e in zip(answers, expected, strict=True))
+    if wrong:
+        problems.append(f"{wrong} of {len(paraphrases)} paraphrases got a different answer than expected: hit when "
+                        "distance <= 1 - min_similarity.")
+    return verdict(problems, f"{sum(a is not None for a in answers)} of {len(paraphrases)} paraphrases hit at "
+                             "similarity >= 0.7, and the orthogonal vector missed.")

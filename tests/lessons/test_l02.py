@@ -1,0 +1,93 @@
+"""The lesson 02 module (`labkit.lessons.l02_caching`): each check accepts the reference answer and rejects the
+known-wrong ones."""
+
+import math
+import time
+
+from labkit.lessons import l02_caching as lesson
+
+
+def test_xfetch_accepts_the_reference():
+    result = lesson.check_xfetch(lambda now, expiry, delta, beta, rand: now - delta * beta * math.log(rand) >= expiry)
+    assert result, result.message
+
+
+def test_xfetch_rejects_the_version_that_never_fires():
+    result = lesson.check_xfetch(lambda now, expiry, delta, beta, rand: now + delta * beta * math.log(rand) >= expiry)
+    assert not result and "never refreshes early" in result.message
+
+
+def test_xfetch_rejects_a_constant_early_window():
+    result = lesson.check_xfetch(lambda now, expiry, delta, beta, rand: now >= expiry - delta * beta * 0.1)
+    assert not result
+
+
+def reference_get_or_compute(r, key, compute, lock_ttl_ms):
+    import secrets
+
+    release = r.register_script(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
+    token = secrets.token_hex(8)
+    while True:
+        value = r.get(key)
+        if value is not None:
+            return value
+        if r.set(key + ":lock", token, nx=True, px=lock_ttl_ms):
+            try:
+                value = r.get(key)  # filled while we waited for the lock?
+                if value is None:
+                    value = compute()
+                    r.set(key, value, ex=60)
+                return value
+            finally:
+                release(keys=[key + ":lock"], args=[token])
+        time.sleep(0.005)
+
+
+def test_single_flight_accepts_the_reference(r, ns):
+    result = lesson.check_single_flight(r, ns, reference_get_or_compute)
+    assert result, result.message
+    assert ns.keys(r) == []
+
+
+def test_single_flight_rejects_a_lock_without_a_token(r, ns):
+    def plain_delete(r, key, compute, lock_ttl_ms):
+        while True:
+            value = r.get(key)
+            if value is not None:
+                return value
+            if r.set(key + ":lock", "1", nx=True, px=lock_ttl_ms):
+                try:
+                    value = r.get(key)
+                    if value is None:
+                        value = compute()
+                        r.set(key, value, ex=60)
+                    return value
+                finally:
+                    r.delete(key + ":lock")  # whoever holds it now
+            time.sleep(0.005)
+
+    result = lesson.check_single_flight(r, ns, plain_delete)
+    assert not result and "deleted a lock another client held" in result.message
+
+
+def test_single_flight_rejects_no_reread_after_the_lock(r, ns):
+    def no_reread(r, key, compute, lock_ttl_ms):
+        import secrets
+
+        token = secrets.token_hex(8)
+        value = r.get(key)
+        if value is not None:
+            return value
+        while not r.set(key + ":lock", token, nx=True, px=lock_ttl_ms):
+            time.sleep(0.005)
+        try:
+            value = compute()  # computes again even if a previous holder already filled the cache
+            r.set(key, value, ex=60)
+            return value
+        finally:
+            if r.get(key + ":lock") == token:
+                r.delete(key + ":lock")
+
+    result = lesson.check_single_flight(r, ns, no_reread)
+    assert not result and "read the cache again" in result.message

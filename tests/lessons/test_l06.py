@@ -1,0 +1,83 @@
+"""The lesson 06 module (`labkit.lessons.l06_streams`): each check accepts the reference answer and rejects the
+known-wrong ones."""
+
+import contextlib
+
+from labkit.lessons import l06_streams as lesson
+
+
+def _consume_right(r, stream, group, consumer, handle):
+    done = []
+    for entry_id, fields in r.xreadgroup(group, consumer, {stream: ">"}, count=10)[0][1]:
+        try:
+            handle(entry_id, fields)
+            done.append(entry_id)
+        except Exception:
+            pass
+    if done:
+        r.xack(stream, group, *done)
+
+
+def test_ack_after_success_accepts_the_reference(r, ns):
+    assert lesson.check_ack_after_success(r, ns, _consume_right)
+
+
+def test_ack_after_success_rejects_acking_first(r, ns):
+    def ack_first(r, stream, group, consumer, handle):
+        for entry_id, fields in r.xreadgroup(group, consumer, {stream: ">"}, count=10)[0][1]:
+            r.xack(stream, group, entry_id)
+            with contextlib.suppress(Exception):
+                handle(entry_id, fields)
+
+    result = lesson.check_ack_after_success(r, ns, ack_first)
+    assert not result and "was acknowledged: it is lost" in result.message
+
+
+def test_ack_after_success_rejects_never_acking(r, ns):
+    def never_ack(r, stream, group, consumer, handle):
+        for entry_id, fields in r.xreadgroup(group, consumer, {stream: ">"}, count=10)[0][1]:
+            with contextlib.suppress(Exception):
+                handle(entry_id, fields)
+
+    result = lesson.check_ack_after_success(r, ns, never_ack)
+    assert not result and "still pending" in result.message
+
+
+def test_ack_after_success_rejects_letting_the_error_escape(r, ns):
+    def no_catch(r, stream, group, consumer, handle):
+        for entry_id, fields in r.xreadgroup(group, consumer, {stream: ">"}, count=10)[0][1]:
+            handle(entry_id, fields)
+            r.xack(stream, group, entry_id)
+
+    result = lesson.check_ack_after_success(r, ns, no_catch)
+    assert not result and "raised ValueError" in result.message
+
+
+def _reclaim_right(r, stream, group, consumer, min_idle_ms):
+    cursor, ids = "0-0", []
+    while True:
+        cursor, entries, _ = r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms, start_id=cursor)
+        ids += [entry_id for entry_id, _ in entries]
+        if cursor == "0-0":
+            return ids
+
+
+def test_reclaim_all_accepts_following_the_cursor(r, ns):
+    assert lesson.check_reclaim_all(r, ns, _reclaim_right)
+
+
+def test_reclaim_all_rejects_a_single_call(r, ns):
+    def once(r, stream, group, consumer, min_idle_ms):
+        return [i for i, _ in r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms)[1]]
+
+    result = lesson.check_reclaim_all(r, ns, once)
+    assert not result and "at most COUNT" in result.message
+
+
+def test_reclaim_all_rejects_unpacking_two_elements(r, ns):
+    def two(r, stream, group, consumer, min_idle_ms):
+        _cursor, entries = r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms)
+        return [i for i, _ in entries]
+
+    result = lesson.check_reclaim_all(r, ns, two)
+    assert not result and "three elements" in result.message
