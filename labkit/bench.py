@@ -112,7 +112,8 @@ def bench_cache(seconds: float = 1.0, clients: int = 50) -> list[Row]:
     and misses per strategy."""
     from dogpile.cache import make_region
 
-    from labkit.cache import STRATEGIES, cached, stampede
+    from labkit.cache import STRATEGIES, cached
+    from labkit.lessons.l02_caching import stampede
 
     rows: list[Row] = []
     with Server(modules=False) as server:

@@ -20,7 +20,6 @@ import json
 import math
 import random
 import secrets
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -201,68 +200,3 @@ def cached(r: redis.Redis, prefix: str, ttl: float, strategy: str = "xfetch", be
         return Cached(fn, r, prefix, ttl, strategy, beta, stale, lock_ttl, jitter)
 
     return decorate
-
-
-@dataclass
-class StampedeResult:
-    """One stampede experiment: how often the source was hit, and what clients waited."""
-
-    strategy: str
-    clients: int
-    recomputes: int
-    misses: int
-    early_refreshes: int
-    latencies_ms: list[float]
-
-    @property
-    def p50(self) -> float:
-        return statistics.median(self.latencies_ms)
-
-    @property
-    def p99(self) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-
-
-def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl: float = 1.0,
-             recompute_s: float = 0.05, run_s: float = 1.6, think_s: float = 0.02, beta: float = 1.0,
-             should_refresh: Callable[[float, float], bool] | None = None) -> StampedeResult:
-    """Warm a hot key, then let `clients` threads read it in a loop (pausing ~`think_s`) for `run_s`
-    seconds, across its expiry at `ttl`. The source takes `recompute_s` per call. Counts what happened.
-    `should_refresh(delta_ms, remaining_ms)` replaces XFetch's test (to run a broken copy of it)."""
-    if clients < 1 or not run_s > ttl:
-        raise ConfigError(f"need clients >= 1 and run_s > ttl, got {clients} and {run_s} <= {ttl}.")
-    calls = {"n": 0}
-
-    def source(item: int) -> dict:
-        calls["n"] += 1
-        time.sleep(recompute_s)
-        return {"item": item, "version": calls["n"]}
-
-    hot = cached(r, prefix=prefix, ttl=ttl, strategy=strategy, beta=beta, stale_ttl=ttl)(source)
-    if should_refresh is not None:
-        hot.should_refresh = should_refresh
-    hot.invalidate(1)
-    hot(1)  # warm: the key now expires `ttl` from here
-    warm = dict(recomputes=hot.stats.recomputes, misses=hot.stats.misses, early=hot.stats.early_refreshes)
-    latencies: list[float] = []
-    lock, start, stop_at = threading.Lock(), threading.Barrier(clients), time.monotonic() + run_s
-
-    def client() -> None:
-        start.wait()
-        while time.monotonic() < stop_at:
-            began = time.perf_counter()
-            hot(1)
-            with lock:
-                latencies.append((time.perf_counter() - began) * 1000)
-            time.sleep(random.expovariate(1 / think_s))
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    time.sleep(recompute_s * 2)  # let a background refresh (swr) finish before counting
-    hot.invalidate(1)
-    return StampedeResult(strategy, clients, hot.stats.recomputes - warm["recomputes"],
-                          hot.stats.misses - warm["misses"], hot.stats.early_refreshes - warm["early"], latencies)

@@ -1,4 +1,4 @@
-"""labkit.cache against a real server: cache-aside, one round trip per hit, and the four stampede strategies."""
+"""labkit.cache against a real server: cache-aside, one round trip per hit, keys, the hit-rate widget."""
 
 import time
 
@@ -6,7 +6,7 @@ import pytest
 
 import labkit
 from labkit import scripts
-from labkit.cache import cached, stampede
+from labkit.cache import cached
 from labkit.server import spawn
 from labkit.widgets import HitRateMonitor
 
@@ -98,27 +98,6 @@ def test_lock_release_never_frees_someone_elses_lock(r, ns):
     assert release(keys=[ns.key("lock")], args=["their-token"]) == 1 and not r.exists(ns.key("lock"))
 
 
-@pytest.mark.slow
-def test_stampede_strategies(r, ns):
-    clients = 20
-    results = {s: stampede(r, ns.key("stampede"), s, clients=clients, ttl=0.6, run_s=1.0) for s in
-               ("none", "lock", "xfetch", "swr")}
-    assert results["none"].recomputes >= clients // 2 and results["none"].misses >= clients // 2
-    assert results["lock"].recomputes == 1
-    # XFetch: nobody misses, and fewer recomputes than no protection (a handful when the machine is idle;
-    # more when a busy CPU stretches the recompute and other clients also refresh early meanwhile)
-    assert 1 <= results["xfetch"].recomputes < results["none"].recomputes and results["xfetch"].misses == 0
-    assert results["xfetch"].early_refreshes == results["xfetch"].recomputes
-    assert results["swr"].recomputes == 1 and results["swr"].misses == 0
-    assert all(len(res.latencies_ms) > clients for res in results.values())
-    assert ns.keys(r) == []
-
-
-def test_stampede_rejects_a_run_shorter_than_the_ttl(r, ns):
-    with pytest.raises(labkit.ConfigError, match="run_s > ttl"):
-        stampede(r, ns.key("s"), "none", ttl=2, run_s=1)
-
-
 def test_hit_rate_monitor_reads_server_and_cache(r, ns):
     latencies = []
 
@@ -138,16 +117,3 @@ def test_hit_rate_monitor_reads_server_and_cache(r, ns):
     assert result.series["cache hit rate %"][-1] > 90
     assert result.series["server hits/s"][-1] > 0 and result.series["p50 latency ms"]
     assert "cache hit rate" in result.summary and result.png.startswith(b"\x89PNG")
-
-
-def test_slow_database_counts_queries_and_adds_its_latency():
-    from labkit.db import SlowDatabase
-
-    db = SlowDatabase(rows=100, latency_ms=20)
-    started = time.perf_counter()
-    row = db.product(7)
-    assert time.perf_counter() - started >= 0.02 and row["id"] == 7 and db.product(101) is None
-    db.update_price(7, 1.5)
-    assert db.product(7)["price"] == 1.5 and db.queries == 4
-    with pytest.raises(labkit.ConfigError):
-        SlowDatabase(rows=0)

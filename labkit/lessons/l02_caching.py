@@ -1,19 +1,130 @@
-"""Lesson 02, caching and stampedes (`notebooks/02_caching.ipynb`): the exercise checks."""
+"""Lesson 02, caching and stampedes (`notebooks/02_caching.ipynb`): the slow database the cache sits in
+front of, the stampede experiment, and the exercise checks."""
 
 from __future__ import annotations
 
 import math
 import random
+import sqlite3
+import statistics
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 
+from labkit.cache import cached
+from labkit.errors import ConfigError
 from labkit.keys import Namespace
 from labkit.lessons import Result, delete_keys, verdict
 
+# -- the database to cache ------------------------------------------------------------------------------
+CATEGORIES = ("books", "games", "garden", "kitchen", "music", "outdoor", "toys", "tools")
 
+
+class SlowDatabase:
+    """A products table of `rows` rows in SQLite (standard library); every query also waits `latency_ms`,
+    which stands in for the network and load of a remote database (lesson 02 says so wherever it reports a time)."""
+
+    def __init__(self, rows: int = 10_000, latency_ms: float = 30.0, seed: int = 7) -> None:
+        if rows < 1 or latency_ms < 0:
+            raise ConfigError(f"need rows >= 1 and latency_ms >= 0, got {rows} and {latency_ms}.")
+        self.rows, self.latency_ms = rows, latency_ms
+        self.queries = 0
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(":memory:", check_same_thread=False)
+        rng = random.Random(seed)
+        self._db.execute("CREATE TABLE products (id INTEGER PRIMARY KEY, name TEXT, category TEXT, price REAL)")
+        self._db.executemany(
+            "INSERT INTO products VALUES (?, ?, ?, ?)",
+            [(i, f"product {i}", rng.choice(CATEGORIES), round(rng.uniform(2, 200), 2)) for i in range(1, rows + 1)],
+        )
+
+    def _query(self, sql: str, params: tuple) -> list[tuple]:
+        time.sleep(self.latency_ms / 1000)
+        with self._lock:
+            self.queries += 1
+            return self._db.execute(sql, params).fetchall()
+
+    def product(self, pid: int) -> dict | None:
+        """The product with id `pid`, or None."""
+        found = self._query("SELECT id, name, category, price FROM products WHERE id = ?", (pid,))
+        return dict(zip(("id", "name", "category", "price"), found[0], strict=True)) if found else None
+
+    def update_price(self, pid: int, price: float) -> None:
+        self._query("UPDATE products SET price = ? WHERE id = ?", (price, pid))
+        with self._lock:
+            self._db.commit()
+
+
+# -- the stampede experiment ----------------------------------------------------------------------------
+@dataclass
+class StampedeResult:
+    """One stampede experiment: how often the source was hit, and what clients waited."""
+
+    strategy: str
+    clients: int
+    recomputes: int
+    misses: int
+    early_refreshes: int
+    latencies_ms: list[float]
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies_ms)
+
+    @property
+    def p99(self) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl: float = 1.0,
+             recompute_s: float = 0.05, run_s: float = 1.6, think_s: float = 0.02, beta: float = 1.0,
+             should_refresh: Callable[[float, float], bool] | None = None) -> StampedeResult:
+    """Warm a hot key, then let `clients` threads read it in a loop (pausing ~`think_s`) for `run_s`
+    seconds, across its expiry at `ttl`. The source takes `recompute_s` per call. Counts what happened.
+    `should_refresh(delta_ms, remaining_ms)` replaces XFetch's test (to run a broken copy of it)."""
+    if clients < 1 or not run_s > ttl:
+        raise ConfigError(f"need clients >= 1 and run_s > ttl, got {clients} and {run_s} <= {ttl}.")
+    calls = {"n": 0}
+
+    def source(item: int) -> dict:
+        calls["n"] += 1
+        time.sleep(recompute_s)
+        return {"item": item, "version": calls["n"]}
+
+    hot = cached(r, prefix=prefix, ttl=ttl, strategy=strategy, beta=beta, stale_ttl=ttl)(source)
+    if should_refresh is not None:
+        hot.should_refresh = should_refresh
+    hot.invalidate(1)
+    hot(1)  # warm: the key now expires `ttl` from here
+    warm = dict(recomputes=hot.stats.recomputes, misses=hot.stats.misses, early=hot.stats.early_refreshes)
+    latencies: list[float] = []
+    lock, start, stop_at = threading.Lock(), threading.Barrier(clients), time.monotonic() + run_s
+
+    def client() -> None:
+        start.wait()
+        while time.monotonic() < stop_at:
+            began = time.perf_counter()
+            hot(1)
+            with lock:
+                latencies.append((time.perf_counter() - began) * 1000)
+            time.sleep(random.expovariate(1 / think_s))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    time.sleep(recompute_s * 2)  # let a background refresh (swr) finish before counting
+    hot.invalidate(1)
+    return StampedeResult(strategy, clients, hot.stats.recomputes - warm["recomputes"],
+                          hot.stats.misses - warm["misses"], hot.stats.early_refreshes - warm["early"], latencies)
+
+
+# -- exercise checks ------------------------------------------------------------------------------------
 def check_xfetch(should_refresh: Callable[[float, float, float, float, float], bool]) -> Result:
     """`should_refresh(now, expiry, delta, beta, rand) -> bool` is XFetch's test
     `now - delta * beta * ln(rand) >= expiry`, with `rand` uniform in (0, 1]."""

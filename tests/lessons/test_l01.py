@@ -4,7 +4,7 @@ known-wrong ones."""
 from labkit.lessons import l01_data_structures as lesson
 
 
-# -- leaderboard ---------------------------------------------------------------------------------------
+# -- leaderboard ----------------------------------------------------------------------------------------
 def top_n_reference(r, key, n):
     rows = r.zrange(key, 0, n - 1, desc=True, withscores=True)
     return [(i + 1, member, score) for i, (member, score) in enumerate(rows)]
@@ -39,7 +39,7 @@ def test_leaderboard_rejects_zero_based_ranks(r, ns):
     assert not result and "count from 1" in result.message
 
 
-# -- daily visitors ------------------------------------------------------------------------------------
+# -- daily visitors -------------------------------------------------------------------------------------
 def record_visit_hll(r, ns, day, user):
     r.pfadd(ns.key("visitors", day), user)
 
@@ -73,7 +73,7 @@ def test_daily_visitors_rejects_an_exact_set(r, ns):
     assert ns.keys(r) == []
 
 
-# -- tag query -----------------------------------------------------------------------------------------
+# -- tag query ------------------------------------------------------------------------------------------
 def test_tag_query_accepts_sinter(r, ns):
     assert lesson.check_tag_query(r, ns, lambda r, ns, tags: r.sinter([ns.key("tag", t) for t in tags]))
     assert ns.keys(r) == []
