@@ -1,9 +1,10 @@
-"""Pub/sub for the lessons' experiments: a subscriber that sees its own disconnects, numbered messages
-to count losses, a presence feed, the slow-subscriber experiment, and an asyncio listener with backoff.
+"""Pub/sub helpers: a subscriber that sees its own disconnects and resynchronises, a presence feed, and an
+asyncio listener with backoff.
 
 Pub/sub delivers each message to the subscribers connected at that moment, and to no one else. redis-py
 hides a disconnect by reconnecting and resubscribing in silence; `Subscriber` turns that retry off, so
-every disconnect is counted and the messages missed meanwhile show up as gaps in the numbering.
+every disconnect is counted, and it calls `on_connect` each time it (re)subscribes: the place to catch up
+on what was missed meanwhile, from the source of truth (pub/sub cannot replay it).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 
 import redis
 import redis.asyncio
@@ -33,14 +33,6 @@ def named_client(r: redis.Redis, name: str, *, retry: bool = True) -> redis.Redi
     With `retry=False` a dropped connection raises instead of being silently re-established.
     """
     return derive(r, retries=None if retry else 0, decode_responses=True, client_name=name)
-
-
-def kill_clients(r: redis.Redis, name: str) -> int:
-    """Make the server drop every connection named `name` (CLIENT KILL), as a network blip would."""
-    ids = [c["id"] for c in r.client_list() if c.get("name") == name]
-    for client_id in ids:
-        r.client_kill_filter(_id=client_id)
-    return len(ids)
 
 
 def backoff_delays(base: float = 0.05, cap: float = 2.0, rng: random.Random | None = None) -> Iterator[float]:
@@ -165,10 +157,6 @@ class Subscriber:
             time.sleep(0.005)
         return self.connected
 
-    def kill_connection(self, r: redis.Redis) -> int:
-        """Make the server drop this subscriber's connection, as a network blip would."""
-        return kill_clients(r, self.name)
-
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
@@ -181,27 +169,6 @@ class Subscriber:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def publish_numbered(r: redis.Redis, channel: str, count: int, *, start: int = 0, rate: float | None = None) -> int:
-    """Publish messages "0", "1", ... on `channel` (`rate` per second, or as fast as possible).
-
-    Returns the number of deliveries PUBLISH reported (receivers summed over messages).
-    """
-    if count < 0:
-        raise ConfigError(f"count must be zero or more, got {count}.")
-    delivered, began = 0, time.monotonic()
-    for i in range(start, start + count):
-        if rate:
-            time.sleep(max(0.0, began + (i - start) / rate - time.monotonic()))
-        delivered += r.publish(channel, str(i))
-    return delivered
-
-
-def missing(received: Iterable[str], expected: Iterable[int]) -> list[int]:
-    """The numbers in `expected` that never arrived."""
-    seen = {int(x) for x in received}
-    return [i for i in expected if i not in seen]
 
 
 def subscribed_clients(r: redis.Redis, name_prefix: str = "") -> list[dict]:
@@ -247,61 +214,6 @@ class PresenceFeed:
         """Apply one announcement ("join:alice" or "leave:alice") to a local view of who is online."""
         action, _, user = event.partition(":")
         (seen.add if action == "join" else seen.discard)(user)
-
-
-@dataclass
-class SlowSubscriberResult:
-    """What happened to a subscriber that never read."""
-
-    hard_limit_bytes: int
-    published: int
-    last_backlog_bytes: int  # the server's output buffer for it (omem) at the last look before the kill
-    disconnections: int  # INFO stats client_output_buffer_limit_disconnections, this experiment's share
-    received: int  # what it read afterwards, from its socket, before the error
-    error: str
-    backlog: list[tuple[int, int]] = field(default_factory=list)  # (published, omem) samples
-
-
-def _pubsub_hard_limit(r: redis.Redis) -> int:
-    words = r.config_get("client-output-buffer-limit")["client-output-buffer-limit"].split()
-    return int(words[words.index("pubsub") + 1])
-
-
-def slow_subscriber(r: redis.Redis, channel: str, *, payload_bytes: int = 1000, step: int = 50,
-                    max_messages: int = 100_000) -> SlowSubscriberResult:
-    """Subscribe without reading, publish until the server disconnects the subscriber, then read.
-
-    Run it on a server of its own with a small `client-output-buffer-limit pubsub` (see `spawn`).
-    """
-    limit = _pubsub_hard_limit(r)
-    before = int(r.info("stats")["client_output_buffer_limit_disconnections"])
-    listener = named_client(r, "labkit-slow", retry=False).pubsub()
-    listener.subscribe(channel)
-    listener.get_message(timeout=1)
-    published, samples, payload = 0, [], "x" * payload_bytes
-    try:
-        while published < max_messages:
-            pipe = r.pipeline(transaction=False)
-            for _ in range(step):
-                pipe.publish(channel, payload)
-            pipe.execute()
-            published += step
-            mine = [c for c in r.client_list() if c.get("name") == "labkit-slow"]
-            if not mine:
-                break
-            samples.append((published, int(mine[0]["omem"])))
-        received, error = 0, "still connected"
-        try:
-            while listener.get_message(timeout=1):
-                received += 1
-        except (redis.ConnectionError, OSError) as err:
-            error = f"{type(err).__name__}: {err}"
-    finally:
-        listener.close()
-        listener.connection_pool.disconnect()
-    after = int(r.info("stats")["client_output_buffer_limit_disconnections"])
-    return SlowSubscriberResult(limit, published, samples[-1][1] if samples else 0, after - before, received,
-                                error, samples)
 
 
 async def listen(url: str, channel: str, handler: Callable[[str], Awaitable[None] | None], stop: asyncio.Event,

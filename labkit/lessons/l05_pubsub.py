@@ -1,17 +1,107 @@
-"""Lesson 05, pub/sub (`notebooks/05_pubsub.ipynb`): the exercise checks."""
+"""Lesson 05, pub/sub (`notebooks/05_pubsub.ipynb`): numbered messages to count what a subscriber missed,
+dropping connections by name, the slow-subscriber experiment, and the exercise checks."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import redis
 
+from labkit.errors import ConfigError
 from labkit.keys import Namespace
 from labkit.lessons import Result, verdict
-from labkit.pubsub import PresenceFeed, Subscriber
+from labkit.pubsub import PresenceFeed, Subscriber, named_client
 
 
+# -- counting losses ------------------------------------------------------------------------------------
+def publish_numbered(r: redis.Redis, channel: str, count: int, *, start: int = 0, rate: float | None = None) -> int:
+    """Publish messages "0", "1", ... on `channel` (`rate` per second, or as fast as possible).
+
+    Returns the number of deliveries PUBLISH reported (receivers summed over messages).
+    """
+    if count < 0:
+        raise ConfigError(f"count must be zero or more, got {count}.")
+    delivered, began = 0, time.monotonic()
+    for i in range(start, start + count):
+        if rate:
+            time.sleep(max(0.0, began + (i - start) / rate - time.monotonic()))
+        delivered += r.publish(channel, str(i))
+    return delivered
+
+
+def missing(received: Iterable[str], expected: Iterable[int]) -> list[int]:
+    """The numbers in `expected` that never arrived."""
+    seen = {int(x) for x in received}
+    return [i for i in expected if i not in seen]
+
+
+def kill_clients(r: redis.Redis, name: str) -> int:
+    """Make the server drop every connection named `name` (CLIENT KILL), as a network blip would."""
+    ids = [c["id"] for c in r.client_list() if c.get("name") == name]
+    for client_id in ids:
+        r.client_kill_filter(_id=client_id)
+    return len(ids)
+
+
+# -- the slow subscriber --------------------------------------------------------------------------------
+@dataclass
+class SlowSubscriberResult:
+    """What happened to a subscriber that never read."""
+
+    hard_limit_bytes: int
+    published: int
+    last_backlog_bytes: int  # the server's output buffer for it (omem) at the last look before the kill
+    disconnections: int  # INFO stats client_output_buffer_limit_disconnections, this experiment's share
+    received: int  # what it read afterwards, from its socket, before the error
+    error: str
+    backlog: list[tuple[int, int]] = field(default_factory=list)  # (published, omem) samples
+
+
+def _pubsub_hard_limit(r: redis.Redis) -> int:
+    words = r.config_get("client-output-buffer-limit")["client-output-buffer-limit"].split()
+    return int(words[words.index("pubsub") + 1])
+
+
+def slow_subscriber(r: redis.Redis, channel: str, *, payload_bytes: int = 1000, step: int = 50,
+                    max_messages: int = 100_000) -> SlowSubscriberResult:
+    """Subscribe without reading, publish until the server disconnects the subscriber, then read.
+
+    Run it on a server of its own with a small `client-output-buffer-limit pubsub` (see `spawn`).
+    """
+    limit = _pubsub_hard_limit(r)
+    before = int(r.info("stats")["client_output_buffer_limit_disconnections"])
+    listener = named_client(r, "labkit-slow", retry=False).pubsub()
+    listener.subscribe(channel)
+    listener.get_message(timeout=1)
+    published, samples, payload = 0, [], "x" * payload_bytes
+    try:
+        while published < max_messages:
+            pipe = r.pipeline(transaction=False)
+            for _ in range(step):
+                pipe.publish(channel, payload)
+            pipe.execute()
+            published += step
+            mine = [c for c in r.client_list() if c.get("name") == "labkit-slow"]
+            if not mine:
+                break
+            samples.append((published, int(mine[0]["omem"])))
+        received, error = 0, "still connected"
+        try:
+            while listener.get_message(timeout=1):
+                received += 1
+        except (redis.ConnectionError, OSError) as err:
+            error = f"{type(err).__name__}: {err}"
+    finally:
+        listener.close()
+        listener.connection_pool.disconnect()
+    after = int(r.info("stats")["client_output_buffer_limit_disconnections"])
+    return SlowSubscriberResult(limit, published, samples[-1][1] if samples else 0, after - before, received,
+                                error, samples)
+
+
+# -- exercise checks ------------------------------------------------------------------------------------
 def check_presence(r: redis.Redis, ns: Namespace, resync: Callable[[PresenceFeed, set[str]], None]) -> Result:
     """`resync(feed, seen)`, called on every (re)connect, makes the set `seen` match who is online,
     so a tracker that missed announcements while disconnected ends up right."""

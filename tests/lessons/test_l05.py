@@ -1,11 +1,45 @@
-"""The lesson 05 module (`labkit.lessons.l05_pubsub`): each check accepts the reference answer and rejects the
-known-wrong ones."""
+"""The lesson 05 module (`labkit.lessons.l05_pubsub`): numbered messages, dropping clients by name, the slow
+subscriber, and each check accepting the reference answer and rejecting the known-wrong ones."""
+
+import time
 
 import pytest
 
+from labkit import ConfigError
 from labkit.lessons import l05_pubsub as lesson
+from labkit.pubsub import Subscriber, subscribed_clients
+from labkit.server import spawn
 
 
+# -- counting losses ------------------------------------------------------------------------------------
+def test_missing_lists_the_numbers_that_never_arrived():
+    assert lesson.missing(["0", "1", "4"], range(6)) == [2, 3, 5]
+
+
+def test_publish_numbered_rejects_a_negative_count(r):
+    with pytest.raises(ConfigError, match="zero or more"):
+        lesson.publish_numbered(r, "x", -1)
+
+
+def test_kill_clients_only_kills_the_named_ones(r, ns):
+    with Subscriber(r, ns.key("a"), name=ns.key("victim")), Subscriber(r, ns.key("a"), name=ns.key("bystander")):
+        assert lesson.kill_clients(r, ns.key("victim")) == 1
+        time.sleep(0.05)
+        names = {c.get("name") for c in r.client_list()}
+        assert ns.key("bystander") in names
+
+
+# -- the slow subscriber --------------------------------------------------------------------------------
+def test_slow_subscriber_is_disconnected_at_the_output_buffer_limit():
+    with spawn(client_output_buffer_limit="pubsub 128kb 64kb 10") as srv:
+        result = lesson.slow_subscriber(srv.client(), "firehose", payload_bytes=500)
+        assert subscribed_clients(srv.client()) == []
+    assert result.hard_limit_bytes == 128 * 1024 and result.disconnections == 1
+    assert result.last_backlog_bytes <= result.hard_limit_bytes and result.received < result.published
+    assert "closed" in result.error
+
+
+# -- exercise checks ------------------------------------------------------------------------------------
 def _resync_right(feed, seen):
     snapshot = feed.online()
     seen.clear()
