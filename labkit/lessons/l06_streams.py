@@ -1,16 +1,120 @@
-"""Lesson 06, streams (`notebooks/06_streams.ipynb`): the exercise checks."""
+"""Lesson 06, streams (`notebooks/06_streams.ipynb`): the crash test (worker processes SIGKILLed while
+orders flow) and the exercise checks."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import random
+import signal
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 
+from labkit.errors import ConfigError
 from labkit.keys import Namespace
 from labkit.lessons import Result, verdict
+from labkit.server.lab import connection_spec
+from labkit.streams import Worker, ensure_group, lag
 
 
+# -- the crash test -------------------------------------------------------------------------------------
+@dataclass
+class CrashResult:
+    """What SIGKILLed workers did to `messages` orders: counted from what the handlers recorded."""
+
+    messages: int
+    processed: int  # distinct orders whose effect was recorded
+    lost: int
+    duplicates: int  # handler runs beyond the first, per order, summed
+    kills: int
+    naive_total: int  # INCRBY per handler run: counts duplicates twice
+    duplicated_amount: int  # what the extra runs added to the naive total
+    idempotent_total: int  # one ledger entry per order id: duplicates change nothing
+    expected_total: int
+    seconds: float
+    pending_after: int
+
+
+def _crash_worker(spec: dict, stream: str, group: str, consumer: str, prefix: str, claim_idle_ms: int) -> None:
+    """A worker process: each order's effect goes to a naive total and to a ledger keyed by order id."""
+    r = redis.Redis(**spec, decode_responses=True)
+
+    def handle(entry_id: str, fields: dict) -> None:
+        pipe = r.pipeline(transaction=True)
+        pipe.hincrby(f"{prefix}:runs", fields["order"], 1)
+        pipe.incrby(f"{prefix}:naive-total", int(fields["amount"]))
+        pipe.hsetnx(f"{prefix}:ledger", fields["order"], fields["amount"])
+        pipe.execute()
+
+    Worker(r, stream, group, consumer, handle, batch=20, block_ms=50, claim_idle_ms=claim_idle_ms).run()
+
+
+def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: int = 3, rate: float = 5000,
+               kills: int = 10, seed: int = 0, claim_idle_ms: int = 300, timeout: float = 60) -> CrashResult:
+    """Orders flow into a stream at `rate`/s while worker PROCESSES are SIGKILLed at random moments.
+
+    Each killed worker restarts under its name, except the last, which stays dead: its pending entries
+    can only come back through XAUTOCLAIM. Keys live under `prefix`; the caller cleans them.
+    """
+    if messages <= 0 or workers < 2 or kills < 0:
+        raise ConfigError("crash_test needs messages > 0, at least 2 workers and kills >= 0.")
+    stream, group, rng = f"{prefix}:orders", "billing", random.Random(seed)
+    ensure_group(r, stream, group)
+    ctx, spec = multiprocessing.get_context("spawn"), connection_spec(r)
+
+    def start(name: str):
+        process = ctx.Process(target=_crash_worker, args=(spec, stream, group, name, prefix, claim_idle_ms),
+                              daemon=True)
+        process.start()
+        return process
+
+    procs = {f"worker-{i}": start(f"worker-{i}") for i in range(workers)}
+    amounts = [rng.randint(1, 100) for _ in range(messages)]
+
+    def produce() -> None:
+        began = time.monotonic()
+        for first in range(0, messages, 50):
+            time.sleep(max(0.0, began + first / rate - time.monotonic()))
+            pipe = r.pipeline(transaction=False)
+            for order in range(first, min(first + 50, messages)):
+                pipe.xadd(stream, {"order": order, "amount": amounts[order]})
+            pipe.execute()
+
+    began = time.monotonic()
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    try:
+        for k in range(kills):
+            time.sleep(rng.uniform(0.5, 1.5) * messages / rate / max(kills, 1))
+            name = rng.choice(sorted(procs))
+            os.kill(procs[name].pid, signal.SIGKILL)
+            procs[name].join()
+            if k < kills - 1 or len(procs) <= 2:
+                procs[name] = start(name)
+            else:
+                del procs[name]  # stays dead: only XAUTOCLAIM brings its entries back
+        producer.join()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (r.hlen(f"{prefix}:ledger") < messages
+                                               or lag(r, stream, group).pending):  # the last XACKs land
+            time.sleep(0.02)
+    finally:
+        for process in procs.values():
+            process.kill()
+            process.join()
+    runs = {int(order): int(count) for order, count in r.hgetall(f"{prefix}:runs").items()}
+    ledger = [int(v) for v in r.hvals(f"{prefix}:ledger")]
+    return CrashResult(messages, len(ledger), messages - len(ledger), sum(runs.values()) - len(runs), kills,
+                       int(r.get(f"{prefix}:naive-total") or 0),
+                       sum(amounts[order] * (count - 1) for order, count in runs.items()), sum(ledger), sum(amounts),
+                       time.monotonic() - began, lag(r, stream, group).pending)
+
+
+# -- exercise checks ------------------------------------------------------------------------------------
 def check_ack_after_success(r: redis.Redis, ns: Namespace, consume_batch: Callable) -> Result:
     """`consume_batch(r, stream, group, consumer, handle)` reads one batch with `>`, calls
     `handle(entry_id, fields)` for each entry, and acknowledges exactly those whose handler returned."""

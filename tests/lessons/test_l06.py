@@ -1,11 +1,30 @@
-"""The lesson 06 module (`labkit.lessons.l06_streams`): each check accepts the reference answer and rejects the
-known-wrong ones."""
+"""The lesson 06 module (`labkit.lessons.l06_streams`): the crash test, and each check accepting the reference
+answer and rejecting the known-wrong ones."""
 
 import contextlib
 
+import pytest
+
+from labkit import ConfigError
 from labkit.lessons import l06_streams as lesson
 
 
+# -- the crash test -------------------------------------------------------------------------------------
+def test_sigkilled_worker_processes_lose_nothing(r, ns):
+    result = lesson.crash_test(r, ns.key("crash"), messages=3000, workers=3, kills=4, rate=3000, claim_idle_ms=200)
+    assert result.lost == 0 and result.processed == 3000 and result.pending_after == 0
+    assert result.idempotent_total == result.expected_total
+    assert result.naive_total - result.expected_total == result.duplicated_amount
+    assert (result.duplicated_amount > 0) == (result.duplicates > 0)
+
+
+def test_crash_test_needs_two_workers(r, ns):
+    with pytest.raises(ConfigError, match="at least 2 workers"):
+        lesson.crash_test(r, ns.key("crash"), workers=1)
+    assert ns.keys(r) == []
+
+
+# -- exercise checks ------------------------------------------------------------------------------------
 def _consume_right(r, stream, group, consumer, handle):
     done = []
     for entry_id, fields in r.xreadgroup(group, consumer, {stream: ">"}, count=10)[0][1]:
