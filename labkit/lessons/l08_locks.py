@@ -1,15 +1,123 @@
-"""Lesson 08, distributed locks (`notebooks/08_locks.ipynb`): the exercise checks."""
+"""Lesson 08, distributed locks (`notebooks/08_locks.ipynb`): experiments with real processes (lost updates
+with and without a lock, a lock holder frozen past its TTL) and the exercise checks."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 
+from labkit.errors import ConfigError, LockNotHeld
 from labkit.keys import Namespace
 from labkit.lessons import Result, verdict
+from labkit.locks import FencedStore, Lock
+from labkit.server.lab import connection_spec
 
 
+# -- experiments with real processes --------------------------------------------------------------------
+def _increment(spec: dict, prefix: str, increments: int, use_lock: bool, start) -> None:
+    """A process adding 1 to a counter `increments` times by GET then SET (a read-modify-write)."""
+    r = redis.Redis(**spec, decode_responses=True)
+    counter = f"{prefix}:counter"
+    r.ping()
+    start.wait()  # every process begins together
+    for _ in range(increments):
+        lock = Lock(r, f"{prefix}:counter", ttl_ms=5000, blocking_timeout=30, prefix=prefix) if use_lock else None
+        if lock:
+            lock.acquire()
+        value = int(r.get(counter) or 0)
+        r.set(counter, value + 1)
+        if lock:
+            lock.release()
+
+
+def mutual_exclusion(r: redis.Redis, prefix: str, *, processes: int = 4, increments: int = 200,
+                     use_lock: bool = True) -> tuple[int, int]:
+    """`processes` processes each increment a shared counter `increments` times; returns (expected, counted)."""
+    for name, value in (("processes", processes), ("increments", increments)):
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}.")
+    r.delete(f"{prefix}:counter")
+    ctx, spec = multiprocessing.get_context("spawn"), connection_spec(r)
+    start = ctx.Barrier(processes)
+    workers = [ctx.Process(target=_increment, args=(spec, prefix, increments, use_lock, start))
+               for _ in range(processes)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join()
+    return processes * increments, int(r.get(f"{prefix}:counter") or 0)
+
+
+@dataclass
+class PausedHolder:
+    """What happened when a lock holder was frozen (SIGSTOP) past its TTL, then woke up and wrote."""
+
+    first_fence: int
+    second_fence: int
+    first_lock_lost: bool  # the first holder's release found someone else's token
+    stale_write_accepted: bool
+    final_value: str | None
+
+
+def _paused_writer(spec: dict, prefix: str, ttl_ms: int, fenced: bool, conn) -> None:
+    """The first holder, a process: takes the lock, reports its fence, and writes once told to go."""
+    r = redis.Redis(**spec, decode_responses=True)
+    lock = Lock(r, "resource", ttl_ms=ttl_ms, prefix=prefix)
+    lock.acquire()
+    conn.send(lock.fence)
+    conn.recv()  # "go": sent while this process is stopped, so it arrives only after SIGCONT
+    if fenced:
+        accepted = FencedStore(r, "resource", prefix=prefix).write(lock.fence, "written by the paused holder")
+    else:
+        r.set(f"{prefix}:plain", "written by the paused holder")
+        accepted = True
+    try:
+        lock.release()
+        lost = False
+    except LockNotHeld:
+        lost = True
+    conn.send((accepted, lost))
+
+
+def paused_holder(r: redis.Redis, prefix: str, *, fenced: bool, ttl_ms: int = 200) -> PausedHolder:
+    """A holder PROCESS takes the lock and is frozen with SIGSTOP past its TTL; a second client takes the
+    lock and writes; the first is resumed and writes too. With `fenced`, writes go through a FencedStore."""
+    ctx, spec = multiprocessing.get_context("spawn"), connection_spec(r)
+    ours, theirs = ctx.Pipe()
+    holder = ctx.Process(target=_paused_writer, args=(spec, prefix, ttl_ms, fenced, theirs))
+    holder.start()
+    try:
+        if not ours.poll(30):
+            raise TimeoutError("the holder process did not take the lock within 30 s")
+        first_fence = ours.recv()
+        os.kill(holder.pid, signal.SIGSTOP)
+        ours.send("go")
+        second = Lock(r, "resource", ttl_ms=ttl_ms * 10, blocking_timeout=ttl_ms * 5 / 1000, prefix=prefix)
+        if not second.acquire():
+            raise TimeoutError("the second client never got the lock: did the first one's TTL not run out?")
+        if fenced:
+            FencedStore(r, "resource", prefix=prefix).write(second.fence, "written by the second holder")
+        else:
+            r.set(f"{prefix}:plain", "written by the second holder")
+        os.kill(holder.pid, signal.SIGCONT)
+        accepted, lost = ours.recv()
+        second.release()
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+        holder.join(timeout=10)
+        if holder.is_alive():
+            holder.kill()
+            holder.join()
+    final = FencedStore(r, "resource", prefix=prefix).read() if fenced else r.get(f"{prefix}:plain")
+    return PausedHolder(first_fence, second.fence, lost, accepted, final)
+
+
+# -- exercise checks ------------------------------------------------------------------------------------
 class _RacyClient(redis.Redis):
     """A real client of the same server that, right after a GET of the lock returns our token, lets the
     lock expire and another client take it: the moment a two-step release is exposed to."""

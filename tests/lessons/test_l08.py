@@ -1,11 +1,37 @@
-"""The lesson 08 module (`labkit.lessons.l08_locks`): each check accepts the reference answer and rejects the
-known-wrong ones."""
+"""The lesson 08 module (`labkit.lessons.l08_locks`): experiments with real processes, and each check accepting
+the reference answer and rejecting the known-wrong ones."""
 
 import pytest
 
+from labkit import ConfigError
 from labkit.lessons import l08_locks as lesson
 
 
+# -- experiments with real processes --------------------------------------------------------------------
+def test_processes_under_the_lock_lose_no_update(r, ns):
+    expected, counted = lesson.mutual_exclusion(r, ns.key("mx"), processes=3, increments=100, use_lock=True)
+    assert counted == expected == 300
+
+
+def test_processes_without_the_lock_lose_updates(r, ns):
+    expected, counted = lesson.mutual_exclusion(r, ns.key("mx"), processes=3, increments=300, use_lock=False)
+    assert counted < expected
+
+
+def test_fencing_rejects_the_paused_holders_stale_write(r, ns):
+    plain = lesson.paused_holder(r, ns.key("plain"), fenced=False)
+    fenced = lesson.paused_holder(r, ns.key("fenced"), fenced=True)
+    assert plain.first_lock_lost and plain.final_value == "written by the paused holder"
+    assert fenced.first_lock_lost and not fenced.stale_write_accepted
+    assert fenced.final_value == "written by the second holder" and fenced.second_fence > fenced.first_fence
+
+
+def test_mutual_exclusion_rejects_no_processes(r, ns):
+    with pytest.raises(ConfigError, match="processes must be positive"):
+        lesson.mutual_exclusion(r, ns.key("mx"), processes=0)
+
+
+# -- exercise checks ------------------------------------------------------------------------------------
 def _release_right(r, key, token):
     return bool(r.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
                        "return 0", 1, key, token))
