@@ -1,8 +1,12 @@
-"""Every lesson follows the template, carries no stray outputs, and touches only its own keys."""
+"""Every lesson follows the template, carries no stray outputs, touches only its own keys and has its module;
+pattern modules stay library only."""
 
+import ast
+import importlib
 import re
 import threading
 import time
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -13,6 +17,8 @@ from .notebooks import NAME, NOTEBOOKS, code, headings, lessons, number, read
 
 REQUIRED_BEFORE = ["What you will learn", "Before you start", "Setup"]
 REQUIRED_AFTER = ["Exercises", "Summary", "Next", "Cleanup"]
+PATTERNS = ["cache", "sessions", "ratelimit", "pubsub", "streams", "vectors", "locks"]
+LABKIT = Path(__file__).resolve().parents[1] / "labkit"
 LESSONS = lessons()
 IDS = [p.stem for p in LESSONS]
 
@@ -64,6 +70,24 @@ def test_lesson_uses_its_namespace_and_cleans_up(path):
     assert not re.search(r"\br\.flush(all|db)\b", source, re.I), "never flush the lab server"
     last = [c for c in nb.cells if c.cell_type == "code"][-1].source
     assert ".cleanup(r)" in last, "the last code cell cleans the lesson's keys"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=IDS)
+def test_lesson_has_its_module_and_imports_it(path):
+    """`NN_name.ipynb` is served by `labkit/lessons/lNN_name.py`, which says so first, and imports it as `lesson`."""
+    module = importlib.import_module(f"labkit.lessons.l{path.stem}")
+    assert (module.__doc__ or "").startswith(f"Lesson {path.stem[:2]}, "), "the docstring names its lesson first"
+    assert f"from labkit.lessons import l{path.stem} as lesson" in code(read(path))
+
+
+@pytest.mark.parametrize("name", PATTERNS)
+def test_pattern_module_is_library_only(name):
+    """No processes and no lesson code in a pattern module: experiments live in labkit/lessons/."""
+    tree = ast.parse((LABKIT / f"{name}.py").read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not {m for m in imported if m.split(".")[0] in ("subprocess", "multiprocessing")}, imported
+    assert not {m for m in imported if m.startswith("labkit.lessons")}, imported
 
 
 def test_the_key_audit_catches_a_stray_key_and_a_leftover():
