@@ -77,7 +77,7 @@ class Cached:
         self.ttl_ms, self.stale_ms, self.lock_ms = int(ttl * 1000), int(stale_ttl * 1000), int(lock_ttl * 1000)
         self.beta, self.jitter = beta, jitter
         self.stats = CacheStats()
-        self._release = scripts.register(r, "lock_release")
+        self._release = scripts.register(r, "locks/release")
         functools.update_wrapper(self, fn)
 
     def key(self, *args: Any, **kwargs: Any) -> str:

@@ -49,9 +49,9 @@ class Lock:
         self.fence_key = f"{self.key}:fence"
         self.token: str | None = None
         self.fence: int | None = None
-        self._acquire = scripts.register(r, "lock_acquire")
-        self._release = scripts.register(r, "lock_release")
-        self._extend = scripts.register(r, "lock_extend")
+        self._acquire = scripts.register(r, "locks/acquire")
+        self._release = scripts.register(r, "locks/release")
+        self._extend = scripts.register(r, "locks/extend")
 
     def acquire(self, blocking: bool = True) -> bool:
         """Take the lock; True on success. Sets `token` and `fence` (the fencing token)."""
@@ -132,7 +132,7 @@ class Redlock:
         self.token: str | None = None
         self.validity_ms = 0.0
         self.acquired_on = 0
-        self._release_scripts = [scripts.register(node, "lock_release") for node in self.nodes]
+        self._release_scripts = [scripts.register(node, "locks/release") for node in self.nodes]
 
     def _lock_on(self, node: redis.Redis, token: str) -> bool:
         try:
@@ -179,7 +179,7 @@ class FencedStore:
         self.r = r
         self.key = f"{prefix}:{{{name}}}:value"
         self.highest_key = f"{prefix}:{{{name}}}:highest-token"
-        self._write = scripts.register(r, "fenced_write")
+        self._write = scripts.register(r, "locks/fenced_write")
 
     def write(self, token: int, value: str) -> bool:
         """True if written; False if `token` is stale (not above the highest accepted)."""

@@ -98,13 +98,13 @@ class _WindowLimiter(Limiter):
 class FixedWindow(_WindowLimiter):
     """Count units per clock-aligned window; cheap, but up to 2x the limit across a window boundary."""
 
-    script, algorithm, slug = "rl_fixed_window", "fixed window", "fw"
+    script, algorithm, slug = "ratelimit/fixed_window", "fixed window", "fw"
 
 
 class SlidingLog(_WindowLimiter):
     """One entry per admitted unit; exact: never more than `limit` in any `window`. Memory grows with the limit."""
 
-    script, algorithm, slug = "rl_sliding_log", "sliding log", "log"
+    script, algorithm, slug = "ratelimit/sliding_log", "sliding log", "log"
 
     def keys(self, key: str) -> list[str]:
         base = super().keys(key)[0]
@@ -114,7 +114,7 @@ class SlidingLog(_WindowLimiter):
 class SlidingWindowCounter(_WindowLimiter):
     """Two counters, the previous window weighted by its overlap; close to exact in constant memory."""
 
-    script, algorithm, slug = "rl_sliding_window_counter", "sliding window counter", "swc"
+    script, algorithm, slug = "ratelimit/sliding_window_counter", "sliding window counter", "swc"
 
 
 class _RateLimiter(Limiter):
@@ -130,13 +130,13 @@ class _RateLimiter(Limiter):
 class TokenBucket(_RateLimiter):
     """A bucket of `burst` tokens refilled at `rate` per second; bursts up to `burst`, then the rate."""
 
-    script, algorithm, slug = "rl_token_bucket", "token bucket", "tb"
+    script, algorithm, slug = "ratelimit/token_bucket", "token bucket", "tb"
 
 
 class GCRA(_RateLimiter):
     """Token-bucket behaviour from one timestamp per key (the theoretical arrival time)."""
 
-    script, algorithm, slug = "rl_gcra", "GCRA", "gcra"
+    script, algorithm, slug = "ratelimit/gcra", "GCRA", "gcra"
 
 
 ALGORITHMS = (FixedWindow, SlidingLog, SlidingWindowCounter, TokenBucket, GCRA)

@@ -57,9 +57,9 @@ class SessionStore:
             raise ConfigError(f"prefix must be non-empty and not end with ':', got {prefix!r}.")
         self.r, self.prefix = r, prefix
         self.ttl_ms, self.absolute_ms = int(ttl * 1000), int(absolute_ttl * 1000)
-        self._touch = scripts.register(r, "session_touch")
-        self._update = scripts.register(r, "session_update")
-        self._rotate = scripts.register(r, "session_rotate")
+        self._touch = scripts.register(r, "sessions/touch")
+        self._update = scripts.register(r, "sessions/update")
+        self._rotate = scripts.register(r, "sessions/rotate")
 
     def key(self, session_id: str) -> str:
         return f"{self.prefix}:{session_id}"
@@ -75,7 +75,7 @@ class SessionStore:
         session_id = new_id()
         with self.r.pipeline() as pipe:
             # EVAL, not a registered Script: inside a pipeline redis-py would first ask SCRIPT EXISTS
-            pipe.eval(scripts.source("session_create"), 1, self.key(session_id),
+            pipe.eval(scripts.source("sessions/create"), 1, self.key(session_id),
                       self.ttl_ms, self.absolute_ms, "user_id", user_id, *fields)
             pipe.sadd(self.user_key(user_id), session_id)
             pipe.pexpire(self.user_key(user_id), self.absolute_ms)
