@@ -56,7 +56,7 @@ def cmd_reset(_: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    bench.run(args.suite)
+    bench.run([args.suite])
     return 0
 
 
