@@ -1,5 +1,6 @@
 """`python -m labkit ...` as a user runs it: in a subprocess, against real servers."""
 
+import json
 import subprocess
 import sys
 
@@ -69,3 +70,29 @@ def test_errors_are_one_line_not_a_traceback(lab_home):
     env = _env_without_url(lab_home) | {"LABKIT_ENGINE": "memcached"}
     out = labkit_cli("server", "start", env=env)
     assert out.returncode == 2 and out.stderr.startswith("error: Unknown engine") and "Traceback" not in out.stderr
+
+
+def test_bench_rejects_an_unknown_suite_and_lists_the_valid_ones():
+    out = labkit_cli("bench", "server", "nope")
+    assert out.returncode == 2 and "unknown suite 'nope'" in out.stderr
+    assert "server, ratelimit, cache, streams, locks, vectors" in out.stderr
+
+
+def test_bench_runs_every_suite_without_arguments_or_the_named_ones():
+    from labkit.__main__ import parser
+
+    assert parser().parse_args(["bench"]).suites == []
+    assert parser().parse_args(["bench", "locks", "server"]).suites == ["locks", "server"]
+
+
+def test_bench_prints_ratios_and_writes_the_results_file_under_the_checkout(lab_home, monkeypatch, capsys):
+    """In process, with a stand-in `server` suite (canned rows; the suites are tested in tests/bench)."""
+    from labkit import bench
+    from labkit.__main__ import main
+
+    rows = [bench.Row("server", "spawn", "a", 40, "ms", baseline=True), bench.Row("server", "spawn", "b", 10, "ms")]
+    monkeypatch.setitem(bench.SUITES, "server", lambda: rows)
+    assert main(["bench", "server"]) == 0
+    assert "server: spawn (ms, ratio to a)" in capsys.readouterr().out
+    document = json.loads((lab_home / "build" / "bench" / "results.json").read_text())
+    assert document["suites"] == ["server"] and [bench.Row(**row) for row in document["rows"]] == rows
