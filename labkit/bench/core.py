@@ -13,6 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from labkit.errors import LabkitError
+from labkit.server import find_engine
+from labkit.server.lab import home
+
 RESULTS_FORMAT = 1
 RESULTS_PATH = Path("build") / "bench" / "results.json"
 
@@ -89,6 +93,7 @@ def ratio(row: Row, baseline: Row | None) -> float | None:
 
 
 def _number(value: float) -> str:
+    """Whole numbers and large values without decimals, small ones with two or three."""
     if float(value).is_integer() or abs(value) >= 100:
         return f"{value:,.0f}"
     return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
@@ -123,16 +128,11 @@ def print_rows(rows: Iterable[Row]) -> None:
 
 def results_path() -> Path:
     """`build/bench/results.json` under the checkout's root."""
-    from labkit.server.lab import home
-
     return home() / RESULTS_PATH
 
 
 def _engine() -> dict[str, str | None]:
     """The default engine, which every suite but `server` runs on (None when none is installed)."""
-    from labkit.errors import LabkitError
-    from labkit.server import find_engine
-
     try:
         engine = find_engine()
     except LabkitError:
