@@ -49,13 +49,8 @@ embeddings: $(STAMP)  ## add the real embedding model for lesson 07 (CPU torch 2
 test-embeddings: embeddings  ## the tests that need the real model (the shipped vectors match it)
 	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -p no:nbval -m embeddings tests/test_embeddings.py
 
-bench: $(STAMP)  ## benchmarks, side by side in one run (python -m labkit bench)
-	$(PY) -m labkit bench server
-	$(PY) -m labkit bench ratelimit
-	$(PY) -m labkit bench cache
-	$(PY) -m labkit bench streams
-	$(PY) -m labkit bench locks
-	$(PY) -m labkit bench vectors
+bench: $(STAMP)  ## every benchmark suite, side by side, with ratios; writes build/bench/results.json
+	$(PY) -m labkit bench
 
 lock: $(STAMP)  ## re-pin requirements.lock (Python 3.11-3.13, every platform) from pyproject.toml
 	$(PY) -m pip install --quiet uv
