@@ -154,7 +154,8 @@ def test_redlock_retries_let_contenders_take_turns(three):
 
 @pytest.mark.parametrize(("count", "kwargs", "says"), [
     (0, {}, "got none"), (2, {}, "odd number"), (4, {}, "odd number"),
-    (3, {"ttl_ms": 0}, "ttl_ms is a whole number of milliseconds"), (3, {"node_timeout_ms": 2000, "ttl_ms": 1000}, "far below"),
+    (3, {"ttl_ms": 0}, "ttl_ms is a whole number of milliseconds"),
+    (3, {"node_timeout_ms": 2000, "ttl_ms": 1000}, "far below"),
     (3, {"retries": -1}, "retries must be an integer of at least 0"),
 ])
 def test_redlock_rejects_bad_settings(count, kwargs, says):

@@ -17,7 +17,7 @@ def test_seconds_refuses_what_is_not_at_least_a_millisecond(value):
 def test_seconds_accepts_a_millisecond_and_zero_only_when_allowed():
     assert validate.seconds(0.001, "ttl") == 0.001 and validate.seconds(2, "ttl") == 2.0
     assert validate.seconds(0, "timeout", allow_zero=True) == 0
-    with pytest.raises(ConfigError, match="0 or at least 0.001"):
+    with pytest.raises(ConfigError, match=r"0 or at least 0\.001"):
         validate.seconds(-1, "timeout", allow_zero=True)
 
 
