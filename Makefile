@@ -7,7 +7,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help lab stop status doctor reset test embeddings test-embeddings bench lock strip lint clean
+.PHONY: help lab stop status doctor reset test test-rerun test-stress embeddings test-embeddings bench lock strip lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -37,10 +37,14 @@ reset: $(STAMP)  ## delete the lab's keys (lab:*) on the lab server, nothing els
 test: $(STAMP)  ## run the whole suite: labkit against real servers, every notebook, hygiene, browser
 	@bash scripts/ensure-chromium.sh
 	rm -rf build/tmp && mkdir -p build/tmp
-	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -n 2 --dist loadfile -m "not leakcheck and not browser and not embeddings" \
+	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -n 2 --dist loadfile -m "not leakcheck and not browser and not embeddings and not rerun" \
 		--nbval-lax --nbval-cell-timeout=120 $(PYTEST_ARGS)
 	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -m "browser or leakcheck" -p no:nbval \
 		tests/test_browser.py tests/test_zz_leaks.py
+
+test-rerun: $(STAMP)  ## every lesson run half-way, then twice in full, on one server (Restart and Run All works)
+	rm -rf build/tmp-rerun && mkdir -p build/tmp-rerun
+	LABKIT_TMP=$(CURDIR)/build/tmp-rerun $(PY) -m pytest -n 2 --dist load -p no:nbval -m rerun tests/test_rerun.py $(PYTEST_ARGS)
 
 embeddings: $(STAMP)  ## add the real embedding model for lesson 07 (CPU torch 2.13 + sentence-transformers, ~1.4 GB)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
@@ -49,13 +53,8 @@ embeddings: $(STAMP)  ## add the real embedding model for lesson 07 (CPU torch 2
 test-embeddings: embeddings  ## the tests that need the real model (the shipped vectors match it)
 	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -p no:nbval -m embeddings tests/test_embeddings.py
 
-bench: $(STAMP)  ## benchmarks, side by side in one run (python -m labkit bench)
-	$(PY) -m labkit bench server
-	$(PY) -m labkit bench ratelimit
-	$(PY) -m labkit bench cache
-	$(PY) -m labkit bench streams
-	$(PY) -m labkit bench locks
-	$(PY) -m labkit bench vectors
+bench: $(STAMP)  ## every benchmark suite, side by side, with ratios; writes build/bench/results.json
+	$(PY) -m labkit bench
 
 lock: $(STAMP)  ## re-pin requirements.lock (Python 3.11-3.13, every platform) from pyproject.toml
 	$(PY) -m pip install --quiet uv

@@ -56,8 +56,15 @@ def cmd_reset(_: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    bench.run(args.suite)
+    bench.run(args.suites)
     return 0
+
+
+def suite_name(name: str) -> str:
+    """An argparse type: `name` if it is a benchmark suite, else an error listing the suites."""
+    if name not in bench.SUITES:
+        raise argparse.ArgumentTypeError(f"unknown suite {name!r}: choose from {', '.join(bench.SUITES)}")
+    return name
 
 
 def parser() -> argparse.ArgumentParser:
@@ -70,8 +77,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("url", help="print the lab server's URL (with password)").set_defaults(func=cmd_url)
     sub.add_parser("doctor", help="check the environment").set_defaults(func=cmd_doctor)
     sub.add_parser("reset", help="delete the lab's keys (lab:*) on the lab server").set_defaults(func=cmd_reset)
-    b = sub.add_parser("bench", help="run a benchmark suite")
-    b.add_argument("suite", nargs="?", default="server", choices=sorted(bench.SUITES))
+    b = sub.add_parser("bench", help="run benchmark suites and write build/bench/results.json")
+    b.add_argument("suites", nargs="*", type=suite_name, metavar="SUITE",
+                   help=f"one or more of: {', '.join(bench.SUITES)} (default: all of them, in that order)")
     b.set_defaults(func=cmd_bench)
     return p
 

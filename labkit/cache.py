@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from labkit import scripts
+from labkit import scripts, validate
 from labkit.errors import ConfigError
 
 STRATEGIES = ("none", "lock", "xfetch", "swr")
@@ -76,7 +76,7 @@ class Cached:
         self.ttl_ms, self.stale_ms, self.lock_ms = int(ttl * 1000), int(stale_ttl * 1000), int(lock_ttl * 1000)
         self.beta, self.jitter = beta, jitter
         self.stats = CacheStats()
-        self._release = scripts.register(r, "lock_release")
+        self._release = scripts.register(r, "locks/release")
         functools.update_wrapper(self, fn)
 
     def key(self, *args: Any, **kwargs: Any) -> str:
@@ -186,14 +186,14 @@ def cached(r: redis.Redis, prefix: str, ttl: float, strategy: str = "xfetch", be
         >>> product(7); product(7); product.stats.hits
         1
     """
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}.")
-    if not ttl > 0:
-        raise ConfigError(f"ttl must be a positive number of seconds, got {ttl!r}.")
-    if not beta > 0 or not lock_ttl > 0 or not 0 <= jitter < 1:
-        raise ConfigError(f"need beta > 0, lock_ttl > 0 and 0 <= jitter < 1; got {beta}, {lock_ttl}, {jitter}.")
-    if not prefix or prefix.endswith(":"):
-        raise ConfigError(f"prefix must be non-empty and not end with ':', got {prefix!r}.")
+    validate.one_of(strategy, "strategy", STRATEGIES)
+    validate.seconds(ttl, "ttl")
+    validate.number(beta, "beta", low=0, low_open=True)
+    validate.seconds(lock_ttl, "lock_ttl")
+    validate.number(jitter, "jitter", low=0, high=1, high_open=True)
+    if stale_ttl is not None:
+        validate.seconds(stale_ttl, "stale_ttl", allow_zero=True)
+    validate.prefix(prefix)
     stale = (ttl if stale_ttl is None else stale_ttl) if strategy == "swr" else 0.0
 
     def decorate(fn: Callable) -> Cached:

@@ -6,6 +6,7 @@ import re
 
 import redis
 
+from labkit.clients import text
 from labkit.errors import ConfigError
 
 ROOT = "lab"
@@ -50,7 +51,7 @@ class Namespace:
 
     def keys(self, r: redis.Redis, count: int = 1000) -> list[str]:
         """This namespace's keys (SCAN, never KEYS)."""
-        return [k.decode() if isinstance(k, bytes) else k for k in r.scan_iter(match=self.pattern, count=count)]
+        return [text(k) for k in r.scan_iter(match=self.pattern, count=count)]
 
     def cleanup(self, r: redis.Redis) -> int:
         """Delete this namespace's keys (SCAN + UNLINK); return how many were deleted."""

@@ -15,14 +15,9 @@ import time
 
 import redis
 
-from labkit import scripts
+from labkit import scripts, validate
+from labkit.clients import derive, text
 from labkit.errors import ConfigError, LockNotHeld
-from labkit.server.lab import derive
-
-
-def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, got {value}.")
 
 
 class Lock:
@@ -40,17 +35,18 @@ class Lock:
 
     def __init__(self, r: redis.Redis, name: str, *, ttl_ms: int = 10_000, blocking_timeout: float | None = 10.0,
                  prefix: str = "lab:lock") -> None:
-        _positive("ttl_ms", ttl_ms)
-        if blocking_timeout is not None and blocking_timeout < 0:
-            raise ConfigError(f"blocking_timeout must be zero or more seconds (or None), got {blocking_timeout}.")
-        self.r, self.name, self.ttl_ms, self.blocking_timeout = r, name, int(ttl_ms), blocking_timeout
+        if blocking_timeout is not None:
+            validate.seconds(blocking_timeout, "blocking_timeout (or None to wait forever)", allow_zero=True)
+        self.r, self.name, self.blocking_timeout = r, validate.name(name, "name"), blocking_timeout
+        self.ttl_ms = validate.milliseconds(ttl_ms, "ttl_ms")
+        validate.prefix(prefix)
         self.key = f"{prefix}:{{{name}}}"
         self.fence_key = f"{self.key}:fence"
         self.token: str | None = None
         self.fence: int | None = None
-        self._acquire = scripts.register(r, "lock_acquire")
-        self._release = scripts.register(r, "lock_release")
-        self._extend = scripts.register(r, "lock_extend")
+        self._acquire = scripts.register(r, "locks/acquire")
+        self._release = scripts.register(r, "locks/release")
+        self._extend = scripts.register(r, "locks/extend")
 
     def acquire(self, blocking: bool = True) -> bool:
         """Take the lock; True on success. Sets `token` and `fence` (the fencing token)."""
@@ -82,9 +78,7 @@ class Lock:
 
     def owned(self) -> bool:
         """Whether the server still holds our token (one GET; the answer may be stale a moment later)."""
-        value = self.r.get(self.key)
-        value = value.decode() if isinstance(value, bytes) else value
-        return self.token is not None and value == self.token
+        return self.token is not None and text(self.r.get(self.key)) == self.token
 
     def __enter__(self) -> Lock:
         if not self.acquire():
@@ -117,12 +111,15 @@ class Redlock:
         if len(clients) % 2 == 0:
             raise ConfigError(f"Redlock needs an odd number of independent servers (3 or 5), got {len(clients)}: "
                               "with an even number, a failure can split them into two equal halves.")
-        _positive("ttl_ms", ttl_ms)
-        _positive("node_timeout_ms", node_timeout_ms)
+        validate.milliseconds(ttl_ms, "ttl_ms")
+        validate.milliseconds(node_timeout_ms, "node_timeout_ms")
+        validate.name(name, "name")
+        validate.prefix(prefix)
         if node_timeout_ms >= ttl_ms:
             raise ConfigError(f"node_timeout_ms ({node_timeout_ms}) must be far below ttl_ms ({ttl_ms}).")
-        if retries < 0 or retry_delay_ms < 0:
-            raise ConfigError("retries and retry_delay_ms must be zero or more.")
+        validate.integer(retries, "retries", minimum=0)
+        validate.integer(retry_delay_ms, "retry_delay_ms", minimum=0)
+        validate.number(drift_factor, "drift_factor", low=0, high=1, high_open=True)
         timeout = node_timeout_ms / 1000
         self.nodes = [derive(c, retries=0, socket_timeout=timeout, socket_connect_timeout=timeout) for c in clients]
         self.name, self.key, self.ttl_ms = name, f"{prefix}:{name}", int(ttl_ms)
@@ -131,7 +128,7 @@ class Redlock:
         self.token: str | None = None
         self.validity_ms = 0.0
         self.acquired_on = 0
-        self._release_scripts = [scripts.register(node, "lock_release") for node in self.nodes]
+        self._release_scripts = [scripts.register(node, "locks/release") for node in self.nodes]
 
     def _lock_on(self, node: redis.Redis, token: str) -> bool:
         try:
@@ -178,12 +175,11 @@ class FencedStore:
         self.r = r
         self.key = f"{prefix}:{{{name}}}:value"
         self.highest_key = f"{prefix}:{{{name}}}:highest-token"
-        self._write = scripts.register(r, "fenced_write")
+        self._write = scripts.register(r, "locks/fenced_write")
 
     def write(self, token: int, value: str) -> bool:
         """True if written; False if `token` is stale (not above the highest accepted)."""
         return bool(self._write(keys=[self.key, self.highest_key], args=[int(token), value]))
 
     def read(self) -> str | None:
-        value = self.r.get(self.key)
-        return value.decode() if isinstance(value, bytes) else value
+        return text(self.r.get(self.key))

@@ -21,8 +21,8 @@ import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from labkit.clients import derive, text
 from labkit.errors import ConfigError, ServerUnavailable
-from labkit.server.lab import derive
 
 Message = tuple[float, str, str]  # (monotonic time received, channel, data)
 
@@ -207,7 +207,7 @@ class PresenceFeed:
         self._change("leave", user)
 
     def online(self) -> set[str]:
-        return {m.decode() if isinstance(m, bytes) else m for m in self.r.zrange(self.members_key, 0, -1)}
+        return {text(m) for m in self.r.zrange(self.members_key, 0, -1)}
 
     @staticmethod
     def apply(event: str, seen: set[str]) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import redis
 
-from labkit import scripts
+from labkit import scripts, validate
 from labkit.errors import ConfigError
 
 
@@ -50,11 +50,8 @@ class Limiter:
     slug = ""
 
     def __init__(self, r: redis.Redis, limit: int, prefix: str) -> None:
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
-            raise ConfigError(f"{type(self).__name__}: the limit/burst must be a positive integer, got {limit!r}.")
-        if not prefix or prefix.endswith(":"):
-            raise ConfigError(f"prefix must be non-empty and not end with ':', got {prefix!r}.")
-        self.r, self.limit, self.prefix = r, limit, prefix
+        self.limit = validate.integer(limit, f"{type(self).__name__}: the limit/burst")
+        self.r, self.prefix = r, validate.prefix(prefix)
         self._script = scripts.register(r, self.script)
 
     def keys(self, key: str) -> list[str]:
@@ -66,9 +63,8 @@ class Limiter:
         return self._decide(key, cost, None)
 
     def _decide(self, key: str, cost: int, now_ms: int | None) -> Decision:
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"key must be a non-empty string, got {key!r}.")
-        if not isinstance(cost, int) or cost < 1 or cost > self.limit:
+        validate.name(key, "key")
+        if not isinstance(cost, int) or isinstance(cost, bool) or cost < 1 or cost > self.limit:
             raise ConfigError(f"cost must be an integer from 1 to the limit ({self.limit}), got {cost!r}.")
         args = [*self._args(), cost] + ([now_ms] if now_ms is not None else [])
         allowed, remaining, retry_ms, reset_ms, server_now = self._script(keys=self.keys(key), args=args)
@@ -78,33 +74,25 @@ class Limiter:
         raise NotImplementedError
 
 
-def _positive_ms(seconds: float, what: str) -> float:
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds > 0:
-        raise ConfigError(f"{what} must be a positive number of seconds, got {seconds!r}.")
-    return seconds * 1000
-
-
 class _WindowLimiter(Limiter):
     def __init__(self, r: redis.Redis, limit: int, window: float, prefix: str = "ratelimit") -> None:
-        self.window_ms = _positive_ms(window, "window")
-        if self.window_ms != int(self.window_ms):
-            raise ConfigError(f"window must be a whole number of milliseconds, got {window!r} s.")
+        self.window_ms = validate.milliseconds_from_seconds(window, "window")
         super().__init__(r, limit, prefix)
 
     def _args(self) -> list[int | float]:
-        return [self.limit, int(self.window_ms)]
+        return [self.limit, self.window_ms]
 
 
 class FixedWindow(_WindowLimiter):
     """Count units per clock-aligned window; cheap, but up to 2x the limit across a window boundary."""
 
-    script, algorithm, slug = "rl_fixed_window", "fixed window", "fw"
+    script, algorithm, slug = "ratelimit/fixed_window", "fixed window", "fw"
 
 
 class SlidingLog(_WindowLimiter):
     """One entry per admitted unit; exact: never more than `limit` in any `window`. Memory grows with the limit."""
 
-    script, algorithm, slug = "rl_sliding_log", "sliding log", "log"
+    script, algorithm, slug = "ratelimit/sliding_log", "sliding log", "log"
 
     def keys(self, key: str) -> list[str]:
         base = super().keys(key)[0]
@@ -114,13 +102,13 @@ class SlidingLog(_WindowLimiter):
 class SlidingWindowCounter(_WindowLimiter):
     """Two counters, the previous window weighted by its overlap; close to exact in constant memory."""
 
-    script, algorithm, slug = "rl_sliding_window_counter", "sliding window counter", "swc"
+    script, algorithm, slug = "ratelimit/sliding_window_counter", "sliding window counter", "swc"
 
 
 class _RateLimiter(Limiter):
     def __init__(self, r: redis.Redis, rate: float, burst: int, prefix: str = "ratelimit") -> None:
-        self.rate = rate
-        self.ms_per_unit = 1000 / (_positive_ms(rate, "rate") / 1000)
+        self.rate = validate.number(rate, "rate (units per second)", low=0, low_open=True)
+        self.ms_per_unit = 1000 / self.rate
         super().__init__(r, burst, prefix)
 
     def _args(self) -> list[int | float]:
@@ -130,13 +118,13 @@ class _RateLimiter(Limiter):
 class TokenBucket(_RateLimiter):
     """A bucket of `burst` tokens refilled at `rate` per second; bursts up to `burst`, then the rate."""
 
-    script, algorithm, slug = "rl_token_bucket", "token bucket", "tb"
+    script, algorithm, slug = "ratelimit/token_bucket", "token bucket", "tb"
 
 
 class GCRA(_RateLimiter):
     """Token-bucket behaviour from one timestamp per key (the theoretical arrival time)."""
 
-    script, algorithm, slug = "rl_gcra", "GCRA", "gcra"
+    script, algorithm, slug = "ratelimit/gcra", "GCRA", "gcra"
 
 
 ALGORITHMS = (FixedWindow, SlidingLog, SlidingWindowCounter, TokenBucket, GCRA)

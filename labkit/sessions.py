@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from labkit import scripts
+from labkit import scripts, validate
+from labkit.clients import text
 from labkit.errors import ConfigError
 
 RESERVED = frozenset({"user_id", "created", "last_seen", "deadline"})
@@ -49,17 +50,16 @@ class SessionStore:
     """
 
     def __init__(self, r: redis.Redis, ttl: float = 1800, absolute_ttl: float = 86400, prefix: str = "session"):
-        if ttl <= 0 or absolute_ttl <= 0:
-            raise ConfigError(f"ttl and absolute_ttl must be positive seconds, got {ttl} and {absolute_ttl}.")
+        validate.seconds(ttl, "ttl")
+        validate.seconds(absolute_ttl, "absolute_ttl")
         if absolute_ttl < ttl:
             raise ConfigError(f"absolute_ttl ({absolute_ttl} s) must be at least the idle ttl ({ttl} s).")
-        if not prefix or prefix.endswith(":"):
-            raise ConfigError(f"prefix must be non-empty and not end with ':', got {prefix!r}.")
+        validate.prefix(prefix)
         self.r, self.prefix = r, prefix
         self.ttl_ms, self.absolute_ms = int(ttl * 1000), int(absolute_ttl * 1000)
-        self._touch = scripts.register(r, "session_touch")
-        self._update = scripts.register(r, "session_update")
-        self._rotate = scripts.register(r, "session_rotate")
+        self._touch = scripts.register(r, "sessions/touch")
+        self._update = scripts.register(r, "sessions/update")
+        self._rotate = scripts.register(r, "sessions/rotate")
 
     def key(self, session_id: str) -> str:
         return f"{self.prefix}:{session_id}"
@@ -69,13 +69,12 @@ class SessionStore:
 
     def create(self, user_id: str, **meta: object) -> str:
         """Start a session for `user_id` with extra fields `meta`; return its new id."""
-        if not isinstance(user_id, str) or not user_id:
-            raise ConfigError(f"user_id must be a non-empty string, got {user_id!r}.")
+        validate.name(user_id, "user_id")
         fields = _fields(meta)
         session_id = new_id()
         with self.r.pipeline() as pipe:
             # EVAL, not a registered Script: inside a pipeline redis-py would first ask SCRIPT EXISTS
-            pipe.eval(scripts.source("session_create"), 1, self.key(session_id),
+            pipe.eval(scripts.source("sessions/create"), 1, self.key(session_id),
                       self.ttl_ms, self.absolute_ms, "user_id", user_id, *fields)
             pipe.sadd(self.user_key(user_id), session_id)
             pipe.pexpire(self.user_key(user_id), self.absolute_ms)
@@ -89,7 +88,7 @@ class SessionStore:
         data = self.r.hgetall(self.key(session_id))
         if not data or "user_id" not in data:
             return None
-        data = {_text(k): _text(v) for k, v in data.items()}
+        data = {text(k): text(v) for k, v in data.items()}
         return Session(session_id, data.pop("user_id"), int(data.pop("created")), int(data.pop("last_seen")),
                        int(data.pop("deadline")), data)
 
@@ -117,15 +116,15 @@ class SessionStore:
         if not user_id:
             return None
         with self.r.pipeline() as pipe:
-            pipe.srem(self.user_key(_text(user_id)), session_id)
-            pipe.sadd(self.user_key(_text(user_id)), fresh)
-            pipe.pexpire(self.user_key(_text(user_id)), self.absolute_ms)
+            pipe.srem(self.user_key(text(user_id)), session_id)
+            pipe.sadd(self.user_key(text(user_id)), fresh)
+            pipe.pexpire(self.user_key(text(user_id)), self.absolute_ms)
             pipe.execute()
         return fresh
 
     def sessions_of(self, user_id: str) -> list[str]:
         """The user's live session ids; ids of expired sessions are pruned from the index."""
-        ids = sorted(_text(i) for i in self.r.smembers(self.user_key(user_id)))
+        ids = sorted(text(i) for i in self.r.smembers(self.user_key(user_id)))
         with self.r.pipeline(transaction=False) as pipe:
             for session_id in ids:
                 pipe.exists(self.key(session_id))
@@ -137,7 +136,7 @@ class SessionStore:
 
     def invalidate_user(self, user_id: str) -> int:
         """Log the user out everywhere; return how many live sessions were deleted."""
-        keys = [self.key(_text(i)) for i in self.r.smembers(self.user_key(user_id))]
+        keys = [self.key(text(i)) for i in self.r.smembers(self.user_key(user_id))]
         with self.r.pipeline() as pipe:
             if keys:
                 pipe.delete(*keys)
@@ -162,7 +161,3 @@ def _fields(values: dict[str, object]) -> list[str]:
             raise ConfigError(f"Session field names must be non-empty strings, got {name!r}.")
         flat += [name, str(value)]
     return flat
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from labkit import validate
 from labkit.errors import ConfigError
 
 Handler = Callable[[str, dict], object]
@@ -91,11 +92,12 @@ class Worker:
                  dead_letter: str | None = None) -> None:
         if not callable(handler):
             raise ConfigError(f"handler must be callable as handler(entry_id, fields), got {handler!r}.")
-        for name, value in (("batch", batch), ("claim_idle_ms", claim_idle_ms), ("max_deliveries", max_deliveries)):
-            if value <= 0:
-                raise ConfigError(f"{name} must be positive, got {value}.")
-        if block_ms < 0:
-            raise ConfigError(f"block_ms must be zero or more, got {block_ms}.")
+        validate.integer(batch, "batch")
+        validate.milliseconds(claim_idle_ms, "claim_idle_ms")
+        validate.integer(max_deliveries, "max_deliveries")
+        validate.integer(block_ms, "block_ms", minimum=0)
+        for what, value in (("stream", stream), ("group", group), ("consumer", consumer)):
+            validate.name(value, what)
         self.r, self.stream, self.group, self.consumer, self.handler = r, stream, group, consumer, handler
         self.batch, self.block_ms, self.claim_idle_ms = batch, block_ms, claim_idle_ms
         self.max_deliveries = max_deliveries

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import redis
 
+from labkit import validate
+from labkit.clients import text
 from labkit.errors import ConfigError, MissingModule
 
 DIM = 384  # all-MiniLM-L6-v2
@@ -30,8 +32,7 @@ SEARCH_HINT = ("The search module is not loaded on this server. `make lab` start
 
 
 def _has_search(r: redis.Redis) -> bool:
-    modules = {m["name"].lower() if isinstance(m["name"], str) else m["name"].decode().lower()
-               for m in r.execute_command("MODULE", "LIST")}
+    modules = {text(m["name"]).lower() for m in r.execute_command("MODULE", "LIST")}
     return "search" in modules or "ft" in modules
 
 
@@ -73,8 +74,7 @@ def create_index(r: redis.Redis, name: str, *, prefix: str, dim: int = DIM, algo
     if algorithm not in ALGORITHMS or metric not in METRICS or storage not in ("hash", "json"):
         raise ConfigError(f"algorithm must be one of {ALGORITHMS}, metric one of {METRICS}, storage hash or json; "
                           f"got {algorithm}, {metric}, {storage}.")
-    if dim <= 0:
-        raise ConfigError(f"dim must be positive, got {dim}.")
+    validate.integer(dim, "dim")
     fields = dict(fields or {})
     bad = {f: t for f, t in fields.items() if t.upper() not in FIELD_TYPES}
     if bad:
@@ -109,7 +109,7 @@ def index_info(r: redis.Redis, name: str) -> dict[str, Any]:
     """FT.INFO as a dict (num_docs, indexing, vector_index_sz_mb, ...)."""
     raw = r.execute_command("FT.INFO", name)
     pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
-    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in pairs}
+    return {text(k): v for k, v in pairs}
 
 
 def wait_indexed(r: redis.Redis, name: str, timeout: float = 60) -> float:
@@ -128,7 +128,7 @@ def _index_dim(r: redis.Redis, name: str) -> int | None:
     if (id(r), name) not in _dims:
         found = None
         for attribute in index_info(r, name).get("attributes", []):
-            items = [a.decode() if isinstance(a, bytes) else a for a in attribute]
+            items = [text(a) for a in attribute]
             if "VECTOR" in items and "dim" in items:
                 found = int(items[items.index("dim") + 1])
         _dims[(id(r), name)] = found
@@ -151,14 +151,10 @@ class Hits(list):
     warnings: list[str]
 
 
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _hits(reply: Any, return_fields: tuple[str, ...]) -> Hits:
     if isinstance(reply, dict):  # RESP3
         rows = [(row["id"], row.get("extra_attributes", {})) for row in reply["results"]]
-        warnings = [_text(w) for w in reply.get("warning", [])]
+        warnings = [text(w) for w in reply.get("warning", [])]
     else:  # RESP2: total, key, [field, value, ...], key, ...
         rows = [(key, dict(zip(values[::2], values[1::2], strict=True)) if values else None)
                 for key, values in zip(reply[1::2], reply[2::2], strict=True)]
@@ -167,8 +163,8 @@ def _hits(reply: Any, return_fields: tuple[str, ...]) -> Hits:
     for key, attributes in rows:
         if not attributes:  # the document expired or was deleted after the index listed it
             continue
-        pairs = {_text(k): _text(v) for k, v in attributes.items()}
-        hits.append(Hit(_text(key), float(pairs.pop("distance")), {f: pairs[f] for f in return_fields if f in pairs}))
+        pairs = {text(k): text(v) for k, v in attributes.items()}
+        hits.append(Hit(text(key), float(pairs.pop("distance")), {f: pairs[f] for f in return_fields if f in pairs}))
     hits.warnings = warnings
     return hits
 
@@ -177,8 +173,7 @@ def knn(r: redis.Redis, index: str, vector: Any, *, k: int = 10, filter: str = "
         return_fields: tuple[str, ...] = (), dim: int | None = None, timeout_ms: int | None = None) -> Hits:
     """The `k` nearest documents to `vector`, nearest first, among those matching `filter` (a query such as
     `@tenant:{acme}`; "*" for all). DIALECT 2, as vector queries need."""
-    if k <= 0:
-        raise ConfigError(f"k must be positive, got {k}.")
+    validate.integer(k, "k")
     blob = to_bytes(vector, dim or _index_dim(r, index) or DIM)
     ef = " EF_RUNTIME $ef" if ef_runtime else ""
     query = f"({filter})=>[KNN {k} @embedding $vec{ef} AS distance]"
@@ -280,8 +275,8 @@ class SemanticCache:
         if not 0 < threshold < 2:
             raise ConfigError(f"threshold is a cosine DISTANCE in (0, 2) (0 = identical), got {threshold}; "
                               "a similarity of 0.9 is a distance of 0.1.")
-        if ttl is not None and ttl <= 0:
-            raise ConfigError(f"ttl must be positive seconds (or None for no expiry), got {ttl}.")
+        if ttl is not None:
+            validate.seconds(ttl, "ttl (or None for no expiry)")
         self.r, self.name, self.threshold, self.ttl = r, name, threshold, ttl
         self.embedder = embedder or Embedder()
         self.prefix = prefix or f"lab:semcache:{name}:"

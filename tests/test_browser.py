@@ -31,17 +31,63 @@ SETTINGS = {  # a fresh user's settings, minus two prompts that would sit on top
 pytestmark = pytest.mark.browser
 
 
+HERMETIC_DIRS = {  # everything Jupyter, IPython and matplotlib would read or write in the user's home
+    "JUPYTERLAB_SETTINGS_DIR": "settings", "JUPYTERLAB_WORKSPACES_DIR": "workspaces", "JUPYTER_CONFIG_DIR": "config",
+    "JUPYTER_DATA_DIR": "data", "JUPYTER_RUNTIME_DIR": "runtime", "IPYTHONDIR": "ipython", "MPLCONFIGDIR": "mpl",
+}
+SAVED_WORKSPACE = {  # what JupyterLab saves after a learner worked on lesson 02 with `make lab`
+    "data": {"layout-restorer:data": {"main": {"dock": {"type": "tab-area", "currentIndex": 0,
+                                                        "widgets": ["notebook:notebooks/02_caching.ipynb"]},
+                                               "current": "notebook:notebooks/02_caching.ipynb"}},
+             "notebook:notebooks/02_caching.ipynb": {"data": {"path": "notebooks/02_caching.ipynb",
+                                                              "factory": "Notebook"}}},
+    "metadata": {"id": "default"},
+}
+
+
+def hermetic_env(work: Path) -> dict[str, str]:
+    """The environment of a JupyterLab that reads and writes only under `work`."""
+    return {var: str(work / "jupyter" / name) for var, name in HERMETIC_DIRS.items()}
+
+
+def used_home(work: Path) -> Path:
+    """A home directory as a learner's looks after `make lab`: a saved workspace with lesson 02 open."""
+    home = work / "home"
+    home.mkdir()
+    saved = work / "saved-workspace.json"
+    saved.write_text(json.dumps(SAVED_WORKSPACE))
+    subprocess.run([sys.executable, "-m", "jupyter", "lab", "workspaces", "import", str(saved)],
+                   env=os.environ | {"HOME": str(home)}, check=True, capture_output=True)
+    return home
+
+
+def exported_workspace(env: dict[str, str]) -> str:
+    done = subprocess.run([sys.executable, "-m", "jupyter", "lab", "workspaces", "export", "default"],
+                          env=env, check=True, capture_output=True, text=True)
+    return done.stdout
+
+
+def test_a_saved_user_workspace_cannot_reach_the_test(tmp_path):
+    home = used_home(tmp_path)
+    assert "02_caching" in exported_workspace(os.environ | {"HOME": str(home)})  # JupyterLab would restore it
+    assert "02_caching" not in exported_workspace(os.environ | {"HOME": str(home)} | hermetic_env(tmp_path))
+
+
 @pytest.fixture
 def jupyterlab():
-    """JupyterLab serving a copy of the notebooks (so the browser never writes into the checkout),
-    its kernels on a server of their own (so they never meet the nbval run of the same lesson)."""
+    """JupyterLab serving a copy of the notebooks (so the browser never writes into the checkout), its
+    kernels on a server of their own (so they never meet the nbval run of the same lesson). It runs with a
+    used home (a saved workspace on lesson 02) and every Jupyter directory moved under the test's folder:
+    nothing the user saved can change the outcome, and nothing is written outside build/."""
     server = spawn()
     work = Path(tempfile.mkdtemp(prefix="labkit-browser-", dir=temp_root()))
     shutil.copytree(NOTEBOOKS, work / "notebooks")
-    settings = work / "settings"
+    env = hermetic_env(work)
+    settings = Path(env["JUPYTERLAB_SETTINGS_DIR"])
     for plugin, values in SETTINGS.items():
         (settings / plugin).parent.mkdir(parents=True, exist_ok=True)
         (settings / f"{plugin}.jupyterlab-settings").write_text(json.dumps(values))
+    env |= {"HOME": str(used_home(work)), URL_ENV: server.url}
     port, token = free_port(), secrets.token_hex(16)
     log = open(work / "jupyter.log", "w")  # noqa: SIM115 (closed after JupyterLab stops)
     proc = subprocess.Popen(
@@ -50,7 +96,7 @@ def jupyterlab():
          f"--ServerApp.root_dir={work}", "--allow-root",
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         stdout=log, stderr=subprocess.STDOUT,
-        env=os.environ | {URL_ENV: server.url, "JUPYTERLAB_SETTINGS_DIR": str(settings)},
+        env=os.environ | env,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

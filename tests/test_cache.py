@@ -92,7 +92,7 @@ def test_bad_input_is_a_clear_error(r, ns):
 
 
 def test_lock_release_never_frees_someone_elses_lock(r, ns):
-    release = scripts.register(r, "lock_release")
+    release = scripts.register(r, "locks/release")
     r.set(ns.key("lock"), "their-token", px=5000)
     assert release(keys=[ns.key("lock")], args=["my-token"]) == 0 and r.get(ns.key("lock")) == "their-token"
     assert release(keys=[ns.key("lock")], args=["their-token"]) == 1 and not r.exists(ns.key("lock"))

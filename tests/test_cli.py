@@ -1,9 +1,9 @@
 """`python -m labkit ...` as a user runs it: in a subprocess, against real servers."""
 
+import json
 import subprocess
 import sys
 
-from labkit import bench
 from labkit.server import spawn
 from labkit.server.lab import URL_ENV
 
@@ -72,48 +72,27 @@ def test_errors_are_one_line_not_a_traceback(lab_home):
     assert out.returncode == 2 and out.stderr.startswith("error: Unknown engine") and "Traceback" not in out.stderr
 
 
-def test_bench_server_measures_every_engine():
-    rows = dict(bench.bench_server(runs=3))
-    assert rows["valkey9 spawn-to-PING"] > 0
-    assert "valkey9 + search/JSON modules" in rows
+def test_bench_rejects_an_unknown_suite_and_lists_the_valid_ones():
+    out = labkit_cli("bench", "server", "nope")
+    assert out.returncode == 2 and "unknown suite 'nope'" in out.stderr
+    assert "server, ratelimit, cache, streams, locks, vectors" in out.stderr
 
 
-def test_bench_ratelimit_compares_with_the_limits_library_in_one_round_trip():
-    rows = dict(bench.bench_ratelimit(seconds=0.2))
-    for name in ["limits moving window", "labkit sliding log", "labkit GCRA"]:
-        assert rows[f"{name}: decisions/s, 1 client"] > 0 and rows[f"{name}: decisions/s, 4 clients"] > 0
-    labkit_rtts = [v for k, v in rows.items() if k.startswith("labkit") and k.endswith("round trips per decision")]
-    assert len(labkit_rtts) == 5 and all(v == 1.0 for v in labkit_rtts)
+def test_bench_runs_every_suite_without_arguments_or_the_named_ones():
+    from labkit.__main__ import parser
+
+    assert parser().parse_args(["bench"]).suites == []
+    assert parser().parse_args(["bench", "locks", "server"]).suites == ["locks", "server"]
 
 
-def test_bench_cache_compares_hits_and_counts_stampedes():
-    rows = dict(bench.bench_cache(seconds=0.1, clients=10))
-    contenders = ("raw GET + json.loads", "labkit cached (xfetch)", "dogpile.cache redis")
-    assert all(rows[f"hits/s: {name}"] > 0 for name in contenders)
-    assert rows["stampede lock: recomputes at expiry"] == 1 and rows["stampede swr: misses at expiry"] == 0
-    assert rows["stampede none: recomputes at expiry"] > rows["stampede lock: recomputes at expiry"]
+def test_bench_prints_ratios_and_writes_the_results_file_under_the_checkout(lab_home, monkeypatch, capsys):
+    """In process, with a stand-in `server` suite (canned rows; the suites are tested in tests/bench)."""
+    from labkit import bench
+    from labkit.__main__ import main
 
-
-def test_bench_streams_compares_the_worker_with_a_raw_loop():
-    rows = dict(bench.bench_streams(messages=2000, rounds=1, io_ms=0.5))
-    raw, worker = rows["messages/s: raw pipelined XREADGROUP+XACK"], rows["messages/s: labkit Worker"]
-    assert raw > 0 and worker > 0.3 * raw  # the 0.8x goal is for the quiet-machine benchmark, not a busy suite
-    assert rows["messages/s: 4 Worker(s), 0.5 ms handler"] > 1.5 * rows["messages/s: 1 Worker(s), 0.5 ms handler"]
-
-
-def test_bench_locks_compares_with_redis_py_and_pottery_in_one_round_trip_per_node():
-    rows = dict(bench.bench_locks(reps=30))
-    assert rows["round trips per acquire: labkit Lock, 1 server"] == 1
-    assert rows["round trips per acquire: labkit Redlock, 3 servers"] == 3
-    assert all(rows[f"acquire+release us: {name}"] > 0 for name in (
-        "redis-py Lock, 1 server", "labkit Lock, 1 server", "pottery Redlock, 3 servers", "labkit Redlock, 3 servers"))
-
-
-def test_bench_vectors_measures_recall_and_compares_with_redisvl():
-    rows = dict(bench.bench_vectors(n=2000, queries=30))
-    assert rows["recall@10: FLAT"] == rows["recall@10: numpy brute force"] == 1.0
-    assert rows["recall@10: HNSW ef_runtime 100"] >= 0.9
-    for what in ("true hits of 150 paraphrases", "false hits of 210 queries"):
-        ours, theirs = (rows[f"semantic cache {who} SemanticCache: {what}"] for who in ("labkit", "RedisVL"))
-        assert ours == theirs
-    assert rows["semantic cache labkit SemanticCache: lookup us"] > 0
+    rows = [bench.Row("server", "spawn", "a", 40, "ms", baseline=True), bench.Row("server", "spawn", "b", 10, "ms")]
+    monkeypatch.setitem(bench.SUITES, "server", lambda: rows)
+    assert main(["bench", "server"]) == 0
+    assert "server: spawn (ms, ratio to a)" in capsys.readouterr().out
+    document = json.loads((lab_home / "build" / "bench" / "results.json").read_text())
+    assert document["suites"] == ["server"] and [bench.Row(**row) for row in document["rows"]] == rows

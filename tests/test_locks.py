@@ -65,8 +65,8 @@ def test_acquire_gives_up_after_the_blocking_timeout(r, ns):
     holder.release()
 
 
-@pytest.mark.parametrize(("kwargs", "says"), [({"ttl_ms": 0}, "ttl_ms must be positive"),
-                                              ({"ttl_ms": -5}, "ttl_ms must be positive"),
+@pytest.mark.parametrize(("kwargs", "says"), [({"ttl_ms": 0}, "ttl_ms is a whole number of milliseconds"),
+                                              ({"ttl_ms": 2.5}, "ttl_ms is a whole number of milliseconds"),
                                               ({"blocking_timeout": -1}, "blocking_timeout")])
 def test_lock_rejects_bad_settings(r, kwargs, says):
     with pytest.raises(ConfigError, match=says):
@@ -136,8 +136,9 @@ def test_redlock_retries_let_contenders_take_turns(three):
 
 @pytest.mark.parametrize(("count", "kwargs", "says"), [
     (0, {}, "got none"), (2, {}, "odd number"), (4, {}, "odd number"),
-    (3, {"ttl_ms": 0}, "ttl_ms must be positive"), (3, {"node_timeout_ms": 2000, "ttl_ms": 1000}, "far below"),
-    (3, {"retries": -1}, "zero or more"),
+    (3, {"ttl_ms": 0}, "ttl_ms is a whole number of milliseconds"),
+    (3, {"node_timeout_ms": 2000, "ttl_ms": 1000}, "far below"),
+    (3, {"retries": -1}, "retries must be an integer of at least 0"),
 ])
 def test_redlock_rejects_bad_settings(count, kwargs, says):
     clients = [redis.Redis(port=1) for _ in range(count)]

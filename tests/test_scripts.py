@@ -1,26 +1,77 @@
+import re
+
 import pytest
 
 import labkit
 from labkit import scripts
 
+INDEX = r"{}\[(\d+)\]"
 
-def test_every_script_states_keys_argv_and_return():
-    from importlib.resources import files
 
-    names = [p.name.removesuffix(".lua") for p in (files("labkit") / "lua").iterdir() if p.name.endswith(".lua")]
-    assert names
-    for name in names:
-        head = scripts.source(name).split("\n\n")[0]
-        assert "KEYS[1]" in head and "Returns" in head, name
+def header_and_body(name: str) -> tuple[str, str]:
+    lines = scripts.text(name).splitlines()
+    n = next(i for i, line in enumerate(lines) if not line.startswith("--"))
+    return "\n".join(lines[:n]), "\n".join(lines[n:])
+
+
+def used(table: str, body: str) -> set[int]:
+    found = {int(i) for i in re.findall(INDEX.format(table), body)}
+    found |= {int(i) for i in re.findall(rf"unpack\({table}, (\d+)\)", body)}
+    return found | ({1} if re.search(rf"unpack\({table}\)", body) else set())
+
+
+def stated(table: str, header: str) -> set[int]:
+    return {int(i) for i in re.findall(INDEX.format(table), header)} | {
+        int(i) for i in re.findall(rf"{table}\[(\d+)\.\.\]", header)}
+
+
+@pytest.mark.parametrize("name", scripts.names())
+def test_every_script_states_its_keys_argv_and_return(name):
+    header, body = header_and_body(name)
+    assert re.search(r"^-- Returns ", header, re.M), f"{name}: no '-- Returns' line"
+    for table in ("KEYS", "ARGV"):
+        needed = used(table, body)
+        assert needed <= stated(table, header), f"{name}: {table} {sorted(needed)} used, header states {header!r}"
+        if not needed:
+            assert re.search(rf"^-- {table}\s+none", header, re.M), f"{name}: say '-- {table}  none'"
+
+
+def test_the_header_check_catches_an_unstated_argument():
+    header = "-- KEYS[1]  a key\n-- ARGV[1]  a number\n-- Returns  1"
+    body = "return redis.call('SET', KEYS[1], ARGV[2])"
+    assert not used("ARGV", body) <= stated("ARGV", header)
+
+
+def test_the_prelude_comes_first_and_is_stated_once():
+    assert scripts.source("ratelimit/gcra").startswith(scripts.text("prelude"))
+    for name in scripts.names():
+        assert "redis.call('TIME')" not in scripts.text(name), f"{name} copies the server clock: use now_ms()"
+
+
+def test_now_ms_reads_the_server_clock_or_the_override(r):
+    script = r.register_script(scripts.text("prelude") + "return {now_ms(), now_ms(ARGV[1])}")
+    seconds, micros = r.time()
+    server, override = script(args=[123])
+    assert abs(server - (seconds * 1000 + micros // 1000)) < 1000 and override == 123
+
+
+def test_a_script_is_registered_once_per_client(r):
+    assert scripts.register(r, "locks/release") is scripts.register(r, "locks/release")
+    other = labkit.connect()
+    try:
+        assert scripts.register(other, "locks/release") is not scripts.register(r, "locks/release")
+    finally:
+        other.close()
 
 
 def test_capped_incr_stops_at_the_cap(r, ns):
-    capped = scripts.register(r, "capped_incr")
+    capped = scripts.register(r, "l01_data_structures/capped_incr")
     key = ns.key("counter")
     assert [capped(keys=[key], args=[3]) for _ in range(5)] == [1, 2, 3, -1, -1]
     assert r.get(key) == "3"
 
 
-def test_unknown_script_names_the_known_ones():
-    with pytest.raises(labkit.ConfigError, match="capped_incr"):
-        scripts.source("nope")
+@pytest.mark.parametrize("name", ["nope", "capped_incr", "prelude"])
+def test_unknown_script_names_the_known_ones(name):
+    with pytest.raises(labkit.ConfigError, match="l01_data_structures/capped_incr"):
+        scripts.source(name)

@@ -36,16 +36,29 @@ def test_touch_on_a_missing_session_returns_false_and_creates_nothing(store, r):
     assert r.exists(store.key(ghost)) == 0
 
 
-def test_idle_expiry_and_absolute_cap_are_both_enforced(r, ns):
-    store = SessionStore(r, ttl=0.3, absolute_ttl=0.6, prefix=ns.key("session"))
+def server_ms(r) -> int:
+    seconds, micros = r.time()
+    return seconds * 1000 + micros // 1000
+
+
+def test_idle_expiry_ends_an_untouched_session(r, ns):
+    store = SessionStore(r, ttl=0.3, absolute_ttl=60, prefix=ns.key("session"))
     idle = store.create("u")
-    time.sleep(0.45)
-    assert store.get(idle) is None  # idle longer than 0.3 s
+    assert 0 < r.pttl(store.key(idle)) <= 300  # the idle TTL, not the absolute lifetime
+    deadline = time.monotonic() + 10
+    while store.get(idle) is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert store.get(idle) is None and r.exists(store.key(idle)) == 0
+
+
+def test_the_absolute_cap_ends_a_session_touched_all_the_time(r, ns):
+    """Touched every 50 ms with an idle TTL of 1 s, only the cap can end it (a stall under 1 s cannot)."""
+    store = SessionStore(r, ttl=1.0, absolute_ttl=1.2, prefix=ns.key("session"))
     busy = store.create("u")
-    started = time.monotonic()
-    while store.touch(busy):  # touched every 50 ms: only the absolute cap can end it
+    deadline = store.get(busy).deadline
+    while store.touch(busy):
         time.sleep(0.05)
-    assert 0.5 < time.monotonic() - started < 1.5
+    assert server_ms(r) >= deadline  # it ended at its deadline, not before
     assert store.get(busy) is None and r.exists(store.key(busy)) == 0
 
 

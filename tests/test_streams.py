@@ -33,9 +33,9 @@ def test_ensure_group_errors_say_what_to_do(r, ns):
 
 @pytest.mark.parametrize(("kwargs", "says"), [
     ({"handler": "not callable"}, "handler must be callable"),
-    ({"batch": 0}, "batch must be positive"),
-    ({"max_deliveries": -1}, "max_deliveries must be positive"),
-    ({"claim_idle_ms": 0}, "claim_idle_ms must be positive"),
+    ({"batch": 0}, "batch must be an integer of at least 1"),
+    ({"max_deliveries": -1}, "max_deliveries must be an integer of at least 1"),
+    ({"claim_idle_ms": 0}, "claim_idle_ms is a whole number of milliseconds"),
 ])
 def test_worker_rejects_bad_settings(r, ns, kwargs, says):
     with pytest.raises(ConfigError, match=says):

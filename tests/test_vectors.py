@@ -118,7 +118,7 @@ def test_semantic_cache_hits_paraphrases_within_the_threshold_per_tenant(r, ns):
 
 
 @pytest.mark.parametrize(("kwargs", "says"), [({"threshold": 0.95 + 1.1}, "DISTANCE"), ({"threshold": 0}, "DISTANCE"),
-                                              ({"ttl": 0}, "ttl must be positive")])
+                                              ({"ttl": 0}, r"ttl \(or None for no expiry\) is a number of seconds")])
 def test_semantic_cache_rejects_bad_settings(r, kwargs, says):
     with pytest.raises(ConfigError, match=says):
         SemanticCache(r, name="never", embedder=EMBEDDER, **kwargs)

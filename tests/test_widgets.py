@@ -33,18 +33,6 @@ def test_duration_must_be_positive():
         LiveMonitor(lambda: {}, duration=0)
 
 
-def test_side_by_side_times_every_call_the_same_number_of_times():
-    import time
-
-    from labkit.bench import side_by_side
-
-    calls = []
-    medians = side_by_side({"fast": lambda: calls.append("f"), "slow": lambda: (time.sleep(0.001), calls.append("s"))},
-                           reps=20)
-    assert calls.count("f") == calls.count("s") == 20 and calls[:2] == ["f", "s"]
-    assert medians["slow"] > 10 * medians["fast"]
-
-
 def test_pubsub_monitor_counts_published_and_received(r, ns, capsys):
     from labkit.pubsub import Subscriber
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import redis
 
+from labkit.clients import text
 from labkit.lessons import Result, verdict
 
 GREETING = "hello"
@@ -15,7 +16,7 @@ def check_greeting(r: redis.Redis, key: str) -> Result:
     value = r.get(key)
     if value is None:
         return Result(False, f"there is no key {key!r}; write it with r.set(...) using exactly that key.")
-    value = value.decode() if isinstance(value, bytes) else value
+    value = text(value)
     ttl_ms = r.pttl(key)
     problems = []
     if value != GREETING:

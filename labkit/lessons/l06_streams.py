@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import redis
 
+from labkit.clients import connection_spec
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
 from labkit.lessons import Result, verdict
-from labkit.server.lab import connection_spec
 from labkit.streams import Worker, ensure_group, lag
 
 

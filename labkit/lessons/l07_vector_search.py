@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import redis
 
+from labkit.clients import text
 from labkit.keys import Namespace
 from labkit.lessons import Result, verdict
 from labkit.vectors import Embedder, corpus, create_index, to_bytes, wait_indexed
@@ -21,8 +22,8 @@ def _check_index(r: redis.Redis, ns: Namespace) -> tuple[str, str, list[tuple[st
     create_index(r, index, prefix=prefix, algorithm="FLAT", fields={"topic": "TAG", "group": "TAG"}, replace=True)
     vectors = embedder.embed([q for q, _, _ in docs])
     pipe = r.pipeline(transaction=False)
-    for i, ((text, topic, group), vector) in enumerate(zip(docs, vectors, strict=True)):
-        pipe.hset(f"{prefix}{i}", mapping={"text": text, "topic": topic, "group": group, "embedding": to_bytes(vector)})
+    for i, ((q, topic, group), vector) in enumerate(zip(docs, vectors, strict=True)):
+        pipe.hset(f"{prefix}{i}", mapping={"text": q, "topic": topic, "group": group, "embedding": to_bytes(vector)})
     pipe.execute()
     wait_indexed(r, index)
     return index, prefix, docs, vectors, embedder
@@ -49,7 +50,7 @@ def check_topic_knn(r: redis.Redis, ns: Namespace, nearest_in_topic: Callable) -
                                  "a PARAMS blob of FLOAT32 bytes.")
     finally:
         _drop(r, index)
-    got = [k.decode() if isinstance(k, bytes) else k for k in got]
+    got = [text(k) for k in got]
     if got == expected:
         return Result(True, "the 5 nearest billing questions, nearest first: the filter ran before the KNN.")
     if len(got) < 5:

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import redis
 
-from labkit.errors import ConfigError, LockNotHeld
+from labkit import validate
+from labkit.clients import connection_spec
+from labkit.errors import LockNotHeld
 from labkit.keys import Namespace
 from labkit.lessons import Result, verdict
 from labkit.locks import FencedStore, Lock
-from labkit.server.lab import connection_spec
 
 
 # -- experiments with real processes --------------------------------------------------------------------
@@ -38,9 +39,8 @@ def _increment(spec: dict, prefix: str, increments: int, use_lock: bool, start) 
 def mutual_exclusion(r: redis.Redis, prefix: str, *, processes: int = 4, increments: int = 200,
                      use_lock: bool = True) -> tuple[int, int]:
     """`processes` processes each increment a shared counter `increments` times; returns (expected, counted)."""
-    for name, value in (("processes", processes), ("increments", increments)):
-        if value <= 0:
-            raise ConfigError(f"{name} must be positive, got {value}.")
+    validate.integer(processes, "processes")
+    validate.integer(increments, "increments")
     r.delete(f"{prefix}:counter")
     ctx, spec = multiprocessing.get_context("spawn"), connection_spec(r)
     start = ctx.Barrier(processes)

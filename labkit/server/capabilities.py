@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import redis
 
+from labkit.clients import text
+
 MODULE_ALIASES = {"search": "search", "ft": "search", "searchlight": "search", "rejson": "json", "json": "json"}
 
 
@@ -58,7 +60,7 @@ def capabilities(r: redis.Redis) -> Capabilities:
         loaded = []
     modules = {MODULE_ALIASES.get(_name(m).lower(), _name(m).lower()) for m in loaded} - {"lua"}
     names = r.command_list()
-    commands = {(n.decode() if isinstance(n, bytes) else n).lower() for n in names}
+    commands = {text(n).lower() for n in names}
     return Capabilities(engine, version, frozenset(modules), frozenset(commands))
 
 
@@ -67,4 +69,4 @@ def _name(module: dict | list) -> str:
         name = module.get("name", module.get(b"name", ""))
     else:
         name = module[module.index(b"name" if b"name" in module else "name") + 1]
-    return name.decode() if isinstance(name, bytes) else str(name)
+    return str(text(name))

@@ -118,23 +118,6 @@ def client_for(url: str, **kwargs: Any) -> redis.Redis:
     return r
 
 
-def derive(r: redis.Redis, *, retries: int | None = None, **options: Any) -> redis.Redis:
-    """A new client of the same server as `r`, with its own connections and `options` changed
-    (`client_name=`, `socket_timeout=`...); `retries=0` makes a dropped connection raise at once."""
-    pool = r.connection_pool
-    kwargs = {**pool.connection_kwargs, **options}
-    if retries is not None:
-        kwargs["retry"] = Retry(NoBackoff(), retries)
-        kwargs.pop("retry_on_error", None)
-    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
-
-
-def connection_spec(r: redis.Redis) -> dict[str, Any]:
-    """What another process needs to open its own client of `r`'s server: `redis.Redis(**spec)`."""
-    kw = r.connection_pool.connection_kwargs
-    return {k: kw.get(k) for k in ("host", "port", "username", "password", "db")}
-
-
 def connect(url: str | None = None, **kwargs: Any) -> redis.Redis:
     """The client for the lab: `url`, else `LABKIT_REDIS_URL`, else this checkout's lab server,
     else an embedded server owned by this process (stopped at exit).

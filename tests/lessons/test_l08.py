@@ -27,7 +27,7 @@ def test_fencing_rejects_the_paused_holders_stale_write(r, ns):
 
 
 def test_mutual_exclusion_rejects_no_processes(r, ns):
-    with pytest.raises(ConfigError, match="processes must be positive"):
+    with pytest.raises(ConfigError, match="processes must be an integer of at least 1"):
         lesson.mutual_exclusion(r, ns.key("mx"), processes=0)
 
 

@@ -3,11 +3,7 @@
 -- ARGV[1]  limit; ARGV[2] window ms; ARGV[3] cost; ARGV[4] optional now in ms (tests only; else TIME)
 -- Returns  {allowed 0/1, remaining, retry_after_ms, reset_after_ms, now_ms}
 local limit, window, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local now = tonumber(ARGV[4])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local now = now_ms(ARGV[4])
 local start = now - (now % window)
 local used = 0
 if tonumber(redis.call('HGET', KEYS[1], 'start')) == start then

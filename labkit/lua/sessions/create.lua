@@ -2,8 +2,7 @@
 -- KEYS[1]  the session hash
 -- ARGV[1]  idle TTL in ms; ARGV[2] absolute lifetime in ms; ARGV[3..] field, value pairs (user_id first)
 -- Returns  the absolute deadline in ms since the epoch (server clock)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local deadline = now + tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'created', now, 'last_seen', now, 'deadline', deadline, unpack(ARGV, 3))
 redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[1]), tonumber(ARGV[2])))

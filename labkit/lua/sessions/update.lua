@@ -1,6 +1,6 @@
 -- Set fields of an existing session only; a missing session stays missing.
 -- KEYS[1]  the session hash
--- ARGV     field, value pairs
+-- ARGV[1..] field, value pairs
 -- Returns  1 if the session existed and was updated, 0 otherwise
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0

@@ -4,11 +4,7 @@
 -- Returns  {allowed 0/1, remaining, retry_after_ms, reset_after_ms, now_ms}
 -- Members are "<now>:<sequence>", unique even for simultaneous requests; a denial writes nothing.
 local limit, window, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local now = tonumber(ARGV[4])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local now = now_ms(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local used = redis.call('ZCARD', KEYS[1])
 if used + cost > limit then

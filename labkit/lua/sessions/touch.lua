@@ -5,8 +5,7 @@
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local left = tonumber(redis.call('HGET', KEYS[1], 'deadline')) - now
 if left <= 0 then
   redis.call('DEL', KEYS[1])

@@ -4,11 +4,7 @@
 -- ARGV[1]  burst; ARGV[2] ms per unit (the emission interval); ARGV[3] cost; ARGV[4] optional now ms (tests)
 -- Returns  {allowed 0/1, remaining, retry_after_ms, reset_after_ms, now_ms}
 local burst, interval, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local now = tonumber(ARGV[4])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local now = now_ms(ARGV[4])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
 local new_tat = tat + cost * interval
 local allow_at = new_tat - burst * interval

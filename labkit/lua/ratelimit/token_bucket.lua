@@ -3,11 +3,7 @@
 -- ARGV[1]  burst (capacity); ARGV[2] ms per token; ARGV[3] cost; ARGV[4] optional now ms (tests; else TIME)
 -- Returns  {allowed 0/1, remaining, retry_after_ms, reset_after_ms, now_ms}
 local burst, per_token, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local now = tonumber(ARGV[4])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local now = now_ms(ARGV[4])
 local saved = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = burst
 if saved[1] then

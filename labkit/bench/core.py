@@ -1,0 +1,167 @@
+"""What every suite shares: the typed row, side-by-side timing, one printer and the results file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from labkit.errors import LabkitError
+from labkit.server import find_engine
+from labkit.server.lab import home
+
+RESULTS_FORMAT = 1
+RESULTS_PATH = Path("build") / "bench" / "results.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One measured number: `contender`'s `value` (in `unit`) for `metric` of `suite`.
+
+    Rows of one suite and metric share a unit; at most one of them is the `baseline` that the others'
+    ratios are computed against.
+
+    Example:
+        >>> Row("cache", "hits per second", "raw GET", 41_000.0, "hits/s", baseline=True).value
+        41000.0
+    """
+
+    suite: str
+    metric: str
+    contender: str
+    value: float
+    unit: str
+    baseline: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", float(self.value))  # counts and numpy scalars become plain floats
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def median_of(runs: int, measure: Callable[[], float]) -> float:
+    """The median of `runs` calls of `measure`."""
+    return statistics.median(measure() for _ in range(runs))
+
+
+def side_by_side(calls: dict[str, Callable[[], object]], reps: int = 300) -> dict[str, float]:
+    """Median microseconds per call of each entry, timed round-robin so that a busy machine slows every
+    entry alike (compare the results as ratios, never as absolute times)."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(reps):
+        for name, call in calls.items():
+            started = time.perf_counter_ns()
+            call()
+            samples[name].append((time.perf_counter_ns() - started) / 1000)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def by_metric(rows: Iterable[Row]) -> dict[tuple[str, str], list[Row]]:
+    """Rows grouped by (suite, metric), groups and rows in the order they were measured."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.suite, row.metric), []).append(row)
+    return groups
+
+
+def baseline_of(group: list[Row]) -> Row | None:
+    """The baseline row of one metric's rows, or None when the metric has none.
+
+    Raises:
+        ValueError: more than one row of the metric is marked as its baseline.
+    """
+    baselines = [row for row in group if row.baseline]
+    if len(baselines) > 1:
+        names = ", ".join(row.contender for row in baselines)
+        raise ValueError(f"{group[0].suite} / {group[0].metric}: one baseline expected, got {names}")
+    return baselines[0] if baselines else None
+
+
+def ratio(row: Row, baseline: Row | None) -> float | None:
+    """`row`'s value divided by its baseline's (None without a baseline or when the baseline is 0)."""
+    if baseline is None or baseline.value == 0:
+        return None
+    return row.value / baseline.value
+
+
+def _number(value: float) -> str:
+    """Whole numbers and large values without decimals, small ones with two or three."""
+    if float(value).is_integer() or abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+
+
+def _ratio_note(row: Row, baseline: Row | None) -> str:
+    if baseline is None:
+        return ""
+    if row is baseline:
+        return "baseline"
+    factor = ratio(row, baseline)
+    return f"{factor:.2f}x" if factor is not None else "n/a (baseline is 0)"
+
+
+def format_rows(rows: Iterable[Row]) -> str:
+    """Every row as a table grouped by metric, each value followed by its ratio to the metric's baseline."""
+    lines: list[str] = []
+    for (suite, metric), group in by_metric(rows).items():
+        baseline = baseline_of(group)
+        against = f", ratio to {baseline.contender}" if baseline else ""
+        lines.append(f"{suite}: {metric} ({group[0].unit}{against})")
+        width = max(len(row.contender) for row in group)
+        lines += [f"  {row.contender:{width}}  {_number(row.value):>14}  {_ratio_note(row, baseline)}".rstrip()
+                  for row in group]
+    return "\n".join(lines)
+
+
+def print_rows(rows: Iterable[Row]) -> None:
+    """Print `format_rows(rows)`."""
+    print(format_rows(rows))
+
+
+def results_path() -> Path:
+    """`build/bench/results.json` under the checkout's root."""
+    return home() / RESULTS_PATH
+
+
+def _engine() -> dict[str, str | None]:
+    """The default engine, which every suite but `server` runs on (None when none is installed)."""
+    try:
+        engine = find_engine()
+    except LabkitError:
+        return {"engine": None, "engine_version": None}
+    return {"engine": engine.name, "engine_version": engine.version}
+
+
+def metadata() -> dict[str, Any]:
+    """Where and when the rows were measured."""
+    return {
+        "format": RESULTS_FORMAT,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "cpu_count": os.cpu_count(),
+        **_engine(),
+    }
+
+
+def write_results(rows: Iterable[Row], path: Path | None = None) -> Path:
+    """Write the rows and `metadata()` as JSON to `path` (default: `results_path()`); return the path.
+
+    The file holds one object: the metadata's keys, `suites` (their names, in order) and `rows` (a list of
+    `Row.as_dict()`).
+    """
+    rows = list(rows)
+    path = path or results_path()
+    document = {**metadata(), "suites": list(dict.fromkeys(row.suite for row in rows)),
+                "rows": [row.as_dict() for row in rows]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
+    return path

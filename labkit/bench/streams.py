@@ -1,0 +1,98 @@
+"""Suite `streams`: labkit's Worker next to a raw pipelined loop, then Workers sharing a group."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+
+import redis
+
+from labkit.bench.core import Row
+from labkit.server.process import Server
+
+SUITE = "streams"
+STREAM = "bench"
+RAW = "raw pipelined XREADGROUP+XACK"
+WORKER = "labkit Worker"
+
+
+def _fill(r: redis.Redis, messages: int) -> None:
+    """XADD `messages` entries of ~100 bytes, 1,000 per round trip."""
+    for first in range(0, messages, 1000):
+        pipe = r.pipeline(transaction=False)
+        for i in range(first, min(first + 1000, messages)):
+            pipe.xadd(STREAM, {"n": i, "payload": "x" * 100})
+        pipe.execute()
+
+
+def _drain_raw(r: redis.Redis, stream: str, group: str, batch: int) -> int:
+    """The ceiling: XACK of one batch pipelined with the XREADGROUP of the next, one round trip per batch."""
+    handled, acks = 0, []
+    while True:
+        pipe = r.pipeline(transaction=False)
+        if acks:
+            pipe.xack(stream, group, *acks)
+        pipe.xreadgroup(group, "raw", {stream: ">"}, count=batch)
+        reply = pipe.execute()[-1]
+        entries = reply[0][1] if reply else []
+        if not entries:
+            return handled
+        acks = [entry_id for entry_id, _ in entries]
+        handled += len(entries)
+
+
+def _drain_rates(r: redis.Redis, messages: int, batch: int, rounds: int) -> dict[str, float]:
+    """Median messages/s of the raw loop and of labkit's Worker, alternating, each round on fresh groups."""
+    from labkit.streams import Worker, ensure_group
+
+    rates: dict[str, list[float]] = {RAW: [], WORKER: []}
+    for k in range(rounds):
+        for name in rates:
+            group = f"{name}-{k}"
+            ensure_group(r, STREAM, group)
+            started = time.perf_counter()
+            if name == RAW:
+                handled = _drain_raw(r, STREAM, group, batch)
+            else:
+                handled = Worker(r, STREAM, group, "w", lambda i, f: None, batch=batch,
+                                 block_ms=0).run(max_messages=messages)
+            rates[name].append(handled / (time.perf_counter() - started))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def _consumers_rate(r: redis.Redis, group: str, consumers: int, jobs: int, io_ms: float) -> float:
+    """Messages/s for `consumers` Workers in threads sharing `group`, together handling `jobs` messages."""
+    from labkit.streams import Worker, ensure_group
+
+    ensure_group(r, STREAM, group)
+    handled = [0] * consumers
+
+    def consume(i: int) -> None:
+        worker = Worker(r, STREAM, group, f"w{i}", lambda _id, _f: time.sleep(io_ms / 1000), batch=10, block_ms=0)
+        while sum(handled) < jobs:
+            handled[i] += worker.process_once()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(consumers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(handled) / (time.perf_counter() - started)
+
+
+def run(messages: int = 20_000, batch: int = 100, rounds: int = 3, io_ms: float = 0.5) -> list[Row]:
+    """Messages/s processed and acknowledged: labkit's Worker next to a raw pipelined XREADGROUP+XACK loop
+    (the baseline; the two alternating, `rounds` times, medians), then 1 (the baseline), 2 and 4 Workers in
+    threads sharing a group with a handler that waits `io_ms` per message (an I/O-bound job)."""
+    with Server(modules=False) as server:
+        r = server.client()
+        _fill(r, messages)
+        rows = [Row(SUITE, "messages, empty handler", name, rate, "messages/s", baseline=name == RAW)
+                for name, rate in _drain_rates(r, messages, batch, rounds).items()]
+        for consumers in (1, 2, 4):
+            rate = _consumers_rate(r, f"io-{consumers}", consumers, min(messages, 2000), io_ms)
+            rows.append(Row(SUITE, f"messages, {io_ms} ms handler", f"{consumers} labkit Worker(s)", rate,
+                            "messages/s", baseline=consumers == 1))
+    return rows
