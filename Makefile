@@ -46,6 +46,10 @@ test-rerun: $(STAMP)  ## every lesson run half-way, then twice in full, on one s
 	rm -rf build/tmp-rerun && mkdir -p build/tmp-rerun
 	LABKIT_TMP=$(CURDIR)/build/tmp-rerun $(PY) -m pytest -n 2 --dist load -p no:nbval -m rerun tests/test_rerun.py $(PYTEST_ARGS)
 
+test-stress: $(STAMP)  ## notebooks + timing-sensitive tests, 3 rounds, each beside 2 CPU-burning processes
+	rm -rf build/tmp-stress && mkdir -p build/tmp-stress
+	LABKIT_TMP=$(CURDIR)/build/tmp-stress $(PY) scripts/stress.py $(PYTEST_ARGS)
+
 embeddings: $(STAMP)  ## add the real embedding model for lesson 07 (CPU torch 2.13 + sentence-transformers, ~1.4 GB)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[embeddings]'

@@ -79,3 +79,15 @@ def test_docker_path_fails_at_once_naming_the_embedded_default():
     with pytest.raises(labkit.DockerUnavailable) as err:
         container("valkey")
     assert "no Docker engine" in str(err.value) and EMBEDDED_HINT in str(err.value)
+
+
+def test_package_data_ships_every_lua_script_and_data_file():
+    """A wheel carries only what `[tool.setuptools.package-data]` names: every script and data file must match."""
+    from fnmatch import fnmatch
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["labkit"]
+    package = ROOT / "labkit"
+    files = [p.relative_to(package).as_posix() for d in ("lua", "data") for p in (package / d).rglob("*") if p.is_file()]
+    assert any(f.count("/") == 2 for f in files), "expected scripts in lua/<module>/"
+    missing = [f for f in files if not any(fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
+    assert not missing, f"not in the wheel: {missing}; add a glob to package-data"
