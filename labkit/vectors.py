@@ -105,6 +105,24 @@ def index_exists(r: redis.Redis, name: str) -> bool:
         raise
 
 
+def drop_indexes(r: redis.Redis, prefix: str) -> list[str]:
+    """FT.DROPINDEX every index whose name starts with `prefix` (their documents stay: delete the keys
+    separately); return the names dropped. Indexes outside `prefix` are never touched.
+
+    Example:
+        >>> drop_indexes(r, "lab:l07:")
+        ['lab:l07:questions']
+    """
+    validate.name(prefix, "prefix")
+    if not _has_search(r):
+        return []
+    names = [text(name) for name in r.execute_command("FT._LIST")]
+    dropped = sorted(name for name in names if name.startswith(prefix))
+    for name in dropped:
+        r.execute_command("FT.DROPINDEX", name)
+    return dropped
+
+
 def index_info(r: redis.Redis, name: str) -> dict[str, Any]:
     """FT.INFO as a dict (num_docs, indexing, vector_index_sz_mb, ...)."""
     raw = r.execute_command("FT.INFO", name)

@@ -130,3 +130,12 @@ def test_notebooks_are_valid_nbformat():
     for path in LESSONS:
         nbformat.validate(read(path))
     assert NOTEBOOKS.is_dir()
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=IDS)
+def test_setup_starts_from_a_clean_slate(path):
+    """Restart and Run All after a kernel died half-way: Setup removes what the broken run left."""
+    setup = next(c.source for c in read(path).cells if c.cell_type == "code" and "Namespace(" in c.source)
+    assert "ns.cleanup(r)" in setup, "Setup must call ns.cleanup(r) right after creating the namespace"
+    if "create_index(" in code(read(path)):
+        assert "drop_indexes(r, ns.prefix)" in setup, "a lesson that creates indexes drops its own in Setup"

@@ -14,8 +14,10 @@ from labkit.vectors import (
     corpus,
     corpus_texts,
     create_index,
+    drop_indexes,
     index_exists,
     knn,
+    require_search,
     to_bytes,
     vector_range,
     wait_indexed,
@@ -156,3 +158,17 @@ def test_a_miss_then_put_embeds_the_prompt_once(r, ns):
         assert len(calls) == 1
     finally:
         cache.drop()
+
+
+def test_drop_indexes_drops_only_its_prefix_and_keeps_the_documents(r, ns):
+    require_search(r)
+    mine, other = ns.key("idx-a"), ns.key("other") + "-idx"
+    create_index(r, mine, prefix=ns.key("doc") + ":", dim=4)
+    create_index(r, other, prefix=ns.key("doc") + ":", dim=4)
+    r.hset(ns.key("doc", 1), mapping={"embedding": to_bytes([1, 0, 0, 0], 4)})
+    try:
+        assert drop_indexes(r, ns.key("idx")) == [mine]
+        assert not index_exists(r, mine) and index_exists(r, other) and r.exists(ns.key("doc", 1))
+        assert drop_indexes(r, ns.key("idx")) == []
+    finally:
+        drop_indexes(r, ns.prefix)
