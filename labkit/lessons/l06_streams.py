@@ -39,8 +39,10 @@ class CrashResult:
     pending_after: int
 
 
-def _crash_worker(spec: dict, stream: str, group: str, consumer: str, prefix: str, claim_idle_ms: int) -> None:
-    """A worker process: each order's effect goes to a naive total and to a ledger keyed by order id."""
+def _crash_worker(spec: dict, stream: str, group: str, consumer: str, prefix: str, claim_idle_ms: int,
+                  work_ms: float) -> None:
+    """A worker process: each order's effect goes to a naive total and to a ledger keyed by order id, then
+    the handler spends `work_ms` on the rest of its work (a receipt to send) before the batch is acked."""
     r = redis.Redis(**spec, decode_responses=True)
 
     def handle(entry_id: str, fields: dict) -> None:
@@ -49,16 +51,20 @@ def _crash_worker(spec: dict, stream: str, group: str, consumer: str, prefix: st
         pipe.incrby(f"{prefix}:naive-total", int(fields["amount"]))
         pipe.hsetnx(f"{prefix}:ledger", fields["order"], fields["amount"])
         pipe.execute()
+        time.sleep(work_ms / 1000)
 
     Worker(r, stream, group, consumer, handle, batch=20, block_ms=50, claim_idle_ms=claim_idle_ms).run()
 
 
 def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: int = 3, rate: float = 5000,
-               kills: int = 10, seed: int = 0, claim_idle_ms: int = 300, timeout: float = 60) -> CrashResult:
+               kills: int = 10, seed: int = 0, claim_idle_ms: int = 300, work_ms: float = 0.5,
+               timeout: float = 60) -> CrashResult:
     """Orders flow into a stream at `rate`/s while worker PROCESSES are SIGKILLed at random moments.
 
     Each killed worker restarts under its name, except the last, which stays dead: its pending entries
-    can only come back through XAUTOCLAIM. Keys live under `prefix`; the caller cleans them.
+    can only come back through XAUTOCLAIM. A handler records its effect, then works `work_ms` more before
+    its batch is acknowledged: a kill in that window makes the entries run again (a duplicate).
+    Keys live under `prefix`; the caller cleans them.
     """
     if messages <= 0 or workers < 2 or kills < 0:
         raise ConfigError("crash_test needs messages > 0, at least 2 workers and kills >= 0.")
@@ -67,7 +73,7 @@ def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: 
     ctx, spec = multiprocessing.get_context("spawn"), connection_spec(r)
 
     def start(name: str):
-        process = ctx.Process(target=_crash_worker, args=(spec, stream, group, name, prefix, claim_idle_ms),
+        process = ctx.Process(target=_crash_worker, args=(spec, stream, group, name, prefix, claim_idle_ms, work_ms),
                               daemon=True)
         process.start()
         return process
