@@ -98,7 +98,7 @@ def test_lock_release_never_frees_someone_elses_lock(r, ns):
     assert release(keys=[ns.key("lock")], args=["their-token"]) == 1 and not r.exists(ns.key("lock"))
 
 
-def test_hit_rate_monitor_reads_server_and_cache(r, ns):
+def test_hit_rate_monitor_reads_server_and_cache(r, ns, label_only):
     latencies = []
 
     @cached(r, prefix=ns.key("cache"), ttl=30)
