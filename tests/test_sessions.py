@@ -19,7 +19,7 @@ def test_create_and_get(store, r):
     session = store.get(sid)
     assert session.user_id == "user42" and session.data == {"theme": "dark", "cart": "3"}
     assert session.created == session.last_seen and session.deadline - session.created == 3_600_000
-    assert 59_000 < r.pttl(store.key(sid)) <= 60_000
+    assert 50_000 < r.pttl(store.key(sid)) <= 60_000  # the idle minute (less any stall), not the hour
     assert r.sismember(store.user_key("user42"), sid)
 
 
@@ -27,7 +27,7 @@ def test_touch_refreshes_an_existing_session_and_says_so(store, r):
     sid = store.create("u")
     r.pexpire(store.key(sid), 1000)
     assert store.touch(sid) is True
-    assert r.pttl(store.key(sid)) > 59_000
+    assert r.pttl(store.key(sid)) > 50_000  # the idle minute again, not the second it had
 
 
 def test_touch_on_a_missing_session_returns_false_and_creates_nothing(store, r):
