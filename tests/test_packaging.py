@@ -87,8 +87,8 @@ def test_package_data_ships_every_lua_script_and_data_file():
 
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["labkit"]
     package = ROOT / "labkit"
-    files = [p.relative_to(package).as_posix()
-             for d in ("lua", "data") for p in (package / d).rglob("*") if p.is_file()]
+    files = [p.relative_to(package).as_posix() for d in ("lua", "data") for p in (package / d).rglob("*")
+             if p.is_file()]
     assert any(f.count("/") == 2 for f in files), "expected scripts in lua/<module>/"
     missing = [f for f in files if not any(fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
     assert not missing, f"not in the wheel: {missing}; add a glob to package-data"
