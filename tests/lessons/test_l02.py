@@ -45,7 +45,7 @@ def test_stampede_strategies(r, ns):
     # recompute, so that more clients refresh early meanwhile and an odd one can miss: never most of them.
     assert xfetch["early_refreshes"] >= 1 and 4 * xfetch["misses"] <= none["misses"]
     assert xfetch["recomputes"] < none["recomputes"]
-    assert results["swr"].recomputes == 1 and results["swr"].misses == 0
+    assert results["swr"].misses == 0 and 1 <= results["swr"].recomputes <= 2  # one per expiry the run crosses
     assert all(len(res.latencies_ms) > clients for res in [*results.values(), *(x for pair in rounds for x in pair)])
     assert ns.keys(r) == []
 
