@@ -420,6 +420,7 @@ class EvictionMonitor(LiveMonitor):
             ax.set(title=title, xlabel="seconds", xlim=(0, max([*self.result.times[-1:], self.interval])))
             ax.grid(alpha=0.3)
         axes[0].set_ylim(0, 100)
+        axes[1].set_ylim(bottom=0)
         axes[2].set_ylim(0, 110)
         if any(ax.lines for ax in axes):
             axes[0].legend(fontsize=7, loc="lower right")
