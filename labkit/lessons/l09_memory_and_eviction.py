@@ -5,6 +5,7 @@ spawns (or is given), never on the shared lab server."""
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import subprocess
@@ -215,6 +216,12 @@ class PolicyRun:
     outcomes: np.ndarray = field(repr=False)
     evicted: int
     cached: int
+    seconds: float  # how long the trace took
+
+    @property
+    def turnover_s(self) -> float:
+        """Seconds to evict as many keys as the cache holds: how long a key typically stays."""
+        return self.cached / (self.evicted / self.seconds) if self.evicted else math.inf
 
     def hit_rate(self, start: int = 0, end: int | None = None) -> float:
         """The share of hits among requests `start` to `end`."""
@@ -230,8 +237,10 @@ def run_policy(policy: str, keys: Sequence[str], budget_bytes: int, *, ttl_s: in
     """`keys` as read-through requests against a fresh server with `policy` and `budget_bytes` of room."""
     server, c = cache_server(policy, budget_bytes)
     try:
+        started = time.perf_counter()
         outcomes = read_through(c, keys, ttl_s=ttl_s)
-        return PolicyRun(policy, outcomes, int(c.info("stats")["evicted_keys"]), int(c.dbsize()))
+        seconds = time.perf_counter() - started
+        return PolicyRun(policy, outcomes, int(c.info("stats")["evicted_keys"]), int(c.dbsize()), seconds)
     finally:
         server.stop()
 
@@ -602,11 +611,13 @@ def measure_stalls(server: Server, operations: dict[str, Callable[[redis.Redis],
         for _ in range(repeats):
             for name, operation in operations.items():
                 time.sleep(pause)
-                calls, cpu = _calls(c), main_thread_cpu_s(c)
+                calls_before = _calls(c)
+                cpu_before = main_thread_cpu_s(c)  # read last before, first after: INFO commandstats stays out
                 started = monotonic()
                 operation(c)
                 ended = monotonic()
-                measured.append((name, started, ended, _calls(c) - calls, main_thread_cpu_s(c) - cpu))
+                cpu = main_thread_cpu_s(c) - cpu_before
+                measured.append((name, started, ended, _calls(c) - calls_before, cpu))
         time.sleep(pause)
     c.close()
     stalls: dict[str, list[Stall]] = {name: [] for name in operations}
@@ -867,7 +878,7 @@ def check_policy_choice(policy: str, hit_rate: float) -> Result:
         if best.hit_rate > mine.hit_rate + 0.02:
             problems.append(f"{policy} keeps the flags but its hit rate is {mine.hit_rate:.3f} against "
                             f"{best.hit_rate:.3f} for another safe policy: which one ignores the crawler?")
-    if abs(mine.hit_rate - hit_rate) > 0.03:
+    if abs(mine.hit_rate - hit_rate) > 0.05:
         problems.append(f"you reported a hit rate of {hit_rate:.3f}, the check measured {mine.hit_rate:.3f} for "
                         f"{policy}: justify the choice with run_mix({policy!r}).hit_rate.")
     return verdict(problems, f"{policy}: no flag lost, no write refused, and the best hit rate of the policies "
@@ -923,7 +934,7 @@ def check_prefix_delete(delete_prefix: Callable[[redis.Redis, str], int]) -> Res
         problems.append(f"it deleted keys outside the prefix ({PREFIX_DECOYS - decoys} of app:users-archive:*, "
                         f"{PREFIX_OTHERS - others} others): match `prefix + ':*'`, not `prefix + '*'`.")
     if left:
-        problems.append(f"{left} keys under app:users: are left.")
+        problems.append(f"{left:,} keys under app:users: are left.")
     if deletes > PREFIX_KEYS / 10:
         problems.append(f"it sent {deletes:,} DEL/UNLINK commands for {PREFIX_KEYS:,} keys: batch them (hundreds of "
                         "keys per UNLINK).")
