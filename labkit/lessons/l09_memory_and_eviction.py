@@ -809,7 +809,7 @@ class SharedInstance:
     cache_writes: int
 
 
-def sessions_and_cache(policy: str, budget_bytes: int, sessions: int = 2000, cache_items: int = 20_000,
+def sessions_and_cache(policy: str, budget_bytes: int, sessions: int = 2000, cache_items: int = 30_000,
                        separate: bool = False) -> SharedInstance:
     """`sessions` session hashes (30-minute TTL), then `cache_items` cache writes, on one server with
     `policy` and `budget_bytes` of room, or, with `separate`, on two servers: sessions on a noeviction
