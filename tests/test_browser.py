@@ -22,6 +22,7 @@ from .notebooks import NOTEBOOKS
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[1] / "build" / "browser"
+SLOW_MS = 240_000  # an upper bound only: a busy 2-core machine runs lesson 00 several times slower
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 SETTINGS = {  # a fresh user's settings, minus two prompts that would sit on top of the page
@@ -156,13 +157,14 @@ def start_lesson(page, attempts: int = 3) -> None:
     for _ in range(attempts):
         run_all_cells(page)
         try:
-            first_output.wait_for(timeout=60_000)
+            first_output.wait_for(timeout=SLOW_MS / 2)
             return
         except PlaywrightTimeout:
             continue
     raise AssertionError(f"the lesson's first cell produced no output after {attempts} Run All")
 
 
+@pytest.mark.timeout(900)
 def test_lesson_00_runs_in_jupyterlab_and_its_widget_renders(jupyterlab):
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not here and `make test` could not install it (needs root + apt-get)")
@@ -175,17 +177,17 @@ def test_lesson_00_runs_in_jupyterlab_and_its_widget_renders(jupyterlab):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
             page.goto(f"{base}/lab/tree/notebooks/00_setup.ipynb?token={token}")
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=SLOW_MS)
             start_lesson(page)
             widget = page.locator(".widget-vbox .widget-html", has_text="server ops/s")
-            widget.wait_for(timeout=90_000)  # the widget view rendered (live, or already done)
+            widget.wait_for(timeout=SLOW_MS)  # the widget view rendered (live, or already done)
             widget.evaluate("label => label.scrollIntoView({block: 'start'})")
             page.screenshot(path=str(SHOTS / "00_setup.png"))
             assert "ops/s" in widget.inner_text()
-            page.locator(".widget-vbox .widget-html", has_text="(done)").wait_for(timeout=90_000)
+            page.locator(".widget-vbox .widget-html", has_text="(done)").wait_for(timeout=SLOW_MS)
             cell = page.locator(".jp-CodeCell", has=page.locator(".widget-vbox"))
             assert cell.locator(".jp-OutputArea-output img").count() >= 1  # the final static figure
-            page.get_by_text("deleted", exact=False).last.wait_for(timeout=90_000)
+            page.get_by_text("deleted", exact=False).last.wait_for(timeout=SLOW_MS)
             errors = page.get_by_text("Traceback (most recent call last)").count()
             assert errors == 0, "a cell failed in the browser"
         finally:
