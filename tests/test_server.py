@@ -151,3 +151,14 @@ def test_mask_hides_the_password():
     assert mask("redis://:s3cret@127.0.0.1:1/0") == "redis://:****@127.0.0.1:1/0"
     assert mask("redis://user:s3cret@h:1") == "redis://user:****@h:1"
     assert mask("redis://h:1") == "redis://h:1"
+
+
+def test_cli_path_is_the_engines_client_or_any_installed_one():
+    from pathlib import Path
+
+    from labkit.server import Engine, cli_path, find_engine
+
+    engine = find_engine()
+    assert cli_path(engine) == (engine.cli or cli_path())
+    fallback = cli_path(Engine("no-client", Path("/bin/true")))
+    assert fallback.exists() and fallback.name.endswith("-cli")

@@ -76,3 +76,27 @@ def test_lag_monitor_sees_lag_grow_and_drain(r, ns, capsys, label_only):
     result = monitor.run(workload)
     assert result.peak("lag") == 5 and result.series["lag"][-1] == 0 and result.series["pending c1"][-1] == 0
     assert result.summary.startswith("consumer group lag: lag 0 (peak 5)") and result.summary in capsys.readouterr().out
+
+
+def test_eviction_monitor_sees_a_server_fill_up_and_evict(capsys):
+    from labkit.server import spawn
+    from labkit.widgets import EvictionMonitor
+
+    with spawn(modules=False, maxmemory="2mb", maxmemory_policy="allkeys-lru") as server:
+        c = server.client()
+
+        def workload(stop):
+            for start in range(0, 12_000, 200):
+                with c.pipeline(transaction=False) as pipe:
+                    for i in range(start, start + 200):
+                        pipe.set(f"item:{i}", "v" * 200)
+                        pipe.get(f"item:{i // 2}")
+                    pipe.execute()
+                time.sleep(0.01)
+
+        result = EvictionMonitor({"lru": c}, duration=20.0, interval=0.1).run(workload, until_done=True)
+    assert result.times[-1] < 15  # it ended with the workload, not after 20 s
+    assert result.peak("lru evicted/s") > 0 and 90 < result.series["lru memory %"][-1] <= 105
+    rates = [rate for rate in result.series["lru hit rate %"] if rate == rate]  # NaN: an interval without reads
+    assert rates and 0 < max(rates) <= 100
+    assert result.summary.startswith("eviction: lru: hit rate") and result.summary in capsys.readouterr().out
