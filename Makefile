@@ -38,7 +38,7 @@ test: $(STAMP)  ## run the whole suite: labkit against real servers, every noteb
 	@bash scripts/ensure-chromium.sh
 	rm -rf build/tmp && mkdir -p build/tmp
 	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -n 2 --dist loadfile -m "not leakcheck and not browser and not embeddings and not rerun" \
-		--nbval-lax --nbval-cell-timeout=120 $(PYTEST_ARGS)
+		--nbval-lax --nbval-cell-timeout=120 --nbval-kernel-startup-timeout=180 $(PYTEST_ARGS)
 	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -m "browser or leakcheck" -p no:nbval \
 		tests/test_browser.py tests/test_zz_leaks.py
 
