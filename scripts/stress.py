@@ -27,7 +27,8 @@ def one_round(extra: list[str]) -> tuple[bool, float]:
     started = time.monotonic()
     tests = [t for t in TIMING_SENSITIVE if os.path.exists(t)]
     done = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadfile", "-q", "--nbval-lax",
-                           "--nbval-cell-timeout=240", "--nbval-kernel-startup-timeout=180", "-m", "not leakcheck and not browser and not embeddings "
+                           "--nbval-cell-timeout=240", "--nbval-kernel-startup-timeout=180",
+                           "-m", "not leakcheck and not browser and not embeddings "
                            "and not rerun", "notebooks", *tests, *extra])
     return done.returncode == 0, time.monotonic() - started
 
