@@ -69,6 +69,45 @@ def test_bad_input_is_a_clear_error(cls, r):
         limiter.allow("")
 
 
+MINUTE_MS = 1_795_000_020_000  # the start of a clock-aligned minute: 15 s from here stay inside it
+
+
+def test_a_user_under_10_per_second_and_100_per_minute_gets_both(r, ns):
+    """Two fixed windows with different settings for one user, under one prefix: each keeps its own count."""
+    per_second, per_minute = FixedWindow(r, 10, 1, prefix=ns.key("rl")), FixedWindow(r, 100, 60, prefix=ns.key("rl"))
+    admitted = {"second": [], "minute": 0}
+    for second in range(15):  # 15 requests in each of 15 seconds, each asked of both limiters
+        now = MINUTE_MS + second * 1000
+        admitted["second"].append(sum(per_second._decide("alice", 1, now).allowed for _ in range(15)))
+        admitted["minute"] += sum(per_minute._decide("alice", 1, now).allowed for _ in range(15))
+    assert admitted["second"] == [10] * 15 and admitted["minute"] == 100
+
+
+def admitted_alone_and_together(r, ns, build):
+    """For the limiters `build(prefix)` makes: what each admits of the same arrivals alone under its own
+    prefix, and together with the others under one prefix."""
+    alone = dict(enumerate(build(None)))
+    together = dict(enumerate(build(ns.key("rl", "shared"))))
+    counts = {"alone": dict.fromkeys(alone, 0), "together": dict.fromkeys(alone, 0)}
+    for step in range(60):
+        now = NOW_MS + step * 50
+        for i in alone:
+            counts["alone"][i] += alone[i]._decide("alice", 1, now).allowed
+            counts["together"][i] += together[i]._decide("alice", 1, now).allowed
+    return counts["alone"], counts["together"]
+
+
+@pytest.mark.parametrize("cls", ALGORITHMS)
+def test_limiters_with_other_settings_on_one_prefix_keep_separate_state(cls, r, ns):
+    def build(prefix):
+        settings = [(5, 1.0), (8, 2.0), (5, 2.0)]  # another limit, another period, both
+        return [make(cls, r, prefix or ns.key("rl", f"alone-{i}"), limit=limit, per=per)
+                for i, (limit, per) in enumerate(settings)]
+
+    alone, together = admitted_alone_and_together(r, ns, build)
+    assert together == alone
+
+
 @pytest.mark.parametrize("cls", ALGORITHMS)
 def test_one_round_trip_per_decision(cls):
     with spawn(modules=False) as srv:
