@@ -169,17 +169,28 @@ class Redlock:
 
 
 class FencedStore:
-    """A value that accepts a write only with a fencing token above every token it accepted before."""
+    """A value that refuses a write carrying a fencing token below the highest it accepted: the current
+    holder writes as often as it likes with its token; a holder whose lock was taken over cannot.
+
+    Example:
+        >>> store = FencedStore(r, "invoice:42")
+        >>> store.write(7, "paid"), store.write(7, "paid, receipt sent"), store.write(6, "stale")
+        (True, True, False)
+    """
 
     def __init__(self, r: redis.Redis, name: str, *, prefix: str = "lab:fenced") -> None:
         self.r = r
+        validate.name(name, "name")
+        validate.prefix(prefix)
         self.key = f"{prefix}:{{{name}}}:value"
         self.highest_key = f"{prefix}:{{{name}}}:highest-token"
         self._write = scripts.register(r, "locks/fenced_write")
 
     def write(self, token: int, value: str) -> bool:
-        """True if written; False if `token` is stale (not above the highest accepted)."""
-        return bool(self._write(keys=[self.key, self.highest_key], args=[int(token), value]))
+        """True if written; False if `token` is stale (below the highest accepted)."""
+        validate.integer(token, "token (a lock's fence)")
+        return bool(self._write(keys=[self.key, self.highest_key], args=[token, value]))
 
     def read(self) -> str | None:
+        """The value last written (None if none was)."""
         return text(self.r.get(self.key))

@@ -80,10 +80,22 @@ def test_lock_rejects_bad_settings(r, kwargs, says):
         Lock(r, "x", **kwargs)
 
 
-def test_fenced_store_accepts_only_increasing_tokens(r, ns):
+def test_fenced_store_refuses_only_tokens_below_the_highest_accepted(r, ns):
     store = FencedStore(r, "doc", prefix=ns.key("fs"))
-    assert store.write(5, "a") and not store.write(5, "b") and not store.write(3, "c") and store.write(6, "d")
-    assert store.read() == "d"
+    assert store.write(5, "a") and not store.write(3, "b") and store.write(6, "c")
+    assert store.read() == "c" and not store.write(5, "d")
+
+
+def test_fenced_store_accepts_the_holders_second_write_with_its_own_token(r, ns):
+    store = FencedStore(r, "doc", prefix=ns.key("fs"))
+    assert store.write(5, "first") and store.write(5, "second")
+    assert store.read() == "second"
+
+
+@pytest.mark.parametrize("token", [0, -1, 2.5, "7", None, True])
+def test_fenced_store_wants_a_fencing_token(r, ns, token):
+    with pytest.raises(ConfigError, match=r"token \(a lock.s fence\) must be an integer of at least 1"):
+        FencedStore(r, "doc", prefix=ns.key("fs")).write(token, "x")
 
 
 @pytest.fixture(scope="module")
