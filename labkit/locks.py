@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import random
 import secrets
+import threading
 import time
 
 import redis
 
 from labkit import scripts, validate
 from labkit.clients import derive, text
-from labkit.errors import ConfigError, LockNotHeld
+from labkit.errors import ConfigError, LockNotAcquired, LockNotHeld
 
 
 class Lock:
@@ -25,8 +26,10 @@ class Lock:
 
     `acquire()` takes it (retrying with random pauses for up to `blocking_timeout` seconds); `release()`
     and `extend()` act only if our token is still there, and raise `LockNotHeld` otherwise: the lock
-    expired, so the work since then was not protected. As a context manager it raises `LockNotHeld` at
-    the end of the block if the lock was lost meanwhile.
+    expired, so the work since then was not protected. As a context manager it raises `LockNotAcquired`
+    (a `TimeoutError`) if it cannot take the lock, and `LockNotHeld` at the end of the block if the lock
+    was lost meanwhile. An acquisition belongs to the thread that made it: threads sharing one `Lock`
+    take turns, and one cannot release or extend another's.
 
     Example:
         >>> with Lock(r, "invoice:42", ttl_ms=5000) as lock:
@@ -42,20 +45,29 @@ class Lock:
         validate.prefix(prefix)
         self.key = f"{prefix}:{{{name}}}"
         self.fence_key = f"{self.key}:fence"
-        self.token: str | None = None
-        self.fence: int | None = None
+        self._held = threading.local()  # this thread's token and fence
         self._acquire = scripts.register(r, "locks/acquire")
         self._release = scripts.register(r, "locks/release")
         self._extend = scripts.register(r, "locks/extend")
 
+    @property
+    def token(self) -> str | None:
+        """This thread's random token while it holds the lock, else None."""
+        return getattr(self._held, "token", None)
+
+    @property
+    def fence(self) -> int | None:
+        """The fencing token of this thread's latest acquisition (it grows with every acquisition)."""
+        return getattr(self._held, "fence", None)
+
     def acquire(self, blocking: bool = True) -> bool:
-        """Take the lock; True on success. Sets `token` and `fence` (the fencing token)."""
+        """Take the lock for this thread; True on success. Sets `token` and `fence` (the fencing token)."""
         token = secrets.token_hex(16)
         deadline = None if self.blocking_timeout is None else time.monotonic() + self.blocking_timeout
         while True:
             fence = self._acquire(keys=[self.key, self.fence_key], args=[token, self.ttl_ms])
             if fence:
-                self.token, self.fence = token, int(fence)
+                self._held.token, self._held.fence = token, int(fence)
                 return True
             if not blocking or (deadline is not None and time.monotonic() >= deadline):
                 return False
@@ -63,26 +75,29 @@ class Lock:
             time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
 
     def release(self) -> None:
-        """Release the lock if we still hold it; `LockNotHeld` if we never did or it expired."""
+        """Release this thread's lock if it still holds it; `LockNotHeld` if it never did or it expired."""
         if self.token is None:
-            raise LockNotHeld(f"Lock {self.name!r} is not held by this client: acquire() it first.")
-        token, self.token = self.token, None
+            raise LockNotHeld(f"Lock {self.name!r} is not held by this client (this thread): acquire() it first.")
+        token, self._held.token = self.token, None
         if not self._release(keys=[self.key], args=[token]):
             raise LockNotHeld(f"Lock {self.name!r} expired (ttl {self.ttl_ms} ms) or was taken by another client "
                               "before release: the work done after the expiry was not protected.")
 
     def extend(self, ttl_ms: int | None = None) -> None:
-        """Give the lock a new TTL (default: the original) if we still hold it; `LockNotHeld` otherwise."""
-        if self.token is None or not self._extend(keys=[self.key], args=[self.token, ttl_ms or self.ttl_ms]):
+        """Give the lock a new TTL in ms (default: the original) if this thread still holds it; `LockNotHeld`
+        otherwise."""
+        ttl_ms = self.ttl_ms if ttl_ms is None else validate.milliseconds(ttl_ms, "ttl_ms")
+        if self.token is None or not self._extend(keys=[self.key], args=[self.token, ttl_ms]):
             raise LockNotHeld(f"Lock {self.name!r} cannot be extended: it is not ours any more (or never was).")
 
     def owned(self) -> bool:
-        """Whether the server still holds our token (one GET; the answer may be stale a moment later)."""
+        """Whether the server still holds this thread's token (one GET; the answer may be stale a moment later)."""
         return self.token is not None and text(self.r.get(self.key)) == self.token
 
     def __enter__(self) -> Lock:
         if not self.acquire():
-            raise TimeoutError(f"Could not acquire lock {self.name!r} within {self.blocking_timeout} s.")
+            raise LockNotAcquired(f"Could not acquire lock {self.name!r} within {self.blocking_timeout} s: "
+                                  "another client holds it. Wait longer (blocking_timeout=) or try later.")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

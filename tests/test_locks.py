@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from labkit import ConfigError
-from labkit.errors import LockNotHeld
+from labkit.errors import LabkitError, LockNotAcquired, LockNotHeld
 from labkit.locks import FencedStore, Lock, Redlock
 from labkit.server import nodes
 
@@ -49,6 +49,58 @@ def test_extend_keeps_our_lock_and_refuses_a_lost_one(r, ns):
         lock.extend()
 
 
+@pytest.mark.parametrize("ttl_ms", [-5, 0, 2.5, True, "100"])
+def test_extend_refuses_a_ttl_that_is_not_whole_positive_milliseconds_and_keeps_the_lock(r, ns, ttl_ms):
+    lock = Lock(r, "job", ttl_ms=60_000, prefix=ns.key("lk"))
+    lock.acquire()
+    with pytest.raises(ConfigError, match="ttl_ms is a whole number of milliseconds"):
+        lock.extend(ttl_ms)
+    assert lock.owned() and r.pttl(lock.key) > 50_000
+    lock.release()
+
+
+def test_one_lock_shared_by_two_threads_cannot_release_the_others_acquisition(r, ns):
+    """A thread's acquisition is its own: another thread using the same Lock object holds nothing."""
+    lock = Lock(r, "job", ttl_ms=60_000, prefix=ns.key("lk"))
+    assert lock.acquire()
+    outcome = {}
+
+    def other_thread():
+        outcome["token"], outcome["owned"] = lock.token, lock.owned()
+        try:
+            lock.release()
+            outcome["release"] = "released"
+        except LockNotHeld as err:
+            outcome["release"] = str(err)
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    worker.join()
+    assert outcome["token"] is None and outcome["owned"] is False and "acquire() it first" in outcome["release"]
+    assert lock.owned() and r.get(lock.key) == lock.token  # this thread's lock is untouched
+    lock.release()
+
+
+def test_two_threads_take_turns_with_one_lock_object(r, ns):
+    lock = Lock(r, "job", ttl_ms=60_000, prefix=ns.key("lk"))
+    inside, overlaps, fences = [], [], []
+
+    def worker():
+        for _ in range(20):
+            with lock:
+                inside.append(1)
+                overlaps.append(len(inside))
+                fences.append(lock.fence)
+                inside.pop()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert max(overlaps) == 1 and len(set(fences)) == 40  # one at a time, each turn its own fencing token
+
+
 def test_the_context_manager_reports_a_lock_lost_during_the_block(r, ns):
     with pytest.raises(LockNotHeld, match="not protected"), Lock(r, "job", ttl_ms=30, prefix=ns.key("lk")) as lock:
         assert gone(r, lock.key)
@@ -65,19 +117,24 @@ def test_acquire_gives_up_after_the_blocking_timeout(r, ns):
     holder = Lock(r, "job", ttl_ms=60_000, prefix=ns.key("lk"))
     holder.acquire()
     started = time.monotonic()
-    with pytest.raises(TimeoutError, match=r"within 0\.1 s"), Lock(r, "job", prefix=ns.key("lk"), blocking_timeout=0.1):
+    with pytest.raises(LockNotAcquired, match=r"within 0\.1 s") as caught, \
+            Lock(r, "job", prefix=ns.key("lk"), blocking_timeout=0.1):
         pass
+    assert isinstance(caught.value, LabkitError) and isinstance(caught.value, TimeoutError)
     # it tried for the whole 0.1 s, and gave up long before the default blocking_timeout (10 s)
     assert 0.09 < time.monotonic() - started < 5
     holder.release()
 
 
-@pytest.mark.parametrize(("kwargs", "says"), [({"ttl_ms": 0}, "ttl_ms is a whole number of milliseconds"),
-                                              ({"ttl_ms": 2.5}, "ttl_ms is a whole number of milliseconds"),
-                                              ({"blocking_timeout": -1}, "blocking_timeout")])
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"ttl_ms": 0}, "ttl_ms is a whole number of milliseconds"), ({"ttl_ms": 2.5}, "ttl_ms is a whole number"),
+    ({"ttl_ms": 0.5}, "ttl_ms is a whole number of milliseconds"), ({"blocking_timeout": -1}, "blocking_timeout"),
+    ({"name": None}, "name must be a non-empty string"), ({"name": ""}, "name must be a non-empty string"),
+    ({"name": 42}, "name must be a non-empty string"), ({"prefix": "lab:"}, "not ending with ':'"),
+])
 def test_lock_rejects_bad_settings(r, kwargs, says):
     with pytest.raises(ConfigError, match=says):
-        Lock(r, "x", **kwargs)
+        Lock(r, **({"name": "x"} | kwargs))
 
 
 def test_fenced_store_refuses_only_tokens_below_the_highest_accepted(r, ns):
