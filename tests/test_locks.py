@@ -7,6 +7,7 @@ import pytest
 import redis
 
 from labkit import ConfigError
+from labkit.bench import side_by_side
 from labkit.errors import LabkitError, LockNotAcquired, LockNotHeld
 from labkit.locks import FencedStore, Lock, Redlock
 from labkit.server import nodes
@@ -190,18 +191,53 @@ def test_redlock_holds_with_one_node_down_and_refuses_with_two(three):
         assert validity <= best - 0.9 * NODE_TIMEOUT_MS  # ... and the validity counts that wait
         assert lock.release() == 2
         three[1].pause()
-        assert lock.acquire() == 0.0 and lock.acquired_on == 1
+        with pytest.raises(LockNotAcquired, match="set on 1 of 3 servers; a majority is 2"):
+            lock.acquire()
+        assert lock.acquired_on == 1 and lock.remaining_ms() == 0
         assert all(not c.exists(lock.key) for c in clients[2:])  # what it took was given back
     finally:
         three[0].resume()
         three[1].resume()
 
 
+def test_redlock_is_a_context_manager_that_raises_without_a_majority(three):
+    clients = [s.client() for s in three]
+    first, second = (Redlock(clients, "x", ttl_ms=TTL_MS, retries=0, node_timeout_ms=NODE_TIMEOUT_MS)
+                     for _ in range(2))
+    with first as held:
+        assert held is first and all(c.get(first.key) == first.token for c in clients)
+        with pytest.raises(LockNotAcquired) as refused, second:
+            pytest.fail("the second holder entered the block")
+        assert isinstance(refused.value, LabkitError) and "a majority is 2" in str(refused.value)
+    assert not any(c.exists(first.key) for c in clients)  # released on every node at the end of the block
+    with second:
+        assert second.acquired_on == 3
+
+
+def test_redlock_remaining_ms_counts_down_from_the_validity(three):
+    lock = Redlock([s.client() for s in three], "countdown", ttl_ms=500, retries=0, node_timeout_ms=100)
+    assert lock.remaining_ms() == 0  # not held
+    validity = lock.acquire()
+    first = lock.remaining_ms()
+    assert 0 < first <= validity and lock.remaining_ms() <= first
+    assert eventually(lambda: lock.remaining_ms() == 0)  # the validity runs out with the TTL
+    lock.release()
+    assert lock.remaining_ms() == 0
+
+
+def test_the_context_manager_reports_a_redlock_that_ran_out_during_the_block(three):
+    lock = Redlock([s.client() for s in three], "brief", ttl_ms=300, retries=0, node_timeout_ms=100)
+    with pytest.raises(LockNotHeld, match="not protected"), lock:
+        assert eventually(lambda: lock.remaining_ms() == 0)
+
+
 def test_redlock_excludes_a_second_holder(three):
     clients = [s.client() for s in three]
     first, second = (Redlock(clients, "x", ttl_ms=TTL_MS, retries=0, node_timeout_ms=NODE_TIMEOUT_MS)
                      for _ in range(2))
-    assert first.acquire() > 0 and second.acquire() == 0.0
+    assert first.acquire() > 0
+    with pytest.raises(LockNotAcquired):
+        second.acquire()
     first.release()
     assert second.acquire() > 0
     second.release()
@@ -232,13 +268,52 @@ def test_redlock_retries_let_contenders_take_turns(three):
     assert len(wins) == 5
 
 
+
+class SequentialRedlock(Redlock):
+    """The same algorithm asking one node after another: what the parallel fan-out is timed against."""
+
+    def _on_every_node(self, call):
+        return [call(node) for node in self.nodes]
+
+
+def test_redlock_asks_every_node_at_once_not_one_after_another(three):
+    """Two of three nodes frozen: each costs a node timeout to acquire and again to give back. Asked in
+    turn, that is four timeouts; asked at once, two (one for the acquisition, one for the release)."""
+    timeout_ms = 300
+    locks = {kind: cls([s.client() for s in three], f"fanout-{kind}", ttl_ms=5000, retries=0,
+                       node_timeout_ms=timeout_ms) for kind, cls in (("parallel", Redlock),
+                                                                     ("sequential", SequentialRedlock))}
+
+    def refused(lock):
+        with pytest.raises(LockNotAcquired):
+            lock.acquire()
+
+    three[0].pause()
+    three[1].pause()
+    try:
+        medians = side_by_side({kind: lambda lock=lock: refused(lock) for kind, lock in locks.items()}, reps=3)
+    finally:
+        three[0].resume()
+        three[1].resume()
+    assert medians["sequential"] >= 3.6 * timeout_ms * 1000  # four node timeouts, one after another
+    assert medians["parallel"] / medians["sequential"] < 0.75  # two of them: 0.5 expected
+
+
 @pytest.mark.parametrize(("count", "kwargs", "says"), [
-    (0, {}, "got none"), (2, {}, "odd number"), (4, {}, "odd number"),
+    (0, {}, "got none"), (2, {}, "a majority of 2 is 2"), (4, {}, "a majority of 4 is 3"),
     (3, {"ttl_ms": 0}, "ttl_ms is a whole number of milliseconds"),
     (3, {"node_timeout_ms": 2000, "ttl_ms": 1000}, "far below"),
     (3, {"retries": -1}, "retries must be an integer of at least 0"),
+    (3, {"drift_factor": -1}, "drift_factor must be a number >= 0"),
 ])
 def test_redlock_rejects_bad_settings(count, kwargs, says):
-    clients = [redis.Redis(port=1) for _ in range(count)]
+    clients = [redis.Redis(port=1 + i) for i in range(count)]
     with pytest.raises(ConfigError, match=says):
         Redlock(clients, "x", **kwargs)
+
+
+def test_redlock_refuses_the_same_server_twice(three):
+    a, b = three[0].client(), three[1].client()
+    same_as_a = redis.Redis(host="localhost", port=three[0].port, password=three[0].password, db=1)
+    with pytest.raises(ConfigError, match=rf"clients 0 and 2 are the same server \(127\.0\.0\.1:{three[0].port}\)"):
+        Redlock([a, b, same_as_a], "x")
