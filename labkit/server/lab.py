@@ -13,6 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from labkit.clients import probe_options
 from labkit.errors import ConfigError, ServerUnavailable
 from labkit.server.process import HOST, Server, mask, ping_raw
 
@@ -69,11 +70,23 @@ def start(engine: str | None = None) -> dict[str, Any]:
     return state
 
 
+def _is_ours(state: dict[str, Any]) -> bool:
+    """Whether the recorded pid is the recorded lab server: the server on the recorded port takes the
+    recorded password and says that it is that process (a pid or a port can be reused by another)."""
+    try:
+        with redis.Redis(host=HOST, port=state["port"], password=state["password"], **probe_options()) as probe:
+            info = probe.info("server")
+    except (redis.RedisError, OSError, KeyError):
+        return False
+    return info.get("process_id") == state.get("pid")
+
+
 def stop() -> bool:
-    """Stop the recorded lab server; True if one was running."""
+    """Stop the recorded lab server; True if one was running. Signals the recorded pid only once the server
+    on the recorded port proves to be that process; a stale record is removed and nothing signalled."""
     state = read_state()
     _state_file().unlink(missing_ok=True)
-    if not _alive(state):
+    if not _alive(state) or not _is_ours(state):
         return False
     try:
         os.kill(state["pid"], signal.SIGTERM)
