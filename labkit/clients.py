@@ -11,7 +11,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 TIMEOUT_S, CONNECT_TIMEOUT_S = 5.0, 3.0  # a client labkit makes: a command may take a while, a connect not
-PROBE_TIMEOUT_S = 0.5  # a probe of a topology member or a recorded server: a paused one must not hang the caller
+PROBE_TIMEOUT_S = 1.0  # a probe of a topology member or a recorded server: a paused one must not hang the caller
 
 
 def options(*, timeout: float = TIMEOUT_S, connect_timeout: float = CONNECT_TIMEOUT_S,
@@ -47,9 +47,10 @@ def derive(r: redis.Redis, *, retries: int | None = None, **options: Any) -> red
 
 
 def connection_spec(r: redis.Redis) -> dict[str, Any]:
-    """What another process needs to open its own client of `r`'s server: `redis.Redis(**spec)`."""
+    """What another process needs to open its own client of `r`'s server, with the stated timeouts and
+    retry policy of `options()`: `redis.Redis(**spec)` (picklable, for a spawned process)."""
     kw = r.connection_pool.connection_kwargs
-    return {k: kw.get(k) for k in ("host", "port", "username", "password", "db")}
+    return {k: kw.get(k) for k in ("host", "port", "username", "password", "db")} | options()
 
 
 def text(value: Any) -> Any:

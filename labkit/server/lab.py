@@ -13,7 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from labkit.clients import probe_options
+from labkit.clients import options, probe_options
 from labkit.errors import ConfigError, ServerUnavailable
 from labkit.server.process import HOST, Server, mask, ping_raw
 
@@ -107,9 +107,10 @@ def status() -> dict[str, Any]:
 
 
 def client_for(url: str, **kwargs: Any) -> redis.Redis:
-    """A checked client for `url`: one clear error naming the (masked) URL if it cannot be used."""
-    kwargs.setdefault("decode_responses", True)
-    kwargs.setdefault("socket_connect_timeout", 3)
+    """A checked client for `url`: `decode_responses=True` and the timeouts and retry policy of
+    `labkit.clients.options()` unless overridden; one clear error naming the (masked) URL if it cannot be
+    used."""
+    kwargs = options() | {"decode_responses": True} | kwargs
     try:
         r = redis.Redis.from_url(url, **kwargs)
         probe = redis.Redis.from_url(url, **kwargs | {"retry": Retry(NoBackoff(), 0)})
