@@ -2,15 +2,17 @@
 
 import threading
 import time
+import uuid
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
-from labkit import ConfigError
+from labkit import ConfigError, scripts
 from labkit.bench import side_by_side
 from labkit.errors import LabkitError, LockNotAcquired, LockNotHeld
 from labkit.locks import FencedStore, Lock, Redlock
-from labkit.server import nodes
+from labkit.server import cluster, nodes
 
 from .waiting import eventually
 
@@ -317,3 +319,47 @@ def test_redlock_refuses_the_same_server_twice(three):
     same_as_a = redis.Redis(host="localhost", port=three[0].port, password=three[0].password, db=1)
     with pytest.raises(ConfigError, match=rf"clients 0 and 2 are the same server \(127\.0\.0\.1:{three[0].port}\)"):
         Redlock([a, b, same_as_a], "x")
+
+
+# --- on a cluster: one 3-primary cluster for the whole module ----------------------------------------
+@pytest.fixture(scope="module")
+def rc():
+    """A RedisCluster client of a throwaway 3-primary cluster (no replicas: the patterns, not failover)."""
+    with cluster(primaries=3, replicas=0) as topo:
+        client = topo.client()
+        yield client
+        client.close()
+
+
+def test_on_a_cluster_a_lock_excludes_fences_extends_and_releases(rc):
+    prefix = f"lab:cluster:{uuid.uuid4().hex[:8]}"
+    first, second = Lock(rc, "job", prefix=prefix), Lock(rc, "job", prefix=prefix, blocking_timeout=0)
+    assert rc.keyslot(first.key) == rc.keyslot(first.fence_key)  # the acquire script's two keys: one slot
+    assert first.acquire() and not second.acquire()
+    first.extend(60_000)
+    assert rc.pttl(first.key) > 50_000 and first.owned()
+    first.release()
+    with second:
+        assert second.fence == first.fence + 1
+    names = [f"job-{i}" for i in range(30)]
+    for name in names:  # locks of many names spread over the primaries
+        with Lock(rc, name, prefix=prefix):
+            pass
+    assert len({rc.get_node_from_key(Lock(rc, n, prefix=prefix).key).name for n in names}) == 3
+
+
+def test_on_a_cluster_the_fenced_store_refuses_only_older_tokens(rc):
+    store = FencedStore(rc, "doc", prefix=f"lab:cluster:{uuid.uuid4().hex[:8]}")
+    assert rc.keyslot(store.key) == rc.keyslot(store.highest_key)
+    assert store.write(5, "a") and store.write(5, "b") and not store.write(4, "c") and store.read() == "b"
+
+
+def test_on_a_cluster_scripts_load_again_after_a_flush(rc):
+    """Registered once per client, a script still runs on a node that lost its script cache (EVALSHA
+    answers NOSCRIPT, the script is sent again)."""
+    lock = Lock(rc, "flushed", prefix=f"lab:cluster:{uuid.uuid4().hex[:8]}")
+    assert lock.acquire()
+    rc.execute_command("SCRIPT", "FLUSH", target_nodes=RedisCluster.PRIMARIES)
+    lock.release()
+    assert lock.acquire() and scripts.register(rc, "locks/acquire") is lock._acquire
+    lock.release()
