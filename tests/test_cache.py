@@ -2,14 +2,17 @@
 
 import threading
 import time
+import uuid
 
 import pytest
 
 import labkit
 from labkit import scripts
-from labkit.cache import cached
-from labkit.server import spawn
+from labkit.cache import STRATEGIES, cached
+from labkit.server import cluster, spawn
 from labkit.widgets import HitRateMonitor
+
+from .waiting import eventually
 
 
 def test_hit_after_miss_and_invalidate(r, ns):
@@ -185,3 +188,69 @@ def test_hit_rate_monitor_reads_server_and_cache(r, ns, label_only):
     assert result.series["cache hit rate %"][-1] > 90
     assert result.series["server hits/s"][-1] > 0 and result.series["p50 latency ms"]
     assert "cache hit rate" in result.summary and result.png.startswith(b"\x89PNG")
+
+
+# --- on a cluster: one 3-primary cluster for the whole module ----------------------------------------
+@pytest.fixture(scope="module")
+def rc():
+    """A RedisCluster client of a throwaway 3-primary cluster (no replicas: the patterns, not failover)."""
+    with cluster(primaries=3, replicas=0) as topo:
+        client = topo.client()
+        yield client
+        client.close()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_on_a_cluster_every_strategy_misses_hits_and_spreads_its_entries(rc, strategy):
+    calls = []
+
+    @cached(rc, prefix=f"lab:cluster:{uuid.uuid4().hex[:8]}", ttl=30, strategy=strategy)
+    def item(i):
+        calls.append(i)
+        return {"item": i}
+
+    assert [item(i) for i in range(30)] == [item(i) for i in range(30)] == [{"item": i} for i in range(30)]
+    assert calls == list(range(30)) and item.stats.hits == 30 and item.stats.misses == 30
+    assert len({rc.get_node_from_key(item.key(i)).name for i in range(30)}) == 3
+    assert item.invalidate(3) and item(3) == {"item": 3} and calls[-1] == 3
+
+
+def test_on_a_cluster_single_flight_recomputes_once_for_many_callers(rc):
+    calls, start, answers = [], threading.Barrier(8), []
+
+    @cached(rc, prefix=f"lab:cluster:{uuid.uuid4().hex[:8]}", ttl=30, strategy="lock")
+    def report(x):
+        calls.append(x)
+        time.sleep(0.1)  # the work a recompute does: every caller misses meanwhile
+        return {"report": x}
+
+    def caller():
+        start.wait(30)
+        answers.append(report(1))
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [{"report": 1}] * 8 and calls == [1] and not rc.exists(report.key(1) + ":lock")
+
+
+def test_on_a_cluster_xfetch_refreshes_early_and_swr_serves_stale_while_refreshing(rc):
+    prefix, versions = f"lab:cluster:{uuid.uuid4().hex[:8]}", iter(range(1, 100))
+
+    @cached(rc, prefix=prefix, ttl=30, strategy="xfetch")
+    def early(x):
+        return next(versions)
+
+    early.should_refresh = lambda delta_ms, remaining_ms: True  # as if the entry were about to expire
+    assert early(1) == 1 and early(1) == 2 and early.stats.early_refreshes == 1
+
+    @cached(rc, prefix=prefix, ttl=0.2, strategy="swr", stale_ttl=30)
+    def stale(x):
+        return next(versions)
+
+    first = stale(1)
+    assert eventually(lambda: stale._read(stale.key(1))[3] <= 0)  # past its TTL, still stored
+    assert stale(1) == first and stale.stats.stale_served == 1  # served stale at once...
+    assert eventually(lambda: stale._read(stale.key(1))[1] > first)  # ...and refreshed behind it
