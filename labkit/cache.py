@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import math
 import random
@@ -67,12 +68,32 @@ def cache_key(prefix: str, name: str, args: tuple, kwargs: dict) -> str:
     return f"{prefix}:{name}:{hashlib.sha256(payload.encode()).hexdigest()}"
 
 
+def function_name(fn: Callable, name: str | None) -> str:
+    """What names `fn`'s entries: `name` if given, else `module.qualified_name`; a lambda (or a callable
+    without a name) must be given one, or two of them under one prefix would share entries."""
+    if name is not None:
+        return validate.name(name, "name")
+    qualname = getattr(fn, "__qualname__", None)
+    if not qualname or qualname.endswith("<lambda>"):
+        raise ConfigError(f"cached: {fn!r} has no name of its own to key its entries by (two such functions under "
+                          "one prefix would share them): pass name='...', unique under this prefix, or use a def.")
+    return f"{getattr(fn, '__module__', None) or '?'}.{qualname}"
+
+
+def _signature(fn: Callable) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # some built-ins have none: their calls are keyed as written
+        return None
+
+
 class Cached:
     """The wrapper `cached()` returns: call it like the function; `.stats`, `.invalidate(*args)`."""
 
     def __init__(self, fn: Callable, r: redis.Redis, prefix: str, ttl: float, strategy: str, beta: float,
-                 stale_ttl: float, lock_ttl: float, jitter: float) -> None:
+                 stale_ttl: float, lock_ttl: float, jitter: float, name: str | None = None) -> None:
         self.fn, self.r, self.prefix, self.strategy = fn, r, prefix, strategy
+        self.name, self._signature = function_name(fn, name), _signature(fn)
         self.ttl_ms, self.stale_ms, self.lock_ms = int(ttl * 1000), int(stale_ttl * 1000), int(lock_ttl * 1000)
         self.beta, self.jitter = beta, jitter
         self.stats = CacheStats()
@@ -80,7 +101,13 @@ class Cached:
         functools.update_wrapper(self, fn)
 
     def key(self, *args: Any, **kwargs: Any) -> str:
-        return cache_key(self.prefix, self.fn.__qualname__, args, kwargs)
+        """The entry for this call: the arguments bound to the function's signature, defaults filled in, so
+        `f(1)`, `f(x=1)` and `f(1, y=<its default>)` are one entry."""
+        if self._signature is not None:
+            bound = self._signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            args, kwargs = (), bound.arguments
+        return cache_key(self.prefix, self.name, args, kwargs)
 
     def invalidate(self, *args: Any, **kwargs: Any) -> bool:
         """Delete the cached result for these arguments; True if there was one."""
@@ -130,7 +157,7 @@ class Cached:
         try:
             encoded = json.dumps(value)
         except TypeError as err:
-            raise ConfigError(f"{self.fn.__qualname__} returned a value that is not JSON-serialisable ({err}); "
+            raise ConfigError(f"{self.name} returned a value that is not JSON-serialisable ({err}); "
                               "return plain data (dict, list, str, numbers, None).") from None
         ttl_ms = int(self.ttl_ms * (1 + random.uniform(-self.jitter, self.jitter)) if self.jitter else self.ttl_ms)
         expiry_ms = int(time.time() * 1000) + ttl_ms
@@ -141,10 +168,11 @@ class Cached:
         self.stats.add(round_trips=1)
 
     def _single_flight(self, key: str, args: tuple, kwargs: dict) -> Any:
-        """One client recomputes under a token lock; the others poll the cache until the value appears."""
+        """One client recomputes under a token lock; the others poll the cache until the value appears. A
+        holder that hangs or dies keeps the lock only until `lock_ttl`: then ONE waiter takes it over (its
+        SET NX wins) and the others go on waiting for that one's value."""
         lock_key, token = f"{key}:lock", secrets.token_hex(16)
-        deadline = time.monotonic() + self.lock_ms / 1000
-        while time.monotonic() < deadline:
+        while True:
             if self.r.set(lock_key, token, nx=True, px=self.lock_ms):
                 self.stats.add(round_trips=1)
                 try:
@@ -158,7 +186,6 @@ class Cached:
             found, value, _, _ = self._read(key)
             if found:
                 return value
-        return self._recompute(key, args, kwargs)  # the lock holder is stuck: do not wait forever
 
     def _refresh_in_background(self, key: str, args: tuple, kwargs: dict) -> None:
         lock_key, token = f"{key}:lock", secrets.token_hex(16)
@@ -177,8 +204,13 @@ class Cached:
 
 
 def cached(r: redis.Redis, prefix: str, ttl: float, strategy: str = "xfetch", beta: float = 1.0,
-           stale_ttl: float | None = None, lock_ttl: float = 5.0, jitter: float = 0.0) -> Callable[[Callable], Cached]:
+           stale_ttl: float | None = None, lock_ttl: float = 5.0, jitter: float = 0.0,
+           name: str | None = None) -> Callable[[Callable], Cached]:
     """Decorate a function so its results are cached in `r` under `prefix` for `ttl` seconds.
+
+    Entries are keyed `prefix:name:<sha256 of the bound arguments>`; `name` defaults to the function's
+    module and qualified name (a lambda must be given one). With "lock", `lock_ttl` should exceed a
+    recompute: a holder slower than that is taken over by one waiter.
 
     Example:
         >>> @cached(r, prefix="lab:l02:cache", ttl=60, strategy="xfetch")
@@ -196,7 +228,10 @@ def cached(r: redis.Redis, prefix: str, ttl: float, strategy: str = "xfetch", be
     validate.prefix(prefix)
     stale = (ttl if stale_ttl is None else stale_ttl) if strategy == "swr" else 0.0
 
+    if name is not None:
+        validate.name(name, "name")
+
     def decorate(fn: Callable) -> Cached:
-        return Cached(fn, r, prefix, ttl, strategy, beta, stale, lock_ttl, jitter)
+        return Cached(fn, r, prefix, ttl, strategy, beta, stale, lock_ttl, jitter, name)
 
     return decorate

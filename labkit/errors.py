@@ -23,3 +23,8 @@ class DockerUnavailable(LabkitError, RuntimeError):
 
 class LockNotHeld(LabkitError, RuntimeError):
     """A lock was released or extended by a client that does not hold it (never did, or it expired)."""
+
+
+class LockNotAcquired(LabkitError, TimeoutError):
+    """A lock could not be taken in the time or attempts allowed: another client held it, or (Redlock)
+    no majority of the servers could be reached."""

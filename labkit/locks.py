@@ -8,16 +8,22 @@ acquisition, lets the resource itself refuse that write.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import secrets
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import redis
 
 from labkit import scripts, validate
 from labkit.clients import derive, text
-from labkit.errors import ConfigError, LockNotHeld
+from labkit.errors import ConfigError, LockNotAcquired, LockNotHeld
+
+T = TypeVar("T")
+LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 
 class Lock:
@@ -25,8 +31,10 @@ class Lock:
 
     `acquire()` takes it (retrying with random pauses for up to `blocking_timeout` seconds); `release()`
     and `extend()` act only if our token is still there, and raise `LockNotHeld` otherwise: the lock
-    expired, so the work since then was not protected. As a context manager it raises `LockNotHeld` at
-    the end of the block if the lock was lost meanwhile.
+    expired, so the work since then was not protected. As a context manager it raises `LockNotAcquired`
+    (a `TimeoutError`) if it cannot take the lock, and `LockNotHeld` at the end of the block if the lock
+    was lost meanwhile. An acquisition belongs to the thread that made it: threads sharing one `Lock`
+    take turns, and one cannot release or extend another's.
 
     Example:
         >>> with Lock(r, "invoice:42", ttl_ms=5000) as lock:
@@ -42,20 +50,29 @@ class Lock:
         validate.prefix(prefix)
         self.key = f"{prefix}:{{{name}}}"
         self.fence_key = f"{self.key}:fence"
-        self.token: str | None = None
-        self.fence: int | None = None
+        self._held = threading.local()  # this thread's token and fence
         self._acquire = scripts.register(r, "locks/acquire")
         self._release = scripts.register(r, "locks/release")
         self._extend = scripts.register(r, "locks/extend")
 
+    @property
+    def token(self) -> str | None:
+        """This thread's random token while it holds the lock, else None."""
+        return getattr(self._held, "token", None)
+
+    @property
+    def fence(self) -> int | None:
+        """The fencing token of this thread's latest acquisition (it grows with every acquisition)."""
+        return getattr(self._held, "fence", None)
+
     def acquire(self, blocking: bool = True) -> bool:
-        """Take the lock; True on success. Sets `token` and `fence` (the fencing token)."""
+        """Take the lock for this thread; True on success. Sets `token` and `fence` (the fencing token)."""
         token = secrets.token_hex(16)
         deadline = None if self.blocking_timeout is None else time.monotonic() + self.blocking_timeout
         while True:
             fence = self._acquire(keys=[self.key, self.fence_key], args=[token, self.ttl_ms])
             if fence:
-                self.token, self.fence = token, int(fence)
+                self._held.token, self._held.fence = token, int(fence)
                 return True
             if not blocking or (deadline is not None and time.monotonic() >= deadline):
                 return False
@@ -63,26 +80,29 @@ class Lock:
             time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
 
     def release(self) -> None:
-        """Release the lock if we still hold it; `LockNotHeld` if we never did or it expired."""
+        """Release this thread's lock if it still holds it; `LockNotHeld` if it never did or it expired."""
         if self.token is None:
-            raise LockNotHeld(f"Lock {self.name!r} is not held by this client: acquire() it first.")
-        token, self.token = self.token, None
+            raise LockNotHeld(f"Lock {self.name!r} is not held by this client (this thread): acquire() it first.")
+        token, self._held.token = self.token, None
         if not self._release(keys=[self.key], args=[token]):
             raise LockNotHeld(f"Lock {self.name!r} expired (ttl {self.ttl_ms} ms) or was taken by another client "
                               "before release: the work done after the expiry was not protected.")
 
     def extend(self, ttl_ms: int | None = None) -> None:
-        """Give the lock a new TTL (default: the original) if we still hold it; `LockNotHeld` otherwise."""
-        if self.token is None or not self._extend(keys=[self.key], args=[self.token, ttl_ms or self.ttl_ms]):
+        """Give the lock a new TTL in ms (default: the original) if this thread still holds it; `LockNotHeld`
+        otherwise."""
+        ttl_ms = self.ttl_ms if ttl_ms is None else validate.milliseconds(ttl_ms, "ttl_ms")
+        if self.token is None or not self._extend(keys=[self.key], args=[self.token, ttl_ms]):
             raise LockNotHeld(f"Lock {self.name!r} cannot be extended: it is not ours any more (or never was).")
 
     def owned(self) -> bool:
-        """Whether the server still holds our token (one GET; the answer may be stale a moment later)."""
+        """Whether the server still holds this thread's token (one GET; the answer may be stale a moment later)."""
         return self.token is not None and text(self.r.get(self.key)) == self.token
 
     def __enter__(self) -> Lock:
         if not self.acquire():
-            raise TimeoutError(f"Could not acquire lock {self.name!r} within {self.blocking_timeout} s.")
+            raise LockNotAcquired(f"Could not acquire lock {self.name!r} within {self.blocking_timeout} s: "
+                                  "another client holds it. Wait longer (blocking_timeout=) or try later.")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -97,20 +117,24 @@ class Lock:
 class Redlock:
     """A lock held on a majority of independent servers (the Redlock algorithm).
 
-    `acquire()` tries SET NX PX on every node, each call bounded by `node_timeout_ms`; it holds the lock
-    if a majority answered yes and time is left: validity = ttl - elapsed (monotonic clock) - drift. Else
-    it releases what it took and retries after a random delay. `release()` tries every node, whatever
-    the others do. Redlock does not issue fencing tokens: pair it with a resource that checks one.
+    `acquire()` asks every node at once (SET NX PX, each call bounded by `node_timeout_ms`), so it costs
+    about one round trip to the slowest node, not one per node. It holds the lock if a majority said yes
+    and time is left: validity = ttl - elapsed (monotonic clock) - drift. Else it releases what it took,
+    retries after a random delay, and after `retries` raises `LockNotAcquired`. `release()` asks every
+    node at once too, whatever the others answer. Check `remaining_ms()` before a side effect; as a
+    context manager it raises `LockNotHeld` at the end of the block if the validity ran out meanwhile.
+    Redlock does not issue fencing tokens: pair it with a resource that checks one.
+
+    Example:
+        >>> with Redlock([a, b, c], "report", ttl_ms=10_000) as lock:
+        ...     if lock.remaining_ms() > 2000:
+        ...         publish()
     """
 
     def __init__(self, clients: list[redis.Redis], name: str, *, ttl_ms: int = 10_000, retries: int = 3,
                  retry_delay_ms: int = 200, node_timeout_ms: int = 50, drift_factor: float = 0.01,
                  prefix: str = "lab:redlock") -> None:
-        if not clients:
-            raise ConfigError("Redlock needs a list of independent servers (3 or 5), got none.")
-        if len(clients) % 2 == 0:
-            raise ConfigError(f"Redlock needs an odd number of independent servers (3 or 5), got {len(clients)}: "
-                              "with an even number, a failure can split them into two equal halves.")
+        _check_independent(clients)
         validate.milliseconds(ttl_ms, "ttl_ms")
         validate.milliseconds(node_timeout_ms, "node_timeout_ms")
         validate.name(name, "name")
@@ -122,13 +146,37 @@ class Redlock:
         validate.number(drift_factor, "drift_factor", low=0, high=1, high_open=True)
         timeout = node_timeout_ms / 1000
         self.nodes = [derive(c, retries=0, socket_timeout=timeout, socket_connect_timeout=timeout) for c in clients]
-        self.name, self.key, self.ttl_ms = name, f"{prefix}:{name}", int(ttl_ms)
+        self.name, self.key, self.ttl_ms = name, f"{prefix}:{name}", ttl_ms
         self.retries, self.retry_delay_ms, self.drift_factor = retries, retry_delay_ms, drift_factor
         self.quorum = len(clients) // 2 + 1
-        self.token: str | None = None
-        self.validity_ms = 0.0
-        self.acquired_on = 0
-        self._release_scripts = [scripts.register(node, "locks/release") for node in self.nodes]
+        self._release_scripts = {id(node): scripts.register(node, "locks/release") for node in self.nodes}
+        self._pool = ThreadPoolExecutor(max_workers=len(self.nodes), thread_name_prefix="labkit-redlock")
+        self._held = threading.local()  # this thread's token, deadline, validity and node count
+
+    @property
+    def token(self) -> str | None:
+        """This thread's random token while it holds the lock, else None."""
+        return getattr(self._held, "token", None)
+
+    @property
+    def validity_ms(self) -> float:
+        """The validity this thread's acquisition started with (0.0 when not held)."""
+        return getattr(self._held, "validity_ms", 0.0)
+
+    @property
+    def acquired_on(self) -> int:
+        """On how many nodes this thread's latest attempt set the key."""
+        return getattr(self._held, "acquired_on", 0)
+
+    def remaining_ms(self) -> float:
+        """Milliseconds of validity left now (0.0 if not held or run out): check it before a side effect."""
+        if self.token is None:
+            return 0.0
+        return max(0.0, (self._held.deadline - time.monotonic()) * 1000)
+
+    def _on_every_node(self, call: Callable[[redis.Redis], T]) -> list[T]:
+        """`call(node)` for every node at once (one thread each); the results in node order."""
+        return list(self._pool.map(call, self.nodes))
 
     def _lock_on(self, node: redis.Redis, token: str) -> bool:
         try:
@@ -136,50 +184,115 @@ class Redlock:
         except (redis.RedisError, OSError):
             return False
 
-    def _unlock_all(self, token: str) -> int:
-        released = 0
-        for script in self._release_scripts:
-            with contextlib.suppress(redis.RedisError, OSError):  # a node down or slow: its copy expires by TTL
-                released += int(script(keys=[self.key], args=[token]))
-        return released
+    def _unlock_on(self, node: redis.Redis, token: str) -> int:
+        try:
+            return int(self._release_scripts[id(node)](keys=[self.key], args=[token]))
+        except (redis.RedisError, OSError):  # a node down or slow: its copy expires by TTL
+            return 0
+
+    def _attempt(self) -> bool:
+        """One round: SET on every node at once; keep the lock on a majority with time left, else give back."""
+        token, started = secrets.token_hex(16), time.monotonic()
+        won = sum(self._on_every_node(lambda node: self._lock_on(node, token)))
+        validity = self.ttl_ms * (1 - self.drift_factor) - 2 - (time.monotonic() - started) * 1000
+        self._held.acquired_on = won
+        if won >= self.quorum and validity > 0:
+            self._held.token, self._held.validity_ms = token, validity
+            self._held.deadline = started + (self.ttl_ms * (1 - self.drift_factor) - 2) / 1000
+            return True
+        self._on_every_node(lambda node: self._unlock_on(node, token))
+        return False
 
     def acquire(self) -> float:
-        """Try up to `1 + retries` times; the remaining validity in ms if acquired, else 0.0."""
+        """Take the lock for this thread, trying up to `1 + retries` times; the validity in ms.
+
+        Raises:
+            LockNotAcquired: no attempt reached a majority of the nodes with validity left.
+        """
         for attempt in range(self.retries + 1):
-            token = secrets.token_hex(16)
-            started = time.monotonic()
-            won = sum(self._lock_on(node, token) for node in self.nodes)
-            self.acquired_on = won
-            elapsed_ms = (time.monotonic() - started) * 1000
-            validity = self.ttl_ms - elapsed_ms - (self.ttl_ms * self.drift_factor + 2)
-            if won >= self.quorum and validity > 0:
-                self.token, self.validity_ms, self.acquired_on = token, validity, won
-                return validity
-            self._unlock_all(token)
+            if self._attempt():
+                return self.validity_ms
             if attempt < self.retries:
                 time.sleep(random.uniform(0, self.retry_delay_ms) / 1000)
-        return 0.0
+        raise LockNotAcquired(
+            f"Redlock {self.name!r} not acquired after {self.retries + 1} attempt(s): the last set on "
+            f"{self.acquired_on} of {len(self.nodes)} servers; a majority is {self.quorum}. Another client "
+            "holds it, or too many servers are down or slower than node_timeout_ms: retry later.")
 
     def release(self) -> int:
-        """Release on every node that still has our token; returns how many did. `LockNotHeld` if not held."""
+        """Release on every node at once; how many still had our token. `LockNotHeld` if this thread does not
+        hold it."""
         if self.token is None:
-            raise LockNotHeld(f"Redlock {self.name!r} is not held by this client: acquire() it first.")
-        token, self.token, self.validity_ms = self.token, None, 0.0
-        return self._unlock_all(token)
+            raise LockNotHeld(f"Redlock {self.name!r} is not held by this client (this thread): acquire() it first.")
+        token, self._held.token, self._held.validity_ms = self.token, None, 0.0
+        return sum(self._on_every_node(lambda node: self._unlock_on(node, token)))
+
+    def __enter__(self) -> Redlock:
+        self.acquire()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        ran_out = self.remaining_ms() == 0
+        self.release()
+        if ran_out:
+            lost = LockNotHeld(f"Redlock {self.name!r}: its validity ({self.validity_ms:.0f} ms) ran out during "
+                               "the block: the work done after that was not protected.")
+            if exc is None:
+                raise lost
+            exc.add_note(str(lost))
+
+
+def _address(client: redis.Redis) -> str:
+    """Where `client` connects: a socket path, or host:port with loopback names made one."""
+    kwargs = client.connection_pool.connection_kwargs
+    if kwargs.get("path"):
+        return str(kwargs["path"])
+    host = str(kwargs.get("host", "localhost")).lower()
+    return f"{'127.0.0.1' if host in LOOPBACK else host}:{kwargs.get('port', 6379)}"
+
+
+def _check_independent(clients: list[redis.Redis]) -> None:
+    """Redlock's servers: at least one, an odd number, no server twice."""
+    if not clients:
+        raise ConfigError("Redlock needs a list of independent servers (3 or 5), got none.")
+    n = len(clients)
+    if n % 2 == 0:
+        raise ConfigError(f"Redlock needs an odd number of independent servers, got {n}: a majority of {n} is "
+                          f"{n // 2 + 1}, so {n} servers survive {n // 2 - 1} failure(s), no more than {n - 1} "
+                          f"would: the extra one adds cost, not fault tolerance. Pass {n - 1} or {n + 1} (3 or 5 "
+                          "is usual).")
+    seen: dict[str, int] = {}
+    for i, client in enumerate(clients):
+        where = _address(client)
+        if where in seen:
+            raise ConfigError(f"Redlock needs independent servers, but clients {seen[where]} and {i} are the same "
+                              f"server ({where}): pass one client per server.")
+        seen[where] = i
 
 
 class FencedStore:
-    """A value that accepts a write only with a fencing token above every token it accepted before."""
+    """A value that refuses a write carrying a fencing token below the highest it accepted: the current
+    holder writes as often as it likes with its token; a holder whose lock was taken over cannot.
+
+    Example:
+        >>> store = FencedStore(r, "invoice:42")
+        >>> store.write(7, "paid"), store.write(7, "paid, receipt sent"), store.write(6, "stale")
+        (True, True, False)
+    """
 
     def __init__(self, r: redis.Redis, name: str, *, prefix: str = "lab:fenced") -> None:
         self.r = r
+        validate.name(name, "name")
+        validate.prefix(prefix)
         self.key = f"{prefix}:{{{name}}}:value"
         self.highest_key = f"{prefix}:{{{name}}}:highest-token"
         self._write = scripts.register(r, "locks/fenced_write")
 
     def write(self, token: int, value: str) -> bool:
-        """True if written; False if `token` is stale (not above the highest accepted)."""
-        return bool(self._write(keys=[self.key, self.highest_key], args=[int(token), value]))
+        """True if written; False if `token` is stale (below the highest accepted)."""
+        validate.integer(token, "token (a lock's fence)")
+        return bool(self._write(keys=[self.key, self.highest_key], args=[token, value]))
 
     def read(self) -> str | None:
+        """The value last written (None if none was)."""
         return text(self.r.get(self.key))

@@ -55,8 +55,13 @@ class Limiter:
         self._script = scripts.register(r, self.script)
 
     def keys(self, key: str) -> list[str]:
-        """The keys this limiter keeps for `key` (hash-tagged, so they share a cluster slot)."""
-        return [f"{self.prefix}:{self.slug}:{{{key}}}"]
+        """The keys this limiter keeps for `key`: named by algorithm AND settings, so limiters with other
+        settings under one prefix (10/s and 100/min for one user) never share a count; hash-tagged by
+        `key`, so a limiter's keys share a cluster slot."""
+        return [f"{self.prefix}:{self.slug}:{self._settings()}:{{{key}}}"]
+
+    def _settings(self) -> str:
+        raise NotImplementedError
 
     def allow(self, key: str, cost: int = 1) -> Decision:
         """Admit `cost` units for `key` now, or say how long to wait. One round trip."""
@@ -81,6 +86,9 @@ class _WindowLimiter(Limiter):
 
     def _args(self) -> list[int | float]:
         return [self.limit, self.window_ms]
+
+    def _settings(self) -> str:
+        return f"{self.limit}/{self.window_ms}ms"
 
 
 class FixedWindow(_WindowLimiter):
@@ -113,6 +121,9 @@ class _RateLimiter(Limiter):
 
     def _args(self) -> list[int | float]:
         return [self.limit, self.ms_per_unit]
+
+    def _settings(self) -> str:
+        return f"{self.rate!r}/s,burst{self.limit}"
 
 
 class TokenBucket(_RateLimiter):

@@ -1,14 +1,18 @@
 """labkit.cache against a real server: cache-aside, one round trip per hit, keys, the hit-rate widget."""
 
+import threading
 import time
+import uuid
 
 import pytest
 
 import labkit
 from labkit import scripts
-from labkit.cache import cached
-from labkit.server import spawn
+from labkit.cache import STRATEGIES, cached
+from labkit.server import cluster, spawn
 from labkit.widgets import HitRateMonitor
+
+from .waiting import eventually
 
 
 def test_hit_after_miss_and_invalidate(r, ns):
@@ -45,7 +49,69 @@ def test_keys_use_the_full_digest(r, ns):
         return x
 
     digest = f.key(1).rsplit(":", 1)[1]
-    assert len(digest) == 64 and f.key(1) != f.key("1") and f.key(1) != f.key(x=1)
+    assert len(digest) == 64 and f.key(1) != f.key("1") and f.key(1) != f.key(2)
+
+
+def test_positional_keyword_and_default_arguments_are_one_entry(r, ns):
+    calls = []
+
+    @cached(r, prefix=ns.key("cache"), ttl=30)
+    def price(pid, currency="EUR", *, rounded=True):
+        calls.append(pid)
+        return [pid, currency, rounded]
+
+    answers = [price(1), price(pid=1), price(1, "EUR"), price(currency="EUR", pid=1), price(1, rounded=True)]
+    assert answers == [[1, "EUR", True]] * 5 and calls == [1]
+    assert price.key(1) == price.key(pid=1) != price.key(1, "USD")
+    assert price(1, "USD") == [1, "USD", True] and calls == [1, 1]
+
+
+def test_two_functions_of_one_name_in_two_modules_keep_separate_entries(r, ns):
+    def lookup(x):
+        return "here"
+
+    def elsewhere(x):
+        return "there"
+
+    elsewhere.__qualname__, elsewhere.__module__ = lookup.__qualname__, "another.module"
+    here = cached(r, prefix=ns.key("cache"), ttl=30)(lookup)
+    there = cached(r, prefix=ns.key("cache"), ttl=30)(elsewhere)
+    assert (here(1), there(1)) == ("here", "there")
+
+
+def test_a_lambda_needs_a_name_and_two_named_lambdas_keep_separate_entries(r, ns):
+    with pytest.raises(labkit.ConfigError, match="pass name="):
+        cached(r, prefix=ns.key("cache"), ttl=30)(lambda x: "f")
+    f = cached(r, prefix=ns.key("cache"), ttl=30, name="f")(lambda x: "f")
+    g = cached(r, prefix=ns.key("cache"), ttl=30, name="g")(lambda x: "g")
+    assert (f(1), g(1), f(1)) == ("f", "g", "f") and f.stats.hits == 1
+
+
+def test_a_stuck_lock_holder_is_replaced_by_one_waiter_not_all_of_them(r, ns):
+    """A holder took the lock and hangs (its lock stays until lock_ttl). Eight callers miss together:
+    once the stuck lock expires, ONE of them takes over and recomputes (which takes 0.1 s); the others
+    wait for its value, however long they have waited already."""
+    calls, start = [], threading.Barrier(8)
+
+    @cached(r, prefix=ns.key("cache"), ttl=30, strategy="lock", lock_ttl=0.5)
+    def report(x):
+        calls.append(x)
+        time.sleep(0.1)  # the work a recompute does
+        return {"report": x}
+
+    r.set(report.key(1) + ":lock", "a-holder-that-hangs", px=500)
+    answers = []
+
+    def caller():
+        start.wait(30)
+        answers.append(report(1))
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [{"report": 1}] * 8 and calls == [1]
 
 
 def test_a_hit_is_one_round_trip():
@@ -77,9 +143,13 @@ def test_jitter_spreads_expiries(r, ns):
 
 
 def test_bad_input_is_a_clear_error(r, ns):
-    for kwargs in ({"ttl": 0}, {"ttl": -1}, {"ttl": 1, "strategy": "magic"}, {"ttl": 1, "jitter": 1.5},
-                   {"ttl": 1, "beta": 0}, {"ttl": 1, "prefix": ""}):
-        with pytest.raises(labkit.ConfigError):
+    for kwargs, says in (({"ttl": 0}, "ttl is a number of seconds"), ({"ttl": -1}, "ttl is a number of seconds"),
+                         ({"ttl": 0.0004}, r"at least 0\.001"), ({"ttl": "5"}, "ttl is a number of seconds"),
+                         ({"ttl": 1, "strategy": "magic"}, "strategy must be one of"),
+                         ({"ttl": 1, "jitter": 1.5}, "jitter"), ({"ttl": 1, "beta": 0}, "beta"),
+                         ({"ttl": 1, "prefix": ""}, "prefix"), ({"ttl": 1, "name": ""}, "name"),
+                         ({"ttl": 1, "strategy": "swr", "stale_ttl": -1}, "stale_ttl is a number of seconds")):
+        with pytest.raises(labkit.ConfigError, match=says):
             cached(r, **({"prefix": ns.key("cache")} | kwargs))
 
     @cached(r, prefix=ns.key("cache"), ttl=30)
@@ -118,3 +188,69 @@ def test_hit_rate_monitor_reads_server_and_cache(r, ns, label_only):
     assert result.series["cache hit rate %"][-1] > 90
     assert result.series["server hits/s"][-1] > 0 and result.series["p50 latency ms"]
     assert "cache hit rate" in result.summary and result.png.startswith(b"\x89PNG")
+
+
+# --- on a cluster: one 3-primary cluster for the whole module ----------------------------------------
+@pytest.fixture(scope="module")
+def rc():
+    """A RedisCluster client of a throwaway 3-primary cluster (no replicas: the patterns, not failover)."""
+    with cluster(primaries=3, replicas=0) as topo:
+        client = topo.client()
+        yield client
+        client.close()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_on_a_cluster_every_strategy_misses_hits_and_spreads_its_entries(rc, strategy):
+    calls = []
+
+    @cached(rc, prefix=f"lab:cluster:{uuid.uuid4().hex[:8]}", ttl=30, strategy=strategy)
+    def item(i):
+        calls.append(i)
+        return {"item": i}
+
+    assert [item(i) for i in range(30)] == [item(i) for i in range(30)] == [{"item": i} for i in range(30)]
+    assert calls == list(range(30)) and item.stats.hits == 30 and item.stats.misses == 30
+    assert len({rc.get_node_from_key(item.key(i)).name for i in range(30)}) == 3
+    assert item.invalidate(3) and item(3) == {"item": 3} and calls[-1] == 3
+
+
+def test_on_a_cluster_single_flight_recomputes_once_for_many_callers(rc):
+    calls, start, answers = [], threading.Barrier(8), []
+
+    @cached(rc, prefix=f"lab:cluster:{uuid.uuid4().hex[:8]}", ttl=30, strategy="lock")
+    def report(x):
+        calls.append(x)
+        time.sleep(0.1)  # the work a recompute does: every caller misses meanwhile
+        return {"report": x}
+
+    def caller():
+        start.wait(30)
+        answers.append(report(1))
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [{"report": 1}] * 8 and calls == [1] and not rc.exists(report.key(1) + ":lock")
+
+
+def test_on_a_cluster_xfetch_refreshes_early_and_swr_serves_stale_while_refreshing(rc):
+    prefix, versions = f"lab:cluster:{uuid.uuid4().hex[:8]}", iter(range(1, 100))
+
+    @cached(rc, prefix=prefix, ttl=30, strategy="xfetch")
+    def early(x):
+        return next(versions)
+
+    early.should_refresh = lambda delta_ms, remaining_ms: True  # as if the entry were about to expire
+    assert early(1) == 1 and early(1) == 2 and early.stats.early_refreshes == 1
+
+    @cached(rc, prefix=prefix, ttl=0.2, strategy="swr", stale_ttl=30)
+    def stale(x):
+        return next(versions)
+
+    first = stale(1)
+    assert eventually(lambda: stale._read(stale.key(1))[3] <= 0)  # past its TTL, still stored
+    assert stale(1) == first and stale.stats.stale_served == 1  # served stale at once...
+    assert eventually(lambda: stale._read(stale.key(1))[1] > first)  # ...and refreshed behind it

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from labkit.server import spawn
 from labkit.server.lab import URL_ENV
 
@@ -28,6 +30,27 @@ def test_server_start_status_stop(lab_home):
     assert url.startswith("redis://:") and "****" not in url
     assert labkit_cli("server", "stop", env=env).stdout.strip() == "lab server stopped."
     assert labkit_cli("server", "status", env=env).returncode == 3
+
+
+@pytest.mark.parametrize("password", ["recorded", "stale"])
+def test_server_stop_signals_nothing_but_the_recorded_lab_server(lab_home, password):
+    """The recorded server is gone: its pid now belongs to another process, and another server listens on
+    its port (with the recorded password, or another one). `stop` must signal neither of them."""
+    with spawn(modules=False) as other:
+        bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        try:
+            recorded = other.password if password == "recorded" else "a-stale-password"
+            state = {"url": f"redis://:{recorded}@127.0.0.1:{other.port}/0", "port": other.port,
+                     "password": recorded, "pid": bystander.pid, "engine": "valkey9", "dir": str(lab_home)}
+            (lab_home / ".labkit").mkdir()
+            (lab_home / ".labkit" / "server.json").write_text(json.dumps(state))
+            out = labkit_cli("server", "stop", env=_env_without_url(lab_home))
+            assert out.returncode == 0 and out.stdout.strip() == "no lab server was running."
+            assert bystander.poll() is None and other.is_running() and other.client().ping()
+            assert not (lab_home / ".labkit" / "server.json").exists()  # the stale record is gone
+        finally:
+            bystander.kill()
+            bystander.wait()
 
 
 def test_reset_deletes_lab_keys_on_the_lab_server_only():

@@ -2,14 +2,17 @@
 
 import threading
 import time
+import uuid
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
-from labkit import ConfigError
-from labkit.errors import LockNotHeld
+from labkit import ConfigError, scripts
+from labkit.bench import side_by_side
+from labkit.errors import LabkitError, LockNotAcquired, LockNotHeld
 from labkit.locks import FencedStore, Lock, Redlock
-from labkit.server import nodes
+from labkit.server import cluster, nodes
 
 from .waiting import eventually
 
@@ -49,6 +52,58 @@ def test_extend_keeps_our_lock_and_refuses_a_lost_one(r, ns):
         lock.extend()
 
 
+@pytest.mark.parametrize("ttl_ms", [-5, 0, 2.5, True, "100"])
+def test_extend_refuses_a_ttl_that_is_not_whole_positive_milliseconds_and_keeps_the_lock(r, ns, ttl_ms):
+    lock = Lock(r, "job", ttl_ms=60_000, prefix=ns.key("lk"))
+    lock.acquire()
+    with pytest.raises(ConfigError, match="ttl_ms is a whole number of milliseconds"):
+        lock.extend(ttl_ms)
+    assert lock.owned() and r.pttl(lock.key) > 50_000
+    lock.release()
+
+
+def test_one_lock_shared_by_two_threads_cannot_release_the_others_acquisition(r, ns):
+    """A thread's acquisition is its own: another thread using the same Lock object holds nothing."""
+    lock = Lock(r, "job", ttl_ms=60_000, prefix=ns.key("lk"))
+    assert lock.acquire()
+    outcome = {}
+
+    def other_thread():
+        outcome["token"], outcome["owned"] = lock.token, lock.owned()
+        try:
+            lock.release()
+            outcome["release"] = "released"
+        except LockNotHeld as err:
+            outcome["release"] = str(err)
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    worker.join()
+    assert outcome["token"] is None and outcome["owned"] is False and "acquire() it first" in outcome["release"]
+    assert lock.owned() and r.get(lock.key) == lock.token  # this thread's lock is untouched
+    lock.release()
+
+
+def test_two_threads_take_turns_with_one_lock_object(r, ns):
+    lock = Lock(r, "job", ttl_ms=60_000, prefix=ns.key("lk"))
+    inside, overlaps, fences = [], [], []
+
+    def worker():
+        for _ in range(20):
+            with lock:
+                inside.append(1)
+                overlaps.append(len(inside))
+                fences.append(lock.fence)
+                inside.pop()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert max(overlaps) == 1 and len(set(fences)) == 40  # one at a time, each turn its own fencing token
+
+
 def test_the_context_manager_reports_a_lock_lost_during_the_block(r, ns):
     with pytest.raises(LockNotHeld, match="not protected"), Lock(r, "job", ttl_ms=30, prefix=ns.key("lk")) as lock:
         assert gone(r, lock.key)
@@ -65,25 +120,42 @@ def test_acquire_gives_up_after_the_blocking_timeout(r, ns):
     holder = Lock(r, "job", ttl_ms=60_000, prefix=ns.key("lk"))
     holder.acquire()
     started = time.monotonic()
-    with pytest.raises(TimeoutError, match=r"within 0\.1 s"), Lock(r, "job", prefix=ns.key("lk"), blocking_timeout=0.1):
+    with pytest.raises(LockNotAcquired, match=r"within 0\.1 s") as caught, \
+            Lock(r, "job", prefix=ns.key("lk"), blocking_timeout=0.1):
         pass
+    assert isinstance(caught.value, LabkitError) and isinstance(caught.value, TimeoutError)
     # it tried for the whole 0.1 s, and gave up long before the default blocking_timeout (10 s)
     assert 0.09 < time.monotonic() - started < 5
     holder.release()
 
 
-@pytest.mark.parametrize(("kwargs", "says"), [({"ttl_ms": 0}, "ttl_ms is a whole number of milliseconds"),
-                                              ({"ttl_ms": 2.5}, "ttl_ms is a whole number of milliseconds"),
-                                              ({"blocking_timeout": -1}, "blocking_timeout")])
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"ttl_ms": 0}, "ttl_ms is a whole number of milliseconds"), ({"ttl_ms": 2.5}, "ttl_ms is a whole number"),
+    ({"ttl_ms": 0.5}, "ttl_ms is a whole number of milliseconds"), ({"blocking_timeout": -1}, "blocking_timeout"),
+    ({"name": None}, "name must be a non-empty string"), ({"name": ""}, "name must be a non-empty string"),
+    ({"name": 42}, "name must be a non-empty string"), ({"prefix": "lab:"}, "not ending with ':'"),
+])
 def test_lock_rejects_bad_settings(r, kwargs, says):
     with pytest.raises(ConfigError, match=says):
-        Lock(r, "x", **kwargs)
+        Lock(r, **({"name": "x"} | kwargs))
 
 
-def test_fenced_store_accepts_only_increasing_tokens(r, ns):
+def test_fenced_store_refuses_only_tokens_below_the_highest_accepted(r, ns):
     store = FencedStore(r, "doc", prefix=ns.key("fs"))
-    assert store.write(5, "a") and not store.write(5, "b") and not store.write(3, "c") and store.write(6, "d")
-    assert store.read() == "d"
+    assert store.write(5, "a") and not store.write(3, "b") and store.write(6, "c")
+    assert store.read() == "c" and not store.write(5, "d")
+
+
+def test_fenced_store_accepts_the_holders_second_write_with_its_own_token(r, ns):
+    store = FencedStore(r, "doc", prefix=ns.key("fs"))
+    assert store.write(5, "first") and store.write(5, "second")
+    assert store.read() == "second"
+
+
+@pytest.mark.parametrize("token", [0, -1, 2.5, "7", None, True])
+def test_fenced_store_wants_a_fencing_token(r, ns, token):
+    with pytest.raises(ConfigError, match=r"token \(a lock.s fence\) must be an integer of at least 1"):
+        FencedStore(r, "doc", prefix=ns.key("fs")).write(token, "x")
 
 
 @pytest.fixture(scope="module")
@@ -121,18 +193,53 @@ def test_redlock_holds_with_one_node_down_and_refuses_with_two(three):
         assert validity <= best - 0.9 * NODE_TIMEOUT_MS  # ... and the validity counts that wait
         assert lock.release() == 2
         three[1].pause()
-        assert lock.acquire() == 0.0 and lock.acquired_on == 1
+        with pytest.raises(LockNotAcquired, match="set on 1 of 3 servers; a majority is 2"):
+            lock.acquire()
+        assert lock.acquired_on == 1 and lock.remaining_ms() == 0
         assert all(not c.exists(lock.key) for c in clients[2:])  # what it took was given back
     finally:
         three[0].resume()
         three[1].resume()
 
 
+def test_redlock_is_a_context_manager_that_raises_without_a_majority(three):
+    clients = [s.client() for s in three]
+    first, second = (Redlock(clients, "x", ttl_ms=TTL_MS, retries=0, node_timeout_ms=NODE_TIMEOUT_MS)
+                     for _ in range(2))
+    with first as held:
+        assert held is first and all(c.get(first.key) == first.token for c in clients)
+        with pytest.raises(LockNotAcquired) as refused, second:
+            pytest.fail("the second holder entered the block")
+        assert isinstance(refused.value, LabkitError) and "a majority is 2" in str(refused.value)
+    assert not any(c.exists(first.key) for c in clients)  # released on every node at the end of the block
+    with second:
+        assert second.acquired_on == 3
+
+
+def test_redlock_remaining_ms_counts_down_from_the_validity(three):
+    lock = Redlock([s.client() for s in three], "countdown", ttl_ms=500, retries=0, node_timeout_ms=100)
+    assert lock.remaining_ms() == 0  # not held
+    validity = lock.acquire()
+    first = lock.remaining_ms()
+    assert 0 < first <= validity and lock.remaining_ms() <= first
+    assert eventually(lambda: lock.remaining_ms() == 0)  # the validity runs out with the TTL
+    lock.release()
+    assert lock.remaining_ms() == 0
+
+
+def test_the_context_manager_reports_a_redlock_that_ran_out_during_the_block(three):
+    lock = Redlock([s.client() for s in three], "brief", ttl_ms=300, retries=0, node_timeout_ms=100)
+    with pytest.raises(LockNotHeld, match="not protected"), lock:
+        assert eventually(lambda: lock.remaining_ms() == 0)
+
+
 def test_redlock_excludes_a_second_holder(three):
     clients = [s.client() for s in three]
     first, second = (Redlock(clients, "x", ttl_ms=TTL_MS, retries=0, node_timeout_ms=NODE_TIMEOUT_MS)
                      for _ in range(2))
-    assert first.acquire() > 0 and second.acquire() == 0.0
+    assert first.acquire() > 0
+    with pytest.raises(LockNotAcquired):
+        second.acquire()
     first.release()
     assert second.acquire() > 0
     second.release()
@@ -163,13 +270,96 @@ def test_redlock_retries_let_contenders_take_turns(three):
     assert len(wins) == 5
 
 
+
+class SequentialRedlock(Redlock):
+    """The same algorithm asking one node after another: what the parallel fan-out is timed against."""
+
+    def _on_every_node(self, call):
+        return [call(node) for node in self.nodes]
+
+
+def test_redlock_asks_every_node_at_once_not_one_after_another(three):
+    """Two of three nodes frozen: each costs a node timeout to acquire and again to give back. Asked in
+    turn, that is four timeouts; asked at once, two (one for the acquisition, one for the release)."""
+    timeout_ms = 300
+    locks = {kind: cls([s.client() for s in three], f"fanout-{kind}", ttl_ms=5000, retries=0,
+                       node_timeout_ms=timeout_ms) for kind, cls in (("parallel", Redlock),
+                                                                     ("sequential", SequentialRedlock))}
+
+    def refused(lock):
+        with pytest.raises(LockNotAcquired):
+            lock.acquire()
+
+    three[0].pause()
+    three[1].pause()
+    try:
+        medians = side_by_side({kind: lambda lock=lock: refused(lock) for kind, lock in locks.items()}, reps=3)
+    finally:
+        three[0].resume()
+        three[1].resume()
+    assert medians["sequential"] >= 3.6 * timeout_ms * 1000  # four node timeouts, one after another
+    assert medians["parallel"] / medians["sequential"] < 0.75  # two of them: 0.5 expected
+
+
 @pytest.mark.parametrize(("count", "kwargs", "says"), [
-    (0, {}, "got none"), (2, {}, "odd number"), (4, {}, "odd number"),
+    (0, {}, "got none"), (2, {}, "a majority of 2 is 2"), (4, {}, "a majority of 4 is 3"),
     (3, {"ttl_ms": 0}, "ttl_ms is a whole number of milliseconds"),
     (3, {"node_timeout_ms": 2000, "ttl_ms": 1000}, "far below"),
     (3, {"retries": -1}, "retries must be an integer of at least 0"),
+    (3, {"drift_factor": -1}, "drift_factor must be a number >= 0"),
 ])
 def test_redlock_rejects_bad_settings(count, kwargs, says):
-    clients = [redis.Redis(port=1) for _ in range(count)]
+    clients = [redis.Redis(port=1 + i) for i in range(count)]
     with pytest.raises(ConfigError, match=says):
         Redlock(clients, "x", **kwargs)
+
+
+def test_redlock_refuses_the_same_server_twice(three):
+    a, b = three[0].client(), three[1].client()
+    same_as_a = redis.Redis(host="localhost", port=three[0].port, password=three[0].password, db=1)
+    with pytest.raises(ConfigError, match=rf"clients 0 and 2 are the same server \(127\.0\.0\.1:{three[0].port}\)"):
+        Redlock([a, b, same_as_a], "x")
+
+
+# --- on a cluster: one 3-primary cluster for the whole module ----------------------------------------
+@pytest.fixture(scope="module")
+def rc():
+    """A RedisCluster client of a throwaway 3-primary cluster (no replicas: the patterns, not failover)."""
+    with cluster(primaries=3, replicas=0) as topo:
+        client = topo.client()
+        yield client
+        client.close()
+
+
+def test_on_a_cluster_a_lock_excludes_fences_extends_and_releases(rc):
+    prefix = f"lab:cluster:{uuid.uuid4().hex[:8]}"
+    first, second = Lock(rc, "job", prefix=prefix), Lock(rc, "job", prefix=prefix, blocking_timeout=0)
+    assert rc.keyslot(first.key) == rc.keyslot(first.fence_key)  # the acquire script's two keys: one slot
+    assert first.acquire() and not second.acquire()
+    first.extend(60_000)
+    assert rc.pttl(first.key) > 50_000 and first.owned()
+    first.release()
+    with second:
+        assert second.fence == first.fence + 1
+    names = [f"job-{i}" for i in range(30)]
+    for name in names:  # locks of many names spread over the primaries
+        with Lock(rc, name, prefix=prefix):
+            pass
+    assert len({rc.get_node_from_key(Lock(rc, n, prefix=prefix).key).name for n in names}) == 3
+
+
+def test_on_a_cluster_the_fenced_store_refuses_only_older_tokens(rc):
+    store = FencedStore(rc, "doc", prefix=f"lab:cluster:{uuid.uuid4().hex[:8]}")
+    assert rc.keyslot(store.key) == rc.keyslot(store.highest_key)
+    assert store.write(5, "a") and store.write(5, "b") and not store.write(4, "c") and store.read() == "b"
+
+
+def test_on_a_cluster_scripts_load_again_after_a_flush(rc):
+    """Registered once per client, a script still runs on a node that lost its script cache (EVALSHA
+    answers NOSCRIPT, the script is sent again)."""
+    lock = Lock(rc, "flushed", prefix=f"lab:cluster:{uuid.uuid4().hex[:8]}")
+    assert lock.acquire()
+    rc.execute_command("SCRIPT", "FLUSH", target_nodes=RedisCluster.PRIMARIES)
+    lock.release()
+    assert lock.acquire() and scripts.register(rc, "locks/acquire") is lock._acquire
+    lock.release()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import labkit
 from labkit.ratelimit import ALGORITHMS, GCRA, FixedWindow, SlidingLog, SlidingWindowCounter, TokenBucket
-from labkit.server import spawn
+from labkit.server import cluster, spawn
 
 WINDOWED = (FixedWindow, SlidingLog, SlidingWindowCounter)
 NOW_MS = 1_795_000_000_137  # an injected server clock: no window boundary or refill can fall mid-test
@@ -69,6 +69,49 @@ def test_bad_input_is_a_clear_error(cls, r):
         limiter.allow("")
 
 
+MINUTE_MS = 1_795_000_020_000  # the start of a clock-aligned minute: 15 s from here stay inside it
+
+
+def both_limits_enforced(r, prefix: str) -> None:
+    """Two fixed windows with different settings for one user, under one prefix: each keeps its own count."""
+    per_second, per_minute = FixedWindow(r, 10, 1, prefix=prefix), FixedWindow(r, 100, 60, prefix=prefix)
+    admitted = {"second": [], "minute": 0}
+    for second in range(15):  # 15 requests in each of 15 seconds, each asked of both limiters
+        now = MINUTE_MS + second * 1000
+        admitted["second"].append(sum(per_second._decide("alice", 1, now).allowed for _ in range(15)))
+        admitted["minute"] += sum(per_minute._decide("alice", 1, now).allowed for _ in range(15))
+    assert admitted["second"] == [10] * 15 and admitted["minute"] == 100
+
+
+def test_a_user_under_10_per_second_and_100_per_minute_gets_both(r, ns):
+    both_limits_enforced(r, ns.key("rl"))
+
+
+def admitted_alone_and_together(r, ns, build):
+    """For the limiters `build(prefix)` makes: what each admits of the same arrivals alone under its own
+    prefix, and together with the others under one prefix."""
+    alone = dict(enumerate(build(None)))
+    together = dict(enumerate(build(ns.key("rl", "shared"))))
+    counts = {"alone": dict.fromkeys(alone, 0), "together": dict.fromkeys(alone, 0)}
+    for step in range(60):
+        now = NOW_MS + step * 50
+        for i in alone:
+            counts["alone"][i] += alone[i]._decide("alice", 1, now).allowed
+            counts["together"][i] += together[i]._decide("alice", 1, now).allowed
+    return counts["alone"], counts["together"]
+
+
+@pytest.mark.parametrize("cls", ALGORITHMS)
+def test_limiters_with_other_settings_on_one_prefix_keep_separate_state(cls, r, ns):
+    def build(prefix):
+        settings = [(5, 1.0), (8, 2.0), (5, 2.0)]  # another limit, another period, both
+        return [make(cls, r, prefix or ns.key("rl", f"alone-{i}"), limit=limit, per=per)
+                for i, (limit, per) in enumerate(settings)]
+
+    alone, together = admitted_alone_and_together(r, ns, build)
+    assert together == alone
+
+
 @pytest.mark.parametrize("cls", ALGORITHMS)
 def test_one_round_trip_per_decision(cls):
     with spawn(modules=False) as srv:
@@ -79,6 +122,32 @@ def test_one_round_trip_per_decision(cls):
         for _ in range(10):
             limiter.allow("k")
         assert r.info("stats")["total_reads_processed"] - before - 1 == 10
+
+
+# --- on a cluster: one 3-primary cluster for the whole module ----------------------------------------
+@pytest.fixture(scope="module")
+def rc():
+    """A RedisCluster client of a throwaway 3-primary cluster (no replicas: the patterns, not failover)."""
+    with cluster(primaries=3, replicas=0) as topo:
+        client = topo.client()
+        yield client
+        client.close()
+
+
+@pytest.mark.parametrize("cls", ALGORITHMS)
+def test_on_a_cluster_each_user_is_one_slot_and_users_spread_over_the_primaries(cls, rc):
+    limiter = make(cls, rc, f"lab:cluster:{uuid.uuid4().hex[:8]}")
+    assert [at_now(limiter, "alice").allowed for _ in range(7)] == [True] * 5 + [False] * 2
+    assert at_now(limiter, "bob").allowed and at_now(limiter, "alice", cost=1).retry_after > 0
+    assert len({rc.keyslot(k) for k in limiter.keys("alice")}) == 1  # a multi-key script: one slot
+    users = [f"user-{i}" for i in range(30)]
+    assert all(at_now(limiter, u).allowed for u in users)
+    assert len({rc.get_node_from_key(limiter.keys(u)[0]).name for u in users}) == 3
+    assert all(rc.exists(limiter.keys(u)[0]) for u in users)
+
+
+def test_on_a_cluster_a_user_under_10_per_second_and_100_per_minute_gets_both(rc):
+    both_limits_enforced(rc, f"lab:cluster:{uuid.uuid4().hex[:8]}")
 
 
 # --- reference models: the same algorithms in plain Python, fed the same clock ------------------------

@@ -36,6 +36,27 @@ def test_every_script_states_its_keys_argv_and_return(name):
             assert re.search(rf"^-- {table}\s+none", header, re.M), f"{name}: say '-- {table}  none'"
 
 
+KEYLESS = {"TIME"}  # commands that take no key
+CALL = re.compile(r"redis\.p?call\(\s*'(\w+)'\s*(?:,\s*([^,)]+))?")
+
+
+def keys_not_from_keys(body: str) -> list[str]:
+    """The first arguments of `redis.call`s on keys that are not `KEYS[n]` as given (a key built inside
+    the script, or a literal: on a cluster it may live in another slot)."""
+    return [f"{command} {first}" for command, first in CALL.findall(body)
+            if command.upper() not in KEYLESS and not re.fullmatch(r"KEYS\[\d+\]", (first or "").strip())]
+
+
+@pytest.mark.parametrize("name", scripts.names())
+def test_every_key_a_script_touches_is_passed_in_keys(name):
+    assert keys_not_from_keys(scripts.source(name)) == [], f"{name}: pass every key in KEYS, with a hash tag"
+
+
+def test_the_keys_check_catches_a_key_built_in_the_script():
+    body = "redis.call('INCR', KEYS[1] .. ':seq')\nredis.call('GET', 'counter')\nredis.call('TIME')"
+    assert keys_not_from_keys(body) == ["INCR KEYS[1] .. ':seq'", "GET 'counter'"]
+
+
 def test_the_header_check_catches_an_unstated_argument():
     header = "-- KEYS[1]  a key\n-- ARGV[1]  a number\n-- Returns  1"
     body = "return redis.call('SET', KEYS[1], ARGV[2])"

@@ -77,6 +77,37 @@ def test_pause_freezes_and_resume_thaws():
         assert srv.client().ping()
 
 
+def test_server_client_and_connect_state_one_policy():
+    """Both state the same timeouts and retries (redis-py's own defaults differ: `Redis(host=)` retries 10
+    times, `from_url` none), so a lesson cell behaves the same with either."""
+    with spawn(modules=False) as srv:
+        for client in (srv.client(), labkit.connect(srv.url)):
+            kwargs = client.connection_pool.connection_kwargs
+            assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (5.0, 3.0)
+            assert kwargs["retry"].get_retries() == 0
+
+
+def test_a_paused_server_makes_either_client_raise_after_one_timeout():
+    """SIGSTOP: with a 0.3 s timeout and no retry, a command fails after about 0.3 s (a client retrying 10
+    times would take 3.3 s at least). Bounded far above one timeout, far below eleven."""
+    with spawn(modules=False) as srv:
+        clients = {"Server.client()": srv.client(socket_timeout=0.3), "connect()": labkit.connect(srv.url,
+                                                                                                  socket_timeout=0.3)}
+        srv.pause()
+        try:
+            for name, client in clients.items():
+                started = time.monotonic()
+                with pytest.raises(redis.TimeoutError):
+                    client.ping()
+                assert time.monotonic() - started < 3.0, name
+            started = time.monotonic()
+            with pytest.raises(redis.TimeoutError):
+                srv.info()  # a probe: short timeout, no retry
+            assert time.monotonic() - started < 3.0
+        finally:
+            srv.resume()
+
+
 def test_kill_then_restart_keeps_data_with_aof():
     with spawn(modules=False, appendonly="yes", appendfsync="always") as srv:
         srv.client().set("survivor", "yes")

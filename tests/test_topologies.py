@@ -1,6 +1,9 @@
 """Replication, Sentinel, Cluster and independent nodes, as real processes, with real failovers."""
 
+import time
+
 import pytest
+import redis
 
 import labkit
 from labkit.server import cluster, nodes, replicated, sentinel
@@ -39,6 +42,53 @@ def test_cluster_serves_keys_and_fails_over_after_a_kill():
         wait_until(lambda: topo.primary_for("key7") is not victim, 30, "a replica to take over")
         topo.wait_healthy()
         assert topo.client().get("key7") == "7"
+
+
+# A helper that probes a paused member answers within about a second (the probe's timeout, once); a
+# default client would wait 11 attempts x 5 s. The bound is far from both.
+ANSWERS_WITHIN_S = 8.0
+
+
+def timed(call):
+    """(what `call()` returned or raised, seconds it took)."""
+    started = time.monotonic()
+    try:
+        outcome = call()
+    except Exception as err:  # the outcome is the error
+        outcome = err
+    return outcome, time.monotonic() - started
+
+
+def test_cluster_helpers_answer_within_seconds_with_a_member_paused():
+    with cluster(primaries=3, replicas=1, node_timeout_ms=60_000) as topo:  # no failover during the test
+        owner = topo.primary_for("key7")
+        replica = next(n for n in topo.replicas if n is not owner)
+        replica.pause()
+        try:
+            found, took = timed(lambda: topo.primary_for("key7"))
+            assert found is owner and took < ANSWERS_WITHIN_S
+            health, took = timed(lambda: topo.wait_healthy(timeout=1))
+            assert isinstance(health, labkit.ServerUnavailable) and took < ANSWERS_WITHIN_S
+            info, took = timed(replica.info)
+            assert isinstance(info, redis.TimeoutError) and took < ANSWERS_WITHIN_S
+            owner.pause()
+            found, took = timed(lambda: topo.primary_for("key7"))
+            assert isinstance(found, labkit.ServerUnavailable) and took < ANSWERS_WITHIN_S
+        finally:
+            owner.resume()
+            replica.resume()
+
+
+def test_sentinel_helpers_answer_within_seconds_with_a_sentinel_paused():
+    with sentinel(replicas=1, sentinels=3, down_after_ms=60_000) as topo:  # no failover during the test
+        topo.sentinels[0].pause()
+        try:
+            address, took = timed(topo.master_address)
+            assert address == ("127.0.0.1", topo.primary.port) and took < ANSWERS_WITHIN_S
+            promoted, took = timed(lambda: topo.wait_for_new_primary(topo.primary, timeout=1))
+            assert isinstance(promoted, labkit.ServerUnavailable) and took < ANSWERS_WITHIN_S
+        finally:
+            topo.sentinels[0].resume()
 
 
 def test_nodes_are_independent():

@@ -22,7 +22,8 @@ def _hit_calls(r: redis.Redis, server: Server) -> dict[str, Callable[[], object]
     from labkit.cache import cached
 
     r.set("raw", json.dumps({"id": 1, "name": "widget"}))
-    labkit_hit = cached(r, prefix="bench", ttl=600, strategy="xfetch")(lambda pid: {"id": pid, "name": "widget"})
+    labkit_hit = cached(r, prefix="bench", ttl=600, strategy="xfetch", name="widget")(
+        lambda pid: {"id": pid, "name": "widget"})
     region = make_region().configure("dogpile.cache.redis", expiration_time=600, arguments={
         "host": server.host, "port": server.port, "password": server.password, "redis_expiration_time": 600})
     dogpile_hit = region.cache_on_arguments()(lambda pid: {"id": pid, "name": "widget"})

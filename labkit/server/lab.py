@@ -13,6 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from labkit.clients import options, probe_options
 from labkit.errors import ConfigError, ServerUnavailable
 from labkit.server.process import HOST, Server, mask, ping_raw
 
@@ -69,11 +70,23 @@ def start(engine: str | None = None) -> dict[str, Any]:
     return state
 
 
+def _is_ours(state: dict[str, Any]) -> bool:
+    """Whether the recorded pid is the recorded lab server: the server on the recorded port takes the
+    recorded password and says that it is that process (a pid or a port can be reused by another)."""
+    try:
+        with redis.Redis(host=HOST, port=state["port"], password=state["password"], **probe_options()) as probe:
+            info = probe.info("server")
+    except (redis.RedisError, OSError, KeyError):
+        return False
+    return info.get("process_id") == state.get("pid")
+
+
 def stop() -> bool:
-    """Stop the recorded lab server; True if one was running."""
+    """Stop the recorded lab server; True if one was running. Signals the recorded pid only once the server
+    on the recorded port proves to be that process; a stale record is removed and nothing signalled."""
     state = read_state()
     _state_file().unlink(missing_ok=True)
-    if not _alive(state):
+    if not _alive(state) or not _is_ours(state):
         return False
     try:
         os.kill(state["pid"], signal.SIGTERM)
@@ -94,9 +107,10 @@ def status() -> dict[str, Any]:
 
 
 def client_for(url: str, **kwargs: Any) -> redis.Redis:
-    """A checked client for `url`: one clear error naming the (masked) URL if it cannot be used."""
-    kwargs.setdefault("decode_responses", True)
-    kwargs.setdefault("socket_connect_timeout", 3)
+    """A checked client for `url`: `decode_responses=True` and the timeouts and retry policy of
+    `labkit.clients.options()` unless overridden; one clear error naming the (masked) URL if it cannot be
+    used."""
+    kwargs = options() | {"decode_responses": True} | kwargs
     try:
         r = redis.Redis.from_url(url, **kwargs)
         probe = redis.Redis.from_url(url, **kwargs | {"retry": Retry(NoBackoff(), 0)})

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from labkit.clients import options, probe_options
 from labkit.errors import ServerUnavailable
 from labkit.server.binaries import Engine, find_engine, module_paths
 
@@ -116,6 +117,7 @@ class Server:
         self.module_error: str | None = None
         self.proc: subprocess.Popen | None = None
         self._pid: int | None = None
+        self._probe: redis.Redis | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -251,18 +253,31 @@ class Server:
             self._terminate()
         if self.proc and self.proc.stderr:
             self.proc.stderr.close()
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
         _RUNNING.discard(self)
         if self._owns_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- clients -----------------------------------------------------------------------------
     def client(self, **kwargs: Any) -> redis.Redis:
-        """A `redis.Redis` for this server (`decode_responses=True` unless overridden)."""
-        kwargs.setdefault("decode_responses", True)
-        return redis.Redis(host=self.host, port=self.port, password=self.password, **kwargs)
+        """A `redis.Redis` for this server: `decode_responses=True` and the timeouts and retry policy of
+        `labkit.clients.options()` (5 s, 3 s to connect, no retry), each unless overridden; `connect()`
+        states the same, so a cell behaves alike with either."""
+        return redis.Redis(host=self.host, port=self.port, password=self.password,
+                           **(options() | {"decode_responses": True} | kwargs))
+
+    def probe(self) -> redis.Redis:
+        """This server's probe client (made once): short timeouts and no retry, so asking a paused or dead
+        server raises within about a second. Topology helpers ask their members through it."""
+        if self._probe is None:
+            self._probe = self.client(**probe_options())
+        return self._probe
 
     def info(self, section: str = "server") -> dict[str, Any]:
-        return self.client().info(section)
+        """INFO `section`, asked through the probe (a paused server raises `redis.TimeoutError` quickly)."""
+        return self.probe().info(section)
 
     def __enter__(self) -> Server:
         return self if self.is_running() else self.start()

@@ -2,7 +2,9 @@
 
 Each is started on creation, is a context manager, and stops every member on exit even when the body
 raises. Failure timers default to 1000 ms so a lesson sees a failover in seconds; production defaults
-are much longer (Sentinel down-after-milliseconds 30000, cluster-node-timeout 15000).
+are much longer (Sentinel down-after-milliseconds 30000, cluster-node-timeout 15000). The helpers ask
+members through each server's probe client (short timeouts, no retry), so a paused member costs them
+about a second, never a hang.
 """
 
 from __future__ import annotations
@@ -12,13 +14,18 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from labkit.clients import options, probe_options
 from labkit.errors import ConfigError, ServerUnavailable
 from labkit.server.process import HOST, Server
 
 CLUSTER_SLOTS = 16384
+CLUSTER_RETRIES = 3  # a cluster client's retries after a connection error (redis-py's default: 10)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.02) -> None:
@@ -78,7 +85,7 @@ FAST_SYNC = {"repl-diskless-sync-delay": 0}
 
 
 def _link_up(replica: Server) -> bool:
-    return replica.client().info("replication").get("master_link_status") == "up"
+    return replica.probe().info("replication").get("master_link_status") == "up"
 
 
 class Replicated(Topology):
@@ -145,36 +152,50 @@ class SentinelTopology(Replicated):
 
     def _all_sentinels_see_everyone(self) -> bool:
         for sentinel in self.sentinels:
-            state = sentinel.client().sentinel_master(self.master_name)
+            state = sentinel.probe().sentinel_master(self.master_name)
             if state["num-other-sentinels"] != len(self.sentinels) - 1 or state["num-slaves"] != len(self.replicas):
                 return False
         return True
 
     def sentinel_client(self, **kwargs: Any) -> Sentinel:
-        """A redis-py `Sentinel` that knows every sentinel and the data password."""
-        kwargs.setdefault("decode_responses", True)
+        """A redis-py `Sentinel` that knows every sentinel and the data password; it asks sentinels with
+        probe timeouts and no retry, and its data clients use `labkit.clients.options()` unless overridden."""
         return Sentinel(
             [(s.host, s.port) for s in self.sentinels],
-            sentinel_kwargs={"password": self.primary.password},
+            sentinel_kwargs={"password": self.primary.password, **probe_options()},
             password=self.primary.password,
-            **kwargs,
+            **(options() | {"decode_responses": True} | kwargs),
         )
 
+    def _reported_ports(self) -> list[int]:
+        """The primary's port as each sentinel that answers reports it (a paused one is skipped)."""
+        ports = []
+        for sentinel in self.sentinels:
+            try:
+                ports.append(int(sentinel.probe().sentinel_get_master_addr_by_name(self.master_name)[1]))
+            except (redis.RedisError, OSError):
+                continue
+        return ports
+
     def master_address(self) -> tuple[str, int]:
-        """The primary's address as the sentinels currently report it."""
-        host, port = self.sentinels[0].client().sentinel_get_master_addr_by_name(self.master_name)
-        return host, int(port)
+        """The primary's address as the first sentinel that answers reports it."""
+        for sentinel in self.sentinels:
+            try:
+                host, port = sentinel.probe().sentinel_get_master_addr_by_name(self.master_name)
+            except (redis.RedisError, OSError):
+                continue
+            return host, int(port)
+        raise ServerUnavailable(f"No sentinel of {self.master_name!r} answered: are they all stopped or paused?")
 
     def wait_for_new_primary(self, old: Server, timeout: float = 60) -> Server:
-        """Block until every sentinel reports a primary other than `old` and that server says it is
-        master; return it."""
+        """Block until a majority of the sentinels answer, all of them report a primary other than `old`,
+        and that server says it is master; return it."""
 
         def promoted() -> bool:
-            ports = {s.client().sentinel_get_master_addr_by_name(self.master_name)[1] for s in self.sentinels}
-            if len(ports) != 1 or int(next(iter(ports))) == old.port:
+            ports = self._reported_ports()
+            if len(ports) < self.quorum or len(set(ports)) != 1 or ports[0] == old.port:
                 return False
-            new = self.member(int(next(iter(ports))))
-            return new.client().info("replication")["role"] == "master"
+            return self.member(ports[0]).probe().info("replication")["role"] == "master"
 
         wait_until(promoted, timeout, f"the sentinels to promote a new primary in place of port {old.port}")
         return self.member(self.master_address()[1])
@@ -215,60 +236,73 @@ class Cluster(Topology):
             first = first or node
             (self.primaries if i < primaries else self.replicas).append(node)
         self._assign_slots()
-        for node in self.servers[1:]:
-            first.client().cluster("meet", HOST, node.port)
+        with first.client() as admin:  # setting up, not probing: the ordinary timeouts
+            for node in self.servers[1:]:
+                admin.cluster("meet", HOST, node.port)
         total = len(self.servers)
         wait_until(lambda: all(len(_cluster_nodes(n)) == total for n in self.servers), 30, "every node to meet")
         for i, replica in enumerate(self.replicas):
-            primary_id = self.node_id(self.primaries[i % primaries])
-            wait_until(lambda r=replica, p=primary_id: r.client().cluster("replicate", p), 15, "CLUSTER REPLICATE")
+            primary = self.primaries[i % primaries]
+            wait_until(lambda r=replica, p=primary: r.probe().cluster("replicate", self.node_id(p)), 15,
+                       "CLUSTER REPLICATE")
         wait_until(self._healthy, 60, "cluster_state:ok on every node")
 
     def _assign_slots(self) -> None:
         count = len(self.primaries)
         for i, node in enumerate(self.primaries):
             first, last = i * CLUSTER_SLOTS // count, (i + 1) * CLUSTER_SLOTS // count - 1
-            node.client().execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+            with node.client() as admin:
+                admin.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
 
     def _healthy(self) -> bool:
         live = [n for n in self.servers if n.is_running()]
-        if not all(n.client().cluster("info")["cluster_state"] == "ok" for n in live):
+        if not all(n.probe().cluster("info")["cluster_state"] == "ok" for n in live):
             return False
-        return all(_link_up(n) for n in live if n.client().info("replication")["role"] == "slave")
+        return all(_link_up(n) for n in live if n.probe().info("replication")["role"] == "slave")
 
     @staticmethod
     def node_id(node: Server) -> str:
-        return node.client().execute_command("CLUSTER", "MYID")
+        return node.probe().execute_command("CLUSTER", "MYID")
 
     def wait_healthy(self, timeout: float = 60) -> None:
         """Block until every running node reports cluster_state:ok and replicas are linked."""
         wait_until(self._healthy, timeout, "cluster_state:ok on every node")
 
     def client(self, **kwargs: Any) -> RedisCluster:
-        """A cluster-aware client seeded with every node."""
+        """A cluster-aware client seeded with every node: `decode_responses=True`, the timeouts of
+        `labkit.clients.options()`, and 3 retries (backoff from 10 ms, at most 1 s) after a connection
+        error, refreshing the slot map meanwhile (a failover moves slots); each unless overridden."""
         from redis.cluster import ClusterNode
 
-        kwargs.setdefault("decode_responses", True)
+        stated = options()
+        retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=1.0), CLUSTER_RETRIES)
+        defaults = {"decode_responses": True, "retry": retry} | {k: stated[k] for k in stated if k != "retry"}
         seeds = [ClusterNode(n.host, n.port) for n in self.servers if n.is_running()]
-        return RedisCluster(startup_nodes=seeds, password=self.servers[0].password, **kwargs)
+        return RedisCluster(startup_nodes=seeds, password=self.servers[0].password, **(defaults | kwargs))
 
     def primary_for(self, key: str) -> Server:
-        """The node that currently serves `key`'s slot as a primary."""
-        live = [n for n in self.servers if n.is_running()]
-        slot = live[0].client().cluster("keyslot", key)
-        for node in live:
-            is_primary = node.client().info("replication")["role"] == "master"
-            if is_primary and any(lo <= slot <= hi for lo, hi in _own_slots(node)):
-                return node
-        raise ServerUnavailable(f"No running primary serves slot {slot}.")
+        """The node that currently serves `key`'s slot as a primary (a member that does not answer its
+        probe, paused or dying, is passed over)."""
+        slot = key_slot(key.encode())
+        for node in (n for n in self.servers if n.is_running()):
+            try:
+                if node.probe().info("replication")["role"] == "master" and _serves(node, slot):
+                    return node
+            except (redis.RedisError, OSError):
+                continue
+        raise ServerUnavailable(f"No running primary that answers serves slot {slot} (key {key!r}).")
 
 
 def _cluster_nodes(node: Server) -> dict:
-    return node.client().cluster("nodes")
+    return node.probe().cluster("nodes")
+
+
+def _serves(node: Server, slot: int) -> bool:
+    return any(lo <= slot <= hi for lo, hi in _own_slots(node))
 
 
 def _own_slots(node: Server) -> list[tuple[int, int]]:
-    line = next(ln for ln in node.client().execute_command("CLUSTER", "NODES").splitlines() if "myself" in ln)
+    line = next(ln for ln in node.probe().execute_command("CLUSTER", "NODES").splitlines() if "myself" in ln)
     ranges = []
     for part in line.split()[8:]:
         if part.startswith("["):
