@@ -59,13 +59,27 @@ class LiveMonitor:
         self.view = w.VBox([self.label, self.plot])
 
     def run(self, workload: Workload | None = None) -> MonitorResult:
-        """Show the live view, run `workload(stop_event)` in a thread, return when `duration` is over."""
+        """Show the live view, run `workload(stop_event)` in a thread, return when `duration` is over.
+
+        If sampling or drawing fails, the workload is stopped (and waited for) before the error reaches
+        the cell; an error of the workload itself is raised once the monitor ends."""
         display(self.view)
         stop, errors = threading.Event(), []
         worker = None
         if workload:
             worker = threading.Thread(target=_capture_errors, args=(workload, stop, errors), daemon=True)
             worker.start()
+        try:
+            self._sample_until_done()
+        finally:
+            stop.set()
+            if worker:
+                worker.join()
+        if errors:
+            raise errors[0]
+        return self._finish()
+
+    def _sample_until_done(self) -> None:
         started = time.monotonic()
         next_sample = started
         while (now := time.monotonic()) - started < self.duration:
@@ -73,12 +87,6 @@ class LiveMonitor:
             self._redraw(now)
             next_sample = max(next_sample + self.interval, time.monotonic())
             time.sleep(max(0.0, min(next_sample, started + self.duration) - time.monotonic()))
-        stop.set()
-        if worker:
-            worker.join()
-        if errors:
-            raise errors[0]
-        return self._finish()
 
     def _record(self, t: float, sample: Sample) -> None:
         self.result.times.append(round(t, 3))

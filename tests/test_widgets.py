@@ -1,5 +1,6 @@
 """Widgets run headless: bounded in time, ending with a figure and a one-line summary."""
 
+import threading
 import time
 
 import pytest
@@ -76,3 +77,23 @@ def test_lag_monitor_sees_lag_grow_and_drain(r, ns, capsys, label_only):
     result = monitor.run(workload)
     assert result.peak("lag") == 5 and result.series["lag"][-1] == 0 and result.series["pending c1"][-1] == 0
     assert result.summary.startswith("consumer group lag: lag 0 (peak 5)") and result.summary in capsys.readouterr().out
+
+
+def test_a_failing_sample_stops_the_workload():
+    calls, threads = [], []
+
+    def sample():
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("INFO failed")
+        return {"x": 1.0}
+
+    def workload(stop):
+        threads.append(threading.current_thread())
+        give_up = time.monotonic() + 30  # so that a broken monitor cannot leave it running for ever
+        while not stop.is_set() and time.monotonic() < give_up:
+            time.sleep(0.005)
+
+    with pytest.raises(RuntimeError, match="INFO failed"):
+        LiveMonitor(sample, duration=10, interval=0.01).run(workload)
+    assert threads and eventually(lambda: not threads[0].is_alive(), timeout=5)
