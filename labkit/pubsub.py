@@ -43,10 +43,14 @@ def named_client(r: redis.Redis, name: str, *, retry: bool = True) -> redis.Redi
 
 
 def backoff_delays(base: float = 0.05, cap: float = 2.0, rng: random.Random | None = None) -> Iterator[float]:
-    """Exponential backoff with full jitter: a random delay in [0, min(cap, base * 2**attempt)]."""
-    if base <= 0 or cap < base:
-        raise ConfigError(f"backoff needs 0 < base <= cap, got base={base}, cap={cap}.")
-    rng = rng or random.Random()
+    """Exponential backoff with full jitter: a random delay in [0, min(cap, base * 2**attempt)]. The
+    arguments are checked at once, not at the first delay."""
+    validate.number(base, "base (seconds)", low=0, low_open=True)
+    validate.number(cap, f"cap (seconds, at least base={base})", low=base)
+    return _delays(base, cap, rng or random.Random())
+
+
+def _delays(base: float, cap: float, rng: random.Random) -> Iterator[float]:
     attempt = 0
     while True:
         yield rng.uniform(0, min(cap, base * 2**attempt))
@@ -274,10 +278,13 @@ class PresenceFeed:
 
     def __init__(self, r: redis.Redis, room: str, *, prefix: str = "lab:presence") -> None:
         self.r = r
+        validate.name(room, "room")
+        validate.prefix(prefix)
         self.members_key = f"{prefix}:{room}:online"
         self.channel = f"{prefix}:{room}:events"
 
     def _change(self, action: str, user: str) -> None:
+        validate.name(user, "user")
         pipe = self.r.pipeline(transaction=True)
         if action == "join":
             pipe.zadd(self.members_key, {user: time.time()})
@@ -310,6 +317,12 @@ async def listen(url: str, channel: str, handler: Callable[[str], Awaitable[None
     Calls `on_connect()` after each (re)subscription and `handler(data)` for each message; closes its
     connection on the way out, also when cancelled. Returns the number of reconnections it made.
     """
+    validate.name(url, "url (redis://host:port)")
+    validate.name(channel, "channel")
+    for what, callback in (("handler", handler), ("on_connect", on_connect)):
+        if (callback is not None or what == "handler") and not callable(callback):
+            raise ConfigError(f"{what} must be callable, got {callback!r}.")
+    backoff_delays(base, cap)  # checks them now
     reconnections, delays = -1, backoff_delays(base, cap)
     while not stop.is_set():
         client = redis.asyncio.Redis.from_url(url, decode_responses=True, retry=Retry(NoBackoff(), 0))

@@ -171,7 +171,7 @@ class SessionStore:
 
 def _valid(session_id: object) -> bool:
     if not isinstance(session_id, str) or not session_id:
-        raise ConfigError(f"A session id is a non-empty string, got {session_id!r}.")
+        raise ConfigError(f"session_id must be a non-empty string (the id create() returned), got {session_id!r}.")
     return bool(_ID.match(session_id))
 
 

@@ -33,6 +33,9 @@ def ensure_group(r: redis.Redis, stream: str, group: str, start: str = "0", *, m
 
     An existing group is not an error; anything else is, with what to do about it.
     """
+    validate.name(stream, "stream")
+    validate.name(group, "group")
+    validate.name(start, "start (an entry id, '0' for the beginning or '$' for new entries only)")
     try:
         r.xgroup_create(stream, group, id=start, mkstream=mkstream)
         return True
@@ -226,6 +229,10 @@ class Worker:
 
         Returns the number handled. With neither, runs until the process is stopped.
         """
+        if max_messages is not None:
+            validate.integer(max_messages, "max_messages (or None for no limit)")
+        if until is not None and not isinstance(until, threading.Event) and not callable(until):
+            raise ConfigError(f"until must be a threading.Event or a function returning True to stop, got {until!r}.")
         stop = until.is_set if isinstance(until, threading.Event) else until
         handled = 0
         while (max_messages is None or handled < max_messages) and not (stop and stop()):

@@ -123,8 +123,8 @@ def _field_spec(name: object, spec: object) -> list[str]:
     """A field's type and options as FT.CREATE wants them: "TAG" or ("TAG", "CASESENSITIVE", ...)."""
     parts = [spec] if isinstance(spec, str) else list(spec) if isinstance(spec, (tuple, list)) else []
     if not isinstance(name, str) or not name or not parts or str(parts[0]).upper() not in FIELD_TYPES:
-        raise ConfigError(f"Field types must be among {FIELD_TYPES} (optionally a tuple with options, "
-                          f"('TAG', 'CASESENSITIVE')), got {name!r}: {spec!r}.")
+        raise ConfigError(f"fields maps non-empty field names to types among {FIELD_TYPES} (Field types may come "
+                          f"with options, ('TAG', 'CASESENSITIVE')), got {name!r}: {spec!r}.")
     return [str(parts[0]).upper(), *map(str, parts[1:])]
 
 
@@ -204,6 +204,7 @@ def _raise_for(err: redis.ResponseError, index: str) -> None:
 
 def wait_indexed(r: redis.Redis, name: str, timeout: float = 60) -> float:
     """Wait until the index has caught up with existing documents; seconds waited."""
+    validate.seconds(timeout, "timeout")
     started = time.monotonic()
     while int(index_info(r, name).get("indexing", 0)) and time.monotonic() - started < timeout:
         time.sleep(0.01)
