@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from numbers import Integral
 
 import redis
 
@@ -20,7 +21,7 @@ def key(*parts: str | int) -> str:
     may not be empty or contain ':'."""
     if not parts:
         raise ConfigError("key() needs at least one part.")
-    bad = [p for p in parts if isinstance(p, bool) or not isinstance(p, (str, int)) or not str(p) or SEP in str(p)]
+    bad = [p for p in parts if isinstance(p, bool) or not isinstance(p, (str, Integral)) or not str(p) or SEP in str(p)]
     if bad:
         raise ConfigError(f"Key parts are non-empty strings or integers and contain no ':', got {bad[0]!r} "
                           f"in {parts!r}.")
