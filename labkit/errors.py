@@ -17,6 +17,10 @@ class MissingModule(LabkitError, RuntimeError):
     """A server module (search, JSON) a lesson needs is not loaded."""
 
 
+class SearchTimeout(LabkitError, TimeoutError):
+    """A search query ran out of time and the server answered with an error instead of results."""
+
+
 class DockerUnavailable(LabkitError, RuntimeError):
     """The optional Docker path was asked for but cannot work here."""
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from numbers import Integral
 
 import redis
 
+from labkit import validate
 from labkit.clients import text
 from labkit.errors import ConfigError
 
@@ -14,14 +16,16 @@ SEP = ":"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
-def key(*parts: object) -> str:
-    """Join parts with ':' (`key("user", 42, "name") == "user:42:name"`); parts may not contain ':'."""
+def key(*parts: str | int) -> str:
+    """Join parts with ':' (`key("user", 42, "name") == "user:42:name"`); parts are strings or integers, and
+    may not be empty or contain ':'."""
     if not parts:
         raise ConfigError("key() needs at least one part.")
-    text = [str(p) for p in parts]
-    if any(not p or SEP in p for p in text):
-        raise ConfigError(f"Key parts must be non-empty and contain no ':', got {text!r}.")
-    return SEP.join(text)
+    bad = [p for p in parts if isinstance(p, bool) or not isinstance(p, (str, Integral)) or not str(p) or SEP in str(p)]
+    if bad:
+        raise ConfigError(f"Key parts are non-empty strings or integers and contain no ':', got {bad[0]!r} "
+                          f"in {parts!r}.")
+    return SEP.join(map(str, parts))
 
 
 class Namespace:
@@ -35,7 +39,7 @@ class Namespace:
     """
 
     def __init__(self, name: str) -> None:
-        if not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(f"Namespace names are lowercase letters, digits, '_' and '-', got {name!r}.")
         self.name = name
         self.prefix = f"{ROOT}{SEP}{name}{SEP}"
@@ -51,6 +55,7 @@ class Namespace:
 
     def keys(self, r: redis.Redis, count: int = 1000) -> list[str]:
         """This namespace's keys (SCAN, never KEYS)."""
+        validate.integer(count, "count")
         return [text(k) for k in r.scan_iter(match=self.pattern, count=count)]
 
     def cleanup(self, r: redis.Redis) -> int:
@@ -63,6 +68,8 @@ class Namespace:
 
 def scan_unlink(r: redis.Redis, pattern: str, batch: int = 500) -> int:
     """UNLINK every key matching `pattern`, in batches, without blocking the server; return the count."""
+    validate.name(pattern, "pattern")
+    validate.integer(batch, "batch")
     deleted, chunk = 0, []
     for k in r.scan_iter(match=pattern, count=batch):
         chunk.append(k)

@@ -12,19 +12,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any
 
 import redis
 import redis.asyncio
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.retry import Retry
 
+from labkit import validate
 from labkit.clients import derive, text
 from labkit.errors import ConfigError, ServerUnavailable
 
 Message = tuple[float, str, str]  # (monotonic time received, channel, data)
+SUBSCRIBED = ("subscribe", "psubscribe", "ssubscribe")  # the replies that confirm a subscription
+DELIVERED = ("message", "pmessage", "smessage")  # the replies that carry a published message
 
 
 def named_client(r: redis.Redis, name: str, *, retry: bool = True) -> redis.Redis:
@@ -36,10 +43,14 @@ def named_client(r: redis.Redis, name: str, *, retry: bool = True) -> redis.Redi
 
 
 def backoff_delays(base: float = 0.05, cap: float = 2.0, rng: random.Random | None = None) -> Iterator[float]:
-    """Exponential backoff with full jitter: a random delay in [0, min(cap, base * 2**attempt)]."""
-    if base <= 0 or cap < base:
-        raise ConfigError(f"backoff needs 0 < base <= cap, got base={base}, cap={cap}.")
-    rng = rng or random.Random()
+    """Exponential backoff with full jitter: a random delay in [0, min(cap, base * 2**attempt)]. The
+    arguments are checked at once, not at the first delay."""
+    validate.number(base, "base (seconds)", low=0, low_open=True)
+    validate.number(cap, f"cap (seconds, at least base={base})", low=base)
+    return _delays(base, cap, rng or random.Random())
+
+
+def _delays(base: float, cap: float, rng: random.Random) -> Iterator[float]:
     attempt = 0
     while True:
         yield rng.uniform(0, min(cap, base * 2**attempt))
@@ -49,9 +60,13 @@ def backoff_delays(base: float = 0.05, cap: float = 2.0, rng: random.Random | No
 class Subscriber:
     """A subscriber in a background thread that records every message, and every disconnect.
 
-    On a lost connection it reconnects with backoff (unless `reconnect=False`), subscribes again and calls
-    `on_connect(client)`, the place to resynchronise state that pub/sub cannot replay. `close()` (or the
-    end of a `with` block) unsubscribes, stops the thread and closes the connection.
+    Listens to `channels`, `patterns` and `shard_channels` (SSUBSCRIBE; on a `RedisCluster` client each
+    shard channel is read from the node that owns its slot). On a lost connection it reconnects with
+    backoff (unless `reconnect=False`), subscribes again and calls `on_connect(client)`, the place to
+    resynchronise state that pub/sub cannot replay. A callback that raises does not stop it: the error is
+    kept in `errors` (the latest ten). Its connections are named `name`, by default
+    `labkit-subscriber-<random>`, so that killing one subscriber by name never reaches another. `close()`
+    (or the end of a `with` block) unsubscribes, stops the thread and closes the connections.
 
     Example:
         >>> with Subscriber(r, "news") as sub:
@@ -61,83 +76,149 @@ class Subscriber:
         ['hello']
     """
 
-    def __init__(self, r: redis.Redis, *channels: str, patterns: Iterable[str] = (),
-                 on_connect: Callable[[redis.Redis], None] | None = None,
-                 on_message: Callable[[Message], None] | None = None,
-                 reconnect: bool = True, name: str = "labkit-subscriber") -> None:
-        self.patterns = list(patterns)
-        if not channels and not self.patterns:
-            raise ConfigError("Subscriber needs at least one channel or pattern to listen to.")
-        self.channels, self.name = list(channels), name
+    def __init__(self, r: redis.Redis | RedisCluster, *channels: str, patterns: Iterable[str] = (),
+                 shard_channels: Iterable[str] = (), on_connect: Callable[[redis.Redis], None] | None = None,
+                 on_message: Callable[[Message], None] | None = None, reconnect: bool = True,
+                 name: str | None = None) -> None:
+        self.channels, self.patterns, self.shard_channels = list(channels), list(patterns), list(shard_channels)
+        _check_subscriptions(self.channels, self.patterns, self.shard_channels)
+        for what, callback in (("on_connect", on_connect), ("on_message", on_message)):
+            if callback is not None and not callable(callback):
+                raise ConfigError(f"{what} must be callable, got {callback!r}.")
+        self.name = f"labkit-subscriber-{secrets.token_hex(4)}" if name is None else validate.name(name, "name")
         self.on_connect, self.on_message, self.reconnect = on_connect, on_message, reconnect
-        self.client = named_client(r, name, retry=False)
+        self.r, self.cluster = r, isinstance(r, RedisCluster)
+        self.client = r if self.cluster else named_client(r, self.name, retry=False)
         self.messages: list[Message] = []
         self.disconnects: list[str] = []  # the error of each lost connection
+        self.errors: list[str] = []  # the latest errors raised by on_connect or on_message
         self.connects = 0
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._pubsub: redis.client.PubSub | None = None
+        self._pubsubs: list[redis.client.PubSub] = []
+        self._node_clients: list[redis.Redis] = []  # on a cluster: one named client per node read from
         self._live = False  # subscribed and confirmed
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
         self._ready.wait(10)
         if not self.connects:
             self.close()
-            raise ServerUnavailable(f"Subscriber could not subscribe: {self.disconnects[-1:] or 'no answer in 10 s'}. "
+            why = self.disconnects[-1:] or self.errors[-1:] or "no answer in 10 s"
+            raise ServerUnavailable(f"Subscriber could not subscribe: {why}. "
                                     "Is the server running? `python -m labkit doctor` checks.")
 
+    # -- subscribing ----------------------------------------------------------------------------------
+    def _plan(self) -> list[tuple[redis.Redis, list[str], list[str], list[list[str]]]]:
+        """Per connection: its client, channels, patterns, and shard channels grouped by slot."""
+        if not self.cluster:
+            shards = [self.shard_channels] if self.shard_channels else []
+            return [(self.client, self.channels, self.patterns, shards)]
+        by_node: dict[str, tuple[Any, dict[int, list[str]]]] = {}
+        for channel in self.shard_channels:
+            node = self.r.get_node_from_key(channel)
+            by_node.setdefault(node.name, (node, {}))[1].setdefault(key_slot(channel.encode()), []).append(channel)
+        plan = [(self._node_client(node), [], [], list(slots.values())) for node, slots in by_node.values()]
+        if self.channels or self.patterns:  # classic pub/sub is broadcast over the cluster: any node will do
+            plan.append((self._node_client(self.r.get_default_node()), self.channels, self.patterns, []))
+        return plan
+
+    def _node_client(self, node: Any) -> redis.Redis:
+        client = derive(self.r.get_redis_connection(node), retries=0, decode_responses=True, client_name=self.name)
+        self._node_clients.append(client)
+        return client
+
     def _subscribe(self) -> None:
-        self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        if self.channels:
-            self._pubsub.subscribe(*self.channels)
-        if self.patterns:
-            self._pubsub.psubscribe(*self.patterns)
-        confirmations = len(self.channels) + len(self.patterns)
-        while confirmations:  # wait until the server has registered every subscription
-            reply = self._pubsub.parse_response(block=False, timeout=5)
-            if reply is None:
-                raise ConnectionError("no subscription confirmation within 5 s")
-            confirmations -= 1
+        expected = []
+        for client, channels, patterns, shard_groups in self._plan():
+            pubsub = client.pubsub()
+            self._pubsubs.append(pubsub)
+            if channels:
+                pubsub.subscribe(*channels)
+            if patterns:
+                pubsub.psubscribe(*patterns)
+            for group in shard_groups:  # one slot per SSUBSCRIBE
+                pubsub.ssubscribe(*group)
+            expected.append(len(channels) + len(patterns) + sum(map(len, shard_groups)))
+        for pubsub, count in zip(self._pubsubs, expected, strict=True):
+            self._confirm(pubsub, count)
         self.connects += 1
-        if self.on_connect:
-            self.on_connect(self.client)
+        self._call(self.on_connect, self.client)
         self._live = True
 
+    def _confirm(self, pubsub: redis.client.PubSub, count: int) -> None:
+        """Wait until the server has confirmed `count` subscriptions: only subscription replies count; a
+        message that arrives between two of them is recorded."""
+        deadline = time.monotonic() + 5
+        while count:
+            left = deadline - time.monotonic()
+            reply = pubsub.parse_response(block=False, timeout=left) if left > 0 else None
+            if reply is None:
+                raise ConnectionError("no subscription confirmation within 5 s")
+            message = pubsub.handle_message(reply, ignore_subscribe_messages=False)
+            kind = message["type"] if message else None
+            if kind in SUBSCRIBED:
+                count -= 1
+            elif kind in DELIVERED:
+                self._record(message)
+
+    # -- the listening thread ---------------------------------------------------------------------------
     def _run(self) -> None:
         delays = backoff_delays()
-        while not self._stop.is_set():
-            try:
-                if self._pubsub is None:
-                    self._subscribe()
-                    delays = backoff_delays()
-                    self._ready.set()
-                message = self._pubsub.get_message(timeout=0.05)
-                if message and message["type"] in ("message", "pmessage"):
-                    self._record((time.monotonic(), message["channel"], message["data"]))
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as err:
-                self.disconnects.append(f"{type(err).__name__}: {err}")
-                self._drop()
-                if not self.reconnect or not self.connects:  # the first connection must work at once
-                    self._ready.set()
-                    return
-                self._stop.wait(next(delays))
+        try:
+            while not self._stop.is_set():
+                try:
+                    if not self._pubsubs:
+                        self._subscribe()
+                        delays = backoff_delays()
+                        self._ready.set()
+                    self._poll()
+                except (redis.ConnectionError, redis.TimeoutError, OSError) as err:
+                    self.disconnects.append(f"{type(err).__name__}: {err}")
+                    self._drop()
+                    if not self.reconnect or not self.connects:  # the first connection must work at once
+                        return
+                    self._stop.wait(next(delays))
+        except Exception as err:  # anything else (a refused SUBSCRIBE...) ends the subscriber, visibly
+            self.errors = [*self.errors[-9:], f"{type(err).__name__}: {err}"]
+        finally:
+            self._drop()
+            self._ready.set()
 
-    def _record(self, message: Message) -> None:
-        self.messages.append(message)
-        if self.on_message:
-            self.on_message(message)
+    def _poll(self) -> None:
+        for pubsub in self._pubsubs:
+            message = pubsub.get_message(timeout=0.05 / len(self._pubsubs))
+            if message and message["type"] in DELIVERED:
+                self._record(message)
+
+    def _record(self, message: dict) -> None:
+        entry = (time.monotonic(), text(message["channel"]), text(message["data"]))
+        self.messages.append(entry)
+        self._call(self.on_message, entry)
+
+    def _call(self, callback: Callable | None, *args: Any) -> None:
+        """Run a caller's callback; an error is recorded in `errors`, never allowed to stop the thread."""
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception as err:
+            self.errors = [*self.errors[-9:], f"{type(err).__name__}: {err}"]
 
     def _drop(self) -> None:
         self._live = False
-        if self._pubsub is not None:
+        pubsubs, clients, self._pubsubs, self._node_clients = self._pubsubs, self._node_clients, [], []
+        for pubsub in pubsubs:
             with contextlib.suppress(redis.RedisError, OSError):
-                self._pubsub.close()
-            self._pubsub = None
+                pubsub.close()
+        for client in clients:
+            with contextlib.suppress(redis.RedisError, OSError):
+                client.close()
+                client.connection_pool.disconnect()
 
     @property
     def connected(self) -> bool:
-        """Subscribed, with every subscription confirmed by the server."""
-        return self._live
+        """Subscribed, with every subscription confirmed by the server, and listening."""
+        return self._live and self._thread.is_alive()
 
     def data(self) -> list[str]:
         """The payloads received so far, in order."""
@@ -161,14 +242,23 @@ class Subscriber:
         self._stop.set()
         self._thread.join(timeout=5)
         self._drop()
-        self.client.close()
-        self.client.connection_pool.disconnect()
+        if not self.cluster:
+            self.client.close()
+            self.client.connection_pool.disconnect()
 
     def __enter__(self) -> Subscriber:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_subscriptions(channels: list[str], patterns: list[str], shard_channels: list[str]) -> None:
+    if not channels and not patterns and not shard_channels:
+        raise ConfigError("Subscriber needs at least one channel, pattern or shard channel to listen to.")
+    for what, names in (("channel", channels), ("pattern", patterns), ("shard channel", shard_channels)):
+        for each in names:
+            validate.name(each, what)
 
 
 def subscribed_clients(r: redis.Redis, name_prefix: str = "") -> list[dict]:
@@ -188,10 +278,13 @@ class PresenceFeed:
 
     def __init__(self, r: redis.Redis, room: str, *, prefix: str = "lab:presence") -> None:
         self.r = r
+        validate.name(room, "room")
+        validate.prefix(prefix)
         self.members_key = f"{prefix}:{room}:online"
         self.channel = f"{prefix}:{room}:events"
 
     def _change(self, action: str, user: str) -> None:
+        validate.name(user, "user")
         pipe = self.r.pipeline(transaction=True)
         if action == "join":
             pipe.zadd(self.members_key, {user: time.time()})
@@ -224,6 +317,12 @@ async def listen(url: str, channel: str, handler: Callable[[str], Awaitable[None
     Calls `on_connect()` after each (re)subscription and `handler(data)` for each message; closes its
     connection on the way out, also when cancelled. Returns the number of reconnections it made.
     """
+    validate.name(url, "url (redis://host:port)")
+    validate.name(channel, "channel")
+    for what, callback in (("handler", handler), ("on_connect", on_connect)):
+        if (callback is not None or what == "handler") and not callable(callback):
+            raise ConfigError(f"{what} must be callable, got {callback!r}.")
+    backoff_delays(base, cap)  # checks them now
     reconnections, delays = -1, backoff_delays(base, cap)
     while not stop.is_set():
         client = redis.asyncio.Redis.from_url(url, decode_responses=True, retry=Retry(NoBackoff(), 0))

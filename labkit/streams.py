@@ -2,9 +2,10 @@
 
 A `Worker` reads new entries with `>`, hands each to your handler, and acknowledges only those the
 handler finished. Entries left pending by a consumer that died are reclaimed with XAUTOCLAIM once idle
-for `claim_idle_ms`, following its cursor (never only its first page); an entry delivered
-`max_deliveries` times without success goes to the dead-letter stream, with its error, and is
-acknowledged there.
+for `claim_idle_ms`, one page of `batch` per step, resuming at its cursor (never only its first page);
+an entry delivered `max_deliveries` times without success goes to the dead-letter stream, with its error,
+and is acknowledged there, in one transaction: on a cluster the dead-letter stream must share the
+stream's hash slot (give the stream a hash tag: `orders:{o}` and `orders:{o}:dead`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from labkit import validate
+from labkit.clients import text
 from labkit.errors import ConfigError
 
 Handler = Callable[[str, dict], object]
@@ -29,6 +33,9 @@ def ensure_group(r: redis.Redis, stream: str, group: str, start: str = "0", *, m
 
     An existing group is not an error; anything else is, with what to do about it.
     """
+    validate.name(stream, "stream")
+    validate.name(group, "group")
+    validate.name(start, "start (an entry id, '0' for the beginning or '$' for new entries only)")
     try:
         r.xgroup_create(stream, group, id=start, mkstream=mkstream)
         return True
@@ -56,7 +63,17 @@ class Lag:
 
 def lag(r: redis.Redis, stream: str, group: str) -> Lag:
     """The group's lag, pending count and per-consumer pending and idle time."""
-    groups = {g["name"]: g for g in r.xinfo_groups(stream)}
+    validate.name(stream, "stream")
+    validate.name(group, "group")
+    try:
+        groups = {text(g["name"]): g for g in r.xinfo_groups(stream)}
+    except redis.ResponseError as err:
+        if "no such key" in str(err).lower():
+            raise ConfigError(f"No stream {stream!r}: create it with its group, ensure_group(r, stream, group), "
+                              "or check the name.") from None
+        if str(err).startswith("WRONGTYPE"):
+            raise ConfigError(f"{stream!r} holds a {text(r.type(stream))}, not a stream: choose another key.") from None
+        raise
     if group not in groups:
         raise ConfigError(f"No group {group!r} on {stream!r} (groups: {sorted(groups)}); see ensure_group().")
     info = groups[group]
@@ -101,20 +118,22 @@ class Worker:
         self.r, self.stream, self.group, self.consumer, self.handler = r, stream, group, consumer, handler
         self.batch, self.block_ms, self.claim_idle_ms = batch, block_ms, claim_idle_ms
         self.max_deliveries = max_deliveries
-        self.dead_letter = dead_letter or f"{stream}:dead"
+        self.dead_letter = _dead_letter(r, stream, dead_letter)
         self.stats = WorkerStats()
         self._backlog_cursor: str | None = "0"  # first, what this consumer name left pending before a restart
         self._next_claim = 0.0
         self._claim_cursor = "0-0"
+        self._more_to_claim = False  # the last reclaim filled its page: claim again at the next step
 
     # -- one step -----------------------------------------------------------------------------
     def process_once(self) -> int:
-        """Reclaim if due, then read one batch (own pending entries first) and process it.
+        """Reclaim one page if due, then read one batch (own pending entries first) and process it.
 
-        Returns the number of entries handled and acknowledged.
+        A reclaim is due every `claim_idle_ms / 2`, or at once while pages come back full. Returns the
+        number of entries handled and acknowledged.
         """
         done = 0
-        if time.monotonic() >= self._next_claim:
+        if self._more_to_claim or time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + self.claim_idle_ms / 2000
             done += self._handle(self.reclaim(), reclaimed=True)
         backlog = self._backlog_cursor is not None
@@ -132,24 +151,27 @@ class Worker:
         return done + self._handle(entries, reclaimed=backlog)
 
     def _read(self, start: str) -> list[Entry]:
+        wait = start == ">" and self.block_ms and not self._more_to_claim  # no waiting while a backlog is left
         reply = self.r.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch,
-                                  block=self.block_ms if start == ">" and self.block_ms else None)
+                                  block=self.block_ms if wait else None)
         return reply[0][1] if reply else []
 
-    def reclaim(self, max_pages: int = 10) -> list[Entry]:
-        """XAUTOCLAIM entries idle for `claim_idle_ms`, following the cursor: up to `max_pages` pages of
-        `max(batch, 100)` per call, resuming where the previous call stopped, so a huge backlog is shared
-        among workers rather than swallowed by one."""
+    def reclaim(self, max_pages: int = 1) -> list[Entry]:
+        """XAUTOCLAIM entries idle for `claim_idle_ms`: up to `max_pages` pages of `batch`, resuming at the
+        cursor where the previous call stopped. `process_once` takes one page per step, so a worker holds no
+        more reclaimed entries than it handles in one step: entries waiting longer in its hands would go
+        idle again, be reclaimed by another worker, and count deliveries towards the dead-letter stream."""
         claimed = []
-        for _ in range(max_pages):
+        for _ in range(validate.integer(max_pages, "max_pages")):
             reply = self.r.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms, self._claim_cursor,
-                                      count=max(self.batch, 100))
-            self._claim_cursor, entries = reply[0], reply[1]
+                                      count=self.batch)
+            self._claim_cursor, entries = text(reply[0]), reply[1]
             if len(reply) > 2:  # 7.0+: ids deleted from the stream while pending, now dropped from the PEL
                 self.stats.deleted_while_pending += len(reply[2])
             claimed += [(i, f) for i, f in entries if f is not None]
-            if self._claim_cursor in ("0-0", b"0-0"):
+            if self._claim_cursor == "0-0":
                 break
+        self._more_to_claim = self._claim_cursor != "0-0"
         self.stats.claimed += len(claimed)
         return claimed
 
@@ -186,16 +208,17 @@ class Worker:
 
     def _failed(self, entry_id: str, fields: dict, err: Exception) -> None:
         self.stats.failed += 1
-        self.stats.errors = [*self.stats.errors[-9:], f"{entry_id}: {type(err).__name__}: {err}"]
+        self.stats.errors = [*self.stats.errors[-9:], f"{text(entry_id)}: {type(err).__name__}: {err}"]
         count = self._deliveries([entry_id]).get(entry_id, 1)
         if count >= self.max_deliveries:
             self._bury(entry_id, fields, count, f"{type(err).__name__}: {err}")
 
     def _bury(self, entry_id: str, fields: dict, deliveries: int, error: str) -> None:
-        """Move an entry to the dead-letter stream and acknowledge it, in one transaction."""
+        """Move an entry to the dead-letter stream and acknowledge it, in one transaction. Its fields go as
+        JSON; bytes that are not UTF-8 survive as surrogate escapes (`.encode("utf-8", "surrogateescape")`)."""
         pipe = self.r.pipeline(transaction=True)
         pipe.xadd(self.dead_letter, {"id": entry_id, "stream": self.stream, "group": self.group,
-                                     "deliveries": deliveries, "error": error, "fields": json.dumps(fields)})
+                                     "deliveries": deliveries, "error": error, "fields": _as_json(fields)})
         pipe.xack(self.stream, self.group, entry_id)
         pipe.execute()
         self.stats.dead_lettered += 1
@@ -206,8 +229,37 @@ class Worker:
 
         Returns the number handled. With neither, runs until the process is stopped.
         """
+        if max_messages is not None:
+            validate.integer(max_messages, "max_messages (or None for no limit)")
+        if until is not None and not isinstance(until, threading.Event) and not callable(until):
+            raise ConfigError(f"until must be a threading.Event or a function returning True to stop, got {until!r}.")
         stop = until.is_set if isinstance(until, threading.Event) else until
         handled = 0
         while (max_messages is None or handled < max_messages) and not (stop and stop()):
             handled += self.process_once()
         return handled
+
+
+def _dead_letter(r: redis.Redis, stream: str, dead_letter: str | None) -> str:
+    """The dead-letter stream's name: `dead_letter`, or `<stream>:dead`; on a cluster, in the stream's slot."""
+    name = validate.name(dead_letter, "dead_letter") if dead_letter is not None else f"{stream}:dead"
+    if isinstance(r, RedisCluster) and key_slot(name.encode()) != key_slot(stream.encode()):
+        raise ConfigError(
+            f"On a cluster the dead-letter stream must be in the stream's hash slot (an entry moves there and is "
+            f"acknowledged in one transaction), but {name!r} and {stream!r} are not. Give the stream a hash tag, "
+            f"e.g. {_tagged(stream)!r}, and leave dead_letter out (the default '<stream>:dead' shares the tag), "
+            "or pass a dead_letter with the same tag.")
+    return name
+
+
+def _tagged(stream: str) -> str:
+    """`stream` with its last part made a hash tag: 'lab:orders' -> 'lab:{orders}'."""
+    head, _, last = stream.rpartition(":")
+    return f"{head}:{{{last}}}" if head else f"{{{last}}}"
+
+
+def _as_json(fields: dict) -> str:
+    """Entry fields as a JSON object, from a client with or without `decode_responses`."""
+    def as_str(value: object) -> object:
+        return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+    return json.dumps({as_str(k): as_str(v) for k, v in fields.items()})

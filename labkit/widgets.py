@@ -61,29 +61,38 @@ class LiveMonitor:
 
     def run(self, workload: Workload | None = None, *, until_done: bool = False) -> MonitorResult:
         """Show the live view, run `workload(stop_event)` in a thread, return when `duration` is over (or,
-        with `until_done`, as soon as the workload returns, `duration` being the longest it may take)."""
+        with `until_done`, as soon as the workload returns, `duration` being the longest it may take).
+
+        If sampling or drawing fails, the workload is stopped (and waited for) before the error reaches
+        the cell; an error of the workload itself is raised once the monitor ends."""
         display(self.view)
         stop, errors = threading.Event(), []
         worker = None
         if workload:
             worker = threading.Thread(target=_capture_errors, args=(workload, stop, errors), daemon=True)
             worker.start()
+        try:
+            self._sample_until_done(worker if until_done else None)
+        finally:
+            stop.set()
+            if worker:
+                worker.join()
+        if errors:
+            raise errors[0]
+        return self._finish()
+
+    def _sample_until_done(self, worker: threading.Thread | None) -> None:
+        """Sample every `interval` for `duration`, or until `worker` (when given) has returned."""
         started = time.monotonic()
         next_sample = started
         while (now := time.monotonic()) - started < self.duration:
-            finished = until_done and worker is not None and not worker.is_alive()
+            finished = worker is not None and not worker.is_alive()
             self._record(now - started, self.sample())
             self._redraw(now)
             if finished:
                 break
             next_sample = max(next_sample + self.interval, time.monotonic())
             time.sleep(max(0.0, min(next_sample, started + self.duration) - time.monotonic()))
-        stop.set()
-        if worker:
-            worker.join()
-        if errors:
-            raise errors[0]
-        return self._finish()
 
     def _record(self, t: float, sample: Sample) -> None:
         self.result.times.append(round(t, 3))

@@ -7,13 +7,22 @@ import threading
 import time
 
 import pytest
+from redis.crc import key_slot
 
 from labkit import ConfigError, ServerUnavailable
 from labkit.lessons.l05_pubsub import kill_clients, missing, publish_numbered
 from labkit.pubsub import PresenceFeed, Subscriber, backoff_delays, listen, subscribed_clients
-from labkit.server import Server, spawn
+from labkit.server import Server, cluster, spawn
 
+from .faults import hooked_client
 from .waiting import eventually
+
+
+@pytest.fixture(scope="module")
+def three_primaries():
+    """A 3-primary cluster, one for this module."""
+    with cluster(primaries=3, replicas=0) as c:
+        yield c
 
 
 def test_channel_and_pattern_subscribers_both_receive(r, ns):
@@ -133,3 +142,79 @@ def test_async_listener_closes_its_connection_when_cancelled():
 
     with spawn() as srv:
         assert asyncio.run(scenario(srv)) == []
+
+
+def test_subscribers_get_unique_names_so_a_kill_reaches_only_one(r, ns):
+    with Subscriber(r, ns.key("a")) as one, Subscriber(r, ns.key("a")) as two:
+        assert one.name != two.name and one.name.startswith("labkit-subscriber-")
+        assert kill_clients(r, one.name) == 1
+        assert eventually(lambda: one.disconnects) and one.wait_connected()
+        assert r.publish(ns.key("a"), "x") == 2 and one.wait_for(1) and two.wait_for(1)
+    assert two.disconnects == [] and two.connects == 1
+
+
+def test_a_raising_callback_is_recorded_and_the_subscriber_lives_on(r, ns):
+    def on_message(message):
+        if message[2] == "bad":
+            raise ValueError("cannot parse")
+
+    with Subscriber(r, ns.key("a"), name=ns.key("cb"), on_message=on_message) as sub:
+        for data in ("ok", "bad", "after"):
+            r.publish(ns.key("a"), data)
+        assert sub.wait_for(3) and sub.connected
+    assert sub.data() == ["ok", "bad", "after"] and "ValueError: cannot parse" in sub.errors[0]
+
+
+def test_a_raising_on_connect_is_recorded_and_the_subscription_stands(r, ns):
+    with Subscriber(r, ns.key("a"), name=ns.key("oc"), on_connect=lambda client: 1 / 0) as sub:
+        assert sub.connected and "ZeroDivisionError" in sub.errors[0]
+        r.publish(ns.key("a"), "x")
+        assert sub.wait_for(1)
+
+
+def test_a_message_between_two_confirmations_is_recorded_not_counted(r, ns):
+    """SUBSCRIBE and PSUBSCRIBE are two commands: a message can arrive between their confirmations. The hook
+    publishes one there, for certain: it runs after SUBSCRIBE is sent and before PSUBSCRIBE is."""
+    channel = ns.key("busy")
+
+    def publish_between(n):
+        if n == 2:
+            while r.publish(channel, "between") == 0:  # until the SUBSCRIBE has taken effect
+                pass
+
+    hooked = hooked_client(r, publish_between)
+    with Subscriber(hooked, channel, patterns=[ns.key("other*")], name=ns.key("between")) as sub:
+        r.publish(channel, "after")
+        assert sub.wait_for(2, timeout=2)
+    assert sub.data() == ["between", "after"]
+    hooked.close()
+
+
+def named_on_nodes(topology, name) -> int:
+    """How many connections named `name` the cluster's primaries hold."""
+    return sum(c.get("name") == name for node in topology.primaries for c in node.client().client_list())
+
+
+def test_sharded_pub_sub_on_a_cluster(three_primaries):
+    """Shard channels in three slots (on more than one node), each read from the node that owns it; a killed
+    connection is counted, and the subscriber resubscribes on every node and resyncs."""
+    rc = three_primaries.client()
+    channels = [f"lab:test:{{orders-{i}}}" for i in range(3)]
+    nodes = {rc.get_node_from_key(c).name for c in channels}
+    assert len({key_slot(c.encode()) for c in channels}) == 3 and len(nodes) > 1
+    resyncs = []
+    with Subscriber(rc, shard_channels=channels, on_connect=lambda client: resyncs.append(1)) as sub:
+        for c in channels:
+            assert rc.spublish(c, f"to {c}") == 1
+        assert sub.wait_for(3) and named_on_nodes(three_primaries, sub.name) == len(nodes)
+        owner = next(n for n in three_primaries.primaries if n.port == rc.get_node_from_key(channels[0]).port)
+        assert kill_clients(owner.client(), sub.name) == 1
+        assert eventually(lambda: sub.disconnects) and sub.wait_connected()
+        assert named_on_nodes(three_primaries, sub.name) == len(nodes)  # back on every node
+        for c in channels:
+            rc.spublish(c, "again")
+        assert sub.wait_for(6)
+    assert sorted(sub.data()[:3]) == sorted(f"to {c}" for c in channels) and sub.data()[3:] == ["again"] * 3
+    assert sub.connects == 2 and len(resyncs) == 2
+    assert eventually(lambda: named_on_nodes(three_primaries, sub.name) == 0)  # close() left nothing behind
+    rc.close()

@@ -1,17 +1,31 @@
 """labkit.sessions against a real server: expiry, the absolute cap, touch, rotation, log out everywhere."""
 
+import threading
 import time
 
 import pytest
+import redis
+from redis.crc import key_slot
 
 import labkit
-from labkit.server import spawn
+from labkit.server import cluster, spawn
 from labkit.sessions import SessionStore, new_id
+
+from .faults import crash_before, hooked_client
 
 
 @pytest.fixture
 def store(r, ns):
     return SessionStore(r, ttl=60, absolute_ttl=3600, prefix=ns.key("session"))
+
+
+@pytest.fixture(scope="module")
+def rc():
+    """A client of a 3-primary cluster, one for this module."""
+    with cluster(primaries=3, replicas=0) as c:
+        client = c.client()
+        yield client
+        client.close()
 
 
 def test_create_and_get(store, r):
@@ -31,7 +45,7 @@ def test_touch_refreshes_an_existing_session_and_says_so(store, r):
 
 
 def test_touch_on_a_missing_session_returns_false_and_creates_nothing(store, r):
-    ghost = new_id()
+    ghost = store.new_id("u")
     assert store.touch(ghost) is False
     assert r.exists(store.key(ghost)) == 0
 
@@ -82,7 +96,7 @@ def test_the_cap_bounds_the_ttl_a_touch_gives(r, ns):
 def test_update_existing_only_and_never_the_managed_fields(store, r):
     sid = store.create("u")
     assert store.update(sid, theme="light") is True and store.get(sid).data["theme"] == "light"
-    ghost = new_id()
+    ghost = store.new_id("u")
     assert store.update(ghost, theme="x") is False and r.exists(store.key(ghost)) == 0
     with pytest.raises(labkit.ConfigError, match="managed by the store"):
         store.update(sid, user_id="admin")
@@ -93,7 +107,7 @@ def test_rotate_moves_the_session_and_kills_the_old_id(store, r):
     fresh = store.rotate(sid)
     assert fresh != sid and store.get(sid) is None and store.get(fresh).data == {"theme": "dark"}
     assert store.sessions_of("u") == [fresh]
-    assert store.rotate(new_id()) is None
+    assert store.rotate(store.new_id("u")) is None and store.rotate(new_id()) is None
 
 
 def test_invalidate_and_log_out_everywhere(store):
@@ -114,8 +128,12 @@ def test_index_forgets_expired_sessions(store, r):
 
 def test_ids_are_random_and_client_data_is_not_trusted(store, r):
     assert len({new_id() for _ in range(1000)}) == 1000 and len(new_id()) == 43
-    for forged in ["admin", "lab:*", "x" * 200, "../../etc"]:
+    ids = {store.new_id("u") for _ in range(1000)}
+    assert len(ids) == 1000 and {i[:5] for i in ids} == {store.new_id("u")[:5]} and {len(i) for i in ids} == {48}
+    for forged in ["admin", "lab:*", "x" * 200, "../../etc", new_id(), "abcd." + "x" * 43 + "}"]:
         assert store.get(forged) is None and store.touch(forged) is False
+        with pytest.raises(labkit.ConfigError, match="not a session id of this store"):
+            store.key(forged)
 
 
 @pytest.mark.parametrize("kwargs", [{"ttl": 0}, {"ttl": -5}, {"absolute_ttl": 0}, {"ttl": 10, "absolute_ttl": 5},
@@ -146,5 +164,121 @@ def test_each_hot_path_call_is_one_round_trip():
             return r.info("stats")["total_reads_processed"] - before - 1
 
         for call in (lambda: store.create("u"), lambda: store.get(sid), lambda: store.touch(sid),
-                     lambda: store.update(sid, theme="x"), lambda: store.invalidate(new_id())):
+                     lambda: store.update(sid, theme="x"), lambda: store.invalidate(store.new_id("u"))):
             assert reads(call) == 1
+
+
+def test_a_users_sessions_and_index_share_one_slot(store):
+    ids = [store.create("alice") for _ in range(3)]
+    slots = {key_slot(store.key(i).encode()) for i in ids} | {key_slot(store.user_key("alice").encode())}
+    assert len(slots) == 1  # one hash tag: a cluster can run every multi-key step in one script
+
+
+def indexed_everywhere(r, store, user_id) -> bool:
+    """Every live session hash of `user_id` under the store's prefix is in the user's index."""
+    live = {k for k in r.scan_iter(match=f"{store.prefix}:*") if r.type(k) == "hash"
+            and r.hget(k, "user_id") == user_id}
+    indexed = {store.key(i) for i in r.smembers(store.user_key(user_id))}
+    return live <= indexed
+
+
+def test_a_crash_anywhere_in_rotate_leaves_the_session_indexed(r, store):
+    """Crash the client before each of its commands in turn: whatever ran, the session is whole and indexed."""
+    for n in range(1, 6):
+        sid = store.create("u")
+        crashing = SessionStore(hooked_client(r, crash_before(n)), ttl=60, absolute_ttl=3600, prefix=store.prefix)
+        try:
+            finished = crashing.rotate(sid) is not None
+        except redis.ConnectionError:
+            finished = False
+        finally:
+            crashing.r.close()
+        assert indexed_everywhere(r, store, "u"), f"crash before command {n} left a session out of the index"
+        if finished:
+            break
+    assert finished  # the last round had no crash left to hit
+
+
+def test_a_session_created_during_invalidate_user_is_not_left_unindexed(r, store):
+    """A login that lands between the steps of `invalidate_user` either dies with the rest or stays indexed."""
+    created = []
+
+    def login_between(n):
+        if n == 2:  # after the first command of invalidate_user, before the second
+            created.append(store.create("alice"))
+
+    for _ in range(3):
+        store.create("alice")
+    racing = SessionStore(hooked_client(r, login_between), ttl=60, absolute_ttl=3600, prefix=store.prefix)
+    try:
+        racing.invalidate_user("alice")
+    finally:
+        racing.r.close()
+    assert created and indexed_everywhere(r, store, "alice")
+    store.invalidate_user("alice")
+    assert store.sessions_of("alice") == [] and store.get(created[0]) is None  # log out everywhere still reaches it
+
+
+def test_concurrent_logins_and_log_outs_never_leave_a_session_unindexed(r, store):
+    stop = threading.Event()
+
+    def log_in():
+        while not stop.is_set():
+            store.create("bob")
+
+    threads = [threading.Thread(target=log_in) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(50):
+            store.invalidate_user("bob")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert indexed_everywhere(r, store, "bob")
+
+
+@pytest.mark.parametrize(("kwargs", "says"), [({"ttl": 0.0001}, "ttl is a number of seconds, at least 0.001"),
+                                              ({"ttl": 0.0015}, "ttl must be a whole number of milliseconds"),
+                                              ({"absolute_ttl": "5"}, "absolute_ttl is a number of seconds")])
+def test_durations_are_whole_milliseconds(r, kwargs, says):
+    with pytest.raises(labkit.ConfigError, match=says):
+        SessionStore(r, **kwargs)
+
+
+def test_durations_are_not_rounded_down(r, ns):
+    store = SessionStore(r, ttl=1.001, absolute_ttl=1.001, prefix=ns.key("session"))
+    session = store.get(store.create("u"))
+    assert session.deadline - session.created == 1001  # not int(1.001 * 1000) = int(1000.99...) = 1000
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, ["x"], None, True, b"raw", float("nan")])
+def test_meta_values_are_strings_or_numbers(store, value):
+    sid = store.create("u")
+    with pytest.raises(labkit.ConfigError, match=r"prefs.*string or a number.*json\.dumps"):
+        store.create("u", prefs=value)
+    with pytest.raises(labkit.ConfigError, match=r"prefs.*string or a number"):
+        store.update(sid, prefs=value)
+    assert store.get(sid).data == {}  # nothing was written
+
+
+def test_numbers_are_stored_as_their_text(store):
+    sid = store.create("u", cart=3, ratio=0.5, name="Ada")
+    assert store.get(sid).data == {"cart": "3", "ratio": "0.5", "name": "Ada"}
+
+
+def test_every_call_works_on_a_cluster(rc):
+    store = SessionStore(rc, ttl=60, absolute_ttl=3600, prefix="lab:test:session")
+    ids = [store.create(f"user{i}", theme="dark") for i in range(6)]
+    assert len({key_slot(store.key(i).encode()) for i in ids}) > 1  # spread over the cluster's slots
+    sid = ids[0]
+    assert store.touch(sid) and store.update(sid, theme="light") and store.get(sid).data == {"theme": "light"}
+    fresh = store.rotate(sid)
+    assert store.get(sid) is None and store.get(fresh).user_id == "user0" and store.sessions_of("user0") == [fresh]
+    second = store.create("user0")
+    assert sorted(store.sessions_of("user0")) == sorted([fresh, second])
+    assert store.invalidate_user("user0") == 2 and store.sessions_of("user0") == []
+    assert store.invalidate(ids[1]) and store.get(ids[1]) is None
+    for i in range(2, 6):
+        store.invalidate_user(f"user{i}")

@@ -1,14 +1,27 @@
 """labkit.streams against a real server: groups, the worker's acknowledgements, reclaim, dead letters, lag."""
 
+import json
 import threading
 import time
 
 import pytest
+from redis.crc import key_slot
 
 from labkit import ConfigError
+from labkit.clients import derive
+from labkit.server import cluster
 from labkit.streams import Worker, ensure_group, lag
 
 from .waiting import eventually
+
+
+@pytest.fixture(scope="module")
+def rc():
+    """A client of a 3-primary cluster, one for this module."""
+    with cluster(primaries=3, replicas=0) as c:
+        client = c.client()
+        yield client
+        client.close()
 
 
 def fill(r, stream, n):
@@ -44,6 +57,9 @@ def test_ensure_group_errors_say_what_to_do(r, ns):
     ({"batch": 0}, "batch must be an integer of at least 1"),
     ({"max_deliveries": -1}, "max_deliveries must be an integer of at least 1"),
     ({"claim_idle_ms": 0}, "claim_idle_ms is a whole number of milliseconds"),
+    ({"max_deliveries": 2.5}, "max_deliveries must be an integer of at least 1"),
+    ({"block_ms": 0.5}, "block_ms must be an integer of at least 0"),
+    ({"batch": "5"}, "batch must be an integer of at least 1"),
 ])
 def test_worker_rejects_bad_settings(r, ns, kwargs, says):
     with pytest.raises(ConfigError, match=says):
@@ -91,11 +107,13 @@ def test_entries_of_a_dead_consumer_are_reclaimed_after_idle_beyond_the_first_10
     ids = fill(r, stream, 250)
     r.xreadgroup("g", "dead", {stream: ">"}, count=250)  # read, never acknowledged: the consumer died
     seen = []
-    worker = Worker(r, stream, "g", "alive", lambda i, f: seen.append(i), block_ms=5, claim_idle_ms=10_000)
+    worker = Worker(r, stream, "g", "alive", lambda i, f: seen.append(i), batch=100, block_ms=5,
+                    claim_idle_ms=10_000)
     assert worker.process_once() == 0 and worker.stats.claimed == 0  # not idle for 10 s yet
     age(r, stream, ids)  # now they are
     worker._next_claim = 0  # a reclaim is due now
-    assert worker.process_once() == 250 and len(set(seen)) == 250 and worker.stats.claimed == 250
+    steps = [worker.process_once() for _ in range(3)]  # one page of `batch` per step; a full page: more at once
+    assert steps == [100, 100, 50] and len(set(seen)) == 250 and worker.stats.claimed == 250
     assert lag(r, stream, "g").consumers["dead"]["pending"] == 0
 
 
@@ -151,9 +169,102 @@ def test_a_huge_backlog_is_reclaimed_in_pages_that_resume_at_the_cursor(r, ns):
     ensure_group(r, stream, "g")
     ids = fill(r, stream, 450)
     r.xreadgroup("g", "dead", {stream: ">"}, count=450)
-    worker = Worker(r, stream, "g", "alive", lambda i, f: None, claim_idle_ms=30_000)
+    worker = Worker(r, stream, "g", "alive", lambda i, f: None, batch=100, claim_idle_ms=30_000)
     pages = []
     for _ in range(3):
         age(r, stream, ids)  # every entry claimable before each call, those taken earlier too:
         pages.append([i for i, _ in worker.reclaim(max_pages=2)])  # only the cursor says where to go on
     assert pages == [ids[:200], ids[200:400], ids[400:]] and worker.stats.claimed == 450
+
+
+def test_two_workers_with_a_slow_handler_share_a_backlog_without_stealing_it(r, ns):
+    """A dead consumer left 60 entries; two workers reclaim them with a 50 ms handler. Holding only one page of
+    `batch` at a time, neither sits on entries long enough (2 s idle) for the other to reclaim them again, so
+    every entry runs once and none reaches max_deliveries. Reclaiming the whole backlog at once would keep
+    entries waiting in one worker's hands for 3 s: the other steals them and buries healthy entries."""
+    stream, dead = ns.key("{s}"), ns.key("{s}", "dead")
+    ensure_group(r, stream, "g")
+    ids = fill(r, stream, 60)
+    r.xreadgroup("g", "dead", {stream: ">"}, count=60)
+    age(r, stream, ids)
+    runs, lock = [], threading.Lock()
+
+    def slow(entry_id, fields):
+        time.sleep(0.05)  # the work itself, not a wait for something
+        with lock:
+            runs.append(entry_id)
+
+    deadline = time.monotonic() + 30
+    workers = [Worker(r, stream, "g", f"w{i}", slow, batch=1, block_ms=5, claim_idle_ms=2000, max_deliveries=2)
+               for i in range(2)]
+    threads = [threading.Thread(target=w.run, kwargs={"until": lambda: len(set(runs)) + r.xlen(dead) >= 60
+                                                      or time.monotonic() > deadline}) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert r.xlen(dead) == 0 and sum(w.stats.dead_lettered for w in workers) == 0
+    assert sorted(runs) == sorted(ids) and lag(r, stream, "g").pending == 0  # each entry ran exactly once
+    assert min(w.stats.processed for w in workers) > 0  # and the two shared the work
+
+
+def test_dead_letters_on_a_client_without_decode_responses(r, ns):
+    raw = derive(r, decode_responses=False)
+    stream = ns.key("{raw}")
+    ensure_group(raw, stream, "g")
+    [poison] = [raw.xadd(stream, {"order": b"\xff\xfe not utf-8", "n": "1"})]
+
+    def handler(entry_id, fields):
+        raise ValueError("cannot parse")
+
+    worker = Worker(raw, stream, "g", "c", handler, block_ms=5, claim_idle_ms=10, max_deliveries=1)
+    assert eventually(lambda: worker.process_once() is not None and worker.stats.dead_lettered == 1)
+    [(_, buried)] = r.xrange(f"{stream}:dead")
+    fields = json.loads(buried["fields"])
+    assert buried["id"] == poison.decode() and fields["n"] == "1" and "cannot parse" in buried["error"]
+    assert fields["order"].encode("utf-8", "surrogateescape") == b"\xff\xfe not utf-8"  # nothing lost
+    assert worker.stats.errors[-1].startswith(poison.decode())
+    raw.close()
+
+
+def test_the_default_dead_letter_stream_shares_the_streams_hash_tag(r, ns):
+    worker = Worker(r, ns.key("{orders}"), "g", "c", print)
+    assert worker.dead_letter == ns.key("{orders}", "dead")
+    assert key_slot(worker.dead_letter.encode()) == key_slot(worker.stream.encode())
+
+
+def test_on_a_cluster_a_dead_letter_stream_in_another_slot_is_refused_with_what_to_pass(rc):
+    with pytest.raises(ConfigError, match=r"hash slot.*lab:test:\{orders\}"):
+        Worker(rc, "lab:test:orders", "g", "c", print)
+    with pytest.raises(ConfigError, match="hash slot"):
+        Worker(rc, "lab:test:{orders}", "g", "c", print, dead_letter="lab:test:dead")
+
+
+def test_a_worker_with_dead_letters_on_a_cluster(rc):
+    streams = [f"lab:test:{{orders-{i}}}" for i in range(3)]  # three tags: more than one node
+    assert len({key_slot(s.encode()) for s in streams}) == 3
+    for stream in streams:
+        rc.delete(stream, f"{stream}:dead")
+        ensure_group(rc, stream, "g")
+        fill(rc, stream, 5)
+        rc.xadd(stream, {"n": "poison"})
+
+    def handler(entry_id, fields):
+        if fields["n"] == "poison":
+            raise ValueError("cannot parse")
+
+    workers = [Worker(rc, s, "g", "c", handler, block_ms=5, claim_idle_ms=10, max_deliveries=2) for s in streams]
+    for worker in workers:
+        assert eventually(lambda w=worker: w.process_once() is not None and w.stats.dead_lettered == 1)
+        assert worker.stats.processed == 5 and lag(rc, worker.stream, "g").pending == 0
+        [(_, buried)] = rc.xrange(worker.dead_letter)
+        assert json.loads(buried["fields"]) == {"n": "poison"} and buried["deliveries"] == "2"
+    rc.delete(*streams, *[w.dead_letter for w in workers])
+
+
+def test_lag_of_a_missing_stream_or_another_type_says_what_to_do(r, ns):
+    with pytest.raises(ConfigError, match=r"No stream 'lab:.*ensure_group"):
+        lag(r, ns.key("missing"), "g")
+    r.set(ns.key("string"), "x")
+    with pytest.raises(ConfigError, match="holds a string, not a stream"):
+        lag(r, ns.key("string"), "g")

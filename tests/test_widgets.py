@@ -1,5 +1,6 @@
 """Widgets run headless: bounded in time, ending with a figure and a one-line summary."""
 
+import threading
 import time
 
 import pytest
@@ -100,3 +101,23 @@ def test_eviction_monitor_sees_a_server_fill_up_and_evict(capsys):
     rates = [rate for rate in result.series["lru hit rate %"] if rate == rate]  # NaN: an interval without reads
     assert rates and 0 < max(rates) <= 100
     assert result.summary.startswith("eviction: lru: hit rate") and result.summary in capsys.readouterr().out
+
+
+def test_a_failing_sample_stops_the_workload():
+    calls, threads = [], []
+
+    def sample():
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("INFO failed")
+        return {"x": 1.0}
+
+    def workload(stop):
+        threads.append(threading.current_thread())
+        give_up = time.monotonic() + 30  # so that a broken monitor cannot leave it running for ever
+        while not stop.is_set() and time.monotonic() < give_up:
+            time.sleep(0.005)
+
+    with pytest.raises(RuntimeError, match="INFO failed"):
+        LiveMonitor(sample, duration=10, interval=0.01).run(workload)
+    assert threads and eventually(lambda: not threads[0].is_alive(), timeout=5)

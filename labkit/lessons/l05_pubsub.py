@@ -3,12 +3,14 @@ dropping connections by name, the slow-subscriber experiment, and the exercise c
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import redis
 
+from labkit import validate
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
 from labkit.lessons import Result, verdict
@@ -38,7 +40,10 @@ def missing(received: Iterable[str], expected: Iterable[int]) -> list[int]:
 
 
 def kill_clients(r: redis.Redis, name: str) -> int:
-    """Make the server drop every connection named `name` (CLIENT KILL), as a network blip would."""
+    """Make the server drop every connection named `name` (CLIENT KILL), as a network blip would; return
+    how many. A `Subscriber`'s name is its own (a random suffix unless you choose one), so this reaches
+    that subscriber and no one else's on a shared server."""
+    validate.name(name, "name")
     ids = [c["id"] for c in r.client_list() if c.get("name") == name]
     for client_id in ids:
         r.client_kill_filter(_id=client_id)
@@ -72,7 +77,8 @@ def slow_subscriber(r: redis.Redis, channel: str, *, payload_bytes: int = 1000, 
     """
     limit = _pubsub_hard_limit(r)
     before = int(r.info("stats")["client_output_buffer_limit_disconnections"])
-    listener = named_client(r, "labkit-slow", retry=False).pubsub()
+    name = f"labkit-slow-{secrets.token_hex(4)}"  # its own: other experiments' connections are never counted
+    listener = named_client(r, name, retry=False).pubsub()
     listener.subscribe(channel)
     listener.get_message(timeout=1)
     published, samples, payload = 0, [], "x" * payload_bytes
@@ -83,7 +89,7 @@ def slow_subscriber(r: redis.Redis, channel: str, *, payload_bytes: int = 1000, 
                 pipe.publish(channel, payload)
             pipe.execute()
             published += step
-            mine = [c for c in r.client_list() if c.get("name") == "labkit-slow"]
+            mine = [c for c in r.client_list() if c.get("name") == name]
             if not mine:
                 break
             samples.append((published, int(mine[0]["omem"])))
@@ -111,7 +117,7 @@ def check_presence(r: redis.Redis, ns: Namespace, resync: Callable[[PresenceFeed
 
     def tracker() -> Subscriber:
         sub = Subscriber(r, feed.channel, on_connect=lambda _client: resync(feed, seen),
-                         on_message=lambda message: PresenceFeed.apply(message[2], seen), name="labkit-check")
+                         on_message=lambda message: PresenceFeed.apply(message[2], seen))
         return sub
 
     try:
@@ -154,7 +160,7 @@ def check_expired_events(r: redis.Redis, flags: str) -> Result:
     except redis.ResponseError as err:
         return Result(False, f"the server refused {flags!r}: {err}. Use the letters from the table above.")
     try:
-        with Subscriber(r, marker, patterns=["__key*@*__:*"], name="labkit-check") as sub:
+        with Subscriber(r, marker, patterns=["__key*@*__:*"]) as sub:
             r.set(key, "soon", px=50)
             deadline = time.monotonic() + 10
             while r.exists(key) and time.monotonic() < deadline:  # EXISTS also expires it, if it is due
