@@ -733,36 +733,38 @@ class ExpiryRun:
     reclaimed_lazily: int = 0
 
     def reclaimed_by(self, seconds: float) -> int:
-        """Short keys gone (reclaimed by the active cycle) at the last sample before `seconds`."""
+        """Short keys gone (reclaimed by the active cycle) at the last sample up to `seconds` after expiry."""
         return self.present[0] - [n for t, n in zip(self.times, self.present, strict=True) if t <= seconds][-1]
 
     def all_gone_after(self) -> float | None:
-        """The time of the first sample at which every short key was gone, or None."""
+        """Seconds after expiry of the first sample at which every short key was gone, or None."""
         return next((t for t, n in zip(self.times, self.present, strict=True) if n == 0), None)
 
 
 def expiry_race(others_ttl: dict[str, int | None], *, short: int = 10_000, others: int = 50_000,
-                ttl_ms: int = 1000, watch_s: float = 2.5) -> dict[str, ExpiryRun]:
+                ttl_ms: int = 2000, watch_s: float = 2.0) -> dict[str, ExpiryRun]:
     """One fresh server per entry of `others_ttl` (label -> TTL in seconds of the `others` long-lived keys,
-    or None): add `short` keys that expire after `ttl_ms`, watch DBSIZE on all servers at once until
-    `watch_s` seconds after the last write, then read every short key (EXISTS) and count what that
-    reclaimed. Times are seconds since each server's short keys were written."""
+    or None): add `short` keys that all expire at one absolute time (`PXAT`, `ttl_ms` after the first write
+    starts), watch DBSIZE on all servers at once until `watch_s` seconds after that time, then read every
+    short key (EXISTS) and count what that reclaimed. Times are seconds since the keys' expiry time
+    (negative before it); each server's first sample is taken right after its own write."""
     servers = {label: spawn(modules=False) for label in others_ttl}
     try:
         clients = {label: server.client() for label, server in servers.items()}
         for label, c in clients.items():
             fill(c, (f"keep:{i}" for i in range(others)), ttl_s=others_ttl[label], batch=5000)
-        written = {}
+        runs = {label: ExpiryRun(label) for label in clients}
+        expire_at = time.time() + ttl_ms / 1000
         for label, c in clients.items():
             pipe = c.pipeline(transaction=False)
             for i in range(short):
-                pipe.set(f"short:{i}", "x", px=ttl_ms)
+                pipe.set(f"short:{i}", "x", pxat=int(expire_at * 1000))
             pipe.execute()
-            written[label] = time.monotonic()
-        runs = {label: ExpiryRun(label) for label in clients}
-        while (now := time.monotonic()) - max(written.values()) < watch_s:
+            runs[label].times.append(time.time() - expire_at)
+            runs[label].present.append(int(c.dbsize()) - others)
+        while (now := time.time()) - expire_at < watch_s:
             for label, c in clients.items():
-                runs[label].times.append(now - written[label])
+                runs[label].times.append(now - expire_at)
                 runs[label].present.append(int(c.dbsize()) - others)
             time.sleep(0.05)
         for label, c in clients.items():
@@ -779,8 +781,8 @@ def plot_expiry(runs: Sequence[ExpiryRun], short: int, ttl_ms: int) -> None:
     _, ax = plt.subplots(figsize=(8, 3))
     for run in runs:
         ax.plot(run.times, run.present, label=run.label)
-    ax.axvline(ttl_ms / 1000, color="gray", linestyle=":", label="every short key has expired")
-    ax.set(xlabel="seconds after writing", ylabel="short keys still in memory",
+    ax.axvline(0, color="gray", linestyle=":", label="every short key has expired")
+    ax.set(xlabel="seconds after the short keys' expiry time", ylabel="short keys still in memory",
            title=f"{short:,} keys with a {ttl_ms:,} ms TTL: what the active expiry cycle reclaims",
            ylim=(0, short * 1.05))
     ax.grid(alpha=0.3)
