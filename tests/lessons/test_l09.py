@@ -135,3 +135,14 @@ def test_measure_stalls_sees_the_server_busy_and_the_other_client_wait():
     assert [s.calls for s in run.stalls["KEYS"]] == [1, 1, 1] and keys_cpu > 2
     assert run.worst("KEYS", "other_client_ms") > 0.5 * keys_cpu > run.worst("PING", "server_cpu_ms")
     assert len(run.windows) == 6 and len(run.timeline) > 50
+
+
+def test_the_budget_culprit_has_a_fresh_name_each_run():
+    result = lesson.check_budget_culprit(lambda r: "app:report:export")  # the name printed in section 9.7
+    assert not result and "is not it" in result.message, result.message
+
+
+def test_exact_lru_hit_rate_counts_hits_of_a_true_lru():
+    # capacity 2: 1 2 1 3 (evicts 2) 2 (miss, evicts 1) 1 (miss) -> one hit in six
+    assert lesson.exact_lru_hit_rate([1, 2, 1, 3, 2, 1], 2) == 1 / 6
+    assert lesson.exact_lru_hit_rate([5, 5, 5, 5], 1) == 3 / 4
