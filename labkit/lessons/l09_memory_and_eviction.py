@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import struct
 import subprocess
 import sys
@@ -89,6 +90,9 @@ class KeyCost:
 def key_cost(c: redis.Redis, keys: int = 100_000, prefix: str = "user") -> KeyCost:
     """Write `keys` keys `<prefix>:00000001` holding "x", then give each a TTL; what each step cost."""
     names = [f"{prefix}:{i:08d}" for i in range(keys)]
+    deadline = time.monotonic() + 10
+    while int(c.info("memory").get("lazyfree_pending_objects", 0)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # an earlier DEL or FLUSHALL may still be freeing memory in the background
     before = c.info("memory")
     fill(c, names)
     after = c.info("memory")
@@ -265,6 +269,21 @@ def ideal_hit_rate(trace: np.ndarray, capacity: int) -> float:
     (each first request still misses)."""
     counts = np.sort(np.bincount(trace))[::-1][:capacity]
     return float((counts - 1).clip(min=0).sum() / len(trace))
+
+
+def exact_lru_hit_rate(trace: Sequence[int], capacity: int) -> float:
+    """The hit rate of an exact LRU cache of `capacity` items on `trace` (a miss caches the item)."""
+    cache: OrderedDict[int, None] = OrderedDict()
+    hits = 0
+    for item in trace:
+        if item in cache:
+            hits += 1
+            cache.move_to_end(item)
+        else:
+            cache[item] = None
+            if len(cache) > capacity:
+                cache.popitem(last=False)
+    return hits / len(trace)
 
 
 def plot_policies(runs: dict[str, PolicyRun], phases: dict[str, tuple[int, int | None]], ideal: float) -> None:
@@ -733,36 +752,38 @@ class ExpiryRun:
     reclaimed_lazily: int = 0
 
     def reclaimed_by(self, seconds: float) -> int:
-        """Short keys gone (reclaimed by the active cycle) at the last sample before `seconds`."""
+        """Short keys gone (reclaimed by the active cycle) at the last sample up to `seconds` after expiry."""
         return self.present[0] - [n for t, n in zip(self.times, self.present, strict=True) if t <= seconds][-1]
 
     def all_gone_after(self) -> float | None:
-        """The time of the first sample at which every short key was gone, or None."""
+        """Seconds after expiry of the first sample at which every short key was gone, or None."""
         return next((t for t, n in zip(self.times, self.present, strict=True) if n == 0), None)
 
 
 def expiry_race(others_ttl: dict[str, int | None], *, short: int = 10_000, others: int = 50_000,
-                ttl_ms: int = 1000, watch_s: float = 2.5) -> dict[str, ExpiryRun]:
+                ttl_ms: int = 2000, watch_s: float = 2.0) -> dict[str, ExpiryRun]:
     """One fresh server per entry of `others_ttl` (label -> TTL in seconds of the `others` long-lived keys,
-    or None): add `short` keys that expire after `ttl_ms`, watch DBSIZE on all servers at once until
-    `watch_s` seconds after the last write, then read every short key (EXISTS) and count what that
-    reclaimed. Times are seconds since each server's short keys were written."""
+    or None): add `short` keys that all expire at one absolute time (`PXAT`, `ttl_ms` after the first write
+    starts), watch DBSIZE on all servers at once until `watch_s` seconds after that time, then read every
+    short key (EXISTS) and count what that reclaimed. Times are seconds since the keys' expiry time
+    (negative before it); each server's first sample is taken right after its own write."""
     servers = {label: spawn(modules=False) for label in others_ttl}
     try:
         clients = {label: server.client() for label, server in servers.items()}
         for label, c in clients.items():
             fill(c, (f"keep:{i}" for i in range(others)), ttl_s=others_ttl[label], batch=5000)
-        written = {}
+        runs = {label: ExpiryRun(label) for label in clients}
+        expire_at = time.time() + ttl_ms / 1000
         for label, c in clients.items():
             pipe = c.pipeline(transaction=False)
             for i in range(short):
-                pipe.set(f"short:{i}", "x", px=ttl_ms)
+                pipe.set(f"short:{i}", "x", pxat=int(expire_at * 1000))
             pipe.execute()
-            written[label] = time.monotonic()
-        runs = {label: ExpiryRun(label) for label in clients}
-        while (now := time.monotonic()) - max(written.values()) < watch_s:
+            runs[label].times.append(time.time() - expire_at)
+            runs[label].present.append(int(c.dbsize()) - others)
+        while (now := time.time()) - expire_at < watch_s:
             for label, c in clients.items():
-                runs[label].times.append(now - written[label])
+                runs[label].times.append(now - expire_at)
                 runs[label].present.append(int(c.dbsize()) - others)
             time.sleep(0.05)
         for label, c in clients.items():
@@ -779,8 +800,8 @@ def plot_expiry(runs: Sequence[ExpiryRun], short: int, ttl_ms: int) -> None:
     _, ax = plt.subplots(figsize=(8, 3))
     for run in runs:
         ax.plot(run.times, run.present, label=run.label)
-    ax.axvline(ttl_ms / 1000, color="gray", linestyle=":", label="every short key has expired")
-    ax.set(xlabel="seconds after writing", ylabel="short keys still in memory",
+    ax.axvline(0, color="gray", linestyle=":", label="every short key has expired")
+    ax.set(xlabel="seconds after the short keys' expiry time", ylabel="short keys still in memory",
            title=f"{short:,} keys with a {ttl_ms:,} ms TTL: what the active expiry cycle reclaims",
            ylim=(0, short * 1.05))
     ax.grid(alpha=0.3)
@@ -970,9 +991,11 @@ def check_prefix_delete(delete_prefix: Callable[[redis.Redis, str], int]) -> Res
 def budget_instance(c: redis.Redis) -> str:
     """Fill `c` like an application whose instance is over its memory budget; return the culprit key."""
     build_inventory(c)
+    culprit = f"app:report:{secrets.token_hex(4)}"  # a name nobody can copy from section 9.7
+    c.rename("app:report:export", culprit)
     c.config_set("maxmemory-policy", "noeviction")
     c.config_set("maxmemory", used_memory(c) - 1_000_000)
-    return "app:report:export"
+    return culprit
 
 
 def check_budget_culprit(find_culprit: Callable[[redis.Redis], str]) -> Result:

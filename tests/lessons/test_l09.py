@@ -135,3 +135,21 @@ def test_measure_stalls_sees_the_server_busy_and_the_other_client_wait():
     assert [s.calls for s in run.stalls["KEYS"]] == [1, 1, 1] and keys_cpu > 2
     assert run.worst("KEYS", "other_client_ms") > 0.5 * keys_cpu > run.worst("PING", "server_cpu_ms")
     assert len(run.windows) == 6 and len(run.timeline) > 50
+
+
+def test_the_budget_culprit_has_a_fresh_name_each_run():
+    result = lesson.check_budget_culprit(lambda r: "app:report:export")  # the name printed in section 9.7
+    assert not result and "is not it" in result.message, result.message
+
+
+def test_exact_lru_hit_rate_counts_hits_of_a_true_lru():
+    # capacity 2: 1 2 1 3 (evicts 2) 2 (miss, evicts 1) 1 (miss) -> one hit in six
+    assert lesson.exact_lru_hit_rate([1, 2, 1, 3, 2, 1], 2) == 1 / 6
+    assert lesson.exact_lru_hit_rate([5, 5, 5, 5], 1) == 3 / 4
+
+
+def test_expiry_race_counts_every_server_before_the_common_expiry_time():
+    runs = lesson.expiry_race({"a": None, "b": 3600}, short=500, others=1000, ttl_ms=1500, watch_s=0.5)
+    for run in runs.values():
+        assert run.times[0] < 0 and run.present[0] == 500, (run.label, run.times[0], run.present[0])
+        assert run.times[-1] >= 0.4 and run.times == sorted(run.times)
