@@ -36,6 +36,18 @@ class Capabilities:
     def sharded_pubsub(self) -> bool:
         return "spublish" in self.commands
 
+    @property
+    def waitaof(self) -> bool:
+        """WAITAOF (Redis 7.2+, every Valkey): block until writes are fsynced to the AOF here and on replicas."""
+        return "waitaof" in self.commands
+
+    @property
+    def waitaof_exact_under_everysec(self) -> bool:
+        """Under `appendfsync everysec`, WAITAOF waits for the once-a-second fsync. Redis fixed an early
+        reply in 8.0 (redis/redis#13793); Valkey (9.1 included) counts a write as fsynced once it is written
+        to the file, so there the count is exact only under `appendfsync always`."""
+        return self.waitaof and self.engine == "redis" and self.version_tuple >= (8,)
+
     def has(self, command: str) -> bool:
         """True if the server knows `command` (case-insensitive)."""
         return command.lower() in self.commands

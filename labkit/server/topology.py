@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -34,15 +35,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: 
     raise ServerUnavailable(f"Timed out after {timeout:.0f} s waiting for {what}.")
 
 
-def spawn(engine: str | None = None, *, modules: bool = True, **config: Any) -> Server:
-    """A dedicated, started server; `config` becomes server directives (`maxmemory="10mb"`).
+def spawn(engine: str | None = None, *, modules: bool = True, root: Path | str | None = None, **config: Any) -> Server:
+    """A dedicated, started server; `config` becomes server directives (`maxmemory="10mb"`; None leaves one
+    out, so the engine's default applies). Its data directory is created under `root` (default: labkit's
+    temp root) and deleted when it stops.
 
     Example:
         >>> with spawn(maxmemory="2mb", maxmemory_policy="allkeys-lru") as srv:
         ...     srv.client().config_get("maxmemory-policy")
         {'maxmemory-policy': 'allkeys-lru'}
     """
-    return Server(engine, modules=modules, config=config).start()
+    return Server(engine, root=root, modules=modules, config=config).start()
 
 
 class Topology:
