@@ -12,6 +12,7 @@ from redis.retry import Retry
 import labkit
 from labkit.server import Server, available_engines, capabilities, find_engine, module_paths, spawn
 from labkit.server.process import mask, ping_raw
+from labkit.server.topology import wait_until
 
 ONCE = {"retry": Retry(NoBackoff(), 0)}
 
@@ -132,6 +133,23 @@ def test_waitaof_exact_under_everysec_matches_what_the_engine_does(engine):
         elapsed = time.monotonic() - started
     assert caps.waitaof and all(reply == [1, 0] for reply in replies)
     assert (elapsed > 0.5) is caps.waitaof_exact_under_everysec, f"5 WAITAOF in {elapsed:.3f} s"
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_bgsave_cancel_capability_matches_what_the_engine_does(engine):
+    with Server(engine, modules=False, config={"rdb-key-save-delay": 1_000_000}) as srv:
+        r = srv.client()
+        r.set("k", "v")
+        r.bgsave()
+        caps = capabilities(r)
+        if caps.bgsave_cancel:
+            r.execute_command("BGSAVE", "CANCEL")
+            wait_until(lambda: not r.info("persistence")["rdb_bgsave_in_progress"], 5, "the snapshot to stop")
+            assert not (srv.dir / "dump.rdb").exists()
+        else:
+            with pytest.raises(redis.ResponseError):
+                r.execute_command("BGSAVE", "CANCEL")
+    assert caps.bgsave_cancel is (caps.engine == "valkey" and caps.version_tuple >= (8, 1))
 
 
 def test_bad_config_fails_with_the_servers_reason_and_leaves_nothing():
