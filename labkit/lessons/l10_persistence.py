@@ -4,6 +4,7 @@ side, WAITAOF), the pictures, and the exercise checks."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import re
@@ -31,8 +32,8 @@ from labkit.server.process import temp_root
 from labkit.server.topology import wait_until
 from labkit.sessions import SessionStore
 
-REAL_DEFAULT_SAVE = "3600 1 300 100 60 10000"  # every Redis since 6.2 and every Valkey
-COPIED_SAVE = "900 1 300 10 60 10000"  # the pre-6.2 default, still in many tutorials
+REAL_DEFAULT_SAVE = "3600 1 300 100 60 10000"  # built into Redis and Valkey; in the shipped redis.conf since 6.2
+COPIED_SAVE = "900 1 300 10 60 10000"  # redis.conf before 6.2, still in many tutorials and copied configs
 MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 CHECKOUT_BUILD = Path(__file__).resolve().parents[2] / "build"
 
@@ -57,12 +58,15 @@ def filesystem_type(path: Path | str) -> str | None:
 
 def data_root() -> Path:
     """A fresh directory for this lesson's servers, on a file system that really fsyncs: labkit's temp root,
-    unless that lives in memory (tmpfs), then the checkout's `build/`. `remove_data_root` deletes it."""
+    unless that lives in memory (tmpfs), then the checkout's `build/`. `remove_data_root` deletes it (and
+    so does the process's exit, if a run stops half-way)."""
     base = temp_root()
     if filesystem_type(base) in MEMORY_FILESYSTEMS:
         base = CHECKOUT_BUILD
     base.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="l10-", dir=base))
+    root = Path(tempfile.mkdtemp(prefix="l10-", dir=base))
+    atexit.register(shutil.rmtree, root, True)
+    return root
 
 
 def remove_data_root(root: Path) -> int:

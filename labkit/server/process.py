@@ -166,7 +166,8 @@ class Server:
         return path
 
     def start(self, extra_lines: list[str] = (), *, keep_config: bool = False) -> Server:
-        """Start the process and return once it answers PING (after loading its data from disk).
+        """Start the process and return once it answers PING (it may still be loading its data from disk:
+        until then commands get LOADING).
 
         With `keep_config`, start from the config file as the server left it (say after CONFIG REWRITE)
         instead of writing it afresh from `config`. If the modules fail to load here, start again without
