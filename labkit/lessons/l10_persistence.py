@@ -558,17 +558,13 @@ def snapshots_after(root: Path, rules: dict[str, str], writes: int, deadline_s: 
             s.stop()
 
 
-def sessions_after_restart(root: Path, users: int = 300, *, crash: bool = False, **config: Any) -> int:
-    """Log `users` users in (labkit's SessionStore), restart the server (SIGKILL first if `crash`), and
-    count the users still logged in."""
+def sessions_after_restart(root: Path, users: int = 300, **config: Any) -> int:
+    """Log `users` users in (labkit's SessionStore), restart the server cleanly (SIGTERM, as for an upgrade),
+    and count the users still logged in."""
     with _server(root, **config) as srv:
         store = SessionStore(srv.client(), ttl=1800, prefix="session")
         ids = [store.create(f"user{i}") for i in range(users)]
-        if crash:
-            srv.kill()
-            srv.start()
-        else:
-            srv.restart()
+        srv.restart()
         store = SessionStore(srv.client(), ttl=1800, prefix="session")
         return sum(store.get(sid) is not None for sid in ids)
 
@@ -582,17 +578,17 @@ class ReplicaAfterRestart:
     seconds: float
 
 
-def replica_after_primary_restarts(configs: dict[str, dict[str, Any]], keys: int = 1000
+def replica_after_primary_restarts(root: Path, configs: dict[str, dict[str, Any]], keys: int = 1000
                                    ) -> dict[str, ReplicaAfterRestart]:
     """`replica_after_primary_restart` for each named configuration, all at once."""
-    return _in_parallel({name: lambda c=config: replica_after_primary_restart(keys, **c)
+    return _in_parallel({name: lambda c=config: replica_after_primary_restart(root, keys, **c)
                          for name, config in configs.items()})
 
 
-def replica_after_primary_restart(keys: int = 1000, **config: Any) -> ReplicaAfterRestart:
+def replica_after_primary_restart(root: Path, keys: int = 1000, **config: Any) -> ReplicaAfterRestart:
     """A primary and its replica hold `keys` keys; the primary is restarted, as a supervisor would after a
     crash; wait until the replica is linked and caught up again and count its keys."""
-    with replicated(replicas=1, **config) as topo:
+    with replicated(replicas=1, root=root, **config) as topo:
         primary, replica = topo.primary, topo.replicas[0]
         _write_keys(primary.client(), 0, keys)
         primary.client().wait(1, 5000)
