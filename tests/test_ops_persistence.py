@@ -1,6 +1,7 @@
 """labkit.ops, persistence and durability: status, save points, WAITAOF, runtime changes; on real servers."""
 
 import shutil
+import time
 
 import pytest
 import redis
@@ -85,11 +86,21 @@ def test_wait_fsynced_under_always_confirms_at_once():
     assert ack and ack == FsyncAck(1, 0, 1, 0) and piped
 
 
+def _first_confirmed(r, timeout_s=60):
+    """Write and WAITAOF until the replica confirms: after its first full sync a replica rewrites its AOF
+    and confirms no fsync until that is done."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r.set("k", "v")
+        ack = wait_fsynced(r, replicas=1, timeout_ms=200)
+        if ack or time.monotonic() > deadline:
+            return ack
+
+
 def test_wait_fsynced_counts_replicas_and_is_falsy_when_one_is_frozen():
     with replicated(replicas=1, appendonly=True, appendfsync="always") as topo:
         r = topo.primary.client()
-        r.set("k", "v")
-        healthy = wait_fsynced(r, replicas=1, timeout_ms=2000)
+        healthy = _first_confirmed(r)
         topo.replicas[0].pause()
         try:
             r.set("k", "w")

@@ -180,7 +180,14 @@ def _either(r, key, value):
     return local >= 1 or replicas >= 1
 
 
+def _two_replicas(r, key, value):
+    r.set(key, value)
+    local, replicas = r.execute_command("WAITAOF", 1, 2, 500)
+    return local >= 1 and replicas >= 2
+
+
 @pytest.mark.parametrize(("write", "says"), [
+    (_two_replicas, "returned False 3 times in a row: a write fsynced here and on the replica is safe"),
     (_set_only, "check WAITAOF's reply"),
     (_wait, "WAIT counts replicas that received the write"),
     (_ignores_the_reply, "check WAITAOF's reply"),
