@@ -17,7 +17,7 @@ from .notebooks import NAME, NOTEBOOKS, code, headings, lessons, number, read
 
 REQUIRED_BEFORE = ["What you will learn", "Before you start", "Setup"]
 REQUIRED_AFTER = ["Exercises", "Summary", "Next", "Cleanup"]
-PATTERNS = ["cache", "sessions", "ratelimit", "pubsub", "streams", "vectors", "locks"]
+PATTERNS = ["cache", "sessions", "ratelimit", "pubsub", "streams", "vectors", "locks", "ops"]
 LABKIT = Path(__file__).resolve().parents[1] / "labkit"
 TESTS = Path(__file__).resolve().parent
 README = (LABKIT.parent / "README.md").read_text()
