@@ -148,7 +148,7 @@ def _fork_once(r: redis.Redis, cancel: bool) -> int:
     return fork_usec
 
 
-def fork_times(root: Path, megabytes: Iterable[int] = (16, 32, 64, 128), repeats: int = 5) -> list[ForkSample]:
+def fork_times(root: Path, megabytes: Iterable[int] = (32, 64, 128, 256), repeats: int = 5) -> list[ForkSample]:
     """Grow one server through datasets of about `megabytes` MB (DEBUG POPULATE, 1 KB values) and fork for a
     BGSAVE `repeats` times at each size, keeping the shortest fork: a busy machine can only add time."""
     samples = []
