@@ -58,15 +58,30 @@ def filesystem_type(path: Path | str) -> str | None:
 
 def data_root() -> Path:
     """A fresh directory for this lesson's servers, on a file system that really fsyncs: labkit's temp root,
-    unless that lives in memory (tmpfs), then the checkout's `build/`. `remove_data_root` deletes it (and
-    so does the process's exit, if a run stops half-way)."""
+    unless that lives in memory (tmpfs), then the checkout's `build/`. `remove_data_root` deletes it, and so
+    does the process's exit; a run whose kernel was killed leaves one behind, removed by the next call."""
     base = temp_root()
     if filesystem_type(base) in MEMORY_FILESYSTEMS:
         base = CHECKOUT_BUILD
     base.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="l10-", dir=base))
+    for stale in base.glob("l10-*-*"):
+        owner = stale.name.split("-")[1]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(stale, ignore_errors=True)
+    root = Path(tempfile.mkdtemp(prefix=f"l10-{os.getpid()}-", dir=base))
     atexit.register(shutil.rmtree, root, True)
     return root
+
+
+def _alive(pid: int) -> bool:
+    """True if a process with this id exists (signal 0 tests without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_data_root(root: Path) -> int:

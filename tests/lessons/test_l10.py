@@ -30,6 +30,17 @@ def test_data_root_is_fresh_and_removed_with_a_count_of_leftovers():
     assert not first.exists() and not second.exists()
 
 
+def test_data_root_sweeps_what_a_killed_run_left():
+    probe = lesson.data_root()
+    dead = next(pid for pid in range(4_000_000, 4_100_000) if not lesson._alive(pid))
+    stale = probe.parent / f"l10-{dead}-interrupted"
+    (stale / "labkit-server").mkdir(parents=True)
+    mine = lesson.data_root()
+    assert not stale.exists() and probe.exists() and mine.exists()
+    lesson.remove_data_root(probe)
+    lesson.remove_data_root(mine)
+
+
 def test_fsync_costs_more_than_a_write_on_a_disk(root):
     cost = lesson.fsync_cost(root)
     if lesson.filesystem_type(root) not in lesson.MEMORY_FILESYSTEMS:
