@@ -61,7 +61,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
     still runs), then, once the kernel is gone, what it wrote."""
     path = _notebook(item)
     last = path is not None and path in _audits and (nextitem is None or nextitem.path != path)
-    lingering = _audits[path][0].lingering_clients() if last else []
+    lingering = _audits[path][0].lingering_clients(settle_s=5) if last else []
     yield
     if not last:
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -58,8 +59,9 @@ class LiveMonitor:
         self.plot = w.Output()
         self.view = w.VBox([self.label, self.plot])
 
-    def run(self, workload: Workload | None = None) -> MonitorResult:
-        """Show the live view, run `workload(stop_event)` in a thread, return when `duration` is over."""
+    def run(self, workload: Workload | None = None, *, until_done: bool = False) -> MonitorResult:
+        """Show the live view, run `workload(stop_event)` in a thread, return when `duration` is over (or,
+        with `until_done`, as soon as the workload returns, `duration` being the longest it may take)."""
         display(self.view)
         stop, errors = threading.Event(), []
         worker = None
@@ -69,8 +71,11 @@ class LiveMonitor:
         started = time.monotonic()
         next_sample = started
         while (now := time.monotonic()) - started < self.duration:
+            finished = until_done and worker is not None and not worker.is_alive()
             self._record(now - started, self.sample())
             self._redraw(now)
+            if finished:
+                break
             next_sample = max(next_sample + self.interval, time.monotonic())
             time.sleep(max(0.0, min(next_sample, started + self.duration) - time.monotonic()))
         stop.set()
@@ -359,3 +364,64 @@ class LagMonitor(LiveMonitor):
     def render(self) -> bytes:
         return _two_panels(self, (f"group {self.group}: entries", "pending per consumer"),
                            lambda n: n.startswith("pending "), label=lambda n: n.removeprefix("pending "))
+
+
+class EvictionMonitor(LiveMonitor):
+    """Several servers at their memory limit side by side: each one's hit rate over the last interval
+    (keyspace_hits and keyspace_misses), keys evicted per second, and used memory as a share of maxmemory."""
+
+    title = "eviction"
+    redraw_every = 1.0
+
+    def __init__(self, clients: dict[str, redis.Redis], **kwargs: float) -> None:
+        self.clients = clients
+        self._last: dict[str, tuple[float, int, int, int]] = {}
+        super().__init__(self._eviction_sample, **kwargs)
+
+    def _eviction_sample(self) -> Sample:
+        sample = {}
+        for name, r in self.clients.items():
+            info = r.info()
+            now, hits, misses = time.monotonic(), int(info["keyspace_hits"]), int(info["keyspace_misses"])
+            evicted, limit = int(info["evicted_keys"]), int(info["maxmemory"])
+            last, self._last[name] = self._last.get(name), (now, hits, misses, evicted)
+            sample[f"{name} memory %"] = 100 * int(info["used_memory"]) / limit if limit else 0.0
+            if last is not None:
+                looked_up = hits - last[1] + misses - last[2]
+                sample[f"{name} hit rate %"] = 100 * (hits - last[1]) / looked_up if looked_up else math.nan
+                sample[f"{name} evicted/s"] = (evicted - last[3]) / max(now - last[0], 1e-6)
+        return sample
+
+    def _latest(self, name: str, series: str) -> float | None:
+        values = self.result.series.get(f"{name} {series}")
+        return values[-1] if values else None
+
+    def describe(self) -> str:
+        parts = []
+        for name in self.clients:
+            rate, evicted = self._latest(name, "hit rate %"), self._latest(name, "evicted/s")
+            memory = self._latest(name, "memory %")
+            if memory is None:
+                continue
+            rate_text = "no reads" if rate is None or math.isnan(rate) else f"hit rate {rate:.0f}%"
+            parts.append(f"{name}: {rate_text}, {evicted or 0:,.0f} evicted/s, memory {memory:.0f}% of maxmemory")
+        return "; ".join(parts) or "no samples yet"
+
+    def render(self) -> bytes:
+        fig = Figure(figsize=(10, 2.8), dpi=90)
+        axes = fig.subplots(1, 3)
+        titles = {"hit rate %": "hit rate (%)", "evicted/s": "keys evicted per second",
+                  "memory %": "used memory (% of maxmemory)"}
+        for ax, (series, title) in zip(axes, titles.items(), strict=True):
+            for name in self.clients:
+                values = self.result.series.get(f"{name} {series}", [])
+                times = self.result.times[len(self.result.times) - len(values):]
+                ax.plot(times, values, label=name)
+            ax.set(title=title, xlabel="seconds", xlim=(0, max([*self.result.times[-1:], self.interval])))
+            ax.grid(alpha=0.3)
+        axes[0].set_ylim(0, 100)
+        axes[1].set_ylim(bottom=0)
+        axes[2].set_ylim(0, 110)
+        if any(ax.lines for ax in axes):
+            axes[0].legend(fontsize=7, loc="lower right")
+        return _png(fig)

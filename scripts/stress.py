@@ -14,7 +14,8 @@ ROUNDS = 3
 BURNERS = 2
 TIMING_SENSITIVE = ["tests/test_ratelimit.py", "tests/test_locks.py", "tests/test_streams.py",
                     "tests/test_sessions.py", "tests/test_pubsub.py", "tests/test_cache.py", "tests/test_widgets.py",
-                    "tests/bench", "tests/lessons"]
+                    "tests/test_scripts.py", "tests/test_topologies.py", "tests/test_vectors.py",
+                    "tests/test_hygiene.py", "tests/bench", "tests/lessons"]
 
 
 def burn() -> None:

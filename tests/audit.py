@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from labkit.server import Server, spawn
 
 
@@ -9,14 +12,17 @@ class KeyAudit:
     """Start with `KeyAudit()`, point a client (or a notebook kernel) at `.url`, then `finish()`."""
 
     NAME = "labkit-audit"
+    MARKER = "labkit-audit:flush"  # a channel: published on at the end, heard after every earlier event
 
     def __init__(self) -> None:
         self.server: Server = spawn(notify_keyspace_events="KEA")
         self.url = self.server.url
         self.written: set[str] = set()
         self.errors: list[BaseException] = []
+        self._flushed = threading.Event()
         self._pubsub = self.server.client(client_name=self.NAME).pubsub()
         self._pubsub.psubscribe(**{"__keyevent@*__:*": lambda message: self.written.add(message["data"])})
+        self._pubsub.subscribe(**{self.MARKER: lambda message: self._flushed.set()})
         self._thread = self._pubsub.run_in_thread(sleep_time=0.01, daemon=True,
                                                   exception_handler=self._on_error)
 
@@ -24,20 +30,31 @@ class KeyAudit:
         self.errors.append(err)
         self._thread.stop()
 
-    def lingering_clients(self) -> list[str]:
-        """Connections still subscribed or blocked (other than the audit's own), while the kernel still runs."""
-        found = []
-        for client in self.server.client().client_list():
-            subscribed = any(int(client.get(kind, 0) or 0) for kind in ("sub", "psub", "ssub"))
-            if client.get("name") != self.NAME and (subscribed or "b" in client.get("flags", "")):
-                found.append(f"{client.get('name') or 'unnamed'} ({client.get('cmd')})")
-        return found
+    def lingering_clients(self, settle_s: float = 0.0) -> list[str]:
+        """Connections still subscribed or blocked (other than the audit's own), while the kernel still runs.
+
+        With `settle_s`, asks again until there are none or that many seconds have passed: a connection
+        its client has just closed is dropped once the server reads the close, not necessarily at once."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            found = []
+            for client in self.server.client().client_list():
+                subscribed = any(int(client.get(kind, 0) or 0) for kind in ("sub", "psub", "ssub"))
+                if client.get("name") != self.NAME and (subscribed or "b" in client.get("flags", "")):
+                    found.append(f"{client.get('name') or 'unnamed'} ({client.get('cmd')})")
+            if not found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.02)
 
     def finish(self) -> tuple[set[str], int]:
         """Stop listening; return (keys written, keys still on the server) and stop the server."""
-        import time
-
-        time.sleep(0.1)  # the last events are on their way
+        # The events of every write so far are queued on the audit's connection before a message published
+        # now: once that arrives, nothing is still on its way (no guessed sleep). 0 receivers: not yet
+        # subscribed, ask again.
+        deadline = time.monotonic() + 10
+        while not self.server.client().publish(self.MARKER, "end") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._flushed.wait(max(0.0, deadline - time.monotonic()))
         self._thread.stop()
         self._thread.join()
         remaining = self.server.client().dbsize()

@@ -39,3 +39,16 @@ def lab_home(monkeypatch):
 
     lab.stop()
     shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def label_only(monkeypatch):
+    """Live monitors update their label at every sample but draw no live figure: on a busy machine one
+    draw can take a second, and leave a one-second monitor with a single sample. The final figure is
+    drawn and checked as ever; test_widgets checks the live figure on its own, untimed."""
+    from labkit.widgets import LiveMonitor
+
+    def _redraw(self, now):
+        self.label.value = f"<b>{self.title}</b>: {self.describe()}"
+
+    monkeypatch.setattr(LiveMonitor, "_redraw", _redraw)

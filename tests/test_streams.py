@@ -8,12 +8,20 @@ import pytest
 from labkit import ConfigError
 from labkit.streams import Worker, ensure_group, lag
 
+from .waiting import eventually
+
 
 def fill(r, stream, n):
     pipe = r.pipeline(transaction=False)
     for i in range(n):
         pipe.xadd(stream, {"n": i})
     return pipe.execute()
+
+
+def age(r, stream, ids, consumer="dead"):
+    """Make pending entries idle for a minute at once, as if their consumer had died that long ago: XCLAIM
+    with IDLE sets the idle time, JUSTID leaves the delivery count alone. No sleeping for real idle time."""
+    r.xclaim(stream, "g", consumer, 0, ids, idle=60_000, justid=True)
 
 
 def test_ensure_group_is_idempotent(r, ns):
@@ -80,12 +88,12 @@ def test_a_poison_message_is_dead_lettered_after_exactly_max_deliveries(r, ns):
 def test_entries_of_a_dead_consumer_are_reclaimed_after_idle_beyond_the_first_100(r, ns):
     stream = ns.key("s")
     ensure_group(r, stream, "g")
-    fill(r, stream, 250)
+    ids = fill(r, stream, 250)
     r.xreadgroup("g", "dead", {stream: ">"}, count=250)  # read, never acknowledged: the consumer died
     seen = []
-    worker = Worker(r, stream, "g", "alive", lambda i, f: seen.append(i), block_ms=5, claim_idle_ms=100)
-    assert worker.process_once() == 0 and worker.stats.claimed == 0  # not idle long enough yet
-    time.sleep(0.15)
+    worker = Worker(r, stream, "g", "alive", lambda i, f: seen.append(i), block_ms=5, claim_idle_ms=10_000)
+    assert worker.process_once() == 0 and worker.stats.claimed == 0  # not idle for 10 s yet
+    age(r, stream, ids)  # now they are
     worker._next_claim = 0  # a reclaim is due now
     assert worker.process_once() == 250 and len(set(seen)) == 250 and worker.stats.claimed == 250
     assert lag(r, stream, "g").consumers["dead"]["pending"] == 0
@@ -97,9 +105,10 @@ def test_entries_deleted_while_pending_leave_the_pel(r, ns):
     ids = fill(r, stream, 5)
     r.xreadgroup("g", "dead", {stream: ">"}, count=5)
     r.xdel(stream, *ids[:2])
-    time.sleep(0.06)
     worker = Worker(r, stream, "g", "alive", lambda i, f: None, block_ms=5, claim_idle_ms=50)
-    assert worker.process_once() == 3 and worker.stats.deleted_while_pending == 2
+    handled = []
+    assert eventually(lambda: handled.append(worker.process_once()) or sum(handled) >= 3)  # once 50 ms idle
+    assert sum(handled) == 3 and worker.stats.deleted_while_pending == 2 and worker.stats.claimed == 3
     assert lag(r, stream, "g").pending == 0
 
 
@@ -116,10 +125,13 @@ def test_a_restarted_worker_first_finishes_its_own_pending_entries(r, ns):
 def test_run_stops_on_an_event(r, ns):
     stream, stop = ns.key("s"), threading.Event()
     ensure_group(r, stream, "g")
-    threading.Timer(0.2, stop.set).start()
-    started = time.monotonic()
-    Worker(r, stream, "g", "c", print, block_ms=20).run(until=stop)
-    assert time.monotonic() - started < 1
+    runner = threading.Thread(target=Worker(r, stream, "g", "c", print, block_ms=20).run, kwargs={"until": stop})
+    runner.start()
+    runner.join(0.1)
+    assert runner.is_alive()  # nothing to do, no limit: it keeps waiting for entries...
+    stop.set()
+    runner.join(10)
+    assert not runner.is_alive()  # ...until the event is set (then within one 20 ms read)
 
 
 def test_lag_reports_the_group_and_its_consumers(r, ns):
@@ -137,10 +149,11 @@ def test_lag_reports_the_group_and_its_consumers(r, ns):
 def test_a_huge_backlog_is_reclaimed_in_pages_that_resume_at_the_cursor(r, ns):
     stream = ns.key("s")
     ensure_group(r, stream, "g")
-    fill(r, stream, 450)
+    ids = fill(r, stream, 450)
     r.xreadgroup("g", "dead", {stream: ">"}, count=450)
-    time.sleep(0.06)
-    worker = Worker(r, stream, "g", "alive", lambda i, f: None, claim_idle_ms=50)
-    first, second = worker.reclaim(max_pages=2), worker.reclaim(max_pages=2)
-    assert (len(first), len(second)) == (200, 200) and not {i for i, _ in first} & {i for i, _ in second}
-    assert len(worker.reclaim(max_pages=2)) == 50 and worker.stats.claimed == 450
+    worker = Worker(r, stream, "g", "alive", lambda i, f: None, claim_idle_ms=30_000)
+    pages = []
+    for _ in range(3):
+        age(r, stream, ids)  # every entry claimable before each call, those taken earlier too:
+        pages.append([i for i, _ in worker.reclaim(max_pages=2)])  # only the cursor says where to go on
+    assert pages == [ids[:200], ids[200:400], ids[400:]] and worker.stats.claimed == 450

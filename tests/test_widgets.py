@@ -6,8 +6,10 @@ import pytest
 
 from labkit.widgets import LagMonitor, LiveMonitor, OpsMonitor, PubSubMonitor
 
+from .waiting import eventually
 
-def test_ops_monitor_sees_a_workload(r, ns, capsys):
+
+def test_ops_monitor_sees_a_workload(r, ns, capsys, label_only):
     def workload(stop):
         while not stop.is_set():
             r.incr(ns.key("counter"))
@@ -28,12 +30,20 @@ def test_workload_errors_reach_the_cell():
         LiveMonitor(lambda: {"x": 1.0}, duration=0.3, interval=0.05).run(broken)
 
 
+def test_the_live_figure_is_drawn_while_sampling():
+    monitor = LiveMonitor(lambda: {"x": 1.0}, duration=0.3, interval=0.05)
+    drawn = []
+    monitor.plot.observe(lambda change: drawn.append(change["new"]), names="outputs")
+    monitor.run()
+    assert drawn and drawn[0][0]["data"]["image/png"] and monitor.label.value.startswith("<b>live monitor</b> (done)")
+
+
 def test_duration_must_be_positive():
     with pytest.raises(ValueError, match="must be positive"):
         LiveMonitor(lambda: {}, duration=0)
 
 
-def test_pubsub_monitor_counts_published_and_received(r, ns, capsys):
+def test_pubsub_monitor_counts_published_and_received(r, ns, capsys, label_only):
     from labkit.pubsub import Subscriber
 
     channel = ns.key("monitored")
@@ -50,18 +60,43 @@ def test_pubsub_monitor_counts_published_and_received(r, ns, capsys):
     assert "published/s" in result.summary and result.summary in capsys.readouterr().out
 
 
-def test_lag_monitor_sees_lag_grow_and_drain(r, ns, capsys):
+def test_lag_monitor_sees_lag_grow_and_drain(r, ns, capsys, label_only):
     from labkit.streams import Worker, ensure_group
 
     stream = ns.key("lagging")
     ensure_group(r, stream, "g")
+    monitor = LagMonitor(r, stream, "g", duration=2.0, interval=0.1)
 
     def workload(stop):
         for _ in range(5):
             r.xadd(stream, {"n": 1})
-        time.sleep(0.4)
+        eventually(lambda: 5 in monitor.result.series.get("lag", ()))  # drain once the monitor saw the lag
         Worker(r, stream, "g", "c1", lambda i, f: None, block_ms=10).run(until=stop)
 
-    result = LagMonitor(r, stream, "g", duration=1.0, interval=0.1).run(workload)
+    result = monitor.run(workload)
     assert result.peak("lag") == 5 and result.series["lag"][-1] == 0 and result.series["pending c1"][-1] == 0
     assert result.summary.startswith("consumer group lag: lag 0 (peak 5)") and result.summary in capsys.readouterr().out
+
+
+def test_eviction_monitor_sees_a_server_fill_up_and_evict(capsys):
+    from labkit.server import spawn
+    from labkit.widgets import EvictionMonitor
+
+    with spawn(modules=False, maxmemory="2mb", maxmemory_policy="allkeys-lru") as server:
+        c = server.client()
+
+        def workload(stop):
+            for start in range(0, 12_000, 200):
+                with c.pipeline(transaction=False) as pipe:
+                    for i in range(start, start + 200):
+                        pipe.set(f"item:{i}", "v" * 200)
+                        pipe.get(f"item:{i // 2}")
+                    pipe.execute()
+                time.sleep(0.01)
+
+        result = EvictionMonitor({"lru": c}, duration=20.0, interval=0.1).run(workload, until_done=True)
+    assert result.times[-1] < 15  # it ended with the workload, not after 20 s
+    assert result.peak("lru evicted/s") > 0 and 90 < result.series["lru memory %"][-1] <= 105
+    rates = [rate for rate in result.series["lru hit rate %"] if rate == rate]  # NaN: an interval without reads
+    assert rates and 0 < max(rates) <= 100
+    assert result.summary.startswith("eviction: lru: hit rate") and result.summary in capsys.readouterr().out

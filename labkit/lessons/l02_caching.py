@@ -118,7 +118,9 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
         t.start()
     for t in threads:
         t.join()
-    time.sleep(recompute_s * 2)  # let a background refresh (swr) finish before counting
+    deadline = time.monotonic() + 30  # a background refresh (swr) holds the lock until it has written: wait
+    while r.exists(f"{hot.key(1)}:lock") and time.monotonic() < deadline:  # for it, whatever the load
+        time.sleep(0.005)
     hot.invalidate(1)
     return StampedeResult(strategy, clients, hot.stats.recomputes - warm["recomputes"],
                           hot.stats.misses - warm["misses"], hot.stats.early_refreshes - warm["early"], latencies)
@@ -148,46 +150,96 @@ def check_xfetch(should_refresh: Callable[[float, float, float, float, float], b
                              f"(theory {expected:.0%}); more often with beta = 2 ({bigger_beta:.0%}).")
 
 
+class _ReadWatcher(redis.Redis):
+    """A real client of the same server that notes which threads have had a reply to `GET <key>`."""
+
+    key = ""
+    readers: set[int]
+
+    def execute_command(self, *args, **options):
+        reply = super().execute_command(*args, **options)
+        if len(args) > 1 and str(args[0]).upper() == "GET" and args[1] == self.key:
+            self.readers.add(threading.get_ident())
+        return reply
+
+
+SINGLE_FLIGHT_CALLERS = 20
+
+
 def check_single_flight(r: redis.Redis, ns: Namespace, get_or_compute: Callable) -> Result:
     """`get_or_compute(r, key, compute, lock_ttl_ms)` returns the cached value at `key`, or computes
     it under a lock at `key + ":lock"` that holds a token: one compute for many concurrent callers, and a
-    client never deletes a lock it does not own."""
+    client never deletes a lock it does not own.
+
+    Nothing here depends on timing. The callers start together (a barrier), and the compute does not
+    finish before every caller has read the cache and missed (or 1 s has passed, for answers that take
+    the lock before reading): a missing re-read always shows as extra computes. The expired-lock case is
+    ordered by events: the rival takes the lock only once the first client's lock is really gone, and the
+    first client's compute returns only after that."""
     problems = []
     key = ns.key("check", "single-flight")
+    n = SINGLE_FLIGHT_CALLERS
+    watched = _ReadWatcher(connection_pool=r.connection_pool)
+    watched.key, watched.readers = key, set()
     computes = []
 
     def compute() -> str:
         computes.append(1)
-        time.sleep(0.05)
+        deadline = time.monotonic() + 1
+        while len(watched.readers) < n and time.monotonic() < deadline:
+            time.sleep(0.002)
         return "fresh"
 
     r.delete(key, key + ":lock")
     answers: list = []
-    threads = [threading.Thread(target=lambda: answers.append(get_or_compute(r, key, compute, 2000)))
-               for _ in range(20)]
+    start = threading.Barrier(n)
+
+    def caller() -> None:
+        start.wait(30)
+        answers.append(get_or_compute(watched, key, compute, 30_000))
+
+    threads = [threading.Thread(target=caller) for _ in range(n)]
     try:
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         if len(computes) > 1:
-            problems.append(f"{len(computes)} computes for 20 concurrent callers: after taking the lock, read the "
+            problems.append(f"{len(computes)} computes for {n} concurrent callers: after taking the lock, read the "
                             "cache again (another client may have filled it while you waited), and let waiters "
                             "re-read rather than compute.")
-        if answers != ["fresh"] * 20:
-            problems.append(f"callers got {sorted(set(map(str, answers)))}, expected 'fresh' for all 20.")
-        # a lock that outlives its TTL: A's lock (50 ms) expires while A computes (150 ms)
+        if answers != ["fresh"] * n:
+            problems.append(f"callers got {sorted(set(map(str, answers)))}, expected 'fresh' for all {n}.")
+        # a lock that outlives its TTL: A's lock (50 ms) expires while A computes; another client takes it
         r.delete(key, key + ":lock")
-        slow = lambda: (time.sleep(0.15), "slow")[1]  # noqa: E731
+        computing, rival_in = threading.Event(), threading.Event()
+
+        def slow() -> str:
+            computing.set()
+            rival_in.wait(30)
+            return "slow"
+
         first = threading.Thread(target=get_or_compute, args=(r, key, slow, 50))
         first.start()
-        time.sleep(0.08)  # A's 50 ms lock has expired; another client now takes the lock
-        r.set(key + ":lock", "someone-else", px=1000)
-        first.join()
-        if r.get(key + ":lock") != "someone-else":
+        expired = False
+        if not computing.wait(30):
+            problems.append("get_or_compute never called compute() on an empty cache.")
+        else:
+            deadline = time.monotonic() + 10
+            while r.exists(key + ":lock") and time.monotonic() < deadline:
+                time.sleep(0.005)
+            expired = not r.exists(key + ":lock")
+            if not expired:
+                problems.append("a lock taken with lock_ttl_ms = 50 was still there 10 s later: pass lock_ttl_ms "
+                                "as the lock's PX, so that a crashed holder cannot block everyone.")
+            else:
+                r.set(key + ":lock", "someone-else", px=60_000)
+        rival_in.set()
+        first.join(30)
+        if expired and r.get(key + ":lock") != "someone-else":
             problems.append("when its lock had expired, the first client deleted a lock another client held: "
                             "store a random token in the lock and release it only if the token is still yours "
                             "(a Lua compare-and-delete).")
     finally:
         delete_keys(r, [k for k in r.scan_iter(match=key + "*")])
-    return verdict(problems, "one compute for 20 concurrent callers; never releases a lock it does not own.")
+    return verdict(problems, f"one compute for {n} concurrent callers; never releases a lock it does not own.")

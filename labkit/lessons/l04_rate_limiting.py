@@ -20,15 +20,21 @@ def check_sliding_log(r: redis.Redis, ns: Namespace, allow: Callable) -> Result:
     users = [f"{base}:{u}" for u in range(SLIDING_USERS)]
     admitted: dict[str, int] = dict.fromkeys(users, 0)
     lock, errors = threading.Lock(), []
+    step = threading.Barrier(SLIDING_THREADS)  # the lockstep: every thread asks for a user at the same moment,
+    # so that a check and an add in separate steps are raced on every user, however the machine schedules them
 
     def client() -> None:
         try:
             for key in users:
+                step.wait(60)
                 if allow(r, key, SLIDING_LIMIT, 60_000):
                     with lock:
                         admitted[key] += 1
+        except threading.BrokenBarrierError:  # another thread failed (reported below) or hung
+            return
         except Exception as err:  # reported below, never swallowed
             errors.append(err)
+            step.abort()
 
     threads = [threading.Thread(target=client) for _ in range(SLIDING_THREADS)]
     for t in threads:

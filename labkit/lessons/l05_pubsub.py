@@ -142,21 +142,28 @@ def check_presence(r: redis.Redis, ns: Namespace, resync: Callable[[PresenceFeed
 def check_expired_events(r: redis.Redis, flags: str) -> Result:
     """With notify-keyspace-events set to `flags`, a subscriber of `__keyevent@0__:expired` hears
     each key that expires, and the server publishes nothing else (no event for writes, none per key name).
-    Restores the server's previous setting afterwards."""
+    Restores the server's previous setting afterwards.
+
+    No guessed wait: once the key is gone, the server has already sent the subscriber every event about
+    it, so a marker published then arrives after all of them (one connection delivers in order); the
+    events are those received before the marker."""
     previous = r.config_get("notify-keyspace-events")["notify-keyspace-events"]
-    key = "lab:l05:check:expiring"
+    key, marker = "lab:l05:check:expiring", "lab:l05:check:done"
     try:
         r.config_set("notify-keyspace-events", flags)
     except redis.ResponseError as err:
         return Result(False, f"the server refused {flags!r}: {err}. Use the letters from the table above.")
     try:
-        with Subscriber(r, patterns=["__key*@*__:*"], name="labkit-check") as sub:
+        with Subscriber(r, marker, patterns=["__key*@*__:*"], name="labkit-check") as sub:
             r.set(key, "soon", px=50)
-            deadline = time.monotonic() + 2
-            while r.exists(key) and time.monotonic() < deadline:
+            deadline = time.monotonic() + 10
+            while r.exists(key) and time.monotonic() < deadline:  # EXISTS also expires it, if it is due
                 time.sleep(0.01)
-            time.sleep(0.15)
-            events = [channel for _, channel, _ in sub.messages]
+            r.publish(marker, "after the expiry")
+            deadline = time.monotonic() + 10
+            while marker not in (heard := [channel for _, channel, _ in sub.messages]) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            events = heard[:heard.index(marker)] if marker in heard else heard
     finally:
         r.config_set("notify-keyspace-events", previous)
         r.delete(key)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -39,9 +38,12 @@ class CrashResult:
     pending_after: int
 
 
-def _crash_worker(spec: dict, stream: str, group: str, consumer: str, prefix: str, claim_idle_ms: int) -> None:
-    """A worker process: each order's effect goes to a naive total and to a ledger keyed by order id."""
+def _crash_worker(spec: dict, stream: str, group: str, consumer: str, prefix: str, claim_idle_ms: int,
+                  work_ms: float) -> None:
+    """A worker process: each order's effect goes to a naive total and to a ledger keyed by order id, then
+    the handler spends `work_ms` on the rest of its work (a receipt to send) before the batch is acked."""
     r = redis.Redis(**spec, decode_responses=True)
+    r.set(f"{prefix}:ready:{consumer}", os.getpid())
 
     def handle(entry_id: str, fields: dict) -> None:
         pipe = r.pipeline(transaction=True)
@@ -49,16 +51,36 @@ def _crash_worker(spec: dict, stream: str, group: str, consumer: str, prefix: st
         pipe.incrby(f"{prefix}:naive-total", int(fields["amount"]))
         pipe.hsetnx(f"{prefix}:ledger", fields["order"], fields["amount"])
         pipe.execute()
+        time.sleep(work_ms / 1000)
 
     Worker(r, stream, group, consumer, handle, batch=20, block_ms=50, claim_idle_ms=claim_idle_ms).run()
 
 
+def _victim(r: redis.Redis, procs: dict, prefix: str, stream: str, group: str, rng: random.Random,
+            wait_s: float = 5.0) -> str:
+    """A worker process that has started working and holds unacknowledged entries (one is picked at random),
+    waiting up to `wait_s` for one; failing that, any worker."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        pending = {c["name"]: c["pending"] for c in r.xinfo_consumers(stream, group)}
+        busy = [name for name, process in sorted(procs.items())
+                if r.get(f"{prefix}:ready:{name}") == str(process.pid) and pending.get(name, 0) > 0]
+        if busy:
+            return rng.choice(busy)
+        time.sleep(0.005)
+    return rng.choice(sorted(procs))
+
+
 def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: int = 3, rate: float = 5000,
-               kills: int = 10, seed: int = 0, claim_idle_ms: int = 300, timeout: float = 60) -> CrashResult:
+               kills: int = 10, seed: int = 0, claim_idle_ms: int = 2000, work_ms: float = 0.5,
+               timeout: float = 60) -> CrashResult:
     """Orders flow into a stream at `rate`/s while worker PROCESSES are SIGKILLed at random moments.
 
-    Each killed worker restarts under its name, except the last, which stays dead: its pending entries
-    can only come back through XAUTOCLAIM. Keys live under `prefix`; the caller cleans them.
+    Each kill picks a worker that is running (not still starting) and holds unacknowledged entries. Each
+    killed worker restarts under its name, except the last, which stays dead: its pending entries can
+    only come back through XAUTOCLAIM. A handler records its effect, then works `work_ms` more before
+    its batch is acknowledged: a kill in that window makes the entries run again (a duplicate).
+    Keys live under `prefix`; the caller cleans them.
     """
     if messages <= 0 or workers < 2 or kills < 0:
         raise ConfigError("crash_test needs messages > 0, at least 2 workers and kills >= 0.")
@@ -67,7 +89,7 @@ def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: 
     ctx, spec = multiprocessing.get_context("spawn"), connection_spec(r)
 
     def start(name: str):
-        process = ctx.Process(target=_crash_worker, args=(spec, stream, group, name, prefix, claim_idle_ms),
+        process = ctx.Process(target=_crash_worker, args=(spec, stream, group, name, prefix, claim_idle_ms, work_ms),
                               daemon=True)
         process.start()
         return process
@@ -90,8 +112,8 @@ def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: 
     try:
         for k in range(kills):
             time.sleep(rng.uniform(0.5, 1.5) * messages / rate / max(kills, 1))
-            name = rng.choice(sorted(procs))
-            os.kill(procs[name].pid, signal.SIGKILL)
+            name = _victim(r, procs, prefix, stream, group, rng)
+            procs[name].kill()  # SIGKILL
             procs[name].join()
             if k < kills - 1 or len(procs) <= 2:
                 procs[name] = start(name)

@@ -97,7 +97,9 @@ def paused_holder(r: redis.Redis, prefix: str, *, fenced: bool, ttl_ms: int = 20
         first_fence = ours.recv()
         os.kill(holder.pid, signal.SIGSTOP)
         ours.send("go")
-        second = Lock(r, "resource", ttl_ms=ttl_ms * 10, blocking_timeout=ttl_ms * 5 / 1000, prefix=prefix)
+        # the second holder's lock must outlast the rest of the experiment (a process to wake and write) on
+        # a busy machine too: a minute, released below
+        second = Lock(r, "resource", ttl_ms=60_000, blocking_timeout=ttl_ms * 5 / 1000, prefix=prefix)
         if not second.acquire():
             raise TimeoutError("the second client never got the lock: did the first one's TTL not run out?")
         if fenced:

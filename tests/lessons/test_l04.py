@@ -62,3 +62,11 @@ def test_sliding_log_rejects_a_key_without_expiry(r, ns):
     script = r.register_script(SLIDING_LUA.replace("redis.call('PEXPIRE', KEYS[1], ARGV[2])", ""))
     result = lesson.check_sliding_log(r, ns, lambda r, key, limit, ms: bool(script(keys=[key], args=[limit, ms])))
     assert not result and "no expiry" in result.message
+
+
+def test_sliding_log_reports_an_error_without_hanging_the_other_threads(r, ns):
+    def broken(r, key, limit, ms):
+        raise ValueError("typo in the script")
+
+    result = lesson.check_sliding_log(r, ns, broken)
+    assert not result and "typo in the script" in result.message

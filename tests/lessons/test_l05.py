@@ -1,14 +1,14 @@
 """The lesson 05 module (`labkit.lessons.l05_pubsub`): numbered messages, dropping clients by name, the slow
 subscriber, and each check accepting the reference answer and rejecting the known-wrong ones."""
 
-import time
-
 import pytest
 
 from labkit import ConfigError
 from labkit.lessons import l05_pubsub as lesson
 from labkit.pubsub import Subscriber, subscribed_clients
 from labkit.server import spawn
+
+from ..waiting import eventually
 
 
 # -- counting losses ------------------------------------------------------------------------------------
@@ -22,11 +22,15 @@ def test_publish_numbered_rejects_a_negative_count(r):
 
 
 def test_kill_clients_only_kills_the_named_ones(r, ns):
+    def connection_ids():
+        return {c.get("name"): c["id"] for c in r.client_list()}
+
     with Subscriber(r, ns.key("a"), name=ns.key("victim")), Subscriber(r, ns.key("a"), name=ns.key("bystander")):
+        before = connection_ids()
         assert lesson.kill_clients(r, ns.key("victim")) == 1
-        time.sleep(0.05)
-        names = {c.get("name") for c in r.client_list()}
-        assert ns.key("bystander") in names
+        # by connection id, not name: the victim reconnects under its name, and a killed bystander would too
+        assert eventually(lambda: connection_ids().get(ns.key("victim")) != before[ns.key("victim")])
+        assert connection_ids()[ns.key("bystander")] == before[ns.key("bystander")]
 
 
 # -- the slow subscriber --------------------------------------------------------------------------------

@@ -1,0 +1,137 @@
+"""The lesson 09 module (`labkit.lessons.l09_memory_and_eviction`): each check accepts the reference answer and
+rejects the known-wrong ones; the experiments the checks rest on measure what the lesson says."""
+
+import time
+
+import pytest
+
+from labkit import ops
+from labkit.lessons import l09_memory_and_eviction as lesson
+
+
+# -- exercise 1: choose a policy ---------------------------------------------------------------------------
+def test_policy_choice_accepts_volatile_lfu_with_its_measured_hit_rate():
+    measured = lesson.run_mix("volatile-lfu")
+    assert measured.flags_lost == 0 and measured.refused == 0
+    result = lesson.check_policy_choice("volatile-lfu", measured.hit_rate)
+    assert result, result.message
+
+
+@pytest.mark.parametrize(("policy", "hint"), [
+    ("allkeys-lfu", "feature flags"),  # the best hit rate, but the flags go
+    ("allkeys-lru", "feature flags"),
+    ("noeviction", "refused"),  # keeps the flags, refuses cache writes
+    ("volatile-lru", "another safe policy"),  # keeps the flags, loses to the crawler
+])
+def test_policy_choice_rejects_policies_that_lose_flags_refuse_writes_or_fall_to_the_crawler(policy, hint):
+    result = lesson.check_policy_choice(policy, lesson.run_mix(policy).hit_rate)
+    assert not result and hint in result.message
+
+
+def test_policy_choice_wants_the_hit_rate_that_was_measured():
+    result = lesson.check_policy_choice("volatile-lfu", 0.99)
+    assert not result and "you reported a hit rate of 0.990" in result.message
+    assert not lesson.check_policy_choice("lru", 0.7) and not lesson.check_policy_choice("volatile-lfu", "high")
+
+
+# -- exercise 2: delete a prefix -----------------------------------------------------------------------------
+def batched(r, keys, size=500):
+    deleted, batch = 0, []
+    for key in keys:
+        batch.append(key)
+        if len(batch) == size:
+            deleted += r.unlink(*batch)
+            batch = []
+    return deleted + (r.unlink(*batch) if batch else 0)
+
+
+def test_prefix_delete_accepts_scan_and_batched_unlink_and_labkit_ops():
+    reference = lesson.check_prefix_delete(lambda r, prefix: batched(r, r.scan_iter(match=prefix + ":*", count=1000)))
+    assert reference, reference.message
+    assert lesson.check_prefix_delete(ops.scan_delete)
+
+
+@pytest.mark.parametrize(("name", "delete_prefix", "hint"), [
+    ("KEYS", lambda r, p: batched(r, r.keys(p + ":*")), "it called KEYS"),
+    ("prefix + '*'", lambda r, p: batched(r, r.scan_iter(match=p + "*", count=1000)), "outside the prefix"),
+    ("one UNLINK per key", lambda r, p: sum(r.unlink(k) for k in r.scan_iter(match=p + ":*", count=1000)),
+     "batch them"),
+    ("one UNLINK for all", lambda r, p: r.unlink(*r.scan_iter(match=p + ":*", count=1000)), "at once"),
+    ("SCAN's default COUNT", lambda r, p: batched(r, r.scan_iter(match=p + ":*")), "COUNT is 10"),
+])
+def test_prefix_delete_rejects_keys_overreach_and_unbatched_versions(name, delete_prefix, hint):
+    result = lesson.check_prefix_delete(delete_prefix)
+    assert not result and hint in result.message, (name, result.message)
+
+
+# -- exercise 3: the key that breaks the budget -----------------------------------------------------------
+def test_budget_culprit_accepts_the_largest_memory_usage():
+    result = lesson.check_budget_culprit(lambda r: ops.big_keys(r, top=1)[0].key)
+    assert result, result.message
+
+
+def most_elements(r):
+    length = {"string": r.strlen, "hash": r.hlen, "list": r.llen, "set": r.scard, "zset": r.zcard}
+    return max(r.scan_iter(count=1000), key=lambda key: length[r.type(key)](key))
+
+
+def biggest_string(r):
+    return max((key for key in r.scan_iter(count=1000) if r.type(key) == "string"), key=r.strlen)
+
+
+@pytest.mark.parametrize(("name", "find_culprit", "hint"), [
+    ("most elements (what --bigkeys ranks by)", most_elements, "compare MEMORY USAGE, not element counts"),
+    ("biggest string", biggest_string, "a string is not the only type"),
+    ("KEYS", lambda r: max(r.keys("*"), key=r.memory_usage), "it called KEYS"),
+])
+def test_budget_culprit_rejects_element_counts_strings_only_and_keys(name, find_culprit, hint):
+    result = lesson.check_budget_culprit(find_culprit)
+    assert not result and hint in result.message, (name, result.message)
+
+
+def test_the_budget_instance_is_over_its_budget_until_the_culprit_goes():
+    from labkit.server import spawn
+
+    with spawn(modules=False) as server:
+        c = server.client()
+        culprit = lesson.budget_instance(c)
+        limit = int(c.config_get("maxmemory")["maxmemory"])
+        assert lesson.used_memory(c) > limit
+        c.delete(culprit)  # freed by a background thread (lazyfree-lazy-user-del): poll with a deadline
+        deadline = time.monotonic() + 10
+        while lesson.used_memory(c) >= limit and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lesson.used_memory(c) < limit
+
+
+# -- the experiments the lesson's claims rest on ---------------------------------------------------------
+def test_read_through_counts_hits_misses_and_refused_writes():
+    server, c = lesson.cache_server("noeviction", 100_000)
+    try:
+        outcomes = lesson.read_through(c, [f"k:{i % 500}" for i in range(2000)])
+    finally:
+        server.stop()
+    assert set(outcomes) == {lesson.HIT, lesson.MISS, lesson.REFUSED}
+    assert outcomes[0] == lesson.MISS and outcomes[-1] in (lesson.HIT, lesson.REFUSED)
+
+
+def test_exact_lru_keeps_the_most_recent_writes():
+    assert lesson.exact_lru_kept(["a", "b", "c", "a", "d"], 2) == {"a", "d"}
+
+
+def test_ideal_hit_rate_counts_repeats_of_the_most_requested_items():
+    import numpy as np
+
+    assert lesson.ideal_hit_rate(np.array([0, 0, 0, 1, 1, 2]), capacity=1) == pytest.approx(2 / 6)
+
+
+def test_measure_stalls_sees_the_server_busy_and_the_other_client_wait():
+    from labkit.server import spawn
+
+    with spawn(modules=False) as server:
+        lesson.fill_keyspace(server.client(), 100_000)
+        run = lesson.measure_stalls(server, {"KEYS": lambda c: c.keys("user:*"), "PING": lambda c: c.ping()})
+    keys_cpu = run.best("KEYS", "server_cpu_ms")
+    assert [s.calls for s in run.stalls["KEYS"]] == [1, 1, 1] and keys_cpu > 2
+    assert run.worst("KEYS", "other_client_ms") > 0.5 * keys_cpu > run.worst("PING", "server_cpu_ms")
+    assert len(run.windows) == 6 and len(run.timeline) > 50
