@@ -485,23 +485,31 @@ def _data_bytes(directory: Path) -> int:
 
 def restart_times(root: Path, sizes: Iterable[int] = (40_000, 80_000, 160_000),
                   repeats: int = 2) -> list[RestartSample]:
-    """For each format, one server grown through `sizes` keys: persist, then SIGKILL and start `repeats`
-    times, keeping the quickest load (a busy machine can only add time)."""
-    samples = []
-    for fmt, config in RESTART_FORMATS.items():
-        with _server(root, enable_debug_command="local", hz=100, **config) as srv:
+    """For each format and size, a server holding that many keys, persisted; then `repeats` rounds in which
+    every server in turn is killed (SIGKILL) and timed as it starts, keeping each one's quickest load (a
+    busy machine can only add time, and the rounds spread a busy moment over different servers)."""
+    servers: dict[tuple[str, int], Server] = {}
+    try:
+        for fmt, config in RESTART_FORMATS.items():
             for keys in sizes:
+                srv = servers[fmt, keys] = _server(root, enable_debug_command="local", hz=100, **config)
                 srv.client().execute_command("DEBUG", "POPULATE", keys, "order", 100)
                 _persist(srv.client(), fmt)
-                runs = []
-                for _ in range(repeats):
-                    srv.kill()
-                    runs.append(timed_start(srv))
-                if srv.client().dbsize() != keys:
-                    raise RuntimeError(f"{fmt}: {srv.client().dbsize()} keys came back, expected {keys}")
-                seconds, load_seconds, loading = min(runs, key=lambda run: run[1])
-                samples.append(RestartSample(fmt, keys, seconds, load_seconds, _data_bytes(srv.dir), loading))
-    return samples
+        runs: dict[tuple[str, int], list[tuple[float, float, int]]] = {key: [] for key in servers}
+        for _ in range(repeats):
+            for key, srv in servers.items():
+                srv.kill()
+                runs[key].append(timed_start(srv))
+        samples = []
+        for (fmt, keys), srv in servers.items():
+            if srv.client().dbsize() != keys:
+                raise RuntimeError(f"{fmt}: {srv.client().dbsize()} keys came back, expected {keys}")
+            seconds, load_seconds, loading = min(runs[fmt, keys], key=lambda run: run[1])
+            samples.append(RestartSample(fmt, keys, seconds, load_seconds, _data_bytes(srv.dir), loading))
+        return samples
+    finally:
+        for srv in servers.values():
+            srv.stop()
 
 
 def plot_restart_times(samples: list[RestartSample]) -> None:
