@@ -12,6 +12,7 @@ from redis.retry import Retry
 import labkit
 from labkit.server import Server, available_engines, capabilities, find_engine, module_paths, spawn
 from labkit.server.process import mask, ping_raw
+from labkit.server.topology import wait_until
 
 ONCE = {"retry": Retry(NoBackoff(), 0)}
 
@@ -125,6 +126,61 @@ def test_without_persistence_restart_loses_data():
         srv.kill()
         srv.restart()
         assert srv.client().get("ghost") is None
+
+
+def test_none_leaves_a_directive_out_so_the_engine_default_applies():
+    with spawn(modules=False) as lab_default, spawn(modules=False, save=None) as engine_default:
+        assert lab_default.client().config_get("save")["save"] == ""
+        assert engine_default.client().config_get("save")["save"] == "3600 1 300 100 60 10000"
+        assert "save" not in engine_default.write_config(keep=True).read_text()
+
+
+def test_root_chooses_where_the_data_directory_is_made_and_stop_removes_it(tmp_path):
+    with spawn(modules=False, root=tmp_path / "data") as srv:
+        assert srv.dir.parent == tmp_path / "data"
+        assert srv.client().config_get("dir")["dir"] == str(srv.dir)
+    assert not srv.dir.exists() and (tmp_path / "data").exists()
+
+
+def test_restart_keep_config_starts_from_the_file_config_rewrite_left():
+    with spawn(modules=False) as srv:
+        srv.client().config_set("maxmemory-policy", "allkeys-lru")
+        srv.client().config_rewrite()
+        srv.restart(keep_config=True)
+        assert srv.client().config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
+        srv.restart()
+        assert srv.client().config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_waitaof_exact_under_everysec_matches_what_the_engine_does(engine):
+    """Under everysec an fsync runs at most once a second, so 5 writes each confirmed by WAITAOF within
+    0.5 s can only mean early replies; an exact engine makes some of them wait for the next fsync."""
+    with Server(engine, modules=False, config={"appendonly": True, "appendfsync": "everysec"}) as srv:
+        r = srv.client()
+        caps = capabilities(r)
+        started = time.monotonic()
+        replies = [(r.set("k", i), r.execute_command("WAITAOF", 1, 0, 3000))[1] for i in range(5)]
+        elapsed = time.monotonic() - started
+    assert caps.waitaof and all(reply == [1, 0] for reply in replies)
+    assert (elapsed > 0.5) is caps.waitaof_exact_under_everysec, f"5 WAITAOF in {elapsed:.3f} s"
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_bgsave_cancel_capability_matches_what_the_engine_does(engine):
+    with Server(engine, modules=False, config={"rdb-key-save-delay": 1_000_000}) as srv:
+        r = srv.client()
+        r.set("k", "v")
+        r.bgsave()
+        caps = capabilities(r)
+        if caps.bgsave_cancel:
+            r.execute_command("BGSAVE", "CANCEL")
+            wait_until(lambda: not r.info("persistence")["rdb_bgsave_in_progress"], 5, "the snapshot to stop")
+            assert not (srv.dir / "dump.rdb").exists()
+        else:
+            with pytest.raises(redis.ResponseError):
+                r.execute_command("BGSAVE", "CANCEL")
+    assert caps.bgsave_cancel is (caps.engine == "valkey" and caps.version_tuple >= (8, 1))
 
 
 def test_bad_config_fails_with_the_servers_reason_and_leaves_nothing():

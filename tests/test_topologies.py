@@ -98,6 +98,12 @@ def test_nodes_are_independent():
         assert [s.client().exists("only-here") for s in servers] == [1, 0, 0]
 
 
+def test_replicated_makes_its_data_directories_under_root(tmp_path):
+    with replicated(replicas=1, root=tmp_path) as topo:
+        assert {s.dir.parent for s in topo.servers} == {tmp_path}
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_topology_cleans_up_when_the_body_raises():
     with pytest.raises(RuntimeError, match="boom"), replicated(replicas=1) as topo:
         members = list(topo.servers)

@@ -19,6 +19,7 @@ class Capabilities:
     version: str
     modules: frozenset[str] = field(default_factory=frozenset)
     commands: frozenset[str] = field(default_factory=frozenset)
+    bgsave_cancel: bool = False  # BGSAVE CANCEL stops a snapshot in progress (Valkey 8.1+)
 
     @property
     def search(self) -> bool:
@@ -35,6 +36,18 @@ class Capabilities:
     @property
     def sharded_pubsub(self) -> bool:
         return "spublish" in self.commands
+
+    @property
+    def waitaof(self) -> bool:
+        """WAITAOF (Redis 7.2+, every Valkey): block until writes are fsynced to the AOF here and on replicas."""
+        return "waitaof" in self.commands
+
+    @property
+    def waitaof_exact_under_everysec(self) -> bool:
+        """Under `appendfsync everysec`, WAITAOF waits for the once-a-second fsync. Redis fixed an early
+        reply in 8.0 (redis/redis#13793); Valkey (9.1 included) counts a write as fsynced once it is written
+        to the file, so there the count is exact only under `appendfsync always`."""
+        return self.waitaof and self.engine == "redis" and self.version_tuple >= (8,)
 
     def has(self, command: str) -> bool:
         """True if the server knows `command` (case-insensitive)."""
@@ -61,7 +74,24 @@ def capabilities(r: redis.Redis) -> Capabilities:
     modules = {MODULE_ALIASES.get(_name(m).lower(), _name(m).lower()) for m in loaded} - {"lua"}
     names = r.command_list()
     commands = {text(n).lower() for n in names}
-    return Capabilities(engine, version, frozenset(modules), frozenset(commands))
+    return Capabilities(engine, version, frozenset(modules), frozenset(commands), _has_token(r, "BGSAVE", "CANCEL"))
+
+
+def _has_token(r: redis.Redis, command: str, token: str) -> bool:
+    """True if COMMAND DOCS lists `token` among `command`'s arguments."""
+    try:
+        docs = r.execute_command("COMMAND DOCS", command)
+    except redis.ResponseError:
+        return False
+    return token in _words(docs)
+
+
+def _words(reply: object) -> set[str]:
+    if isinstance(reply, dict):
+        return _words(list(reply.keys())) | _words(list(reply.values()))
+    if isinstance(reply, (list, tuple)):
+        return set().union(*(_words(item) for item in reply)) if reply else set()
+    return {str(text(reply))}
 
 
 def _name(module: dict | list) -> str:

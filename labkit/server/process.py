@@ -82,8 +82,18 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
+def _new_data_dir(root: Path | str | None) -> Path:
+    parent = Path(root) if root else temp_root()
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="labkit-", dir=parent))
+
+
 class Server:
     """A real valkey-server/redis-server on 127.0.0.1, a free port and a generated password.
+
+    It works in `directory` if given (kept at `stop()`), else in a new directory under `root` (default
+    `temp_root()`) that `stop()` deletes. `config` holds server directives; a value of None leaves the
+    directive out, so the engine's built-in default applies.
 
     Example:
         >>> with Server() as srv:
@@ -98,6 +108,7 @@ class Server:
         port: int | None = None,
         password: str | None = None,
         directory: Path | str | None = None,
+        root: Path | str | None = None,
         modules: bool = True,
         sentinel: bool = False,
         detached: bool = False,
@@ -108,7 +119,7 @@ class Server:
         self.port = port or free_port()
         self.password = password or secrets.token_urlsafe(18)
         self._owns_dir = directory is None
-        self.dir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="labkit-", dir=temp_root()))
+        self.dir = Path(directory) if directory else _new_data_dir(root)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.sentinel = sentinel
         self.detached = detached
@@ -147,22 +158,26 @@ class Server:
             base |= {"masterauth": self.password, "save": "", "appendonly": False}
         if self.modules:
             base["loadmodule"] = [str(p) for p in self.modules.values()]
-        return base | self.config
+        return {key: value for key, value in (base | self.config).items() if value is not None}
 
-    def write_config(self, extra_lines: list[str] = ()) -> Path:
+    def write_config(self, extra_lines: list[str] = (), *, keep: bool = False) -> Path:
+        """Write the config file from `config` (a sentinel's, or with `keep`, an existing one stays as it is)."""
         path = self.dir / ("sentinel.conf" if self.sentinel else "server.conf")
-        if not (self.sentinel and path.exists()):
+        if not ((self.sentinel or keep) and path.exists()):
             path.write_text("\n".join(_config_lines(self._base_config()) + list(extra_lines)) + "\n")
         return path
 
-    def start(self, extra_lines: list[str] = ()) -> Server:
-        """Start the process and return once it answers PING.
+    def start(self, extra_lines: list[str] = (), *, keep_config: bool = False) -> Server:
+        """Start the process and return once it answers PING (it may still be loading its data from disk:
+        until then commands get LOADING).
 
-        If the modules fail to load here, start again without them and record why in `module_error`.
+        With `keep_config`, start from the config file as the server left it (say after CONFIG REWRITE)
+        instead of writing it afresh from `config`. If the modules fail to load here, start again without
+        them and record why in `module_error`.
         """
         try:
             try:
-                self._launch(self.write_config(extra_lines))
+                self._launch(self.write_config(extra_lines, keep=keep_config))
             except ServerUnavailable as err:
                 if not self.modules:
                     raise
@@ -231,11 +246,12 @@ class Server:
         """SIGCONT after `pause()`."""
         self.proc.send_signal(signal.SIGCONT)
 
-    def restart(self) -> Server:
-        """Stop (if running) and start again on the same port, password and data directory."""
+    def restart(self, *, keep_config: bool = False) -> Server:
+        """Stop (SIGTERM, if running) and start again on the same port, password and data directory;
+        `keep_config` as in `start()`."""
         if self.is_running():
             self._terminate()
-        return self.start()
+        return self.start(keep_config=keep_config)
 
     def _terminate(self, grace_s: float = 5.0) -> None:
         self.proc.send_signal(signal.SIGCONT)

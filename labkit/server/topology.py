@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -41,15 +42,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: 
     raise ServerUnavailable(f"Timed out after {timeout:.0f} s waiting for {what}.")
 
 
-def spawn(engine: str | None = None, *, modules: bool = True, **config: Any) -> Server:
-    """A dedicated, started server; `config` becomes server directives (`maxmemory="10mb"`).
+def spawn(engine: str | None = None, *, modules: bool = True, root: Path | str | None = None, **config: Any) -> Server:
+    """A dedicated, started server; `config` becomes server directives (`maxmemory="10mb"`; None leaves one
+    out, so the engine's default applies). Its data directory is created under `root` (default: labkit's
+    temp root) and deleted when it stops.
 
     Example:
         >>> with spawn(maxmemory="2mb", maxmemory_policy="allkeys-lru") as srv:
         ...     srv.client().config_get("maxmemory-policy")
         {'maxmemory-policy': 'allkeys-lru'}
     """
-    return Server(engine, modules=modules, config=config).start()
+    return Server(engine, root=root, modules=modules, config=config).start()
 
 
 class Topology:
@@ -89,29 +92,34 @@ def _link_up(replica: Server) -> bool:
 
 
 class Replicated(Topology):
-    """A primary and `replicas` replicas, all linked and in sync."""
+    """A primary and `replicas` replicas, all linked and in sync; data directories under `root` (as in
+    `spawn`)."""
 
-    def __init__(self, replicas: int = 1, engine: str | None = None, **config: Any) -> None:
+    def __init__(self, replicas: int = 1, engine: str | None = None, *, root: Path | str | None = None,
+                 **config: Any) -> None:
         super().__init__()
         if replicas < 1:
             raise ConfigError(f"replicas must be at least 1, got {replicas}.")
         self.replicas: list[Server] = []
+        self.root = root
         self._guard(lambda: self._build(replicas, engine, config))
 
     def _build(self, replicas: int, engine: str | None, config: dict[str, Any]) -> None:
         config = FAST_SYNC | config
-        self.primary = self._add(Server(engine, modules=False, config=config))
+        self.primary = self._add(Server(engine, root=self.root, modules=False, config=config))
         for _ in range(replicas):
             replica_config = config | {"replicaof": f"{HOST} {self.primary.port}"}
-            replica = self._add(Server(engine, password=self.primary.password, modules=False, config=replica_config))
+            replica = self._add(Server(engine, password=self.primary.password, root=self.root, modules=False,
+                                       config=replica_config))
             self.replicas.append(replica)
         for replica in self.replicas:
             wait_until(lambda r=replica: _link_up(r), 15, f"replica {replica.port} to sync")
 
 
-def replicated(replicas: int = 1, engine: str | None = None, **config: Any) -> Replicated:
+def replicated(replicas: int = 1, engine: str | None = None, *, root: Path | str | None = None,
+               **config: Any) -> Replicated:
     """A started primary with `replicas` synced replicas (`.primary`, `.replicas`, `.servers`)."""
-    return Replicated(replicas, engine, **config)
+    return Replicated(replicas, engine, root=root, **config)
 
 
 class SentinelTopology(Replicated):

@@ -1,0 +1,859 @@
+"""Lesson 10, persistence and durability (`notebooks/10_persistence.ipynb`): experiments on servers it spawns,
+each with its own data directory (snapshots and forks, crashes and restarts, fsync policies measured side by
+side, WAITAOF), the pictures, and the exercise checks."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import random
+import re
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from labkit.lessons import Result, verdict
+from labkit.ops import FSYNC_POLICIES
+from labkit.server import Server, capabilities, replicated, spawn
+from labkit.server.process import temp_root
+from labkit.server.topology import Replicated, wait_until
+from labkit.sessions import SessionStore
+
+REAL_DEFAULT_SAVE = "3600 1 300 100 60 10000"  # built into Redis and Valkey; in the shipped redis.conf since 6.2
+COPIED_SAVE = "900 1 300 10 60 10000"  # redis.conf before 6.2, still in many tutorials and copied configs
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+CHECKOUT_BUILD = Path(__file__).resolve().parents[2] / "build"
+
+
+# -- where the data lives ------------------------------------------------------------------------------
+def filesystem_type(path: Path | str) -> str | None:
+    """The type of the file system holding `path` ("ext4", "tmpfs"...), from /proc/self/mounts (Linux);
+    None where that cannot be read."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    target, best = str(Path(path).resolve()), ("", None)
+    for line in mounts:
+        fields = line.split()
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[0]):
+            best = (point, fields[2])
+    return best[1]
+
+
+def data_root() -> Path:
+    """A fresh directory for this lesson's servers, on a file system that really fsyncs: labkit's temp root,
+    unless that lives in memory (tmpfs), then the checkout's `build/`. `remove_data_root` deletes it, and so
+    does the process's exit; a run whose kernel was killed leaves one behind, removed by the next call."""
+    base = temp_root()
+    if filesystem_type(base) in MEMORY_FILESYSTEMS:
+        base = CHECKOUT_BUILD
+    base.mkdir(parents=True, exist_ok=True)
+    for stale in base.glob("l10-*-*"):
+        owner = stale.name.split("-")[1]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(stale, ignore_errors=True)
+    root = Path(tempfile.mkdtemp(prefix=f"l10-{os.getpid()}-", dir=base))
+    atexit.register(shutil.rmtree, root, True)
+    return root
+
+
+def _alive(pid: int) -> bool:
+    """True if a process with this id exists (signal 0 tests without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_data_root(root: Path) -> int:
+    """Delete the lesson's data directory; return how many server directories were still in it (each
+    experiment removes its own, so 0 unless one was interrupted)."""
+    leftovers = [p for p in root.iterdir() if p.name.startswith("labkit-")] if root.exists() else []
+    shutil.rmtree(root, ignore_errors=True)
+    return len(leftovers)
+
+
+@dataclass(frozen=True)
+class FsyncCost:
+    """Median microseconds to append 100 bytes to a file, without and with an fsync after each write."""
+
+    write_us: float
+    fsync_us: float
+
+
+def fsync_cost(directory: Path, writes: int = 40) -> FsyncCost:
+    """Time appends to a scratch file in `directory`, each followed by fsync or not, in turns."""
+    samples: dict[bool, list[float]] = {False: [], True: []}
+    fd, name = tempfile.mkstemp(dir=directory)
+    try:
+        for _ in range(writes):
+            for sync in (False, True):
+                started = time.perf_counter()
+                os.write(fd, b"x" * 100)
+                if sync:
+                    os.fsync(fd)
+                samples[sync].append((time.perf_counter() - started) * 1e6)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return FsyncCost(statistics.median(samples[False]), statistics.median(samples[True]))
+
+
+def _server(root: Path, **config: Any) -> Server:
+    return spawn(modules=False, root=root, **config)
+
+
+def _in_parallel(calls: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Run independent experiments that mostly wait (on restarts, on replication) at the same time."""
+    with ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
+        futures = {name: pool.submit(call) for name, call in calls.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _wait_for_bgsave(r: redis.Redis, timeout: float = 60) -> None:
+    wait_until(lambda: not r.info("persistence")["rdb_bgsave_in_progress"], timeout, "the snapshot to finish")
+
+
+def _wait_for_aof_rewrite(r: redis.Redis, timeout: float = 60) -> None:
+    def done() -> bool:
+        info = r.info("persistence")
+        return not (info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"])
+
+    wait_until(done, timeout, "the AOF rewrite to finish")
+
+
+# -- RDB: fork and copy-on-write -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ForkSample:
+    """One dataset size and the shortest time the server spent in fork() for a BGSAVE of it."""
+
+    megabytes: int
+    keys: int
+    used_memory: int
+    fork_usec: int
+
+
+def _fork_once(r: redis.Redis, cancel: bool) -> int:
+    """One BGSAVE's fork time (µs); with `cancel`, the snapshot is stopped right after the fork (a snapshot
+    slowed to a crawl, then BGSAVE CANCEL), else it runs to the end."""
+    r.bgsave()
+    fork_usec = r.info("stats")["latest_fork_usec"]
+    if cancel:
+        r.execute_command("BGSAVE", "CANCEL")
+    _wait_for_bgsave(r)
+    return fork_usec
+
+
+def fork_times(root: Path, megabytes: Iterable[int] = (32, 64, 128, 256), repeats: int = 5) -> list[ForkSample]:
+    """Grow one server through datasets of about `megabytes` MB (DEBUG POPULATE, 1 KB values) and fork for a
+    BGSAVE `repeats` times at each size, keeping the shortest fork: a busy machine can only add time."""
+    samples = []
+    with _server(root, enable_debug_command="local", hz=100) as srv:  # hz 100: a stopped child is reaped in 10 ms
+        r = srv.client()
+        cancel = capabilities(r).bgsave_cancel
+        if cancel:
+            r.config_set("rdb-key-save-delay", 1_000_000)  # a second per key: the child is cancelled long before
+        for mb in megabytes:
+            keys = mb * 2**20 // 1024
+            r.execute_command("DEBUG", "POPULATE", keys, "key", 1024)
+            forks = [_fork_once(r, cancel) for _ in range(repeats)]
+            samples.append(ForkSample(mb, keys, r.info("memory")["used_memory"], min(forks)))
+    return samples
+
+
+def fork_ms_per_gb(samples: list[ForkSample]) -> float:
+    """The slope of fork time against the memory the server uses, least squares, in ms per GB."""
+    slope, _ = np.polyfit([s.used_memory / 1e9 for s in samples], [s.fork_usec / 1000 for s in samples], 1)
+    return float(slope)
+
+
+def plot_fork_times(samples: list[ForkSample]) -> None:
+    slope = fork_ms_per_gb(samples)
+    gb = np.array([s.used_memory / 1e9 for s in samples])
+    fork_ms = np.array([s.fork_usec / 1000 for s in samples])
+    intercept = float(np.mean(fork_ms - slope * gb))
+    _, ax = plt.subplots(figsize=(7, 2.8))
+    ax.plot(gb * 1000, fork_ms, "o", color="tab:blue", label="shortest of the forks at each size")
+    line = np.linspace(0, gb.max() * 1.05, 20)
+    ax.plot(line * 1000, intercept + slope * line, "--", color="gray", label=f"fit: {slope:.0f} ms per GB")
+    ax.set(xlabel="memory used (MB)", ylabel="fork() (ms)", title="BGSAVE: time the server is frozen in fork()",
+           xlim=(0, None), ylim=(0, max(fork_ms.max(), float(intercept + slope * line[-1])) * 1.15))
+    ax.legend(fontsize=8)
+    plt.show()
+
+
+@dataclass(frozen=True)
+class CopyOnWrite:
+    """Bytes the snapshot child had to copy because the parent wrote while it ran, by fraction of keys."""
+
+    dataset_bytes: int
+    copied: dict[float, int]
+
+
+def copy_on_write(root: Path, fractions: Iterable[float] = (0.0, 0.01, 0.1), keys: int = 50_000,
+                  snapshot_s: float = 0.4, seed: int = 10) -> CopyOnWrite:
+    """For each fraction: start a snapshot slowed to about `snapshot_s` seconds (`rdb-key-save-delay`),
+    overwrite that fraction of the keys, chosen at random, while it runs, and read `rdb_last_cow_size`."""
+    rng = random.Random(seed)
+    copied = {}
+    with _server(root, enable_debug_command="local", hz=100) as srv:
+        r = srv.client()
+        r.execute_command("DEBUG", "POPULATE", keys, "key", 100)
+        dataset = r.info("memory")["used_memory"]
+        sleeps_per_key = max(1, round(keys * 60e-6 / snapshot_s))  # a negative delay: sleep 1 µs (~60 µs) every N keys
+        r.config_set("rdb-key-save-delay", -sleeps_per_key)
+        for fraction in fractions:
+            r.bgsave()
+            pipe = r.pipeline(transaction=False)
+            for k in rng.sample(range(keys), int(fraction * keys)):
+                pipe.set(f"key:{k}", "y" * 100)
+            pipe.execute()
+            still_running = r.info("persistence")["rdb_bgsave_in_progress"]
+            _wait_for_bgsave(r)
+            if not still_running:
+                raise RuntimeError("the snapshot ended before the writes did: raise snapshot_s")
+            copied[fraction] = r.info("persistence")["rdb_last_cow_size"]
+    return CopyOnWrite(dataset, copied)
+
+
+def plot_copy_on_write(cow: CopyOnWrite) -> None:
+    labels = [f"{f:.0%} of keys" for f in cow.copied]
+    _, ax = plt.subplots(figsize=(7, 2.4))
+    ax.barh(labels, [b / 1e6 for b in cow.copied.values()], color="tab:orange")
+    ax.axvline(cow.dataset_bytes / 1e6, color="gray", linestyle="--", label="the whole dataset")
+    ax.set(xlabel="MB copied during one snapshot", title="copy-on-write: keys overwritten at random while BGSAVE runs",
+           xlim=(0, cow.dataset_bytes / 1e6 * 1.35))
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="upper right")
+    plt.show()
+
+
+# -- what a crash or a restart loses ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Loss:
+    """Acknowledged writes before the stop, how many the restarted server still had, and how many bytes of
+    AOF the server was still holding in its own memory (`aof_buffer_length`) just before the stop."""
+
+    written: int
+    recovered: int
+    unwritten_bytes: int = 0
+
+    @property
+    def lost(self) -> int:
+        return self.written - self.recovered
+
+
+def _write_keys(r: redis.Redis, first: int, last: int) -> None:
+    pipe = r.pipeline(transaction=False)
+    for i in range(first, last):
+        pipe.set(f"order:{i}", "paid")
+    pipe.execute()
+
+
+def crash_loss(root: Path, *, stop: str, writes: int = 2000, save_after: int | None = 1000,
+               **config: Any) -> Loss:
+    """Write `writes` keys (a SAVE after `save_after` of them, if given), stop the server with SIGKILL
+    (`stop="kill"`, a crash) or SIGTERM (`stop="term"`, a clean shutdown), start it again on the same
+    directory and count what came back."""
+    if stop not in ("kill", "term"):
+        raise ValueError(f"stop is 'kill' or 'term', got {stop!r}")
+    with _server(root, **config) as srv:
+        r = srv.client()
+        _write_keys(r, 0, save_after if save_after is not None else writes)
+        if save_after is not None:
+            r.save()
+            _write_keys(r, save_after, writes)
+        unwritten = r.info("persistence").get("aof_buffer_length", 0)
+        if stop == "kill":
+            srv.kill()
+            srv.start()
+        else:
+            srv.restart()
+        return Loss(writes, srv.client().dbsize(), unwritten)
+
+
+def plot_losses(losses: dict[str, Loss], title: str) -> None:
+    names = list(losses)
+    _, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1))
+    kept = [losses[n].recovered for n in names]
+    ax.barh(names, kept, color="tab:green", label="came back")
+    ax.barh(names, [losses[n].lost for n in names], left=kept, color="tab:red", label="lost")
+    ax.set(xlabel="acknowledged writes", title=title)
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower right")
+    plt.show()
+
+
+# -- the AOF ---------------------------------------------------------------------------------------------
+def aof_files(directory: Path) -> list[tuple[str, int, str]]:
+    """The files of a multi-part AOF directory: (name, bytes, what it holds)."""
+    kinds = {".manifest": "manifest: the list of files, in order", ".rdb": "base, RDB format",
+             ".aof": "commands (RESP)"}
+    rows = []
+    for path in sorted(directory.iterdir()):
+        kind = kinds.get(path.suffix, "")
+        if ".base." in path.name:
+            kind = "base, RDB format" if _starts_like_rdb(path) else "base, commands (RESP)"
+        elif ".incr." in path.name:
+            kind = "incremental: commands since the base"
+        rows.append((path.name, path.stat().st_size, kind))
+    return rows
+
+
+def _starts_like_rdb(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(6) in (b"REDIS0", b"VALKEY")  # an RDB's magic; an AOF of commands starts with '*'
+
+
+def _set_loop(r: redis.Redis, count: int) -> None:
+    for i in range(count):
+        r.set(f"bench:{i % 1000}", "v" * 100)
+
+
+def _timed_round(conns: list[redis.Redis], count: int) -> float:
+    """Seconds for every connection to send `count` SETs of 100 bytes, each from its own thread."""
+    threads = [threading.Thread(target=_set_loop, args=(c, count)) for c in conns]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """SETs per second on each server (medians of rounds) with `clients` writing at once, and the median
+    cost of one fsync on the same disk, timed in the same rounds."""
+
+    clients: int
+    rates: dict[str, float]
+    fsync_us: float
+
+    def extra_us_per_write(self, slower: str, faster: str) -> float:
+        """How much longer one write took on `slower` than on `faster`, in µs."""
+        return 1e6 / self.rates[slower] - 1e6 / self.rates[faster]
+
+
+def fsync_throughput(root: Path, *, clients: int = 1, rounds: int = 5, batch: int = 200) -> Throughput:
+    """100-byte SETs per second on four servers (AOF off, appendfsync no, everysec, always): the same workload
+    timed in turns, `rounds` times, median of each; `clients` connections (threads) write at once."""
+    configs = {"AOF off": {"appendonly": False}} | {
+        f"appendfsync {p}": {"appendonly": True, "appendfsync": p} for p in reversed(FSYNC_POLICIES)}
+    servers = {name: _server(root, **config) for name, config in configs.items()}
+    try:
+        conns = {name: [srv.client() for _ in range(clients)] for name, srv in servers.items()}
+        rates: dict[str, list[float]] = {name: [] for name in servers}
+        fsyncs = []
+        for _ in range(rounds):
+            for name, pool in conns.items():
+                rates[name].append(batch // clients * clients / _timed_round(pool, batch // clients))
+            fsyncs.append(fsync_cost(root, writes=5).fsync_us)
+        return Throughput(clients, {name: statistics.median(v) for name, v in rates.items()}, statistics.median(fsyncs))
+    finally:
+        for srv in servers.values():
+            srv.stop()
+
+
+def plot_throughput(runs: list[Throughput]) -> None:
+    _, axes = plt.subplots(1, len(runs), figsize=(9, 2.8), sharey=True)
+    for ax, run in zip(np.atleast_1d(axes), runs, strict=True):
+        colors = ["tab:gray", "tab:blue", "tab:green", "tab:red"]
+        ax.bar([n.replace("appendfsync ", "") for n in run.rates], list(run.rates.values()), color=colors)
+        ax.set(title=f"{run.clients} client{'s' if run.clients > 1 else ''}", xlabel="appendfsync")
+    np.atleast_1d(axes)[0].set(ylabel="SETs per second")
+    plt.suptitle("the same 100-byte SETs, timed in turns (medians)", fontsize=10)
+    plt.tight_layout()
+    plt.show()
+
+
+@dataclass(frozen=True)
+class WaitaofRun:
+    """WAITAOF after each of several writes: the replies and how long each took (ms)."""
+
+    policy: str
+    replies: list[list[int]]
+    waits_ms: list[float]
+    delayed_fsync: int
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.waits_ms) / 1000
+
+
+def aof_pair(root: Path | None = None) -> Replicated:
+    """A started primary and replica, both with `appendfsync always`, returned once the replica confirms
+    fsyncs: after its first full sync a replica rewrites its AOF, and until that is done WAITAOF cannot
+    count it."""
+    topo = replicated(replicas=1, root=root, appendonly=True, appendfsync="always")
+    try:
+        r = topo.primary.client()
+        wait_until(lambda: (r.set("probe", 1), r.execute_command("WAITAOF", 1, 1, 100))[1] == [1, 1], 60,
+                   "the replica's first AOF fsync")
+        r.delete("probe")
+    except BaseException:
+        topo.stop()
+        raise
+    return topo
+
+
+def waitaof_after_writes(root: Path, policy: str, writes: int = 10) -> WaitaofRun:
+    """On a server with `appendfsync policy`: SET then `WAITAOF 1 0 3000`, `writes` times in a row."""
+    with _server(root, appendonly=True, appendfsync=policy) as srv:
+        r = srv.client()
+        replies, waits = [], []
+        for i in range(writes):
+            r.set("order:1", i)
+            started = time.perf_counter()
+            replies.append(r.execute_command("WAITAOF", 1, 0, 3000))
+            waits.append((time.perf_counter() - started) * 1000)
+        delayed = r.info("persistence")["aof_delayed_fsync"]
+    return WaitaofRun(policy, replies, waits, delayed)
+
+
+# -- restart time ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RestartSample:
+    """A server coming back with `keys` keys from its files: seconds until it answered, the part of it the
+    server itself reports as loading, and the LOADING replies a client got meanwhile."""
+
+    fmt: str
+    keys: int
+    seconds: float
+    load_seconds: float
+    file_bytes: int
+    loading_replies: int
+
+
+RESTART_FORMATS = {
+    "RDB": {"save": "3600 1"},
+    "AOF, RDB base": {"appendonly": True},
+    "AOF, commands": {"appendonly": True, "aof_use_rdb_preamble": False},
+}
+_LOADED = re.compile(r"DB loaded from (?:disk|append only file): ([0-9.]+) seconds")
+
+
+def timed_start(srv: Server) -> tuple[float, float, int]:
+    """Start a stopped server. Returns the seconds until it answers commands, the loading time it logs, and
+    the LOADING replies a client polling every 5 ms got meanwhile (connections are accepted before the
+    data is back)."""
+    started = time.perf_counter()
+    srv.start()
+    client, loading = srv.client(retry=Retry(NoBackoff(), 0)), 0
+    while True:
+        try:
+            client.get("order:0")
+            break
+        except redis.exceptions.BusyLoadingError:
+            loading += 1
+            time.sleep(0.005)
+    seconds = time.perf_counter() - started
+    logged = _LOADED.findall(srv.log_path.read_text())
+    return seconds, float(logged[-1]) if logged else float("nan"), loading
+
+
+def _persist(r: redis.Redis, fmt: str) -> None:
+    if fmt == "RDB":
+        r.save()
+    else:
+        r.bgrewriteaof()
+        _wait_for_aof_rewrite(r)
+
+
+def _data_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.suffix in (".rdb", ".aof"))
+
+
+def restart_times(root: Path, sizes: Iterable[int] = (40_000, 80_000, 160_000),
+                  repeats: int = 2) -> list[RestartSample]:
+    """For each format and size, a server holding that many keys, persisted; then `repeats` rounds in which
+    every server in turn is killed (SIGKILL) and timed as it starts, keeping each one's quickest load (a
+    busy machine can only add time, and the rounds spread a busy moment over different servers)."""
+    servers: dict[tuple[str, int], Server] = {}
+    try:
+        for fmt, config in RESTART_FORMATS.items():
+            for keys in sizes:
+                srv = servers[fmt, keys] = _server(root, enable_debug_command="local", hz=100, **config)
+                srv.client().execute_command("DEBUG", "POPULATE", keys, "order", 100)
+                _persist(srv.client(), fmt)
+        runs: dict[tuple[str, int], list[tuple[float, float, int]]] = {key: [] for key in servers}
+        for _ in range(repeats):
+            for key, srv in servers.items():
+                srv.kill()
+                runs[key].append(timed_start(srv))
+        samples = []
+        for (fmt, keys), srv in servers.items():
+            if srv.client().dbsize() != keys:
+                raise RuntimeError(f"{fmt}: {srv.client().dbsize()} keys came back, expected {keys}")
+            seconds, load_seconds, loading = min(runs[fmt, keys], key=lambda run: run[1])
+            samples.append(RestartSample(fmt, keys, seconds, load_seconds, _data_bytes(srv.dir), loading))
+        return samples
+    finally:
+        for srv in servers.values():
+            srv.stop()
+
+
+def plot_restart_times(samples: list[RestartSample]) -> None:
+    _, axes = plt.subplots(1, 2, figsize=(9, 2.8))
+    for fmt, color in zip(RESTART_FORMATS, ["tab:blue", "tab:green", "tab:orange"], strict=True):
+        rows = [s for s in samples if s.fmt == fmt]
+        keys = [s.keys / 1000 for s in rows]
+        axes[0].plot(keys, [s.load_seconds for s in rows], "o-", color=color, label=fmt)
+        axes[1].plot(keys, [s.file_bytes / 1e6 for s in rows], "o-", color=color, label=fmt)
+    axes[0].set(xlabel="thousand keys", ylabel="seconds", title="loading after a restart (quickest of 2)",
+                ylim=(0, None))
+    axes[1].set(xlabel="thousand keys", ylabel="MB on disk", title="size of the files it loads", ylim=(0, None))
+    axes[0].legend(fontsize=8)
+    plt.tight_layout()
+    plt.show()
+
+
+# -- configurations by use -------------------------------------------------------------------------------
+PROFILES: dict[str, dict[str, Any]] = {
+    "cache": {"save": "", "appendonly": False},
+    "session store": {"save": "", "appendonly": True, "appendfsync": "everysec"},
+    "queue on streams": {"save": "", "appendonly": True, "appendfsync": "always"},
+}
+
+
+@dataclass(frozen=True)
+class ProfileTest:
+    """A configuration put through the loss test: what came back after a clean restart and after a crash."""
+
+    after_restart: Loss
+    after_crash: Loss
+
+
+def loss_test(root: Path, config: dict[str, Any], writes: int = 1000) -> ProfileTest:
+    """The lesson's loss test: `writes` acknowledged writes, then a clean restart (SIGTERM) on one server,
+    a crash (SIGKILL) on another; `config` directives left out take the engine's defaults."""
+    config = {"save": None} | config
+    outcomes = _in_parallel({stop: lambda stop=stop: crash_loss(root, stop=stop, writes=writes, save_after=None,
+                                                                **config) for stop in ("term", "kill")})
+    return ProfileTest(outcomes["term"], outcomes["kill"])
+
+
+def profile_tests(root: Path, profiles: dict[str, dict[str, Any]] = PROFILES) -> dict[str, ProfileTest]:
+    """The loss test for each profile, all at once."""
+    return _in_parallel({name: lambda c=config: loss_test(root, c) for name, config in profiles.items()})
+
+
+# -- common mistakes -------------------------------------------------------------------------------------
+def loss_window_s(save: str, writes_per_s: float) -> float:
+    """How long writes can wait for the next snapshot with save points `save` at a steady rate: the first
+    rule (T seconds, C changes) to fire does so after max(T, C / rate); inf when none ever fires."""
+    words = [int(w) for w in save.split()]
+    rules = list(zip(words[::2], words[1::2], strict=True))
+    return min((max(t, c / writes_per_s) for t, c in rules), default=float("inf"))
+
+
+def plot_loss_windows(rates_per_min: np.ndarray) -> None:
+    _, ax = plt.subplots(figsize=(7, 2.8))
+    for save, color, label in ((COPIED_SAVE, "tab:red", "the copied 900 1 / 300 10 / 60 10000"),
+                               (REAL_DEFAULT_SAVE, "tab:blue", "the real default 3600 1 / 300 100 / 60 10000")):
+        ax.plot(rates_per_min, [loss_window_s(save, w / 60) / 60 for w in rates_per_min], color=color, label=label)
+    ax.set(xscale="log", xlabel="writes per minute", ylabel="minutes", ylim=(0, 65),
+           title="writes at risk: the longest wait for the next snapshot")
+    ax.legend(fontsize=8)
+    plt.show()
+
+
+def snapshots_after(root: Path, rules: dict[str, str], writes: int, deadline_s: float = 4.0) -> dict[str, int]:
+    """Servers with the given save `rules` each take `writes` writes; poll until the first snapshots
+    (or `deadline_s`); return each server's count of snapshots."""
+    servers = {name: _server(root, save=save) for name, save in rules.items()}
+    try:
+        for s in servers.values():
+            _write_keys(s.client(), 0, writes)
+        started = time.monotonic()
+        while time.monotonic() - started < deadline_s:
+            saves = {n: s.client().info("persistence")["rdb_saves"] for n, s in servers.items()}
+            if any(saves.values()):
+                time.sleep(0.3)  # one more cron tick or three for the others to have their chance
+                return {n: s.client().info("persistence")["rdb_saves"] for n, s in servers.items()}
+            time.sleep(0.05)
+        return saves
+    finally:
+        for s in servers.values():
+            s.stop()
+
+
+def sessions_after_restart(root: Path, users: int = 300, **config: Any) -> int:
+    """Log `users` users in (labkit's SessionStore), restart the server cleanly (SIGTERM, as for an upgrade),
+    and count the users still logged in."""
+    with _server(root, **config) as srv:
+        store = SessionStore(srv.client(), ttl=1800, prefix="session")
+        ids = [store.create(f"user{i}") for i in range(users)]
+        srv.restart()
+        store = SessionStore(srv.client(), ttl=1800, prefix="session")
+        return sum(store.get(sid) is not None for sid in ids)
+
+
+@dataclass(frozen=True)
+class ReplicaAfterRestart:
+    """Keys on the replica before its primary restarted, after it resynced, and the time that took."""
+
+    before: int
+    after: int
+    seconds: float
+
+
+def replica_after_primary_restarts(root: Path, configs: dict[str, dict[str, Any]], keys: int = 1000
+                                   ) -> dict[str, ReplicaAfterRestart]:
+    """`replica_after_primary_restart` for each named configuration, all at once."""
+    return _in_parallel({name: lambda c=config: replica_after_primary_restart(root, keys, **c)
+                         for name, config in configs.items()})
+
+
+def replica_after_primary_restart(root: Path, keys: int = 1000, **config: Any) -> ReplicaAfterRestart:
+    """A primary and its replica hold `keys` keys; the primary is restarted, as a supervisor would after a
+    crash; wait until the replica is linked and caught up again and count its keys."""
+    with replicated(replicas=1, root=root, **config) as topo:
+        primary, replica = topo.primary, topo.replicas[0]
+        _write_keys(primary.client(), 0, keys)
+        primary.client().wait(1, 5000)
+        before = replica.client().dbsize()
+        started = time.monotonic()
+        primary.restart()
+
+        def caught_up() -> bool:
+            link = replica.client().info("replication")
+            return (link["master_link_status"] == "up" and link["master_sync_in_progress"] == 0
+                    and link["slave_repl_offset"] == primary.client().info("replication")["master_repl_offset"])
+
+        wait_until(caught_up, 30, "the replica to resync with its restarted primary")
+        return ReplicaAfterRestart(before, replica.client().dbsize(), time.monotonic() - started)
+
+
+def aof_switched_on_by_config_file(root: Path, keys: int = 1000) -> tuple[int, int, list[str]]:
+    """An RDB server with `keys` keys; its config file is changed to `appendonly yes` and it is restarted.
+    Returns keys before, keys after, and the files in its directory."""
+    with _server(root, save=REAL_DEFAULT_SAVE) as srv:
+        _write_keys(srv.client(), 0, keys)
+        srv.config["appendonly"] = True
+        srv.restart()
+        return keys, srv.client().dbsize(), sorted(p.name for p in srv.dir.iterdir())
+
+
+def aof_switched_on_at_runtime(root: Path, *, keys: int = 1000, rewrite_config: bool) -> tuple[int, int]:
+    """A server without persistence takes `keys` keys, gets `CONFIG SET appendonly yes` (and CONFIG REWRITE
+    if `rewrite_config`) and more keys, then restarts from its config file. Returns keys before, after."""
+    with _server(root) as srv:
+        r = srv.client()
+        _write_keys(r, 0, keys // 2)
+        r.config_set("appendonly", "yes")
+        _wait_for_aof_rewrite(r)
+        if rewrite_config:
+            r.config_rewrite()
+        _write_keys(r, keys // 2, keys)
+        srv.restart(keep_config=True)
+        return keys, srv.client().dbsize()
+
+
+@dataclass(frozen=True)
+class FailedSnapshot:
+    """A BGSAVE that could not write its file: the server's status, what a write got, and the log line."""
+
+    status: str
+    write_error: str | None
+    log_line: str
+    status_after_fix: str
+    write_after_fix: bool
+
+
+def failed_snapshot(root: Path, *, stop_writes: bool = True) -> FailedSnapshot:
+    """Make BGSAVE fail (a directory stands where the snapshot must be renamed to: a forced failure that
+    needs no tiny disk), try a write, then remove the obstacle and snapshot again."""
+    with _server(root, save=REAL_DEFAULT_SAVE, stop_writes_on_bgsave_error=stop_writes) as srv:
+        r = srv.client()
+        r.set("order:1", "paid")
+        obstacle = srv.dir / "dump.rdb"
+        obstacle.mkdir()
+        (obstacle / "keep").touch()
+        r.bgsave()
+        _wait_for_bgsave(r)
+        status = r.info("persistence")["rdb_last_bgsave_status"]
+        try:
+            r.set("order:2", "paid")
+            error = None
+        except redis.ResponseError as err:
+            error = str(err)
+        log = next(ln for ln in srv.log_path.read_text().splitlines() if "Error moving temp DB file" in ln)
+        (obstacle / "keep").unlink()
+        obstacle.rmdir()
+        r.bgsave()
+        _wait_for_bgsave(r)
+        fixed_status = r.info("persistence")["rdb_last_bgsave_status"]
+        return FailedSnapshot(status, error, log.split(" # ", 1)[-1], fixed_status, bool(r.set("order:3", "paid")))
+
+
+# -- exercise checks -------------------------------------------------------------------------------------
+SERVICES = {
+    "leaderboard": "Game scores, rebuilt from the database in a minute whenever needed. After a restart it may "
+                   "start empty. It must be as fast as possible and never pause to fork or write to disk.",
+    "carts": "Shopping carts. They must survive a restart and a crash of the server process; if the machine "
+             "loses power, losing the last second or two of changes is acceptable. Writes are frequent: "
+             "pay for no more durability than that.",
+    "ledger": "A stream of payment events. A payment acknowledged to the client must never be lost, even if "
+              "the machine loses power.",
+}
+_ALLOWED = {"save", "appendonly", "appendfsync"}
+
+
+def _directives(choice: Any) -> tuple[dict[str, Any] | None, str | None]:
+    if not isinstance(choice, dict):
+        return None, f"give a dict of directives such as {{'appendonly': 'yes'}}, got {choice!r}."
+    config = {k.replace("_", "-"): v for k, v in choice.items()}
+    unknown = set(config) - _ALLOWED
+    if unknown:
+        return None, f"only {', '.join(sorted(_ALLOWED))} matter here, not {', '.join(sorted(unknown))}."
+    for key, value in config.items():
+        if isinstance(value, bool):
+            config[key] = "yes" if value else "no"
+    return config, None
+
+
+def _judge(service: str, config: dict[str, Any], test: ProfileTest) -> list[str]:
+    aof = config.get("appendonly") == "yes"
+    fsync = config.get("appendfsync", "everysec")
+    snapshots = config.get("save", REAL_DEFAULT_SAVE) != ""
+    measured = (f"(measured: {test.after_restart.recovered:,} of {test.after_restart.written:,} back after a "
+                f"restart, {test.after_crash.recovered:,} after a crash)")
+    if service == "leaderboard":
+        problems = []
+        if snapshots:
+            problems.append("leaderboard: snapshots are on (left out, `save` is the engine's default "
+                            f"{REAL_DEFAULT_SAVE!r}); each one forks. Set save to ''.")
+        if aof:
+            problems.append(f"leaderboard: the AOF writes every change to disk for data you can rebuild {measured}.")
+        return problems
+    crash_lost = 0 if test.after_crash.unwritten_bytes else test.after_crash.lost  # not everysec's slow-fsync window
+    if test.after_restart.lost or crash_lost:
+        return [f"{service}: acknowledged writes were lost {measured}: only the AOF keeps every write through a "
+                "crash (turn appendonly on)."]
+    if service == "carts" and fsync != "everysec":
+        return [f"carts: appendfsync {fsync} " + ("fsyncs before every reply: three times slower for one client "
+                "than everysec, which already meets 'a second or two'." if fsync == "always" else
+                "leaves fsync to the kernel, which may hold writes in memory for 30 s or more: a power cut "
+                "loses them. everysec bounds that at about 2 s.")]
+    if service == "ledger" and fsync != "always":
+        return [f"ledger: survives a crash {measured}, but with appendfsync {fsync} an acknowledged payment can "
+                "sit in the page cache for up to about 2 s (longer with 'no'): a power cut loses it. Use always."]
+    return []
+
+
+def check_persistence_choices(root: Path, choices: dict[str, dict[str, Any]]) -> Result:
+    """`choices` maps each service of `SERVICES` to its directives (`save`, `appendonly`, `appendfsync`;
+    left out, a directive takes the engine's default). Each is run through the loss test and judged."""
+    problems, configs = [], {}
+    for service in SERVICES:
+        config, error = _directives(choices.get(service) if isinstance(choices, dict) else None)
+        if error:
+            problems.append(f"{service}: {error}")
+        else:
+            configs[service] = config
+    tests = _in_parallel({name: lambda c=config: loss_test(root, c, writes=500) for name, config in configs.items()})
+    for service, config in configs.items():
+        problems += _judge(service, config, tests[service])
+    return verdict(problems, "no persistence for the rebuildable leaderboard, AOF everysec for the carts "
+                             "(nothing lost to a crash), AOF always for the ledger (nothing lost to a power cut).")
+
+
+def _call_with_deadline(write: Callable, args: tuple, deadline_s: float) -> tuple[bool, Any]:
+    """Run `write(*args)` in a thread; (finished in time, its result or the exception it raised)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(write(*args))
+        except Exception as err:  # the learner's code: any error is an answer to judge
+            outcome.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(deadline_s)
+    return (not thread.is_alive()), (outcome[0] if outcome else None)
+
+
+def _freeze_replica(topo: Any) -> Callable[[], None]:
+    topo.replicas[0].pause()
+    return topo.replicas[0].resume
+
+
+def _primary_without_aof(topo: Any) -> Callable[[], None]:
+    topo.primary.client().config_set("appendonly", "no")
+    return lambda: _switch_aof_on(topo.primary.client())
+
+
+def _replica_without_aof(topo: Any) -> Callable[[], None]:
+    topo.replicas[0].client().config_set("appendonly", "no")
+    return lambda: None
+
+
+def _switch_aof_on(r: redis.Redis) -> None:
+    r.config_set("appendonly", "yes")
+    _wait_for_aof_rewrite(r)
+
+
+DURABILITY_SCENARIOS: list[tuple[str, Callable[[Any], Callable[[], None]] | None, bool, str]] = [
+    ("both fsync", None, True, "a write fsynced here and on the replica is safe: say True."),
+    ("the replica is frozen (SIGSTOP)", _freeze_replica, False,
+     "check WAITAOF's reply [numlocal, numreplicas], not just that it returned."),
+    ("the primary has no AOF", _primary_without_aof, False,
+     "ask WAITAOF for the local fsync too (numlocal 1) and check it."),
+    ("the replica acknowledges but has no AOF", _replica_without_aof, False,
+     "WAIT counts replicas that received the write, not ones that fsynced it: use WAITAOF."),
+]
+
+
+def _as_answer(result: Any) -> bool:
+    return False if isinstance(result, Exception) else bool(result)
+
+
+def check_durable_write(write: Callable[[redis.Redis, str, str], bool], deadline_s: float = 5.0) -> Result:
+    """`write(r, key, value)` writes and returns True only once the write is fsynced to the AOF of the
+    primary and of at least one replica; False (or an error) when that cannot be confirmed in time.
+
+    The healthy case gets three tries: a replica's confirmation sometimes waits for its once-a-second
+    report, longer than a short timeout, and saying False then is not wrong."""
+    problems = []
+    with aof_pair() as topo:
+        r = topo.primary.client()
+        for i, (label, make_it_so, expected, hint) in enumerate(DURABILITY_SCENARIOS):
+            undo = make_it_so(topo) if make_it_so else (lambda: None)
+            try:
+                answers = []
+                for attempt in range(3 if expected else 1):
+                    finished, result = _call_with_deadline(write, (r, f"order:{i}:{attempt}", "paid"), deadline_s)
+                    answers.append((finished, result))
+                    if not finished or _as_answer(result) is expected:
+                        break
+            finally:
+                undo()
+            finished, result = answers[-1]
+            if not finished:
+                problems.append(f"when {label}, it had not answered after {deadline_s:g} s: give WAITAOF a timeout.")
+            elif _as_answer(result) is not expected:
+                times = f" {len(answers)} times in a row" if len(answers) > 1 else ""
+                problems.append(f"when {label}, it returned {result!r}{times}: {hint}")
+    return verdict(problems, "it says True only when the primary and a replica have fsynced the write (WAITAOF 1 1 "
+                             "with a timeout, both counts checked).")
