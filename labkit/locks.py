@@ -288,9 +288,12 @@ class FencedStore:
         self.highest_key = f"{prefix}:{{{name}}}:highest-token"
         self._write = scripts.register(r, "locks/fenced_write")
 
-    def write(self, token: int, value: str) -> bool:
+    def write(self, token: int, value: str | int | float) -> bool:
         """True if written; False if `token` is stale (below the highest accepted)."""
         validate.integer(token, "token (a lock's fence)")
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"value must be a string or a number (what the server stores), got {value!r}: "
+                              "serialise anything else first (json.dumps).")
         return bool(self._write(keys=[self.key, self.highest_key], args=[token, value]))
 
     def read(self) -> str | None:
