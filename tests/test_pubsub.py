@@ -132,8 +132,9 @@ def test_async_listener_closes_its_connection_when_cancelled():
     async def scenario(srv):
         task = asyncio.create_task(listen(srv.url, "c", lambda data: None, asyncio.Event()))
         client = srv.client()
-        while not subscribed_clients(client):
-            await asyncio.sleep(0.01)
+        await until(lambda: subscribed_clients(client) or task.done(), timeout=30)
+        assert not task.done(), f"the listener stopped before subscribing: {task.exception()!r}"
+        assert subscribed_clients(client), "the listener did not subscribe within 30 s"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
