@@ -86,7 +86,7 @@ def test_aof_files_name_each_part(root):
 
 
 def test_restart_times_grow_and_an_aof_of_commands_is_bigger(root):
-    samples = lesson.restart_times(root, sizes=(20_000, 80_000), repeats=1)
+    samples = lesson.restart_times(root, sizes=(20_000, 80_000), repeats=2)
     rdb, commands = ([s for s in samples if s.fmt == fmt] for fmt in ("RDB", "AOF, commands"))
     assert rdb[1].load_seconds > rdb[0].load_seconds and commands[1].file_bytes > 3 * rdb[1].file_bytes
 
