@@ -914,7 +914,7 @@ def check_policy_choice(policy: str, hit_rate: float) -> Result:
         if best.hit_rate > mine.hit_rate + 0.02:
             problems.append(f"{policy} keeps the flags but its hit rate is {mine.hit_rate:.3f} against "
                             f"{best.hit_rate:.3f} for another safe policy: which one ignores the crawler?")
-    if abs(mine.hit_rate - hit_rate) > 0.05:
+    if abs(mine.hit_rate - hit_rate) > 0.15:  # runs differ by up to ~0.07 on a busy machine
         problems.append(f"you reported a hit rate of {hit_rate:.3f}, the check measured {mine.hit_rate:.3f} for "
                         f"{policy}: justify the choice with run_mix({policy!r}).hit_rate.")
     return verdict(problems, f"{policy}: no flag lost, no write refused, and the best hit rate of the policies "

@@ -269,6 +269,15 @@ def _write_keys(r: redis.Redis, first: int, last: int) -> None:
     pipe.execute()
 
 
+def loaded(srv: Server, timeout: float = 60) -> redis.Redis:
+    """A client of `srv` once it has finished loading its data (a restarted server answers PING and INFO
+    while it loads, and LOADING to anything that reads the data)."""
+    client, deadline = srv.client(), time.monotonic() + timeout
+    while client.info("persistence").get("loading", 0) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return client
+
+
 def crash_loss(root: Path, *, stop: str, writes: int = 2000, save_after: int | None = 1000,
                **config: Any) -> Loss:
     """Write `writes` keys (a SAVE after `save_after` of them, if given), stop the server with SIGKILL
@@ -288,7 +297,7 @@ def crash_loss(root: Path, *, stop: str, writes: int = 2000, save_after: int | N
             srv.start()
         else:
             srv.restart()
-        return Loss(writes, srv.client().dbsize(), unwritten)
+        return Loss(writes, loaded(srv).dbsize(), unwritten)
 
 
 def plot_losses(losses: dict[str, Loss], title: str) -> None:
@@ -604,7 +613,7 @@ def sessions_after_restart(root: Path, users: int = 300, **config: Any) -> int:
         store = SessionStore(srv.client(), ttl=1800, prefix="session")
         ids = [store.create(f"user{i}") for i in range(users)]
         srv.restart()
-        store = SessionStore(srv.client(), ttl=1800, prefix="session")
+        store = SessionStore(loaded(srv), ttl=1800, prefix="session")
         return sum(store.get(sid) is not None for sid in ids)
 
 
@@ -651,7 +660,7 @@ def aof_switched_on_by_config_file(root: Path, keys: int = 1000) -> tuple[int, i
         _write_keys(srv.client(), 0, keys)
         srv.config["appendonly"] = True
         srv.restart()
-        return keys, srv.client().dbsize(), sorted(p.name for p in srv.dir.iterdir())
+        return keys, loaded(srv).dbsize(), sorted(p.name for p in srv.dir.iterdir())
 
 
 def aof_switched_on_at_runtime(root: Path, *, keys: int = 1000, rewrite_config: bool) -> tuple[int, int]:
@@ -666,7 +675,7 @@ def aof_switched_on_at_runtime(root: Path, *, keys: int = 1000, rewrite_config: 
             r.config_rewrite()
         _write_keys(r, keys // 2, keys)
         srv.restart(keep_config=True)
-        return keys, srv.client().dbsize()
+        return keys, loaded(srv).dbsize()
 
 
 @dataclass(frozen=True)
