@@ -106,9 +106,9 @@ def test_the_budget_instance_is_over_its_budget_until_the_culprit_goes():
 
 # -- the experiments the lesson's claims rest on ---------------------------------------------------------
 def test_read_through_counts_hits_misses_and_refused_writes():
-    server, c = lesson.cache_server("noeviction", 100_000)
+    server, c = lesson.cache_server("noeviction", 400_000)  # room for about half of 5,000 items
     try:
-        outcomes = lesson.read_through(c, [f"k:{i % 500}" for i in range(2000)])
+        outcomes = lesson.read_through(c, [f"k:{i % 5000}" for i in range(12_000)])
     finally:
         server.stop()
     assert set(outcomes) == {lesson.HIT, lesson.MISS, lesson.REFUSED}
