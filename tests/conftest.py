@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import labkit
+from labkit.server import cluster
 from labkit.server.process import temp_root
 
 
@@ -52,3 +53,13 @@ def label_only(monkeypatch):
         self.label.value = f"<b>{self.title}</b>: {self.describe()}"
 
     monkeypatch.setattr(LiveMonitor, "_redraw", _redraw)
+
+
+@pytest.fixture(scope="module")
+def rc():
+    """A RedisCluster client of a throwaway 3-primary cluster (no replicas: the patterns, not failover),
+    one per test module that asks for it."""
+    with cluster(primaries=3, replicas=0) as topo:
+        client = topo.client()
+        yield client
+        client.close()

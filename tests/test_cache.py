@@ -9,7 +9,7 @@ import pytest
 import labkit
 from labkit import scripts
 from labkit.cache import STRATEGIES, cached
-from labkit.server import cluster, spawn
+from labkit.server import spawn
 from labkit.widgets import HitRateMonitor
 
 from .waiting import eventually
@@ -188,16 +188,6 @@ def test_hit_rate_monitor_reads_server_and_cache(r, ns, label_only):
     assert result.series["cache hit rate %"][-1] > 90
     assert result.series["server hits/s"][-1] > 0 and result.series["p50 latency ms"]
     assert "cache hit rate" in result.summary and result.png.startswith(b"\x89PNG")
-
-
-# --- on a cluster: one 3-primary cluster for the whole module ----------------------------------------
-@pytest.fixture(scope="module")
-def rc():
-    """A RedisCluster client of a throwaway 3-primary cluster (no replicas: the patterns, not failover)."""
-    with cluster(primaries=3, replicas=0) as topo:
-        client = topo.client()
-        yield client
-        client.close()
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -12,7 +12,7 @@ from labkit import ConfigError, scripts
 from labkit.bench import side_by_side
 from labkit.errors import LabkitError, LockNotAcquired, LockNotHeld
 from labkit.locks import FencedStore, Lock, Redlock
-from labkit.server import cluster, nodes
+from labkit.server import nodes
 
 from .waiting import eventually
 
@@ -319,16 +319,6 @@ def test_redlock_refuses_the_same_server_twice(three):
     same_as_a = redis.Redis(host="localhost", port=three[0].port, password=three[0].password, db=1)
     with pytest.raises(ConfigError, match=rf"clients 0 and 2 are the same server \(127\.0\.0\.1:{three[0].port}\)"):
         Redlock([a, b, same_as_a], "x")
-
-
-# --- on a cluster: one 3-primary cluster for the whole module ----------------------------------------
-@pytest.fixture(scope="module")
-def rc():
-    """A RedisCluster client of a throwaway 3-primary cluster (no replicas: the patterns, not failover)."""
-    with cluster(primaries=3, replicas=0) as topo:
-        client = topo.client()
-        yield client
-        client.close()
 
 
 def test_on_a_cluster_a_lock_excludes_fences_extends_and_releases(rc):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import labkit
 from labkit.ratelimit import ALGORITHMS, GCRA, FixedWindow, SlidingLog, SlidingWindowCounter, TokenBucket
-from labkit.server import cluster, spawn
+from labkit.server import spawn
 
 WINDOWED = (FixedWindow, SlidingLog, SlidingWindowCounter)
 NOW_MS = 1_795_000_000_137  # an injected server clock: no window boundary or refill can fall mid-test
@@ -122,16 +122,6 @@ def test_one_round_trip_per_decision(cls):
         for _ in range(10):
             limiter.allow("k")
         assert r.info("stats")["total_reads_processed"] - before - 1 == 10
-
-
-# --- on a cluster: one 3-primary cluster for the whole module ----------------------------------------
-@pytest.fixture(scope="module")
-def rc():
-    """A RedisCluster client of a throwaway 3-primary cluster (no replicas: the patterns, not failover)."""
-    with cluster(primaries=3, replicas=0) as topo:
-        client = topo.client()
-        yield client
-        client.close()
 
 
 @pytest.mark.parametrize("cls", ALGORITHMS)

@@ -8,7 +8,7 @@ import redis
 from redis.crc import key_slot
 
 import labkit
-from labkit.server import cluster, spawn
+from labkit.server import spawn
 from labkit.sessions import SessionStore, new_id
 
 from .faults import crash_before, hooked_client
@@ -17,15 +17,6 @@ from .faults import crash_before, hooked_client
 @pytest.fixture
 def store(r, ns):
     return SessionStore(r, ttl=60, absolute_ttl=3600, prefix=ns.key("session"))
-
-
-@pytest.fixture(scope="module")
-def rc():
-    """A client of a 3-primary cluster, one for this module."""
-    with cluster(primaries=3, replicas=0) as c:
-        client = c.client()
-        yield client
-        client.close()
 
 
 def test_create_and_get(store, r):

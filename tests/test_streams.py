@@ -9,19 +9,9 @@ from redis.crc import key_slot
 
 from labkit import ConfigError
 from labkit.clients import derive
-from labkit.server import cluster
 from labkit.streams import Worker, ensure_group, lag
 
 from .waiting import eventually
-
-
-@pytest.fixture(scope="module")
-def rc():
-    """A client of a 3-primary cluster, one for this module."""
-    with cluster(primaries=3, replicas=0) as c:
-        client = c.client()
-        yield client
-        client.close()
 
 
 def fill(r, stream, n):
