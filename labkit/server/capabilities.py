@@ -20,6 +20,8 @@ class Capabilities:
     modules: frozenset[str] = field(default_factory=frozenset)
     commands: frozenset[str] = field(default_factory=frozenset)
     bgsave_cancel: bool = False  # BGSAVE CANCEL stops a snapshot in progress (Valkey 8.1+)
+    config_names: frozenset[str] = field(default_factory=frozenset)  # every CONFIG GET * name
+    info_fields: frozenset[str] = field(default_factory=frozenset)  # every INFO ALL field
 
     @property
     def search(self) -> bool:
@@ -31,11 +33,35 @@ class Capabilities:
 
     @property
     def hash_field_expiration(self) -> bool:
+        """HEXPIRE and friends: a TTL on each field of a hash (Redis 7.4+, Valkey 9+)."""
         return "hexpire" in self.commands
 
     @property
+    def hash_setex(self) -> bool:
+        """HSETEX and HGETEX: set or read fields and their TTL in one command (Redis 8.0+, Valkey 9+)."""
+        return "hsetex" in self.commands and "hgetex" in self.commands
+
+    @property
+    def vector_sets(self) -> bool:
+        """The vector-set type (VADD, VSIM...): built into Redis 8, in no Valkey."""
+        return "vadd" in self.commands
+
+    @property
     def sharded_pubsub(self) -> bool:
+        """SPUBLISH and SSUBSCRIBE (Redis 7.0+, every Valkey)."""
         return "spublish" in self.commands
+
+    @property
+    def stream_ref_policies(self) -> bool:
+        """XDELEX and XACKDEL, and KEEPREF / DELREF / ACKED on XADD and XTRIM: what deleting or trimming an
+        entry does to the consumer groups' pending lists (Redis 8.2+; no Valkey yet)."""
+        return "xdelex" in self.commands and "xackdel" in self.commands
+
+    @property
+    def set_listpack(self) -> bool:
+        """Small sets of strings are stored as a listpack (Redis 7.2+, every Valkey); before, a set that is
+        not all integers is a hash table from its first member."""
+        return "set-max-listpack-entries" in self.config_names
 
     @property
     def waitaof(self) -> bool:
@@ -52,6 +78,18 @@ class Capabilities:
     def has(self, command: str) -> bool:
         """True if the server knows `command` (case-insensitive)."""
         return command.lower() in self.commands
+
+    def has_config(self, name: str) -> bool:
+        """True if CONFIG GET knows the directive `name` (names differ across versions)."""
+        return name.lower() in self.config_names
+
+    def has_info(self, field_name: str) -> bool:
+        """True if INFO ALL reports `field_name` (fields are added across versions)."""
+        return field_name in self.info_fields
+
+    def missing(self, *commands: str) -> list[str]:
+        """Those of `commands` the server does not know, upper-cased, for a skip message."""
+        return [c.upper() for c in commands if not self.has(c)]
 
     @property
     def version_tuple(self) -> tuple[int, ...]:
@@ -72,9 +110,11 @@ def capabilities(r: redis.Redis) -> Capabilities:
     except redis.ResponseError:
         loaded = []
     modules = {MODULE_ALIASES.get(_name(m).lower(), _name(m).lower()) for m in loaded} - {"lua"}
-    names = r.command_list()
-    commands = {text(n).lower() for n in names}
-    return Capabilities(engine, version, frozenset(modules), frozenset(commands), _has_token(r, "BGSAVE", "CANCEL"))
+    commands = {text(n).lower() for n in r.command_list()}
+    config_names = {text(n).lower() for n in r.config_get("*")}
+    info_fields = {str(text(k)) for k in r.info("all")}
+    return Capabilities(engine, version, frozenset(modules), frozenset(commands), _has_token(r, "BGSAVE", "CANCEL"),
+                        frozenset(config_names), frozenset(info_fields))
 
 
 def _has_token(r: redis.Redis, command: str, token: str) -> bool:

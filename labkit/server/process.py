@@ -26,6 +26,7 @@ from labkit.server.binaries import Engine, find_engine, module_paths
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 15.0
 _RUNNING: set[Server] = set()
+_MODULES_REFUSED: dict[Path, str] = {}  # engine binary -> why the modules did not load into it
 
 
 def temp_root() -> Path:
@@ -125,7 +126,9 @@ class Server:
         self.detached = detached
         self.config = dict(config or {})
         self.modules = {} if (sentinel or not modules) else module_paths()
-        self.module_error: str | None = None
+        self.module_error: str | None = _MODULES_REFUSED.get(self.engine.server) if self.modules else None
+        if self.module_error:
+            self.modules = {}  # they failed to load into this engine before: do not try again
         self.proc: subprocess.Popen | None = None
         self._pid: int | None = None
         self._probe: redis.Redis | None = None
@@ -173,7 +176,7 @@ class Server:
 
         With `keep_config`, start from the config file as the server left it (say after CONFIG REWRITE)
         instead of writing it afresh from `config`. If the modules fail to load here, start again without
-        them and record why in `module_error`.
+        them and record why in `module_error` (later servers of the same engine in this process do not try).
         """
         try:
             try:
@@ -185,6 +188,7 @@ class Server:
                 self.modules = {}
                 (self.dir / "server.conf").unlink(missing_ok=True)
                 self._launch(self.write_config(extra_lines))
+                _MODULES_REFUSED[self.engine.server] = self.module_error
         except BaseException:
             self.stop()
             raise
