@@ -5,6 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
+# `make test ENGINE=redis8`, `make lab ENGINE=valkey8`: the engine every server starts with (LABKIT_ENGINE;
+# `python -m labkit doctor` lists the installed ones). Empty: LABKIT_ENGINE if set, else valkey9.
+ENGINE ?=
+ifneq ($(ENGINE),)
+export LABKIT_ENGINE := $(ENGINE)
+endif
 
 .DEFAULT_GOAL := help
 .PHONY: help lab stop status doctor reset test test-rerun test-stress embeddings test-embeddings bench lock strip lint clean

@@ -21,6 +21,10 @@ def cmd_server(args: argparse.Namespace) -> int:
         print(f"lab server: {state['engine']} {state['version']} at {where}")
         if state.get("module_error"):
             print(f"  modules did not load: {state['module_error']}")
+        wanted = args.engine or os.environ.get("LABKIT_ENGINE")
+        if wanted and wanted != state["engine"]:
+            print(f"  note: {wanted} was asked for, but this checkout's lab server was already running on "
+                  f"{state['engine']}; `make stop` (or python -m labkit server stop) first to switch")
         print(f"  data in {state['dir']}; full URL (with password) in {lab.state_dir() / 'server.json'}")
     elif args.action == "stop":
         print("lab server stopped." if lab.stop() else "no lab server was running.")

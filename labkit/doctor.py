@@ -64,6 +64,39 @@ def check_modules() -> Check:
     )
 
 
+def check_engines() -> list[Check]:
+    """One line per engine labkit knows: installed or not, and for each installed one what a server of it
+    reports (version, loaded modules), asked of a server started for the purpose."""
+    chosen = os.environ.get("LABKIT_ENGINE") or binaries.DEFAULT_ENGINE
+    found = binaries.available_engines()
+    checks = []
+    for name in binaries.ENGINES:
+        role = " (in use: LABKIT_ENGINE)" if name == chosen and "LABKIT_ENGINE" in os.environ else (
+            " (the default)" if name == chosen else "")
+        if name not in found:
+            checks.append(Check(f"engine {name}", False, f"not installed{role}", binaries.ENGINE_HELP[name],
+                                required=False))
+            continue
+        try:
+            with Server(found[name]) as server:
+                caps = capabilities(server.client())
+        except LabkitError as err:
+            checks.append(Check(f"engine {name}", False, f"does not start: {err}", binaries.ENGINE_HELP[name],
+                                required=False))
+            continue
+        mods = ", ".join(sorted(caps.modules)) or "none"
+        note = f" (modules did not load: {_first_reason(server.module_error)})" if server.module_error else ""
+        checks.append(Check(f"engine {name}", True, f"{caps.engine} {caps.version}, modules: {mods}{role}{note}",
+                            required=False))
+    return checks
+
+
+def _first_reason(error: str) -> str:
+    """The line of a server's start-up log that says why a module was refused, else the whole message."""
+    lines = [part.strip() for part in error.split("|")]
+    return next((ln.split("# ", 1)[-1] for ln in lines if "#" in ln), error)
+
+
 def check_embedded_start() -> Check:
     started = time.perf_counter()
     try:
@@ -108,15 +141,19 @@ def check_docker() -> Check:
     return Check("docker (optional)", ok, detail, required=False)
 
 
-CHECKS: tuple[Callable[[], Check | None], ...] = (
-    check_python, check_packages, check_engine, check_modules, check_embedded_start, check_url,
+CHECKS: tuple[Callable[[], Check | list[Check] | None], ...] = (
+    check_python, check_packages, check_engine, check_modules, check_embedded_start, check_engines, check_url,
     check_lab_server, check_embeddings, check_docker,
 )
 
 
 def run() -> list[Check]:
     """Every check, in order."""
-    return [c for c in (check() for check in CHECKS) if c is not None]
+    checks: list[Check] = []
+    for check in CHECKS:
+        found = check()
+        checks += found if isinstance(found, list) else [found] if found is not None else []
+    return checks
 
 
 def report() -> list[Check]:

@@ -1,12 +1,15 @@
 """`python -m labkit ...` as a user runs it: in a subprocess, against real servers."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from labkit.server import spawn
+from labkit.server import available_engines, find_engine, spawn
+from labkit.server.binaries import DEFAULT_ENGINE
 from labkit.server.lab import URL_ENV
 
 
@@ -24,12 +27,32 @@ def _env_without_url(lab_home):
 def test_server_start_status_stop(lab_home):
     env = _env_without_url(lab_home)
     started = labkit_cli("server", "start", env=env)
-    assert started.returncode == 0 and "lab server: valkey9" in started.stdout and "****" in started.stdout
+    engine = find_engine()  # LABKIT_ENGINE's, else valkey9
+    assert started.returncode == 0 and f"lab server: {engine.name} {engine.version}" in started.stdout
+    assert "****" in started.stdout
     assert labkit_cli("server", "status", env=env).returncode == 0
     url = labkit_cli("url", env=env).stdout.strip()
     assert url.startswith("redis://:") and "****" not in url
     assert labkit_cli("server", "stop", env=env).stdout.strip() == "lab server stopped."
     assert labkit_cli("server", "status", env=env).returncode == 3
+
+
+def test_server_start_honours_labkit_engine_and_keeps_each_engines_data_apart(lab_home):
+    others = sorted(set(available_engines()) - {DEFAULT_ENGINE})
+    if not others:
+        pytest.skip("only the default engine is installed here")
+    other = others[0]
+    env = _env_without_url(lab_home) | {"LABKIT_ENGINE": other}
+    try:
+        started = labkit_cli("server", "start", env=env)
+        assert f"lab server: {other} " in started.stdout and "was asked for" not in started.stdout
+        assert json.loads((lab_home / ".labkit" / "server.json").read_text())["dir"] == str(
+            lab_home / ".labkit" / f"data-{other}")
+        again = labkit_cli("server", "start", env=env | {"LABKIT_ENGINE": DEFAULT_ENGINE})
+        assert f"lab server: {other} " in again.stdout  # reused, and it says how to switch
+        assert f"note: {DEFAULT_ENGINE} was asked for" in again.stdout and "server stop" in again.stdout
+    finally:
+        labkit_cli("server", "stop", env=env)
 
 
 @pytest.mark.parametrize("password", ["recorded", "stale"])
@@ -78,6 +101,20 @@ def test_doctor_reports_every_requirement():
         assert f"[OK]   {name}:" in out.stdout
     assert "All requirements met." in out.stdout
     assert "embedding model (optional):" in out.stdout
+
+
+def test_doctor_lists_every_engine_with_its_version_and_modules():
+    from labkit.server import available_engines
+    from labkit.server.binaries import ENGINES
+
+    out = labkit_cli("doctor", env=dict(os.environ) | {"LABKIT_ENGINE": "valkey8"})
+    lines = {m[1]: m[0] for m in re.finditer(r"^\[\w+\]\s+engine (\w+): .*$", out.stdout, re.M)}
+    assert set(lines) == set(ENGINES)
+    for name, engine in available_engines().items():
+        assert lines[name].startswith(f"[OK]   engine {name}: ") and f" {engine.version}, modules: " in lines[name]
+    assert "(in use: LABKIT_ENGINE)" in lines["valkey8"]
+    for name in set(ENGINES) - set(available_engines()):
+        assert lines[name].startswith(f"[INFO] engine {name}: not installed")
 
 
 def test_doctor_fails_with_a_fix_when_the_url_is_wrong(tmp_path):

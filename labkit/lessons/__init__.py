@@ -7,9 +7,12 @@ change. An experiment runs a measured scenario (often with real processes) and r
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import redis
+
+SKIPPED = re.compile(r"^Skipped on this server: (?P<part>.+?)\. Why: (?P<reason>.+)$", re.M)
 
 
 @dataclass(frozen=True)
@@ -38,3 +41,9 @@ def delete_keys(r: redis.Redis, keys: list[str]) -> None:
     """Delete the keys a check created (nothing to do for an empty list)."""
     if keys:
         r.delete(*keys)
+
+
+def skip(part: str, reason: str) -> None:
+    """Say that `part` of a lesson (a section, or a piece of one) does not run on this server, and why: one
+    line that `python -m labkit matrix` collects. Lessons decide from capabilities, never engine names."""
+    print(f"Skipped on this server: {part}. Why: {reason}")

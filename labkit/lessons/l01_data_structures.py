@@ -8,6 +8,7 @@ import redis
 
 from labkit.keys import Namespace
 from labkit.lessons import Result, delete_keys, verdict
+from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 
 LEADERBOARD = {"ada": 310, "bob": 120, "cy": 990, "dee": 450, "eve": 45, "fay": 700, "gus": 450.5}
 

@@ -1,4 +1,4 @@
-"""Lesson 03, sessions (`notebooks/03_sessions.ipynb`): the exercise check."""
+"""Lesson 03, sessions (`notebooks/03_sessions.ipynb`): the exercise check, and the commands an ACL can name."""
 
 from __future__ import annotations
 
@@ -8,6 +8,14 @@ import redis
 
 from labkit.keys import Namespace
 from labkit.lessons import Result, delete_keys, verdict
+from labkit.server import capabilities
+
+
+def known_commands(r: redis.Redis, commands: list[str]) -> list[str]:
+    """Those of `commands` (names like `hget` or `client|setinfo`) that the server `r` knows: ACL SETUSER refuses
+    a rule that names an unknown command, and CLIENT SETINFO, say, came with Redis 7.2."""
+    caps = capabilities(r)
+    return [c for c in commands if caps.has(c)]
 
 
 def check_touch_session(r: redis.Redis, ns: Namespace, touch: Callable) -> Result:

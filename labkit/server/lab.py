@@ -15,6 +15,7 @@ from redis.retry import Retry
 
 from labkit.clients import options, probe_options
 from labkit.errors import ConfigError, ServerUnavailable
+from labkit.server.binaries import DEFAULT_ENGINE, find_engine
 from labkit.server.process import HOST, Server, mask, ping_raw
 
 URL_ENV = "LABKIT_REDIS_URL"
@@ -52,13 +53,18 @@ def _alive(state: dict[str, Any] | None) -> bool:
 
 
 def start(engine: str | None = None) -> dict[str, Any]:
-    """Start the lab server for this checkout (or reuse the running one); return its state."""
+    """Start the lab server for this checkout (or reuse the running one); return its state.
+
+    `engine` defaults to `LABKIT_ENGINE`, else valkey9. Each engine keeps its data in a directory of its own
+    (`.labkit/data` for valkey9, `.labkit/data-NAME` for the others): one engine's snapshot format need not
+    load into another."""
     state = read_state()
     if _alive(state):
         return state
-    data = state_dir() / "data"
+    chosen = find_engine(engine)
+    data = state_dir() / ("data" if chosen.name == DEFAULT_ENGINE else f"data-{chosen.name}")
     password = state["password"] if state else None
-    server = Server(engine, directory=data, password=password, detached=True, config={"save": LAB_SAVE})
+    server = Server(chosen, directory=data, password=password, detached=True, config={"save": LAB_SAVE})
     server.start()
     state = {
         "url": server.url, "port": server.port, "password": server.password, "pid": server.pid,

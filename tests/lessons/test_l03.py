@@ -1,7 +1,10 @@
 """The lesson 03 module (`labkit.lessons.l03_sessions`): each check accepts the reference answer and rejects the
 known-wrong ones."""
 
+import redis
+
 from labkit.lessons import l03_sessions as lesson
+from labkit.server import spawn
 
 TOUCH_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -44,3 +47,19 @@ def test_touch_rejects_the_half_session_writer(r, ns):
     result = lesson.check_touch_session(r, ns, touch)
     assert not result and "half session" in result.message and "returned True, expected False" in result.message
     assert ns.keys(r) == []
+
+
+def test_known_commands_are_those_an_acl_rule_may_name():
+    """The oracle is ACL SETUSER itself: it accepts a rule naming each command kept, refuses each dropped."""
+    candidates = ["hget", "client|setinfo", "hgetex", "nosuchcommand"]
+    with spawn(modules=False) as srv:
+        admin = srv.client()
+        kept = lesson.known_commands(admin, candidates)
+        for command in candidates:
+            try:
+                admin.acl_setuser("probe", commands=[f"+{command}"])
+                accepted = True
+            except redis.ResponseError:
+                accepted = False
+            assert accepted is (command in kept), command
+    assert "hget" in kept and "nosuchcommand" not in kept
