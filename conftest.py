@@ -6,7 +6,8 @@
 - Each notebook (nbval) runs on a server of its own with keyspace events on (a `KeyAudit`): the hooks
   below point the kernel at it before the notebook's first cell, and after its last cell fail the
   notebook if it wrote a key outside its `lab:lNN` prefix or left one behind, or left a connection
-  subscribed or blocked.
+  subscribed or blocked. A notebook whose metadata says it needs a capability that server lacks
+  (`{"labkit": {"requires": ["search"]}}`, as `python -m labkit matrix` reads it) is skipped, saying why.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from labkit.matrix import requirements, unmet
+from labkit.server import capabilities
 from labkit.server.lab import URL_ENV
-from labkit.server.process import Server
+from labkit.server.process import Server, first_complaint
 from tests.audit import KeyAudit
 
 _session_server: Server | None = None
@@ -40,6 +43,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 _audits: dict[Path, tuple[KeyAudit, str | None]] = {}
+_skipped: dict[Path, str] = {}
 
 
 def _notebook(item: pytest.Item) -> Path | None:
@@ -50,9 +54,18 @@ def _notebook(item: pytest.Item) -> Path | None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Before a notebook's first cell (and so before nbval starts its kernel): give it its own server."""
     path = _notebook(item)
+    if path in _skipped:
+        pytest.skip(_skipped[path])
     if path is not None and path not in _audits:
-        _audits[path] = (KeyAudit(), os.environ.get(URL_ENV))
-        os.environ[URL_ENV] = _audits[path][0].url
+        audit = KeyAudit()
+        missing = unmet(requirements(path), capabilities(audit.server.client()))
+        if missing:
+            audit.finish()
+            why = f" (modules: {first_complaint(audit.server.module_error)})" if audit.server.module_error else ""
+            _skipped[path] = f"{path.name} needs {', '.join(missing)}: not on {audit.server.engine.name}{why}"
+            pytest.skip(_skipped[path])
+        _audits[path] = (audit, os.environ.get(URL_ENV))
+        os.environ[URL_ENV] = audit.url
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,4 +1,4 @@
-"""`python -m labkit`: server start|stop|status, doctor, reset, bench."""
+"""`python -m labkit`: server start|stop|status, doctor, reset, bench, matrix."""
 
 from __future__ import annotations
 
@@ -64,6 +64,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from labkit import matrix
+
+    readme = Path(__file__).resolve().parents[1] / "README.md" if args.readme else None
+    outcomes = matrix.run(args.engines, args.lessons, Path(args.output) if args.output else None, readme)
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
 def suite_name(name: str) -> str:
     """An argparse type: `name` if it is a benchmark suite, else an error listing the suites."""
     if name not in bench.SUITES:
@@ -86,6 +96,13 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("suites", nargs="*", type=suite_name, metavar="SUITE",
                    help=f"one or more of: {', '.join(bench.SUITES)} (default: all of them, in that order)")
     b.set_defaults(func=cmd_bench)
+    m = sub.add_parser("matrix", help="run every lesson on every installed engine; write build/matrix.md")
+    m.add_argument("--engines", nargs="+", choices=binaries.ENGINES, metavar="ENGINE",
+                   help=f"some of: {', '.join(binaries.ENGINES)} (default: every one installed here)")
+    m.add_argument("--lessons", nargs="+", metavar="NN", help="lesson numbers, like 05 06 (default: every lesson)")
+    m.add_argument("--output", help="where to write the table (default: build/matrix.md)")
+    m.add_argument("--readme", action="store_true", help="also put the table into README.md, between its markers")
+    m.set_defaults(func=cmd_matrix)
     return p
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from labkit.errors import LabkitError
 from labkit.server import binaries, capabilities, lab
 from labkit.server.docker import docker_engine
-from labkit.server.process import Server, mask
+from labkit.server.process import Server, first_complaint, mask
 
 PACKAGES = ("redis", "numpy", "matplotlib", "ipywidgets", "jupyterlab")
 REINSTALL = "run `make lab` again (it reinstalls into .venv) or `pip install -e .`"
@@ -85,16 +85,10 @@ def check_engines() -> list[Check]:
                                 required=False))
             continue
         mods = ", ".join(sorted(caps.modules)) or "none"
-        note = f" (modules did not load: {_first_reason(server.module_error)})" if server.module_error else ""
+        note = f" (modules did not load: {first_complaint(server.module_error)})" if server.module_error else ""
         checks.append(Check(f"engine {name}", True, f"{caps.engine} {caps.version}, modules: {mods}{role}{note}",
                             required=False))
     return checks
-
-
-def _first_reason(error: str) -> str:
-    """The line of a server's start-up log that says why a module was refused, else the whole message."""
-    lines = [part.strip() for part in error.split("|")]
-    return next((ln.split("# ", 1)[-1] for ln in lines if "#" in ln), error)
 
 
 def check_embedded_start() -> Check:

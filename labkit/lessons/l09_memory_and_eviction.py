@@ -5,6 +5,7 @@ spawns (or is given), never on the shared lab server."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import secrets
@@ -15,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -22,6 +24,7 @@ import redis
 
 from labkit import scripts, validate
 from labkit.lessons import Result, verdict
+from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.server import Server, available_engines, cli_path, spawn
 
 POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random",
@@ -694,10 +697,26 @@ def big_hash(c: redis.Redis, key: str, fields: int = 1_000_000, batch: int = 100
 
 
 # -- 9.7 the command-line tools ---------------------------------------------------------------------------
+CLI_OPTION = "--count"  # the newest option this lesson passes (`--bigkeys --count N`); older clients refuse it
+
+
+def cli_binary(server: Server) -> Path:
+    """The engine's command-line client if it takes every option this lesson uses, else an installed client
+    that does (Debian's redis-cli 7.0 refuses `--count` with `--bigkeys`); the clients speak one protocol."""
+    candidates = [cli_path(server.engine)] + [e.cli for e in available_engines().values() if e.cli]
+    return next((path for path in candidates if f"  {CLI_OPTION} " in _help_text(str(path))), candidates[0])
+
+
+@functools.cache
+def _help_text(path: str) -> str:
+    done = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=10)
+    return done.stdout + done.stderr
+
+
 def cli(server: Server, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """Run the engine's command-line client against `server` (the password passed in the environment,
+    """Run the command-line client (`cli_binary`) against `server` (the password passed in the environment,
     never on the command line)."""
-    return subprocess.run([str(cli_path(server.engine)), "-h", server.host, "-p", str(server.port), *args],
+    return subprocess.run([str(cli_binary(server)), "-h", server.host, "-p", str(server.port), *args],
                           capture_output=True, text=True, env=_cli_env(server), input=stdin, timeout=60)
 
 
@@ -707,7 +726,7 @@ def _cli_env(server: Server) -> dict[str, str]:
 
 def cli_command(server: Server) -> str:
     """The shell words that start the command-line client against `server` (the password in the env)."""
-    return f"{cli_path(server.engine)} -h {server.host} -p {server.port}"
+    return f"{cli_binary(server)} -h {server.host} -p {server.port}"
 
 
 def summary_lines(output: str, *starts: str) -> list[str]:

@@ -311,6 +311,13 @@ class Server:
         return f"<Server {role} {self.host}:{self.port} pid={self.pid} {state}>"
 
 
+def first_complaint(error: str | None) -> str:
+    """The first warning line (`#`) of a start-up failure's log tail, without its pid and time stamp: why a
+    module was refused, say; the whole message when it has none."""
+    parts = [part.strip() for part in (error or "").split("|")]
+    return next((part.split(" # ", 1)[1] for part in parts if " # " in part), error or "")
+
+
 def ping_raw(host: str, port: int, timeout: float = 0.2) -> bool:
     """True when something on host:port answers PING like a Redis server (+PONG or -NOAUTH)."""
     try:

@@ -7,6 +7,7 @@ import pytest
 
 from labkit import ops
 from labkit.lessons import l09_memory_and_eviction as lesson
+from labkit.server import available_engines, spawn
 
 
 # -- exercise 1: choose a policy ---------------------------------------------------------------------------
@@ -153,3 +154,13 @@ def test_expiry_race_counts_every_server_before_the_common_expiry_time():
     for run in runs.values():
         assert run.times[0] < 0 and run.present[0] == 500, (run.label, run.times[0], run.present[0])
         assert run.times[-1] >= 0.4 and run.times == sorted(run.times)
+
+
+def test_the_cli_is_one_that_takes_the_lessons_options_on_every_engine():
+    """Each engine's server gets a client that accepts `--bigkeys --count` (older clients refuse the option)."""
+    for engine in available_engines():
+        with spawn(engine, modules=False) as server:
+            server.client().set("k", "v")
+            done = lesson.cli(server, "--bigkeys", "--count", "10")
+            assert done.returncode == 0 and "Unrecognized option" not in done.stderr, (engine, done.stderr)
+            assert str(lesson.cli_binary(server)) in lesson.cli_command(server)
