@@ -1,5 +1,6 @@
 """Lesson 06, streams (`notebooks/06_streams.ipynb`): the crash test (worker processes SIGKILLed while
-orders flow) and the exercise checks."""
+orders flow), deleting and trimming with the consumer groups in mind on every installed engine, and the
+exercise checks."""
 
 from __future__ import annotations
 
@@ -17,7 +18,64 @@ from labkit.clients import connection_spec
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
 from labkit.lessons import Result, verdict
+from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
+from labkit.server import available_engines, capabilities, spawn
 from labkit.streams import Worker, ensure_group, lag
+
+
+# -- 6.4 deleting and trimming with the groups in mind (XDELEX, XACKDEL, ACKED) ----------------------------
+@dataclass
+class RefPolicies:
+    """What one server answered to the same deletions and trims of a stream that a group is reading: a number
+    where it did it, the error's text where it refused."""
+
+    server: str  # engine and version
+    supported: bool  # capabilities().stream_ref_policies
+    left_after_acked_trim: int | str  # entries left of 1,000 after XTRIM MAXLEN = 100 ACKED (10 acked, 10 pending)
+    pending_after_xdel: int  # the group's pending count after XDEL of one of its 10 pending entries
+    pending_after_delref: int | str  # ... then after XDELEX DELREF of another
+    ackdel_reply: list | str  # XACKDEL's reply for a third pending entry
+    pending_after_ackdel: int  # ... and the pending count after it
+
+
+def _answer(call: Callable):
+    try:
+        return call()
+    except redis.ResponseError as err:
+        return f"refused ({str(err).split(',')[0]})"
+
+
+def ref_policies(engine: str, entries: int = 1000) -> RefPolicies:
+    """On a fresh server of `engine`: `entries` entries, group g has read 20 and acknowledged 10; then
+    XTRIM MAXLEN = 100 ACKED, XDEL of a pending entry, XDELEX DELREF of another, XACKDEL of a third."""
+    with spawn(engine, modules=False) as server:
+        r = server.client()
+        caps = capabilities(r)
+        with r.pipeline(transaction=False) as pipe:
+            for n in range(entries):
+                pipe.xadd("s", {"n": n})
+            ids = pipe.execute()
+        r.xgroup_create("s", "g", id="0")
+        r.xreadgroup("g", "c1", {"s": ">"}, count=20)
+        r.xack("s", "g", *ids[:10])
+
+        def pending() -> int:
+            return r.xpending("s", "g")["pending"]
+
+        trimmed = _answer(lambda: r.execute_command("XTRIM", "s", "MAXLEN", "=", 100, "ACKED"))
+        left = r.xlen("s") if isinstance(trimmed, int) else trimmed
+        r.xdel("s", ids[10])
+        after_xdel = pending()
+        delref = _answer(lambda: r.execute_command("XDELEX", "s", "DELREF", "IDS", 1, ids[11]))
+        after_delref = pending() if isinstance(delref, list) else delref
+        ackdel = _answer(lambda: r.execute_command("XACKDEL", "s", "g", "IDS", 1, ids[12]))
+        return RefPolicies(f"{caps.engine} {caps.version}", caps.stream_ref_policies, left, after_xdel,
+                           after_delref, ackdel, pending())
+
+
+def ref_policies_everywhere() -> list[RefPolicies]:
+    """`ref_policies` on every engine installed here."""
+    return [ref_policies(engine) for engine in available_engines()]
 
 
 # -- the crash test -------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 
 from labkit import ConfigError
 from labkit.lessons import l06_streams as lesson
+from labkit.server import available_engines
 
 
 # -- the crash test -------------------------------------------------------------------------------------
@@ -100,3 +101,14 @@ def test_reclaim_all_rejects_unpacking_two_elements(r, ns):
 
     result = lesson.check_reclaim_all(r, ns, two)
     assert not result and "three elements" in result.message
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_ref_policies_spare_pending_entries_where_the_engine_has_them(engine):
+    row = lesson.ref_policies(engine)
+    assert row.pending_after_xdel == 10  # XDEL leaves the entry pending everywhere
+    answers = (row.left_after_acked_trim, row.pending_after_delref, row.ackdel_reply, row.pending_after_ackdel)
+    if row.supported:
+        assert answers == (990, 9, [1], 8)
+    else:
+        assert all(str(a).startswith("refused") for a in answers[:3]) and answers[3] == 10
