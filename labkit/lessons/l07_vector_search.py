@@ -1,8 +1,10 @@
-"""Lesson 07, vector search and semantic cache (`notebooks/07_vector_search.ipynb`): the exercise checks."""
+"""Lesson 07, vector search and semantic cache (`notebooks/07_vector_search.ipynb`): Redis 8's vector sets on
+every installed engine, and the exercise checks."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import redis
@@ -10,7 +12,54 @@ import redis
 from labkit.clients import text
 from labkit.keys import Namespace
 from labkit.lessons import Result, verdict
+from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
+from labkit.server import available_engines, capabilities, spawn
 from labkit.vectors import Embedder, corpus, create_index, to_bytes, wait_indexed
+
+
+# -- 7.2 Redis 8's vector sets beside the search index ---------------------------------------------------------
+@dataclass
+class VectorSetRun:
+    """The same vectors and query as a vector set (VADD, VSIM) on a fresh server of one engine."""
+
+    server: str  # engine and version
+    supported: bool  # capabilities().vector_sets
+    reason: str = ""  # why not, where not
+    top: list[tuple[int, float]] = field(default_factory=list)  # (vector's row, VSIM score), best first
+    quantization: str = ""  # VADD's default, as VINFO reports it
+    bytes_default: int = 0  # MEMORY USAGE of the set built with VADD's defaults
+    bytes_noquant: int = 0  # ... and of the same set built with NOQUANT (full FLOAT32)
+
+
+def _vector_set(r: redis.Redis, key: str, vectors: np.ndarray, *options: str) -> None:
+    with r.pipeline(transaction=False) as pipe:
+        for i, vector in enumerate(vectors):
+            pipe.execute_command("VADD", key, "FP32", to_bytes(vector), str(i), *options)
+        pipe.execute()
+
+
+def vector_set_run(engine: str, vectors: np.ndarray, query: np.ndarray, k: int = 5) -> VectorSetRun:
+    """Put `vectors` (element i is row i) in a vector set on a fresh server of `engine` and ask VSIM for the `k`
+    nearest to `query`, with scores; build it again with NOQUANT to compare the memory."""
+    with spawn(engine, modules=False) as server:
+        r = server.client()
+        caps = capabilities(r)
+        name = f"{caps.engine} {caps.version}"
+        if not caps.vector_sets:
+            return VectorSetRun(name, False, "no vector sets: VADD is an unknown command")
+        _vector_set(r, "questions", vectors)
+        _vector_set(r, "questions:exact", vectors, "NOQUANT")
+        reply = r.execute_command("VSIM", "questions", "FP32", to_bytes(query), "WITHSCORES", "COUNT", k)
+        pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+        top = sorted(((int(e), float(s)) for e, s in pairs), key=lambda pair: -pair[1])
+        info = r.execute_command("VINFO", "questions")
+        return VectorSetRun(name, True, "", top, str(info["quant-type"]), r.memory_usage("questions"),
+                            r.memory_usage("questions:exact"))
+
+
+def vector_sets_everywhere(vectors: np.ndarray, query: np.ndarray, k: int = 5) -> list[VectorSetRun]:
+    """`vector_set_run` on every engine installed here."""
+    return [vector_set_run(engine, vectors, query, k) for engine in available_engines()]
 
 
 def _check_index(r: redis.Redis, ns: Namespace) -> tuple[str, str, list[tuple[str, str, str]], np.ndarray, Embedder]:

@@ -1,7 +1,12 @@
 """The lesson 07 module (`labkit.lessons.l07_vector_search`): each check accepts the reference answer and rejects the
 known-wrong ones."""
 
+import numpy as np
+import pytest
+
+from labkit.bench import clustered_vectors
 from labkit.lessons import l07_vector_search as lesson
+from labkit.server import available_engines, capabilities, spawn
 from labkit.vectors import knn
 
 
@@ -54,3 +59,19 @@ def test_similarity_lookup_rejects_the_score_taken_as_a_similarity(r, ns):
 def test_similarity_lookup_rejects_the_similarity_used_as_the_distance_cut(r, ns):
     result = lesson.check_similarity_lookup(r, ns, lambda r, i, v, s: _lookup(r, i, v, s, lambda d, s: d <= s))
     assert not result and "paraphrases got a different answer" in result.message
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_vector_sets_find_the_exact_neighbours_with_similarity_scores_where_the_engine_has_them(engine):
+    points, query = clustered_vectors(300, seed=3), clustered_vectors(1, seed=4)[0]
+    run = lesson.vector_set_run(engine, points, query, k=5)
+    with spawn(engine, modules=False) as server:
+        has = capabilities(server.client()).vector_sets
+    assert run.supported is has
+    if not has:
+        assert run.top == [] and "unknown command" in run.reason
+        return
+    cosine = points @ query
+    assert {row for row, _ in run.top} == set(np.argsort(-cosine)[:5].tolist())
+    assert all(abs(score - (1 + cosine[row]) / 2) < 0.01 for row, score in run.top)
+    assert run.quantization == "int8" and run.bytes_noquant > 1.5 * run.bytes_default
