@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labkit.server.docker import EMBEDDED_HINT, container, docker_engine
+from labkit.server import available_engines
+from labkit.server.docker import EMBEDDED_HINT, IMAGES, container, docker_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,12 +57,21 @@ def test_environment_yml_lists_the_same_dependencies_with_a_comment_each():
 
 def test_compose_binds_loopback_with_passwords_and_healthchecks():
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-    assert {"valkey", "redis-stack"} <= set(services)
-    assert services["valkey"]["image"].startswith("valkey/valkey-bundle")
+    assert set(services) == {"valkey", "redis"}
+    assert services["valkey"]["image"] == IMAGES["valkey"] and services["redis"]["image"] == IMAGES["redis"]
+    assert services["redis"]["command"][0] == "redis-server"  # else the image loads no module
     for service in services.values():
+        assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+", service["image"]), "pin the full version"
         assert all(port.startswith("127.0.0.1:") for port in service["ports"])
-        assert "--requirepass" in " ".join(service["environment"].values())
+        flags = " ".join([*service["environment"].values(), *service.get("command", [])])
+        assert "--requirepass" in flags and "${LAB_PASSWORD:?" in flags
         assert "healthcheck" in service
+
+
+def test_the_container_images_are_the_embedded_engines_versions():
+    for engine, name in (("valkey", "valkey9"), ("redis", "redis8")):
+        if name in available_engines():
+            assert IMAGES[engine].rsplit(":", 1)[1] == available_engines()[name].version
 
 
 def test_ci_calls_the_readme_test_command():

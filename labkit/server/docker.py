@@ -13,8 +13,8 @@ import redis
 from labkit.errors import ConfigError, DockerUnavailable
 from labkit.server.lab import client_for
 
-IMAGES = {"valkey": "valkey/valkey-bundle:9", "redis-stack": "redis/redis-stack-server:7.4.0-v6"}
-FLAGS_ENV = {"valkey": "VALKEY_EXTRA_FLAGS", "redis-stack": "REDIS_ARGS"}
+# The lab's two engines, pinned to the versions the embedded binaries have; both images carry search and JSON.
+IMAGES = {"valkey": "valkey/valkey-bundle:9.1.2", "redis": "redis:8.2.3"}
 EMBEDDED_HINT = "The lab does not need Docker: labkit.connect() (or `make lab`) starts the embedded server."
 
 
@@ -56,7 +56,7 @@ class Container:
 
 
 def container(engine: str = "valkey", image: str | None = None) -> Container:
-    """Start `engine`'s image ("valkey" or "redis-stack") on 127.0.0.1 with a generated password.
+    """Start `engine`'s image ("valkey" or "redis": Redis 8) on 127.0.0.1 with a generated password.
 
     Raises:
         DockerUnavailable: no engine runs here, or the `docker` extra is not installed.
@@ -71,7 +71,11 @@ def container(engine: str = "valkey", image: str | None = None) -> Container:
     except ImportError:
         raise DockerUnavailable(f"Install the optional extra: pip install -e '.[docker]'. {EMBEDDED_HINT}") from None
     password = secrets.token_urlsafe(18)
-    box = DockerContainer(image or IMAGES[engine]).with_env(FLAGS_ENV[engine], f"--requirepass {password}")
+    box = DockerContainer(image or IMAGES[engine])
+    if engine == "valkey":
+        box = box.with_env("VALKEY_EXTRA_FLAGS", f"--requirepass {password}")
+    else:  # the official image loads its modules only when its first argument is redis-server
+        box = box.with_command(f"redis-server --requirepass {password}")
     box = box.with_bind_ports(6379, ("127.0.0.1", None)).start()
     url = f"redis://:{password}@127.0.0.1:{box.get_exposed_port(6379)}/0"
     return Container(url, box)
