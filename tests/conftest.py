@@ -10,8 +10,26 @@ from pathlib import Path
 import pytest
 
 import labkit
-from labkit.server import cluster
+from labkit.matrix import unmet
+from labkit.server import Capabilities, capabilities, cluster
 from labkit.server.process import temp_root
+
+_session_caps: Capabilities | None = None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """`@pytest.mark.needs("search", ...)`: skip, saying why, when the session server (of the engine the suite
+    runs on: `make test ENGINE=...`) lacks those capabilities."""
+    global _session_caps
+    marker = item.get_closest_marker("needs")
+    if marker is None:
+        return
+    if _session_caps is None:
+        with labkit.connect() as client:
+            _session_caps = capabilities(client)
+    missing = unmet(marker.args, _session_caps)
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}: the session server, {_session_caps}, lacks it")
 
 
 @pytest.fixture

@@ -74,6 +74,7 @@ def _wait_bgsave(r):
 
 
 # -- WAITAOF --------------------------------------------------------------------------------------------
+@pytest.mark.needs("waitaof")
 def test_wait_fsynced_under_always_confirms_at_once():
     with spawn(modules=False, appendonly=True, appendfsync="always") as srv:
         r = srv.client()
@@ -97,6 +98,7 @@ def _first_confirmed(r, timeout_s=60):
             return ack
 
 
+@pytest.mark.needs("waitaof")
 def test_wait_fsynced_counts_replicas_and_is_falsy_when_one_is_frozen():
     with replicated(replicas=1, appendonly=True, appendfsync="always") as topo:
         r = topo.primary.client()
@@ -113,6 +115,7 @@ def test_wait_fsynced_counts_replicas_and_is_falsy_when_one_is_frozen():
     assert not frozen and (frozen.local, frozen.replicas) == (1, 0)
 
 
+@pytest.mark.needs("waitaof")
 def test_wait_fsynced_without_an_aof_says_what_to_do():
     with spawn(modules=False) as srv, pytest.raises(ConfigError, match=r"appendonly is off.*local=False"):
         wait_fsynced(srv.client(), timeout_ms=100)

@@ -62,6 +62,7 @@ def test_bad_vectors_get_clear_errors(vector, says):
         to_bytes(vector)
 
 
+@pytest.mark.needs("search")
 def test_create_index_refuses_a_duplicate_and_bad_settings(r, ns):
     create_index(r, ns.key("idx"), prefix=ns.key("doc") + ":", algorithm="FLAT")
     try:
@@ -83,6 +84,7 @@ def test_a_server_without_search_says_what_to_install():
 
 
 @pytest.mark.parametrize("storage", ["hash", "json"])
+@pytest.mark.needs("search")
 def test_knn_finds_the_nearest_first_and_honours_a_filter(r, ns, storage):
     index, prefix = ns.key(f"idx-{storage}"), ns.key(storage) + ":"
     create_index(r, index, prefix=prefix, algorithm="HNSW", storage=storage, fields={"tenant": "TAG", "n": "NUMERIC"})
@@ -109,6 +111,7 @@ def test_knn_finds_the_nearest_first_and_honours_a_filter(r, ns, storage):
         r.execute_command("FT.DROPINDEX", index, "DD")
 
 
+@pytest.mark.needs("search")
 def test_semantic_cache_hits_paraphrases_within_the_threshold_per_tenant(r, ns):
     cache = SemanticCache(r, name=ns.key("sc"), threshold=0.3, ttl=60, embedder=EMBEDDER, prefix=ns.key("sc") + ":")
     try:
@@ -130,6 +133,7 @@ def test_semantic_cache_rejects_bad_settings(r, kwargs, says):
         SemanticCache(r, name="never", embedder=EMBEDDER, **kwargs)
 
 
+@pytest.mark.needs("search")
 def test_an_expired_entry_is_no_longer_found(r, ns):
     cache = SemanticCache(r, name=ns.key("ttl"), threshold=0.3, ttl=3, embedder=EMBEDDER, prefix=ns.key("ttl") + ":")
     try:
@@ -145,6 +149,7 @@ def test_labkit_embeddings_precomputed_forces_the_shipped_vectors(monkeypatch):
     assert "precomputed" in Embedder().source
 
 
+@pytest.mark.needs("search")
 def test_a_miss_then_put_embeds_the_prompt_once(r, ns):
     calls = []
 
@@ -163,6 +168,7 @@ def test_a_miss_then_put_embeds_the_prompt_once(r, ns):
         cache.drop()
 
 
+@pytest.mark.needs("search")
 def test_drop_indexes_drops_only_its_prefix_and_keeps_the_documents(r, ns):
     require_search(r)
     mine, other = ns.key("idx-a"), ns.key("other") + "-idx"
@@ -182,6 +188,7 @@ def semantic_cache(r, ns, name="sc", **kwargs):
                          **kwargs)
 
 
+@pytest.mark.needs("search")
 def test_tenants_are_exact_case_and_all(r, ns):
     """TAG fields fold case and split on commas by default: 'ACME' and 'acme,globex' would both match 'acme'."""
     cache = semantic_cache(r, ns)
@@ -199,6 +206,7 @@ def test_tenants_are_exact_case_and_all(r, ns):
 
 
 @pytest.mark.parametrize("tenant", ["", " acme", "acme ", None, 5, "a\x1fb"])
+@pytest.mark.needs("search")
 def test_a_bad_tenant_is_a_config_error_naming_it(r, ns, tenant):
     cache = semantic_cache(r, ns)
     try:
@@ -211,6 +219,7 @@ def test_a_bad_tenant_is_a_config_error_naming_it(r, ns, tenant):
 
 
 @pytest.mark.parametrize("other", [{"dim": 4}, {"prefix": "elsewhere:"}, {"fields": {"tenant": "TAG"}}])
+@pytest.mark.needs("search")
 def test_an_existing_index_of_another_shape_is_refused_not_reused(r, ns, other):
     name, prefix = ns.key("shape"), ns.key("shape") + ":"
     create_index(r, name, **({"prefix": prefix, "dim": DIM, "fields": {"tenant": "TAG"}} | other))
@@ -221,6 +230,7 @@ def test_an_existing_index_of_another_shape_is_refused_not_reused(r, ns, other):
         drop_indexes(r, name)
 
 
+@pytest.mark.needs("search")
 def test_an_index_the_cache_made_is_reused(r, ns):
     first = semantic_cache(r, ns)
     try:
@@ -266,6 +276,7 @@ def raw_timed_out(r, probe, dim) -> bool:
     return bool(reply.get("warning"))
 
 
+@pytest.mark.needs("search")
 def test_partial_results_are_detectable_on_both_protocols(slow_index):
     """Each 1 ms query either finishes (whole) or times out, and says which; on this index most time out.
     RESP3 carries the server's warning; RESP2 cannot, so there the fail-on-timeout policy makes it an error."""
@@ -290,6 +301,7 @@ def test_partial_results_are_detectable_on_both_protocols(slow_index):
         assert "timed out" in outcomes and set(outcomes) <= {"timed out", 10}  # never a partial answer
 
 
+@pytest.mark.needs("search")
 def test_a_missing_index_is_a_config_error(r, ns):
     with pytest.raises(ConfigError, match=r"No index 'lab:.*create_index"):
         knn(r, ns.key("nope"), unit(1))
@@ -302,6 +314,7 @@ def test_embed_wants_a_list_of_texts():
         EMBEDDER.embed("How do I reset my password?")
 
 
+@pytest.mark.needs("search")
 def test_knn_reads_the_dimension_of_an_index_on_both_protocols(r, ns):
     create_index(r, ns.key("d4"), prefix=ns.key("d4") + ":", dim=4, algorithm="FLAT")
     try:

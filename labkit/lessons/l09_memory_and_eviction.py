@@ -25,7 +25,7 @@ import redis
 from labkit import scripts, validate
 from labkit.lessons import Result, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
-from labkit.server import Server, available_engines, cli_path, spawn
+from labkit.server import Server, available_engines, capabilities, cli_path, spawn
 
 POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random",
             "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl")
@@ -826,6 +826,60 @@ def plot_expiry(runs: Sequence[ExpiryRun], short: int, ttl_ms: int) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     plt.show()
+
+
+# Where each engine counts hash fields with a TTL (INFO keyspace) and fields reclaimed (INFO stats): Valkey's
+# name first, then Redis's. The lesson reads whichever the server reports.
+VOLATILE_KEYS_FIELDS = ("keys_with_volatile_items", "subexpiry")
+EXPIRED_FIELDS_STATS = ("expired_fields", "expired_subkeys")
+
+
+@dataclass
+class FieldExpiry:
+    """Hash fields with a TTL of their own, on a fresh server of one engine, reclaimed without being read."""
+
+    server: str
+    supported: bool  # capabilities().hash_field_expiration
+    reason: str = ""
+    keyspace_name: str = ""  # the INFO keyspace counter of keys that hold fields with a TTL
+    keyspace_before: int = 0
+    keyspace_after: int = 0
+    stats_name: str = ""  # the INFO stats counter of fields reclaimed
+    reclaimed: int = 0
+    fields_left: set[int] = field(default_factory=set)  # HLEN of the hashes afterwards (each value once)
+
+
+def field_expiry(engine: str, *, sessions: int = 1000, ttl_ms: int = 500, deadline_s: float = 5.0) -> FieldExpiry:
+    """`sessions` hashes (user, csrf, cart) on a fresh server of `engine`; HPEXPIRE `ttl_ms` on each csrf field;
+    then poll INFO (reading no hash) until every csrf field is reclaimed or `deadline_s` passes."""
+    with spawn(engine, modules=False) as server:
+        r = server.client()
+        caps = capabilities(r)
+        name = f"{caps.engine} {caps.version}"
+        if not caps.hash_field_expiration:
+            return FieldExpiry(name, False, "no per-field TTL: HPEXPIRE is an unknown command")
+        with r.pipeline(transaction=False) as pipe:
+            for i in range(sessions):
+                pipe.hset(f"session:{i}", mapping={"user": i, "csrf": secrets.token_hex(16), "cart": "a,b"})
+                pipe.hpexpire(f"session:{i}", ttl_ms, "csrf")
+            pipe.execute()
+        keyspace_name = next(n for n in VOLATILE_KEYS_FIELDS if n in r.info("keyspace")["db0"])
+        stats_name = next(n for n in EXPIRED_FIELDS_STATS if caps.has_info(n))
+        before = int(r.info("keyspace")["db0"][keyspace_name])
+        give_up = time.monotonic() + deadline_s
+        while int(r.info("stats")[stats_name]) < sessions and time.monotonic() < give_up:
+            time.sleep(0.02)
+        reclaimed, after = int(r.info("stats")[stats_name]), int(r.info("keyspace")["db0"][keyspace_name])
+        with r.pipeline(transaction=False) as pipe:
+            for i in range(sessions):
+                pipe.hlen(f"session:{i}")
+            left = set(pipe.execute())
+        return FieldExpiry(name, True, "", keyspace_name, before, after, stats_name, reclaimed, left)
+
+
+def field_expiry_everywhere(**kwargs: int) -> list[FieldExpiry]:
+    """`field_expiry` on every engine installed here."""
+    return [field_expiry(engine, **kwargs) for engine in available_engines()]
 
 
 # -- common mistakes ---------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import redis
 
 from labkit.bench import vectors
@@ -8,6 +9,7 @@ from labkit.server.lab import URL_ENV
 from . import baselines, values
 
 
+@pytest.mark.needs("search")
 def test_measures_recall_and_compares_with_redisvl():
     rows = vectors.run(n=2000, queries=30)
     table = values(rows)

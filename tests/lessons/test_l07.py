@@ -14,10 +14,12 @@ def _topic_right(r, index, vector, topic, k):
     return [h.key for h in knn(r, index, vector, k=k, filter=f"@topic:{{{topic}}}")]
 
 
+@pytest.mark.needs("search")
 def test_topic_knn_accepts_a_prefiltered_knn(r, ns):
     assert lesson.check_topic_knn(r, ns, _topic_right)
 
 
+@pytest.mark.needs("search")
 def test_topic_knn_rejects_filtering_after_the_knn(r, ns):
     def post_filter(r, index, vector, topic, k):
         hits = knn(r, index, vector, k=k, return_fields=("topic",))
@@ -27,11 +29,13 @@ def test_topic_knn_rejects_filtering_after_the_knn(r, ns):
     assert not result and "instead of 5" in result.message
 
 
+@pytest.mark.needs("search")
 def test_topic_knn_rejects_farthest_first(r, ns):
     result = lesson.check_topic_knn(r, ns, lambda *a: _topic_right(*a)[::-1])
     assert not result and "wrong order" in result.message
 
 
+@pytest.mark.needs("search")
 def test_topic_knn_explains_a_query_without_dialect_2(r, ns):
     def dialect_1(r, index, vector, topic, k):
         reply = r.execute_command("FT.SEARCH", index, f"(@topic:{{{topic}}})=>[KNN {k} @embedding $vec]",
@@ -47,15 +51,18 @@ def _lookup(r, index, vector, min_similarity, accept):
     return hits[0].fields["text"] if hits and accept(hits[0].distance, min_similarity) else None
 
 
+@pytest.mark.needs("search")
 def test_similarity_lookup_accepts_distance_below_one_minus_similarity(r, ns):
     assert lesson.check_similarity_lookup(r, ns, lambda r, i, v, s: _lookup(r, i, v, s, lambda d, s: d <= 1 - s))
 
 
+@pytest.mark.needs("search")
 def test_similarity_lookup_rejects_the_score_taken_as_a_similarity(r, ns):
     result = lesson.check_similarity_lookup(r, ns, lambda r, i, v, s: _lookup(r, i, v, s, lambda d, s: d >= s))
     assert not result and "orthogonal" in result.message
 
 
+@pytest.mark.needs("search")
 def test_similarity_lookup_rejects_the_similarity_used_as_the_distance_cut(r, ns):
     result = lesson.check_similarity_lookup(r, ns, lambda r, i, v, s: _lookup(r, i, v, s, lambda d, s: d <= s))
     assert not result and "paraphrases got a different answer" in result.message

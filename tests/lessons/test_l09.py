@@ -7,7 +7,7 @@ import pytest
 
 from labkit import ops
 from labkit.lessons import l09_memory_and_eviction as lesson
-from labkit.server import available_engines, spawn
+from labkit.server import available_engines, capabilities, spawn
 
 
 # -- exercise 1: choose a policy ---------------------------------------------------------------------------
@@ -164,3 +164,16 @@ def test_the_cli_is_one_that_takes_the_lessons_options_on_every_engine():
             done = lesson.cli(server, "--bigkeys", "--count", "10")
             assert done.returncode == 0 and "Unrecognized option" not in done.stderr, (engine, done.stderr)
             assert str(lesson.cli_binary(server)) in lesson.cli_command(server)
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_field_expiry_reclaims_every_field_unread_where_the_engine_has_it(engine):
+    row = lesson.field_expiry(engine, sessions=200, ttl_ms=300)
+    with spawn(engine, modules=False) as server:
+        has = capabilities(server.client()).hash_field_expiration
+    assert row.supported is has
+    if has:
+        assert row.keyspace_before > 0 and row.keyspace_after == 0 and row.reclaimed == 200 and row.fields_left == {2}
+        assert row.keyspace_name in lesson.VOLATILE_KEYS_FIELDS and row.stats_name in lesson.EXPIRED_FIELDS_STATS
+    else:
+        assert "unknown command" in row.reason

@@ -161,6 +161,7 @@ def _waitaof_both(r, key, value):
     return local >= 1 and replicas >= 1
 
 
+@pytest.mark.needs("waitaof")
 def test_durable_write_accepts_the_reference():
     assert lesson.check_durable_write(_waitaof_both)
 
@@ -205,11 +206,13 @@ def _two_replicas(r, key, value):
     (_replicas_only, "numlocal 1"),
     (_either, "check WAITAOF's reply"),
 ])
+@pytest.mark.needs("waitaof")
 def test_durable_write_rejects_the_plausible_mistakes(write, says):
     result = lesson.check_durable_write(write)
     assert not result and says in result.message
 
 
+@pytest.mark.needs("waitaof")
 def test_durable_write_rejects_a_write_that_never_returns():
     def forever(r, key, value):
         r.set(key, value)
