@@ -13,7 +13,7 @@ export LABKIT_ENGINE := $(ENGINE)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help lab stop status doctor reset test test-rerun test-stress embeddings test-embeddings bench lock strip lint clean
+.PHONY: help lab stop status doctor reset test test-notebooks test-engines test-rerun test-stress embeddings test-embeddings bench matrix lock strip lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -48,6 +48,20 @@ test: $(STAMP)  ## run the whole suite: labkit against real servers, every noteb
 	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -m "browser or leakcheck" -p no:nbval \
 		tests/test_browser.py tests/test_zz_leaks.py
 
+test-notebooks: $(STAMP)  ## every notebook through nbval, each on a server of its own (of ENGINE=..., if given)
+	rm -rf build/tmp-notebooks && mkdir -p build/tmp-notebooks
+	LABKIT_TMP=$(CURDIR)/build/tmp-notebooks $(PY) -m pytest -n 2 --dist loadfile --nbval-lax --nbval-cell-timeout=120 \
+		--nbval-kernel-startup-timeout=180 notebooks $(PYTEST_ARGS)
+
+OTHER_ENGINES = $(PY) -c 'from labkit.server import available_engines; from labkit.server.binaries import DEFAULT_ENGINE; \
+	print(*(name for name in available_engines() if name != DEFAULT_ENGINE))'
+test-engines: $(STAMP)  ## labkit's unit tests (not the lessons' or the benchmarks') on every other installed engine
+	rm -rf build/tmp-engines && mkdir -p build/tmp-engines
+	set -e; for engine in $$($(OTHER_ENGINES)); do echo "== unit tests on $$engine"; \
+		LABKIT_ENGINE=$$engine LABKIT_TMP=$(CURDIR)/build/tmp-engines $(PY) -m pytest -n 2 --dist loadfile -p no:nbval \
+		-m "not leakcheck and not browser and not embeddings and not rerun and not slow" \
+		--ignore=tests/lessons --ignore=tests/bench tests $(PYTEST_ARGS); done
+
 test-rerun: $(STAMP)  ## every lesson run half-way, then twice in full, on one server (Restart and Run All works)
 	rm -rf build/tmp-rerun && mkdir -p build/tmp-rerun
 	LABKIT_TMP=$(CURDIR)/build/tmp-rerun $(PY) -m pytest -n 2 --dist load -p no:nbval -m rerun tests/test_rerun.py $(PYTEST_ARGS)
@@ -65,6 +79,9 @@ test-embeddings: embeddings  ## the tests that need the real model (the shipped 
 
 bench: $(STAMP)  ## every benchmark suite, side by side, with ratios; writes build/bench/results.json
 	$(PY) -m labkit bench
+
+matrix: $(STAMP)  ## every lesson on every installed engine; writes build/matrix.md (MATRIX_ARGS=--readme to update the README)
+	$(PY) -m labkit matrix $(MATRIX_ARGS)
 
 lock: $(STAMP)  ## re-pin requirements.lock (Python 3.11-3.13, every platform) from pyproject.toml
 	$(PY) -m pip install --quiet uv

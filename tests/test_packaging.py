@@ -75,7 +75,8 @@ def test_the_container_images_are_the_embedded_engines_versions():
 
 
 def test_ci_calls_the_readme_test_command():
-    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test\n" in ci and "make test-notebooks ENGINE=redis8" in ci and "make test-engines" in ci
     readme = (ROOT / "README.md").read_text()
     assert "make lab" in readme and "make test" in readme
 
