@@ -143,3 +143,14 @@ def test_setup_starts_from_a_clean_slate(path):
     assert "ns.cleanup(r)" in setup, "Setup must call ns.cleanup(r) right after creating the namespace"
     if "create_index(" in code(read(path)):
         assert "drop_indexes(r, ns.prefix)" in setup, "a lesson that creates indexes drops its own in Setup"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=IDS)
+def test_lesson_decides_by_capability_never_by_engine_name(path):
+    """Where engines differ a lesson reads capabilities; `caps.engine` and engine names stay out of its code, and
+    its module offers `lesson.skip` for the part that cannot run here."""
+    module = importlib.import_module(f"labkit.lessons.l{path.stem}")
+    source = code(read(path)) + "\n" + Path(module.__file__).read_text()
+    assert not re.search(r"\.engine\s*==|==\s*[\"'](valkey|redis)", source), "compare capabilities, not engine names"
+    assert not re.search(r"[\"'](valkey9|valkey8|redis8)[\"']", source), "no engine names in a lesson"
+    assert module.skip is importlib.import_module("labkit.lessons").skip

@@ -6,6 +6,7 @@ import redis
 
 from labkit.clients import text
 from labkit.lessons import Result, verdict
+from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 
 GREETING = "hello"
 GREETING_TTL_S = 60

@@ -8,6 +8,7 @@ import redis
 
 from labkit.keys import Namespace
 from labkit.lessons import Result, delete_keys, verdict
+from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.server import capabilities
 
 
