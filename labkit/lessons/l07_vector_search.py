@@ -62,6 +62,28 @@ def vector_sets_everywhere(vectors: np.ndarray, query: np.ndarray, k: int = 5) -
     return [vector_set_run(engine, vectors, query, k) for engine in available_engines()]
 
 
+# -- 7.5 the server's own time per query -----------------------------------------------------------------------
+def _ft_search_stats(r: redis.Redis) -> tuple[int, int]:
+    stats = r.info("commandstats").get("cmdstat_FT.SEARCH", {"calls": 0, "usec": 0})
+    return int(stats["calls"]), int(stats["usec"])
+
+
+def server_usec_per_query(r: redis.Redis, searches: dict[str, Callable[[np.ndarray], object]], probes: np.ndarray,
+                          *, batch: int = 50, rounds: int = 5) -> dict[str, float]:
+    """For each contender (`search(vector)` sends one FT.SEARCH), the server's own microseconds per query from
+    INFO commandstats: `rounds` batches of `batch` queries each, contenders taking turns; the median batch. The
+    client's work (and a busy machine's scheduling of it) is not in it."""
+    per_batch: dict[str, list[float]] = {name: [] for name in searches}
+    for _ in range(rounds):
+        for name, search in searches.items():
+            calls, usec = _ft_search_stats(r)
+            for vector in probes[:batch]:
+                search(vector)
+            calls_after, usec_after = _ft_search_stats(r)
+            per_batch[name].append((usec_after - usec) / max(calls_after - calls, 1))
+    return {name: float(np.median(values)) for name, values in per_batch.items()}
+
+
 def _check_index(r: redis.Redis, ns: Namespace) -> tuple[str, str, list[tuple[str, str, str]], np.ndarray, Embedder]:
     """A small index of the corpus (hash documents with topic and embedding) for the checks."""
     data, embedder = corpus(), Embedder(precomputed=True)

@@ -4,10 +4,10 @@ known-wrong ones."""
 import numpy as np
 import pytest
 
-from labkit.bench import clustered_vectors
+from labkit.bench import clustered_vectors, load_vectors
 from labkit.lessons import l07_vector_search as lesson
 from labkit.server import available_engines, capabilities, spawn
-from labkit.vectors import knn
+from labkit.vectors import create_index, drop_indexes, knn, wait_indexed
 
 
 def _topic_right(r, index, vector, topic, k):
@@ -82,3 +82,19 @@ def test_vector_sets_find_the_exact_neighbours_with_similarity_scores_where_the_
     assert {row for row, _ in run.top} == set(np.argsort(-cosine)[:5].tolist())
     assert all(abs(score - (1 + cosine[row]) / 2) < 0.01 for row, score in run.top)
     assert run.quantization == "int8" and run.bytes_noquant > 1.5 * run.bytes_default
+
+
+@pytest.mark.needs("search")
+def test_server_time_per_query_ranks_hnsw_far_ahead_of_flat(r, ns):
+    points, probes = clustered_vectors(5000, seed=5), clustered_vectors(20, seed=6)
+    load_vectors(r, ns.key("v") + ":", points)
+    for name, config in (("flat", {"algorithm": "FLAT"}), ("hnsw", {"algorithm": "HNSW", "M": 16})):
+        create_index(r, ns.key(name), prefix=ns.key("v") + ":", **config)
+        wait_indexed(r, ns.key(name))
+    try:
+        usec = lesson.server_usec_per_query(r, {"flat": lambda q: knn(r, ns.key("flat"), q, k=10),
+                                                "hnsw": lambda q: knn(r, ns.key("hnsw"), q, k=10, ef_runtime=50)},
+                                            probes, batch=20, rounds=3)
+    finally:
+        drop_indexes(r, ns.prefix)
+    assert usec["hnsw"] > 0 and usec["flat"] > 2 * usec["hnsw"], usec
