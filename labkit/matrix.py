@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -105,11 +106,18 @@ def run_lesson(notebook: Path, engine: str) -> Outcome:
     return Outcome(notebook.stem, engine, status, time.monotonic() - started, skipped_parts(nb), reason)
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_error(nb: dict, err: Exception) -> str:
+    """The first failing code cell: its number, the error, and the line that raised it."""
     for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
-                return f"code cell {i}: {output['ename']}: {_short(output['evalue'])}"
+                lines = ANSI.sub("", "\n".join(output.get("traceback", []))).splitlines()
+                where = [ln.split("---->", 1)[1].strip() for ln in lines if "---->" in ln]
+                at = f" at `{_short(where[-1].lstrip('0123456789 '), 120)}`" if where else ""
+                return f"code cell {i}: {output['ename']}: {_short(output['evalue'])}{at}"
     return _short(f"{type(err).__name__}: {err}")
 
 
@@ -136,7 +144,10 @@ def table(outcomes: list[Outcome], engines: list[str]) -> str:
             if outcome is None:
                 cells.append("not run")
                 continue
-            detail = "; ".join(f"{part}: {why}" for part, why in outcome.skipped_parts) or outcome.reason
+            by_reason: dict[str, list[str]] = {}
+            for part, why in outcome.skipped_parts:
+                by_reason.setdefault(why, []).append(part)
+            detail = "; ".join(f"{', '.join(parts)}: {why}" for why, parts in by_reason.items()) or outcome.reason
             if detail:
                 notes.append(f"{len(notes) + 1}. {lesson} on {engine}: {detail}")
             cells.append(f"{outcome.cell(len(notes) if detail else None)} ({outcome.seconds:.0f} s)")

@@ -42,7 +42,8 @@ def test_a_lesson_runs_on_a_server_of_the_engine_and_its_skipped_parts_are_colle
 def test_a_failing_cell_fails_the_lesson_naming_the_cell_and_the_error(tmp_path):
     path = _notebook(tmp_path, "x = 1", "assert x == 2, 'x is not two'", "print('never run')")
     outcome = matrix.run_lesson(path, ENGINE)
-    assert outcome.status == "failed" and outcome.reason == "code cell 1: AssertionError: x is not two"
+    assert outcome.status == "failed"
+    assert outcome.reason == "code cell 1: AssertionError: x is not two at `assert x == 2, 'x is not two'`"
 
 
 def test_a_lesson_needing_what_the_engine_lacks_is_skipped_whole_with_the_reason(tmp_path):
@@ -67,16 +68,17 @@ def test_an_unknown_capability_in_the_metadata_is_a_config_error(tmp_path):
 def test_the_table_has_a_row_per_lesson_a_column_per_engine_and_numbered_notes():
     outcomes = [
         matrix.Outcome("05_pubsub", "valkey9", "passed", 20.4),
-        matrix.Outcome("05_pubsub", "redis", "passed", 21, [("5.4 the counter", "no such INFO field")]),
+        matrix.Outcome("05_pubsub", "redis", "passed", 21, [("5.4 the counter", "no such INFO field"),
+                                                            ("5.5 more", "no such INFO field"), ("5.6", "other")]),
         matrix.Outcome("07_vector_search", "valkey9", "passed", 30),
         matrix.Outcome("07_vector_search", "redis", "skipped", 1, reason="needs search"),
     ]
     text = matrix.table(outcomes, ["valkey9", "redis"])
     lines = text.splitlines()
     assert lines[0] == "| lesson | valkey9 | redis |" and lines[1] == "|---|---|---|"
-    assert lines[2] == "| 05_pubsub | passed (20 s) | passed, 1 part(s) skipped [1] (21 s) |"
+    assert lines[2] == "| 05_pubsub | passed (20 s) | passed, 3 part(s) skipped [1] (21 s) |"
     assert lines[3] == "| 07_vector_search | passed (30 s) | skipped [2] (1 s) |"
-    assert lines[5:] == ["1. 05_pubsub on redis: 5.4 the counter: no such INFO field",
+    assert lines[5:] == ["1. 05_pubsub on redis: 5.4 the counter, 5.5 more: no such INFO field; 5.6: other",
                          "2. 07_vector_search on redis: needs search"]
 
 
