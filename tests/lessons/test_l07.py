@@ -86,7 +86,7 @@ def test_vector_sets_find_the_exact_neighbours_with_similarity_scores_where_the_
 
 @pytest.mark.needs("search")
 def test_server_time_per_query_ranks_hnsw_far_ahead_of_flat(r, ns):
-    points, probes = clustered_vectors(5000, seed=5), clustered_vectors(20, seed=6)
+    points, probes = clustered_vectors(10_000, seed=5), clustered_vectors(20, seed=6)
     load_vectors(r, ns.key("v") + ":", points)
     for name, config in (("flat", {"algorithm": "FLAT"}), ("hnsw", {"algorithm": "HNSW", "M": 16})):
         create_index(r, ns.key(name), prefix=ns.key("v") + ":", **config)
@@ -94,7 +94,7 @@ def test_server_time_per_query_ranks_hnsw_far_ahead_of_flat(r, ns):
     try:
         usec = lesson.server_usec_per_query(r, {"flat": lambda q: knn(r, ns.key("flat"), q, k=10),
                                                 "hnsw": lambda q: knn(r, ns.key("hnsw"), q, k=10, ef_runtime=50)},
-                                            probes, batch=20, rounds=3)
+                                            probes, batch=20, rounds=5)
     finally:
         drop_indexes(r, ns.prefix)
     assert usec["hnsw"] > 0 and usec["flat"] > 2 * usec["hnsw"], usec
