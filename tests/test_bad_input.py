@@ -147,6 +147,11 @@ ROWS = [
     Row("FixedWindow", "prefix", lambda w, v: ratelimit.FixedWindow(w.r, 10, 1, prefix=v), PREFIX),
     Row("Limiter.allow", "key", lambda w, v: w.limiter.allow(v), NAME),
     Row("Limiter.allow", "cost", lambda w, v: w.limiter.allow("k", v), [*COUNT, 11]),
+    Row("Limiter.allow_at", "now_ms", lambda w, v: w.limiter.allow_at("k", v),
+        [None, "", "5", -1, 0.5, math.nan, True]),
+    Row("Limiter.allow_at", "key", lambda w, v: w.limiter.allow_at(v, 1_795_000_000_000), NAME),
+    Row("Decision.headers", "style", lambda w, v: ratelimit.Decision(True, 1, 0, 1, 2).headers(v),
+        [None, "", "ietf", 5]),
     # -- pubsub -------------------------------------------------------------------------------------------
     Row("Subscriber", "channel", _subscriber(channels=lambda v: (v,)), NAME),
     Row("Subscriber", "pattern", _subscriber(patterns=lambda v: [v]), NAME),
