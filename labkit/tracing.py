@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import redis
 
@@ -53,8 +54,13 @@ class Trace:
 
     @property
     def round_trips(self) -> int:
-        """Writes that waited for a reply: a pipeline of 100 commands is one."""
-        return len({(c.connection, c.round_trip) for c in self.calls})
+        """Writes that waited for a reply: a pipeline of 100 commands is one. Like `names()`, without the
+        handshake of a connection opened inside the block (`trips(handshake=True)` counts it too)."""
+        return self.trips()
+
+    def trips(self, *, handshake: bool = False) -> int:
+        """The round trips, with the connection handshake's only if asked."""
+        return len({(c.connection, c.round_trip) for c in self.calls if handshake or not c.handshake})
 
     def names(self, *, handshake: bool = False) -> list[str]:
         """The command names, without the connection handshake unless asked."""
@@ -70,9 +76,10 @@ class Trace:
             mark = " (connect)" if call.handshake else ""
             lines.append(f"{trips[(call.connection, call.round_trip)]:>4}  "
                          f"{abridge(command, ARG_WIDTH * 2):<{ARG_WIDTH * 2}}  {abridge(reply, REPLY_WIDTH)}{mark}")
-        sent = len(self.calls)
-        lines.append(f"{sent} command{'s' * (sent != 1)} in {self.round_trips} round "
-                     f"trip{'s' * (self.round_trips != 1)}")
+        sent, trips = len(self.calls), self.trips(handshake=True)
+        shaking = trips - self.round_trips
+        lines.append(f"{sent} command{'s' * (sent != 1)} in {trips} round trip{'s' * (trips != 1)}"
+                     + (f" ({shaking} of them the connection's handshake)" if shaking else ""))
         return "\n".join(lines)
 
     def __str__(self) -> str:
