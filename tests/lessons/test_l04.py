@@ -149,3 +149,9 @@ def test_a_paused_server_fails_open_or_closed_within_the_timeout():
         assert 0.05 <= opened.median_s < 1 and 0.05 <= closed.median_s < 1  # the timeout, and no retries
         assert lesson.guarded_allow(limiter, "v", fail_open=False) == (True, None)  # back once it resumes
         client.close()
+
+
+def test_a_replay_stalled_every_time_gives_up_instead_of_reading_expired_state(r, ns, monkeypatch):
+    monkeypatch.setattr(lesson, "STALL_S", -1)  # every pause counts as a stall
+    with pytest.raises(RuntimeError, match="stalled every replay"):
+        lesson.replay(SlidingLog(r, 10, 1.0, prefix=ns.key("rl")), "u", [0, 10, 20])
