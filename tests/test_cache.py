@@ -7,8 +7,8 @@ import uuid
 import pytest
 
 import labkit
-from labkit import scripts
 from labkit import cache as cache_module
+from labkit import scripts
 from labkit.cache import STRATEGIES, cached
 from labkit.server import spawn
 from labkit.widgets import HitRateMonitor
