@@ -209,6 +209,16 @@ def invalidation_race(r: redis.Redis, db: SlowDatabase, prefix: str, how: str, p
 
 
 # -- 2.5 the hit rate under a Zipf law --------------------------------------------------------------------
+def zipf_top_share(exponent: float, terms: int = 1000) -> float:
+    """The share of reads the most popular item gets under a Zipf law: 1/zeta(exponent), zeta summed to
+    `terms` plus the Euler-Maclaurin estimate of the rest (exact to about 1e-6 for exponent 1.2)."""
+    if not exponent > 1:
+        raise ConfigError(f"a Zipf law over unbounded items needs an exponent above 1, got {exponent!r}.")
+    tail = terms ** (1 - exponent) / (exponent - 1) - terms ** -exponent / 2
+    zeta = sum(k ** -exponent for k in range(1, terms)) + tail
+    return 1 / zeta
+
+
 def zipf_readers(get: Callable[[int], object], rows: int, requested: list[int], latencies_ms: list[float],
                  threads: int = 4, exponent: float = 1.2) -> Callable[[threading.Event], None]:
     """A workload for a live monitor: `threads` readers call `get(pid)` with pids drawn from a Zipf law

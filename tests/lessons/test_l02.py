@@ -102,6 +102,8 @@ def test_the_delete_race_each_way(r, ns):
     assert served == {"delete": 10.0, "delete, and again once the read has ended": 99.0,
                       "delete, and again while the read is on": 10.0, "lease": 99.0}
     assert ns.keys(r) == []
+    with pytest.raises(labkit.ConfigError, match="how is one of"):
+        lesson.invalidation_race(r, db, ns.key("race"), "delete thrice")
 
 
 def test_a_leased_fill_is_refused_after_an_invalidation_and_kept_otherwise(r, ns):
@@ -125,6 +127,13 @@ def test_a_leased_fill_is_refused_after_an_invalidation_and_kept_otherwise(r, ns
     assert cache.get(1) == {"item": 1} and not r.exists(entry) and r.get(lease) == "another-readers-token"
     cache.invalidate(1)
     assert ns.keys(r) == []
+
+
+def test_zipf_top_share_is_one_over_zeta():
+    assert abs(lesson.zipf_top_share(1.2) - 1 / 5.591582441) < 1e-5  # zeta(1.2) = 5.5915824...
+    assert abs(lesson.zipf_top_share(2.0) - 6 / math.pi**2) < 1e-6
+    with pytest.raises(labkit.ConfigError, match="above 1"):
+        lesson.zipf_top_share(1.0)
 
 
 def test_zipf_readers_note_every_read():
