@@ -112,6 +112,8 @@ ROWS = [
                                                          stale_ttl=v), SECONDS0),
     Row("cached", "lock_ttl", lambda w, v: cache.cached(w.r, prefix=w.ns.key("c"), ttl=60, lock_ttl=v), SECONDS),
     Row("cached", "jitter", lambda w, v: cache.cached(w.r, prefix=w.ns.key("c"), ttl=60, jitter=v), [*NUMBER, -0.1, 1]),
+    Row("cached", "negative_ttl", lambda w, v: cache.cached(w.r, prefix=w.ns.key("c"), ttl=60, negative_ttl=v),
+        [v for v in SECONDS if v is not None]),  # None: the default, as long as ttl
     # -- sessions -----------------------------------------------------------------------------------------
     Row("SessionStore", "ttl", lambda w, v: sessions.SessionStore(w.r, ttl=v, prefix=w.ns.key("s")),
         [*SECONDS, 0.0015]),
