@@ -122,6 +122,15 @@ def fsync_cost(directory: Path, writes: int = 40) -> FsyncCost:
     return FsyncCost(statistics.median(samples[False]), statistics.median(samples[True]))
 
 
+def dirty_expire_s() -> float | None:
+    """After how many seconds the kernel writes out file data it holds in memory (`vm.dirty_expire_centisecs`,
+    30 s by default on Linux), or None where /proc cannot tell."""
+    try:
+        return int(Path("/proc/sys/vm/dirty_expire_centisecs").read_text()) / 100
+    except (OSError, ValueError):
+        return None
+
+
 def overcommit_memory() -> str | None:
     """`vm.overcommit_memory` of this machine's kernel ("0" heuristic, "1" always, "2" never overcommit), or
     None where /proc cannot tell (not Linux)."""
@@ -163,7 +172,7 @@ def plot_write_path(policies: bool = False) -> None:
                                   "appendfsync no: when the kernel decides (about 30 s on Linux)"]):
             ax.text(4.8, 2.75 - 0.25 * j, text, fontsize=8, color="tab:green")
     ax.set(xlim=(-0.1, 9.3), ylim=(-0.15, 3.0 if policies else 2.1),
-           title="a write's path: a reply is sent after write(), and only under always after fsync()")
+           title="a write's path to the disk, and what each failure takes with it")
     ax.axis("off")
     plt.show()
 
@@ -752,12 +761,13 @@ def loss_window_s(save: str, writes_per_s: float) -> float:
 
 
 def plot_loss_windows(rates_per_min: np.ndarray) -> None:
-    _, ax = plt.subplots(figsize=(7, 2.8))
+    _, ax = plt.subplots(figsize=(7, 3.2))
     for save, color, label in ((COPIED_SAVE, "tab:red", "the copied 900 1 / 300 10 / 60 10000"),
                                (REAL_DEFAULT_SAVE, "tab:blue", "the real default 3600 1 / 300 100 / 60 10000")):
         ax.plot(rates_per_min, [loss_window_s(save, w / 60) / 60 for w in rates_per_min], color=color, label=label)
-    ax.set(xscale="log", xlabel="writes per minute", ylabel="minutes", ylim=(0, 65),
-           title="writes at risk: the longest wait for the next snapshot")
+    ax.set(xscale="log", xlabel="writes per minute", ylim=(0, 65),
+           ylabel="minutes until the next snapshot\n(writes in this window are lost to a crash)",
+           title="the longest wait for the next snapshot, at a steady write rate")
     ax.legend(fontsize=8)
     plt.show()
 
