@@ -333,11 +333,12 @@ def wait_fsynced(r: redis.Redis, replicas: int = 0, *, local: bool = True, timeo
     """Block until the writes sent earlier on this connection are fsynced to the AOF here (`local`) and on
     at least `replicas` replicas, or until `timeout_ms` passes (WAITAOF); truthy when both were met.
 
-    WAITAOF counts the writes of its own connection: call it in the thread that wrote (a redis-py client
-    reuses one connection within a thread), or send write and WAITAOF in one pipeline and read the reply
-    with `FsyncAck.from_reply`. Under `appendfsync always` every acknowledged write is already fsynced
-    locally; under `everysec` some engines answer before the fsync (see `waitaof_exact_under_everysec`
-    in `labkit.server.capabilities`).
+    WAITAOF counts the writes of its own connection, and a redis-py client draws each command's connection
+    from a pool shared by its threads: send the write and WAITAOF in one pipeline (read the reply with
+    `FsyncAck.from_reply`), or pass a client that holds one connection
+    (`redis.Redis(..., single_connection_client=True)`). Under `appendfsync always` every acknowledged write
+    is already fsynced locally; under `everysec` some engines answer before the fsync (see
+    `waitaof_exact_under_everysec` in `labkit.server.capabilities`).
 
     Example:
         >>> r.xadd("orders", {"id": "o-17", "total": "42.00"})
@@ -402,7 +403,7 @@ def configure_persistence(
     first, *rest = settings.items()
     r.config_set(*first, *[item for pair in rest for item in pair])
     if appendonly:
-        _wait_for_aof_rewrite(r, timeout_s)
+        wait_for_aof_rewrite(r, timeout_s)
     if rewrite_config:
         try:
             r.config_rewrite()
@@ -412,14 +413,23 @@ def configure_persistence(
     return persistence_status(r)
 
 
-def _wait_for_aof_rewrite(r: redis.Redis, timeout_s: float) -> None:
+def wait_for_aof_rewrite(r: redis.Redis, timeout_s: float = 60) -> None:
+    """Return once no AOF rewrite is running or scheduled (`aof_rewrite_in_progress` and
+    `aof_rewrite_scheduled` in INFO persistence are 0), polling every 10 ms; raise as soon as one has
+    failed (the server then schedules a retry of its own), or if `timeout_s` passes first.
+
+    Example:
+        >>> r.config_set("appendonly", "yes")  # starts a rewrite: the AOF holds the data once it ends
+        >>> wait_for_aof_rewrite(r)
+    """
+    validate.seconds(timeout_s, "timeout_s")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         info = r.info("persistence")
+        if not info["aof_rewrite_in_progress"] and info["aof_last_bgrewrite_status"] != "ok":
+            raise LabkitError("The last AOF rewrite failed (aof_last_bgrewrite_status err; the server retries on "
+                              "its own): read its log (disk full? permissions?) and fix the cause.")
         if not (info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"]):
-            if info["aof_last_bgrewrite_status"] != "ok":
-                raise LabkitError("The AOF rewrite that turning on appendonly started has failed: read the "
-                                  "server's log (disk full? permissions?), fix it and try again.")
             return
         time.sleep(0.01)
     raise LabkitError(f"The AOF rewrite did not finish within {timeout_s:g} s; it is still running on the server.")

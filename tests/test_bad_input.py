@@ -15,7 +15,7 @@ import pytest
 import redis
 
 import labkit
-from labkit import ConfigError, cache, keys, locks, pubsub, ratelimit, sessions, streams, vectors
+from labkit import ConfigError, cache, keys, locks, ops, pubsub, ratelimit, sessions, streams, vectors
 
 # -- garbage, by what the argument should be ------------------------------------------------------------
 NAME = [None, "", 5, ["a"], b"raw"]  # a non-empty string
@@ -255,6 +255,8 @@ ROWS = [
     Row("Namespace.keys", "count", lambda w, v: w.ns.keys(w.r, count=v), COUNT),
     Row("scan_unlink", "pattern", lambda w, v: keys.scan_unlink(w.r, v), NAME),
     Row("scan_unlink", "batch", lambda w, v: keys.scan_unlink(w.r, w.ns.key("none") + "*", batch=v), COUNT),
+    # -- ops (persistence) --------------------------------------------------------------------------------
+    Row("wait_for_aof_rewrite", "timeout_s", lambda w, v: ops.wait_for_aof_rewrite(w.r, timeout_s=v), SECONDS),
 ]
 
 
