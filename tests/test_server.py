@@ -249,3 +249,12 @@ def test_cli_path_is_the_engines_client_or_any_installed_one():
     assert cli_path(engine) == (engine.cli or cli_path())
     fallback = cli_path(Engine("no-client", Path("/bin/true")))
     assert fallback.exists() and fallback.name.endswith("-cli")
+
+
+def test_a_relative_root_or_directory_works(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with spawn(modules=False, root="rel-root") as srv:
+        assert srv.client().ping() and srv.dir.is_absolute() and srv.dir.parent == tmp_path / "rel-root"
+    (tmp_path / "rel-dir").mkdir()
+    with Server(modules=False, directory="rel-dir").start() as srv:
+        assert srv.client().ping() and srv.dir == tmp_path / "rel-dir"
