@@ -27,6 +27,7 @@ from redis.retry import Retry
 
 from labkit import ops
 from labkit.clients import probe_options
+from labkit.errors import LabkitError
 from labkit.lessons import Result, verdict
 from labkit.server import Server, cli_path
 from labkit.server.topology import CLUSTER_SLOTS, Cluster, wait_until
@@ -150,19 +151,18 @@ def hot_workload(hot: Sequence[str], cold: Sequence[str], ops: int, share: float
     return [rng.choice(hot) if rng.random() < share else rng.choice(cold) for _ in range(ops)]
 
 
-def plot_ops(workloads: dict[str, dict[str, int]]) -> None:
-    """GETs executed by each primary, one group of bars per workload."""
-    names = list(workloads)
-    nodes = sorted(next(iter(workloads.values())))
+def plot_per_node(groups: dict[str, dict[str, int]], title: str, what: str) -> None:
+    """Each group's share (%) per primary, as grouped bars, with the even share dashed."""
+    names = list(groups)
+    nodes = sorted(next(iter(groups.values())))
     _, ax = plt.subplots(figsize=(8, 2.8))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        total = sum(workloads[name].values()) or 1
-        ax.bar(np.arange(len(nodes)) + i * width, [workloads[name][n] / total * 100 for n in nodes], width,
-               label=name)
+        total = sum(groups[name].values()) or 1
+        ax.bar(np.arange(len(nodes)) + i * width, [groups[name][n] / total * 100 for n in nodes], width, label=name)
     ax.set_xticks(np.arange(len(nodes)) + width * (len(names) - 1) / 2, nodes)
     ax.axhline(100 / len(nodes), color="gray", linestyle="--", linewidth=1, label="an even share")
-    ax.set(ylabel="% of the GETs", xlabel="primary (port)", title="who does the work", ylim=(0, 100))
+    ax.set(ylabel=f"% of the {what}", xlabel="primary (port)", title=title, ylim=(0, 105))
     ax.legend(fontsize=8)
     plt.show()
 
@@ -858,6 +858,13 @@ def key_beside(c: Cluster, key: str, name: str) -> str:
     return next(k for i in range(100_000) if _slot(k := f"lab:l13:{name}:{i}") in slots)
 
 
+def key_elsewhere(c: Cluster, key: str, name: str) -> str:
+    """A key under the lesson's prefix served by another primary than `key`."""
+    home = c.primary_for(key)
+    slots = {s for n in c.serving_primaries() if n is not home for lo, hi in _ranges(n) for s in range(lo, hi + 1)}
+    return next(k for i in range(100_000) if _slot(k := f"lab:l13:{name}:{i}") in slots)
+
+
 class StaticSlotMap:
     """A hand-made cluster client that reads the slot map once (CLUSTER SLOTS) and sends each command to the
     node the map names, through plain clients: it never learns that a slot moved."""
@@ -940,7 +947,7 @@ def _cart_on_cluster(c: Cluster, named: dict[str, dict[str, str]]) -> list[str]:
         for user, keys in named.items():
             try:
                 rc.eval(RESERVE, 3, keys["cart"], keys["reserved"], keys["hold"], "sku-7", 2, 600)
-            except redis.RedisError as err:
+            except (redis.RedisError, RedisClusterException) as err:  # refused by the server or by redis-py
                 failed.append((user, err))
             rc.delete(*keys.values())
     if not failed:
@@ -989,7 +996,7 @@ def check_move_slot(c: Cluster, move_slot: Callable[[Cluster, int, Server], Any]
                 problems.append(f"move_slot(c, {slot}, target) raised {type(err).__name__}: {str(err)[:90]}")
                 break
     problems += _after_moves(c, slots, sources, target, load)
-    _tidy_slots(c, slots)
+    _tidy_slots(c, slots, sources, target)
     with c.client() as rc:
         rc.delete(*keys)
     return verdict(problems, f"{len(slots)} slots and their {len(keys)} keys moved under load: 0 errors, "
@@ -997,24 +1004,27 @@ def check_move_slot(c: Cluster, move_slot: Callable[[Cluster, int, Server], Any]
 
 
 def _after_moves(c: Cluster, slots: list[int], sources: dict[int, Server], target: Server, load: Load) -> list[str]:
+    left = {s: _count_keys(sources[s], s, s) for s in slots}
+    try:
+        owners = {s: c.owner(s) for s in slots}
+    except LabkitError:  # a slot nobody serves
+        owners = {}
+    if all(owners.get(s) is sources[s] for s in slots) and all(left[s] == KEYS_PER_SLOT for s in slots):
+        return [f"no slot moved: the {len(slots)} slots and their keys are where they were. Mark the target "
+                "IMPORTING and the source MIGRATING, MIGRATE the keys, then CLUSTER SETSLOT <slot> NODE <target id> "
+                "on every primary."]
     problems = []
     if load.errors:
         problems.append(f"the client saw errors while the slots moved: {dict(load.errors)}. Set IMPORTING on the "
                         "target and MIGRATING on the source before moving keys: then the source answers ASK for "
                         "a key already moved, and clients follow it.")
-    left = {s: _count_keys(sources[s], s, s) for s in slots}
     if any(left.values()):
         problems.append(f"keys are still on the old owner ({sum(left.values())} in slots "
                         f"{[s for s, n in left.items() if n]}): MIGRATE every key (CLUSTER GETKEYSINSLOT until "
                         "it returns none), without COPY.")
-    try:
-        views = {n.port: {c.owner(s).port for s in slots} for n in c.serving_primaries()}
-        owned = all(c.owner(s) is target for s in slots)
-    except Exception:  # a slot nobody serves
-        owned, views = False, {}
-    if not owned:
-        problems.append(f"not every slot is served by the target now ({views}): finish with CLUSTER SETSLOT <slot> "
-                        "NODE <target id> on the target, the source and the other primaries.")
+    if any(owners.get(s) is not target for s in slots):
+        problems.append("not every slot is served by the target now: finish with CLUSTER SETSLOT <slot> NODE "
+                        "<target id> on the target, the source and the other primaries.")
     lost = load.lost() if not problems else 0
     if lost:
         problems.append(f"{lost} acknowledged increments are missing: a write went to a node that no longer held "
@@ -1022,11 +1032,24 @@ def _after_moves(c: Cluster, slots: list[int], sources: dict[int, Server], targe
     return problems
 
 
-def _tidy_slots(c: Cluster, slots: list[int]) -> None:
-    """After a check: every slot STABLE again (a wrong answer may leave IMPORTING/MIGRATING states)."""
-    for node in c.serving_primaries():
-        with node.client() as admin:
-            for slot in slots:
-                with contextlib.suppress(redis.ResponseError):
-                    admin.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
-
+def _tidy_slots(c: Cluster, slots: list[int], sources: dict[int, Server], target: Server) -> None:
+    """After a check, whatever the answer did: every slot STABLE, served by the node holding its keys (the
+    source, unless they all reached the target), and every primary agreeing."""
+    primaries, holders = c.serving_primaries(), {}
+    for slot in slots:
+        for node in primaries:
+            with node.client() as admin, contextlib.suppress(redis.ResponseError):
+                admin.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+        source = sources[slot]
+        on_source, on_target = _count_keys(source, slot, slot), _count_keys(target, slot, slot)
+        holder = target if on_target and not on_source else source
+        if holder is source and on_target:  # keys on both sides: bring the target's back
+            with target.client() as admin:
+                while keys := admin.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                    admin.execute_command("MIGRATE", source.host, source.port, "", 0, 5000, "REPLACE", "AUTH",
+                                          source.password, "KEYS", *keys)
+        for node in [holder, *[n for n in primaries if n is not holder]]:
+            with node.client() as admin, contextlib.suppress(redis.ResponseError):
+                admin.execute_command("CLUSTER", "SETSLOT", slot, "NODE", c.node_id(holder))
+        holders[slot] = holder
+    wait_until(lambda: all(c.owner(s) is holders[s] for s in slots), 30, "every primary to agree on the slots")

@@ -358,7 +358,8 @@ class Cluster(Topology):
 
     def config_set(self, **directives: Any) -> None:
         """CONFIG SET `directives` (`cluster_node_timeout=500`; underscores become dashes) on every running
-        member, so that a member added later gets them too."""
+        member, and keep them in every member's configuration, so that a member restarted or added later
+        starts with them too."""
         if not directives:
             raise ConfigError("config_set needs at least one directive, e.g. cluster_node_timeout=500.")
         settings = {k.replace("_", "-"): _config_value(v) for k, v in directives.items()}
@@ -366,6 +367,8 @@ class Cluster(Topology):
             with node.client() as admin:
                 for name, value in settings.items():
                     admin.config_set(name, value)
+        for node in self.servers:
+            node.config.update(settings)
         self.config |= settings
 
     # -- changing the topology ------------------------------------------------------------------------------
