@@ -495,6 +495,9 @@ def hot_slots(rc: RedisCluster, *, by: str = "cpu-usec", limit: int = 5) -> list
     try:
         replies = _per_node(rc, rc.get_primaries(), "CLUSTER", "SLOT-STATS", "ORDERBY", by, "LIMIT", limit)
     except redis.ResponseError as err:
+        if "metric" in str(err).lower():
+            raise LabkitError(f"The primaries do not count {by} per slot yet ({err}): set cluster-slot-stats-enabled "
+                              "to yes on every primary (CONFIG SET), or rank by key-count.") from err
         raise LabkitError(f"This server cannot report slot statistics ({err}): CLUSTER SLOT-STATS needs Valkey "
                           "8.0 or later.") from err
     found = [_slot_stats(slot, node, stats) for node, rows in replies.items() for slot, stats in rows]

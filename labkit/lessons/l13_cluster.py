@@ -461,19 +461,22 @@ def reshard_under_load(c: Cluster, rc: RedisCluster, source: Server, count: int,
     in those slots. The keys are deleted afterwards."""
     slots = lowest_slots(source, count)
     names = keys_in_slots(slots, keys)
-    rc.mset_nonatomic(dict.fromkeys(names, 0))
-    before, errors_before = ops.keys_per_node(rc), ops.cluster_errors(rc)
-    with Load(c, names) as load:
-        started = time.monotonic()
-        if method == "valkey-cli":
-            moved_keys = cli_reshard(c, source, count, target)
-        else:
-            moved_keys = sum(c.migrate_slots(lo, hi, target, atomic=method == "atomic").keys for lo, hi in _runs(slots))
-        seconds = time.monotonic() - started
-    errors_after, after = ops.cluster_errors(rc), ops.keys_per_node(rc)
+    try:
+        rc.mset_nonatomic(dict.fromkeys(names, 0))
+        before, errors_before = ops.keys_per_node(rc), ops.cluster_errors(rc)
+        with Load(c, names) as load:
+            started = time.monotonic()
+            if method == "valkey-cli":
+                moved_keys = cli_reshard(c, source, count, target)
+            else:
+                moved_keys = sum(c.migrate_slots(lo, hi, target, atomic=method == "atomic").keys
+                                 for lo, hi in _runs(slots))
+            seconds = time.monotonic() - started
+        errors_after, after = ops.cluster_errors(rc), ops.keys_per_node(rc)
+        lost = load.lost()
+    finally:
+        rc.delete(*names)
     redirects = {k: errors_after[k] - errors_before[k] for k in ("MOVED", "ASK", "TRYAGAIN")}
-    lost = load.lost()
-    rc.delete(*names)
     return Reshard(method, count, moved_keys, seconds, dict(load.errors), redirects, lost, load.ops,
                    _short(before), _short(after))
 
@@ -964,16 +967,16 @@ RESHARD_SLOTS = 6
 KEYS_PER_SLOT = 40
 
 
-def _keys_in_slots(slots: Sequence[int], per_slot: int) -> list[str]:
-    found: dict[int, list[str]] = {s: [] for s in slots}
-    i = 0
-    while any(len(v) < per_slot for v in found.values()):
-        key = f"lab:l13:exercise:{i}"
-        slot = _slot(key)
-        if slot in found and len(found[slot]) < per_slot:
-            found[slot].append(key)
-        i += 1
-    return [k for v in found.values() for k in v]
+def _exercise_keys(owners: dict[int, Server], target: Server) -> dict[int, list[str]]:
+    """`KEYS_PER_SLOT` keys in each of `RESHARD_SLOTS` slots not served by `target`: one hash tag per slot."""
+    found: dict[int, list[str]] = {}
+    for i in range(10_000):
+        slot = key_slot(tag := f"exercise-{i}")
+        if owners[slot] is not target and slot not in found:
+            found[slot] = [f"lab:l13:{{{tag}}}:{n}" for n in range(KEYS_PER_SLOT)]
+        if len(found) == RESHARD_SLOTS:
+            return found
+    raise RuntimeError("no slots found for the exercise")  # unreachable with three primaries
 
 
 def check_move_slot(c: Cluster, move_slot: Callable[[Cluster, int, Server], Any]) -> Result:
@@ -984,8 +987,8 @@ def check_move_slot(c: Cluster, move_slot: Callable[[Cluster, int, Server], Any]
         return Result(False, f"pass your function itself, move_slot, not {move_slot!r}.")
     target = _by_port(c.serving_primaries())[0]
     owners = slot_owners(c)
-    slots = [s for s in range(CLUSTER_SLOTS) if owners[s] is not target][::997][:RESHARD_SLOTS]
-    keys = _keys_in_slots(slots, KEYS_PER_SLOT)
+    by_slot = _exercise_keys(owners, target)
+    slots, keys = list(by_slot), [k for names in by_slot.values() for k in names]
     sources = {s: owners[s] for s in slots}
     problems = []
     with Load(c, keys) as load:

@@ -272,8 +272,8 @@ class Cluster(Topology):
     def _wait_all_known(self) -> None:
         """Until every running member knows exactly the members (a stopped one is still a member: the others
         remember it until it is removed)."""
-        members = {f"{n.host}:{n.port}" for n in self.servers}
-        wait_until(lambda: all(set(_cluster_nodes(n)) == members for n in self._running()), 30,
+        members = {n.port for n in self.servers}
+        wait_until(lambda: all(_known_ports(n) == members for n in self._running()), 30,
                    "every member to know every other one")
 
     def _replicate(self, replica: Server, primary: Server) -> None:
@@ -671,6 +671,11 @@ def _slot_view(node: Server, first: int, last: int) -> set[str]:
                 owners.add(fields[0])
                 covered += overlap
     return owners if covered == last - first + 1 else owners | {"(unassigned)"}
+
+
+def _known_ports(node: Server) -> set[int]:
+    """The ports of the nodes `node` knows, itself included (a lone node does not know its own address yet)."""
+    return {int(address.rsplit(":", 1)[1].split("@")[0]) for address in _cluster_nodes(node)}
 
 
 def _cluster_nodes(node: Server) -> dict:
