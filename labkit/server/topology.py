@@ -26,13 +26,14 @@ from redis.sentinel import Sentinel
 from labkit import validate
 from labkit.clients import options, probe_options
 from labkit.errors import ConfigError, ServerUnavailable
-from labkit.server.capabilities import _has_token
+from labkit.server.capabilities import _has_token, _tokens
 from labkit.server.process import HOST, Server
 
 CLUSTER_SLOTS = 16384
 CLUSTER_RETRIES = 3  # a cluster client's retries after a connection error (redis-py's default: 10)
 MIGRATE_BATCH = 1024  # slots per round of a step-by-step migration: a few round trips per batch, not per slot
 MIGRATE_CONNECTIONS = 32  # connections per node a step-by-step migration uses at once
+SETSLOT_TIMEOUT_MS, SETSLOT_ATTEMPTS = 10_000, 3  # how long a node may wait for its replicas, and how often to ask
 MIGRATE_KEYS = 100  # keys per MIGRATE call
 MIGRATE_TIMEOUT_MS = 5000  # MIGRATE's own timeout for one batch of keys
 MIGRATION_DONE, MIGRATION_FAILED = "success", ("failed", "cancelled")  # CLUSTER GETSLOTMIGRATIONS states
@@ -526,14 +527,15 @@ class Cluster(Topology):
     def _migrate_step_by_step(self, source: Server, slots: list[int], target: Server) -> None:
         source_id, target_id = self.node_id(source), self.node_id(target)
         others = [n for n in self.serving_primaries() if n not in (source, target)]
+        timeout = ["TIMEOUT", SETSLOT_TIMEOUT_MS] if "TIMEOUT" in _tokens(source.probe(), "CLUSTER") else []
         with _Parallel() as parallel:
             for i in range(0, len(slots), MIGRATE_BATCH):
                 batch = slots[i:i + MIGRATE_BATCH]
-                parallel.run(target, batch, _setslot, "IMPORTING", source_id)
-                parallel.run(source, batch, _setslot, "MIGRATING", target_id)
+                parallel.run(target, batch, _setslot, "IMPORTING", source_id, timeout)
+                parallel.run(source, batch, _setslot, "MIGRATING", target_id, timeout)
                 parallel.run(source, batch, _migrate_keys, target)
                 for node in (target, source, *others):  # the target first: it must own the slots before anyone
-                    parallel.run(node, batch, _setslot, "NODE", target_id)  # else sends clients there
+                    parallel.run(node, batch, _setslot, "NODE", target_id, timeout)  # else sends clients there
 
     def _all_agree(self, first: int, last: int, target: Server) -> bool:
         target_id = self.node_id(target)
@@ -641,16 +643,28 @@ class _Parallel:
             client.close()
 
 
-def _setslot(client: redis.Redis, slots: list[int], state: str, node_id: str) -> None:
-    """CLUSTER SETSLOT for each slot, pipelined. A node that has turned replica meanwhile refuses SETSLOT NODE:
-    that is a source that lost its last slot (a primary left with none follows the node that took it,
-    `cluster-allow-replica-migration`); it learns the new owner from the cluster bus, so that refusal is fine."""
-    pipe = client.pipeline(transaction=False)
-    for slot in slots:
-        pipe.execute_command("CLUSTER", "SETSLOT", slot, state, node_id)
-    for reply in pipe.execute(raise_on_error=False):
-        if isinstance(reply, Exception) and not (state == "NODE" and "only with masters" in str(reply)):
-            raise reply
+def _setslot(client: redis.Redis, slots: list[int], state: str, node_id: str, timeout: list) -> None:
+    """CLUSTER SETSLOT for each slot, pipelined. Since Valkey 8 the node first waits until its replicas have the
+    change, 2 s at most by default: on a busy machine that can pass, and the node answers NOREPLICAS without
+    changing anything. So the wait is stated (TIMEOUT, where the engine takes it) and a refused slot is asked
+    again. A node that has turned replica meanwhile refuses SETSLOT NODE: that is a source that lost its last
+    slot (a primary left with none follows the node that took it, `cluster-allow-replica-migration`); it learns
+    the new owner from the cluster bus, so that refusal is fine."""
+    pending = list(slots)
+    for attempt in range(SETSLOT_ATTEMPTS):
+        pipe = client.pipeline(transaction=False)
+        for slot in pending:
+            pipe.execute_command("CLUSTER", "SETSLOT", slot, state, node_id, *timeout)
+        refused = []
+        for slot, reply in zip(pending, pipe.execute(raise_on_error=False), strict=True):
+            if not isinstance(reply, Exception) or (state == "NODE" and "only with masters" in str(reply)):
+                continue
+            if not str(reply).startswith("NOREPLICAS") or attempt == SETSLOT_ATTEMPTS - 1:
+                raise reply
+            refused.append(slot)
+        if not refused:
+            return
+        pending = refused
 
 
 def _migrate_keys(src: redis.Redis, slots: list[int], target: Server) -> None:
