@@ -5,16 +5,20 @@ never on the shared lab server."""
 
 from __future__ import annotations
 
+import atexit
 import binascii
 import contextlib
 import os
 import random
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import matplotlib.pyplot as plt
@@ -29,7 +33,8 @@ from labkit import ops
 from labkit.clients import probe_options
 from labkit.errors import LabkitError
 from labkit.lessons import Result, verdict
-from labkit.server import Server, cli_path
+from labkit.server import Server, cli_path, cluster
+from labkit.server.process import temp_root
 from labkit.server.topology import CLUSTER_SLOTS, Cluster, wait_until
 
 CALM_TIMEOUT_MS = 5000  # between experiments: a busy machine must never look like a dead node
@@ -39,13 +44,43 @@ _current: list[Cluster] = []
 
 
 def fresh_cluster(primaries: int = 3, replicas: int = 1) -> Cluster:
-    """A started cluster for the lesson (node timeout `CALM_TIMEOUT_MS`). A cluster an earlier run of Setup
-    made in this kernel is stopped first, so running Setup again never leaves servers behind."""
+    """A started cluster for the lesson (node timeout `CALM_TIMEOUT_MS`), its servers' directories in a folder of
+    this process's own (`l13-<pid>-...` under labkit's temp root). A cluster an earlier run of Setup made in this
+    kernel is stopped first; the folders that kernels killed mid-lesson left behind (their servers died with
+    them) are removed, so running the lesson again never piles anything up."""
     while _current:
-        _current.pop().stop()
-    topo = Cluster(primaries, replicas, node_timeout_ms=CALM_TIMEOUT_MS)
+        stop_cluster(_current.pop())
+    for stale in temp_root().glob("l13-*-*"):
+        owner = stale.name.split("-")[1]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(stale, ignore_errors=True)
+    root = Path(tempfile.mkdtemp(prefix=f"l13-{os.getpid()}-", dir=temp_root()))
+    atexit.register(shutil.rmtree, root, True)
+    topo = cluster(primaries, replicas, node_timeout_ms=CALM_TIMEOUT_MS, root=root)
     _current.append(topo)
     return topo
+
+
+def stop_cluster(topo: Cluster) -> int:
+    """Stop every member of the lesson's cluster and remove its folder; return how many server directories were
+    still in it (each member removes its own when it stops, so 0)."""
+    topo.stop()
+    root = Path(topo.root) if topo.root else None
+    left = [p for p in root.iterdir() if p.name.startswith("labkit-")] if root and root.exists() else []
+    if root:
+        shutil.rmtree(root, ignore_errors=True)
+    return len(left)
+
+
+def _alive(pid: int) -> bool:
+    """True if a process with this id exists (signal 0 tests without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def label(node: Server) -> str:

@@ -232,21 +232,23 @@ def sentinel(replicas: int = 1, sentinels: int = 3, **kwargs: Any) -> SentinelTo
 
 
 class Cluster(Topology):
-    """`primaries` primaries sharing the 16384 slots, each with `replicas` replicas.
+    """`primaries` primaries sharing the 16384 slots, each with `replicas` replicas; data directories under
+    `root` (as in `spawn`).
 
     `.primaries` and `.replicas` list the members in the role they were created (or added) in; after a
     failover, ask `serving_primaries()` or `replicas_of()` for the roles they hold now.
     """
 
     def __init__(
-        self, primaries: int = 3, replicas: int = 1, *, node_timeout_ms: int = 1000, engine: str | None = None
+        self, primaries: int = 3, replicas: int = 1, *, node_timeout_ms: int = 1000, engine: str | None = None,
+        root: Path | str | None = None,
     ) -> None:
         super().__init__()
         if primaries < 1 or replicas < 0:
             raise ConfigError(f"Need primaries >= 1 and replicas >= 0, got {primaries} and {replicas}.")
         self.primaries: list[Server] = []
         self.replicas: list[Server] = []
-        self.engine = engine
+        self.engine, self.root = engine, root
         self.config = FAST_SYNC | {
             "cluster-enabled": True, "cluster-config-file": "nodes.conf", "cluster-node-timeout": node_timeout_ms,
         }
@@ -268,7 +270,7 @@ class Cluster(Topology):
         wait_until(self._healthy, 60, "cluster_state:ok on every node")
 
     def _new_member(self, password: str | None) -> Server:
-        return Server(self.engine, password=password, modules=False, config=self.config)
+        return Server(self.engine, password=password, root=self.root, modules=False, config=self.config)
 
     def _wait_all_known(self) -> None:
         """Until every running member knows exactly the members (a stopped one is still a member: the others

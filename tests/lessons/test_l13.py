@@ -11,6 +11,7 @@ from redis.crc import key_slot as redis_py_slot
 
 from labkit.lessons import l13_cluster as lesson
 from labkit.server import capabilities, cluster
+from labkit.server.process import temp_root
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +21,7 @@ def c():
     """The lesson's own cluster: three primaries with a replica each, node timeout 5 s between experiments."""
     topo = lesson.fresh_cluster()
     yield topo
-    topo.stop()
+    lesson.stop_cluster(topo)
 
 
 @pytest.fixture(scope="module")
@@ -373,10 +374,16 @@ def test_move_slot_wants_a_function(bare):
     assert not lesson.check_move_slot(bare, "move_slot")
 
 
-def test_fresh_cluster_stops_the_previous_one():
+def test_fresh_cluster_stops_the_previous_one_and_sweeps_what_dead_kernels_left():
+    dead = next(pid for pid in range(4_000_000, 4_100_000) if not lesson._alive(pid))
+    stale = temp_root() / f"l13-{dead}-killed"
+    (stale / "labkit-server").mkdir(parents=True)
     first = lesson.fresh_cluster(primaries=1, replicas=0)
     second = lesson.fresh_cluster(primaries=1, replicas=0)
     try:
         assert not any(n.is_running() for n in first.servers) and all(n.is_running() for n in second.servers)
+        assert not stale.exists() and not first.root.exists() and second.root.exists()
+        assert {s.dir.parent for s in second.servers} == {second.root}
     finally:
-        second.stop()
+        assert lesson.stop_cluster(second) == 0
+    assert not second.root.exists()
