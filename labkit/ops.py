@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from labkit import validate
 from labkit.clients import text
@@ -433,3 +434,87 @@ def wait_for_aof_rewrite(r: redis.Redis, timeout_s: float = 60) -> None:
             return
         time.sleep(0.01)
     raise LabkitError(f"The AOF rewrite did not finish within {timeout_s:g} s; it is still running on the server.")
+
+
+# ======================================================================================================
+# Cluster (lesson 13): keys per node, the redirects and refusals the nodes sent, the hottest slots
+# ======================================================================================================
+CLUSTER_ERRORS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "CROSSSLOT")
+SLOT_METRICS = ("key-count", "cpu-usec", "network-bytes-in", "network-bytes-out")
+
+
+def _check_cluster(rc: Any) -> RedisCluster:
+    if not isinstance(rc, RedisCluster):
+        raise ConfigError(f"rc must be a redis.cluster.RedisCluster client, got {type(rc).__name__}: these helpers "
+                          "ask every node of a cluster.")
+    return rc
+
+
+def _per_node(rc: RedisCluster, nodes: list, *args: Any) -> dict[str, Any]:
+    return {node.name: rc.get_redis_connection(node).execute_command(*args) for node in nodes}
+
+
+def keys_per_node(rc: RedisCluster) -> dict[str, int]:
+    """DBSIZE of every primary, by address (`{"127.0.0.1:7000": 3312, ...}`): how evenly the keys are spread.
+    (`rc.dbsize()` alone asks ONE node; `rc.dbsize(target_nodes=RedisCluster.PRIMARIES)` adds them up.)"""
+    return {name: int(n) for name, n in _per_node(_check_cluster(rc), rc.get_primaries(), "DBSIZE").items()}
+
+
+def cluster_errors(rc: RedisCluster) -> dict[str, int]:
+    """How many MOVED, ASK, TRYAGAIN, CLUSTERDOWN and CROSSSLOT replies the cluster's nodes have sent since
+    they started, summed over every node (INFO errorstats). Read it before and after a resharding: a smart
+    client follows MOVED and ASK silently, so the servers are where redirects are counted.
+
+    Example:
+        >>> before = cluster_errors(rc); reshard(); after = cluster_errors(rc)
+        >>> {kind: after[kind] - before[kind] for kind in after}
+        {'MOVED': 35, 'ASK': 19, 'TRYAGAIN': 0, 'CLUSTERDOWN': 0, 'CROSSSLOT': 0}
+    """
+    totals = dict.fromkeys(CLUSTER_ERRORS, 0)
+    for stats in _per_node(_check_cluster(rc), rc.get_nodes(), "INFO", "errorstats").values():
+        for kind in CLUSTER_ERRORS:
+            totals[kind] += int(stats.get(f"errorstat_{kind}", {}).get("count", 0))
+    return totals
+
+
+@dataclass(frozen=True)
+class SlotStats:
+    """One slot's counters from CLUSTER SLOT-STATS, and the node that serves it."""
+
+    slot: int
+    node: str
+    key_count: int
+    cpu_usec: int
+    network_bytes_in: int
+    network_bytes_out: int
+
+
+def hot_slots(rc: RedisCluster, *, by: str = "cpu-usec", limit: int = 5) -> list[SlotStats]:
+    """The `limit` slots highest in `by` across the whole cluster (CLUSTER SLOT-STATS ORDERBY on each primary,
+    merged): where a hot key or an over-used hash tag lives. `key-count` is always counted; CPU time and
+    network bytes only while `cluster-slot-stats-enabled` is yes (Valkey 8.0+; a server without SLOT-STATS
+    raises `LabkitError`).
+
+    Example:
+        >>> hot_slots(rc, by="cpu-usec", limit=1)
+        [SlotStats(slot=6093, node='127.0.0.1:7001', key_count=1, cpu_usec=1611, ...)]
+    """
+    _check_cluster(rc)
+    validate.one_of(by, "by", SLOT_METRICS)
+    validate.integer(limit, "limit")
+    try:
+        replies = _per_node(rc, rc.get_primaries(), "CLUSTER", "SLOT-STATS", "ORDERBY", by, "LIMIT", limit)
+    except redis.ResponseError as err:
+        if "metric" in str(err).lower():
+            raise LabkitError(f"The primaries do not count {by} per slot yet ({err}): set cluster-slot-stats-enabled "
+                              "to yes on every primary (CONFIG SET), or rank by key-count.") from err
+        raise LabkitError(f"This server cannot report slot statistics ({err}): CLUSTER SLOT-STATS needs Valkey "
+                          "8.0 or later.") from err
+    found = [_slot_stats(slot, node, stats) for node, rows in replies.items() for slot, stats in rows]
+    return sorted(found, key=lambda s: getattr(s, by.replace("-", "_")), reverse=True)[:limit]
+
+
+def _slot_stats(slot: Any, node: str, stats: dict | list) -> SlotStats:
+    pairs = stats.items() if isinstance(stats, dict) else zip(stats[::2], stats[1::2], strict=True)
+    values = {text(k): int(v) for k, v in pairs}
+    return SlotStats(int(slot), node, *(values.get(metric, 0) for metric in SLOT_METRICS))

@@ -16,6 +16,8 @@ import redis
 
 import labkit
 from labkit import ConfigError, cache, keys, locks, ops, pubsub, ratelimit, sessions, streams, vectors
+from labkit.server import cluster
+from labkit.server.topology import Cluster
 
 # -- garbage, by what the argument should be ------------------------------------------------------------
 NAME = [None, "", 5, ["a"], b"raw"]  # a non-empty string
@@ -46,6 +48,8 @@ class World:
     lock: locks.Lock
     fenced: locks.FencedStore
     feed: pubsub.PresenceFeed
+    topo: Cluster  # one primary serving every slot: for the cluster helpers
+    rc: Any
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +61,15 @@ def world():
     streams.ensure_group(r, ns.key("{s}"), "g")
     semantic = vectors.SemanticCache(r, name=ns.key("sc"), embedder=vectors.Embedder(precomputed=True),
                                      prefix=ns.key("sc") + ":")
+    topo = cluster(primaries=1, replicas=0, node_timeout_ms=5000)
+    rc = topo.client()
     yield World(r, ns, index, sessions.SessionStore(r, prefix=ns.key("session")),
                 streams.Worker(r, ns.key("{s}"), "g", "c", print), semantic,
                 ratelimit.FixedWindow(r, 10, 1, prefix=ns.key("rl")), locks.Lock(r, "job", prefix=ns.key("lock")),
                 locks.FencedStore(r, "job", prefix=ns.key("fenced")),
-                pubsub.PresenceFeed(r, "room", prefix=ns.key("p")))
+                pubsub.PresenceFeed(r, "room", prefix=ns.key("p")), topo, rc)
+    rc.close()
+    topo.stop()
     semantic.drop()
     vectors.drop_indexes(r, ns.prefix)
     ns.cleanup(r)
@@ -70,6 +78,8 @@ def world():
 
 Call = Callable[[World, Any], object]
 UNREACHABLE_TRIO = [redis.Redis(port=port) for port in (1, 2, 3)]  # three servers; the checks run before any call
+NOT_A_CLUSTER = [None, "redis://127.0.0.1:6379", 5, redis.Redis(port=1)]  # a plain client is not a RedisCluster
+SLOT = [None, "0", -1, 16384, 1.5, True]  # a hash slot: an integer from 0 to 16383
 
 
 @dataclass
@@ -248,6 +258,21 @@ ROWS = [
     Row("FencedStore", "prefix", lambda w, v: locks.FencedStore(w.r, "job", prefix=v), PREFIX),
     Row("FencedStore.write", "token", lambda w, v: w.fenced.write(v, "x"), [None, "", "5", 0.5, math.nan, [5], True]),
     Row("FencedStore.write", "value", lambda w, v: w.fenced.write(1, v), [None, True, ["a"], {"a": 1}]),
+    # -- ops (cluster) and the cluster topology ------------------------------------------------------------
+    *[Row(name, "rc", lambda w, v, f=f: f(v), NOT_A_CLUSTER)
+      for name, f in (("keys_per_node", ops.keys_per_node), ("cluster_errors", ops.cluster_errors),
+                      ("hot_slots", ops.hot_slots))],
+    Row("hot_slots", "by", lambda w, v: ops.hot_slots(w.rc, by=v), [None, "", "cpu", "requests", 5]),
+    Row("hot_slots", "limit", lambda w, v: ops.hot_slots(w.rc, limit=v), COUNT),
+    Row("Cluster.migrate_slots", "first", lambda w, v: w.topo.migrate_slots(v, 10, w.topo.primaries[0]), SLOT),
+    Row("Cluster.migrate_slots", "last", lambda w, v: w.topo.migrate_slots(0, v, w.topo.primaries[0]), SLOT),
+    Row("Cluster.migrate_slots", "target", lambda w, v: w.topo.migrate_slots(0, 10, v), [None, "node", 5]),
+    Row("Cluster.migrate_slots", "timeout", lambda w, v: w.topo.migrate_slots(0, 10, w.topo.primaries[0],
+                                                                              timeout=v), SECONDS),
+    Row("Cluster.add_node", "replica_of", lambda w, v: w.topo.add_node(replica_of=v), ["node", 5]),
+    Row("Cluster.remove_node", "node", lambda w, v: w.topo.remove_node(v), [None, "node", 5]),
+    Row("Cluster.rebalance", "among", lambda w, v: w.topo.rebalance(among=v), [[], ["node"], [None]]),
+    Row("Cluster.config_set", "directive", lambda w, v: w.topo.config_set(**v), [{}]),
     # -- keys ---------------------------------------------------------------------------------------------
     Row("key", "parts", lambda w, v: keys.key("user", v), [None, "", "a:b", ["x"], b"raw", True]),
     Row("Namespace", "name", lambda w, v: keys.Namespace(v), [None, "", "Has Caps", "a:b", 5]),
@@ -283,8 +308,8 @@ def test_the_table_covers_every_pattern_module():
     for module, names in {cache: ["cached"], sessions: ["SessionStore"], streams: ["Worker", "lag", "ensure_group"],
                           ratelimit: ["FixedWindow", "TokenBucket", "GCRA", "SlidingLog", "SlidingWindowCounter"],
                           pubsub: ["Subscriber", "PresenceFeed", "listen"], locks: ["Lock", "Redlock", "FencedStore"],
-                          vectors: ["knn", "SemanticCache", "create_index", "Embedder"], keys: ["key", "Namespace"]
-                          }.items():
+                          vectors: ["knn", "SemanticCache", "create_index", "Embedder"], keys: ["key", "Namespace"],
+                          ops: ["keys_per_node", "cluster_errors", "hot_slots"], cluster: ["Cluster"]}.items():
         assert set(names) <= entries, f"{module.__name__}: no rows for {set(names) - entries}"
 
 

@@ -20,6 +20,8 @@ class Capabilities:
     modules: frozenset[str] = field(default_factory=frozenset)
     commands: frozenset[str] = field(default_factory=frozenset)
     bgsave_cancel: bool = False  # BGSAVE CANCEL stops a snapshot in progress (Valkey 8.1+)
+    atomic_slot_migration: bool = False  # CLUSTER MIGRATESLOTS moves slots in one step (Valkey 9.0+)
+    slot_stats: bool = False  # CLUSTER SLOT-STATS: keys, CPU and bytes per slot (Valkey 8.0+)
 
     @property
     def search(self) -> bool:
@@ -74,16 +76,22 @@ def capabilities(r: redis.Redis) -> Capabilities:
     modules = {MODULE_ALIASES.get(_name(m).lower(), _name(m).lower()) for m in loaded} - {"lua"}
     names = r.command_list()
     commands = {text(n).lower() for n in names}
-    return Capabilities(engine, version, frozenset(modules), frozenset(commands), _has_token(r, "BGSAVE", "CANCEL"))
+    cluster_parts = _tokens(r, "CLUSTER")
+    return Capabilities(engine, version, frozenset(modules), frozenset(commands), "CANCEL" in _tokens(r, "BGSAVE"),
+                        "cluster|migrateslots" in cluster_parts, "cluster|slot-stats" in cluster_parts)
 
 
 def _has_token(r: redis.Redis, command: str, token: str) -> bool:
-    """True if COMMAND DOCS lists `token` among `command`'s arguments."""
+    """True if COMMAND DOCS lists `token` among `command`'s arguments or subcommands ("cluster|nodes")."""
+    return token in _tokens(r, command)
+
+
+def _tokens(r: redis.Redis, command: str) -> set[str]:
+    """Every word of COMMAND DOCS `command`: its arguments' tokens, its subcommands' names (empty if unknown)."""
     try:
-        docs = r.execute_command("COMMAND DOCS", command)
+        return _words(r.execute_command("COMMAND DOCS", command))
     except redis.ResponseError:
-        return False
-    return token in _words(docs)
+        return set()
 
 
 def _words(reply: object) -> set[str]:
