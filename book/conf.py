@@ -14,6 +14,7 @@ nb_output_stderr = "show"
 nb_merge_streams = True
 myst_heading_anchors = 2  # `## ` headings get GitHub-style ids, linked from the known-wrong page
 exclude_patterns = ["**/.ipynb_checkpoints"]
+smartquotes = False  # quotes stay as the lessons type them (`"not found"`, `HSET's`)
 
 html_theme = "sphinx_book_theme"
 html_title = "Redis/Valkey Lab"

@@ -46,6 +46,7 @@ LESSON_NAME = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 MISTAKE = "Common mistake"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colours of a traceback, dropped from the build's messages
 
 
 # ---------------------------------------------------------------- the lessons and what their pages say
@@ -61,7 +62,6 @@ class Lesson:
     duration: str | None  # "about 30 minutes", from "Before you start"
     seconds: float | None = None  # how long its cells ran in this build
     runs: int = 1  # the run that passed (a failed one is run again once)
-    summary: str = ""  # the README's "what you will do"
 
     @property
     def number(self) -> int:
@@ -100,14 +100,17 @@ def read_lesson(path: Path) -> Lesson:
     return Lesson(path, title, headings, duration_of("\n".join(markdown)))
 
 
-DURATION = re.compile(r"\b[Aa]bout (an? |one |\d+(?:\.\d+)? )(minutes?|hours?)\b")
+DURATION = re.compile(r"\b(?:(about|around) )?(an?|one|\d+(?:\.\d+)?) (minutes?|hours?)\b", re.I)
 
 
 def duration_of(markdown: str) -> str | None:
     """The time to complete a lesson states in "Before you start" ("about 2 hours"), or None."""
     section = re.search(r"## Before you start\n(.*?)(?=\n## |\Z)", markdown, re.S)
     found = DURATION.search(section.group(1)) if section else None
-    return f"about {found.group(1)}{found.group(2)}" if found else None
+    if not found:
+        return None
+    about, amount, unit = found.groups()
+    return " ".join(part for part in (about and about.lower(), amount, unit) if part)
 
 
 def readme_summaries() -> dict[int, tuple[str, str]]:
@@ -121,8 +124,10 @@ def readme_summaries() -> dict[int, tuple[str, str]]:
 
 
 def plain(heading: str) -> str:
-    """A heading's text as the page shows it (inline code marks and bold or italic stars removed)."""
-    return re.sub(r"[`*]", "", heading)
+    """A heading's text as the page shows it: inline code marks removed, and the stars of bold or italic
+    outside inline code."""
+    parts = heading.split("`")
+    return "".join(part if i % 2 else part.replace("*", "") for i, part in enumerate(parts))
 
 
 def slug(heading: str) -> str:
@@ -164,9 +169,6 @@ def _execute_one(path: str, out: str) -> tuple[str, float | None, str]:
         return path, execute(Path(path), Path(out)), ""
     except Exception as err:  # reported by execute_all
         return path, None, ANSI.sub("", f"{type(err).__name__}: {str(err)[-3000:]}")
-
-
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def execute_all(paths: list[Path], jobs: int, retries: int = 1) -> dict[Path, tuple[float, int]]:
@@ -255,15 +257,15 @@ def index_page(lessons: list[Lesson], summaries: dict[int, tuple[str, str]], bui
     rows = []
     for lesson in lessons:
         summary = summaries.get(lesson.number, ("", ""))[1]
-        ran = f"{lesson.seconds:.0f} s" if lesson.seconds is not None else ""
+        ran = f"ran in {lesson.seconds:.0f} s" if lesson.seconds is not None else ""
         if lesson.runs > 1:
             ran += f" (run {lesson.runs}: the first failed a check)"
-        rows.append([f"{lesson.number:02d}", f"[{lesson.title}]({lesson.page})", summary,
-                     lesson.duration or "", ran])
+        rows.append((lesson.number, [f"[{lesson.title}]({lesson.page})", summary,
+                                     "; ".join(t for t in (lesson.duration, ran) if t)]))
     for number, (name, summary) in sorted(summaries.items()):
         if number not in present:
-            rows.append([f"{number:02d}", f"`{name}` (being written: not in this build)", summary, "", ""])
-    rows.sort(key=lambda r: r[0])
+            rows.append((number, [f"{number:02d} `{name}`: being written, not in this build", summary, ""]))
+    rows.sort(key=lambda row: row[0])
     toc = "\n".join(f"lessons/{lesson.path.stem}" for lesson in lessons)
     return f"""# The Redis/Valkey Production Patterns Lab
 
@@ -279,10 +281,10 @@ To run a lesson yourself, and change it: `make lab` in a checkout (see the READM
 
 ## The lessons
 
-"Time to complete" is each lesson's own estimate for a learner, predictions and exercises included; "ran
-in" is how long its cells took in this build, on a machine shared with other work.
+"Time" is each lesson's own estimate for a learner, predictions and exercises included, then how long
+its cells ran in this build, on a machine shared with other work.
 
-{table(["#", "lesson", "what you will do", "time to complete", "ran in"], rows)}
+{table(["lesson", "what you will do", "time"], [cells for _, cells in rows])}
 
 ## Also in this book
 
@@ -406,16 +408,16 @@ def mistakes_page(lessons: list[Lesson], entries: list[dict]) -> str:
             if heading is None and not entry.get("pending"):
                 raise ValueError(f"book/known-wrong.yml: no `##` heading of {lesson.path.name} contains "
                                  f"{entry['section']!r}; fix the entry's `section`")
-            where = (f"[{lesson.number:02d}, {plain(heading)}]({lesson.anchor(heading)})" if heading
+            where = (f"[lesson {lesson.number:02d}, {heading}]({lesson.anchor(heading)})" if heading
                      else f"[lesson {lesson.number:02d}]({lesson.page})")
         if "claim" in entry:
-            right.append(f"- **{entry['claim']}** {entry['right']} Runs in {where}.")
-        else:
-            wrong.append(f"- **Wrong:** {entry['wrong']}\n  **What the lab shows:** {entry['right']}\n"
-                         f"  Runs in {where}.")
+            right.append(f"- **{entry['claim']}** {entry['right']}\\\n  Runs in {where}.")
+        else:  # a backslash at the end of a line breaks it
+            wrong.append(f"- **Wrong:** {entry['wrong']}\\\n  **What the lab shows:** {entry['right']}\\\n"
+                         f"  **Runs in** {where}.")
     sections = []
     for lesson in lessons:
-        links = [f"- [{plain(h).removeprefix(MISTAKE + ': ')}]({lesson.anchor(h)})" for h in lesson.mistakes()]
+        links = [f"- [{h.removeprefix(MISTAKE + ': ')}]({lesson.anchor(h)})" for h in lesson.mistakes()]
         if links:
             sections.append(f"### [{lesson.title}]({lesson.page})\n\n" + "\n".join(links))
     return f"""# Known-wrong snippets

@@ -29,6 +29,8 @@ def test_every_lesson_states_its_time_to_complete(all_lessons):
     ("## Before you start\n\n- Time to complete: about 10 minutes.\n\n## Setup\n", "about 10 minutes"),
     ("## Before you start\n\n- Lesson 01. About 35 minutes; the cells run in about a minute.\n", "about 35 minutes"),
     ("## Before you start\n\n- Time to complete: about 2 hours, with the exercises.\n", "about 2 hours"),
+    ("## Before you start\n\n- Time to complete: 45 minutes.\n", "45 minutes"),
+    ("## Before you start\n\n- Around an hour.\n", "around an hour"),
     ("## Before you start\n\n- Lesson 01.\n\n## Setup\n\nThis takes about 5 minutes.\n", None),
     ("# 00\n\nabout 10 minutes\n", None),
 ])

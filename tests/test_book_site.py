@@ -23,6 +23,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 IMAGES = ("image/png", "image/jpeg", "image/svg+xml")
+EXPECTED_STDERR = {  # lesson -> how many stderr blocks its page may show: each one is part of the lesson
+    "05_pubsub": 1,  # "a listener that cannot tell it was disconnected": redis-py's listener thread dies, and
+                     # the next paragraph points at "the traceback above"
+}
 pytestmark = pytest.mark.book
 
 
@@ -39,7 +43,12 @@ def figures_in(nb: nbformat.NotebookNode) -> int:
 def h2_texts(nb: nbformat.NotebookNode) -> list[str]:
     from tests.notebooks import headings
 
-    return [h.replace("`", "").replace("*", "") for h in headings(nb, 2)]
+    return [normal(h) for h in headings(nb, 2)]
+
+
+def normal(heading: str) -> str:
+    """A heading compared as text: without code marks, stars (bold, italic) or the page's "#" link."""
+    return heading.replace("`", "").replace("*", "").strip().rstrip("#").strip()
 
 
 class Links(HTMLParser):
@@ -174,7 +183,7 @@ def test_lesson_page_shows_its_headings_and_figures_and_no_error(page, site_url,
     page.screenshot(path=str(SHOTS / f"book-{executed.stem}.png"))
     title = next(c.source for c in nb.cells if c.cell_type == "markdown").splitlines()[0].lstrip("# ").strip()
     assert page.locator("article h1").first.inner_text().strip().rstrip("#").strip() == title
-    shown = [h.strip().rstrip("#").strip() for h in page.locator("article h2").all_inner_texts()]
+    shown = [normal(h) for h in page.locator("article h2").all_inner_texts()]
     missing = [h for h in h2_texts(nb) if h not in shown]
     assert not missing, f"headings not on the page: {missing}"
     figures = figures_in(nb)
@@ -184,9 +193,15 @@ def test_lesson_page_shows_its_headings_and_figures_and_no_error(page, site_url,
     if figures:
         images.first.scroll_into_view_if_needed()
         page.screenshot(path=str(SHOTS / f"book-{executed.stem}-figure.png"))
-    errors = page.locator("article .output.error, article .output.traceback, article .output.stderr")
-    assert errors.count() == 0, f"error output on the page: {errors.first.inner_text()[:1500]}"
-    assert "Traceback (most recent call last)" not in page.locator("article").inner_text()
+    errors = page.locator("article .output.error, article .output.traceback")
+    assert errors.count() == 0, f"a failed cell on the page: {errors.first.inner_text()[:1500]}"
+    stderr = page.locator("article .output.stderr")
+    assert stderr.count() <= EXPECTED_STDERR.get(executed.stem, 0), \
+        f"stderr output on the page: {stderr.first.inner_text()[:1500]}"
+    outside_stderr = page.locator("article").evaluate(
+        "a => { const c = a.cloneNode(true); c.querySelectorAll('.output.stderr').forEach(e => e.remove());"
+        " return c.innerText; }")
+    assert "Traceback (most recent call last)" not in outside_stderr
     assert not page.outside, f"the page asked for something outside the site: {page.outside}"
     assert not page.console_errors, f"console errors: {page.console_errors}"
 
@@ -203,7 +218,7 @@ def test_landing_and_reference_pages_load(page, site_url, name):
         links = page.locator("article table a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
         assert sorted(links) == sorted(f"lessons/{p.stem}.html" for p in executed_lessons())
     if name == "benchmarks" and "Not run" not in page.locator("article").inner_text():
-        assert page.locator("article table").count() >= 1 and page.locator("article img").count() == 1
+        assert page.locator("article table").count() >= 1 and page.locator("article img").count() >= 1
 
 
 def test_the_book_opens_from_the_file_system(browser):
