@@ -47,6 +47,7 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 MISTAKE = "Common mistake"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colours of a traceback, dropped from the build's messages
+ARROW = re.compile(r"^\s*-+>\s*(.*)$")  # "---> 18 assert ...": the line a cell stopped at
 
 
 # ---------------------------------------------------------------- the lessons and what their pages say
@@ -171,6 +172,13 @@ def _execute_one(path: str, out: str) -> tuple[str, float | None, str]:
         return path, None, ANSI.sub("", f"{type(err).__name__}: {str(err)[-3000:]}")
 
 
+def failed_line(error: str) -> str:
+    """The line a failed cell stopped at (IPython marks it with an arrow) and the error's last line."""
+    lines = error.strip().splitlines()
+    arrows = [found.group(1) for ln in lines if (found := ARROW.match(ln))]
+    return f"{arrows[-1] if arrows else '?'}: {lines[-1].strip() if lines else ''}"
+
+
 def execute_all(paths: list[Path], jobs: int, retries: int = 1) -> dict[Path, tuple[float, int]]:
     """Execute every lesson, `jobs` at a time; return the seconds each took, and in which run it passed.
 
@@ -192,12 +200,11 @@ def execute_all(paths: list[Path], jobs: int, retries: int = 1) -> dict[Path, tu
                     print(f"ran     {lesson.name} in {took:.0f} s", flush=True)
                     continue
                 failures[lesson].append(error)
-                last_line = error.strip().splitlines()[-1]
                 if len(failures[lesson]) <= retries:
-                    print(f"RETRY   {lesson.name}: it failed ({last_line})", flush=True)
+                    print(f"RETRY   {lesson.name}: it failed at {failed_line(error)}", flush=True)
                     pending.add(pool.submit(_execute_one, path, str(SRC / "lessons" / lesson.name)))
                 else:
-                    print(f"FAILED  {lesson.name} ({last_line})", flush=True)
+                    print(f"FAILED  {lesson.name} at {failed_line(error)}", flush=True)
     failed = [p for p in paths if p not in seconds]
     if failed:
         sys.exit("the book was not built: a lesson failed every time it ran\n\n" + "\n\n".join(

@@ -133,3 +133,10 @@ def test_pages_say_clearly_what_was_not_run(tmp_path):
     matrix.write_text("# Engine matrix\n\n| capability | valkey9 |\n|---|---|\n| waitaof | yes |\n")
     page = book.matrix_page(matrix)
     assert page.count("# Engine matrix") == 1 and "| waitaof | yes |" in page
+
+
+def test_a_failed_lesson_is_reported_by_the_line_it_stopped_at():
+    error = ("CellExecutionError: An error occurred while executing the following cell:\n------\n"
+             "     17 assert a\n---> 18 assert results['xfetch'].misses == 0\n     19 assert b\n\nAssertionError: ")
+    assert book.failed_line(error) == "18 assert results['xfetch'].misses == 0: AssertionError:"
+    assert book.failed_line("DeadKernelError: Kernel died") == "?: DeadKernelError: Kernel died"
