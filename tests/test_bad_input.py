@@ -15,7 +15,7 @@ import pytest
 import redis
 
 import labkit
-from labkit import ConfigError, cache, keys, locks, pubsub, ratelimit, sessions, streams, vectors
+from labkit import ConfigError, cache, keys, locks, ops, pubsub, ratelimit, sessions, streams, vectors
 
 # -- garbage, by what the argument should be ------------------------------------------------------------
 NAME = [None, "", 5, ["a"], b"raw"]  # a non-empty string
@@ -239,6 +239,13 @@ ROWS = [
     Row("Namespace.keys", "count", lambda w, v: w.ns.keys(w.r, count=v), COUNT),
     Row("scan_unlink", "pattern", lambda w, v: keys.scan_unlink(w.r, v), NAME),
     Row("scan_unlink", "batch", lambda w, v: keys.scan_unlink(w.r, w.ns.key("none") + "*", batch=v), COUNT),
+    # -- ops: connections, command logs, ACL (lesson 11) ----------------------------------------------------
+    Row("connections", "name_prefix", lambda w, v: ops.connections(w.r, name_prefix=v), NAME[1:]),  # None: all
+    Row("slow_commands", "count", lambda w, v: ops.slow_commands(w.r, v), COUNT),
+    Row("slow_commands", "log", lambda w, v: ops.slow_commands(w.r, log=v), [None, "", "fast", 5]),
+    Row("acl_dryrun", "user", lambda w, v: ops.acl_dryrun(w.r, v, "GET", "k"), NAME),
+    Row("acl_dryrun", "command", lambda w, v: ops.acl_dryrun(w.r, "default", *v), [[], [None], [b"GET"], [True]]),
+    Row("acl_failures", "count", lambda w, v: ops.acl_failures(w.r, v), COUNT),
 ]
 
 
@@ -265,8 +272,8 @@ def test_the_table_covers_every_pattern_module():
     for module, names in {cache: ["cached"], sessions: ["SessionStore"], streams: ["Worker", "lag", "ensure_group"],
                           ratelimit: ["FixedWindow", "TokenBucket", "GCRA", "SlidingLog", "SlidingWindowCounter"],
                           pubsub: ["Subscriber", "PresenceFeed", "listen"], locks: ["Lock", "Redlock", "FencedStore"],
-                          vectors: ["knn", "SemanticCache", "create_index", "Embedder"], keys: ["key", "Namespace"]
-                          }.items():
+                          vectors: ["knn", "SemanticCache", "create_index", "Embedder"], keys: ["key", "Namespace"],
+                          ops: ["connections", "slow_commands", "acl_dryrun", "acl_failures"]}.items():
         assert set(names) <= entries, f"{module.__name__}: no rows for {set(names) - entries}"
 
 
