@@ -458,6 +458,7 @@ class ServerMonitor(LiveMonitor):
         self._last: tuple[float, int, int, int, int] | None = None
         self._first_slow: int | None = None
         super().__init__(self._server_sample, **kwargs)
+        self._drawn_at = time.monotonic()  # the first figure once there is something to draw, not at the start
 
     def _latest_slow_id(self) -> int:
         latest = self.r.slowlog_get(1)
