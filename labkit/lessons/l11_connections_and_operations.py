@@ -438,12 +438,13 @@ def in_child(work: Callable[[], str], deadline_s: float = 10.0) -> str:
         finally:
             os._exit(0)
     os.close(write_end)
+    ready: list[int] = []
     try:
         ready, _, _ = select.select([read_end], [], [], deadline_s)
         out = _read_all(read_end) if ready else "(no answer: the child was killed)"
     finally:
         os.close(read_end)
-        _reap(pid)
+        _reap(pid, grace_s=5.0 if ready else 0.0)
     return out
 
 
@@ -454,11 +455,14 @@ def _read_all(fd: int) -> str:
     return b"".join(chunks).decode()
 
 
-def _reap(pid: int, grace_s: float = 5.0) -> None:
+def _reap(pid: int, grace_s: float) -> None:
+    """Wait up to `grace_s` for the child to exit, then SIGKILL it."""
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
+    while True:
         if os.waitpid(pid, os.WNOHANG)[0]:
             return
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.01)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
@@ -1210,9 +1214,10 @@ def _ping_once(kwargs: dict[str, Any]) -> bool:
 
 
 # -- common mistakes ---------------------------------------------------------------------------------------------
-def time_wait_sockets(port: int) -> int | None:
-    """Sockets of this machine in TIME_WAIT towards `port` (Linux: /proc/net/tcp and tcp6), or None."""
-    count, seen = 0, False
+def time_wait_sockets(port: int) -> set[str] | None:
+    """This machine's sockets in TIME_WAIT towards `port`, by their local address and port (Linux:
+    /proc/net/tcp and tcp6), or None where that cannot be read."""
+    found, seen = set(), False
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             rows = Path(table).read_text().splitlines()[1:]
@@ -1222,14 +1227,14 @@ def time_wait_sockets(port: int) -> int | None:
         for row in rows:
             fields = row.split()
             if fields[3] == "06" and int(fields[2].rsplit(":", 1)[1], 16) == port:
-                count += 1
-    return count if seen else None
+                found.add(fields[1])
+    return found if seen else None
 
 
 @dataclass(frozen=True)
 class PerRequest:
-    """A handler run `requests` times: connections the server received, sockets left in TIME_WAIT on this
-    machine (None where that cannot be read), and connections still open once things settled."""
+    """A handler run `requests` times: connections the server received, sockets it left in TIME_WAIT on this
+    machine (new ones: None where that cannot be read), and connections still open once things settled."""
 
     requests: int
     connections_received: int
@@ -1250,8 +1255,9 @@ def handler_runs(srv: Server, handler: Callable[[int], Any], requests: int = 200
     with contextlib.suppress(ServerUnavailable):  # then report what is still open
         wait_until(lambda: opened() <= owned, 5, "closed connections to leave")
     now_waiting = time_wait_sockets(srv.port)
-    result = PerRequest(requests, int(admin.info("stats")["total_connections_received"]) - received,
-                        None if waiting is None else now_waiting - waiting, opened())
+    new_waiting = None if waiting is None or now_waiting is None else len(now_waiting - waiting)
+    result = PerRequest(requests, int(admin.info("stats")["total_connections_received"]) - received, new_waiting,
+                        opened())
     admin.close()
     return result
 
