@@ -798,7 +798,7 @@ def plot_outcomes(outcomes: Sequence[Outcome], title: str) -> None:
     colors = ["tab:red" if o.failed else "tab:green" for o in outcomes]
     ax.barh(labels, [o.seconds for o in outcomes], color=colors)
     for i, o in enumerate(outcomes):
-        note = o.result.split(":")[0] + (f", {o.attempts} attempts" if o.attempts else "")
+        note = o.result.split(":")[0] + (f", {o.attempts} attempt{'s' if o.attempts > 1 else ''}" if o.attempts else "")
         ax.text(o.seconds, i, f"  {o.seconds:.2f} s: {note}", va="center", fontsize=8)
         if o.resumed_at is not None:
             ax.plot([o.resumed_at], [i], "k|", markersize=14)
