@@ -648,6 +648,12 @@ def retries_of(client: redis.Redis) -> tuple[int, str]:
     return conn.retry.get_retries(), type(conn.retry._backoff).__name__
 
 
+def default_backoff() -> tuple[float, float]:
+    """(base, cap) in seconds of the backoff a default `Redis(host=...)` sleeps between retries."""
+    backoff = redis.Redis(host="127.0.0.1").connection_pool.connection_kwargs["retry"]._backoff
+    return backoff._base, backoff._cap
+
+
 def in_parallel(calls: dict[str, Callable[[], Any]]) -> dict[str, Any]:
     """Run each call in a thread of its own; return their results by name once all have returned."""
     with ThreadPoolExecutor(len(calls), thread_name_prefix=f"{PREFIX}-parallel") as executor:
