@@ -214,16 +214,30 @@ def memory_per_connection(srv: Server, n: int = 100, value_bytes: int = 4_000_00
                             max(c.reply_buffer for c in shrunk), pending, value_bytes)
 
 
+def settled(read: Callable[[], int], deadline_s: float = 10, every: float = 0.05) -> int:
+    """The value `read()` settles on: above 0 and the same three reads in a row (polled, with a deadline)."""
+    deadline, last = time.monotonic() + deadline_s, []
+    while time.monotonic() < deadline:
+        last = [*last[-2:], read()]
+        if len(last) == 3 and last[0] == last[1] == last[2] > 0:
+            return last[-1]
+        time.sleep(every)
+    raise ServerUnavailable(f"a value that kept changing (last reads {last}) did not settle within {deadline_s} s")
+
+
+def _slow_reader_memory(admin: redis.Redis) -> int:
+    found = ops.connections(admin, name_prefix=f"{PREFIX}-slow-reader")
+    return found[0].output_memory if found and found[0].cmd == "get" else 0
+
+
 def _pending_reply_memory(srv: Server, admin: redis.Redis, value_bytes: int) -> int:
     admin.set("big", "x" * value_bytes)
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader (set before connecting)
         s.connect((srv.host, srv.port))
         s.sendall(f"AUTH {srv.password}\r\nCLIENT SETNAME {PREFIX}-slow-reader\r\nGET big\r\n".encode())
-        slow = lambda: ops.connections(admin, name_prefix=f"{PREFIX}-slow-reader")  # noqa: E731
-        wait_until(lambda: slow() and slow()[0].cmd == "get" and slow()[0].output_memory > 0, 10,
-                   "the big reply to queue up")
-        pending = slow()[0].total_memory
+        settled(lambda: _slow_reader_memory(admin))  # the server has queued what the socket does not take
+        pending = ops.connections(admin, name_prefix=f"{PREFIX}-slow-reader")[0].total_memory
     admin.delete("big")
     return pending
 
@@ -545,12 +559,27 @@ def paused(srv: Server, at_most_s: float) -> Iterator[threading.Timer]:
     timer.name = f"{PREFIX}-resume"
     srv.pause()
     timer.start()
+    _wait_stopped(srv.pid)
     try:
         yield timer
     finally:
         timer.cancel()
         timer.join()
         srv.resume()
+
+
+def _wait_stopped(pid: int | None, deadline_s: float = 5) -> None:
+    """Return once the kernel shows process `pid` stopped (state T in /proc/<pid>/stat, Linux): SIGSTOP is
+    delivered asynchronously, and a command sent in between could still be answered. Elsewhere, return."""
+    stat = Path(f"/proc/{pid}/stat")
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        except (OSError, IndexError):
+            return
+        time.sleep(0.001)
 
 
 @dataclass(frozen=True)
@@ -889,7 +918,8 @@ def monitor_cost(srv: Server, rounds: int = 4, commands: int = 4_000, batch: int
 @contextlib.contextmanager
 def _monitoring(srv: Server, seen: list[int]) -> Iterator[None]:
     """A MONITOR client reading in a thread for the duration of the block."""
-    watcher = client_of(srv, client_name=f"{PREFIX}-monitor", socket_timeout=0.2)
+    watcher = client_of(srv, client_name=f"{PREFIX}-monitor", socket_timeout=10)
+    nudge = client_of(srv)
     monitor = watcher.monitor()
     monitor.__enter__()
     stop = threading.Event()
@@ -898,20 +928,20 @@ def _monitoring(srv: Server, seen: list[int]) -> Iterator[None]:
         while not stop.is_set():
             try:
                 monitor.next_command()
-                seen[0] += 1
-            except redis.TimeoutError:
-                continue
-            except (redis.ConnectionError, ValueError):
-                return
+            except (redis.ConnectionError, redis.TimeoutError, ValueError):
+                return  # the connection is gone (redis-py drops it after a timeout): nothing more to read
+            seen[0] += 1
 
     reader = thread(read, name="monitor-reader")
     try:
         yield
     finally:
         stop.set()
+        nudge.ping()  # one more line for the monitor, so that a reader waiting for one sees stop at once
         reader.join()
         monitor.__exit__(None, None, None)
         watcher.close()
+        nudge.close()
 
 
 def three_kinds_of_connection(srv: Server, idle_s: int = 1, value_bytes: int = 4_000_000) -> list[ops.ClientConnection]:
@@ -936,6 +966,7 @@ def three_kinds_of_connection(srv: Server, idle_s: int = 1, value_bytes: int = 4
                             and slow_reader and slow_reader.output_memory > 0)
 
             wait_until(ready, idle_s + 10, "the three connections to settle")
+            settled(lambda: _slow_reader_memory(admin))
             rows = ops.connections(admin, name_prefix=PREFIX)
     finally:
         admin.lpush("jobs", "wake up")
