@@ -16,8 +16,8 @@ from .waiting import eventually
 
 @pytest.fixture(scope="module")
 def srv():
-    with spawn(modules=False, enable_debug_command="local", slowlog_log_slower_than=10_000,
-               latency_monitor_threshold=20) as server:
+    with spawn(modules=False, enable_debug_command="local", slowlog_log_slower_than=40_000,
+               latency_monitor_threshold=40) as server:  # thresholds a descheduled fast command rarely reaches
         yield server
 
 
@@ -62,11 +62,11 @@ def test_a_reply_the_client_does_not_read_is_output_memory(srv):
 def test_slow_commands_lists_a_slow_command_and_not_a_fast_one(srv):
     c = srv.client(client_name="sleeper")
     c.slowlog_reset()
-    c.execute_command("DEBUG", "SLEEP", "0.02")
+    c.execute_command("DEBUG", "SLEEP", "0.05")
     c.get("fast")
     entries = ops.slow_commands(c, 10)
-    assert [e.command for e in entries] == [("DEBUG", "SLEEP", "0.02")]
-    assert entries[0].value >= 20_000 and entries[0].client_name == "sleeper"
+    assert [e.command for e in entries] == [("DEBUG", "SLEEP", "0.05")]
+    assert entries[0].value >= 50_000 and entries[0].client_name == "sleeper"
     assert ops.slow_commands(srv.client(decode_responses=False), 1) == entries[:1]
     c.close()
 
@@ -103,9 +103,9 @@ def test_latency_events_record_a_spike(srv):
     c.execute_command("LATENCY", "RESET")
     assert ops.latency_events(c) == []
     c.execute_command("DEBUG", "SLEEP", "0.05")
-    [event] = ops.latency_events(c)
-    assert event.event == "command" and 50 <= event.latest_ms <= event.max_ms
-    assert event.count in (None, 1) and event.total_ms in (None, event.latest_ms)
+    event = {e.event: e for e in ops.latency_events(c)}["command"]
+    assert event.max_ms >= 50 and event.latest_ms <= event.max_ms
+    assert (event.count, event.total_ms) == (None, None) or (event.count >= 1 and event.total_ms >= event.max_ms)
     c.close()
 
 
