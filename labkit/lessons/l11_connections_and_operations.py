@@ -626,9 +626,7 @@ def _paused_with_default_retry(srv: Server, socket_timeout: float, at_most_s: fl
     with paused(srv, at_most_s):
         outcome = timed("a paused server", default.ping)
     default.close()
-    wait_until(lambda: int(admin.info("stats")["total_connections_received"]) > received, 5, "the retries to arrive")
-    time.sleep(0.2)  # the rest of the accept queue arrives in the same turns of the event loop
-    reconnects = int(admin.info("stats")["total_connections_received"]) - received
+    reconnects = settled(lambda: int(admin.info("stats")["total_connections_received"]) - received)
     admin.close()
     return Outcome(outcome.label, outcome.result, outcome.seconds, attempts=1 + reconnects)
 
