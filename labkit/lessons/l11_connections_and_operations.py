@@ -1249,9 +1249,13 @@ def _ping_once(kwargs: dict[str, Any]) -> bool:
 
 
 # -- common mistakes ---------------------------------------------------------------------------------------------
+CLOSED_BY_US = {"04", "05", "06", "0B"}  # FIN_WAIT1, FIN_WAIT2, TIME_WAIT, CLOSING in /proc/net/tcp
+
+
 def time_wait_sockets(port: int) -> set[str] | None:
-    """This machine's sockets in TIME_WAIT towards `port`, by their local address and port (Linux:
-    /proc/net/tcp and tcp6), or None where that cannot be read."""
+    """This machine's sockets towards `port` that it closed and that linger in TIME_WAIT (or are on their way
+    there, in FIN_WAIT), by local address and port (Linux: /proc/net/tcp and tcp6); None where that cannot be
+    read."""
     found, seen = set(), False
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -1261,7 +1265,7 @@ def time_wait_sockets(port: int) -> set[str] | None:
         seen = True
         for row in rows:
             fields = row.split()
-            if fields[3] == "06" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+            if fields[3] in CLOSED_BY_US and int(fields[2].rsplit(":", 1)[1], 16) == port:
                 found.add(fields[1])
     return found if seen else None
 
