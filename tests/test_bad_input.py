@@ -282,6 +282,13 @@ ROWS = [
     Row("scan_unlink", "batch", lambda w, v: keys.scan_unlink(w.r, w.ns.key("none") + "*", batch=v), COUNT),
     # -- ops (persistence) --------------------------------------------------------------------------------
     Row("wait_for_aof_rewrite", "timeout_s", lambda w, v: ops.wait_for_aof_rewrite(w.r, timeout_s=v), SECONDS),
+    # -- ops: connections, command logs, ACL (lesson 11) ----------------------------------------------------
+    Row("connections", "name_prefix", lambda w, v: ops.connections(w.r, name_prefix=v), NAME[1:]),  # None: all
+    Row("slow_commands", "count", lambda w, v: ops.slow_commands(w.r, v), COUNT),
+    Row("slow_commands", "log", lambda w, v: ops.slow_commands(w.r, log=v), [None, "", "fast", 5]),
+    Row("acl_dryrun", "user", lambda w, v: ops.acl_dryrun(w.r, v, "GET", "k"), NAME),
+    Row("acl_dryrun", "command", lambda w, v: ops.acl_dryrun(w.r, "default", *v), [[], [None], [b"GET"], [True]]),
+    Row("acl_failures", "count", lambda w, v: ops.acl_failures(w.r, v), COUNT),
 ]
 
 
@@ -309,7 +316,8 @@ def test_the_table_covers_every_pattern_module():
                           ratelimit: ["FixedWindow", "TokenBucket", "GCRA", "SlidingLog", "SlidingWindowCounter"],
                           pubsub: ["Subscriber", "PresenceFeed", "listen"], locks: ["Lock", "Redlock", "FencedStore"],
                           vectors: ["knn", "SemanticCache", "create_index", "Embedder"], keys: ["key", "Namespace"],
-                          ops: ["keys_per_node", "cluster_errors", "hot_slots"], cluster: ["Cluster"]}.items():
+                          ops: ["keys_per_node", "cluster_errors", "hot_slots", "connections", "slow_commands",
+                                "acl_dryrun", "acl_failures"], cluster: ["Cluster"]}.items():
         assert set(names) <= entries, f"{module.__name__}: no rows for {set(names) - entries}"
 
 

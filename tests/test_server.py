@@ -258,3 +258,17 @@ def test_a_relative_root_or_directory_works(tmp_path, monkeypatch):
     (tmp_path / "rel-dir").mkdir()
     with Server(modules=False, directory="rel-dir").start() as srv:
         assert srv.client().ping() and srv.dir == tmp_path / "rel-dir"
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_tls_built_in_agrees_with_what_the_server_does_with_a_tls_port(engine):
+    """A build without TLS refuses to start with a TLS port; one with TLS starts once it has a certificate (here
+    it has none, so it too refuses, but for the certificate)."""
+    from labkit.errors import ServerUnavailable
+    from labkit.server import tls_built_in
+    from labkit.server.process import free_port
+
+    with pytest.raises(ServerUnavailable) as refused:
+        Server(engine, modules=False, config={"tls_port": free_port()}).start()
+    says_tls_missing = any(sign in str(refused.value) for sign in ("TLS support", "connection type tls"))
+    assert tls_built_in(engine) is (not says_tls_missing)

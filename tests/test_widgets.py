@@ -121,3 +121,42 @@ def test_a_failing_sample_stops_the_workload():
     with pytest.raises(RuntimeError, match="INFO failed"):
         LiveMonitor(sample, duration=10, interval=0.01).run(workload)
     assert threads and eventually(lambda: not threads[0].is_alive(), timeout=5)
+
+
+def test_server_monitor_sees_traffic_memory_clients_evictions_and_slow_commands(capsys, label_only):
+    from labkit.server import spawn
+    from labkit.widgets import ServerMonitor
+
+    with spawn(modules=False, maxmemory="2mb", maxmemory_policy="allkeys-lru", enable_debug_command="local",
+               slowlog_log_slower_than=100_000) as server:
+        c = server.client()
+        monitor = ServerMonitor(c, duration=20.0, interval=0.1)
+
+        def workload(stop):
+            extra = [server.client() for _ in range(10)]
+            for e in extra:
+                e.ping()
+            for start in range(0, 12_000, 200):
+                with c.pipeline(transaction=False) as pipe:
+                    for i in range(start, start + 200):
+                        pipe.set(f"item:{i}", "v" * 200)
+                        pipe.get(f"item:{i // 2}")
+                    pipe.execute()
+            for e in extra:
+                e.close()
+            c.execute_command("DEBUG", "SLEEP", "0.12")  # over the 100 ms threshold: stalls rarely are
+            eventually(lambda: monitor.result.series.get("slow commands", [0])[-1] >= 1)
+
+        result = monitor.run(workload, until_done=True)
+        logged = c.slowlog_get(128)  # the DEBUG SLEEP, and on a busy machine a descheduled SET or two
+    assert result.times[-1] < 15  # it ended with the workload
+    assert result.peak("ops/s") > 0 and result.peak("evicted/s") > 0 and result.peak("clients") >= 11
+    assert result.series["slow commands"][0] == 0 and result.series["slow commands"][-1] == len(logged) >= 1
+    assert any(entry["command"].startswith(b"DEBUG SLEEP") for entry in logged)
+    assert 1.5 < result.peak("memory MB") < 3
+    rates = [rate for rate in result.series["hit rate %"] if rate == rate]
+    assert rates and 0 < max(rates) <= 100
+    assert result.png.startswith(b"\x89PNG")
+    assert result.summary.startswith("server dashboard: ") and result.summary.endswith(
+        f", {len(logged)} slow command" + ("" if len(logged) == 1 else "s"))
+    assert result.summary in capsys.readouterr().out

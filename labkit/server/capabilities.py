@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import subprocess
 from dataclasses import dataclass, field
 
 import redis
 
 from labkit.clients import text
+from labkit.server.binaries import Engine, find_engine
+from labkit.server.process import free_port
 
 MODULE_ALIASES = {"search": "search", "ft": "search", "searchlight": "search", "rejson": "json", "json": "json"}
 
@@ -108,3 +112,27 @@ def _name(module: dict | list) -> str:
     else:
         name = module[module.index(b"name" if b"name" in module else "name") + 1]
     return str(text(name))
+
+
+NO_TLS_SIGNS = ("TLS support", "connection type tls", "TLS not supported")  # what a build without TLS logs
+
+
+@functools.cache
+def _tls_built_in(server: str) -> bool:
+    args = [server, "--port", "0", "--tls-port", str(free_port()), "--save", "", "--appendonly", "no",
+            "--logfile", "", "--dir", "/tmp"]
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=5, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return True  # it started and kept serving on the TLS port
+    log = done.stdout + done.stderr
+    return not any(sign in log for sign in NO_TLS_SIGNS)
+
+
+def tls_built_in(engine: Engine | str | None = None) -> bool:
+    """True if the engine's binary is built with TLS. It is asked to listen on a TLS port with no
+    certificate: a build without TLS refuses the port itself ("Failed finding TLS support"), a build with it
+    gets further and fails on the missing certificate (or starts, if one is configured by default). Asked
+    once per binary."""
+    chosen = engine if isinstance(engine, Engine) else find_engine(engine)
+    return _tls_built_in(str(chosen.server))
