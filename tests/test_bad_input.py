@@ -15,7 +15,7 @@ import pytest
 import redis
 
 import labkit
-from labkit import ConfigError, cache, keys, locks, pubsub, ratelimit, sessions, streams, vectors
+from labkit import ConfigError, cache, keys, locks, pubsub, ratelimit, replication, sessions, streams, vectors
 
 # -- garbage, by what the argument should be ------------------------------------------------------------
 NAME = [None, "", 5, ["a"], b"raw"]  # a non-empty string
@@ -232,6 +232,14 @@ ROWS = [
     Row("FencedStore", "prefix", lambda w, v: locks.FencedStore(w.r, "job", prefix=v), PREFIX),
     Row("FencedStore.write", "token", lambda w, v: w.fenced.write(v, "x"), [None, "", "5", 0.5, math.nan, [5], True]),
     Row("FencedStore.write", "value", lambda w, v: w.fenced.write(1, v), [None, True, ["a"], {"a": 1}]),
+    # -- replication --------------------------------------------------------------------------------------
+    Row("retry", "call", lambda w, v: replication.retry(v, deadline_s=1), CALLABLE),
+    Row("retry", "deadline_s", lambda w, v: replication.retry(lambda: 1, deadline_s=v), SECONDS),
+    Row("retry", "base_s", lambda w, v: replication.retry(lambda: 1, deadline_s=1, base_s=v), SECONDS),
+    Row("retry", "cap_s", lambda w, v: replication.retry(lambda: 1, deadline_s=1, base_s=0.05, cap_s=v),
+        [*SECONDS, 0.01]),
+    Row("retry", "retry_on", lambda w, v: replication.retry(lambda: 1, deadline_s=1, retry_on=v),
+        [None, (), "ConnectionError", redis.ConnectionError, (5,), (redis.ConnectionError, int)]),
     # -- keys ---------------------------------------------------------------------------------------------
     Row("key", "parts", lambda w, v: keys.key("user", v), [None, "", "a:b", ["x"], b"raw", True]),
     Row("Namespace", "name", lambda w, v: keys.Namespace(v), [None, "", "Has Caps", "a:b", 5]),
@@ -265,8 +273,8 @@ def test_the_table_covers_every_pattern_module():
     for module, names in {cache: ["cached"], sessions: ["SessionStore"], streams: ["Worker", "lag", "ensure_group"],
                           ratelimit: ["FixedWindow", "TokenBucket", "GCRA", "SlidingLog", "SlidingWindowCounter"],
                           pubsub: ["Subscriber", "PresenceFeed", "listen"], locks: ["Lock", "Redlock", "FencedStore"],
-                          vectors: ["knn", "SemanticCache", "create_index", "Embedder"], keys: ["key", "Namespace"]
-                          }.items():
+                          vectors: ["knn", "SemanticCache", "create_index", "Embedder"], keys: ["key", "Namespace"],
+                          replication: ["retry"]}.items():
         assert set(names) <= entries, f"{module.__name__}: no rows for {set(names) - entries}"
 
 
