@@ -13,7 +13,7 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +26,7 @@ from redis.retry import Retry
 from labkit.clients import options
 from labkit.errors import ServerUnavailable
 from labkit.lessons import Result, verdict
+from labkit.replication import retry
 from labkit.server import Server, replicated, sentinel, spawn
 from labkit.server.topology import SentinelTopology, wait_until
 
@@ -459,10 +460,6 @@ class SentinelEvents:
                 if message and message["type"] == "pmessage":
                     self.events.append((time.monotonic(), port, message["channel"], message["data"]))
 
-    def first(self, event: str) -> float | None:
-        """When `event` (such as "+switch-master") first arrived from any sentinel, or None."""
-        return next((at for at, _, name, _ in self.events if name == event), None)
-
     def names(self) -> list[str]:
         return [name for _, _, name, _ in self.events]
 
@@ -588,8 +585,6 @@ def drill_writers(topo: SentinelTopology, deadline_s: float = 10) -> dict[str, C
     """Three writers through `master_for` clients (0.5 s socket timeout): without retry, with redis-py's own
     default retry (10 retries, backoff from 10 ms up to 1 s), and with `labkit.replication.retry` and a
     deadline."""
-    from labkit.replication import retry
-
     plain = topo.master_for(socket_timeout=0.5)
     default_retry = Retry(ExponentialWithJitterBackoff(base=REDIS_PY_DEFAULT_RETRY["base"],
                                                        cap=REDIS_PY_DEFAULT_RETRY["cap"]),
@@ -857,8 +852,7 @@ class CachedAddress:
 
 
 def cached_address(writes: int = 50) -> CachedAddress:
-    from labkit.replication import retry
-
+    """A failover with `down-after-milliseconds 500`, then `writes` writes by each client."""
     with sentinel(replicas=1, sentinels=3, down_after_ms=500) as topo:
         host, port = topo.master_address()
         cached = redis.Redis(host=host, port=port, password=topo.primary.password, decode_responses=True,
@@ -1107,7 +1101,8 @@ def _failover_scenario(apply_once: Callable, ops: int = 12) -> list[str]:
                                                        f"{type(outcome).__name__}: {outcome}"))
             time.sleep(0.05)
         topo.wait_for_new_primary(old)
-        total = int(topo.master_for().get(COUNTER) or 0)
+        with topo.master_for() as reader:
+            total = int(reader.get(COUNTER) or 0)
         r.close()
     if failures:
         return [f"during a failover (about 2 s) it gave up: {failures[0]}. Keep retrying until the deadline it "
@@ -1157,8 +1152,3 @@ def check_failover_retry(apply_once: Any) -> Result:
             return verdict(problems, "")
     return Result(True, "a lost reply did not count an operation twice, a failover cost no operation, and with no "
                         "primary it gave up at its deadline.")
-
-
-def summary_rows(values: Iterable[tuple[str, str]]) -> str:
-    """A two-column markdown table."""
-    return "| | |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in values)
