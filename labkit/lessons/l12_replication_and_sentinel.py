@@ -258,10 +258,15 @@ def plot_losses(losses: dict[str, FailoverLoss]) -> None:
 # -- 12.3 WAIT ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class WaitCost:
-    """Median microseconds per write, one client, no pipelining, `SET` alone and `SET` + `WAIT 1`."""
+    """Median microseconds per write, one client, no pipelining: `SET` alone, `SET` + `PING` (a second round
+    trip to the primary), and `SET` + `WAIT 1` (a second round trip that also goes through the replica); how
+    many WAITs were sent, and how many `REPLCONF GETACK` requests the replica answered meanwhile."""
 
     set_us: float
+    ping_us: float
     wait_us: float
+    waits: int
+    getacks: int
 
 
 def _time_writes(r: redis.Redis, extra: tuple | None, count: int) -> float:
@@ -280,16 +285,23 @@ def _time_writes(r: redis.Redis, extra: tuple | None, count: int) -> float:
         r.connection_pool.release(conn)
 
 
-def wait_cost(rounds: int = 9, batch: int = 200) -> WaitCost:
-    """Time both kinds of write in turns (interleaved rounds of `batch` writes), medians per write."""
-    samples: dict[str, list[float]] = {"set": [], "wait": []}
-    extras = {"set": None, "wait": ("WAIT", 1, 1000)}
+def wait_cost(rounds: int = 15, batch: int = 100) -> WaitCost:
+    """Time the three kinds of write in turns (interleaved rounds of `batch` writes), medians per write."""
+    samples: dict[str, list[float]] = {"set": [], "ping": [], "wait": []}
+    extras = {"set": None, "ping": ("PING",), "wait": ("WAIT", 1, 1000)}
     with replicated(replicas=1) as topo:
         r = topo.primary.client()
+        before = _replconf_calls(topo.replicas[0])
         for _ in range(rounds):
             for name, extra in extras.items():
                 samples[name].append(_time_writes(r, extra, batch) / batch * 1e6)
-    return WaitCost(*(statistics.median(samples[name]) for name in extras))
+        getacks = _replconf_calls(topo.replicas[0]) - before
+    return WaitCost(*(statistics.median(samples[name]) for name in extras), rounds * batch, getacks)
+
+
+def _replconf_calls(replica: Server) -> int:
+    """REPLCONF commands the replica has run: the GETACK requests its primary sent it."""
+    return replica.probe().info("commandstats").get("cmdstat_replconf", {}).get("calls", 0)
 
 
 @dataclass(frozen=True)
