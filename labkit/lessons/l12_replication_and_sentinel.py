@@ -101,7 +101,14 @@ class OffsetTrace:
         return [p - r for p, r in zip(self.primary, self.replica, strict=True)]
 
     def max_behind(self, start: float, end: float) -> int:
-        return max((b for t, b in zip(self.times, self.behind, strict=True) if start <= t < end), default=0)
+        return max(self._behind_between(start, end), default=0)
+
+    def typical_behind(self, start: float, end: float) -> float:
+        """The median gap between `start` and `end` (one descheduled sample cannot move it)."""
+        return statistics.median(self._behind_between(start, end) or [0])
+
+    def _behind_between(self, start: float, end: float) -> list[int]:
+        return [b for t, b in zip(self.times, self.behind, strict=True) if start <= t < end]
 
 
 def _steady_writer(r: redis.Redis, prefix: str, stop: threading.Event, every_s: float = 0.001) -> None:
@@ -641,7 +648,7 @@ def plot_failover_times(times: dict[int, float]) -> None:
 
 
 # -- 12.6 split brain -----------------------------------------------------------------------------------
-MIN_REPLICAS = {"min-replicas-to-write": 1, "min-replicas-max-lag": 1}
+MIN_REPLICAS = {"min-replicas-to-write": 1, "min-replicas-max-lag": 2}
 
 
 @dataclass(frozen=True)
@@ -708,7 +715,7 @@ def split_brain(**config: Any) -> SplitBrain:
 def split_brains() -> dict[str, SplitBrain]:
     """`split_brain` without protection and with `MIN_REPLICAS`, side by side."""
     return in_parallel({"no protection": split_brain,
-                        "min-replicas-to-write 1, max-lag 1": lambda: split_brain(**MIN_REPLICAS)})
+                        "min-replicas-to-write 1, max-lag 2": lambda: split_brain(**MIN_REPLICAS)})
 
 
 def plot_split_brains(runs: dict[str, SplitBrain]) -> None:
@@ -946,7 +953,7 @@ def default_timers(watched_s: float = 2.5, set_ms: int = 1000) -> DefaultTimers:
 
 
 # -- exercise 1: bound what a split brain can lose ------------------------------------------------------
-SPLIT_BRAIN_BOUND_S = 3.0  # the spec: acknowledge writes for at most this long after losing every replica
+SPLIT_BRAIN_BOUND_S = 4.0  # the spec: acknowledge writes for at most this long after losing every replica
 _SPLIT_BRAIN_DIRECTIVES = {"min-replicas-to-write", "min-replicas-max-lag"}
 _CHECK_LIMIT_S = SPLIT_BRAIN_BOUND_S + 1.5  # how long the check keeps writing to an isolated primary
 

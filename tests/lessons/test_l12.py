@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 # -- 12.1 to 12.4 ---------------------------------------------------------------------------------------
 def test_a_paused_replica_falls_behind_by_what_is_written_and_catches_up():
     trace = lesson.offsets_while_writing(duration_s=1.2, pause_at_s=0.4, pause_ms=400)
-    before, during = trace.max_behind(0, trace.paused[0]), trace.max_behind(*trace.paused)
+    before, during = trace.typical_behind(0, trace.paused[0]), trace.max_behind(*trace.paused)
     assert during > 10 * max(before, 100) and trace.behind[-1] == 0
     assert trace.primary == sorted(trace.primary) and trace.replica == sorted(trace.replica)
 
@@ -97,8 +97,8 @@ def test_two_sentinels_cannot_elect_a_leader_after_losing_one():
 
 # -- 12.6 and 12.7 --------------------------------------------------------------------------------------
 def test_an_isolated_primary_refuses_writes_after_about_max_lag():
-    run = lesson.isolated_primary({"min-replicas-to-write": 1, "min-replicas-max-lag": 1}, healthy_s=0.5)
-    assert run.refused_healthy == 0 and 0 < run.refused_after_s < 1 + 3 and run.acknowledged_alone > 0
+    run = lesson.isolated_primary({"min-replicas-to-write": 1, "min-replicas-max-lag": 2}, healthy_s=0.5)
+    assert run.refused_healthy == 0 and 2 - 1 < run.refused_after_s < 2 + 3 and run.acknowledged_alone > 0
 
 
 def test_without_min_replicas_an_isolated_primary_accepts_everything():
@@ -131,9 +131,9 @@ def test_a_cached_address_fails_after_a_failover_and_master_for_does_not():
 
 # -- exercise 1: bound what a split brain can lose --------------------------------------------------------
 def test_split_brain_bound_accepts_the_reference():
-    result = lesson.check_split_brain_bound({"min-replicas-to-write": 1, "min-replicas-max-lag": 1})
+    result = lesson.check_split_brain_bound({"min-replicas-to-write": 1, "min-replicas-max-lag": 2})
     assert result, result.message
-    assert lesson.check_split_brain_bound({"min_replicas_to_write": "1", "min_replicas_max_lag": 1})
+    assert lesson.check_split_brain_bound({"min_replicas_to_write": "1", "min_replicas_max_lag": 2})
 
 
 @pytest.mark.parametrize(("config", "says"), [
@@ -141,9 +141,9 @@ def test_split_brain_bound_accepts_the_reference():
     ({"min-replicas-to-write": 1}, "min-replicas-max-lag 10 lets it go on"),
     ({"min-replicas-max-lag": 1}, "switches the check off"),
     ({"min-replicas-to-write": 1, "min-replicas-max-lag": 0}, "switches the check off"),
-    ({"min-replicas-to-write": 2, "min-replicas-max-lag": 1}, "more replicas than the one it has"),
-    ({"min-replicas-to-write": 1, "min-replicas-max-lag": 2}, "allows up to about 4 s"),
-    ({"min-replicas-to-write": 1, "min-replicas-max-lag": 1, "maxmemory": "1mb"}, "not maxmemory"),
+    ({"min-replicas-to-write": 2, "min-replicas-max-lag": 2}, "more replicas than the one it has"),
+    ({"min-replicas-to-write": 1, "min-replicas-max-lag": 3}, "allows up to about 5 s"),
+    ({"min-replicas-to-write": 1, "min-replicas-max-lag": 2, "maxmemory": "1mb"}, "not maxmemory"),
     ({"min-replicas-to-write": -1, "min-replicas-max-lag": 1}, "whole numbers of at least 0"),
     ({"min-replicas-to-write": "one"}, "whole numbers"),
     ("min-replicas-to-write 1", "give a dict"),
