@@ -15,7 +15,7 @@ import pytest
 import redis
 
 import labkit
-from labkit import ConfigError, cache, keys, locks, ops, pubsub, ratelimit, sessions, streams, vectors
+from labkit import ConfigError, cache, keys, locks, ops, pubsub, ratelimit, replication, sessions, streams, vectors
 from labkit.server import cluster
 from labkit.server.topology import Cluster
 
@@ -273,6 +273,14 @@ ROWS = [
     Row("Cluster.remove_node", "node", lambda w, v: w.topo.remove_node(v), [None, "node", 5]),
     Row("Cluster.rebalance", "among", lambda w, v: w.topo.rebalance(among=v), [[], ["node"], [None]]),
     Row("Cluster.config_set", "directive", lambda w, v: w.topo.config_set(**v), [{}]),
+    # -- replication --------------------------------------------------------------------------------------
+    Row("retry", "call", lambda w, v: replication.retry(v, deadline_s=1), CALLABLE),
+    Row("retry", "deadline_s", lambda w, v: replication.retry(lambda: 1, deadline_s=v), SECONDS),
+    Row("retry", "base_s", lambda w, v: replication.retry(lambda: 1, deadline_s=1, base_s=v), SECONDS),
+    Row("retry", "cap_s", lambda w, v: replication.retry(lambda: 1, deadline_s=1, base_s=0.05, cap_s=v),
+        [*SECONDS, 0.01]),
+    Row("retry", "retry_on", lambda w, v: replication.retry(lambda: 1, deadline_s=1, retry_on=v),
+        [None, (), "ConnectionError", redis.ConnectionError, (5,), (redis.ConnectionError, int)]),
     # -- keys ---------------------------------------------------------------------------------------------
     Row("key", "parts", lambda w, v: keys.key("user", v), [None, "", "a:b", ["x"], b"raw", True]),
     Row("Namespace", "name", lambda w, v: keys.Namespace(v), [None, "", "Has Caps", "a:b", 5]),
@@ -317,7 +325,7 @@ def test_the_table_covers_every_pattern_module():
                           pubsub: ["Subscriber", "PresenceFeed", "listen"], locks: ["Lock", "Redlock", "FencedStore"],
                           vectors: ["knn", "SemanticCache", "create_index", "Embedder"], keys: ["key", "Namespace"],
                           ops: ["keys_per_node", "cluster_errors", "hot_slots", "connections", "slow_commands",
-                                "acl_dryrun", "acl_failures"], cluster: ["Cluster"]}.items():
+                                "acl_dryrun", "acl_failures"], cluster: ["Cluster"], replication: ["retry"]}.items():
         assert set(names) <= entries, f"{module.__name__}: no rows for {set(names) - entries}"
 
 

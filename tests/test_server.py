@@ -128,6 +128,16 @@ def test_without_persistence_restart_loses_data():
         assert srv.client().get("ghost") is None
 
 
+def test_terminate_shuts_down_cleanly_and_start_brings_the_data_back():
+    with spawn(modules=False, save="3600 1") as srv:
+        srv.client().set("saved", "at shutdown")
+        srv.terminate()  # SIGTERM: a server with save points saves before it exits
+        assert not srv.is_running() and not ping_raw(srv.host, srv.port) and (srv.dir / "dump.rdb").exists()
+        srv.terminate()  # already stopped: nothing to do
+        srv.start()
+        assert srv.client().get("saved") == "at shutdown"
+
+
 def test_none_leaves_a_directive_out_so_the_engine_default_applies():
     with spawn(modules=False) as lab_default, spawn(modules=False, save=None) as engine_default:
         assert lab_default.client().config_get("save")["save"] == ""

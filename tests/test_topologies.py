@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 
 def test_replicated_copies_writes():
     with replicated(replicas=2) as topo:
-        topo.primary.client().set("k", "v")
-        assert topo.primary.client().wait(2, 30_000) == 2  # returns as soon as both replicas have it
+        primary = topo.primary.client()
+        primary.set("k", "v")
+        assert primary.wait(2, 30_000) == 2  # as soon as both replicas have it (this connection's writes)
         assert [r.client().get("k") for r in topo.replicas] == ["v", "v"]
         assert all(r.client().info("replication")["role"] == "slave" for r in topo.replicas)
 
@@ -26,8 +27,8 @@ def test_sentinel_fails_over_after_the_primary_is_killed():
     with sentinel(replicas=1, sentinels=3, down_after_ms=1000) as topo:
         assert topo.master_address() == ("127.0.0.1", topo.primary.port)
         client = topo.master_for(socket_timeout=1)
-        client.set("before", "1")
-        assert topo.primary.client().wait(1, 30_000) == 1
+        with client.pipeline(transaction=False) as pipe:  # one connection: WAIT counts its writes
+            assert pipe.set("before", "1").wait(1, 30_000).execute() == [True, 1]
         topo.primary.kill()
         assert topo.wait_for_new_primary(topo.primary, timeout=30) is topo.replicas[0]
         assert topo.master_for().get("before") == "1"
@@ -38,7 +39,9 @@ def test_cluster_serves_keys_and_fails_over_after_a_kill():
         rc = topo.client()
         rc.mset_nonatomic({f"key{i}": i for i in range(100)})
         victim = topo.primary_for("key7")
-        assert victim.client().wait(1, 30_000) == 1
+        direct = victim.client()  # WAIT counts the writes of the connection that sends it
+        direct.set("key7", "7")
+        assert direct.wait(1, 30_000) == 1
         victim.kill()
         wait_until(lambda: topo.primary_for("key7") is not victim, 30, "a replica to take over")
         topo.wait_healthy()
@@ -90,6 +93,20 @@ def test_sentinel_helpers_answer_within_seconds_with_a_sentinel_paused():
             assert isinstance(promoted, labkit.ServerUnavailable) and took < ANSWERS_WITHIN_S
         finally:
             topo.sentinels[0].resume()
+
+
+def test_sentinels_know_each_other_from_the_start_and_take_the_settings_given():
+    started = time.monotonic()
+    with sentinel(replicas=2, sentinels=2, quorum=1, down_after_ms=None, failover_timeout_ms=None) as topo:
+        took = time.monotonic() - started
+        for member in topo.sentinels:
+            state = member.probe().sentinel_master(topo.master_name)
+            assert (state["num-other-sentinels"], state["num-slaves"], state["quorum"]) == (1, 2, 1)
+            assert (state["down-after-milliseconds"], state["failover-timeout"]) == (30_000, 180_000)  # the defaults
+        assert topo.majority == 2
+    # without the known-sentinel lines the sentinels find each other through hello messages sent every 2 s
+    # on the primary's __sentinel__:hello channel: at least 2 s; connecting takes them about 1 s
+    assert took < 10
 
 
 def test_nodes_are_independent():
@@ -225,3 +242,13 @@ def test_cluster_helpers_refuse_bad_arguments_before_touching_anything():
         with pytest.raises(labkit.ConfigError, match="at least one directive"):
             topo.config_set()
         assert sorted(topo.slot_counts().values()) == [8192, 8192]
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [
+    ({"sentinels": "3"}, "sentinels"), ({"quorum": 0}, "quorum"), ({"sentinels": 2, "quorum": 3}, "quorum"),
+    ({"quorum": "2"}, "quorum"), ({"quorum": True}, "quorum"), ({"down_after_ms": 0}, "down_after_ms"),
+    ({"down_after_ms": 0.5}, "down_after_ms"), ({"failover_timeout_ms": "10s"}, "failover_timeout_ms"),
+])
+def test_bad_sentinel_settings_are_config_errors_before_anything_starts(kwargs, named):
+    with pytest.raises(labkit.ConfigError, match=named):
+        sentinel(**kwargs)

@@ -160,3 +160,66 @@ def test_server_monitor_sees_traffic_memory_clients_evictions_and_slow_commands(
     assert result.summary.startswith("server dashboard: ") and result.summary.endswith(
         f", {len(logged)} slow command" + ("" if len(logged) == 1 else "s"))
     assert result.summary in capsys.readouterr().out
+
+
+def test_failover_timeline_shows_the_errors_of_a_real_failover(capsys, label_only):
+    import redis
+
+    from labkit.server import sentinel
+    from labkit.widgets import FailoverTimeline
+
+    counts, events = {"writer": {"ok": 0, "errors": 0}}, []
+    with sentinel(replicas=1, sentinels=3, down_after_ms=500) as topo:
+        client = topo.master_for(socket_timeout=0.5)
+        old = topo.primary
+
+        def workload(stop):
+            promoted, i = threading.Event(), 0
+
+            def kill_and_watch():
+                events.append((time.monotonic(), "primary killed"))
+                old.kill()
+                topo.wait_for_new_primary(old, timeout=30)
+                events.append((time.monotonic(), "new primary"))
+                promoted.set()
+
+            killer = threading.Timer(0.5, kill_and_watch)
+            killer.start()
+            while not stop.is_set() and not (promoted.is_set() and time.monotonic() - events[-1][0] > 0.5):
+                try:
+                    client.set(f"k:{i}", 1)
+                    counts["writer"]["ok"] += 1
+                except redis.RedisError:
+                    counts["writer"]["errors"] += 1
+                i += 1
+                time.sleep(0.005)
+            killer.join()
+
+        monitor = FailoverTimeline(counts, events, duration=30, interval=0.1)
+        result = monitor.run(workload, until_done=True)
+        client.close()
+    assert result.times[-1] < 25 and counts["writer"]["errors"] > 0
+    assert result.peak("writer errors/s") > 0 and result.series["writer writes/s"][-1] > 0  # writing again
+    assert monitor.seconds_with_errors("writer") >= 0.5  # at least down-after-milliseconds
+    (killed_at, killed), (promoted_at, promoted) = monitor.marks()
+    assert (killed, promoted) == ("primary killed", "new primary") and 0 < killed_at < promoted_at < result.times[-1]
+    assert result.png.startswith(b"\x89PNG")
+    assert result.summary.startswith("writes and errors per second: writer:")
+    assert result.summary in capsys.readouterr().out
+
+
+def test_failover_timeline_counts_seconds_with_errors_from_its_samples():
+    from labkit.widgets import FailoverTimeline
+
+    monitor = FailoverTimeline({"w": {"ok": 0, "errors": 0}}, duration=1, interval=0.1)
+    monitor.result.times = [0.0, 0.1, 0.2, 0.3, 0.4]
+    monitor.result.series = {"w errors/s": [0.0, 50.0, 30.0, 0.0]}  # the first sample has no rate
+    assert monitor.seconds_with_errors("w") == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("counts", [{}, {"w": 5}, [("w", {"ok": 0})], None])
+def test_failover_timeline_wants_counters_per_writer(counts):
+    from labkit.widgets import FailoverTimeline
+
+    with pytest.raises(ValueError, match="counts maps each writer"):
+        FailoverTimeline(counts)

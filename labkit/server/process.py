@@ -246,6 +246,12 @@ class Server:
         """SIGCONT after `pause()`."""
         self.proc.send_signal(signal.SIGCONT)
 
+    def terminate(self) -> None:
+        """SIGTERM, as for an upgrade: the server shuts down cleanly (saving a snapshot if it has save points)
+        and its directory stays, so `start()` brings it back with its data."""
+        if self.is_running():
+            self._terminate()
+
     def restart(self, *, keep_config: bool = False) -> Server:
         """Stop (SIGTERM, if running) and start again on the same port, password and data directory;
         `keep_config` as in `start()`."""

@@ -9,6 +9,7 @@ about a second, never a hang.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -94,7 +95,12 @@ class Topology:
             raise
 
 
-FAST_SYNC = {"repl-diskless-sync-delay": 0}
+# A full sync starts at once and writes begin to flow as soon as it is done. A diskless sync (the default) makes
+# the primary hold the stream back until the replica's first acknowledgement, sent once a second: writes reach
+# a "linked" replica up to a second late. An empty replica loads the snapshot straight from the socket (Valkey 9
+# would otherwise write it to disk first and notice it had arrived only at its next once-a-second check).
+FAST_SYNC = {"repl-diskless-sync": "no", "repl-diskless-load": "on-empty-db"}
+SYNC_PROBE = "labkit:sync-probe"  # a channel: a PUBLISH is replicated but is no write (min-replicas cannot refuse it)
 
 
 def _link_up(replica: Server) -> bool:
@@ -124,6 +130,12 @@ class Replicated(Topology):
             self.replicas.append(replica)
         for replica in self.replicas:
             wait_until(lambda r=replica: _link_up(r), 15, f"replica {replica.port} to sync")
+        wait_until(self._writes_reach_every_replica, 15, "writes to reach every replica")
+
+    def _writes_reach_every_replica(self) -> bool:
+        with self.primary.probe().pipeline(transaction=False) as pipe:  # one connection: WAIT counts its writes
+            pipe.publish(SYNC_PROBE, "ready").wait(len(self.replicas), 100)
+            return pipe.execute()[-1] == len(self.replicas)
 
 
 def replicated(replicas: int = 1, engine: str | None = None, *, root: Path | str | None = None,
@@ -133,7 +145,16 @@ def replicated(replicas: int = 1, engine: str | None = None, *, root: Path | str
 
 
 class SentinelTopology(Replicated):
-    """A replicated set watched by `sentinels` Sentinel processes under `master_name`."""
+    """A replicated set watched by `sentinels` Sentinel processes under `master_name`.
+
+    `quorum` (default: a majority of the sentinels) is how many must agree that the primary is down; a
+    failover also needs the votes of a majority, whatever the quorum. `down_after_ms` and
+    `failover_timeout_ms` set the sentinels' timers (None: Sentinel's own defaults, 30000 and 180000 ms).
+    `config` becomes directives of the primary and replicas, as in `replicated`. Each sentinel's config
+    already names the replicas and the other sentinels (their ids are chosen here), so they need not
+    discover each other through hello messages (a few seconds); the topology is ready once every sentinel
+    is connected to every member and to the other sentinels.
+    """
 
     def __init__(
         self,
@@ -141,37 +162,57 @@ class SentinelTopology(Replicated):
         sentinels: int = 3,
         *,
         master_name: str = "labmaster",
-        down_after_ms: int = 1000,
-        failover_timeout_ms: int = 10000,
+        quorum: int | None = None,
+        down_after_ms: int | None = 1000,
+        failover_timeout_ms: int | None = 10000,
         engine: str | None = None,
+        **config: Any,
     ) -> None:
-        if sentinels < 1:
-            raise ConfigError(f"sentinels must be at least 1, got {sentinels}.")
+        if not isinstance(sentinels, int) or isinstance(sentinels, bool) or sentinels < 1:
+            raise ConfigError(f"sentinels must be an integer of at least 1, got {sentinels!r}.")
+        self.majority = sentinels // 2 + 1
+        self.quorum = self.majority if quorum is None else quorum
+        if not isinstance(self.quorum, int) or isinstance(self.quorum, bool) or not 1 <= self.quorum <= sentinels:
+            raise ConfigError(f"quorum must be an integer from 1 to sentinels ({sentinels}), got {quorum!r}.")
+        for name, value in (("down_after_ms", down_after_ms), ("failover_timeout_ms", failover_timeout_ms)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{name} is a whole number of milliseconds or None (the default), got {value!r}.")
         self.master_name = master_name
-        self.quorum = sentinels // 2 + 1
         self.sentinels: list[Server] = []
-        super().__init__(replicas, engine)
+        super().__init__(replicas, engine, **config)
         self._guard(lambda: self._watch(sentinels, down_after_ms, failover_timeout_ms, engine))
 
-    def _watch(self, count: int, down_after_ms: int, failover_ms: int, engine: str | None) -> None:
+    def _watch(self, count: int, down_after_ms: int | None, failover_ms: int | None, engine: str | None) -> None:
         password = self.primary.password
+        name = self.master_name
         lines = [
-            f"sentinel monitor {self.master_name} {HOST} {self.primary.port} {self.quorum}",
-            f"sentinel down-after-milliseconds {self.master_name} {down_after_ms}",
-            f"sentinel failover-timeout {self.master_name} {failover_ms}",
-            f"sentinel auth-pass {self.master_name} {password}",
+            f"sentinel monitor {name} {HOST} {self.primary.port} {self.quorum}",
+            f"sentinel auth-pass {name} {password}",
             f"sentinel sentinel-pass {password}",
+            *(f"sentinel known-replica {name} {HOST} {replica.port}" for replica in self.replicas),
         ]
-        for _ in range(count):
-            sentinel = Server(engine, password=password, sentinel=True)
+        if down_after_ms is not None:
+            lines.append(f"sentinel down-after-milliseconds {name} {down_after_ms}")
+        if failover_ms is not None:
+            lines.append(f"sentinel failover-timeout {name} {failover_ms}")
+        members = [(Server(engine, password=password, sentinel=True), secrets.token_hex(20)) for _ in range(count)]
+        for sentinel, myid in members:
+            others = [f"sentinel known-sentinel {name} {HOST} {s.port} {i}" for s, i in members if s is not sentinel]
             self.servers.append(sentinel)
-            self.sentinels.append(sentinel.start(lines))
-        wait_until(self._all_sentinels_see_everyone, 30, "the sentinels to discover each other and the replicas")
+            self.sentinels.append(sentinel.start([*lines, f"sentinel myid {myid}", *others]))
+        wait_until(self._all_sentinels_connected, 30, "the sentinels to connect to every member and to each other")
 
-    def _all_sentinels_see_everyone(self) -> bool:
+    def _all_sentinels_connected(self) -> bool:
         for sentinel in self.sentinels:
-            state = sentinel.probe().sentinel_master(self.master_name)
-            if state["num-other-sentinels"] != len(self.sentinels) - 1 or state["num-slaves"] != len(self.replicas):
+            probe = sentinel.probe()
+            state = probe.sentinel_master(self.master_name)
+            if state["flags"] != "master" or state["num-other-sentinels"] != len(self.sentinels) - 1:
+                return False
+            replicas = probe.sentinel_slaves(self.master_name)
+            if len(replicas) != len(self.replicas) or any(
+                    r["flags"] != "slave" or r.get("master-link-status") != "ok" for r in replicas):
+                return False
+            if any(s["flags"] != "sentinel" for s in probe.sentinel_sentinels(self.master_name)):
                 return False
         return True
 
@@ -211,7 +252,7 @@ class SentinelTopology(Replicated):
 
         def promoted() -> bool:
             ports = self._reported_ports()
-            if len(ports) < self.quorum or len(set(ports)) != 1 or ports[0] == old.port:
+            if len(ports) < self.majority or len(set(ports)) != 1 or ports[0] == old.port:
                 return False
             return self.member(ports[0]).probe().info("replication")["role"] == "master"
 
