@@ -514,6 +514,7 @@ class ServerMonitor(LiveMonitor):
         axes[3].set_ylim(0, 105)
         for ax in axes[3:]:
             ax.set_xlabel("seconds", fontsize=8)
+        return _png(fig)
 
 
 class FailoverTimeline(LiveMonitor):
