@@ -13,6 +13,7 @@ import random
 import shutil
 import subprocess
 import tempfile
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -35,7 +36,7 @@ from labkit.errors import LabkitError
 from labkit.lessons import Result, verdict
 from labkit.server import Server, cli_path, cluster
 from labkit.server.process import temp_root
-from labkit.server.topology import CLUSTER_SLOTS, Cluster, wait_until
+from labkit.server.topology import CLUSTER_SLOTS, Cluster, _slot_view, wait_until
 
 CALM_TIMEOUT_MS = 5000  # between experiments: a busy machine must never look like a dead node
 FAILOVER_TIMEOUTS_MS = (500, 1000, 2000)
@@ -469,6 +470,7 @@ class Reshard:
     ops: int
     before: dict[str, int] = field(default_factory=dict)
     after: dict[str, int] = field(default_factory=dict)
+    retries: int = 0  # valkey-cli runs repeated after NOREPLICAS (see cli_reshard)
 
 
 def lowest_slots(node: Server, count: int) -> list[int]:
@@ -501,8 +503,9 @@ def reshard_under_load(c: Cluster, rc: RedisCluster, source: Server, count: int,
         before, errors_before = ops.keys_per_node(rc), ops.cluster_errors(rc)
         with Load(c, names) as load:
             started = time.monotonic()
+            retries = 0
             if method == "valkey-cli":
-                moved_keys = cli_reshard(c, source, count, target)
+                moved_keys, retries = cli_reshard(c, source, count, target)
             else:
                 moved_keys = sum(c.migrate_slots(lo, hi, target, atomic=method == "atomic").keys
                                  for lo, hi in _runs(slots))
@@ -513,26 +516,44 @@ def reshard_under_load(c: Cluster, rc: RedisCluster, source: Server, count: int,
         rc.delete(*names)
     redirects = {k: errors_after[k] - errors_before[k] for k in ("MOVED", "ASK", "TRYAGAIN")}
     return Reshard(method, count, moved_keys, seconds, dict(load.errors), redirects, lost, load.ops,
-                   _short(before), _short(after))
+                   _short(before), _short(after), retries)
 
 
 def _short(per_node: dict[str, int]) -> dict[str, int]:
     return {f":{name.rsplit(':', 1)[1]}": n for name, n in sorted(per_node.items())}
 
 
-def cli_reshard(c: Cluster, source: Server, count: int, target: Server) -> int:
+CLI_ATTEMPTS = 4
+
+
+def cli_reshard(c: Cluster, source: Server, count: int, target: Server) -> tuple[int, int]:
     """`valkey-cli --cluster reshard`: move `count` slots from `source` (its lowest) to `target`; return the keys
-    they held. The password goes through the environment, not the command line."""
+    they held and how many times the tool had to be run again. Since Valkey 8 each CLUSTER SETSLOT waits (2 s at
+    most) for the node's replicas; on a busy machine that can pass, the node answers NOREPLICAS and valkey-cli,
+    which does not retry, stops with a slot half-moved. Then `valkey-cli --cluster fix` closes the open slot and
+    the slots still on `source` are moved again. The password goes through the environment, not the command line."""
     slots = lowest_slots(source, count)
     keys = sum(_count_keys(source, lo, hi) for lo, hi in _runs(slots))
-    command = [str(cli_path()), "--cluster", "reshard", f"{source.host}:{source.port}", "--cluster-from",
-               c.node_id(source), "--cluster-to", c.node_id(target), "--cluster-slots", str(count), "--cluster-yes"]
-    done = subprocess.run(command, env=os.environ | {"REDISCLI_AUTH": source.password}, capture_output=True,
-                          text=True, timeout=300, check=False)
-    if done.returncode:
-        raise RuntimeError(f"valkey-cli failed: {(done.stderr or done.stdout)[-300:]}")
-    wait_until(lambda: all(c.owner(s) is target for s in (slots[0], slots[-1])), 30, "every node to see the move")
-    return keys
+    retries = 0
+    while remaining := [s for s in slots if c.owner(s) is source]:
+        done = _cli(source, "reshard", f"{source.host}:{source.port}", "--cluster-from", c.node_id(source),
+                    "--cluster-to", c.node_id(target), "--cluster-slots", str(len(remaining)))
+        if not done.returncode:
+            break
+        output = done.stderr + done.stdout
+        if "NOREPLICAS" not in output or retries == CLI_ATTEMPTS - 1:
+            raise RuntimeError(f"valkey-cli failed: {output[-300:]}")
+        retries += 1
+        _cli(source, "fix", f"{source.host}:{source.port}")  # closes the half-moved slot
+        c.wait_healthy()
+    wait_until(lambda: all(c.owner(s) is target for s in slots), 30, "every node to see the move")
+    return keys, retries
+
+
+def _cli(node: Server, action: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(cli_path()), "--cluster", action, *args, "--cluster-yes"],
+                          env=os.environ | {"REDISCLI_AUTH": node.password}, capture_output=True, text=True,
+                          timeout=300, check=False)
 
 
 def _count_keys(node: Server, first: int, last: int) -> int:
@@ -578,6 +599,15 @@ class Failover:
     errors: int
     acked: int
     lost: int
+    election: tuple[str, ...] = ()  # what the promoted replica's log said about the election
+
+
+def _election_lines(node: Server, since: int) -> tuple[str, ...]:
+    """The lines `node` logged after byte `since` about its failover election, without pid and timestamp."""
+    with open(node.log_path, "rb") as log:
+        log.seek(since)
+        lines = log.read().decode(errors="replace").splitlines()
+    return tuple(line.split(" * ", 1)[-1] for line in lines if "election" in line.lower())
 
 
 def _wait_role(node: Server, role: str, timeout: float) -> float:
@@ -636,10 +666,12 @@ def failover_under_load(c: Cluster, tag: str, node_timeout_ms: int) -> Failover:
         thread.start()
         time.sleep(0.2)
         before_kill = list(acked)
+        log_mark = replica.log_path.stat().st_size
         victim.kill()
         t0 = time.monotonic()
         killed.set()
         promoted = _wait_role(replica, "master", 60)
+        election = _election_lines(replica, log_mark)
         thread.join(60)
         survived = writer.mget([f"{tag}:{i}" for i in before_kill])  # one tag, one slot: one MGET
         lost = sum(v is None for v in survived)
@@ -650,7 +682,7 @@ def failover_under_load(c: Cluster, tag: str, node_timeout_ms: int) -> Failover:
         writer.close()
         rejoin(c, victim)
     back = (state["back"] - t0) if state["back"] else float("nan")
-    return Failover(node_timeout_ms, promoted, back, state["errors"], len(before_kill), lost)
+    return Failover(node_timeout_ms, promoted, back, state["errors"], len(before_kill), lost, election)
 
 
 def plot_failovers(runs: Sequence[Failover]) -> None:
@@ -680,6 +712,7 @@ class LostWrites:
     acked: int
     replicas_confirmed: int
     survived: int
+    wait_s: float = 0.0  # how long WAIT 1 100 blocked before it answered
 
 
 def lost_writes(c: Cluster, tag: str, writes: int = 100) -> LostWrites:
@@ -695,7 +728,9 @@ def lost_writes(c: Cluster, tag: str, writes: int = 100) -> LostWrites:
         with victim.client() as primary:  # one connection: WAIT counts that connection's own writes
             for key in keys:
                 primary.set(key, 1)
-            confirmed = primary.wait(1, 100)
+            asked = time.monotonic()
+            confirmed = primary.wait(1, 100)  # at least 1 replica, at most 100 ms
+            waited = time.monotonic() - asked
         victim.kill()
         _wait_role(replica, "master", 60)
     finally:
@@ -705,7 +740,7 @@ def lost_writes(c: Cluster, tag: str, writes: int = 100) -> LostWrites:
     with c.client() as rc:
         survived = sum(rc.exists(key) for key in keys)
         rc.delete(*keys)
-    return LostWrites(writes, confirmed, survived)
+    return LostWrites(writes, confirmed, survived, waited)
 
 
 @dataclass(frozen=True)
@@ -715,12 +750,15 @@ class Coverage:
     full_coverage_yes: dict[str, str]
     full_coverage_no: dict[str, str]
     down_after_s: float
+    reads_when_down: dict[str, str] = field(default_factory=dict)  # full coverage yes, allow-reads-when-down yes
 
 
 def coverage_loss(c: Cluster, alive_key: str, dead_key: str, timeout_ms: int = 500) -> Coverage:
     """Kill the primary serving `dead_key` and its replica, then read `alive_key` (served by a live primary)
     and `dead_key` through the cluster client and through a plain client of `alive_key`'s primary, with
-    `cluster-require-full-coverage` yes (the default) then no. Both come back in a `finally` (empty: nothing
+    `cluster-require-full-coverage` yes (the default), yes with `cluster-allow-reads-when-down yes`, then no (a
+    node re-evaluates its cluster_state when a node's state changes, or every cron tick while it is down: so
+    the cases go from down to up, not back). Both come back in a `finally` (empty: nothing
     was persisted), with the setting back at yes."""
     c.config_set(cluster_node_timeout=timeout_ms)
     victim = c.primary_for(dead_key)
@@ -734,17 +772,19 @@ def coverage_loss(c: Cluster, alive_key: str, dead_key: str, timeout_ms: int = 5
         wait_until(lambda: home.probe().cluster("info")["cluster_state"] == "fail", 60, "cluster_state:fail")
         down_after = time.monotonic() - killed
         yes = _reads(rc, home, alive_key, dead_key)
-        c.config_set(cluster_require_full_coverage=False)
+        c.config_set(cluster_allow_reads_when_down=True)  # checked per command: the cluster stays down
+        reads = _reads(rc, home, alive_key, dead_key)
+        c.config_set(cluster_require_full_coverage=False, cluster_allow_reads_when_down=False)
         wait_until(lambda: home.probe().cluster("info")["cluster_state"] == "ok", 60, "cluster_state:ok")
         no = _reads(rc, home, alive_key, dead_key)
     finally:
         rc.close()
-        c.config_set(cluster_require_full_coverage=True)
+        c.config_set(cluster_require_full_coverage=True, cluster_allow_reads_when_down=False)
         for node in (victim, replica):
             if not node.is_running():
                 node.restart()
         c.wait_healthy()
-    return Coverage(yes, no, down_after)
+    return Coverage(yes, no, down_after, reads)
 
 
 def _reads(rc: RedisCluster, home: Server, alive_key: str, dead_key: str) -> dict[str, str]:
@@ -754,6 +794,8 @@ def _reads(rc: RedisCluster, home: Server, alive_key: str, dead_key: str) -> dic
             "plain client, live slot": _outcome_value(lambda: plain.get(alive_key)),
             "cluster client, dead slot": _outcome_value(lambda: rc.get(dead_key)),
             "plain client, dead slot": _outcome_value(lambda: plain.get(dead_key)),
+            # a write that leaves the value as it was: APPEND of nothing
+            "plain client, write live slot": _outcome_value(lambda: plain.append(alive_key, "")),
         }
 
 
@@ -761,7 +803,8 @@ def _outcome_value(call: Callable[[], Any]) -> str:
     try:
         return repr(call())
     except (redis.RedisError, OSError) as err:
-        return f"{type(err).__name__}: {str(err)[:50]}"
+        first_clause = str(err).split(". ")[0].split(", ")[0]
+        return f"{type(err).__name__}: {textwrap.shorten(first_clause, 60, placeholder=' ...')}"
 
 
 # -- 13.6 adding and removing a node --------------------------------------------------------------------------
@@ -786,13 +829,13 @@ def keyspace_events_seen(c: Cluster, keys: Sequence[str], *, every_primary: bool
     nodes = _by_port(c.serving_primaries())
     listened = nodes if every_primary else nodes[:1]
     c.config_set(notify_keyspace_events="E$")
-    subscribers = []
+    subscribers, clients = [], []
     try:
         for node in listened:
-            sub = node.client().pubsub()
+            clients.append(client := node.client())
+            subscribers.append(sub := client.pubsub())
             sub.subscribe("__keyevent@0__:set")
             sub.get_message(timeout=1)  # the subscription confirmation
-            subscribers.append(sub)
         with c.client() as rc:
             for key in keys:
                 rc.set(key, 1)
@@ -804,6 +847,8 @@ def keyspace_events_seen(c: Cluster, keys: Sequence[str], *, every_primary: bool
     finally:
         for sub in subscribers:
             sub.close()
+        for client in clients:
+            client.close()
         c.config_set(notify_keyspace_events="")
     return heard
 
@@ -811,12 +856,13 @@ def keyspace_events_seen(c: Cluster, keys: Sequence[str], *, every_primary: bool
 # -- 13.8 scaling out ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Scaling:
-    """The same pipelined INCR workload spread over `primaries` primaries: commands per second, and the CPU
-    seconds each of those primaries spent on it (medians of the rounds)."""
+    """The same pipelined INCR workload spread over `primaries` primaries: commands per second, the CPU seconds
+    each of those primaries spent on it, and its CPU use (CPU seconds / elapsed seconds; medians of the rounds)."""
 
     primaries: int
     ops_per_s: float
     cpu_s: dict[str, float]
+    cpu_use: dict[str, float] = field(default_factory=dict)
 
 
 def _resp(*parts: str) -> bytes:
@@ -835,14 +881,16 @@ def _pipe(node: Server) -> subprocess.Popen:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def throughput(c: Cluster, counts: Sequence[int] = (1, 2, 3), commands: int = 150_000,
-               rounds: int = 3) -> list[Scaling]:
+def throughput(c: Cluster, counts: Sequence[int] = (1, 2, 3), commands: int = 1_000_000,
+               rounds: int = 2) -> list[Scaling]:
     """Send `commands` INCRs, spread evenly over the first k primaries for each k in `counts` (one
-    `valkey-cli --pipe` per primary, all at once), in interleaved rounds; deletes its counters after."""
+    `valkey-cli --pipe` per primary, every one fed at the same time by a thread of its own), in interleaved
+    rounds; deletes its counters after."""
     nodes = _by_port(c.serving_primaries())
     keys = {n: _key_on(n, "tp") for n in nodes}
     rates: dict[int, list[float]] = {k: [] for k in counts}
     cpu: dict[int, dict[str, list[float]]] = {k: {label(n): [] for n in nodes[:k]} for k in counts}
+    use: dict[int, dict[str, list[float]]] = {k: {label(n): [] for n in nodes[:k]} for k in counts}
     try:
         for _ in range(rounds):
             for k in counts:
@@ -851,24 +899,39 @@ def throughput(c: Cluster, counts: Sequence[int] = (1, 2, 3), commands: int = 15
                 payload = {n: _resp("INCR", keys[n]) * share for n in used}
                 before = {n: _cpu(n) for n in used}
                 started = time.monotonic()
-                procs = {n: _pipe(n) for n in used}
-                for n, proc in procs.items():
-                    proc.communicate(payload[n], timeout=120)
+                _feed_all({_pipe(n): payload[n] for n in used})
                 elapsed = time.monotonic() - started
                 rates[k].append(share * k / elapsed)
                 for n in used:
-                    cpu[k][label(n)].append(_cpu(n) - before[n])
+                    spent = _cpu(n) - before[n]
+                    cpu[k][label(n)].append(spent)
+                    use[k][label(n)].append(spent / elapsed)
     finally:
         with c.client() as rc:
             for key in keys.values():
                 rc.delete(key)
-    return [Scaling(k, float(np.median(rates[k])), {n: float(np.median(v)) for n, v in cpu[k].items()})
-            for k in counts]
+    return [Scaling(k, float(np.median(rates[k])), {n: float(np.median(v)) for n, v in cpu[k].items()},
+                    {n: float(np.median(v)) for n, v in use[k].items()}) for k in counts]
+
+
+def _feed_all(payloads: dict[subprocess.Popen, bytes]) -> None:
+    """Write each process its stdin, all at once (a thread each), and wait until every one has exited."""
+    threads = [threading.Thread(target=proc.communicate, args=(data,), kwargs={"timeout": 120}, daemon=True)
+               for proc, data in payloads.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(150)
+    for proc in payloads:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError("valkey-cli --pipe did not finish in 120 s")
 
 
 def plot_scaling(runs: Sequence[Scaling]) -> None:
     """Throughput against the number of primaries, and the CPU time each primary spent on the workload."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 2.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
     names = [str(r.primaries) for r in runs]
     left.bar(names, [r.ops_per_s / 1000 for r in runs], color="tab:blue", label="measured here")
     left.plot(names, [runs[0].ops_per_s * r.primaries / 1000 for r in runs], "o--", color="gray",
@@ -877,9 +940,12 @@ def plot_scaling(runs: Sequence[Scaling]) -> None:
              title=f"throughput on this machine ({os.cpu_count()} cores)")
     left.legend(fontsize=8)
     for run in runs:
-        right.bar([f"{run.primaries}: {n}" for n in run.cpu_s], [v * 1000 for v in run.cpu_s.values()])
-    right.set(ylabel="CPU ms", title="CPU each primary spent on the same workload")
-    right.tick_params(axis="x", labelrotation=45, labelsize=7)
+        right.bar([f"{run.primaries}: {n}" for n in run.cpu_s], [v * 1000 for v in run.cpu_s.values()],
+                  label=f"{run.primaries} primar{'y' if run.primaries == 1 else 'ies'}")
+    right.set(xlabel="primaries in the run: primary (port)", ylabel="CPU ms",
+              title="CPU each primary spent on the same workload")
+    right.tick_params(axis="x", labelrotation=30, labelsize=8)
+    right.legend(fontsize=8)
     fig.tight_layout()
     plt.show()
 
@@ -960,9 +1026,11 @@ def check_cart_keys(c: Cluster, cart_keys: Callable[[str], dict[str, str]]) -> R
     problems += _cart_on_cluster(c, named)
     owners = slot_owners(c)
     nodes = {owners[key_slot(keys["cart"])].port for keys in named.values()}
-    if len(nodes) < min(3, len(c.serving_primaries())):
-        problems.append(f"the {CART_USERS} users' carts all live on {len(nodes)} of the primaries: the tag is "
-                        "shared by every user (over-tagging). Tag with something per user.")
+    tags = {hashed_part(keys["cart"]) for keys in named.values()}
+    if len(tags) < CART_USERS:
+        problems.append(f"the {CART_USERS} users' carts share {len(tags)} hash tag(s) (over-tagging): users with "
+                        "one tag are one slot on one primary, however many there are. Give each user a tag of "
+                        "their own, e.g. {cart-<user id>}.")
     return verdict(problems, f"each user's three keys share one slot and the reservation ran atomically for all "
                              f"{CART_USERS} users, spread over {len(nodes)} primaries.")
 
@@ -1063,11 +1131,26 @@ def _after_moves(c: Cluster, slots: list[int], sources: dict[int, Server], targe
     if any(owners.get(s) is not target for s in slots):
         problems.append("not every slot is served by the target now: finish with CLUSTER SETSLOT <slot> NODE "
                         "<target id> on the target, the source and the other primaries.")
+    elif not _every_primary_agrees(c, slots, target):
+        problems.append("the target serves the slots, but not every primary says so (CLUSTER NODES on each): run "
+                        "CLUSTER SETSLOT <slot> NODE <target id> on the source and the other primaries too.")
     lost = load.lost() if not problems else 0
     if lost:
         problems.append(f"{lost} acknowledged increments are missing: a write went to a node that no longer held "
                         "the key.")
     return problems
+
+
+def _every_primary_agrees(c: Cluster, slots: list[int], target: Server, within: float = 5.0) -> bool:
+    """Whether every serving primary's own CLUSTER NODES names `target` for each slot (within a few seconds:
+    a view a node learns by gossip is late, not wrong)."""
+    target_id, deadline = c.node_id(target), time.monotonic() + within
+    while True:
+        if all(_slot_view(n, s, s) == {target_id} for n in c.serving_primaries() for s in slots):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _tidy_slots(c: Cluster, slots: list[int], sources: dict[int, Server], target: Server) -> None:

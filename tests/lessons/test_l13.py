@@ -255,6 +255,10 @@ WRONG_CARTS = {
     "no tag": (lambda u: {p: f"lab:l13:cart:{u}:{p}" for p in lesson.CART_PARTS}, "one slot"),
     "one tag for every user": (lambda u: {p: f"lab:l13:{{carts}}:{u}:{p}" for p in lesson.CART_PARTS},
                                "over-tagging"),
+    "a tag per last digit of the id": (lambda u: {p: f"lab:l13:{{cart-{u[-1]}}}:{u}:{p}" for p in lesson.CART_PARTS},
+                                       "over-tagging"),
+    "three shard tags": (lambda u: {p: f"lab:l13:{{shard-{int(u.split('-')[1]) % 3}}}:{u}:{p}"
+                                    for p in lesson.CART_PARTS}, "over-tagging"),
     "a tag per key": (lambda u: {p: f"lab:l13:{{{u}-{p}}}" for p in lesson.CART_PARTS}, "same hash tag"),
     "empty braces": (lambda u: {p: f"lab:l13:{{}}:{u}:{p}" for p in lesson.CART_PARTS}, "same hash tag"),
     "the first braces shared": (lambda u: {p: f"lab:l13:{{shop}}:{{{u}}}:{p}" for p in lesson.CART_PARTS},
