@@ -189,7 +189,7 @@ def plot_paused_holders(*runs: PausedHolder) -> None:
     import matplotlib.pyplot as plt  # here, not at the top: the worker processes import this module
 
     figure, axes = plt.subplots(len(runs), 1, figsize=(8.5, 1.7 * len(runs) + 0.6), sharex=True, squeeze=False)
-    end = max(run.events["holder 1 releases"] for run in runs) * 1.1
+    end = max(run.events["holder 1 releases"] for run in runs) * 1.25
     for ax, run in zip(axes[:, 0], runs, strict=True):
         e = run.events
         ax.barh(2, run.lease_ends, height=0.5, color="tab:blue", alpha=0.35, label="holder 1's lease (TTL)")
