@@ -32,6 +32,7 @@ from labkit.errors import ConfigError
 from labkit.lessons import Result, verdict
 from labkit.ops import FSYNC_POLICIES
 from labkit.server import Server, capabilities, replicated, spawn
+from labkit.server.process import pid_alive as _alive
 from labkit.server.process import temp_root
 from labkit.server.topology import Replicated, wait_until
 from labkit.sessions import SessionStore
@@ -75,17 +76,6 @@ def data_root() -> Path:
     root = Path(tempfile.mkdtemp(prefix=f"l10-{os.getpid()}-", dir=base))
     atexit.register(shutil.rmtree, root, True)
     return root
-
-
-def _alive(pid: int) -> bool:
-    """True if a process with this id exists (signal 0 tests without sending anything)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_data_root(root: Path) -> int:

@@ -35,6 +35,17 @@ def temp_root() -> Path:
     return root
 
 
+def pid_alive(pid: int) -> bool:
+    """True if a process with this id exists (signal 0 tests without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 PORT_CLAIM_S = 900  # a port handed out is not handed out again (by any process sharing temp_root) for this long
 
 
