@@ -12,8 +12,10 @@ ifneq ($(ENGINE),)
 export LABKIT_ENGINE := $(ENGINE)
 endif
 
+BOOK_ARGS ?=
+
 .DEFAULT_GOAL := help
-.PHONY: help lab stop status doctor reset test test-notebooks test-engines test-rerun test-stress embeddings test-embeddings bench matrix lock strip lint clean
+.PHONY: help lab stop status doctor reset test test-notebooks test-engines test-rerun test-stress embeddings test-embeddings bench matrix book test-book lock strip lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -43,7 +45,7 @@ reset: $(STAMP)  ## delete the lab's keys (lab:*) on the lab server, nothing els
 test: $(STAMP)  ## run the whole suite: labkit against real servers, every notebook, hygiene, browser
 	@bash scripts/ensure-chromium.sh
 	rm -rf build/tmp && mkdir -p build/tmp
-	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -n 2 --dist loadfile -m "not leakcheck and not browser and not embeddings and not rerun" \
+	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -n 2 --dist loadfile -m "not leakcheck and not browser and not embeddings and not rerun and not book" \
 		--nbval-lax --nbval-cell-timeout=120 --nbval-kernel-startup-timeout=180 $(PYTEST_ARGS)
 	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -m "browser or leakcheck" -p no:nbval \
 		tests/test_browser.py tests/test_zz_leaks.py
@@ -59,7 +61,7 @@ test-engines: $(STAMP)  ## labkit's unit tests (not the lessons' or the benchmar
 	rm -rf build/tmp-engines && mkdir -p build/tmp-engines
 	set -e; for engine in $$($(OTHER_ENGINES)); do echo "== unit tests on $$engine"; \
 		LABKIT_ENGINE=$$engine LABKIT_TMP=$(CURDIR)/build/tmp-engines $(PY) -m pytest -n 2 --dist loadfile -p no:nbval \
-		-m "not leakcheck and not browser and not embeddings and not rerun and not slow" \
+		-m "not leakcheck and not browser and not embeddings and not rerun and not book and not slow" \
 		--ignore=tests/lessons --ignore=tests/bench tests $(PYTEST_ARGS); done
 
 test-rerun: $(STAMP)  ## every lesson run half-way, then twice in full, on one server (Restart and Run All works)
@@ -83,9 +85,19 @@ bench: $(STAMP)  ## every benchmark suite, side by side, with ratios; writes bui
 matrix: $(STAMP)  ## every lesson on every installed engine; writes build/matrix.md (MATRIX_ARGS=--readme to update the README)
 	$(PY) -m labkit matrix $(MATRIX_ARGS)
 
+book: $(STAMP)  ## execute every lesson and build the lab book, a static site: build/book/index.html
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[book]'
+	test -f build/bench/results.json || $(PY) -m labkit bench
+	rm -rf build/tmp-book && mkdir -p build/tmp-book
+	LABKIT_TMP=$(CURDIR)/build/tmp-book $(PY) scripts/book.py $(BOOK_ARGS)
+
+test-book: book  ## build the book, then open every page in chromium (links, headings, figures, no errors)
+	@bash scripts/ensure-chromium.sh
+	$(PY) -m pytest -p no:nbval -m book tests/test_book_site.py $(PYTEST_ARGS)
+
 lock: $(STAMP)  ## re-pin requirements.lock (Python 3.11-3.13, every platform) from pyproject.toml
 	$(PY) -m pip install --quiet uv
-	$(PY) -m uv pip compile pyproject.toml --extra dev --extra docker --universal --python-version 3.11 \
+	$(PY) -m uv pip compile pyproject.toml --extra dev --extra docker --extra book --universal --python-version 3.11 \
 		--no-header --no-annotate -o requirements.lock --upgrade
 
 strip: $(STAMP)  ## strip notebook outputs (cells with keep_output metadata keep theirs)

@@ -17,6 +17,10 @@ class MissingModule(LabkitError, RuntimeError):
     """A server module (search, JSON) a lesson needs is not loaded."""
 
 
+class MissingLibrary(LabkitError, RuntimeError):
+    """A function library labkit calls with FCALL is not loaded on the server (an administrator loads it)."""
+
+
 class SearchTimeout(LabkitError, TimeoutError):
     """A search query ran out of time and the server answered with an error instead of results."""
 

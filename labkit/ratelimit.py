@@ -3,6 +3,10 @@ server's clock (so client clocks cannot matter) and sets an expiry on every key 
 
 Window limiters take `(r, limit, window)`: at most `limit` units per `window` seconds. Rate limiters take
 `(r, rate, burst)`: `rate` units per second on average, up to `burst` at once.
+
+`Decision.headers()` gives the response headers of the IETF draft "RateLimit header fields for HTTP"
+(draft-ietf-httpapi-ratelimit-headers-11, May 2026: `RateLimit-Policy` and `RateLimit`), or the older
+`RateLimit-Limit`/`-Remaining`/`-Reset` trio of its drafts up to 06 (`style="legacy"`).
 """
 
 from __future__ import annotations
@@ -15,10 +19,15 @@ import redis
 from labkit import scripts, validate
 from labkit.errors import ConfigError
 
+HEADER_STYLES = ("draft", "legacy")
+
 
 @dataclass(frozen=True)
 class Decision:
-    """The answer to one request: admitted or not, units left, seconds to wait, seconds to a full reset."""
+    """The answer to one request: admitted or not, units left, seconds to wait before asking again
+    (`retry_after`, 0 when admitted), and seconds until the limiter frees quota (`reset_after`: the end of
+    the window for the window counters, the oldest entry's exit for the sliding log, a full bucket for
+    the rate limiters)."""
 
     allowed: bool
     remaining: int
@@ -26,20 +35,42 @@ class Decision:
     reset_after: float
     limit: int
     now_ms: int = 0  # the server's clock when it decided
+    policy: str = "default"  # the limiter's name in the RateLimit headers
+    window: float = 0.0  # the seconds `limit` applies to (a burst's refill time for the rate limiters)
 
     def __bool__(self) -> bool:
         return self.allowed
 
-    def headers(self) -> dict[str, str]:
-        """HTTP headers in the IETF RateLimit draft style, plus Retry-After when denied."""
-        headers = {
-            "RateLimit-Limit": str(self.limit),
-            "RateLimit-Remaining": str(max(0, self.remaining)),
-            "RateLimit-Reset": str(math.ceil(self.reset_after)),
-        }
+    def headers(self, style: str = "draft") -> dict[str, str]:
+        """The HTTP response headers for this decision, with Retry-After (whole seconds, at least 1) when
+        denied.
+
+        `style="draft"`: `RateLimit-Policy: "<policy>";q=<limit>;w=<window s>` (w only for a whole number of
+        seconds: the draft has no fractions) and `RateLimit: "<policy>";r=<remaining>;t=<s>`, t being the
+        effective window (`reset_after`, or the wait when denied, so that Retry-After never ends before it).
+        `style="legacy"`: `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds).
+        """
+        validate.one_of(style, "style", HEADER_STYLES)
+        remaining = max(0, self.remaining)
+        wait = max(1, math.ceil(self.retry_after))
+        if style == "legacy":
+            headers = {"RateLimit-Limit": str(self.limit), "RateLimit-Remaining": str(remaining),
+                       "RateLimit-Reset": str(math.ceil(self.reset_after))}
+        else:
+            name = _sf_string(self.policy)
+            whole = float(self.window).is_integer() and self.window >= 1
+            headers = {"RateLimit-Policy": f"{name};q={self.limit}" + (f";w={int(self.window)}" if whole else ""),
+                       "RateLimit": f"{name};r={remaining};t={math.ceil(self.reset_after) if self.allowed else wait}"}
         if not self.allowed:
-            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+            headers["Retry-After"] = str(wait)
         return headers
+
+
+def _sf_string(value: str) -> str:
+    """`value` as a Structured Field String (RFC 9651): quoted, with backslash and quote escaped."""
+    if not value.isascii() or not value.isprintable():
+        raise ConfigError(f"A policy name must be printable ASCII, got {value!r}.")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class Limiter:
@@ -63,9 +94,25 @@ class Limiter:
     def _settings(self) -> str:
         raise NotImplementedError
 
+    @property
+    def policy(self) -> str:
+        """This limiter's name in the RateLimit headers: its algorithm and settings, as in its keys."""
+        return f"{self.slug}-{self._settings()}"
+
+    @property
+    def window(self) -> float:
+        """The seconds `limit` applies to."""
+        raise NotImplementedError
+
     def allow(self, key: str, cost: int = 1) -> Decision:
         """Admit `cost` units for `key` now, or say how long to wait. One round trip."""
         return self._decide(key, cost, None)
+
+    def allow_at(self, key: str, now_ms: int, cost: int = 1) -> Decision:
+        """`allow`, deciding as if the server's clock read `now_ms` (ms since the epoch): for tests and for
+        replaying arrivals. A service calls `allow`: trusting the clocks of the callers is the mistake that
+        lesson 04 measures."""
+        return self._decide(key, cost, validate.integer(now_ms, "now_ms", minimum=0))
 
     def _decide(self, key: str, cost: int, now_ms: int | None) -> Decision:
         validate.name(key, "key")
@@ -73,7 +120,8 @@ class Limiter:
             raise ConfigError(f"cost must be an integer from 1 to the limit ({self.limit}), got {cost!r}.")
         args = [*self._args(), cost] + ([now_ms] if now_ms is not None else [])
         allowed, remaining, retry_ms, reset_ms, server_now = self._script(keys=self.keys(key), args=args)
-        return Decision(bool(allowed), int(remaining), retry_ms / 1000, reset_ms / 1000, self.limit, int(server_now))
+        return Decision(bool(allowed), int(remaining), retry_ms / 1000, reset_ms / 1000, self.limit, int(server_now),
+                        self.policy, self.window)
 
     def _args(self) -> list[int | float]:
         raise NotImplementedError
@@ -83,6 +131,10 @@ class _WindowLimiter(Limiter):
     def __init__(self, r: redis.Redis, limit: int, window: float, prefix: str = "ratelimit") -> None:
         self.window_ms = validate.milliseconds_from_seconds(window, "window")
         super().__init__(r, limit, prefix)
+
+    @property
+    def window(self) -> float:
+        return self.window_ms / 1000
 
     def _args(self) -> list[int | float]:
         return [self.limit, self.window_ms]
@@ -118,6 +170,10 @@ class _RateLimiter(Limiter):
         self.rate = validate.number(rate, "rate (units per second)", low=0, low_open=True)
         self.ms_per_unit = 1000 / self.rate
         super().__init__(r, burst, prefix)
+
+    @property
+    def window(self) -> float:
+        return self.limit / self.rate  # the time a whole burst takes to refill
 
     def _args(self) -> list[int | float]:
         return [self.limit, self.ms_per_unit]

@@ -4,6 +4,10 @@ Each file opens with a comment stating its KEYS, ARGV and return value. The load
 prelude (`labkit/lua/prelude.lua`: `now_ms()`, the server's clock) before each script, so no script
 carries a copy, and registers a script once per client.
 
+The same files also make one function library per module (`library`, `load_library`): an administrator
+loads it once with FUNCTION LOAD, and a client calls its functions with FCALL (`function`), so that a
+service's ACL user can be given `+fcall` instead of `+eval` (arbitrary Lua).
+
 Example:
     >>> release = register(r, "locks/release")
     >>> release(keys=["lab:lock:{job}"], args=[token])
@@ -13,15 +17,18 @@ Example:
 from __future__ import annotations
 
 import functools
+import re
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
 import redis
 from redis.commands.core import Script
 
-from labkit.errors import ConfigError
+from labkit.clients import text as decoded
+from labkit.errors import ConfigError, MissingLibrary
 
 PRELUDE = "prelude"
+LIBRARY_PREFIX = "labkit_"  # library `labkit_<module>`, functions `labkit_<module>_<script>`
 _REGISTRY = "_labkit_scripts"  # the attribute a client keeps its registered scripts in
 
 
@@ -60,3 +67,87 @@ def register(r: redis.Redis, name: str) -> Script:
     if name not in registered:
         registered[name] = r.register_script(source(name))
     return registered[name]
+
+
+def modules() -> list[str]:
+    """The modules that ship scripts, e.g. `sessions`: one function library each."""
+    return sorted({name.split("/")[0] for name in names()})
+
+
+def library_name(module: str) -> str:
+    """The name of `module`'s function library: `labkit_<module>`."""
+    if module not in modules():
+        raise ConfigError(f"No scripts for module {module!r}; labkit ships {', '.join(modules())}.")
+    return LIBRARY_PREFIX + module
+
+
+def function_name(name: str) -> str:
+    """The function that runs script `name` (`sessions/touch` -> `labkit_sessions_touch`)."""
+    text(name)  # a clear error for a script that does not exist
+    return LIBRARY_PREFIX + name.replace("/", "_")
+
+
+@functools.cache
+def library(module: str) -> str:
+    """The scripts of `module` as one Lua function library: the prelude once, then each script as a local
+    function of (KEYS, ARGV) registered under `function_name`. Its source is what FUNCTION LOAD takes."""
+    parts = [f"#!lua name={library_name(module)}", text(PRELUDE)]
+    for name in names():
+        if name.split("/")[0] == module:
+            local = "script_" + name.split("/")[1]
+            parts += [f"local function {local}(KEYS, ARGV)", text(name).rstrip("\n"), "end",
+                      f"redis.register_function('{function_name(name)}', {local})", ""]
+    return "\n".join(parts)
+
+
+def load_library(r: redis.Redis, module: str) -> str:
+    """Load (or replace) `module`'s function library on the server of `r`, on every primary of a cluster;
+    needs a user allowed FUNCTION LOAD (an administrator, not the service). Returns the library's name."""
+    r.function_load(library(module), replace=True)
+    return library_name(module)
+
+
+class Function:
+    """A function of a labkit library, called like a registered `Script`: `f(keys=[...], args=[...])`
+    sends one FCALL."""
+
+    def __init__(self, r: redis.Redis, name: str) -> None:
+        self.r, self.name, self.module = r, function_name(name), name.split("/")[0]
+
+    def __call__(self, keys: list | tuple = (), args: list | tuple = (), client: redis.Redis | None = None):
+        try:
+            return (client or self.r).fcall(self.name, len(keys), *keys, *args)
+        except redis.ResponseError as err:
+            if _NOT_FOUND.search(str(err)):
+                raise MissingLibrary(f"The server has no function {self.name}: load the library once, as a user "
+                                     "allowed FUNCTION LOAD: labkit.scripts.load_library(admin, "
+                                     f"{self.module!r}).") from err
+            raise
+
+
+_NOT_FOUND = re.compile(r"function not found", re.I)
+
+
+def function(r: redis.Redis, name: str) -> Function:
+    """The callable function for script `name` on client `r` (FCALL; its library must be loaded), made once
+    per client and reused."""
+    registered = r.__dict__.setdefault(_REGISTRY, {})
+    key = ("function", name)
+    if key not in registered:
+        registered[key] = Function(r, name)
+    return registered[key]
+
+
+def loaded_libraries(r: redis.Redis) -> list[str]:
+    """The names of the labkit libraries loaded on the server of `r` (FUNCTION LIST)."""
+    found = r.function_list(library=LIBRARY_PREFIX + "*")
+    if isinstance(found, dict):  # a cluster client: one answer per node
+        found = [lib for answer in found.values() for lib in answer]
+    return sorted({decoded(_field(lib, "library_name")) for lib in found})
+
+
+def _field(entry: dict | list, name: str) -> object:
+    if isinstance(entry, dict):
+        return entry.get(name, entry.get(name.encode()))
+    flat = [decoded(x) for x in entry]
+    return entry[flat.index(name) + 1]

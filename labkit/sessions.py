@@ -1,12 +1,20 @@
-"""Server-side sessions as hashes: sliding idle expiry, an absolute lifetime cap, rotation, log out everywhere.
+"""Server-side sessions as hashes: sliding idle expiry, an absolute lifetime cap, rotation, login, log out everywhere.
 
 Keys: `<prefix>:{<tag>}:<random>` (a hash) and `<prefix>:{<tag>}:user:<user_id>` (a set of that user's
 session ids, expiring with the newest session's absolute lifetime). The tag, four hex digits of a hash of
-the user id, is also the start of each session id (`<tag>.<random>`): one user's sessions and index share a
-hash slot, so every multi-key step is one script, also on a cluster. Hot-path calls (`create`, `get`,
-`touch`, `update`, `invalidate`) are one round trip each; `rotate` and `invalidate_user` read, then run one
-script. Field values are strings or numbers (numbers come back as their text); store anything structured
-as JSON yourself.
+the user id (random for an anonymous session), is also the start of each session id (`<tag>.<random>`): one
+user's sessions and index share a hash slot, so every multi-key step is one script, also on a cluster.
+Hot-path calls (`create`, `get`, `touch`, `update`, `invalidate`) are one round trip each; `rotate`,
+`login` and `invalidate_user` take two or three. Times (`created`, `last_seen`, `deadline`) are ms since
+the epoch on the server's clock. Field values are strings or numbers (numbers come back as their text);
+store anything structured as JSON yourself.
+
+The index is pruned lazily: an expired session's id stays in it until `sessions_of` or `invalidate_user`
+reads it (and removes it), or until the index itself expires with the user's newest session.
+
+The scripts run with EVALSHA by default; with `functions=True` the store calls the same Lua as a function
+library with FCALL (an administrator loads it once: `load_library(admin)`), so that the service's ACL user
+needs `+fcall`, not `+eval` (which runs any Lua it is sent).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from labkit.clients import text
 from labkit.errors import ConfigError
 
 RESERVED = frozenset({"user_id", "created", "last_seen", "deadline"})
+ANONYMOUS = ""  # the user_id of a session nobody has logged in to yet
 ID_BYTES = 32
 TAG_HEX = 4  # 65,536 tags: enough to spread users over a cluster's 16,384 slots
 _ID = re.compile(r"^([0-9a-f]{4})\.([A-Za-z0-9_-]{43})$")  # <tag>.<secrets.token_urlsafe(32)>
@@ -41,11 +50,22 @@ class Session:
     deadline: int
     data: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def anonymous(self) -> bool:
+        """True until someone logs in to this session (`SessionStore.login`)."""
+        return self.user_id == ANONYMOUS
+
 
 def new_id() -> str:
     """256 random bits from `secrets` (never `random`, never anything a client chose): the random part of a
     session id."""
     return secrets.token_urlsafe(ID_BYTES)
+
+
+def load_library(r: redis.Redis) -> str:
+    """Load (or replace) the sessions function library, for stores made with `functions=True`; run it once
+    with a user allowed FUNCTION LOAD (an administrator), on every primary of a cluster. Returns its name."""
+    return scripts.load_library(r, "sessions")
 
 
 def user_tag(user_id: str) -> str:
@@ -56,6 +76,11 @@ def user_tag(user_id: str) -> str:
 class SessionStore:
     """Sessions in hashes under `prefix`, idle TTL `ttl` seconds, absolute lifetime `absolute_ttl` seconds.
 
+    `touch_every` (seconds, 0 by default) makes `touch` lazy: it writes only when the session was last
+    written at least that long ago, so a session expires between `ttl - touch_every` and `ttl` after its
+    last request, and `last_seen` is that coarse. `functions=True` calls the scripts with FCALL (the
+    library must be loaded: `load_library`) instead of EVALSHA.
+
     Example:
         >>> store = SessionStore(r, ttl=1800, absolute_ttl=86400, prefix="lab:l03:session")
         >>> sid = store.create("user42", theme="dark")
@@ -63,17 +88,27 @@ class SessionStore:
         (True, 'dark')
     """
 
-    def __init__(self, r: redis.Redis, ttl: float = 1800, absolute_ttl: float = 86400, prefix: str = "session"):
+    def __init__(self, r: redis.Redis, ttl: float = 1800, absolute_ttl: float = 86400, prefix: str = "session",
+                 *, touch_every: float = 0, functions: bool = False):
         self.ttl_ms = validate.milliseconds_from_seconds(ttl, "ttl")
         self.absolute_ms = validate.milliseconds_from_seconds(absolute_ttl, "absolute_ttl")
         if self.absolute_ms < self.ttl_ms:
             raise ConfigError(f"absolute_ttl ({absolute_ttl} s) must be at least the idle ttl ({ttl} s).")
-        self.r, self.prefix = r, validate.prefix(prefix)
-        self._create = scripts.register(r, "sessions/create")
-        self._touch = scripts.register(r, "sessions/touch")
-        self._update = scripts.register(r, "sessions/update")
-        self._rotate = scripts.register(r, "sessions/rotate")
-        self._invalidate_user = scripts.register(r, "sessions/invalidate_user")
+        every = validate.seconds(touch_every, "touch_every", allow_zero=True)
+        self.touch_every_ms = validate.milliseconds_from_seconds(every, "touch_every") if every else 0
+        if self.touch_every_ms >= self.ttl_ms:
+            raise ConfigError(f"touch_every ({touch_every} s) must be shorter than the idle ttl ({ttl} s): a session "
+                              "written less often than it expires ends while it is in use.")
+        if not isinstance(functions, bool):
+            raise ConfigError(f"functions must be True (FCALL a loaded library) or False (EVALSHA), got {functions!r}.")
+        self.r, self.prefix, self.functions = r, validate.prefix(prefix), functions
+        call = scripts.function if functions else scripts.register
+        self._create = call(r, "sessions/create")
+        self._touch = call(r, "sessions/touch")
+        self._update = call(r, "sessions/update")
+        self._rotate = call(r, "sessions/rotate")
+        self._take = call(r, "sessions/take_anonymous")
+        self._invalidate_user = call(r, "sessions/invalidate_user")
 
     def new_id(self, user_id: str) -> str:
         """A fresh session id for `user_id`: its tag, a dot, 256 random bits."""
@@ -99,6 +134,15 @@ class SessionStore:
                      args=[self.ttl_ms, self.absolute_ms, session_id, "user_id", user_id, *fields])
         return session_id
 
+    def create_anonymous(self, **meta: object) -> str:
+        """Start a session nobody has logged in to (a visitor's cart, a CSRF token); `login` binds it to a
+        user later. Its tag is random: anonymous sessions spread over a cluster and have no index."""
+        fields = _fields(meta)
+        session_id = f"{secrets.token_hex(TAG_HEX // 2)}.{new_id()}"
+        self._create(keys=[self.key(session_id)],
+                     args=[self.ttl_ms, self.absolute_ms, session_id, "user_id", ANONYMOUS, *fields])
+        return session_id
+
     def get(self, session_id: str) -> Session | None:
         """The session, or None if it is missing, expired, or the id is not one we could have issued."""
         if not _valid(session_id):
@@ -112,7 +156,8 @@ class SessionStore:
 
     def touch(self, session_id: str) -> bool:
         """Refresh the idle TTL (capped by the absolute lifetime); True only if the session exists."""
-        return _valid(session_id) and bool(self._touch(keys=[self.key(session_id)], args=[self.ttl_ms]))
+        return _valid(session_id) and bool(self._touch(keys=[self.key(session_id)],
+                                                       args=[self.ttl_ms, self.touch_every_ms]))
 
     def update(self, session_id: str, **fields: object) -> bool:
         """Set some fields of an existing session (one round trip); False if it does not exist."""
@@ -126,21 +171,53 @@ class SessionStore:
         return _valid(session_id) and self.r.delete(self.key(session_id)) == 1
 
     def rotate(self, session_id: str) -> str | None:
-        """Give the session a new id (do it at login, against session fixation); the old id dies at once.
-        Returns the new id, or None if the session does not exist. One read, then one script."""
+        """Give the session a new id (on any change of privilege; `login` does it for you); the old id dies
+        at once. Returns the new id, or None if the session does not exist. One read, then one script (a
+        RENAME for an anonymous session)."""
         if not _valid(session_id):
             return None
         user_id = self.r.hget(self.key(session_id), "user_id")
-        if user_id is None or user_tag(text(user_id)) != session_id[:TAG_HEX]:
+        if user_id is None:
             return None
         user_id = text(user_id)
+        if user_id == ANONYMOUS:
+            return self._rotate_anonymous(session_id)
+        if user_tag(user_id) != session_id[:TAG_HEX]:
+            return None
         fresh = self.new_id(user_id)
         moved = self._rotate(keys=[self.key(session_id), self.key(fresh), self.user_key(user_id)],
                              args=[user_id, session_id, fresh])
         return fresh if moved else None
 
+    def _rotate_anonymous(self, session_id: str) -> str | None:
+        fresh = f"{session_id[:TAG_HEX]}.{new_id()}"  # the same tag: the same slot, so RENAME works on a cluster
+        try:
+            self.r.rename(self.key(session_id), self.key(fresh))
+        except redis.ResponseError:  # gone meanwhile (expired, logged in, logged out)
+            return None
+        return fresh
+
+    def login(self, session_id: str, user_id: str) -> str | None:
+        """Log the visitor of session `session_id` in as `user_id`. An anonymous session moves to a new id
+        bound to the user (its fields kept, a fresh lifetime, in the user's index) and its old id dies at once,
+        so an id planted before login (session fixation) never becomes a logged-in one; the user's own
+        session is rotated. Returns the new id, or None if the session does not exist or belongs to another
+        user (log that one out first). Two scripts: take the anonymous session, create the user's; a crash
+        between them loses the anonymous fields, and never logs the old id in."""
+        validate.name(user_id, "user_id")
+        if not _valid(session_id):
+            return None
+        status, *rest = [text(x) for x in self._take(keys=[self.key(session_id)])]
+        if status == "user":
+            return self.rotate(session_id) if rest[0] == user_id else None
+        if status == "missing":
+            return None
+        fields = dict(zip(rest[::2], rest[1::2], strict=True))
+        return self.create(user_id, **{k: v for k, v in fields.items() if k not in RESERVED})
+
     def sessions_of(self, user_id: str) -> list[str]:
-        """The user's live session ids; ids of expired sessions are pruned from the index."""
+        """The user's live session ids. Ids of sessions that expired are removed from the index here: this read
+        (and `invalidate_user`) is where the index is pruned."""
         ids = self._indexed(user_id)
         with self.r.pipeline(transaction=False) as pipe:
             for session_id in ids:

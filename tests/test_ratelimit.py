@@ -1,6 +1,8 @@
 """labkit.ratelimit on a real server: behaviour, bad input, one round trip, reference models, concurrency."""
 
+import math
 import multiprocessing
+import re
 import threading
 import time
 import uuid
@@ -10,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import labkit
-from labkit.ratelimit import ALGORITHMS, GCRA, FixedWindow, SlidingLog, SlidingWindowCounter, TokenBucket
+from labkit.ratelimit import ALGORITHMS, GCRA, Decision, FixedWindow, SlidingLog, SlidingWindowCounter, TokenBucket
 from labkit.server import spawn
 
 WINDOWED = (FixedWindow, SlidingLog, SlidingWindowCounter)
@@ -37,7 +39,8 @@ def test_admits_the_limit_then_refuses_with_a_wait(cls, r, ns):
     assert [d.remaining for d in decisions[:5]] == [4, 3, 2, 1, 0]
     denied = decisions[-1]
     assert 0 < denied.retry_after <= 1.0 and denied.headers()["Retry-After"] == "1"
-    assert denied.headers()["RateLimit-Limit"] == "5" and denied.headers()["RateLimit-Remaining"] == "0"
+    assert denied.headers()["RateLimit"] == f'"{limiter.policy}";r=0;t=1'
+    assert denied.headers("legacy")["RateLimit-Limit"] == "5" and denied.headers("legacy")["RateLimit-Remaining"] == "0"
     assert at_now(limiter, "bob").allowed  # keys are independent
 
 
@@ -67,6 +70,64 @@ def test_bad_input_is_a_clear_error(cls, r):
             limiter.allow("k", cost=cost)
     with pytest.raises(labkit.ConfigError, match="key must be"):
         limiter.allow("")
+
+
+# --- the response headers: the current IETF draft, and the older trio ------------------------------------
+SF_POLICY = re.compile(r'^"[!#-\[\]-~ ]+";q=\d+(;w=\d+)?$')  # a String item with Integer parameters (RFC 9651)
+SF_LIMIT = re.compile(r'^"[!#-\[\]-~ ]+";r=\d+;t=\d+$')
+
+
+@pytest.mark.parametrize("cls", ALGORITHMS)
+def test_headers_follow_the_draft_fields(cls, r, ns):
+    limiter = make(cls, r, ns.key("rl"))
+    allowed = at_now(limiter, "alice", cost=2)
+    headers = allowed.headers()
+    assert set(headers) == {"RateLimit-Policy", "RateLimit"}  # no Retry-After on an admitted request
+    assert SF_POLICY.match(headers["RateLimit-Policy"]) and SF_LIMIT.match(headers["RateLimit"]), headers
+    assert headers["RateLimit-Policy"] == f'"{limiter.policy}";q=5;w=1'  # 5 per second, in each family's terms
+    assert headers["RateLimit"] == f'"{limiter.policy}";r=3;t={math.ceil(allowed.reset_after)}'
+    for _ in range(4):
+        denied = at_now(limiter, "alice")
+    denied_headers = denied.headers()
+    assert not denied.allowed and SF_LIMIT.match(denied_headers["RateLimit"])
+    t = int(denied_headers["RateLimit"].rsplit("t=", 1)[1])
+    assert int(denied_headers["Retry-After"]) >= t >= 1  # the draft: Retry-After never ends before the window
+
+
+@pytest.mark.parametrize("cls", ALGORITHMS)
+def test_headers_in_the_legacy_trio(cls, r, ns):
+    limiter = make(cls, r, ns.key("rl"))
+    decision = at_now(limiter, "alice", cost=5)
+    assert decision.headers(style="legacy") == {"RateLimit-Limit": "5", "RateLimit-Remaining": "0",
+                                                "RateLimit-Reset": str(math.ceil(decision.reset_after))}
+    denied = at_now(limiter, "alice")
+    assert set(denied.headers(style="legacy")) == {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset",
+                                                   "Retry-After"}
+
+
+def test_a_window_of_a_fraction_of_a_second_has_no_w(r, ns):
+    assert SlidingLog(r, 5, 1.5, prefix=ns.key("rl")).allow("a").headers()["RateLimit-Policy"].endswith(";q=5")
+    assert TokenBucket(r, 3, 10, prefix=ns.key("rl")).allow("a").headers()["RateLimit-Policy"].endswith(";q=10")
+    assert GCRA(r, 0.5, 10, prefix=ns.key("rl")).allow("a").headers()["RateLimit-Policy"].endswith(";q=10;w=20")
+
+
+def test_header_style_and_policy_names_are_checked():
+    with pytest.raises(labkit.ConfigError, match="style must be one of draft, legacy"):
+        Decision(True, 1, 0, 1, 2).headers("ietf")
+    assert Decision(True, 1, 0, 1, 2, policy='a"b\\c').headers()["RateLimit"].startswith('"a\\"b\\\\c";')
+    with pytest.raises(labkit.ConfigError, match="printable ASCII"):
+        Decision(True, 1, 0, 1, 2, policy="é").headers()
+
+
+@pytest.mark.parametrize("cls", ALGORITHMS)
+def test_allow_at_decides_on_the_given_clock(cls, r, ns):
+    limiter = make(cls, r, ns.key("rl"))
+    assert limiter.allow_at("alice", NOW_MS).now_ms == NOW_MS
+    assert [limiter.allow_at("alice", NOW_MS).allowed for _ in range(5)] == [True] * 4 + [False]
+    assert limiter.allow_at("alice", NOW_MS + 60_000).allowed  # a minute later, on that clock
+    for bad in (None, -1, 1.5, "now", True):
+        with pytest.raises(labkit.ConfigError, match="now_ms"):
+            limiter.allow_at("alice", bad)
 
 
 MINUTE_MS = 1_795_000_020_000  # the start of a clock-aligned minute: 15 s from here stay inside it

@@ -103,3 +103,54 @@ def test_capped_incr_stops_at_the_cap(r, ns):
 def test_unknown_script_names_the_known_ones(name):
     with pytest.raises(labkit.ConfigError, match="l01_data_structures/capped_incr"):
         scripts.source(name)
+
+
+# --- function libraries: the same files, loaded once, called with FCALL ---------------------------------
+@pytest.fixture(scope="module")
+def lib_server():
+    from labkit.server import spawn
+
+    with spawn(modules=False) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("module", scripts.modules())
+def test_every_module_loads_as_a_library_with_one_function_per_script(lib_server, module):
+    r = lib_server.client()
+    assert scripts.load_library(r, module) == f"labkit_{module}"
+    [listed] = r.function_list(library=f"labkit_{module}")
+    functions = {scripts._field(f, "name") for f in scripts._field(listed, "functions")}
+    assert functions == {scripts.function_name(n) for n in scripts.names() if n.startswith(module + "/")}
+    assert f"labkit_{module}" in scripts.loaded_libraries(r)
+    r.close()
+
+
+def test_a_function_answers_as_its_script_does(lib_server):
+    r = lib_server.client()
+    scripts.load_library(r, "l01_data_structures")
+    as_script = scripts.register(r, "l01_data_structures/capped_incr")
+    as_function = scripts.function(r, "l01_data_structures/capped_incr")
+    assert [as_script(keys=["a"], args=[3]) for _ in range(5)] == [as_function(keys=["b"], args=[3]) for _ in range(5)]
+    assert r.get("a") == r.get("b") == "3"
+    with labkit.trace(r, show=False) as t:
+        as_function(keys=["b"], args=[3])
+    assert t.names() == ["FCALL"] and t.calls[0].args[:4] == ("FCALL", "labkit_l01_data_structures_capped_incr",
+                                                              "1", "b")
+    r.delete("a", "b")
+    r.close()
+
+
+def test_a_missing_library_is_a_clear_error(lib_server):
+    r = lib_server.client()
+    if "labkit_locks" in scripts.loaded_libraries(r):
+        r.function_delete("labkit_locks")
+    with pytest.raises(labkit.errors.MissingLibrary, match=r"load_library\(admin, 'locks'\)"):
+        scripts.function(r, "locks/release")(keys=["k"], args=["t"])
+    r.close()
+
+
+def test_unknown_modules_and_scripts_name_the_known_ones():
+    with pytest.raises(labkit.ConfigError, match="sessions"):
+        scripts.library("nope")
+    with pytest.raises(labkit.ConfigError, match="sessions/touch"):
+        scripts.function_name("sessions/nope")

@@ -9,7 +9,7 @@ from redis.crc import key_slot
 
 import labkit
 from labkit.server import spawn
-from labkit.sessions import SessionStore, new_id
+from labkit.sessions import SessionStore, load_library, new_id, user_tag
 
 from .faults import crash_before, hooked_client
 
@@ -154,7 +154,8 @@ def test_each_hot_path_call_is_one_round_trip():
             call()
             return r.info("stats")["total_reads_processed"] - before - 1
 
-        for call in (lambda: store.create("u"), lambda: store.get(sid), lambda: store.touch(sid),
+        for call in (lambda: store.create("u"), lambda: store.create_anonymous(), lambda: store.get(sid),
+                     lambda: store.touch(sid),
                      lambda: store.update(sid, theme="x"), lambda: store.invalidate(store.new_id("u"))):
             assert reads(call) == 1
 
@@ -272,4 +273,179 @@ def test_every_call_works_on_a_cluster(rc):
     assert store.invalidate_user("user0") == 2 and store.sessions_of("user0") == []
     assert store.invalidate(ids[1]) and store.get(ids[1]) is None
     for i in range(2, 6):
+        store.invalidate_user(f"user{i}")
+
+
+# --- anonymous sessions and login ----------------------------------------------------------------------
+def test_an_anonymous_session_has_no_user_and_no_index(store, r):
+    sid = store.create_anonymous(cart=2)
+    session = store.get(sid)
+    assert session.anonymous and session.user_id == "" and session.data == {"cart": "2"}
+    assert store.touch(sid) and store.update(sid, cart=3)
+    assert [k for k in r.scan_iter(match=f"{store.prefix}:*")] == [store.key(sid)]  # no index anywhere
+    assert len({store.create_anonymous()[:4] for _ in range(50)}) > 1  # random tags: spread over a cluster
+
+
+def test_login_moves_an_anonymous_session_to_the_user_and_kills_the_planted_id(store, r):
+    planted = store.create_anonymous(cart=2)
+    before = store.get(planted)
+    logged_in = store.login(planted, "grace")
+    session = store.get(logged_in)
+    assert store.get(planted) is None and r.exists(store.key(planted)) == 0  # the planted id is dead
+    assert session.user_id == "grace" and not session.anonymous and session.data == {"cart": "2"}
+    assert logged_in.startswith(user_tag("grace")) and store.sessions_of("grace") == [logged_in]
+    assert session.created >= before.created and session.deadline - session.created == 3_600_000  # a fresh lifetime
+    assert store.login(planted, "grace") is None  # a second login with the old id gets nothing
+
+
+def test_login_rotates_the_users_own_session_and_refuses_another_users(store):
+    mine = store.create("grace", theme="dark")
+    again = store.login(mine, "grace")
+    assert again != mine and store.get(mine) is None and store.get(again).data == {"theme": "dark"}
+    assert store.sessions_of("grace") == [again]
+    assert store.login(again, "mallory") is None and store.get(again).user_id == "grace"  # left as it was
+    assert store.login(store.new_id("x"), "grace") is None and store.login(new_id(), "grace") is None
+
+
+def test_two_logins_racing_on_one_anonymous_id_log_in_once(r, store):
+    planted = store.create_anonymous()
+    results, start = [], threading.Barrier(4)
+
+    def log_in(user):
+        start.wait(10)
+        results.append(store.login(planted, user))
+
+    threads = [threading.Thread(target=log_in, args=(f"u{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(result is not None for result in results) == 1
+
+
+def test_a_crash_in_login_never_logs_the_old_id_in(r, store):
+    for n in range(1, 4):
+        planted = store.create_anonymous(cart=1)
+        crashing = SessionStore(hooked_client(r, crash_before(n)), ttl=60, absolute_ttl=3600, prefix=store.prefix)
+        try:
+            fresh = crashing.login(planted, "victim")
+        except redis.ConnectionError:
+            fresh = None
+        finally:
+            crashing.r.close()
+        old = store.get(planted)
+        assert old is None or old.anonymous, f"crash before command {n}: the planted id is logged in"
+        if fresh is not None:
+            break
+    assert fresh is not None and store.get(fresh).user_id == "victim"
+
+
+def test_rotating_an_anonymous_session_keeps_its_slot(store):
+    sid = store.create_anonymous(cart=1)
+    fresh = store.rotate(sid)
+    assert fresh[:4] == sid[:4] and store.get(sid) is None and store.get(fresh).data == {"cart": "1"}
+    assert store.rotate(sid) is None
+
+
+# --- touch: units, laziness, half sessions ---------------------------------------------------------------
+def test_last_seen_is_milliseconds_on_the_server_clock(store, r):
+    before = server_ms(r)
+    sid = store.create("u")
+    created = store.get(sid).last_seen
+    r.hset(store.key(sid), "last_seen", 0)
+    assert store.touch(sid)
+    after = server_ms(r)
+    assert before <= created <= store.get(sid).last_seen <= after  # bracketed by TIME: ms, not seconds
+
+
+def test_a_lazy_touch_writes_once_per_interval(r, ns):
+    """Injected clock: a request every 100 ms for 10 s, writes at most once a second."""
+    store = SessionStore(r, ttl=60, absolute_ttl=3600, prefix=ns.key("session"), touch_every=1)
+    sid = store.create("u")
+    start = store.get(sid).last_seen
+    seen = set()
+    for step in range(1, 101):
+        assert store._touch(keys=[store.key(sid)], args=[store.ttl_ms, store.touch_every_ms, start + step * 100])
+        seen.add(store.get(sid).last_seen)
+    assert seen == {start + s * 1000 for s in range(0, 11)}  # 100 requests, 10 writes: at 1 s, 2 s, ... 10 s
+
+
+def test_a_lazy_touch_leaves_the_ttl_alone_between_writes(r, ns):
+    store = SessionStore(r, ttl=120, absolute_ttl=3600, prefix=ns.key("session"), touch_every=60)
+    sid = store.create("u")
+    seen = store.get(sid).last_seen
+    r.pexpire(store.key(sid), 5000)
+    assert store.touch(sid) is True  # alive, but written less than 60 s ago: nothing is written
+    assert store.get(sid).last_seen == seen and 0 < r.pttl(store.key(sid)) <= 5000
+    eager = SessionStore(r, ttl=120, absolute_ttl=3600, prefix=ns.key("session"))
+    assert eager.touch(sid) and r.pttl(store.key(sid)) > 100_000
+
+
+@pytest.mark.parametrize(("kwargs", "says"), [({"touch_every": 60}, "shorter than the idle ttl"),
+                                              ({"touch_every": -1}, "touch_every is a number of seconds"),
+                                              ({"touch_every": 0.0015}, "whole number of milliseconds"),
+                                              ({"functions": "yes"}, "functions must be True")])
+def test_bad_lazy_touch_and_mode_settings(r, kwargs, says):
+    with pytest.raises(labkit.ConfigError, match=says):
+        SessionStore(r, ttl=60, **kwargs)
+
+
+def test_touching_a_half_session_reports_it_missing(store, r):
+    half = store.new_id("u")
+    r.hset(store.key(half), "last_seen", 1)  # what a broken touch leaves: no user, no deadline
+    assert store.touch(half) is False and store.get(half) is None
+    r.delete(store.key(half))
+
+
+def test_the_index_is_pruned_where_it_is_read(store, r):
+    live, short = store.create("u"), store.create("u")
+    r.pexpire(store.key(short), 1)
+    deadline = time.monotonic() + 10
+    while r.exists(store.key(short)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert r.scard(store.user_key("u")) == 2  # expiry does not touch the index...
+    assert store.sessions_of("u") == [live] and r.smembers(store.user_key("u")) == {live}  # ...reading it prunes
+
+
+# --- the function library ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fn_server():
+    with spawn(modules=False) as srv:
+        yield srv
+
+
+def test_function_mode_needs_the_library_and_says_how_to_load_it(fn_server):
+    r = fn_server.client()
+    r.function_flush()
+    store = SessionStore(r, prefix="fn", functions=True)
+    with pytest.raises(labkit.errors.MissingLibrary, match=r"load_library\(admin, 'sessions'\)"):
+        store.create("u")
+    r.close()
+
+
+def test_function_mode_does_everything_with_fcall(fn_server):
+    r = fn_server.client()
+    assert load_library(r) == "labkit_sessions"
+    store = SessionStore(r, ttl=60, absolute_ttl=3600, prefix="fn", functions=True)
+    sid = store.create("u", theme="dark")
+    with labkit.trace(r, show=False) as t:
+        assert store.touch(sid) and store.update(sid, theme="light")
+    assert t.names() == ["FCALL", "FCALL"] and t.round_trips == 2
+    anonymous = store.create_anonymous(cart=1)
+    user, rotated = store.login(anonymous, "u"), store.rotate(sid)
+    assert store.get(user).data == {"cart": "1"} and sorted(store.sessions_of("u")) == sorted([rotated, user])
+    assert store.invalidate_user("u") == 2 and store.sessions_of("u") == []
+    r.close()
+
+
+def test_function_mode_works_on_a_cluster(rc):
+    load_library(rc)
+    store = SessionStore(rc, ttl=60, absolute_ttl=3600, prefix="lab:test:fn-session", functions=True)
+    ids = [store.create(f"user{i}") for i in range(6)]
+    assert all(store.touch(i) for i in ids)
+    anonymous = store.create_anonymous(cart=5)
+    logged_in = store.login(anonymous, "user0")  # from a random slot to user0's
+    assert store.get(logged_in).data == {"cart": "5"} and store.get(anonymous) is None
+    assert sorted(store.sessions_of("user0")) == sorted([ids[0], logged_in])
+    for i in range(6):
         store.invalidate_user(f"user{i}")

@@ -1,33 +1,48 @@
 """The lesson 04 module (`labkit.lessons.l04_rate_limiting`): each check accepts the reference answer and rejects the
-known-wrong ones."""
+known-wrong ones; the replays, the state readers and the outage experiment measure what the lesson says."""
 
 import time
+import uuid
+
+import pytest
 
 from labkit.lessons import l04_rate_limiting as lesson
+from labkit.ratelimit import GCRA, FixedWindow, SlidingLog, SlidingWindowCounter, TokenBucket
+from labkit.server import spawn
 
 SLIDING_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-local seq = redis.call('HINCRBY', KEYS[1] .. ':seq', 'n', 1)
+local seq = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[1], now, now .. ':' .. seq)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[1] .. ':seq', ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 """
+BUILT_INSIDE = SLIDING_LUA.replace("KEYS[2]", "KEYS[1] .. ':seq'")  # the old reference: a key built in the script
 
 
-def test_sliding_log_accepts_the_atomic_script(r, ns):
-    script = r.register_script(SLIDING_LUA)
-    result = lesson.check_sliding_log(r, ns, lambda r, key, limit, ms: bool(script(keys=[key], args=[limit, ms])))
+def reference(script):
+    return lambda r, key, limit, ms: bool(script(keys=[key, key + ":seq"], args=[limit, ms]))
+
+
+def test_sliding_log_accepts_the_atomic_script_given_every_key(r, ns):
+    result = lesson.check_sliding_log(r, ns, reference(r.register_script(SLIDING_LUA)))
     assert result, result.message
     assert ns.keys(r) == []
 
 
-def test_sliding_log_rejects_count_then_add_across_round_trips(r, ns):
-    import uuid
+def test_sliding_log_rejects_a_key_built_inside_the_script(r, ns):
+    script = r.register_script(BUILT_INSIDE)
+    result = lesson.check_sliding_log(r, ns, lambda r, key, limit, ms: bool(script(keys=[key], args=[limit, ms])))
+    assert not result and "a key it never sent" in result.message and ":{probe}:seq" in result.message
+    assert "got more than" not in result.message  # otherwise right: only the keys are wrong
+    assert ns.keys(r) == []
 
+
+def test_sliding_log_rejects_count_then_add_across_round_trips(r, ns):
     def count_then_add(r, key, limit, ms):
         now = time.time() * 1000
         r.zremrangebyscore(key, "-inf", now - ms)
@@ -38,7 +53,7 @@ def test_sliding_log_rejects_count_then_add_across_round_trips(r, ns):
         return False
 
     result = lesson.check_sliding_log(r, ns, count_then_add)
-    assert not result and "one atomic step" in result.message
+    assert not result and "one atomic step" in result.message and "never sent" not in result.message
     assert ns.keys(r) == []
 
 
@@ -60,7 +75,7 @@ def test_sliding_log_rejects_timestamp_members(r, ns):
 
 def test_sliding_log_rejects_a_key_without_expiry(r, ns):
     script = r.register_script(SLIDING_LUA.replace("redis.call('PEXPIRE', KEYS[1], ARGV[2])", ""))
-    result = lesson.check_sliding_log(r, ns, lambda r, key, limit, ms: bool(script(keys=[key], args=[limit, ms])))
+    result = lesson.check_sliding_log(r, ns, reference(script))
     assert not result and "no expiry" in result.message
 
 
@@ -70,3 +85,73 @@ def test_sliding_log_reports_an_error_without_hanging_the_other_threads(r, ns):
 
     result = lesson.check_sliding_log(r, ns, broken)
     assert not result and "typo in the script" in result.message
+    assert ns.keys(r) == []
+
+
+# -- replays on an injected clock ------------------------------------------------------------------------
+def build(r, ns):
+    prefix = ns.key("rl")
+    return {FixedWindow: FixedWindow(r, 10, 1.0, prefix=prefix), SlidingLog: SlidingLog(r, 10, 1.0, prefix=prefix),
+            SlidingWindowCounter: SlidingWindowCounter(r, 10, 1.0, prefix=prefix),
+            TokenBucket: TokenBucket(r, 10.0, 10, prefix=prefix), GCRA: GCRA(r, 10.0, 10, prefix=prefix)}
+
+
+def test_only_the_sliding_log_stays_within_the_limit_in_every_window(r, ns):
+    most = {cls: lesson.most_in_any_window(lesson.replay(limiter, "u", lesson.bursty_arrivals()), 1000)
+            for cls, limiter in build(r, ns).items()}
+    assert most[SlidingLog] == 10
+    assert all(most[cls] > 10 for cls in (FixedWindow, SlidingWindowCounter, TokenBucket, GCRA)), most
+    assert most[FixedWindow] <= 20 and most[TokenBucket] <= 20  # 2 windows; a burst plus a second's refill
+
+
+def test_state_readers_follow_each_algorithm(r, ns):
+    for cls, limiter in build(r, ns).items():
+        points = lesson.replay(limiter, f"pic-{cls.__name__}", lesson.picture_arrivals())
+        levels = [p.level for p in points]
+        assert min(levels) >= 0 and max(levels) <= 10 + 1e-9, (cls, levels)
+        first_burst = points[:15]
+        assert [p.allowed for p in first_burst] == [True] * 10 + [False] * 5, cls
+        expected_after_10 = 0 if cls is TokenBucket else 10  # tokens left, or units used
+        assert first_burst[9].level == pytest.approx(expected_after_10), cls
+        assert points[-12].allowed  # after the silence, the last burst starts with a pass
+
+
+def test_most_in_any_window_counts_windows_starting_anywhere():
+    points = [lesson.StatePoint(t, ok, 0) for t, ok in [(0, True), (900, True), (950, True), (1899, True),
+                                                         (1900, False), (1950, True)]]
+    assert lesson.most_in_any_window(points, 1000) == 3  # 900, 950, 1899 (and 950, 1899, 1950)
+    assert lesson.most_in_any_window(points, 100) == 2
+
+
+def test_a_fast_client_clock_trims_live_entries(r, ns):
+    log = SlidingLog(r, 10, 1.0, prefix=ns.key("rl"))
+    admitted = {skew: lesson.skewed_pair(log, f"skew-{skew}", skew) for skew in (0, 200, 300, 400)}
+    assert admitted == {0: 10, 200: 10, 300: 16, 400: 20}
+
+
+def test_bursty_arrivals_are_seeded():
+    assert lesson.bursty_arrivals() == lesson.bursty_arrivals() != lesson.bursty_arrivals(seed=5)
+
+
+# -- fail open, fail closed ------------------------------------------------------------------------------
+def test_a_paused_server_fails_open_or_closed_within_the_timeout():
+    with spawn(modules=False) as srv:
+        client = srv.client(socket_timeout=0.1, socket_connect_timeout=0.1)
+        limiter = SlidingLog(client, 3, 60, prefix="rl")
+        assert [lesson.guarded_allow(limiter, "u", fail_open=False)[0] for _ in range(4)] == [True] * 3 + [False]
+        srv.pause()
+        try:
+            opened = lesson.during_outage(limiter, "u", 4, fail_open=True)
+            closed = lesson.during_outage(limiter, "v", 4, fail_open=False)
+        finally:
+            srv.resume()
+        assert (opened.admitted, opened.errors, closed.admitted, closed.errors) == (4, 4, 0, 4)
+        assert 0.05 <= opened.median_s < 1 and 0.05 <= closed.median_s < 1  # the timeout, and no retries
+        assert lesson.guarded_allow(limiter, "v", fail_open=False) == (True, None)  # back once it resumes
+        client.close()
+
+
+def test_a_replay_stalled_every_time_gives_up_instead_of_reading_expired_state(r, ns, monkeypatch):
+    monkeypatch.setattr(lesson, "STALL_S", -1)  # every pause counts as a stall
+    with pytest.raises(RuntimeError, match="stalled every replay"):
+        lesson.replay(SlidingLog(r, 10, 1.0, prefix=ns.key("rl")), "u", [0, 10, 20])
