@@ -455,6 +455,7 @@ class ClientConnection:
     output_memory: int
     reply_buffer: int
     library: str
+    query_buffer: int = 0  # qbuf + qbuf-free: what it holds for incoming commands (0 when idle where it is shared)
 
     @property
     def blocked(self) -> bool:
@@ -467,7 +468,8 @@ class ClientConnection:
         number = lambda name: int(f.get(name) or 0)  # noqa: E731 - a field older engines lack counts as 0
         return cls(number("id"), f.get("name", ""), f.get("addr", ""), f.get("user", ""), number("age"),
                    number("idle"), f.get("cmd", ""), f.get("flags", ""), number("tot-mem"), number("omem"),
-                   number("rbs"), " ".join(filter(None, (f.get("lib-name"), f.get("lib-ver")))))
+                   number("rbs"), " ".join(filter(None, (f.get("lib-name"), f.get("lib-ver")))),
+                   number("qbuf") + number("qbuf-free"))
 
 
 def connections(r: redis.Redis, *, name_prefix: str | None = None) -> list[ClientConnection]:

@@ -639,7 +639,8 @@ def restart_times(root: Path, sizes: Iterable[int] = (40_000, 160_000), repeats:
                 fill_random(r, keys - filled, start=filled)
                 filled = keys
                 for fmt, config in RESTART_FORMATS.items():
-                    srv = servers[fmt, keys] = Server(root=root, modules=False, config={"hz": 100, "loading_process_events_interval_bytes": LOADING_STEP_BYTES} | config)
+                    base = {"hz": 100, "loading_process_events_interval_bytes": LOADING_STEP_BYTES}
+                    srv = servers[fmt, keys] = Server(root=root, modules=False, config=base | config)
                     if fmt == "RDB":
                         r.save()
                         shutil.copy(source.dir / "dump.rdb", srv.dir)

@@ -177,6 +177,7 @@ class ConnectionMemory:
     reply_buffer_idle: int
     pending_reply: int
     pending_value_bytes: int
+    query_buffer_idle: float = 0  # held for incoming commands by each idle connection (older engines: ~20 KB)
 
 
 def memory_per_connection(srv: Server, n: int = 100, value_bytes: int = 4_000_000,
@@ -212,7 +213,8 @@ def memory_per_connection(srv: Server, n: int = 100, value_bytes: int = 4_000_00
     admin.close()
     return ConnectionMemory(n, statistics.mean(c.total_memory for c in connected),
                             statistics.mean(c.total_memory for c in shrunk), shrunk_after, first,
-                            max(c.reply_buffer for c in shrunk), pending, value_bytes)
+                            max(c.reply_buffer for c in shrunk), pending, value_bytes,
+                            statistics.mean(c.query_buffer for c in shrunk))
 
 
 def settled(read: Callable[[], int], deadline_s: float = 10, every: float = 0.05) -> int:
