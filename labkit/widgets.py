@@ -434,3 +434,88 @@ class EvictionMonitor(LiveMonitor):
         if any(ax.lines for ax in axes):
             axes[0].legend(fontsize=7, loc="lower right")
         return _png(fig)
+
+
+class ProgressBoard:
+    """The instructor's live board of a workshop: every learner's exercise checks (`labkit.workshop.Progress`),
+    redrawn as each result arrives. `start()` shows it and keeps it live from a background thread (the
+    kernel stays free); `stop()` ends it and prints the final table.
+
+    Example:
+        >>> board = ProgressBoard(r).start()
+        >>> board.wait_for(lambda progress: progress.passed("ada"), timeout=60)
+        >>> board.stop()
+    """
+
+    title = "workshop progress"
+
+    def __init__(self, r: redis.Redis, *, interval: float = 0.5) -> None:
+        from labkit.clients import derive
+        from labkit.workshop import Progress
+
+        if not interval > 0:
+            raise ValueError(f"interval is a positive number of seconds, got {interval!r}.")
+        self._client = derive(r, client_name="labkit-progress-board", retries=0)
+        self.progress = Progress(self._client)
+        self.interval = interval
+        self.label = w.HTML(f"<b>{self.title}</b>: starting…")
+        self.board = w.HTML()
+        self.view = w.VBox([self.label, self.board])
+        self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self._errors: list[BaseException] = []
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ProgressBoard:
+        display(self.view)
+        self._thread = threading.Thread(target=self._follow, name="labkit-progress-board", daemon=True)
+        self._thread.start()
+        return self
+
+    def _follow(self) -> None:
+        try:
+            while True:
+                with self._changed:  # a short read (no BLOCK): the lock is never held while waiting
+                    self.progress.update()
+                    self._redraw()
+                    self._changed.notify_all()
+                if self._stop.wait(self.interval):
+                    return
+        except BaseException as err:  # reported by wait_for() and stop(), in the cell that calls them
+            self._errors.append(err)
+            with self._changed:
+                self._changed.notify_all()
+
+    def _redraw(self) -> None:
+        seen = len(self.progress.attempts)
+        latest = f"; latest: {self.progress.attempts[-1]}" if seen else ""
+        self.label.value = f"<b>{self.title}</b>: {len(self.progress.learners)} learner(s), {seen} result(s){latest}"
+        self.board.value = self.progress.html()
+
+    def wait_for(self, condition: Callable[[object], bool], timeout: float) -> bool:
+        """Wait until `condition(progress)` holds (re-asked at each update) or `timeout` seconds pass."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self._errors and not condition(self.progress):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        if self._errors:
+            raise self._errors[0]
+        return True
+
+    def stop(self):
+        """Stop following; print the final table and return the `Progress`."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._errors:
+            self._client.close()
+            raise self._errors[0]
+        self.progress.update()
+        self._redraw()
+        self._client.close()
+        self.label.value = f"<b>{self.title}</b> (stopped): {len(self.progress.attempts)} result(s)"
+        print(self.progress.table())
+        return self.progress

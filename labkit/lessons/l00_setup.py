@@ -5,12 +5,13 @@ from __future__ import annotations
 import redis
 
 from labkit.clients import text
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 
 GREETING = "hello"
 GREETING_TTL_S = 60
 
 
+@check
 def check_greeting(r: redis.Redis, key: str) -> Result:
     """`key` holds the string "hello" and expires by itself within 60 seconds."""
     value = r.get(key)

@@ -7,11 +7,12 @@ from collections.abc import Callable
 import redis
 
 from labkit.keys import Namespace
-from labkit.lessons import Result, delete_keys, verdict
+from labkit.lessons import Result, check, delete_keys, verdict
 
 LEADERBOARD = {"ada": 310, "bob": 120, "cy": 990, "dee": 450, "eve": 45, "fay": 700, "gus": 450.5}
 
 
+@check
 def check_leaderboard(r: redis.Redis, ns: Namespace, top_n: Callable) -> Result:
     """`top_n(r, key, n)` returns [(rank, member, score)], rank 1 = highest score, n entries."""
     key = ns.key("check", "leaderboard")
@@ -41,6 +42,7 @@ VISITS_PER_USER = 2
 HLL_TOLERANCE = 0.03  # more than 3 standard errors (0.81% each) for HyperLogLog
 
 
+@check
 def check_daily_visitors(r: redis.Redis, ns: Namespace, record_visit: Callable, unique_visitors: Callable) -> Result:
     """`record_visit(r, ns, day, user)` and `unique_visitors(r, ns, day)` count distinct users per
     day with HyperLogLog: within 3% of the truth, about 12 KB per day at most."""
@@ -77,6 +79,7 @@ def check_daily_visitors(r: redis.Redis, ns: Namespace, record_visit: Callable, 
 TAGGED = {"redis": {"a1", "a2", "a3", "a5"}, "python": {"a2", "a3", "a4"}, "caching": {"a3", "a5", "a2"}}
 
 
+@check
 def check_tag_query(r: redis.Redis, ns: Namespace, with_all_tags: Callable) -> Result:
     """`with_all_tags(r, ns, tags)` returns the set of article ids that carry every tag in `tags`,
     with tag sets stored at `ns.key("tag", name)`."""

@@ -17,7 +17,7 @@ import redis
 from labkit.cache import cached
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
-from labkit.lessons import Result, delete_keys, verdict
+from labkit.lessons import Result, check, delete_keys, verdict
 
 # -- the database to cache ------------------------------------------------------------------------------
 CATEGORIES = ("books", "games", "garden", "kitchen", "music", "outdoor", "toys", "tools")
@@ -127,6 +127,7 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
 
 
 # -- exercise checks ------------------------------------------------------------------------------------
+@check
 def check_xfetch(should_refresh: Callable[[float, float, float, float, float], bool]) -> Result:
     """`should_refresh(now, expiry, delta, beta, rand) -> bool` is XFetch's test
     `now - delta * beta * ln(rand) >= expiry`, with `rand` uniform in (0, 1]."""
@@ -166,6 +167,7 @@ class _ReadWatcher(redis.Redis):
 SINGLE_FLIGHT_CALLERS = 20
 
 
+@check
 def check_single_flight(r: redis.Redis, ns: Namespace, get_or_compute: Callable) -> Result:
     """`get_or_compute(r, key, compute, lock_ttl_ms)` returns the cached value at `key`, or computes
     it under a lock at `key + ":lock"` that holds a token: one compute for many concurrent callers, and a

@@ -14,7 +14,7 @@ import redis
 from labkit.clients import options
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
-from labkit.lessons import Result, delete_keys, verdict
+from labkit.lessons import Result, check, delete_keys, verdict
 from labkit.server import Capabilities, Server
 
 # What a SessionStore sends itself (get, invalidate, rotate, sessions_of) and what its Lua calls inside: a
@@ -144,6 +144,7 @@ def plot_eviction(outcome: dict[str, dict[str, int]], logins: int) -> None:
 LAST_SEEN_SLACK_MS = 60_000  # a touch's last_seen must be the server's clock in ms, within this
 
 
+@check
 def check_touch_session(r: redis.Redis, ns: Namespace, touch: Callable) -> Result:
     """`touch(r, key, idle_ms) -> bool` refreshes an existing session hash's idle TTL and returns
     True (if it records `last_seen`, in ms since the epoch on the server's clock, as the store does); for a

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import redis
 
 from labkit.keys import Namespace
-from labkit.lessons import Result, delete_keys, verdict
+from labkit.lessons import Result, check, delete_keys, verdict
 from labkit.ratelimit import GCRA, FixedWindow, Limiter, SlidingLog, SlidingWindowCounter, TokenBucket
 from labkit.tracing import trace
 
@@ -210,6 +210,7 @@ def plot_outage(healthy: int, outages: dict[str, Outage], limit: int) -> None:
 
 
 # -- the exercise ----------------------------------------------------------------------------------------
+@check
 def check_sliding_log(r: redis.Redis, ns: Namespace, allow: Callable) -> Result:
     """`allow(r, key, limit, window_ms) -> bool` is an atomic sliding log whose script is given every key it
     touches (in KEYS: keys built inside a script may live on another cluster node). One request alone, traced,

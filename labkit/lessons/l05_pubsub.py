@@ -13,7 +13,7 @@ import redis
 from labkit import validate
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 from labkit.pubsub import PresenceFeed, Subscriber, named_client
 
 
@@ -108,6 +108,7 @@ def slow_subscriber(r: redis.Redis, channel: str, *, payload_bytes: int = 1000, 
 
 
 # -- exercise checks ------------------------------------------------------------------------------------
+@check
 def check_presence(r: redis.Redis, ns: Namespace, resync: Callable[[PresenceFeed, set[str]], None]) -> Result:
     """`resync(feed, seen)`, called on every (re)connect, makes the set `seen` match who is online,
     so a tracker that missed announcements while disconnected ends up right."""
@@ -145,6 +146,7 @@ def check_presence(r: redis.Redis, ns: Namespace, resync: Callable[[PresenceFeed
     return Result(False, " ".join(problems))
 
 
+@check
 def check_expired_events(r: redis.Redis, flags: str) -> Result:
     """With notify-keyspace-events set to `flags`, a subscriber of `__keyevent@0__:expired` hears
     each key that expires, and the server publishes nothing else (no event for writes, none per key name).
@@ -154,7 +156,8 @@ def check_expired_events(r: redis.Redis, flags: str) -> Result:
     it, so a marker published then arrives after all of them (one connection delivers in order); the
     events are those received before the marker."""
     previous = r.config_get("notify-keyspace-events")["notify-keyspace-events"]
-    key, marker = "lab:l05:check:expiring", "lab:l05:check:done"
+    ns = Namespace("l05")  # lab:l05:, or lab:<learner>:l05: for a learner
+    key, marker = ns.key("check", "expiring"), ns.key("check", "done")
     try:
         r.config_set("notify-keyspace-events", flags)
     except redis.ResponseError as err:

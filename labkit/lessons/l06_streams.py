@@ -16,7 +16,7 @@ import redis
 from labkit.clients import connection_spec
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 from labkit.streams import Worker, ensure_group, lag
 
 
@@ -137,6 +137,7 @@ def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: 
 
 
 # -- exercise checks ------------------------------------------------------------------------------------
+@check
 def check_ack_after_success(r: redis.Redis, ns: Namespace, consume_batch: Callable) -> Result:
     """`consume_batch(r, stream, group, consumer, handle)` reads one batch with `>`, calls
     `handle(entry_id, fields)` for each entry, and acknowledges exactly those whose handler returned."""
@@ -171,6 +172,7 @@ def check_ack_after_success(r: redis.Redis, ns: Namespace, consume_batch: Callab
     return verdict(problems, "4 entries handled and acknowledged; the failed one stays pending for a retry.")
 
 
+@check
 def check_reclaim_all(r: redis.Redis, ns: Namespace, reclaim: Callable) -> Result:
     """`reclaim(r, stream, group, consumer, min_idle_ms)` claims every entry idle longer than
     `min_idle_ms` and returns their ids, following XAUTOCLAIM's cursor and coping with its third element."""

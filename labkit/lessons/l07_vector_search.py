@@ -9,7 +9,7 @@ import redis
 
 from labkit.clients import text
 from labkit.keys import Namespace
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 from labkit.vectors import Embedder, corpus, create_index, to_bytes, wait_indexed
 
 
@@ -34,6 +34,7 @@ def _drop(r: redis.Redis, index: str) -> None:
     r.execute_command("FT.DROPINDEX", index, "DD")
 
 
+@check
 def check_topic_knn(r: redis.Redis, ns: Namespace, nearest_in_topic: Callable) -> Result:
     """`nearest_in_topic(r, index, vector, topic, k)` returns the keys of the k documents nearest to
     `vector` among those whose TAG field `topic` is `topic`, nearest first (a pre-filtered KNN)."""
@@ -61,6 +62,7 @@ def check_topic_knn(r: redis.Redis, ns: Namespace, nearest_in_topic: Callable) -
     return Result(False, f"got {got[:3]}..., expected {expected[:3]}...: KNN 5 among @topic:{{billing}} documents.")
 
 
+@check
 def check_similarity_lookup(r: redis.Redis, ns: Namespace, lookup: Callable) -> Result:
     """`lookup(r, index, vector, min_similarity)` returns the cached `text` of the nearest entry if its
     cosine SIMILARITY is at least `min_similarity`, else None; the server reports cosine DISTANCE."""

@@ -15,7 +15,7 @@ from labkit import validate
 from labkit.clients import connection_spec
 from labkit.errors import LockNotHeld
 from labkit.keys import Namespace
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 from labkit.locks import FencedStore, Lock, Redlock
 
 
@@ -144,6 +144,7 @@ class _RacyClient(redis.Redis):
         return reply
 
 
+@check
 def check_safe_release(r: redis.Redis, ns: Namespace, release: Callable[[redis.Redis, str, str], bool]) -> Result:
     """`release(r, key, token)` deletes the lock at `key` only if it holds `token`, atomically,
     and returns whether it did."""
@@ -166,6 +167,7 @@ def check_safe_release(r: redis.Redis, ns: Namespace, release: Callable[[redis.R
     return verdict(problems, "it releases only its own lock, and atomically (a rival's lock survived the race).")
 
 
+@check
 def check_redlock_validity(validity: Callable[[int, int, float, float], float]) -> Result:
     """`validity(acquired, nodes, elapsed_ms, ttl_ms)` is the time left in ms for a Redlock that
     won `acquired` of `nodes` in `elapsed_ms`: ttl - elapsed - drift (ttl * 0.01 + 2 ms) with a strict

@@ -25,7 +25,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 from labkit.ops import FSYNC_POLICIES
 from labkit.server import Server, capabilities, replicated, spawn
 from labkit.server.process import temp_root
@@ -770,6 +770,7 @@ def _judge(service: str, config: dict[str, Any], test: ProfileTest) -> list[str]
     return []
 
 
+@check
 def check_persistence_choices(root: Path, choices: dict[str, dict[str, Any]]) -> Result:
     """`choices` maps each service of `SERVICES` to its directives (`save`, `appendonly`, `appendfsync`;
     left out, a directive takes the engine's default). Each is run through the loss test and judged."""
@@ -838,6 +839,7 @@ def _as_answer(result: Any) -> bool:
     return False if isinstance(result, Exception) else bool(result)
 
 
+@check
 def check_durable_write(write: Callable[[redis.Redis, str, str], bool], deadline_s: float = 5.0) -> Result:
     """`write(r, key, value)` writes and returns True only once the write is fsynced to the AOF of the
     primary and of at least one replica; False (or an error) when that cannot be confirmed in time.
