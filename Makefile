@@ -66,7 +66,7 @@ lock: $(STAMP)  ## re-pin requirements.lock (Python 3.11-3.13, every platform) f
 		--no-header --no-annotate -o requirements.lock --upgrade
 
 strip: $(STAMP)  ## strip notebook outputs (cells with keep_output metadata keep theirs)
-	$(VENV)/bin/nbstripout --keep-count --keep-id notebooks/*.ipynb
+	$(VENV)/bin/nbstripout --keep-count --keep-id notebooks/*.ipynb notebooks/workshop/*.ipynb
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .

@@ -108,7 +108,7 @@ def learner_names(learners: int | Iterable[str]) -> list[str]:
         raise ConfigError(f"a workshop has 1 to {MAX_LEARNERS} learners, got {len(names)} names.")
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise ConfigError(f"each learner's name must be unique, got {twice} more than once.")
+        raise ConfigError(f"learners must have unique names, got {twice} more than once.")
     return names
 
 

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 import labkit
-from labkit import ConfigError, cache, keys, locks, pubsub, ratelimit, sessions, streams, vectors
+from labkit import ConfigError, cache, keys, locks, pubsub, ratelimit, sessions, streams, vectors, workshop
 
 # -- garbage, by what the argument should be ------------------------------------------------------------
 NAME = [None, "", 5, ["a"], b"raw"]  # a non-empty string
@@ -29,7 +29,11 @@ NUMBER = [None, "", "5", math.nan, math.inf, [5]]  # a finite number (each row a
 CALLABLE = [None, "print", 5]
 TEXT_LIST = ["a sentence, not a list", [None], [5]]
 
+LEARNER = ["", "a:b", "a*b", "Ada", "l01", "9lives", "x" * 33, 5]  # a learner's name (lowercase, no ':' or '*')
+LEARNERS = [None, 0, -1, 501, True, 2.5, "", "ada", [], ["ada", "ada"]]  # a count, or a list of names
+
 PROMPT = "How do I reset my password?"  # in the shipped corpus: no model needed
+SEAT = workshop.Seat("ada", "pw", "redis://ada:pw@127.0.0.1:6379/0")
 
 
 @dataclass
@@ -253,6 +257,21 @@ ROWS = [
     Row("Namespace.keys", "count", lambda w, v: w.ns.keys(w.r, count=v), COUNT),
     Row("scan_unlink", "pattern", lambda w, v: keys.scan_unlink(w.r, v), NAME),
     Row("scan_unlink", "batch", lambda w, v: keys.scan_unlink(w.r, w.ns.key("none") + "*", batch=v), COUNT),
+    Row("Namespace", "learner", lambda w, v: keys.Namespace("l00", learner=v), LEARNER),
+    # -- workshop (refused before anything is written: no workshop opens on this shared server) -----------
+    Row("create", "learners", lambda w, v: workshop.create(w.r, v), [*LEARNERS, *([n] for n in LEARNER)]),
+    Row("create", "host", lambda w, v: workshop.create(w.r, 2, host=v), ["", "a b", "user@host", "h/0", 5]),
+    Row("write_sheet", "seats", lambda w, v: workshop.write_sheet(v, "/nonexistent/sheet", "id"),
+        [None, [], "ada", [5], (SEAT,)]),
+    Row("write_sheet", "workshop_id", lambda w, v: workshop.write_sheet([SEAT], "/nonexistent/sheet", v), NAME),
+    Row("reset", "learner", lambda w, v: workshop.reset(w.r, v), LEARNER),
+    Row("as_learner", "name", lambda w, v: workshop.as_learner(v, "redis://ada:pw@127.0.0.1:1/0").__enter__(),
+        LEARNER),
+    Row("as_learner", "url", lambda w, v: workshop.as_learner("ada", v).__enter__(), [None, "", 5]),
+    Row("record", "lesson", lambda w, v: workshop.record(v, "check_greeting", True, "fine"), NAME),
+    Row("record", "check", lambda w, v: workshop.record("l00", v, True, "fine"), NAME),
+    Row("record", "passed", lambda w, v: workshop.record("l00", "check_greeting", v, "fine"), [None, 1, "yes"]),
+    Row("record", "message", lambda w, v: workshop.record("l00", "check_greeting", True, v), [None, 5, b"fine"]),
 ]
 
 
@@ -279,8 +298,8 @@ def test_the_table_covers_every_pattern_module():
     for module, names in {cache: ["cached"], sessions: ["SessionStore"], streams: ["Worker", "lag", "ensure_group"],
                           ratelimit: ["FixedWindow", "TokenBucket", "GCRA", "SlidingLog", "SlidingWindowCounter"],
                           pubsub: ["Subscriber", "PresenceFeed", "listen"], locks: ["Lock", "Redlock", "FencedStore"],
-                          vectors: ["knn", "SemanticCache", "create_index", "Embedder"], keys: ["key", "Namespace"]
-                          }.items():
+                          vectors: ["knn", "SemanticCache", "create_index", "Embedder"], keys: ["key", "Namespace"],
+                          workshop: ["create", "write_sheet", "reset", "as_learner", "record"]}.items():
         assert set(names) <= entries, f"{module.__name__}: no rows for {set(names) - entries}"
 
 
@@ -297,3 +316,8 @@ def test_nothing_was_written_by_refused_calls(world):
 
 def test_nothing_was_written_by_refused_fenced_writes(world):
     assert written(world) == [], f"refused calls wrote {written(world)}"
+
+
+def test_no_refused_call_opened_a_workshop(world):
+    assert not world.r.exists(workshop.WORKSHOP) and not world.r.exists(workshop.LEARNERS)
+    assert not set(world.r.acl_users()) & {"ada", "learner01", "learner1"}

@@ -121,3 +121,32 @@ class InstructorServer:
             self.server.stop()
         return problems
 
+
+
+def simulate(seats: list[tuple[str, str, str]], start, out) -> None:
+    """In a process of its own: one thread per seat (learner, password, url), all starting together once
+    every process is ready (`start`, a barrier), each running the reference answer of every check in
+    REFERENCE as that learner. Puts {learner: {"began", "ended", "results" or "error"}} on `out`."""
+    import threading
+    import time
+
+    report: dict = {}
+    ready = threading.Barrier(len(seats) + 1)
+
+    def learner(seat: workshop.Seat) -> None:
+        ready.wait()
+        began = time.monotonic()
+        try:
+            results = {f"{lesson}.{name}": [r.passed, r.message] for (lesson, name), r in run_checks(seat).items()}
+            report[seat.learner] = {"began": began, "ended": time.monotonic(), "results": results}
+        except Exception as err:  # reported to the test, which fails naming it
+            report[seat.learner] = {"began": began, "ended": time.monotonic(), "error": repr(err)}
+
+    threads = [threading.Thread(target=learner, args=(workshop.Seat(*seat),)) for seat in seats]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    ready.wait()
+    for thread in threads:
+        thread.join()
+    out.put(report)

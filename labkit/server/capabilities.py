@@ -69,12 +69,22 @@ def capabilities(r: redis.Redis) -> Capabilities:
     version = str(info.get("valkey_version") or info.get("redis_version"))
     try:
         loaded = r.execute_command("MODULE", "LIST")
+    except redis.exceptions.NoPermissionError:  # a user without @admin (a workshop learner): HELLO lists them
+        loaded = _hello_modules(r)
     except redis.ResponseError:
         loaded = []
     modules = {MODULE_ALIASES.get(_name(m).lower(), _name(m).lower()) for m in loaded} - {"lua"}
     names = r.command_list()
     commands = {text(n).lower() for n in names}
     return Capabilities(engine, version, frozenset(modules), frozenset(commands), _has_token(r, "BGSAVE", "CANCEL"))
+
+
+def _hello_modules(r: redis.Redis) -> list:
+    """The modules HELLO (without a protocol version: nothing changes) reports, as MODULE LIST would."""
+    reply = r.execute_command("HELLO")
+    if isinstance(reply, (list, tuple)):  # RESP2: a flat list of names and values
+        reply = dict(zip(reply[::2], reply[1::2], strict=True))
+    return list(reply.get("modules", reply.get(b"modules", [])))
 
 
 def _has_token(r: redis.Redis, command: str, token: str) -> bool:
