@@ -98,9 +98,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             item.parent.sanitize_patterns[re.escape(f"lab:{learner}:")] = "lab:"
 
 
+UNMASKED_URL = re.compile(r"rediss?://[^\s:/@\"']*:(?!\*{4}@)[^\s@\"']+@")  # a URL showing its password
+
+
 def _printed_secrets(item: pytest.Item, run: NotebookRun) -> list[str]:
     outputs = json.dumps(getattr(item, "test_outputs", None) or [])
-    return [f"password {i + 1} of {len(run.secrets)}" for i, secret in enumerate(run.secrets) if secret in outputs]
+    found = [f"password {i + 1} of {len(run.secrets)}" for i, secret in enumerate(run.secrets) if secret in outputs]
+    return found + (["a server URL with its password"] if UNMASKED_URL.search(outputs) else [])
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -113,7 +117,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
     last = run is not None and (nextitem is None or nextitem.path != path)
     lingering = run.audit.lingering_clients(settle_s=5) if last and run.audit else []
     yield
-    assert not printed, f"{path.name}: a cell printed a password ({printed})"
+    assert not printed, f"{path.name}: a cell printed {', '.join(printed)}"
     if not last:
         return
     _runs.pop(path)

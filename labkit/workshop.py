@@ -13,8 +13,8 @@ where it exists), the set `labkit:workshop:learners`, and one stream `labkit:wor
 that only that learner may write (and only the instructor read).
 
 Example:
-    >>> seats = create(r, 2)                       # learner01, learner02
-    >>> write_sheet(seats, Path("build/workshop"))  # learners.csv and learners.html, mode 0600
+    >>> seats = create(r, 2)  # learner01, learner02
+    >>> write_sheet(seats, Path("build/workshop"), info(r)["id"])  # learners.csv and .html, mode 0600
     >>> print(Progress(r).update().table())
     >>> close(r)
 """
@@ -124,20 +124,22 @@ def create(r: redis.Redis, learners: int | Iterable[str], *, host: str | None = 
     if r.exists(WORKSHOP):
         raise ConfigError(f"a workshop is already open on {where(r)} ({r.scard(LEARNERS)} learners): close it "
                           f"first (python -m labkit workshop close).")
-    taken = sorted(set(names) & {text(u) for u in r.acl_users()})
-    if taken:
-        raise ConfigError(f"users named {taken} already exist on {where(r)}: choose other learner names.")
+    _refuse_taken(r, names)
     r.hset(WORKSHOP, mapping={"id": secrets.token_hex(8), "created": int(time.time()), "learners": len(names)})
     return add_learners(r, names, host=host)
 
 
-def add_learners(r: redis.Redis, names: Iterable[str], *, host: str | None = None) -> list[Seat]:
-    """Add learners to the workshop open on `r`'s server (`create` opens one); return their seats."""
-    names = learner_names(list(names) if isinstance(names, (list, tuple, set)) else names)
+def add_learners(r: redis.Redis, names: list[str], *, host: str | None = None) -> list[Seat]:
+    """Add learners (a list of names) to the workshop open on `r`'s server (`create` opens one); return their
+    seats. Refuses a name some user already has (a learner's included: their password stays theirs)."""
+    if not isinstance(names, list):
+        raise ConfigError(f"names is a list of learners' names, got {names!r}.")
+    names = learner_names(names)
     _check_host(host)
     _require_open(r)
+    _refuse_taken(r, names)
     one_db = _databases_rule(r)
-    refused = [f"-{c}" for c in _known_commands(r) if c.startswith(REFUSED_PREFIXES)]
+    refused = [f"-{c}" for c in _known_commands(r) if c.startswith(REFUSED_PREFIXES) and "|" not in c]
     seats = []
     for name in names:
         password = secrets.token_urlsafe(18)
@@ -155,6 +157,12 @@ def info(r: redis.Redis) -> dict[str, str]:
     """The open workshop's marker: its `id`, when it was `created` (Unix seconds), how many `learners`."""
     _require_open(r)
     return {text(k): text(v) for k, v in r.hgetall(WORKSHOP).items()}
+
+
+def _refuse_taken(r: redis.Redis, names: list[str]) -> None:
+    taken = sorted(set(names) & {text(u) for u in r.acl_users()})
+    if taken:
+        raise ConfigError(f"users named {taken} already exist on {where(r)}: choose other learner names.")
 
 
 def _check_host(host: object) -> None:

@@ -445,6 +445,12 @@ def test_create_refuses_a_second_workshop_a_taken_name_and_a_user_who_is_not_adm
         workshop.create(admin, 3)
     with redis.Redis.from_url(seats["ada"].url) as ada, pytest.raises(ConfigError, match="may not manage ACL"):
         workshop.create(ada, 3)
+    with pytest.raises(ConfigError, match="already exist"):  # ada's password stays hers
+        workshop.add_learners(admin, ["grace", "ada"])
+    with pytest.raises(ConfigError, match="names is a list"):
+        workshop.add_learners(admin, "grace")
+    with redis.Redis.from_url(seats["ada"].url) as ada:
+        assert ada.ping() and workshop.learners(admin) == ["ada", "bob"]
     workshop.close(admin)
     admin.execute_command("ACL", "SETUSER", "grace", "on", ">pw", "~*", "+@all")
     with pytest.raises(ConfigError, match="already exist"):
