@@ -542,3 +542,31 @@ def test_the_learners_sheet_defaults_under_the_checkout(lab_home):
         rows = (lab_home / "build" / "workshop" / "learners.csv").read_text()
         assert f"@lab.example.org:{server.port}/0" in rows and "grace" in rows
         assert Path(lab_home / "build" / "workshop" / "learners.html").exists()
+
+
+def test_the_instructors_board_follows_the_learners_live(fresh, capsys):
+    """The widget of the instructor notebook: it sees a check passed after it started, learners who join
+    and leave, and stops cleanly; a server that goes away is reported by wait_for, not swallowed."""
+    from labkit.widgets import ProgressBoard
+
+    server, admin, seats = fresh
+    board = ProgressBoard(admin, interval=0.05).start()
+    try:
+        assert board.wait_for(lambda p: p.learners == ["ada", "bob"], timeout=30)
+        run_checks(seats["bob"], [("l02", "check_xfetch")])
+        assert board.wait_for(lambda p: ("l02", "check_xfetch") in p.passed("bob"), timeout=30)
+        late = workshop.add_learners(admin, ["grace"])[0]
+        run_checks(late, [("l00", "check_greeting")])
+        assert board.wait_for(lambda p: ("l00", "check_greeting") in p.passed("grace"), timeout=30)
+        workshop.remove_learner(admin, "grace")
+        assert board.wait_for(lambda p: "grace" not in p.learners, timeout=30)
+        assert "bob" in board.label.value and "<table>" in board.board.value
+    finally:
+        final = board.stop()
+    assert final.learners == ["ada", "bob"] and "bob      ·    ···  ✓·" in capsys.readouterr().out
+    broken = ProgressBoard(admin, interval=0.05).start()
+    server.stop()
+    with pytest.raises(redis.ConnectionError):
+        broken.wait_for(lambda p: False, timeout=30)
+    with pytest.raises(redis.ConnectionError):
+        broken.stop()
