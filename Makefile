@@ -34,13 +34,13 @@ doctor: $(STAMP)  ## check the environment, one [OK]/[FAIL] line per requirement
 reset: $(STAMP)  ## delete the lab's keys (lab:*) on the lab server, nothing else
 	$(PY) -m labkit reset
 
-test: $(STAMP)  ## run the whole suite: labkit against real servers, every notebook, hygiene, browser
+test: $(STAMP)  ## run the whole suite: labkit against real servers, every notebook, hygiene, browser, workshop load
 	@bash scripts/ensure-chromium.sh
 	rm -rf build/tmp && mkdir -p build/tmp
-	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -n 2 --dist loadfile -m "not leakcheck and not browser and not embeddings and not rerun" \
+	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -n 2 --dist loadfile -m "not leakcheck and not browser and not embeddings and not rerun and not load" \
 		--nbval-lax --nbval-cell-timeout=120 --nbval-kernel-startup-timeout=180 $(PYTEST_ARGS)
-	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -m "browser or leakcheck" -p no:nbval \
-		tests/test_browser.py tests/test_zz_leaks.py
+	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -m "browser or leakcheck or load" -p no:nbval \
+		tests/test_browser.py tests/test_workshop_load.py tests/test_zz_leaks.py
 
 test-rerun: $(STAMP)  ## every lesson run half-way, then twice in full, on one server (Restart and Run All works)
 	rm -rf build/tmp-rerun && mkdir -p build/tmp-rerun

@@ -17,6 +17,7 @@ LEARNERS, PROCESSES = 30, 3
 
 
 @pytest.mark.slow
+@pytest.mark.load  # make test runs it alone, after the notebooks: their timing claims need no thirty learners
 @pytest.mark.timeout(240)
 def test_thirty_learners_pass_every_check_of_lessons_00_to_04_at_once():
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no client or thread of this one
