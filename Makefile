@@ -5,9 +5,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
+BOOK_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help lab stop status doctor reset test test-rerun test-stress embeddings test-embeddings bench lock strip lint clean
+.PHONY: help lab stop status doctor reset test test-rerun test-stress embeddings test-embeddings bench book test-book lock strip lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -37,7 +38,7 @@ reset: $(STAMP)  ## delete the lab's keys (lab:*) on the lab server, nothing els
 test: $(STAMP)  ## run the whole suite: labkit against real servers, every notebook, hygiene, browser, workshop load
 	@bash scripts/ensure-chromium.sh
 	rm -rf build/tmp && mkdir -p build/tmp
-	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -n 2 --dist loadfile -m "not leakcheck and not browser and not embeddings and not rerun and not load" \
+	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -n 2 --dist loadfile -m "not leakcheck and not browser and not embeddings and not rerun and not load and not book" \
 		--nbval-lax --nbval-cell-timeout=120 --nbval-kernel-startup-timeout=180 $(PYTEST_ARGS)
 	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -m "browser or leakcheck or load" -p no:nbval \
 		tests/test_browser.py tests/test_workshop_load.py tests/test_zz_leaks.py
@@ -60,9 +61,19 @@ test-embeddings: embeddings  ## the tests that need the real model (the shipped 
 bench: $(STAMP)  ## every benchmark suite, side by side, with ratios; writes build/bench/results.json
 	$(PY) -m labkit bench
 
+book: $(STAMP)  ## execute every lesson and build the lab book, a static site: build/book/index.html
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[book]'
+	test -f build/bench/results.json || $(PY) -m labkit bench
+	rm -rf build/tmp-book && mkdir -p build/tmp-book
+	LABKIT_TMP=$(CURDIR)/build/tmp-book $(PY) scripts/book.py $(BOOK_ARGS)
+
+test-book: book  ## build the book, then open every page in chromium (links, headings, figures, no errors)
+	@bash scripts/ensure-chromium.sh
+	$(PY) -m pytest -p no:nbval -m book tests/test_book_site.py $(PYTEST_ARGS)
+
 lock: $(STAMP)  ## re-pin requirements.lock (Python 3.11-3.13, every platform) from pyproject.toml
 	$(PY) -m pip install --quiet uv
-	$(PY) -m uv pip compile pyproject.toml --extra dev --extra docker --universal --python-version 3.11 \
+	$(PY) -m uv pip compile pyproject.toml --extra dev --extra docker --extra book --universal --python-version 3.11 \
 		--no-header --no-annotate -o requirements.lock --upgrade
 
 strip: $(STAMP)  ## strip notebook outputs (cells with keep_output metadata keep theirs)

@@ -1,8 +1,10 @@
 """Cache-aside with stampede protection: `cached(r, ...)` wraps a function whose results live in Redis.
 
-Each entry is one hash `{v: JSON value, d: recompute time in ms, e: expiry in ms since the epoch}` with a
-TTL, read with one HMGET: a hit costs one round trip, and the time left is known to the millisecond
-(not TTL's whole seconds). Strategies for what happens near and at expiry:
+Each entry is one hash `{v: JSON value, d: recompute time in ms}` whose expiry is the key's own TTL. A read
+sends HMGET and PTTL together: one round trip, and the time left comes from the server's clock, to the
+millisecond (not TTL's whole seconds, and never from the clocks of the clients, which may disagree). A
+result of None ("not found") is cached too, for `negative_ttl` seconds if given. Strategies for what happens
+near and at expiry:
 
 - "none": every client that misses recomputes (a stampede at expiry of a hot key);
 - "lock": single flight: one client recomputes under a token lock, the others wait and re-read;
@@ -91,10 +93,13 @@ class Cached:
     """The wrapper `cached()` returns: call it like the function; `.stats`, `.invalidate(*args)`."""
 
     def __init__(self, fn: Callable, r: redis.Redis, prefix: str, ttl: float, strategy: str, beta: float,
-                 stale_ttl: float, lock_ttl: float, jitter: float, name: str | None = None) -> None:
+                 stale_ttl: float, lock_ttl: float, jitter: float, name: str | None = None,
+                 negative_ttl: float | None = None) -> None:
         self.fn, self.r, self.prefix, self.strategy = fn, r, prefix, strategy
         self.name, self._signature = function_name(fn, name), _signature(fn)
-        self.ttl_ms, self.stale_ms, self.lock_ms = int(ttl * 1000), int(stale_ttl * 1000), int(lock_ttl * 1000)
+        self.ttl_ms, self.lock_ms = int(ttl * 1000), int(lock_ttl * 1000)
+        self.stale_ms = int(stale_ttl * 1000) if strategy == "swr" else 0  # kept past the TTL, served stale
+        self.negative_ms = int((ttl if negative_ttl is None else negative_ttl) * 1000)
         self.beta, self.jitter = beta, jitter
         self.stats = CacheStats()
         self._release = scripts.register(r, "locks/release")
@@ -138,12 +143,16 @@ class Cached:
 
     # -- the pieces ----------------------------------------------------------------------------------
     def _read(self, key: str) -> tuple[bool, Any, float, float]:
-        """One round trip: (found, value, recompute ms, ms left before the entry is no longer fresh)."""
-        raw, delta, expiry = self.r.hmget(key, "v", "d", "e")
+        """One round trip, HMGET and PTTL: (found, value, recompute ms, ms left before the entry is no longer
+        fresh). The time left is the key's TTL on the server's clock, less the stale window (swr)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hmget(key, "v", "d")
+            pipe.pttl(key)
+            (raw, delta), ttl_ms = pipe.execute()
         self.stats.add(round_trips=1)
         if raw is None:
             return False, None, 0.0, 0.0
-        return True, json.loads(raw), float(delta or 0), float(expiry or 0) - time.time() * 1000
+        return True, json.loads(raw), float(delta or 0), float(ttl_ms) - self.stale_ms
 
     def _recompute(self, key: str, args: tuple, kwargs: dict) -> Any:
         started = time.perf_counter()
@@ -159,11 +168,11 @@ class Cached:
         except TypeError as err:
             raise ConfigError(f"{self.name} returned a value that is not JSON-serialisable ({err}); "
                               "return plain data (dict, list, str, numbers, None).") from None
-        ttl_ms = int(self.ttl_ms * (1 + random.uniform(-self.jitter, self.jitter)) if self.jitter else self.ttl_ms)
-        expiry_ms = int(time.time() * 1000) + ttl_ms
-        with self.r.pipeline() as pipe:
-            pipe.hset(key, mapping={"v": encoded, "d": f"{delta_ms:.3f}", "e": expiry_ms})
-            pipe.pexpire(key, ttl_ms + (self.stale_ms if self.strategy == "swr" else 0))
+        ttl_ms = self.negative_ms if value is None else self.ttl_ms
+        ttl_ms = max(1, int(ttl_ms * (1 + random.uniform(-self.jitter, self.jitter)))) if self.jitter else ttl_ms
+        with self.r.pipeline() as pipe:  # MULTI/EXEC: the entry never exists without its TTL
+            pipe.hset(key, mapping={"v": encoded, "d": f"{delta_ms:.3f}"})
+            pipe.pexpire(key, ttl_ms + self.stale_ms)
             pipe.execute()
         self.stats.add(round_trips=1)
 
@@ -205,12 +214,14 @@ class Cached:
 
 def cached(r: redis.Redis, prefix: str, ttl: float, strategy: str = "xfetch", beta: float = 1.0,
            stale_ttl: float | None = None, lock_ttl: float = 5.0, jitter: float = 0.0,
-           name: str | None = None) -> Callable[[Callable], Cached]:
+           name: str | None = None, negative_ttl: float | None = None) -> Callable[[Callable], Cached]:
     """Decorate a function so its results are cached in `r` under `prefix` for `ttl` seconds.
 
     Entries are keyed `prefix:name:<sha256 of the bound arguments>`; `name` defaults to the function's
     module and qualified name (a lambda must be given one). With "lock", `lock_ttl` should exceed a
-    recompute: a holder slower than that is taken over by one waiter.
+    recompute: a holder slower than that is taken over by one waiter. A result of None ("not found") is
+    kept `negative_ttl` seconds (default: `ttl`); keep it short, so that a row created after the miss shows
+    up soon.
 
     Example:
         >>> @cached(r, prefix="lab:l02:cache", ttl=60, strategy="xfetch")
@@ -225,6 +236,8 @@ def cached(r: redis.Redis, prefix: str, ttl: float, strategy: str = "xfetch", be
     validate.number(jitter, "jitter", low=0, high=1, high_open=True)
     if stale_ttl is not None:
         validate.seconds(stale_ttl, "stale_ttl", allow_zero=True)
+    if negative_ttl is not None:
+        validate.seconds(negative_ttl, "negative_ttl")
     validate.prefix(prefix)
     stale = (ttl if stale_ttl is None else stale_ttl) if strategy == "swr" else 0.0
 
@@ -232,6 +245,6 @@ def cached(r: redis.Redis, prefix: str, ttl: float, strategy: str = "xfetch", be
         validate.name(name, "name")
 
     def decorate(fn: Callable) -> Cached:
-        return Cached(fn, r, prefix, ttl, strategy, beta, stale, lock_ttl, jitter, name)
+        return Cached(fn, r, prefix, ttl, strategy, beta, stale, lock_ttl, jitter, name, negative_ttl)
 
     return decorate

@@ -244,6 +244,11 @@ class Redlock:
 
 def _address(client: redis.Redis) -> str:
     """Where `client` connects: a socket path, or host:port with loopback names made one."""
+    if isinstance(client, redis.RedisCluster):
+        raise ConfigError("Redlock takes clients of independent servers (redis.Redis), not a RedisCluster: the "
+                          "nodes of one cluster are not independent (a lock key lives on one primary, and a "
+                          "failover there can lose it). On a cluster use one Lock(cluster_client, ...) with "
+                          "fencing tokens (FencedStore); keep Redlock for 3 or 5 independent servers.")
     kwargs = client.connection_pool.connection_kwargs
     if kwargs.get("path"):
         return str(kwargs["path"])

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from labkit import validate
 from labkit.clients import text
@@ -333,11 +334,12 @@ def wait_fsynced(r: redis.Redis, replicas: int = 0, *, local: bool = True, timeo
     """Block until the writes sent earlier on this connection are fsynced to the AOF here (`local`) and on
     at least `replicas` replicas, or until `timeout_ms` passes (WAITAOF); truthy when both were met.
 
-    WAITAOF counts the writes of its own connection: call it in the thread that wrote (a redis-py client
-    reuses one connection within a thread), or send write and WAITAOF in one pipeline and read the reply
-    with `FsyncAck.from_reply`. Under `appendfsync always` every acknowledged write is already fsynced
-    locally; under `everysec` some engines answer before the fsync (see `waitaof_exact_under_everysec`
-    in `labkit.server.capabilities`).
+    WAITAOF counts the writes of its own connection, and a redis-py client draws each command's connection
+    from a pool shared by its threads: send the write and WAITAOF in one pipeline (read the reply with
+    `FsyncAck.from_reply`), or pass a client that holds one connection
+    (`redis.Redis(..., single_connection_client=True)`). Under `appendfsync always` every acknowledged write
+    is already fsynced locally; under `everysec` some engines answer before the fsync (see
+    `waitaof_exact_under_everysec` in `labkit.server.capabilities`).
 
     Example:
         >>> r.xadd("orders", {"id": "o-17", "total": "42.00"})
@@ -402,7 +404,7 @@ def configure_persistence(
     first, *rest = settings.items()
     r.config_set(*first, *[item for pair in rest for item in pair])
     if appendonly:
-        _wait_for_aof_rewrite(r, timeout_s)
+        wait_for_aof_rewrite(r, timeout_s)
     if rewrite_config:
         try:
             r.config_rewrite()
@@ -412,14 +414,342 @@ def configure_persistence(
     return persistence_status(r)
 
 
-def _wait_for_aof_rewrite(r: redis.Redis, timeout_s: float) -> None:
+def wait_for_aof_rewrite(r: redis.Redis, timeout_s: float = 60) -> None:
+    """Return once no AOF rewrite is running or scheduled (`aof_rewrite_in_progress` and
+    `aof_rewrite_scheduled` in INFO persistence are 0), polling every 10 ms; raise as soon as one has
+    failed (the server then schedules a retry of its own), or if `timeout_s` passes first.
+
+    Example:
+        >>> r.config_set("appendonly", "yes")  # starts a rewrite: the AOF holds the data once it ends
+        >>> wait_for_aof_rewrite(r)
+    """
+    validate.seconds(timeout_s, "timeout_s")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         info = r.info("persistence")
+        if not info["aof_rewrite_in_progress"] and info["aof_last_bgrewrite_status"] != "ok":
+            raise LabkitError("The last AOF rewrite failed (aof_last_bgrewrite_status err; the server retries on "
+                              "its own): read its log (disk full? permissions?) and fix the cause.")
         if not (info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"]):
-            if info["aof_last_bgrewrite_status"] != "ok":
-                raise LabkitError("The AOF rewrite that turning on appendonly started has failed: read the "
-                                  "server's log (disk full? permissions?), fix it and try again.")
             return
         time.sleep(0.01)
     raise LabkitError(f"The AOF rewrite did not finish within {timeout_s:g} s; it is still running on the server.")
+
+
+# ======================================================================================================
+# Connections, observability and security (lesson 11): who is connected, what was slow, what may run
+# ======================================================================================================
+@dataclass(frozen=True)
+class ClientConnection:
+    """One connection as CLIENT LIST sees it (sizes in bytes, ages in seconds)."""
+
+    id: int
+    name: str
+    addr: str
+    user: str
+    age_s: int
+    idle_s: int
+    cmd: str
+    flags: str
+    total_memory: int
+    output_memory: int
+    reply_buffer: int
+    library: str
+
+    @property
+    def blocked(self) -> bool:
+        """Waiting in a blocking command (BLPOP, XREAD BLOCK...)."""
+        return "b" in self.flags
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> ClientConnection:
+        f = {text(k): text(v) for k, v in fields.items()}
+        number = lambda name: int(f.get(name) or 0)  # noqa: E731 - a field older engines lack counts as 0
+        return cls(number("id"), f.get("name", ""), f.get("addr", ""), f.get("user", ""), number("age"),
+                   number("idle"), f.get("cmd", ""), f.get("flags", ""), number("tot-mem"), number("omem"),
+                   number("rbs"), " ".join(filter(None, (f.get("lib-name"), f.get("lib-ver")))))
+
+
+def connections(r: redis.Redis, *, name_prefix: str | None = None) -> list[ClientConnection]:
+    """The server's connections (CLIENT LIST), oldest first; with `name_prefix`, only those whose client name
+    starts with it (name your clients, `client_name=`, and this tells services apart).
+
+    Example:
+        >>> [(c.name, c.idle_s, c.cmd) for c in connections(r, name_prefix="checkout")]
+        [('checkout-1', 0, 'get'), ('checkout-2', 12, 'blpop')]
+    """
+    if name_prefix is not None:
+        validate.name(name_prefix, "name_prefix")
+    found = [ClientConnection.from_fields(fields) for fields in r.client_list()]
+    if name_prefix is not None:
+        found = [c for c in found if c.name.startswith(name_prefix)]
+    return sorted(found, key=lambda c: (-c.age_s, c.id))
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One entry of the slow log, or of a COMMANDLOG (`value`: microseconds for `slow`, bytes for
+    `large-request` and `large-reply`)."""
+
+    id: int
+    at: int
+    value: int
+    command: tuple[str, ...]
+    client_addr: str
+    client_name: str
+
+
+COMMAND_LOGS = ("slow", "large-request", "large-reply")
+
+
+def _log_entry(row: Any) -> LogEntry:
+    if isinstance(row, dict):  # redis-py's parsed SLOWLOG GET
+        command = text(row.get("command", b""))
+        args = tuple(command.split(" ")) if isinstance(command, str) else tuple(text(a) for a in command)
+        return LogEntry(int(row["id"]), int(row["start_time"]), int(row["duration"]), args,
+                        text(row.get("client_address", "")), text(row.get("client_name", "")))
+    ident, at, value, args, *client = row
+    addr, name = [*client, "", ""][:2]
+    return LogEntry(int(ident), int(at), int(value), tuple(text(a) for a in args), text(addr), text(name))
+
+
+def slow_commands(r: redis.Redis, count: int = 10, *, log: str = "slow") -> list[LogEntry]:
+    """The latest `count` entries of a command log, newest first: `slow` (commands slower than
+    `slowlog-log-slower-than` µs: SLOWLOG GET, or COMMANDLOG GET where the engine has it), `large-request`
+    or `large-reply` (bigger than `commandlog-request/reply-larger-than` bytes: COMMANDLOG only, Valkey 8.1+).
+
+    Example:
+        >>> slow_commands(r, 1)[0].command
+        ('DEBUG', 'SLEEP', '0.05')
+    """
+    validate.integer(count, "count")
+    validate.one_of(log, "log", COMMAND_LOGS)
+    if log == "slow":
+        return [_log_entry(row) for row in r.slowlog_get(count)]
+    try:
+        rows = r.execute_command("COMMANDLOG", "GET", count, log)
+    except redis.ResponseError as err:
+        raise ConfigError(f"log={log!r} needs COMMANDLOG (Valkey 8.1+), which this server refused ({err}); "
+                          "on other engines only log='slow' (SLOWLOG) exists.") from err
+    return [_log_entry(row) for row in rows]
+
+
+@dataclass(frozen=True)
+class LatencyEvent:
+    """One row of LATENCY LATEST: an event (`command`, `fast-command`, `fork`, `expire-cycle`...) that took
+    at least `latency-monitor-threshold` ms; `total_ms` and `count` where the engine reports them."""
+
+    event: str
+    at: int
+    latest_ms: int
+    max_ms: int
+    total_ms: int | None = None
+    count: int | None = None
+
+
+def latency_events(r: redis.Redis) -> list[LatencyEvent]:
+    """LATENCY LATEST, typed: rows of four fields (event, time, latest, max; Redis) or six (with the sum and
+    the count of spikes; Valkey 8+). Empty until `latency-monitor-threshold` is set above 0 and something
+    took that long.
+
+    Example:
+        >>> latency_events(r)
+        [LatencyEvent(event='command', at=1764518400, latest_ms=54, max_ms=54, total_ms=54, count=1)]
+    """
+    rows = r.execute_command("LATENCY", "LATEST")
+    events = []
+    for row in rows:
+        event, at, latest, most, *rest = row
+        total, count = (int(rest[0]), int(rest[1])) if len(rest) >= 2 else (None, None)
+        events.append(LatencyEvent(text(event), int(at), int(latest), int(most), total, count))
+    return events
+
+
+def acl_dryrun(r: redis.Redis, user: str, *command: str | int) -> str | None:
+    """Would `user` be allowed to run `command`? None if so, else the server's reason (ACL DRYRUN: nothing
+    runs, no connection as that user is needed; the password and on/off are not checked).
+
+    Example:
+        >>> acl_dryrun(r, "cache", "FLUSHALL")
+        "User cache has no permissions to run the 'flushall' command"
+    """
+    validate.name(user, "user")
+    if not command or not all(isinstance(part, (str, int)) and not isinstance(part, bool) for part in command):
+        raise ConfigError(f"command must be the command and its arguments, strings or integers, got {command!r}.")
+    reply = text(r.execute_command("ACL", "DRYRUN", user, *command))
+    return None if reply == "OK" else reply
+
+
+@dataclass(frozen=True)
+class AclFailure:
+    """One ACL LOG entry: who was refused (`username`), why (`reason`: auth, command, key, channel), what
+    (`object`: the command, key or channel), how many times in a row, and from where."""
+
+    reason: str
+    object: str
+    username: str
+    count: int
+    client_addr: str
+    client_name: str
+
+
+def acl_failures(r: redis.Redis, count: int = 10) -> list[AclFailure]:
+    """The latest `count` ACL LOG entries, newest first: failed logins and refused commands, keys and
+    channels (repeats of one failure within 60 s are one entry with a count).
+
+    Example:
+        >>> acl_failures(r, 1)
+        [AclFailure(reason='auth', object='AUTH', username='default', count=2000, client_addr='10.0.0.7:51234', ...)]
+    """
+    validate.integer(count, "count")
+    failures = []
+    for entry in r.acl_log(count=count):
+        e = {text(k): v for k, v in entry.items()}
+        client = e.get("client-info", {})
+        client = client if isinstance(client, dict) else dict(
+            part.split("=", 1) for part in text(client).split(" ") if "=" in part)
+        failures.append(AclFailure(text(e["reason"]), text(e["object"]), text(e["username"]), int(e["count"]),
+                                   text(client.get("addr", "")), text(client.get("name", ""))))
+    return failures
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A setting that exposes a server, its value, and why it matters."""
+
+    setting: str
+    value: str
+    risk: str
+
+
+_LOOPBACK = ("127.", "::1", "-::1", "localhost")
+
+
+def _exposed(bind: str) -> list[str]:
+    """The addresses in a `bind` setting that are not loopback ('*' and 0.0.0.0 are every interface)."""
+    return [a for a in bind.split() if not a.lstrip("-").startswith(_LOOPBACK)]
+
+
+def security_findings(r: redis.Redis) -> list[Finding]:
+    """What exposes this server, read from its configuration and its default user (CONFIG GET and ACL
+    GETUSER, so an admin connection): an empty list when nothing does.
+
+    It flags a default user without a password, non-loopback addresses without TLS, protected mode off,
+    CONFIG SET of protected settings (`dir`, `dbfilename`: how exposed servers were made to write files),
+    DEBUG and MODULE LOAD allowed.
+
+    Example:
+        >>> [f.setting for f in security_findings(r)]
+        ['default user', 'enable-protected-configs']
+    """
+    try:
+        settings = {text(k): text(v) for k, v in r.config_get(
+            "bind", "protected-mode", "tls-port", "port", "enable-protected-configs", "enable-debug-command",
+            "enable-module-command").items()}
+        default = r.acl_getuser("default")
+    except redis.ResponseError as err:
+        raise LabkitError(f"security_findings needs CONFIG GET and ACL GETUSER, which were refused ({err}): "
+                          "ask with an admin connection.") from err
+    flags = [text(f) for f in default.get("flags", [])]
+    findings = []
+    if "on" in flags and "nopass" in flags:
+        findings.append(Finding("default user", "on, nopass", "anyone who reaches the port runs any command the "
+                                "default user may: set a password (requirepass) or switch it off (ACL)"))
+    exposed = _exposed(settings.get("bind", ""))
+    if exposed and settings.get("tls-port", "0") == "0":
+        findings.append(Finding("bind", settings["bind"], f"listening on {', '.join(exposed)} without TLS: "
+                                "passwords and data cross the network in clear text"))
+    if settings.get("protected-mode") == "no":
+        findings.append(Finding("protected-mode", "no", "without a password the server answers every "
+                                "address it listens on, not only loopback"))
+    for setting, risk in (("enable-protected-configs", "CONFIG SET may change dir and dbfilename: a client can "
+                           "make the server write its data as a file anywhere it may write"),
+                          ("enable-debug-command", "DEBUG can crash, freeze or reload the server"),
+                          ("enable-module-command", "MODULE LOAD runs any shared library as server code")):
+        if settings.get(setting, "no") != "no":
+            findings.append(Finding(setting, settings[setting], risk))
+    return findings
+
+
+# ======================================================================================================
+# Cluster (lesson 13): keys per node, the redirects and refusals the nodes sent, the hottest slots
+# ======================================================================================================
+CLUSTER_ERRORS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "CROSSSLOT")
+SLOT_METRICS = ("key-count", "cpu-usec", "network-bytes-in", "network-bytes-out")
+
+
+def _check_cluster(rc: Any) -> RedisCluster:
+    if not isinstance(rc, RedisCluster):
+        raise ConfigError(f"rc must be a redis.cluster.RedisCluster client, got {type(rc).__name__}: these helpers "
+                          "ask every node of a cluster.")
+    return rc
+
+
+def _per_node(rc: RedisCluster, nodes: list, *args: Any) -> dict[str, Any]:
+    return {node.name: rc.get_redis_connection(node).execute_command(*args) for node in nodes}
+
+
+def keys_per_node(rc: RedisCluster) -> dict[str, int]:
+    """DBSIZE of every primary, by address (`{"127.0.0.1:7000": 3312, ...}`): how evenly the keys are spread.
+    (`rc.dbsize()` alone asks ONE node; `rc.dbsize(target_nodes=RedisCluster.PRIMARIES)` adds them up.)"""
+    return {name: int(n) for name, n in _per_node(_check_cluster(rc), rc.get_primaries(), "DBSIZE").items()}
+
+
+def cluster_errors(rc: RedisCluster) -> dict[str, int]:
+    """How many MOVED, ASK, TRYAGAIN, CLUSTERDOWN and CROSSSLOT replies the cluster's nodes have sent since
+    they started, summed over every node (INFO errorstats). Read it before and after a resharding: a smart
+    client follows MOVED and ASK silently, so the servers are where redirects are counted.
+
+    Example:
+        >>> before = cluster_errors(rc); reshard(); after = cluster_errors(rc)
+        >>> {kind: after[kind] - before[kind] for kind in after}
+        {'MOVED': 35, 'ASK': 19, 'TRYAGAIN': 0, 'CLUSTERDOWN': 0, 'CROSSSLOT': 0}
+    """
+    totals = dict.fromkeys(CLUSTER_ERRORS, 0)
+    for stats in _per_node(_check_cluster(rc), rc.get_nodes(), "INFO", "errorstats").values():
+        for kind in CLUSTER_ERRORS:
+            totals[kind] += int(stats.get(f"errorstat_{kind}", {}).get("count", 0))
+    return totals
+
+
+@dataclass(frozen=True)
+class SlotStats:
+    """One slot's counters from CLUSTER SLOT-STATS, and the node that serves it."""
+
+    slot: int
+    node: str
+    key_count: int
+    cpu_usec: int
+    network_bytes_in: int
+    network_bytes_out: int
+
+
+def hot_slots(rc: RedisCluster, *, by: str = "cpu-usec", limit: int = 5) -> list[SlotStats]:
+    """The `limit` slots highest in `by` across the whole cluster (CLUSTER SLOT-STATS ORDERBY on each primary,
+    merged): where a hot key or an over-used hash tag lives. `key-count` is always counted; CPU time and
+    network bytes only while `cluster-slot-stats-enabled` is yes (Valkey 8.0+; a server without SLOT-STATS
+    raises `LabkitError`).
+
+    Example:
+        >>> hot_slots(rc, by="cpu-usec", limit=1)
+        [SlotStats(slot=6093, node='127.0.0.1:7001', key_count=1, cpu_usec=1611, ...)]
+    """
+    _check_cluster(rc)
+    validate.one_of(by, "by", SLOT_METRICS)
+    validate.integer(limit, "limit")
+    try:
+        replies = _per_node(rc, rc.get_primaries(), "CLUSTER", "SLOT-STATS", "ORDERBY", by, "LIMIT", limit)
+    except redis.ResponseError as err:
+        if "metric" in str(err).lower():
+            raise LabkitError(f"The primaries do not count {by} per slot yet ({err}): set cluster-slot-stats-enabled "
+                              "to yes on every primary (CONFIG SET), or rank by key-count.") from err
+        raise LabkitError(f"This server cannot report slot statistics ({err}): CLUSTER SLOT-STATS needs Valkey "
+                          "8.0 or later.") from err
+    found = [_slot_stats(slot, node, stats) for node, rows in replies.items() for slot, stats in rows]
+    return sorted(found, key=lambda s: getattr(s, by.replace("-", "_")), reverse=True)[:limit]
+
+
+def _slot_stats(slot: Any, node: str, stats: dict | list) -> SlotStats:
+    pairs = stats.items() if isinstance(stats, dict) else zip(stats[::2], stats[1::2], strict=True)
+    values = {text(k): int(v) for k, v in pairs}
+    return SlotStats(int(slot), node, *(values.get(metric, 0) for metric in SLOT_METRICS))

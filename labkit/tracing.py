@@ -99,8 +99,18 @@ def abridge(value: str, width: int) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+def error_text(error: Exception) -> str:
+    """An error reply as the server sent it: redis-py strips the code of the errors it maps to an exception
+    class (`ERR`, `EXECABORT`, `NOSCRIPT`...) and keeps it in `status_code`; put it back."""
+    code = getattr(error, "status_code", None)
+    return f"{code} {error}" if code else str(error)
+
+
 def abridge_reply(reply: Any, items: int = 3) -> str:
-    """A reply as redis-cli would show it, on one line: lists cut to their first `items` elements."""
+    """A reply as redis-cli would show it, on one line: lists cut to their first `items` elements, errors
+    inside them (a transaction's EXEC) as `(error) CODE message`."""
+    if isinstance(reply, Exception):
+        return abridge(f"(error) {error_text(reply)}", REPLY_WIDTH)
     if isinstance(reply, (list, tuple)):
         shown = ", ".join(abridge_reply(r, items) for r in reply[:items])
         more = f", …{len(reply) - items} more" if len(reply) > items else ""
@@ -198,7 +208,7 @@ class _Recorder:
                 reply = read(*a, **kw)
             except redis.ResponseError as e:
                 if call is not None:
-                    call.error = str(e)
+                    call.error = error_text(e)
                 raise
             except BaseException as e:
                 if call is not None:

@@ -54,6 +54,7 @@ class LiveMonitor:
             raise ValueError(f"duration and interval must be positive, got {duration} and {interval}.")
         self.sample, self.duration, self.interval = sample, duration, interval
         self._drawn_at = float("-inf")
+        self.started: float | None = None  # time.monotonic() when the run began (the time axis's 0)
         self.result = MonitorResult()
         self.label = w.HTML(f"<b>{self.title}</b>: starting…")
         self.plot = w.Output()
@@ -68,6 +69,7 @@ class LiveMonitor:
         display(self.view)
         stop, errors = threading.Event(), []
         worker = None
+        self.started = time.monotonic()
         if workload:
             worker = threading.Thread(target=_capture_errors, args=(workload, stop, errors), daemon=True)
             worker.start()
@@ -83,7 +85,7 @@ class LiveMonitor:
 
     def _sample_until_done(self, worker: threading.Thread | None) -> None:
         """Sample every `interval` for `duration`, or until `worker` (when given) has returned."""
-        started = time.monotonic()
+        started = self.started if self.started is not None else time.monotonic()
         next_sample = started
         while (now := time.monotonic()) - started < self.duration:
             finished = worker is not None and not worker.is_alive()
@@ -148,6 +150,12 @@ def _two_panels(monitor: LiveMonitor, titles: tuple[str, str], right: Callable[[
         if ax.lines:
             ax.legend(fontsize=7, loc="upper left")
     return _png(fig)
+
+
+def _count(n: float | None, noun: str) -> str:
+    """`n` and `noun`, plural unless n is 1 ("1 slow command", "3 slow commands")."""
+    n = round(n or 0)
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _png(fig: Figure) -> bytes:
@@ -433,6 +441,148 @@ class EvictionMonitor(LiveMonitor):
         axes[2].set_ylim(0, 110)
         if any(ax.lines for ax in axes):
             axes[0].legend(fontsize=7, loc="lower right")
+        return _png(fig)
+
+
+class ServerMonitor(LiveMonitor):
+    """One server at a glance, from INFO and the slow log: commands per second, used memory, connected and
+    blocked clients, the hit rate of reads, keys evicted per second, and commands slower than
+    `slowlog-log-slower-than` since the monitor started."""
+
+    title = "server dashboard"
+    redraw_every = 2.0  # six panels take a while to draw: sample more often than that
+    PANELS = (("ops/s", "commands per second"), ("memory MB", "used memory (MB)"),
+              ("clients", "connected clients"), ("hit rate %", "hit rate of reads (%)"),
+              ("evicted/s", "keys evicted per second"), ("slow commands", "slow commands since start"))
+
+    def __init__(self, r: redis.Redis, **kwargs: float) -> None:
+        self.r = r
+        self._last: tuple[float, int, int, int, int] | None = None
+        self._first_slow: int | None = None
+        super().__init__(self._server_sample, **kwargs)
+        self._drawn_at = time.monotonic()  # the first figure once there is something to draw, not at the start
+
+    def _latest_slow_id(self) -> int:
+        latest = self.r.slowlog_get(1)
+        return int(latest[0]["id"]) if latest else -1
+
+    def _server_sample(self) -> Sample:
+        info, slow_id, now = self.r.info(), self._latest_slow_id(), time.monotonic()
+        ops, evicted = int(info["total_commands_processed"]), int(info["evicted_keys"])
+        hits, misses = int(info["keyspace_hits"]), int(info["keyspace_misses"])
+        if self._first_slow is None:
+            self._first_slow = slow_id
+        sample = {"memory MB": int(info["used_memory"]) / 1e6, "clients": float(info["connected_clients"]),
+                  "blocked": float(info["blocked_clients"]), "slow commands": float(slow_id - self._first_slow)}
+        last, self._last = self._last, (now, ops, hits, misses, evicted)
+        if last is not None:
+            dt = max(now - last[0], 1e-6)
+            reads = hits - last[2] + misses - last[3]
+            sample |= {"ops/s": (ops - last[1]) / dt, "evicted/s": (evicted - last[4]) / dt,
+                       "hit rate %": 100 * (hits - last[2]) / reads if reads else math.nan}
+        return sample
+
+    def _latest(self, name: str) -> float | None:
+        values = [v for v in self.result.series.get(name, []) if v == v]  # NaN: an interval without reads
+        return values[-1] if values else None
+
+    def describe(self) -> str:
+        if self._latest("ops/s") is None:
+            return "no samples yet"
+        rate = self._latest("hit rate %")
+        parts = [f"{self._latest('ops/s'):,.0f} ops/s", f"{self._latest('memory MB'):.1f} MB",
+                 f"{self._latest('clients'):.0f} clients ({self._latest('blocked'):.0f} blocked)",
+                 "no reads" if rate is None else f"hit rate {rate:.0f}%",
+                 f"{self._latest('evicted/s'):,.0f} evicted/s", _count(self._latest("slow commands"), "slow command")]
+        return ", ".join(parts)
+
+    def render(self) -> bytes:
+        fig = Figure(figsize=(10, 4.6), dpi=90)
+        axes = fig.subplots(2, 3).ravel()
+        times = self.result.times
+        for ax, (name, title) in zip(axes, self.PANELS, strict=True):
+            values = self.result.series.get(name, [])
+            ax.plot(times[len(times) - len(values):], values, color="tab:blue")
+            if name == "clients" and self.result.series.get("blocked"):
+                blocked = self.result.series["blocked"]
+                ax.plot(times[len(times) - len(blocked):], blocked, color="tab:orange", label="blocked")
+                ax.legend(fontsize=7, loc="upper left")
+            ax.set_title(title, fontsize=9)
+            ax.set(xlim=(0, max([*times[-1:], self.interval])))
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+        axes[3].set_ylim(0, 105)
+        for ax in axes[3:]:
+            ax.set_xlabel("seconds", fontsize=8)
+        return _png(fig)
+
+
+class FailoverTimeline(LiveMonitor):
+    """Writes and errors per second of one or more writers while a failover happens, from counters the writers
+    keep (`counts[name]["ok"]` and `counts[name]["errors"]`), with the moments the workload appends to
+    `events` as `(time.monotonic(), label)` ("primary killed", "new primary") drawn as vertical lines."""
+
+    title = "writes and errors per second"
+    redraw_every = 1.0
+
+    def __init__(self, counts: dict[str, dict[str, int]], events: list[tuple[float, str]] | None = None,
+                 **kwargs: float) -> None:
+        if not isinstance(counts, dict) or not counts or not all(isinstance(c, dict) for c in counts.values()):
+            raise ValueError(f"counts maps each writer's name to its counters {{'ok': 0, 'errors': 0}}, "
+                             f"got {counts!r}.")
+        self.counts = counts
+        self.events = events if events is not None else []
+        self._seen = {name: (0, 0) for name in counts}
+        self._last_at: float | None = None
+        super().__init__(self._rates, **kwargs)
+
+    def _rates(self) -> Sample:
+        now = time.monotonic()
+        last, self._last_at = self._last_at, now
+        sample = {}
+        for name, counters in self.counts.items():
+            ok, errors = counters.get("ok", 0), counters.get("errors", 0)
+            (ok_before, errors_before), self._seen[name] = self._seen[name], (ok, errors)
+            if last is not None:
+                dt = max(now - last, 1e-6)
+                sample[f"{name} writes/s"] = (ok - ok_before) / dt
+                sample[f"{name} errors/s"] = (errors - errors_before) / dt
+        return sample
+
+    def seconds_with_errors(self, name: str) -> float:
+        """How long, to the sampling interval, `name` saw errors (the sum of the intervals with any)."""
+        times = self.result.times
+        errors = self.result.series.get(f"{name} errors/s", [])
+        first = len(times) - len(errors)  # each rate covers the interval since the sample before it
+        return sum(times[i] - (times[i - 1] if i else 0.0)
+                   for i, rate in enumerate(errors, start=first) if rate > 0)
+
+    def marks(self) -> list[tuple[float, str]]:
+        """The events, in seconds since the run began."""
+        origin = self.started if self.started is not None else 0.0
+        return [(at - origin, label) for at, label in list(self.events)]
+
+    def describe(self) -> str:
+        parts = [f"{name}: {c.get('ok', 0):,} writes, {c.get('errors', 0):,} errors" for name, c in self.counts.items()]
+        return "; ".join(parts)
+
+    def render(self) -> bytes:
+        fig = Figure(figsize=(10, 3.0), dpi=90)
+        axes = fig.subplots(1, 2, sharex=True)
+        times = self.result.times
+        for ax, kind in zip(axes, ("writes/s", "errors/s"), strict=True):
+            for name in self.counts:
+                values = self.result.series.get(f"{name} {kind}", [])
+                ax.plot(times[len(times) - len(values):], values, label=name)
+            for at, label in self.marks():
+                ax.axvline(at, color="gray", linestyle="--", linewidth=1)
+                ax.annotate(label, (at, 1), xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",
+                            fontsize=7, color="dimgray")
+            ax.set(title=kind, xlabel="seconds", xlim=(0, max([*times[-1:], self.interval])))
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+        if any(ax.lines for ax in axes):
+            axes[0].legend(fontsize=7, loc="lower left")
         return _png(fig)
 
 

@@ -29,7 +29,7 @@ def one_round(extra: list[str]) -> tuple[bool, float]:
     done = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadfile", "-q", "--nbval-lax",
                            "--nbval-cell-timeout=240", "--nbval-kernel-startup-timeout=180",
                            "-m", "not leakcheck and not browser and not embeddings "
-                           "and not rerun", "notebooks", *tests, *extra])
+                           "and not rerun and not book", "notebooks", *tests, *extra])
     return done.returncode == 0, time.monotonic() - started
 
 

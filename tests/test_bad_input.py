@@ -15,7 +15,22 @@ import pytest
 import redis
 
 import labkit
-from labkit import ConfigError, cache, keys, locks, pubsub, ratelimit, sessions, streams, vectors, workshop
+from labkit import (
+    ConfigError,
+    cache,
+    keys,
+    locks,
+    ops,
+    pubsub,
+    ratelimit,
+    replication,
+    sessions,
+    streams,
+    vectors,
+    workshop,
+)
+from labkit.server import cluster
+from labkit.server.topology import Cluster
 
 # -- garbage, by what the argument should be ------------------------------------------------------------
 NAME = [None, "", 5, ["a"], b"raw"]  # a non-empty string
@@ -50,6 +65,8 @@ class World:
     lock: locks.Lock
     fenced: locks.FencedStore
     feed: pubsub.PresenceFeed
+    topo: Cluster  # one primary serving every slot: for the cluster helpers
+    rc: Any
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +78,15 @@ def world():
     streams.ensure_group(r, ns.key("{s}"), "g")
     semantic = vectors.SemanticCache(r, name=ns.key("sc"), embedder=vectors.Embedder(precomputed=True),
                                      prefix=ns.key("sc") + ":")
+    topo = cluster(primaries=1, replicas=0, node_timeout_ms=5000)
+    rc = topo.client()
     yield World(r, ns, index, sessions.SessionStore(r, prefix=ns.key("session")),
                 streams.Worker(r, ns.key("{s}"), "g", "c", print), semantic,
                 ratelimit.FixedWindow(r, 10, 1, prefix=ns.key("rl")), locks.Lock(r, "job", prefix=ns.key("lock")),
                 locks.FencedStore(r, "job", prefix=ns.key("fenced")),
-                pubsub.PresenceFeed(r, "room", prefix=ns.key("p")))
+                pubsub.PresenceFeed(r, "room", prefix=ns.key("p")), topo, rc)
+    rc.close()
+    topo.stop()
     semantic.drop()
     vectors.drop_indexes(r, ns.prefix)
     ns.cleanup(r)
@@ -74,6 +95,8 @@ def world():
 
 Call = Callable[[World, Any], object]
 UNREACHABLE_TRIO = [redis.Redis(port=port) for port in (1, 2, 3)]  # three servers; the checks run before any call
+NOT_A_CLUSTER = [None, "redis://127.0.0.1:6379", 5, redis.Redis(port=1)]  # a plain client is not a RedisCluster
+SLOT = [None, "0", -1, 16384, 1.5, True]  # a hash slot: an integer from 0 to 16383
 
 
 @dataclass
@@ -116,6 +139,8 @@ ROWS = [
                                                          stale_ttl=v), SECONDS0),
     Row("cached", "lock_ttl", lambda w, v: cache.cached(w.r, prefix=w.ns.key("c"), ttl=60, lock_ttl=v), SECONDS),
     Row("cached", "jitter", lambda w, v: cache.cached(w.r, prefix=w.ns.key("c"), ttl=60, jitter=v), [*NUMBER, -0.1, 1]),
+    Row("cached", "negative_ttl", lambda w, v: cache.cached(w.r, prefix=w.ns.key("c"), ttl=60, negative_ttl=v),
+        [v for v in SECONDS if v is not None]),  # None: the default, as long as ttl
     # -- sessions -----------------------------------------------------------------------------------------
     Row("SessionStore", "ttl", lambda w, v: sessions.SessionStore(w.r, ttl=v, prefix=w.ns.key("s")),
         [*SECONDS, 0.0015]),
@@ -250,6 +275,29 @@ ROWS = [
     Row("FencedStore", "prefix", lambda w, v: locks.FencedStore(w.r, "job", prefix=v), PREFIX),
     Row("FencedStore.write", "token", lambda w, v: w.fenced.write(v, "x"), [None, "", "5", 0.5, math.nan, [5], True]),
     Row("FencedStore.write", "value", lambda w, v: w.fenced.write(1, v), [None, True, ["a"], {"a": 1}]),
+    # -- ops (cluster) and the cluster topology ------------------------------------------------------------
+    *[Row(name, "rc", lambda w, v, f=f: f(v), NOT_A_CLUSTER)
+      for name, f in (("keys_per_node", ops.keys_per_node), ("cluster_errors", ops.cluster_errors),
+                      ("hot_slots", ops.hot_slots))],
+    Row("hot_slots", "by", lambda w, v: ops.hot_slots(w.rc, by=v), [None, "", "cpu", "requests", 5]),
+    Row("hot_slots", "limit", lambda w, v: ops.hot_slots(w.rc, limit=v), COUNT),
+    Row("Cluster.migrate_slots", "first", lambda w, v: w.topo.migrate_slots(v, 10, w.topo.primaries[0]), SLOT),
+    Row("Cluster.migrate_slots", "last", lambda w, v: w.topo.migrate_slots(0, v, w.topo.primaries[0]), SLOT),
+    Row("Cluster.migrate_slots", "target", lambda w, v: w.topo.migrate_slots(0, 10, v), [None, "node", 5]),
+    Row("Cluster.migrate_slots", "timeout", lambda w, v: w.topo.migrate_slots(0, 10, w.topo.primaries[0],
+                                                                              timeout=v), SECONDS),
+    Row("Cluster.add_node", "replica_of", lambda w, v: w.topo.add_node(replica_of=v), ["node", 5]),
+    Row("Cluster.remove_node", "node", lambda w, v: w.topo.remove_node(v), [None, "node", 5]),
+    Row("Cluster.rebalance", "among", lambda w, v: w.topo.rebalance(among=v), [[], ["node"], [None]]),
+    Row("Cluster.config_set", "directive", lambda w, v: w.topo.config_set(**v), [{}]),
+    # -- replication --------------------------------------------------------------------------------------
+    Row("retry", "call", lambda w, v: replication.retry(v, deadline_s=1), CALLABLE),
+    Row("retry", "deadline_s", lambda w, v: replication.retry(lambda: 1, deadline_s=v), SECONDS),
+    Row("retry", "base_s", lambda w, v: replication.retry(lambda: 1, deadline_s=1, base_s=v), SECONDS),
+    Row("retry", "cap_s", lambda w, v: replication.retry(lambda: 1, deadline_s=1, base_s=0.05, cap_s=v),
+        [*SECONDS, 0.01]),
+    Row("retry", "retry_on", lambda w, v: replication.retry(lambda: 1, deadline_s=1, retry_on=v),
+        [None, (), "ConnectionError", redis.ConnectionError, (5,), (redis.ConnectionError, int)]),
     # -- keys ---------------------------------------------------------------------------------------------
     Row("key", "parts", lambda w, v: keys.key("user", v), [None, "", "a:b", ["x"], b"raw", True]),
     Row("Namespace", "name", lambda w, v: keys.Namespace(v), [None, "", "Has Caps", "a:b", 5]),
@@ -272,6 +320,15 @@ ROWS = [
     Row("record", "check", lambda w, v: workshop.record("l00", v, True, "fine"), NAME),
     Row("record", "passed", lambda w, v: workshop.record("l00", "check_greeting", v, "fine"), [None, 1, "yes"]),
     Row("record", "message", lambda w, v: workshop.record("l00", "check_greeting", True, v), [None, 5, b"fine"]),
+    # -- ops (persistence) --------------------------------------------------------------------------------
+    Row("wait_for_aof_rewrite", "timeout_s", lambda w, v: ops.wait_for_aof_rewrite(w.r, timeout_s=v), SECONDS),
+    # -- ops: connections, command logs, ACL (lesson 11) ----------------------------------------------------
+    Row("connections", "name_prefix", lambda w, v: ops.connections(w.r, name_prefix=v), NAME[1:]),  # None: all
+    Row("slow_commands", "count", lambda w, v: ops.slow_commands(w.r, v), COUNT),
+    Row("slow_commands", "log", lambda w, v: ops.slow_commands(w.r, log=v), [None, "", "fast", 5]),
+    Row("acl_dryrun", "user", lambda w, v: ops.acl_dryrun(w.r, v, "GET", "k"), NAME),
+    Row("acl_dryrun", "command", lambda w, v: ops.acl_dryrun(w.r, "default", *v), [[], [None], [b"GET"], [True]]),
+    Row("acl_failures", "count", lambda w, v: ops.acl_failures(w.r, v), COUNT),
 ]
 
 
@@ -299,7 +356,9 @@ def test_the_table_covers_every_pattern_module():
                           ratelimit: ["FixedWindow", "TokenBucket", "GCRA", "SlidingLog", "SlidingWindowCounter"],
                           pubsub: ["Subscriber", "PresenceFeed", "listen"], locks: ["Lock", "Redlock", "FencedStore"],
                           vectors: ["knn", "SemanticCache", "create_index", "Embedder"], keys: ["key", "Namespace"],
-                          workshop: ["create", "write_sheet", "reset", "as_learner", "record"]}.items():
+                          workshop: ["create", "write_sheet", "reset", "as_learner", "record"],
+                          ops: ["keys_per_node", "cluster_errors", "hot_slots", "connections", "slow_commands",
+                                "acl_dryrun", "acl_failures"], cluster: ["Cluster"], replication: ["retry"]}.items():
         assert set(names) <= entries, f"{module.__name__}: no rows for {set(names) - entries}"
 
 

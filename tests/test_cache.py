@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 import labkit
+from labkit import cache as cache_module
 from labkit import scripts
 from labkit.cache import STRATEGIES, cached
 from labkit.server import spawn
@@ -127,6 +128,48 @@ def test_a_hit_is_one_round_trip():
         for _ in range(20):
             f(1)
         assert r.info("stats")["total_reads_processed"] - before - 1 == 20
+
+
+def test_a_hit_sends_hmget_and_pttl_in_one_round_trip(r, ns):
+    @cached(r, prefix=ns.key("cache"), ttl=30, strategy="xfetch")
+    def f(x):
+        return x
+
+    f(1)
+    with labkit.trace(r, show=False) as t:
+        assert f(1) == 1
+    assert t.names() == ["HMGET", "PTTL"] and t.round_trips == 1 and f.stats.hits == 1
+
+
+def test_not_found_is_kept_for_negative_ttl_and_found_for_ttl(r, ns):
+    @cached(r, prefix=ns.key("cache"), ttl=300, negative_ttl=5, strategy="none")
+    def lookup(pid):
+        return None if pid < 0 else {"id": pid}
+
+    assert lookup(-1) is None and lookup(1) == {"id": 1}
+    assert 0 < r.pttl(lookup.key(-1)) <= 5_000 and 200_000 < r.pttl(lookup.key(1)) <= 300_000
+    assert lookup(-1) is None and lookup.stats.hits == 1  # still cached: not found is not recomputed
+
+
+def test_freshness_is_read_from_the_server_clock_not_the_clients(r, ns, monkeypatch):
+    """A client whose clock runs an hour fast (or slow) still hits, and the time left that XFetch weighs is
+    the key's PTTL: the cache never reads the client's wall clock."""
+    seen = []
+
+    @cached(r, prefix=ns.key("cache"), ttl=60, strategy="xfetch")
+    def f(x):
+        return x
+
+    f.should_refresh = lambda delta_ms, remaining_ms: seen.append(remaining_ms) or False
+    f(1)
+    for skew in (3600, -3600):
+        monkeypatch.setattr(cache_module.time, "time", lambda skew=skew, real=time.time: real() + skew)
+        assert f(1) == 1
+    monkeypatch.undo()
+    r.pexpire(f.key(1), 400)
+    f(1)
+    assert f.stats.hits == 3 and f.stats.recomputes == 1
+    assert 50_000 < seen[0] <= 60_000 and 0 < seen[-1] <= 400
 
 
 def test_jitter_spreads_expiries(r, ns):

@@ -17,7 +17,7 @@ from .waiting import eventually
 
 REQUIRED_BEFORE = ["What you will learn", "Before you start", "Setup"]
 REQUIRED_AFTER = ["Exercises", "Summary", "Next", "Cleanup"]
-PATTERNS = ["cache", "sessions", "ratelimit", "pubsub", "streams", "vectors", "locks", "ops"]
+PATTERNS = ["cache", "sessions", "ratelimit", "pubsub", "streams", "vectors", "locks", "ops", "replication"]
 LABKIT = Path(__file__).resolve().parents[1] / "labkit"
 TESTS = Path(__file__).resolve().parent
 README = (LABKIT.parent / "README.md").read_text()

@@ -321,6 +321,12 @@ def test_redlock_refuses_the_same_server_twice(three):
         Redlock([a, b, same_as_a], "x")
 
 
+def test_redlock_refuses_cluster_clients_and_says_what_to_use(rc):
+    """Three clients of one cluster are one primary's vote three times: refused before anything is sent."""
+    with pytest.raises(ConfigError, match=r"not a RedisCluster.*Lock\(cluster_client"):
+        Redlock([rc, rc, rc], "x")
+
+
 def test_on_a_cluster_a_lock_excludes_fences_extends_and_releases(rc):
     prefix = f"lab:cluster:{uuid.uuid4().hex[:8]}"
     first, second = Lock(rc, "job", prefix=prefix), Lock(rc, "job", prefix=prefix, blocking_timeout=0)

@@ -1,9 +1,10 @@
 """labkit.ops against real servers: the shared session server, and a spawned cluster for the prefix delete."""
 
 import pytest
+import redis
 
 from labkit import ops
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, LabkitError
 from labkit.server import cluster
 
 
@@ -80,3 +81,60 @@ def test_prefix_of_and_escape_glob():
 def test_bad_arguments_say_what_to_pass(r, call, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         call(r)
+
+
+# -- cluster (lesson 13) ---------------------------------------------------------------------------------------
+def test_keys_per_node_counts_every_primary(rc):
+    keys = [f"lab:test:per-node:{i}" for i in range(300)]
+    before = ops.keys_per_node(rc)
+    rc.mset_nonatomic(dict.fromkeys(keys, 1))
+    after = ops.keys_per_node(rc)
+    rc.delete(*keys)
+    assert len(after) == 3 and sum(after.values()) - sum(before.values()) == 300
+    assert all(after[node] > before[node] for node in after)
+
+
+def test_cluster_errors_counts_the_redirects_the_nodes_sent(rc):
+    key = "lab:test:redirect"
+    owner = rc.get_node_from_key(key)
+    other = next(node for node in rc.get_primaries() if node.name != owner.name)
+    before = ops.cluster_errors(rc)
+    with pytest.raises(redis.exceptions.MovedError):
+        rc.get_redis_connection(other).get(key)
+    with pytest.raises(redis.exceptions.ResponseError, match=r"hash to the same slot"):
+        rc.get_redis_connection(owner).mget(key, key + "x{other}")
+    after = ops.cluster_errors(rc)
+    assert set(after) == set(ops.CLUSTER_ERRORS)
+    assert after["MOVED"] - before["MOVED"] == 1 and after["CROSSSLOT"] - before["CROSSSLOT"] == 1
+    assert after["ASK"] == before["ASK"] and after["TRYAGAIN"] == before["TRYAGAIN"]
+
+
+def test_hot_slots_finds_the_slot_that_gets_the_traffic(rc):
+    hot, cold = "lab:test:{hot-slot}:k", [f"lab:test:cold:{i}" for i in range(50)]
+    rc.mset_nonatomic(dict.fromkeys([hot, *cold], 1))
+    with pytest.raises(LabkitError, match="cluster-slot-stats-enabled"):  # off by default: nothing was counted
+        ops.hot_slots(rc, by="network-bytes-in")
+    rc.config_set("cluster-slot-stats-enabled", "yes", target_nodes=rc.PRIMARIES)
+    try:
+        with rc.pipeline() as pipe:
+            for _ in range(2000):
+                pipe.get(hot)
+            pipe.execute()
+        top = ops.hot_slots(rc, by="network-bytes-in", limit=2)
+    finally:
+        rc.config_set("cluster-slot-stats-enabled", "no", target_nodes=rc.PRIMARIES)
+    rc.delete(hot, *cold)
+    assert len(top) == 2 and top[0].slot == rc.keyslot(hot) and top[0].node == rc.get_node_from_key(hot).name
+    assert top[0].network_bytes_in > 10 * top[1].network_bytes_in
+    by_keys = ops.hot_slots(rc, by="key-count", limit=5)
+    assert [s.key_count for s in by_keys] == sorted((s.key_count for s in by_keys), reverse=True)
+
+
+def test_cluster_helpers_want_a_cluster_client_and_known_metrics(rc, r):
+    for helper in (ops.keys_per_node, ops.cluster_errors, ops.hot_slots):
+        with pytest.raises(ConfigError, match="RedisCluster"):
+            helper(r)
+    with pytest.raises(ConfigError, match="by must be one of"):
+        ops.hot_slots(rc, by="requests")
+    with pytest.raises(ConfigError, match="limit"):
+        ops.hot_slots(rc, limit=0)

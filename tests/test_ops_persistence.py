@@ -6,12 +6,13 @@ import time
 import pytest
 import redis
 
-from labkit import ConfigError
+from labkit import ConfigError, LabkitError
 from labkit.ops import (
     FsyncAck,
     configure_persistence,
     parse_save_points,
     persistence_status,
+    wait_for_aof_rewrite,
     wait_fsynced,
 )
 from labkit.server import replicated, spawn
@@ -67,6 +68,22 @@ def test_status_sees_a_failed_snapshot_and_the_writes_it_refuses():
         assert r.set("k", "v")
     assert not failed.last_bgsave_ok and failed.refusing_writes
     assert healed.last_bgsave_ok and not healed.refusing_writes and healed.latest_fork_usec > 0
+
+
+def test_a_failed_snapshot_without_save_points_refuses_nothing():
+    """stop-writes-on-bgsave-error only acts on a server with save points: a failed manual BGSAVE on a server
+    with `save ""` leaves writes flowing, and the status says so."""
+    with spawn(modules=False, save="") as srv:
+        r = srv.client()
+        (srv.dir / "dump.rdb").mkdir()
+        (srv.dir / "dump.rdb" / "obstacle").touch()
+        r.bgsave()
+        _wait_bgsave(r)
+        failed = persistence_status(r)
+        accepted = r.set("k", "v")
+        shutil.rmtree(srv.dir / "dump.rdb")
+    assert not failed.last_bgsave_ok and failed.stop_writes_on_bgsave_error and failed.save_points == ()
+    assert not failed.refusing_writes and accepted
 
 
 def _wait_bgsave(r):
@@ -141,6 +158,37 @@ def test_configure_persistence_turns_the_aof_on_with_the_data_in_it_and_keeps_it
         after = srv.client()
         assert after.dbsize() == 500 and persistence_status(after).aof_enabled
     assert status.aof_enabled and not status.aof_rewrite_in_progress and status.save_points == ((900, 1),)
+
+
+def test_wait_for_aof_rewrite_returns_once_the_aof_holds_the_data():
+    with spawn(modules=False) as srv:
+        r = srv.client()
+        r.mset({f"k{i}": i for i in range(500)})
+        r.config_set("appendonly", "yes")
+        started = r.info("persistence")
+        wait_for_aof_rewrite(r)
+        done = r.info("persistence")
+        srv.kill()
+        srv.start(extra_lines=["appendonly yes"])
+        wait_until(lambda: not srv.client().info("persistence")["loading"], 30, "the restarted server to load")
+        back = srv.client().dbsize()
+    assert started["aof_rewrite_in_progress"] or started["aof_rewrite_scheduled"] or started["aof_rewrites"]
+    assert not (done["aof_rewrite_in_progress"] or done["aof_rewrite_scheduled"]) and done["aof_rewrites"] >= 1
+    assert back == 500
+
+
+def test_wait_for_aof_rewrite_raises_when_the_rewrite_failed():
+    with spawn(modules=False) as srv:
+        r = srv.client()
+        r.set("k", "v")
+        obstacle = srv.dir / "appendonlydir" / "appendonly.aof.1.base.rdb"  # the rewrite cannot rename into it
+        (obstacle / "keep").mkdir(parents=True)
+        r.config_set("appendonly", "yes")
+        started = time.monotonic()
+        with pytest.raises(LabkitError, match="rewrite failed"):
+            wait_for_aof_rewrite(r, timeout_s=30)
+        assert time.monotonic() - started < 20, "a failed rewrite is reported, not waited out"
+        shutil.rmtree(obstacle)
 
 
 def test_configure_persistence_without_rewrite_config_is_forgotten_at_restart():

@@ -128,6 +128,16 @@ def test_without_persistence_restart_loses_data():
         assert srv.client().get("ghost") is None
 
 
+def test_terminate_shuts_down_cleanly_and_start_brings_the_data_back():
+    with spawn(modules=False, save="3600 1") as srv:
+        srv.client().set("saved", "at shutdown")
+        srv.terminate()  # SIGTERM: a server with save points saves before it exits
+        assert not srv.is_running() and not ping_raw(srv.host, srv.port) and (srv.dir / "dump.rdb").exists()
+        srv.terminate()  # already stopped: nothing to do
+        srv.start()
+        assert srv.client().get("saved") == "at shutdown"
+
+
 def test_none_leaves_a_directive_out_so_the_engine_default_applies():
     with spawn(modules=False) as lab_default, spawn(modules=False, save=None) as engine_default:
         assert lab_default.client().config_get("save")["save"] == ""
@@ -159,6 +169,10 @@ def test_waitaof_exact_under_everysec_matches_what_the_engine_does(engine):
     with Server(engine, modules=False, config={"appendonly": True, "appendfsync": "everysec"}) as srv:
         r = srv.client()
         caps = capabilities(r)
+        if not caps.waitaof:
+            with pytest.raises(redis.ResponseError, match="unknown command"):
+                r.execute_command("WAITAOF", 1, 0, 3000)
+            pytest.skip(f"{caps} has no WAITAOF (Redis 7.2+, every Valkey)")
         started = time.monotonic()
         replies = [(r.set("k", i), r.execute_command("WAITAOF", 1, 0, 3000))[1] for i in range(5)]
         elapsed = time.monotonic() - started
@@ -249,3 +263,26 @@ def test_cli_path_is_the_engines_client_or_any_installed_one():
     assert cli_path(engine) == (engine.cli or cli_path())
     fallback = cli_path(Engine("no-client", Path("/bin/true")))
     assert fallback.exists() and fallback.name.endswith("-cli")
+
+
+def test_a_relative_root_or_directory_works(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with spawn(modules=False, root="rel-root") as srv:
+        assert srv.client().ping() and srv.dir.is_absolute() and srv.dir.parent == tmp_path / "rel-root"
+    (tmp_path / "rel-dir").mkdir()
+    with Server(modules=False, directory="rel-dir").start() as srv:
+        assert srv.client().ping() and srv.dir == tmp_path / "rel-dir"
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_tls_built_in_agrees_with_what_the_server_does_with_a_tls_port(engine):
+    """A build without TLS refuses to start with a TLS port; one with TLS starts once it has a certificate (here
+    it has none, so it too refuses, but for the certificate)."""
+    from labkit.errors import ServerUnavailable
+    from labkit.server import tls_built_in
+    from labkit.server.process import free_port
+
+    with pytest.raises(ServerUnavailable) as refused:
+        Server(engine, modules=False, config={"tls_port": free_port()}).start()
+    says_tls_missing = any(sign in str(refused.value) for sign in ("TLS support", "connection type tls"))
+    assert tls_built_in(engine) is (not says_tls_missing)

@@ -49,6 +49,26 @@ def test_a_script_shows_evalsha_and_the_load_it_needed(r, ns):
     assert t.round_trips == 4
 
 
+def test_error_replies_keep_the_code_the_server_sent(r, ns):
+    """redis-py strips ERR, EXECABORT, NOSCRIPT... from the message of the exception it raises; the trace
+    shows the error as valkey-cli would, code first, for a raised error and for one inside EXEC's reply."""
+    r.set(ns.key("s"), "x")
+    with labkit.trace(r, show=False) as t:
+        with pytest.raises(redis.ResponseError, match="wrong number of arguments"), r.pipeline() as tx:
+            tx.set(ns.key("a"), 1)
+            tx.execute_command("SET", ns.key("b"))  # wrong arity: refused while queueing
+            tx.execute()
+        with r.pipeline() as tx:
+            tx.incr(ns.key("s"))  # a runtime error inside EXEC
+            tx.execute(raise_on_error=False)
+    errors = [c.error for c in t.calls if c.error]
+    assert errors[0].startswith("ERR wrong number of arguments") and errors[1].startswith("EXECABORT ")
+    exec_reply = [c for c in t.calls if c.name == "EXEC"][-1]
+    assert abridge_reply(exec_reply.reply).startswith("[(error) ERR value is not an integer")
+    assert "(error) EXECABORT Transaction discarded" in t.table()
+    assert not r.exists(ns.key("a"))
+
+
 def test_error_replies_are_recorded_and_still_raised(r, ns):
     r.set(ns.key("s"), "x")
     with labkit.trace(r, show=False) as t, pytest.raises(redis.ResponseError, match="WRONGTYPE"):

@@ -121,3 +121,105 @@ def test_a_failing_sample_stops_the_workload():
     with pytest.raises(RuntimeError, match="INFO failed"):
         LiveMonitor(sample, duration=10, interval=0.01).run(workload)
     assert threads and eventually(lambda: not threads[0].is_alive(), timeout=5)
+
+
+def test_server_monitor_sees_traffic_memory_clients_evictions_and_slow_commands(capsys, label_only):
+    from labkit.server import spawn
+    from labkit.widgets import ServerMonitor
+
+    with spawn(modules=False, maxmemory="2mb", maxmemory_policy="allkeys-lru", enable_debug_command="local",
+               slowlog_log_slower_than=100_000) as server:
+        c = server.client()
+        monitor = ServerMonitor(c, duration=20.0, interval=0.1)
+
+        def workload(stop):
+            extra = [server.client() for _ in range(10)]
+            for e in extra:
+                e.ping()
+            for start in range(0, 12_000, 200):
+                with c.pipeline(transaction=False) as pipe:
+                    for i in range(start, start + 200):
+                        pipe.set(f"item:{i}", "v" * 200)
+                        pipe.get(f"item:{i // 2}")
+                    pipe.execute()
+            for e in extra:
+                e.close()
+            c.execute_command("DEBUG", "SLEEP", "0.12")  # over the 100 ms threshold: stalls rarely are
+            eventually(lambda: monitor.result.series.get("slow commands", [0])[-1] >= 1)
+
+        result = monitor.run(workload, until_done=True)
+        logged = c.slowlog_get(128)  # the DEBUG SLEEP, and on a busy machine a descheduled SET or two
+    assert result.times[-1] < 15  # it ended with the workload
+    assert result.peak("ops/s") > 0 and result.peak("evicted/s") > 0 and result.peak("clients") >= 11
+    assert result.series["slow commands"][0] == 0 and result.series["slow commands"][-1] == len(logged) >= 1
+    assert any(entry["command"].startswith(b"DEBUG SLEEP") for entry in logged)
+    assert 1.5 < result.peak("memory MB") < 3
+    rates = [rate for rate in result.series["hit rate %"] if rate == rate]
+    assert rates and 0 < max(rates) <= 100
+    assert result.png.startswith(b"\x89PNG")
+    assert result.summary.startswith("server dashboard: ") and result.summary.endswith(
+        f", {len(logged)} slow command" + ("" if len(logged) == 1 else "s"))
+    assert result.summary in capsys.readouterr().out
+
+
+def test_failover_timeline_shows_the_errors_of_a_real_failover(capsys, label_only):
+    import redis
+
+    from labkit.server import sentinel
+    from labkit.widgets import FailoverTimeline
+
+    counts, events = {"writer": {"ok": 0, "errors": 0}}, []
+    with sentinel(replicas=1, sentinels=3, down_after_ms=500) as topo:
+        client = topo.master_for(socket_timeout=0.5)
+        old = topo.primary
+
+        def workload(stop):
+            promoted, i = threading.Event(), 0
+
+            def kill_and_watch():
+                events.append((time.monotonic(), "primary killed"))
+                old.kill()
+                topo.wait_for_new_primary(old, timeout=30)
+                events.append((time.monotonic(), "new primary"))
+                promoted.set()
+
+            killer = threading.Timer(0.5, kill_and_watch)
+            killer.start()
+            while not stop.is_set() and not (promoted.is_set() and time.monotonic() - events[-1][0] > 0.5):
+                try:
+                    client.set(f"k:{i}", 1)
+                    counts["writer"]["ok"] += 1
+                except redis.RedisError:
+                    counts["writer"]["errors"] += 1
+                i += 1
+                time.sleep(0.005)
+            killer.join()
+
+        monitor = FailoverTimeline(counts, events, duration=30, interval=0.1)
+        result = monitor.run(workload, until_done=True)
+        client.close()
+    assert result.times[-1] < 25 and counts["writer"]["errors"] > 0
+    assert result.peak("writer errors/s") > 0 and result.series["writer writes/s"][-1] > 0  # writing again
+    assert monitor.seconds_with_errors("writer") >= 0.5  # at least down-after-milliseconds
+    (killed_at, killed), (promoted_at, promoted) = monitor.marks()
+    assert (killed, promoted) == ("primary killed", "new primary") and 0 < killed_at < promoted_at < result.times[-1]
+    assert result.png.startswith(b"\x89PNG")
+    assert result.summary.startswith("writes and errors per second: writer:")
+    assert result.summary in capsys.readouterr().out
+
+
+def test_failover_timeline_counts_seconds_with_errors_from_its_samples():
+    from labkit.widgets import FailoverTimeline
+
+    monitor = FailoverTimeline({"w": {"ok": 0, "errors": 0}}, duration=1, interval=0.1)
+    monitor.result.times = [0.0, 0.1, 0.2, 0.3, 0.4]
+    monitor.result.series = {"w errors/s": [0.0, 50.0, 30.0, 0.0]}  # the first sample has no rate
+    assert monitor.seconds_with_errors("w") == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("counts", [{}, {"w": 5}, [("w", {"ok": 0})], None])
+def test_failover_timeline_wants_counters_per_writer(counts):
+    from labkit.widgets import FailoverTimeline
+
+    with pytest.raises(ValueError, match="counts maps each writer"):
+        FailoverTimeline(counts)

@@ -1,9 +1,18 @@
-"""Lesson 01, data structures (`notebooks/01_data_structures.ipynb`): the exercise checks."""
+"""Lesson 01, data structures (`notebooks/01_data_structures.ipynb`): the exercise checks, then the
+measurements and plots the notebook runs (complexity timed on the server, encodings read by capability,
+a long script watched by another client)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
+import numpy as np
 import redis
 
 from labkit.keys import Namespace
@@ -103,3 +112,216 @@ def check_tag_query(r: redis.Redis, ns: Namespace, with_all_tags: Callable) -> R
             problems.append(f"{tags}: got {sorted(got)}, expected {sorted(want)}.")
             break
     return verdict(problems, f"{len(cases)} queries answered with set intersections.")
+
+
+# == Experiments and plots (the notebook's measurements; kept apart from the checks above) ===============
+# -- 1.2 bitmaps ------------------------------------------------------------------------------------------
+def plot_bitmap(activity: np.ndarray, bytes_per_day: int) -> None:
+    """One row per day, one column per user (bit offset): green where the user was active."""
+    _, ax = plt.subplots(figsize=(8, 2.4))
+    ax.imshow(activity, aspect="auto", cmap="Greens", interpolation="nearest")
+    users = activity.shape[1]
+    ax.set(xlabel="user id (bit offset)", ylabel="day",
+           title=f"SETBIT per day: {users} users in {bytes_per_day} bytes a day")
+    plt.show()
+
+
+# -- 1.8 complexity ---------------------------------------------------------------------------------------
+def server_usec_per_call(q: redis.Redis, command: str, call: Callable, reps: int, batches: int = 7) -> float:
+    """Run `call(pipe)` `reps` times in one pipeline, `batches` times; the median over batches of the server's
+    own microseconds per call from INFO commandstats (one batch slowed by a busy machine does not move it)."""
+    means = []
+    for _ in range(batches):
+        before = q.info("commandstats").get(f"cmdstat_{command}", {"calls": 0, "usec": 0})
+        with q.pipeline(transaction=False) as pipe:
+            for _ in range(reps):
+                call(pipe)
+            pipe.execute()
+        after = q.info("commandstats")[f"cmdstat_{command}"]
+        means.append((after["usec"] - before["usec"]) / (after["calls"] - before["calls"]))
+    return statistics.median(means)
+
+
+def grow_structures(q: redis.Redis, n: int, item: str) -> None:
+    """Grow a hash `h`, a list `l` (of `item`), a set `s` and a sorted set `z` on `q` up to n elements."""
+    for start in range(q.hlen("h"), n, 10_000):
+        chunk = range(start, min(n, start + 10_000))
+        q.hset("h", mapping={f"f{i}": i for i in chunk})
+        q.rpush("l", *[item] * len(chunk))
+        q.sadd("s", *[f"m{i}" for i in chunk])
+        q.zadd("z", {f"m{i}": (i * 7919) % 100_003 for i in chunk})
+
+
+def plot_complexity(sizes: Sequence[int], timings: dict[str, list[float]],
+                    families: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """One log-log chart per family: the server's µs per call against the number of elements."""
+    _, axes = plt.subplots(1, len(families), figsize=(14, 3.2))
+    for ax, (family, names) in zip(axes, families, strict=True):
+        for name in names:
+            ax.loglog(sizes, timings[name], marker="o", label=name)
+        ax.set(title=family, xlabel="elements (N)", ylim=(0.05, 3 * max(max(timings[n]) for n in names)))
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("server time per call (µs)")
+    plt.tight_layout()
+    plt.show()
+
+
+# -- 1.9 encodings, read by capability --------------------------------------------------------------------
+ENCODING_LIMIT = re.compile(r"-max-(listpack|intset)-(entries|value|size)$")
+
+
+def encoding_limits(config: dict[str, str]) -> dict[str, int]:
+    """The compact-encoding thresholds in a `CONFIG GET *-max-*` reply, by name (`*-max-*-entries`,
+    `*-max-*-value`, `list-max-listpack-size`), without the old `ziplist` aliases. Versions differ (Redis
+    7.0 has no `set-max-listpack-*`: its sets of strings are hash tables from the first member): use the
+    names the server answers, never assume them."""
+    return {name: int(value) for name, value in config.items() if ENCODING_LIMIT.search(name)}
+
+
+@dataclass
+class Growth:
+    """One structure grown an element at a time: MEMORY USAGE and OBJECT ENCODING after each element."""
+
+    usage: list[int]
+    encodings: list[str]
+
+    @property
+    def switch(self) -> int | None:
+        """The element (counting from 1) at which the encoding changed, or None if it never did."""
+        return next((i + 1 for i, e in enumerate(self.encodings) if e != self.encodings[0]), None)
+
+
+def grow_one_by_one(r: redis.Redis, key: str, add: Callable, top: int) -> Growth:
+    """`add(pipe, key, i)` for i = 1..top, each followed by MEMORY USAGE and OBJECT ENCODING, in one
+    pipeline (the server runs them in order)."""
+    with r.pipeline(transaction=False) as pipe:
+        for i in range(1, top + 1):
+            add(pipe, key, i)
+            pipe.memory_usage(key, samples=0)
+            pipe.object("encoding", key)
+        replies = pipe.execute()
+    return Growth(replies[1::3], replies[2::3])
+
+
+def plot_growth(curves: dict[str, tuple[str, int, Growth]]) -> None:
+    """Bytes per element as each structure grows, its configured limit dashed."""
+    _, axes = plt.subplots(1, len(curves), figsize=(3.5 * len(curves), 3.2), squeeze=False)
+    for ax, (name, (setting, limit, growth)) in zip(axes[0], curves.items(), strict=True):
+        n = np.arange(1, len(growth.usage) + 1)
+        ax.plot(n, np.array(growth.usage) / n, color="tab:purple")
+        ax.axvline(limit, color="gray", linestyle="--", label=f"{setting} = {limit}")
+        ax.set(title=f"{name}: {growth.encodings[0]} → {growth.encodings[-1]}", xlabel="elements", ylim=(0, None))
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("bytes per element")
+    plt.tight_layout()
+    plt.show()
+
+
+LIST_NODE_BYTES = {-1: 4096, -2: 8192, -3: 16384, -4: 32768, -5: 65536}  # list-max-listpack-size < 0
+
+
+def plot_json_vs_hash(json_bytes: int, hash_bytes: int, timed: dict[str, float]) -> None:
+    """Bytes on the server, and median µs to read and to update one field, JSON string against hash."""
+    _, axes = plt.subplots(1, 2, figsize=(9, 2.8))
+    axes[0].bar(["JSON string", "hash"], [json_bytes, hash_bytes], color=["tab:orange", "tab:blue"])
+    axes[0].set(title="MEMORY USAGE (bytes)")
+    x = np.arange(2)
+    axes[1].bar(x - 0.2, [timed["read JSON"], timed["write JSON"]], 0.4, label="JSON string", color="tab:orange")
+    axes[1].bar(x + 0.2, [timed["read hash"], timed["write hash"]], 0.4, label="hash", color="tab:blue")
+    axes[1].set(xticks=x, xticklabels=["read one field", "update one field"], title="median µs per call")
+    axes[1].legend(fontsize=8)
+    plt.tight_layout()
+    plt.show()
+
+
+# -- 1.10 HyperLogLog -------------------------------------------------------------------------------------
+def plot_hll(checkpoints: Sequence[int], relative: Sequence[float], trial_errors: Sequence[float],
+             standard_error: float) -> None:
+    """One counter's error as it grows, within ±1 and ±3 standard errors; the spread of many counters."""
+    se = standard_error * 100
+    _, axes = plt.subplots(1, 2, figsize=(11, 3))
+    axes[0].axhspan(-se, se, color="tab:green", alpha=0.2, label="±1 standard error")
+    axes[0].axhspan(-3 * se, 3 * se, color="tab:green", alpha=0.08, label="±3")
+    axes[0].plot(checkpoints, np.array(relative) * 100, "o-", color="tab:blue", label="PFCOUNT vs truth")
+    axes[0].set(xscale="log", xlabel="distinct items", ylabel="error (%)", title="one counter, growing")
+    axes[0].legend(fontsize=7)
+    axes[1].hist(np.array(trial_errors) * 100, bins=12, color="tab:blue")
+    for sign in (-1, 1):
+        axes[1].axvline(sign * se, color="tab:green", linestyle="--")
+    spread = float(np.std(trial_errors, ddof=1))
+    axes[1].set(xlabel="error (%)", title=f"{len(trial_errors)} counters: spread {spread:.2%}")
+    plt.tight_layout()
+    plt.show()
+
+
+# -- 1.11 round trips -------------------------------------------------------------------------------------
+def plot_round_trips(results: dict[str, tuple[float, int]]) -> None:
+    """Writes per second and the server's network reads, per way of sending them (log scales)."""
+    _, axes = plt.subplots(1, 2, figsize=(10, 2.8))
+    axes[0].bar(list(results), [v[0] for v in results.values()], color="tab:blue")
+    axes[0].set(title="writes per second", yscale="log")
+    axes[1].bar(list(results), [v[1] for v in results.values()], color="tab:gray")
+    axes[1].set(title="network reads on the server", yscale="log")
+    plt.tight_layout()
+    plt.show()
+
+
+# -- 1.13 functions ---------------------------------------------------------------------------------------
+def libraries(c: redis.Redis) -> dict[str, list[str]]:
+    """FUNCTION LIST as {library: [function names]}, whichever shape the reply has (a map under RESP3, a
+    flat list of names and values under RESP2)."""
+    def as_map(item: object) -> dict:
+        return item if isinstance(item, dict) else dict(zip(item[::2], item[1::2], strict=True))
+
+    return {as_map(lib)["library_name"]: [as_map(f)["name"] for f in as_map(lib)["functions"]]
+            for lib in c.execute_command("FUNCTION", "LIST")}
+
+
+# -- 1.13 a long script blocks every client ---------------------------------------------------------------
+@dataclass
+class PingWatch:
+    """What another client saw while something ran: its PINGs, the longest wait, the errors it got."""
+
+    pings: int
+    longest_ms: float
+    errors: list[str]
+    result: object
+
+
+def ping_while(other: redis.Redis, run: Callable[[], object]) -> PingWatch:
+    """Another client (`other`, its own connection) PINGs in a loop in a thread while `run()` runs; an
+    error reply (BUSY) is noted, not raised. `run`'s own error reply is returned as its result."""
+    waits: list[float] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def pinger() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                other.ping()
+            except redis.ResponseError as err:
+                errors.append(str(err))
+            waits.append(time.perf_counter() - started)
+
+    thread = threading.Thread(target=pinger)
+    thread.start()
+    time.sleep(0.02)  # the PINGs are flowing before `run` starts
+    try:
+        result = run()
+    except redis.ResponseError as err:
+        result = err
+    finally:
+        stop.set()
+        thread.join()
+    return PingWatch(len(waits), 1000 * max(waits, default=0.0), errors, result)
+
+
+# -- Common mistake: read, modify, write ------------------------------------------------------------------
+def plot_lost_updates(lost: dict[str, int], total: int) -> None:
+    """Lost updates per strategy (red for the one that loses some)."""
+    _, ax = plt.subplots(figsize=(7, 2.6))
+    ax.bar(list(lost), list(lost.values()), color=["tab:red" if n else "tab:green" for n in lost.values()])
+    ax.set(title=f"lost updates out of {total:,}", ylabel="lost")
+    plt.show()

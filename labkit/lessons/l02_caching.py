@@ -1,20 +1,26 @@
 """Lesson 02, caching and stampedes (`notebooks/02_caching.ipynb`): the slow database the cache sits in
-front of, the stampede experiment, and the exercise checks."""
+front of, the invalidation races and a cache filled under leases, the Zipf readers, the stampede experiment,
+the plots, and the exercise checks."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import secrets
 import sqlite3
 import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import matplotlib.pyplot as plt
+import numpy as np
 import redis
 
-from labkit.cache import cached
+from labkit import scripts
+from labkit.cache import Cached, cached
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
 from labkit.lessons import Result, check, delete_keys, verdict
@@ -58,10 +64,194 @@ class SlowDatabase:
             self._db.commit()
 
 
+# -- 2.1 and 2.2: what a read costs, TTLs ----------------------------------------------------------------
+def plot_read_costs(timed: dict[str, float]) -> None:
+    """Median µs per read, one bar each, log scale (the first entry is the slowest: the database)."""
+    _, ax = plt.subplots(figsize=(7, 2.4))
+    ax.barh(list(timed), list(timed.values()), color=["tab:gray", "tab:green", "tab:blue"][: len(timed)])
+    slowest = max(timed.values())
+    ax.set(xscale="log", xlim=(10, 2 * slowest), xlabel="median µs per read (log scale)",
+           title=f"one product: {slowest / min(timed.values()):.0f}x faster than the database, at best")
+    plt.show()
+
+
+def plot_ttl_spread(plain: list[float], jittered: list[float]) -> None:
+    """Seconds until expiry of keys written together, without and with jitter."""
+    _, ax = plt.subplots(figsize=(7, 2.4))
+    ax.hist([plain, jittered], bins=30, label=["ttl=60", "ttl=60, jitter=0.1"], color=["tab:red", "tab:green"])
+    ax.set(xlabel="seconds until expiry", ylabel="keys", title=f"{len(plain)} keys written together")
+    ax.legend(fontsize=8)
+    plt.show()
+
+
+# -- 2.3 invalidation on write ----------------------------------------------------------------------------
+def store(r: redis.Redis, product: Cached, pid: int, row: dict) -> None:
+    """Update-on-write: put `row` in `product`'s entry for `pid` as the cache itself would (value and TTL)."""
+    with r.pipeline() as tx:
+        tx.hset(product.key(pid), "v", json.dumps(row))
+        tx.pexpire(product.key(pid), product.ttl_ms)
+        tx.execute()
+
+
+def two_writers(r: redis.Redis, db: SlowDatabase, product: Cached, on_write: str, rounds: int = 100,
+                pid: int = 11) -> int:
+    """Real threads, no forced order: in each round two writers set a price in the database, pause up to
+    a millisecond (the network between the two steps), then either update the cache with the price they
+    wrote (`on_write="update"`) or delete the entry ("delete"). Returns the rounds after which the cache
+    served a price the database no longer held."""
+    if on_write not in ("update", "delete"):
+        raise ConfigError(f"on_write is 'update' or 'delete', got {on_write!r}.")
+    latency, db.latency_ms = db.latency_ms, 0.0
+    rng, stale = random.Random(24), 0
+    try:
+        for round_ in range(rounds):
+            product(pid)  # the entry exists when the writers start
+            start = threading.Barrier(2)
+            pauses = [rng.uniform(0, 0.001) for _ in range(2)]
+
+            def writer(price: float, pause: float, start: threading.Barrier = start) -> None:
+                start.wait(10)
+                db.update_price(pid, price)
+                time.sleep(pause)
+                if on_write == "update":
+                    store(r, product, pid, {**db.product(pid), "price": price})
+                else:
+                    product.invalidate(pid)
+
+            threads = [threading.Thread(target=writer, args=(float(100 + 2 * round_ + i), pauses[i]))
+                       for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            stale += product(pid)["price"] != db.product(pid)["price"]
+    finally:
+        db.latency_ms = latency
+    return stale
+
+
+class LeasedCache:
+    """Cache-aside whose fills need a lease (the idea of memcache's leases at Facebook): a miss takes a
+    lease (`SET lease token NX PX`); invalidating deletes the entry and its lease in one DEL; the fill is a
+    script that writes only if the lease still holds the reader's token. A reader that read the source
+    before a write can no longer store what it read after it: the write took its lease away. `.refused`
+    counts the fills refused so."""
+
+    def __init__(self, r: redis.Redis, prefix: str, load: Callable[[int], object], ttl_s: float = 300,
+                 lease_s: float = 5) -> None:
+        self.r, self.prefix, self.load = r, prefix, load
+        self.ttl_ms, self.lease_ms = int(ttl_s * 1000), int(lease_s * 1000)
+        self.refused = 0
+        self._fill = scripts.register(r, "l02_caching/fill_with_lease")
+
+    def keys(self, item: int) -> tuple[str, str]:
+        """The entry and its lease, under one hash tag."""
+        entry = f"{self.prefix}:{{{item}}}"
+        return entry, f"{entry}:lease"
+
+    def get(self, item: int) -> object:
+        entry, lease = self.keys(item)
+        raw = self.r.hget(entry, "v")
+        if raw is not None:
+            return json.loads(raw)
+        token = secrets.token_hex(8)
+        leased = self.r.set(lease, token, nx=True, px=self.lease_ms)  # another reader's lease: read, don't fill
+        value = self.load(item)
+        if leased and not self._fill(keys=[entry, lease], args=[token, json.dumps(value), self.ttl_ms]):
+            self.refused += 1
+        return value
+
+    def invalidate(self, item: int) -> None:
+        self.r.delete(*self.keys(item))
+
+
+INVALIDATIONS = ("delete", "delete, and again once the read has ended", "delete, and again while the read is on",
+                 "lease")
+
+
+def invalidation_race(r: redis.Redis, db: SlowDatabase, prefix: str, how: str, pid: int = 8,
+                      old_price: float = 10.0, new_price: float = 99.0) -> float:
+    """A forced interleaving, ordered by events (not by timing): a reader misses and reads the row (price
+    `old_price`); the writer sets `new_price` in the database and invalidates as `how` says (one of
+    `INVALIDATIONS`); then the reader stores the row it read. Returns the price the cache serves next."""
+    if how not in INVALIDATIONS:
+        raise ConfigError(f"how is one of {INVALIDATIONS}, got {how!r}.")
+    db.update_price(pid, old_price)
+    row_read, may_fill = threading.Event(), threading.Event()
+
+    def slow_source(item: int) -> dict | None:
+        row = db.product(item)
+        row_read.set()
+        may_fill.wait(10)  # the writer acts between this read and the cache write
+        return row
+
+    if how == "lease":
+        leased = LeasedCache(r, f"{prefix}:lease", slow_source)
+        get, invalidate = leased.get, leased.invalidate
+    else:
+        plain = cached(r, prefix=prefix, ttl=300, strategy="none", name="slow_source")(slow_source)
+        get, invalidate = plain, plain.invalidate
+    invalidate(pid)
+    reader = threading.Thread(target=get, args=(pid,))
+    reader.start()
+    row_read.wait(10)
+    db.update_price(pid, new_price)
+    invalidate(pid)
+    if how.endswith("while the read is on"):
+        invalidate(pid)  # the "delayed" delete, sent before the slow read has stored its row
+    may_fill.set()
+    reader.join(10)
+    if how.endswith("once the read has ended"):
+        invalidate(pid)
+    served = get(pid)["price"]
+    invalidate(pid)
+    return served
+
+
+# -- 2.5 the hit rate under a Zipf law --------------------------------------------------------------------
+def zipf_top_share(exponent: float, terms: int = 1000) -> float:
+    """The share of reads the most popular item gets under a Zipf law: 1/zeta(exponent), zeta summed to
+    `terms` plus the Euler-Maclaurin estimate of the rest (exact to about 1e-6 for exponent 1.2)."""
+    if not exponent > 1:
+        raise ConfigError(f"a Zipf law over unbounded items needs an exponent above 1, got {exponent!r}.")
+    tail = terms ** (1 - exponent) / (exponent - 1) - terms ** -exponent / 2
+    zeta = sum(k ** -exponent for k in range(1, terms)) + tail
+    return 1 / zeta
+
+
+def zipf_readers(get: Callable[[int], object], rows: int, requested: list[int], latencies_ms: list[float],
+                 threads: int = 4, exponent: float = 1.2) -> Callable[[threading.Event], None]:
+    """A workload for a live monitor: `threads` readers call `get(pid)` with pids drawn from a Zipf law
+    (seeded; pids above `rows` read the last row), noting each pid and each call's time, until stopped."""
+
+    def workload(stop: threading.Event) -> None:
+        def reader(seed: int) -> None:
+            rng = np.random.default_rng(seed)
+            while not stop.is_set():
+                pid = int(min(rng.zipf(exponent), rows))
+                started = time.perf_counter()
+                get(pid)
+                latencies_ms.append((time.perf_counter() - started) * 1000)
+                requested.append(pid)
+
+        running = [threading.Thread(target=reader, args=(seed,)) for seed in range(threads)]
+        for t in running:
+            t.start()
+        for t in running:
+            t.join()
+
+    return workload
+
+
 # -- the stampede experiment ----------------------------------------------------------------------------
 @dataclass
 class StampedeResult:
-    """One stampede experiment: how often the source was hit, and what clients waited."""
+    """One stampede experiment: how often the source was hit, and what clients waited.
+
+    `latencies_ms` holds every call; `refresher_latencies_ms` the calls that ran the recompute themselves
+    (a miss, or an early refresh: that caller waited for the source); `calls / run_s` is the arrival rate;
+    `before_expiry` counts the recomputes that began before the warm entry can have expired (an early
+    refresh for certain: the bound is the moment warming began, plus one recompute, plus the TTL)."""
 
     strategy: str
     clients: int
@@ -69,6 +259,13 @@ class StampedeResult:
     misses: int
     early_refreshes: int
     latencies_ms: list[float]
+    refresher_latencies_ms: list[float] = field(default_factory=list)
+    calls: int = 0
+    run_s: float = 0.0
+    recompute_ms: float = 0.0
+    before_expiry: int = 0
+    recompute_starts_s: list[float] = field(default_factory=list)  # since warming began
+    ttl_s: float = 1.0
 
     @property
     def p50(self) -> float:
@@ -79,38 +276,72 @@ class StampedeResult:
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
+    @property
+    def arrival_rate(self) -> float:
+        """Calls per second, all clients together."""
+        return self.calls / self.run_s if self.run_s else 0.0
+
+    @property
+    def episodes(self) -> int:
+        """Bursts of recomputes (one per expiry the run crossed): a new one starts half a TTL after the last."""
+        starts = sorted(self.recompute_starts_s)
+        return sum(1 for i, t in enumerate(starts) if i == 0 or t - starts[i - 1] > self.ttl_s / 2)
+
+    @property
+    def hits_per_recompute(self) -> float:
+        """Calls that arrive while one recompute runs: what a stampede at expiry can send to the source."""
+        return self.arrival_rate * self.recompute_ms / 1000
+
 
 def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl: float = 1.0,
              recompute_s: float = 0.05, run_s: float = 1.6, think_s: float = 0.02, beta: float = 1.0,
-             should_refresh: Callable[[float, float], bool] | None = None) -> StampedeResult:
+             should_refresh: Callable[[float, float], bool] | None = None,
+             decorate: Callable[[Callable], Callable] | None = None) -> StampedeResult:
     """Warm a hot key, then let `clients` threads read it in a loop (pausing ~`think_s`) for `run_s`
     seconds, across its expiry at `ttl`. The source takes `recompute_s` per call. Counts what happened.
-    `should_refresh(delta_ms, remaining_ms)` replaces XFetch's test (to run a broken copy of it)."""
+    `should_refresh(delta_ms, remaining_ms)` replaces XFetch's test (to run a broken copy of it);
+    `decorate(source)` replaces `cached` altogether, to run someone else's decorator: its keys must start with
+    `prefix`, `strategy` is then only a label, and the early refreshes are the recomputes `before_expiry`."""
     if clients < 1 or not run_s > ttl:
         raise ConfigError(f"need clients >= 1 and run_s > ttl, got {clients} and {run_s} <= {ttl}.")
-    calls = {"n": 0}
+    calls, here, counting = {"n": 0, "ms": 0.0}, threading.local(), threading.Lock()
+    began: list[float] = []
 
     def source(item: int) -> dict:
-        calls["n"] += 1
+        started = time.perf_counter()
         time.sleep(recompute_s)
-        return {"item": item, "version": calls["n"]}
+        with counting:
+            began.append(started)
+            calls["n"] += 1
+            calls["ms"] += (time.perf_counter() - started) * 1000
+            version = calls["n"]
+        here.recomputed = True  # in the caller's thread, unless a background refresher runs it
+        return {"item": item, "version": version}
 
-    hot = cached(r, prefix=prefix, ttl=ttl, strategy=strategy, beta=beta, stale_ttl=ttl)(source)
-    if should_refresh is not None:
-        hot.should_refresh = should_refresh
-    hot.invalidate(1)
-    hot(1)  # warm: the key now expires `ttl` from here
-    warm = dict(recomputes=hot.stats.recomputes, misses=hot.stats.misses, early=hot.stats.early_refreshes)
-    latencies: list[float] = []
+    if decorate is None:
+        hot = cached(r, prefix=prefix, ttl=ttl, strategy=strategy, beta=beta, stale_ttl=ttl)(source)
+        if should_refresh is not None:
+            hot.should_refresh = should_refresh
+        hot.invalidate(1)
+    else:
+        delete_keys(r, list(r.scan_iter(match=f"{prefix}*")))
+        hot = decorate(source)
+    warming = time.perf_counter()
+    hot(1)  # warm: the key now expires `ttl` from its write, which is at least `recompute_s` after `warming`
+    expires_after = warming + recompute_s + ttl
+    stats = getattr(hot, "stats", None)
+    warm = (calls["n"], stats.misses if stats else 0, stats.early_refreshes if stats else 0)
+    latencies: list[tuple[float, bool]] = []
     lock, start, stop_at = threading.Lock(), threading.Barrier(clients), time.monotonic() + run_s
 
     def client() -> None:
         start.wait()
         while time.monotonic() < stop_at:
-            began = time.perf_counter()
+            here.recomputed = False
+            asked = time.perf_counter()
             hot(1)
             with lock:
-                latencies.append((time.perf_counter() - began) * 1000)
+                latencies.append(((time.perf_counter() - asked) * 1000, here.recomputed))
             time.sleep(random.expovariate(1 / think_s))
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -118,12 +349,37 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
         t.start()
     for t in threads:
         t.join()
-    deadline = time.monotonic() + 30  # a background refresh (swr) holds the lock until it has written: wait
-    while r.exists(f"{hot.key(1)}:lock") and time.monotonic() < deadline:  # for it, whatever the load
-        time.sleep(0.005)
-    hot.invalidate(1)
-    return StampedeResult(strategy, clients, hot.stats.recomputes - warm["recomputes"],
-                          hot.stats.misses - warm["misses"], hot.stats.early_refreshes - warm["early"], latencies)
+    if decorate is None:  # a background refresh (swr) holds the lock until it has written: wait for it
+        deadline = time.monotonic() + 30
+        while r.exists(f"{hot.key(1)}:lock") and time.monotonic() < deadline:
+            time.sleep(0.005)
+    delete_keys(r, list(r.scan_iter(match=f"{prefix}*")))
+    recomputes, early = calls["n"] - warm[0], sum(1 for t in began[warm[0]:] if t < expires_after)
+    misses = stats.misses - warm[1] if stats else recomputes - early  # someone else's decorator: not counted,
+    return StampedeResult(  # so every recompute not certainly early counts as a miss
+        strategy, clients, recomputes, misses, stats.early_refreshes - warm[2] if stats else early,
+        [ms for ms, _ in latencies], [ms for ms, mine in latencies if mine], calls=len(latencies), run_s=run_s,
+        recompute_ms=calls["ms"] / max(calls["n"], 1), before_expiry=early,
+        recompute_starts_s=[t - warming for t in began[warm[0]:]], ttl_s=ttl)
+
+
+def plot_stampede(results: dict[str, StampedeResult]) -> None:
+    """Per strategy: the recomputations at expiry, and the read latency (p50, p99, and the slowest read)."""
+    names = list(results)
+    _, axes = plt.subplots(1, 2, figsize=(11, 2.8))
+    colours = ["tab:red" if results[n].before_expiry == 0 and results[n].recomputes > 2 else "tab:green"
+               for n in names]
+    axes[0].bar(names, [results[n].recomputes for n in names], color=colours)
+    axes[0].set(title=f"recomputations (database queries), {results[names[0]].clients} clients")
+    x = np.arange(len(names))
+    for offset, label, values in ((-0.27, "p50", [results[n].p50 for n in names]),
+                                  (0.0, "p99", [results[n].p99 for n in names]),
+                                  (0.27, "slowest", [max(results[n].latencies_ms) for n in names])):
+        axes[1].bar(x + offset, values, 0.27, label=label)
+    axes[1].set(xticks=x, xticklabels=names, ylabel="ms", yscale="log", title="read latency")
+    axes[1].legend(fontsize=8)
+    plt.tight_layout()
+    plt.show()
 
 
 # -- exercise checks ------------------------------------------------------------------------------------

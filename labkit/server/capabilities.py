@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import subprocess
 from dataclasses import dataclass, field
 
 import redis
 
 from labkit.clients import text
+from labkit.server.binaries import Engine, find_engine
+from labkit.server.process import free_port
 
 MODULE_ALIASES = {"search": "search", "ft": "search", "searchlight": "search", "rejson": "json", "json": "json"}
 
@@ -20,6 +24,8 @@ class Capabilities:
     modules: frozenset[str] = field(default_factory=frozenset)
     commands: frozenset[str] = field(default_factory=frozenset)
     bgsave_cancel: bool = False  # BGSAVE CANCEL stops a snapshot in progress (Valkey 8.1+)
+    atomic_slot_migration: bool = False  # CLUSTER MIGRATESLOTS moves slots in one step (Valkey 9.0+)
+    slot_stats: bool = False  # CLUSTER SLOT-STATS: keys, CPU and bytes per slot (Valkey 8.0+)
 
     @property
     def search(self) -> bool:
@@ -76,7 +82,9 @@ def capabilities(r: redis.Redis) -> Capabilities:
     modules = {MODULE_ALIASES.get(_name(m).lower(), _name(m).lower()) for m in loaded} - {"lua"}
     names = r.command_list()
     commands = {text(n).lower() for n in names}
-    return Capabilities(engine, version, frozenset(modules), frozenset(commands), _has_token(r, "BGSAVE", "CANCEL"))
+    cluster_parts = _tokens(r, "CLUSTER")
+    return Capabilities(engine, version, frozenset(modules), frozenset(commands), "CANCEL" in _tokens(r, "BGSAVE"),
+                        "cluster|migrateslots" in cluster_parts, "cluster|slot-stats" in cluster_parts)
 
 
 def _hello_modules(r: redis.Redis) -> list:
@@ -88,12 +96,16 @@ def _hello_modules(r: redis.Redis) -> list:
 
 
 def _has_token(r: redis.Redis, command: str, token: str) -> bool:
-    """True if COMMAND DOCS lists `token` among `command`'s arguments."""
+    """True if COMMAND DOCS lists `token` among `command`'s arguments or subcommands ("cluster|nodes")."""
+    return token in _tokens(r, command)
+
+
+def _tokens(r: redis.Redis, command: str) -> set[str]:
+    """Every word of COMMAND DOCS `command`: its arguments' tokens, its subcommands' names (empty if unknown)."""
     try:
-        docs = r.execute_command("COMMAND DOCS", command)
+        return _words(r.execute_command("COMMAND DOCS", command))
     except redis.ResponseError:
-        return False
-    return token in _words(docs)
+        return set()
 
 
 def _words(reply: object) -> set[str]:
@@ -110,3 +122,27 @@ def _name(module: dict | list) -> str:
     else:
         name = module[module.index(b"name" if b"name" in module else "name") + 1]
     return str(text(name))
+
+
+NO_TLS_SIGNS = ("TLS support", "connection type tls", "TLS not supported")  # what a build without TLS logs
+
+
+@functools.cache
+def _tls_built_in(server: str) -> bool:
+    args = [server, "--port", "0", "--tls-port", str(free_port()), "--save", "", "--appendonly", "no",
+            "--logfile", "", "--dir", "/tmp"]
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=5, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return True  # it started and kept serving on the TLS port
+    log = done.stdout + done.stderr
+    return not any(sign in log for sign in NO_TLS_SIGNS)
+
+
+def tls_built_in(engine: Engine | str | None = None) -> bool:
+    """True if the engine's binary is built with TLS. It is asked to listen on a TLS port with no
+    certificate: a build without TLS refuses the port itself ("Failed finding TLS support"), a build with it
+    gets further and fails on the missing certificate (or starts, if one is configured by default). Asked
+    once per binary."""
+    chosen = engine if isinstance(engine, Engine) else find_engine(engine)
+    return _tls_built_in(str(chosen.server))

@@ -83,7 +83,7 @@ def _die_with_parent() -> None:
 
 
 def _new_data_dir(root: Path | str | None) -> Path:
-    parent = Path(root) if root else temp_root()
+    parent = Path(root).resolve() if root else temp_root()  # the server runs in its own directory
     parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="labkit-", dir=parent))
 
@@ -119,7 +119,7 @@ class Server:
         self.port = port or free_port()
         self.password = password or secrets.token_urlsafe(18)
         self._owns_dir = directory is None
-        self.dir = Path(directory) if directory else _new_data_dir(root)
+        self.dir = Path(directory).resolve() if directory else _new_data_dir(root)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.sentinel = sentinel
         self.detached = detached
@@ -245,6 +245,12 @@ class Server:
     def resume(self) -> None:
         """SIGCONT after `pause()`."""
         self.proc.send_signal(signal.SIGCONT)
+
+    def terminate(self) -> None:
+        """SIGTERM, as for an upgrade: the server shuts down cleanly (saving a snapshot if it has save points)
+        and its directory stays, so `start()` brings it back with its data."""
+        if self.is_running():
+            self._terminate()
 
     def restart(self, *, keep_config: bool = False) -> Server:
         """Stop (SIGTERM, if running) and start again on the same port, password and data directory;

@@ -1,7 +1,10 @@
 """The lesson 01 module (`labkit.lessons.l01_data_structures`): each check accepts the reference answer and rejects the
 known-wrong ones."""
 
+import pytest
+
 from labkit.lessons import l01_data_structures as lesson
+from labkit.server import available_engines, spawn
 
 
 # -- leaderboard ----------------------------------------------------------------------------------------
@@ -97,3 +100,64 @@ def test_tag_query_rejects_wrong_key_names(r, ns):
 def test_daily_visitors_says_what_to_do_when_nothing_is_recorded(r, ns):
     result = lesson.check_daily_visitors(r, ns, lambda *a: None, lambda r, ns, day: 0)
     assert not result and "add users with PFADD" in result.message
+
+
+# -- the measurements the notebook runs -----------------------------------------------------------------
+def test_encoding_limits_are_read_by_name_without_the_ziplist_aliases(r):
+    limits = lesson.encoding_limits(r.config_get("*-max-*"))
+    assert limits["hash-max-listpack-entries"] > 0 and limits["hash-max-listpack-value"] > 0
+    assert "list-max-listpack-size" in limits and not any("ziplist" in name for name in limits)
+    assert "maxmemory" not in limits and "proto-max-bulk-len" not in limits
+    assert lesson.encoding_limits({"hash-max-ziplist-entries": "1", "set-max-intset-entries": "7"}) == {
+        "set-max-intset-entries": 7}
+
+
+def test_encoding_limits_on_a_server_without_set_listpacks():
+    """Redis 7.0 has no set-max-listpack-*: the names are read from the server, never assumed."""
+    if "redis" not in available_engines():
+        pytest.skip("no redis-server on PATH")
+    with spawn("redis", modules=False) as old:
+        c = old.client()
+        limits = lesson.encoding_limits(c.config_get("*-max-*"))
+        version = tuple(int(p) for p in c.info("server")["redis_version"].split(".")[:2])
+    assert ("set-max-listpack-entries" in limits) == (version >= (7, 2))
+    assert "hash-max-listpack-entries" in limits
+
+
+def test_grow_one_by_one_finds_the_switch(r, ns):
+    limit = lesson.encoding_limits(r.config_get("*-max-*"))["zset-max-listpack-entries"]
+    growth = lesson.grow_one_by_one(r, ns.key("z"), lambda p, key, i: p.zadd(key, {f"m{i}": i}), limit + 3)
+    assert growth.switch == limit + 1 and growth.encodings[0] == "listpack" and len(growth.usage) == limit + 3
+    assert lesson.Growth([1, 2], ["listpack", "listpack"]).switch is None
+
+
+def test_server_usec_per_call_reads_the_servers_own_time():
+    with spawn(modules=False) as quiet:
+        q = quiet.client()
+        lesson.grow_structures(q, 2000, "x" * 10)
+        assert (q.hlen("h"), q.llen("l"), q.scard("s"), q.zcard("z")) == (2000,) * 4
+        one = lesson.server_usec_per_call(q, "hget", lambda p: p.hget("h", "f1"), 100, batches=3)
+        everything = lesson.server_usec_per_call(q, "hgetall", lambda p: p.hgetall("h"), 3, batches=3)
+    assert 0 < one < everything
+
+
+def test_ping_while_sees_a_long_script_block_the_other_client_then_busy():
+    slow = "local x = 0 for i = 1, tonumber(ARGV[1]) do x = x + i end return x"
+    with spawn(modules=False) as busy:
+        b, other = busy.client(), busy.client()
+        within = lesson.ping_while(other, lambda: b.eval(slow, 0, 10_000_000))
+        script_ms = b.slowlog_get(1)[0]["duration"] / 1000
+        b.config_set("busy-reply-threshold", 20)
+        past = lesson.ping_while(other, lambda: b.eval(slow, 0, 10_000_000))
+        quick = lesson.ping_while(other, lambda: b.eval("return 1", 0))
+    assert within.errors == [] and within.longest_ms > 0.5 * script_ms and within.result == past.result
+    assert past.errors and past.errors[0].startswith("BUSY") and quick.errors == [] and quick.result == 1
+    assert quick.longest_ms < script_ms
+
+
+def test_libraries_reads_function_list_under_resp2_and_resp3():
+    library = "#!lua name=lab_test\nredis.register_function('one', function(keys, args) return 1 end)"
+    with spawn(modules=False) as srv:
+        resp3, resp2 = srv.client(protocol=3), srv.client(protocol=2)
+        resp3.function_load(library)
+        assert lesson.libraries(resp3) == lesson.libraries(resp2) == {"lab_test": ["one"]}

@@ -3,11 +3,13 @@ check accepting the reference answer and rejecting the known-wrong ones."""
 
 import math
 import statistics
+import threading
 import time
 
 import pytest
 
 import labkit
+from labkit.cache import cached
 from labkit.lessons import l02_caching as lesson
 
 
@@ -53,6 +55,97 @@ def test_stampede_strategies(r, ns):
 def test_stampede_rejects_a_run_shorter_than_the_ttl(r, ns):
     with pytest.raises(labkit.ConfigError, match="run_s > ttl"):
         lesson.stampede(r, ns.key("s"), "none", ttl=2, run_s=1)
+
+
+def test_stampede_measures_who_waited_and_what_came_before_the_expiry(r, ns):
+    """XFetch's early refreshers ran the recompute themselves (and waited for it), before the expiry;
+    stale-while-revalidate's reads never ran it; a decorator passed in is run as it is."""
+    xfetch = lesson.stampede(r, ns.key("stampede"), "xfetch", clients=20, ttl=0.6, run_s=1.0)
+    swr = lesson.stampede(r, ns.key("stampede"), "swr", clients=20, ttl=0.6, run_s=1.0)
+    assert xfetch.before_expiry >= 1 and len(xfetch.refresher_latencies_ms) == xfetch.recomputes
+    assert min(xfetch.refresher_latencies_ms) >= 50 and xfetch.episodes >= 1 and xfetch.arrival_rate > 0
+    assert swr.recomputes >= 1 and swr.refresher_latencies_ms == []
+
+    def never_refreshes(source):  # a decorator without any early refresh: recomputes only after a miss
+        def wrapper(item):
+            value = r.get(f"{ns.key('stampede')}:plain")
+            if value is None:
+                value = str(source(item))
+                r.set(f"{ns.key('stampede')}:plain", value, px=600)
+            return value
+        return wrapper
+
+    plain = lesson.stampede(r, ns.key("stampede"), "plain", clients=20, ttl=0.6, run_s=1.0, decorate=never_refreshes)
+    assert plain.recomputes >= 2 and plain.before_expiry == 0 and plain.misses == plain.recomputes
+    assert ns.keys(r) == []
+
+
+def test_episodes_group_recomputes_by_expiry():
+    result = lesson.StampedeResult("x", 1, 5, 0, 5, [1.0], recompute_starts_s=[1.0, 1.05, 2.0, 2.02, 3.1], ttl_s=1.0)
+    assert result.episodes == 3
+
+
+# -- invalidation ---------------------------------------------------------------------------------------
+def test_two_writers_leave_the_cache_stale_with_update_never_with_delete(r, ns):
+    db = lesson.SlowDatabase(rows=20, latency_ms=30)
+    product = cached(r, prefix=ns.key("cache"), ttl=300, strategy="none")(db.product)
+    assert lesson.two_writers(r, db, product, "update", rounds=100) > 0
+    assert lesson.two_writers(r, db, product, "delete", rounds=100) == 0
+    assert db.latency_ms == 30
+    with pytest.raises(labkit.ConfigError, match="update"):
+        lesson.two_writers(r, db, product, "ignore")
+
+
+def test_the_delete_race_each_way(r, ns):
+    db = lesson.SlowDatabase(rows=20, latency_ms=0)
+    served = {how: lesson.invalidation_race(r, db, ns.key("race"), how) for how in lesson.INVALIDATIONS}
+    assert served == {"delete": 10.0, "delete, and again once the read has ended": 99.0,
+                      "delete, and again while the read is on": 10.0, "lease": 99.0}
+    assert ns.keys(r) == []
+    with pytest.raises(labkit.ConfigError, match="how is one of"):
+        lesson.invalidation_race(r, db, ns.key("race"), "delete thrice")
+
+
+def test_a_leased_fill_is_refused_after_an_invalidation_and_kept_otherwise(r, ns):
+    loads, writes_during_read = [], []
+
+    def load(item):
+        loads.append(item)
+        for write in writes_during_read:
+            write(item)
+        return {"item": item}
+
+    cache = lesson.LeasedCache(r, ns.key("leased"), load, ttl_s=60)
+    assert cache.get(1) == cache.get(1) == {"item": 1} and loads == [1] and cache.refused == 0
+    entry, lease = cache.keys(1)
+    assert 0 < r.pttl(entry) <= 60_000 and not r.exists(lease) and entry.endswith(":{1}")
+    cache.invalidate(1)
+    writes_during_read.append(cache.invalidate)  # a writer invalidates while the read is on
+    assert cache.get(1) == {"item": 1} and not r.exists(entry) and cache.refused == 1
+    writes_during_read.clear()
+    r.set(lease, "another-readers-token", px=60_000)  # another reader holds the lease: read, but do not fill
+    assert cache.get(1) == {"item": 1} and not r.exists(entry) and r.get(lease) == "another-readers-token"
+    cache.invalidate(1)
+    assert ns.keys(r) == []
+
+
+def test_zipf_top_share_is_one_over_zeta():
+    assert abs(lesson.zipf_top_share(1.2) - 1 / 5.591582441) < 1e-5  # zeta(1.2) = 5.5915824...
+    assert abs(lesson.zipf_top_share(2.0) - 6 / math.pi**2) < 1e-6
+    with pytest.raises(labkit.ConfigError, match="above 1"):
+        lesson.zipf_top_share(1.0)
+
+
+def test_zipf_readers_note_every_read():
+    reads, requested, latencies, stop = [], [], [], threading.Event()
+    workload = lesson.zipf_readers(reads.append, 100, requested, latencies, threads=2)
+    runner = threading.Thread(target=workload, args=(stop,))
+    runner.start()
+    time.sleep(0.2)
+    stop.set()
+    runner.join(10)
+    assert requested and len(requested) == len(latencies) and sorted(reads) == sorted(requested)
+    assert max(requested) <= 100 and requested.count(1) > len(requested) / 10  # skewed: pid 1 is the most read
 
 
 # -- exercise checks ------------------------------------------------------------------------------------

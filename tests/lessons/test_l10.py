@@ -85,10 +85,36 @@ def test_aof_files_name_each_part(root):
                      "manifest: the list of files, in order"]
 
 
-def test_restart_times_grow_and_an_aof_of_commands_is_bigger(root):
-    samples = lesson.restart_times(root, sizes=(20_000, 80_000), repeats=2)
-    rdb, commands = ([s for s in samples if s.fmt == fmt] for fmt in ("RDB", "AOF, commands"))
-    assert rdb[1].load_seconds > rdb[0].load_seconds and commands[1].file_bytes > 3 * rdb[1].file_bytes
+def test_restart_times_grow_and_an_aof_of_commands_is_bigger_and_slower(root):
+    samples = lesson.restart_times(root)
+    rdb, base, commands = ([s for s in samples if s.fmt == fmt] for fmt in lesson.RESTART_FORMATS)
+    assert [s.keys for s in rdb] == [40_000, 160_000]
+    assert all(rows[1].cpu_seconds > 2 * rows[0].cpu_seconds for rows in (rdb, base, commands))
+    assert 1.1 < commands[1].file_bytes / rdb[1].file_bytes < 2, "random values dominate either format"
+    assert commands[1].cpu_seconds > 1.25 * rdb[1].cpu_seconds, "replaying commands costs more than loading an RDB"
+    assert abs(base[1].file_bytes / rdb[1].file_bytes - 1) < 0.01
+    assert sum(s.loading_replies for s in samples) > 0, "PING gets LOADING while the data loads"
+
+
+def test_random_values_do_not_compress_but_populated_ones_do(root):
+    with lesson._server(root, enable_debug_command="local") as populated, lesson._server(root) as random_:
+        populated.client().execute_command("DEBUG", "POPULATE", 20_000, "order", 100)
+        lesson.fill_random(random_.client(), 20_000)
+        for srv in (populated, random_):
+            srv.client().save()
+        sizes = [(srv.dir / "dump.rdb").stat().st_size for srv in (populated, random_)]
+    assert sizes[1] > 2 * sizes[0] and sizes[1] > 20_000 * 100
+
+
+def test_aof_commands_decodes_an_incremental_file(root):
+    with lesson._server(root, appendonly=True, appendfsync="always") as srv:
+        r = srv.client()
+        r.set("session:ada", "logged-in", ex=1800)
+        r.expire("session:ada", 600)
+        commands = lesson.aof_commands(next((srv.dir / "appendonlydir").glob("*.incr.aof")))
+    assert [c[:3] for c in commands] == [["SELECT", "0"], ["SET", "session:ada", "logged-in"],
+                                         ["PEXPIREAT", "session:ada", commands[2][2]]]
+    assert commands[1][3] == "PXAT" and abs(int(commands[1][4]) - int(commands[2][2]) - 1_200_000) < 10_000
 
 
 @pytest.mark.parametrize(("save", "per_minute", "minutes"), [
@@ -104,11 +130,37 @@ def test_the_scaled_save_rule_fires_only_with_enough_changes(root):
     assert lesson.snapshots_after(root, {"10": "1 10", "100": "1 100"}, writes=50) == {"10": 1, "100": 0}
 
 
-def test_a_failed_snapshot_refuses_writes_unless_told_not_to(root):
+def test_a_failed_snapshot_refuses_writes_unless_told_not_to_and_blocks_a_clean_shutdown(root):
     strict, lenient = lesson.failed_snapshot(root), lesson.failed_snapshot(root, stop_writes=False)
     assert strict.status == "err" and strict.write_error.startswith("MISCONF") and "Is a directory" in strict.log_line
+    assert "root dir" not in strict.log_line and str(root) not in strict.log_line
+    assert lesson.first_sentence(strict.write_error).endswith("unable to persist to disk.")
+    assert strict.persistence.refusing_writes and not strict.persistence.last_bgsave_ok
+    assert strict.running_after_sigterm and "can't exit" in strict.shutdown_log_line
     assert strict.status_after_fix == "ok" and strict.write_after_fix
-    assert lenient.status == "err" and lenient.write_error is None
+    assert lenient.status == "err" and lenient.write_error is None and lenient.running_after_sigterm
+    assert not lenient.persistence.last_bgsave_ok and not lenient.persistence.refusing_writes
+
+
+def test_a_crashed_primary_without_persistence_empties_its_replica(root):
+    wiped = lesson.replica_after_primary_restarts(root, {"none": {}, "aof": {"appendonly": True}}, keys=200)
+    assert (wiped["none"].before, wiped["none"].after) == (200, 0)
+    aof = wiped["aof"]
+    assert aof.before == 200 and (aof.after == 200 or (aof.after > 0 and aof.unwritten_bytes > 0))
+
+
+def test_profiles_print_as_config_lines_and_a_table_of_measurements(root):
+    assert lesson.conf_lines(lesson.PROFILES["cache"]) == ['save ""', "appendonly no"]
+    assert lesson.conf_lines({"aof_use_rdb_preamble": False, "save": "3600 1"}) == [
+        "aof-use-rdb-preamble no", "save 3600 1"]
+    tested = {"cache": lesson.ProfileTest(lesson.Loss(10, 0), lesson.Loss(10, 0)),
+              "session store": lesson.ProfileTest(lesson.Loss(10, 10), lesson.Loss(10, 9, 45)),
+              "queue on streams": lesson.ProfileTest(lesson.Loss(10, 10), lesson.Loss(10, 10))}
+    rates = lesson.Throughput(1, {"AOF off": 9000.0, "appendfsync no": 8800.0, "appendfsync everysec": 8500.0,
+                                  "appendfsync always": 1234.0}, 300.0)
+    table = lesson.profiles_table(tested, rates).splitlines()
+    assert len(table) == 5 and "| 10 of 10 back | 9 of 10 back |" in table[3]
+    assert "1,234 (appendfsync always)" in table[4]
 
 
 def test_turning_the_aof_on_in_the_config_file_starts_empty(root):
@@ -126,6 +178,7 @@ def test_sessions_survive_a_restart_only_with_persistence(root):
 # -- exercise 1: persistence for three services ---------------------------------------------------------
 REFERENCE = {
     "leaderboard": {"save": "", "appendonly": "no"},
+    "analytics": {"save": "3600 1", "appendonly": "no"},
     "carts": {"save": "", "appendonly": "yes", "appendfsync": "everysec"},
     "ledger": {"save": "", "appendonly": True, "appendfsync": "always"},
 }
@@ -135,13 +188,31 @@ def test_persistence_choices_accept_the_reference(root):
     assert lesson.check_persistence_choices(root, REFERENCE)
 
 
+def test_persistence_choices_read_values_as_the_server_does(root):
+    """The server reads yes/no and the fsync policies in any case: so does the check."""
+    spelt = REFERENCE | {"analytics": {"save": "3600 1"}, "ledger": {"save": "", "APPENDONLY": "YES",
+                                                                     "appendfsync": "Always"}}
+    assert lesson.check_persistence_choices(root, spelt)
+
+
 @pytest.mark.parametrize(("service", "choice", "says"), [
     ("leaderboard", {}, "engine's default"),
     ("leaderboard", {"save": "", "appendonly": "yes"}, "the AOF writes every change"),
+    ("leaderboard", {"save": "", "appendonly": "YES"}, "the AOF writes every change"),
+    ("analytics", {"appendonly": "yes"}, "one snapshot an hour is all the disk work needed"),
+    ("analytics", {"save": ""}, "nothing is snapshotted, not even at a clean restart"),
+    ("analytics", {}, "more often than once an hour"),
+    ("analytics", {"save": "300 1"}, "more often than once an hour"),
+    ("analytics", {"save": "3600 100"}, "no save point fires within the hour after a single change"),
+    ("analytics", {"save": "7200 1"}, "no save point fires within the hour after a single change"),
     ("carts", {"save": "60 1000"}, "only the AOF keeps every write through a crash"),
-    ("carts", {"save": "", "appendonly": "yes", "appendfsync": "always"}, "three times slower"),
+    ("carts", {"save": "", "appendonly": "yes", "appendfsync": "always"}, "10.4 measured how much slower"),
     ("carts", {"save": "", "appendonly": "yes", "appendfsync": "no"}, "leaves fsync to the kernel"),
+    ("carts", {"save": "60", "appendonly": "yes"}, "save: save points are pairs of whole numbers"),
+    ("carts", {"appendonly": "maybe"}, "appendonly is 'yes' or 'no'"),
+    ("carts", {"appendonly": 1}, "is a string"),
     ("ledger", {"save": "", "appendonly": "yes"}, "Use always"),
+    ("ledger", {"save": "", "appendonly": "yes", "appendfsync": "sometimes"}, "appendfsync is one of always"),
     ("ledger", {"appendonly": "yes", "fsync": "always"}, "not fsync"),
     ("ledger", "always", "give a dict of directives"),
 ])
@@ -149,6 +220,12 @@ def test_persistence_choices_reject_the_plausible_mistakes(root, service, choice
     result = lesson.check_persistence_choices(root, REFERENCE | {service: choice})
     assert not result and says in result.message
     assert all(other not in result.message for other in REFERENCE if other != service)
+
+
+def test_persistence_choices_list_each_problem_on_a_line(root):
+    result = lesson.check_persistence_choices(root, {service: {} for service in REFERENCE})
+    lines = [line for line in result.message.splitlines() if line]
+    assert not result and [line.split(":")[0] for line in lines] == [f"- {s}" for s in REFERENCE]
 
 
 # -- exercise 2: a durable write --------------------------------------------------------------------------
@@ -197,6 +274,20 @@ def _two_replicas(r, key, value):
     return local >= 1 and replicas >= 2
 
 
+def _replica_count_only(r, key, value):
+    r.set(key, value)
+    return r.execute_command("WAITAOF", 1, 1, 500)[1] >= 1
+
+
+def _waits_too_long(r, key, value):
+    r.set(key, value)
+    try:
+        local, replicas = r.execute_command("WAITAOF", 1, 1, 4500)
+    except redis.ResponseError:
+        return False
+    return local >= 1 and replicas >= 1
+
+
 @pytest.mark.parametrize(("write", "says"), [
     (_two_replicas, "returned False 3 times in a row: a write fsynced here and on the replica is safe"),
     (_set_only, "check WAITAOF's reply"),
@@ -204,6 +295,8 @@ def _two_replicas(r, key, value):
     (_ignores_the_reply, "check WAITAOF's reply"),
     (_replicas_only, "numlocal 1"),
     (_either, "check WAITAOF's reply"),
+    (_replica_count_only, "when the primary is still writing its first AOF, it returned True: check numlocal too"),
+    (_waits_too_long, "had not answered after 1.5 s"),
 ])
 def test_durable_write_rejects_the_plausible_mistakes(write, says):
     result = lesson.check_durable_write(write)

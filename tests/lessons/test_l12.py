@@ -1,0 +1,234 @@
+"""The lesson 12 module (`labkit.lessons.l12_replication_and_sentinel`): its experiments on real replicated sets
+and Sentinel topologies, and each check accepting the reference answer and rejecting the plausible wrong ones."""
+
+import threading
+import time
+
+import pytest
+import redis
+
+from labkit.lessons import l12_replication_and_sentinel as lesson
+from labkit.replication import retry
+from labkit.server import sentinel
+
+pytestmark = pytest.mark.slow
+
+
+# -- 12.1 to 12.4 ---------------------------------------------------------------------------------------
+def test_a_paused_replica_falls_behind_by_what_is_written_and_catches_up():
+    trace = lesson.offsets_while_writing(duration_s=1.2, pause_at_s=0.4, pause_ms=400)
+    before, during = trace.typical_behind(0, trace.paused[0]), trace.max_behind(*trace.paused)
+    assert during > 10 * max(before, 100) and trace.behind[-1] == 0
+    assert trace.primary == sorted(trace.primary) and trace.replica == sorted(trace.replica)
+
+
+def test_writes_the_replica_had_not_applied_are_lost_at_failover_exactly():
+    loss = lesson.writes_lost_at_failover("client-pause", 200, healthy=50)
+    assert (loss.healthy_kept, loss.frozen_kept, loss.lost) == (50, 0, 200)
+
+
+def test_a_stopped_replica_still_gets_what_its_kernel_received():
+    loss = lesson.writes_lost_at_failover("sigstop", 200, healthy=50)
+    assert loss.healthy_kept == 50 and loss.frozen_kept > 100
+
+
+def test_wait_confirms_exactly_the_writes_that_survive():
+    loss = lesson.writes_lost_at_failover("client-pause", 3, healthy=20, wait_ms=20)
+    assert (loss.confirmed, loss.confirmed_kept, loss.frozen_kept) == (20, 20, 0)
+    assert loss.unconfirmed_wait_ms >= 20
+
+
+def test_an_unknown_freeze_is_refused():
+    with pytest.raises(ValueError, match="freeze"):
+        lesson.writes_lost_at_failover("sigkill", 1)
+
+
+def test_wait_costs_a_round_trip_through_the_replica():
+    cost = lesson.wait_cost(rounds=7, batch=100)
+    assert cost.wait_us > cost.ping_us > cost.set_us
+    assert cost.waits == 700 and cost.getacks >= 0.95 * cost.waits
+
+
+def test_waitaof_counts_only_a_replica_that_fsyncs():
+    compared = lesson.wait_versus_waitaof(writes=3)
+    assert compared.without_aof == (1, [0, 0]) and compared.with_aof == (1, [0, 1]) and compared.waitaof_ms > 0
+
+
+def test_reads_inside_a_replica_pause_are_stale_and_wait_makes_them_fresh():
+    stalled = lesson.read_your_writes(400, load=True, pause_every_s=0.2)
+    assert stalled.in_pauses > 0 and stalled.in_pauses_stale == stalled.in_pauses
+    waited = lesson.read_your_writes(300, pause_every_s=0.2, wait_ms=10)
+    assert waited.stale == 0 and waited.from_primary > 0
+
+
+# -- 12.5 Sentinel --------------------------------------------------------------------------------------
+def test_a_drill_counts_errors_without_retry_and_none_with_a_deadline():
+    with sentinel(replicas=1, sentinels=3, down_after_ms=500) as topo, lesson.SentinelEvents(*topo.sentinels) as seen:
+        client = topo.master_for(socket_timeout=0.5)
+        drill = lesson.FailoverDrill(topo, {
+            "plain": lambda key: client.set(key, 1),
+            "deadline": lambda key: retry(lambda: client.set(key, 1), deadline_s=10),
+        }, before_s=0.5, after_s=0.5)
+        drill(threading.Event())
+        steps = seen.steps(since=drill.killed_at)
+    assert [name for _, name, _ in steps] == list(lesson.FAILOVER_STEPS)
+    assert [at for at, _, _ in steps] == sorted(at for at, _, _ in steps) and steps[0][0] >= 0.5
+    assert drill.counts["plain"]["errors"] > 0 and drill.counts["deadline"]["errors"] == 0
+    assert all(drill.ok_after(name, drill.switched_at) > 0 for name in drill.writers)
+    assert drill.longest_gap("deadline") >= 0.5 and [label for _, label in drill.events] == [
+        "primary killed", "sentinels name the new primary"]
+
+
+def test_failover_time_grows_with_down_after_milliseconds():
+    times = lesson.failover_times((500, 2500))
+    assert times[500] >= 0.5 and times[2500] >= 2.5 and times[500] < times[2500]
+
+
+def test_redis_py_retry_budget_is_the_sum_of_its_capped_steps():
+    assert lesson.redis_py_retry_budget_s() == pytest.approx(0.02 + 0.04 + 0.08 + 0.16 + 0.32 + 0.64 + 4 * 1.0)
+    assert lesson.redis_py_retry_budget_s(base=0.1, cap=0.1, retries=3) == pytest.approx(0.3)
+
+
+def test_two_sentinels_cannot_elect_a_leader_after_losing_one():
+    two = lesson.primary_and_a_sentinel_lost(sentinels=2, quorum=1)
+    assert "+odown" in two.events and "-failover-abort-not-elected" in two.events and not two.failed_over
+    assert two.ckquorum.startswith("NOQUORUM")
+
+
+# -- 12.6 and 12.7 --------------------------------------------------------------------------------------
+def test_an_isolated_primary_refuses_writes_after_about_max_lag():
+    run = lesson.isolated_primary({"min-replicas-to-write": 1, "min-replicas-max-lag": 2}, healthy_s=0.5)
+    assert run.refused_healthy == 0 and 2 - 1 < run.refused_after_s < 2 + 3 and run.acknowledged_alone > 0
+
+
+def test_without_min_replicas_an_isolated_primary_accepts_everything():
+    run = lesson.isolated_primary({}, healthy_s=0.3, limit_s=1.5)
+    assert run.refused_healthy == 0 and run.refused_after_s is None and run.acknowledged_alone > 50
+
+
+@pytest.mark.parametrize(("persistence", "missed", "kind"), [(False, 50, "full"), (True, 50, "partial"),
+                                                              (True, 2000, "full")])
+def test_a_restarted_replica_resyncs_partially_only_from_its_snapshot_and_the_backlog(persistence, missed, kind):
+    run = lesson.replica_restart(persistence=persistence, missed_keys=missed, keys=100)
+    assert (run.kind, run.keys) == (kind, 100 + missed)
+
+
+def test_the_default_backlog_is_at_least_a_megabyte():
+    assert lesson.default_backlog() >= 2**20
+
+
+# -- common mistakes -------------------------------------------------------------------------------------
+def test_wait_one_does_not_survive_losing_the_replica_that_had_it():
+    trusted, checked = lesson.wait_then_failover(1), lesson.wait_then_failover(2)
+    assert trusted.confirmed and not trusted.survived
+    assert checked.wait_reply == 1 and not checked.confirmed
+
+
+def test_a_cached_address_fails_after_a_failover_and_master_for_does_not():
+    outcome = lesson.cached_address(writes=10)
+    assert outcome.cached_ok == 0 and outcome.sentinel_ok == 10 and "ConnectionError" in outcome.cached_error
+
+
+# -- exercise 1: bound what a split brain can lose --------------------------------------------------------
+def test_split_brain_bound_accepts_the_reference():
+    result = lesson.check_split_brain_bound({"min-replicas-to-write": 1, "min-replicas-max-lag": 2})
+    assert result, result.message
+    assert lesson.check_split_brain_bound({"min_replicas_to_write": "1", "min_replicas_max_lag": 2})
+
+
+@pytest.mark.parametrize(("config", "says"), [
+    ({}, "switches the check off"),
+    ({"min-replicas-to-write": 1}, "min-replicas-max-lag 10 lets it go on"),
+    ({"min-replicas-max-lag": 1}, "switches the check off"),
+    ({"min-replicas-to-write": 1, "min-replicas-max-lag": 0}, "switches the check off"),
+    ({"min-replicas-to-write": 2, "min-replicas-max-lag": 2}, "more replicas than the one it has"),
+    ({"min-replicas-to-write": 1, "min-replicas-max-lag": 3}, "allows up to about 5 s"),
+    ({"min-replicas-to-write": 1, "min-replicas-max-lag": 2, "maxmemory": "1mb"}, "not maxmemory"),
+    ({"min-replicas-to-write": -1, "min-replicas-max-lag": 1}, "whole numbers of at least 0"),
+    ({"min-replicas-to-write": "one"}, "whole numbers"),
+    ("min-replicas-to-write 1", "give a dict"),
+])
+def test_split_brain_bound_rejects_the_plausible_mistakes(config, says):
+    result = lesson.check_split_brain_bound(config)
+    assert not result and says in result.message
+
+
+# -- exercise 2: a retry that survives a failover without counting twice ----------------------------------
+APPLY_ONCE = """
+if redis.call('SET', KEYS[1], 1, 'NX', 'EX', 86400) then
+  return redis.call('INCRBY', KEYS[2], ARGV[1])
+end
+return false
+"""
+
+
+def reference(r, op_id, key, amount, deadline_s):
+    return retry(lambda: r.eval(APPLY_ONCE, 2, f"applied:{op_id}", key, amount), deadline_s=deadline_s)
+
+
+def test_failover_retry_accepts_the_reference():
+    result = lesson.check_failover_retry(reference)
+    assert result, result.message
+
+
+def _plain(r, op_id, key, amount, deadline_s):
+    return r.incrby(key, amount)
+
+
+def _blind_retry(r, op_id, key, amount, deadline_s):
+    return retry(lambda: r.incrby(key, amount), deadline_s=deadline_s)
+
+
+def _marker_then_add(r, op_id, key, amount, deadline_s):
+    def once():
+        if r.set(f"applied:{op_id}", 1, nx=True, ex=86400):
+            r.incrby(key, amount)
+
+    return retry(once, deadline_s=deadline_s)
+
+
+def _transaction(r, op_id, key, amount, deadline_s):
+    def once():
+        with r.pipeline() as pipe:  # MULTI/EXEC: the INCRBY runs whatever the SET NX answered
+            return pipe.set(f"applied:{op_id}", 1, nx=True).incrby(key, amount).execute()
+
+    return retry(once, deadline_s=deadline_s)
+
+
+def _redis_py_retry(r, op_id, key, amount, deadline_s):
+    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.retry import Retry
+
+    policy = Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.01), 10)  # redis-py's default, used as a loop
+    return policy.call_with_retry(lambda: r.incrby(key, amount), lambda error: None)
+
+
+def _swallows_the_failure(r, op_id, key, amount, deadline_s):
+    try:
+        return reference(r, op_id, key, amount, deadline_s)
+    except redis.RedisError:
+        return None
+
+
+@pytest.mark.parametrize(("apply_once", "says"), [
+    (_plain, "raised ConnectionError"),
+    (_blind_retry, "each was counted twice"),
+    (_marker_then_add, "each was counted 0 times"),
+    (_transaction, "each was counted twice"),
+    (_redis_py_retry, "each was counted twice"),
+    (_swallows_the_failure, "returned None instead of raising"),
+    ("apply_once", "give a function"),
+])
+def test_failover_retry_rejects_the_plausible_mistakes(apply_once, says):
+    result = lesson.check_failover_retry(apply_once)
+    assert not result and says in result.message
+
+
+def test_failover_retry_rejects_a_retry_that_ignores_its_deadline():
+    def forever(r, op_id, key, amount, deadline_s):
+        return reference(r, op_id, key, amount, 30)
+
+    started = time.monotonic()
+    result = lesson.check_failover_retry(forever)
+    assert not result and "stop retrying at the deadline" in result.message
+    assert time.monotonic() - started < 60
