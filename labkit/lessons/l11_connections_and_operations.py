@@ -37,7 +37,7 @@ from labkit import ops
 from labkit.bench import side_by_side
 from labkit.clients import connection_spec, options
 from labkit.errors import ServerUnavailable
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 from labkit.server import Server, available_engines, spawn, tls_built_in
 from labkit.server.process import free_port, temp_root
 from labkit.server.topology import wait_until
@@ -1449,6 +1449,7 @@ def _static_problems(pool: Any, service: dict[str, Any]) -> list[str]:
     return problems
 
 
+@check
 def check_pool_size(make_pool: Callable[..., Any], service: dict[str, Any] = SERVICE) -> Result:
     """`make_pool(host=, port=, password=)` returns the pool one instance of the service in `SERVICE_TEXT`
     should use. The check makes one per instance against a server with the service's maxclients (the
@@ -1531,6 +1532,7 @@ def _login(srv: Server, password: str) -> tuple[redis.Redis | None, str]:
     return c, ""
 
 
+@check
 def check_cache_acl(rules: Sequence[str]) -> Result:
     """`rules` (ACL SETUSER rules, applied after `reset`) make user `cache` for a cache service: it logs in with
     `CACHE_PASSWORD`, runs every command of `CACHE_ALLOWED` for real, and is refused every one of

@@ -25,7 +25,7 @@ from redis.retry import Retry
 
 from labkit.clients import options
 from labkit.errors import ServerUnavailable
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 from labkit.replication import retry
 from labkit.server import Server, replicated, sentinel, spawn
 from labkit.server.topology import SentinelTopology, wait_until
@@ -966,6 +966,7 @@ def _int_directive(config: dict[str, Any], name: str, default: int) -> int | Non
         return None
 
 
+@check
 def check_split_brain_bound(config: Any) -> Result:
     """`config`: directives for a primary with one replica. It must never refuse a write while its replica
     is healthy, and, once cut off from its replica, acknowledge writes for at most `SPLIT_BRAIN_BOUND_S`
@@ -1157,6 +1158,7 @@ def _no_primary_scenario(apply_once: Callable, deadline_s: float = 1.0) -> list[
     return []
 
 
+@check
 def check_failover_retry(apply_once: Any) -> Result:
     """`apply_once(r, op_id, key, amount, deadline_s)` adds `amount` to the integer at `key` exactly once for
     `op_id`, retrying through connection errors and timeouts until `deadline_s`, and raises if it could not

@@ -33,7 +33,7 @@ from redis.retry import Retry
 from labkit import ops
 from labkit.clients import probe_options
 from labkit.errors import LabkitError
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 from labkit.server import Server, cli_path, cluster
 from labkit.server.process import temp_root
 from labkit.server.topology import CLUSTER_SLOTS, Cluster, _slot_view, wait_until
@@ -1009,6 +1009,7 @@ return redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
 CART_USERS = 40
 
 
+@check
 def check_cart_keys(c: Cluster, cart_keys: Callable[[str], dict[str, str]]) -> Result:
     """`cart_keys(user_id)` names a user's three keys, {"cart", "reserved", "hold"}, under `lab:l13:`. The check
     runs the reservation script (one EVAL on all three) for 40 users on the cluster: it must work for every
@@ -1082,6 +1083,7 @@ def _exercise_keys(owners: dict[int, Server], target: Server) -> dict[int, list[
     raise RuntimeError("no slots found for the exercise")  # unreachable with three primaries
 
 
+@check
 def check_move_slot(c: Cluster, move_slot: Callable[[Cluster, int, Server], Any]) -> Result:
     """`move_slot(c, slot, target)` moves one slot and its keys to the primary `target`. The check moves 6
     slots (40 keys each) one after another while a client increments and reads those keys, then wants: no
