@@ -1,9 +1,12 @@
 """Distributed locks: a single-server `Lock` with fencing tokens, `Redlock` over independent servers, and
 a `FencedStore` that rejects writes carrying an older token than one it already accepted.
 
-A lock with a TTL can expire while its holder still works (a pause, a slow call): no lock alone can
-stop a stale holder from writing afterwards. The fencing token, a number that grows with every
-acquisition, lets the resource itself refuse that write.
+A lock with a TTL is a lease: it can expire while its holder still works (a pause, a slow call), and no
+lock alone can stop a stale holder from writing afterwards. The fencing token, a number that grows with
+every acquisition, lets the resource itself refuse that write. `Lock` takes it from INCR on its server, so
+it only grows while that server keeps its data: across a restart only with the append-only file (and
+`appendfsync always` for a power cut), and never across a failover to an asynchronously replicated
+replica, which may lack the latest INCR. Where that matters, take the token from the resource itself.
 """
 
 from __future__ import annotations
@@ -31,13 +34,16 @@ class Lock:
 
     `acquire()` takes it (retrying with random pauses for up to `blocking_timeout` seconds); `release()`
     and `extend()` act only if our token is still there, and raise `LockNotHeld` otherwise: the lock
-    expired, so the work since then was not protected. As a context manager it raises `LockNotAcquired`
-    (a `TimeoutError`) if it cannot take the lock, and `LockNotHeld` at the end of the block if the lock
-    was lost meanwhile. An acquisition belongs to the thread that made it: threads sharing one `Lock`
-    take turns, and one cannot release or extend another's.
+    expired, so the work since then was not protected. `remaining_ms()` says, without a round trip, how
+    long the lease lasts at least: check it before each side effect, and `extend()` when it runs low. As
+    a context manager it raises `LockNotAcquired` (a `TimeoutError`) if it cannot take the lock, and
+    `LockNotHeld` at the end of the block if the lock was lost meanwhile. An acquisition belongs to the
+    thread that made it: threads sharing one `Lock` take turns, and one cannot release or extend another's.
 
     Example:
         >>> with Lock(r, "invoice:42", ttl_ms=5000) as lock:
+        ...     if lock.remaining_ms() < 1000:
+        ...         lock.extend()
         ...     store.write(lock.fence, "paid")
     """
 
@@ -62,17 +68,28 @@ class Lock:
 
     @property
     def fence(self) -> int | None:
-        """The fencing token of this thread's latest acquisition (it grows with every acquisition)."""
+        """The fencing token of this thread's latest acquisition: INCR on the lock's server, so it grows with
+        every acquisition while that server keeps its data (see the module's docstring)."""
         return getattr(self._held, "fence", None)
+
+    def remaining_ms(self) -> float:
+        """Milliseconds this thread's lease lasts at least (0.0 if not held or run out), counted on this
+        machine's monotonic clock from the moment the acquisition or the last `extend()` was sent: the
+        server set the TTL after that. A server whose wall clock jumps forward expires the key sooner."""
+        if self.token is None:
+            return 0.0
+        return max(0.0, (self._held.deadline - time.monotonic()) * 1000)
 
     def acquire(self, blocking: bool = True) -> bool:
         """Take the lock for this thread; True on success. Sets `token` and `fence` (the fencing token)."""
         token = secrets.token_hex(16)
         deadline = None if self.blocking_timeout is None else time.monotonic() + self.blocking_timeout
         while True:
+            sent = time.monotonic()
             fence = self._acquire(keys=[self.key, self.fence_key], args=[token, self.ttl_ms])
             if fence:
                 self._held.token, self._held.fence = token, int(fence)
+                self._held.deadline = sent + self.ttl_ms / 1000
                 return True
             if not blocking or (deadline is not None and time.monotonic() >= deadline):
                 return False
@@ -90,10 +107,15 @@ class Lock:
 
     def extend(self, ttl_ms: int | None = None) -> None:
         """Give the lock a new TTL in ms (default: the original) if this thread still holds it; `LockNotHeld`
-        otherwise."""
+        otherwise (an expired lock is never revived, even when nobody took it meanwhile)."""
         ttl_ms = self.ttl_ms if ttl_ms is None else validate.milliseconds(ttl_ms, "ttl_ms")
-        if self.token is None or not self._extend(keys=[self.key], args=[self.token, ttl_ms]):
-            raise LockNotHeld(f"Lock {self.name!r} cannot be extended: it is not ours any more (or never was).")
+        if self.token is None:
+            raise LockNotHeld(f"Lock {self.name!r} is not held by this client (this thread): acquire() it first.")
+        sent = time.monotonic()
+        if not self._extend(keys=[self.key], args=[self.token, ttl_ms]):
+            self._held.deadline = 0.0  # lost: remaining_ms() says so from now on
+            raise LockNotHeld(f"Lock {self.name!r} cannot be extended: it expired or another client took it.")
+        self._held.deadline = sent + ttl_ms / 1000
 
     def owned(self) -> bool:
         """Whether the server still holds this thread's token (one GET; the answer may be stale a moment later)."""
@@ -123,7 +145,8 @@ class Redlock:
     retries after a random delay, and after `retries` raises `LockNotAcquired`. `release()` asks every
     node at once too, whatever the others answer. Check `remaining_ms()` before a side effect; as a
     context manager it raises `LockNotHeld` at the end of the block if the validity ran out meanwhile.
-    Redlock does not issue fencing tokens: pair it with a resource that checks one.
+    Redlock issues no fencing token: its random value tells holders apart but not which came later. Pair
+    it with a resource that checks a token from elsewhere (its own version, a consensus store).
 
     Example:
         >>> with Redlock([a, b, c], "report", ttl_ms=10_000) as lock:

@@ -410,7 +410,11 @@ class EvictionMonitor(LiveMonitor):
         return sample
 
     def _latest(self, name: str, series: str) -> float | None:
-        values = self.result.series.get(f"{name} {series}")
+        """The last value of the series; for the hit rate, the last interval that had reads (the final sample,
+        taken once the workload has ended, often has none)."""
+        values = self.result.series.get(f"{name} {series}") or []
+        if series == "hit rate %":
+            values = [v for v in values if not math.isnan(v)]
         return values[-1] if values else None
 
     def describe(self) -> str:

@@ -52,6 +52,47 @@ def test_extend_keeps_our_lock_and_refuses_a_lost_one(r, ns):
         lock.extend()
 
 
+def test_remaining_ms_counts_the_lease_down_and_extend_renews_it(r, ns):
+    lock = Lock(r, "job", ttl_ms=60_000, prefix=ns.key("lk"))
+    assert lock.remaining_ms() == 0.0, "not held: nothing left"
+    lock.acquire()
+    assert 50_000 < lock.remaining_ms() <= 60_000
+    lock.extend(5000)
+    assert 1000 < lock.remaining_ms() <= 5000, "extend() starts a new lease of the given length"
+    lock.release()
+    assert lock.remaining_ms() == 0.0
+
+
+def test_remaining_ms_never_exceeds_what_the_server_has_left(r, ns):
+    """The lease lasts at least remaining_ms(): read the server's PTTL first, then ours (later, so smaller);
+    1 ms of slack for the server's whole milliseconds."""
+    lock = Lock(r, "job", ttl_ms=2000, prefix=ns.key("lk"))
+    for _ in range(20):
+        lock.acquire()
+        server_left = r.pttl(lock.key)
+        assert lock.remaining_ms() <= server_left + 1
+        lock.release()
+
+
+def test_a_lost_lock_has_no_time_left_and_cannot_be_extended(r, ns):
+    lock = Lock(r, "job", ttl_ms=60_000, prefix=ns.key("lk"))
+    lock.acquire()
+    r.delete(lock.key)
+    with pytest.raises(LockNotHeld, match="expired or another client took it"):
+        lock.extend()
+    assert lock.remaining_ms() == 0.0
+    with pytest.raises(LockNotHeld, match="acquire"):
+        Lock(r, "other", prefix=ns.key("lk")).extend()
+
+
+def test_an_expired_lock_is_not_revived_by_extend_even_when_nobody_took_it(r, ns):
+    lock = Lock(r, "job", ttl_ms=50, prefix=ns.key("lk"))
+    assert lock.acquire() and gone(r, lock.key)
+    with pytest.raises(LockNotHeld):
+        lock.extend(60_000)
+    assert not r.exists(lock.key)
+
+
 @pytest.mark.parametrize("ttl_ms", [-5, 0, 2.5, True, "100"])
 def test_extend_refuses_a_ttl_that_is_not_whole_positive_milliseconds_and_keeps_the_lock(r, ns, ttl_ms):
     lock = Lock(r, "job", ttl_ms=60_000, prefix=ns.key("lk"))

@@ -286,3 +286,11 @@ def test_tls_built_in_agrees_with_what_the_server_does_with_a_tls_port(engine):
         Server(engine, modules=False, config={"tls_port": free_port()}).start()
     says_tls_missing = any(sign in str(refused.value) for sign in ("TLS support", "connection type tls"))
     assert tls_built_in(engine) is (not says_tls_missing)
+
+
+def test_a_port_handed_out_is_not_handed_out_again():
+    from labkit.server.process import _claim, free_port
+
+    ports = [free_port() for _ in range(30)]
+    assert len(set(ports)) == 30  # the kernel may offer a port again; labkit does not hand it out again
+    assert not _claim(ports[0])

@@ -281,8 +281,8 @@ def test_partial_results_are_detectable_on_both_protocols(slow_index):
     srv.client().execute_command("FT.CONFIG", "SET", "ON_TIMEOUT", "FAIL")  # then a timeout is an error
     for client in (resp3, resp2):
         outcomes = []
-        for _ in range(5):
-            try:
+        while len(outcomes) < 5 or ("timed out" not in outcomes and len(outcomes) < 30):
+            try:  # most time out; a server descheduled between its checks can finish a few within the 1 ms
                 outcomes.append(len(knn(client, "big", probe, k=10, timeout_ms=1)))
             except vectors.SearchTimeout as err:
                 assert isinstance(err, LabkitError) and isinstance(err, TimeoutError) and "timeout_ms" in str(err)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -27,17 +28,18 @@ def _reads(clients: list[redis.Redis]) -> list[int]:
 
 
 def _round_trips_per_acquire(clients: list[redis.Redis], acquire: Callable[[], object],
-                             release: Callable[[], object], n: int = 50) -> float:
-    """Requests the servers read during acquire() alone, per call, summed over servers (each INFO that
-    measures counts itself once per server, subtracted)."""
-    total = 0
+                             release: Callable[[], object], n: int = 51) -> float:
+    """Requests the servers read during one acquire() alone, summed over servers (each INFO that measures
+    counts itself once per server, subtracted): the median of `n` calls, so that one call a busy machine
+    slowed past a node timeout (and retried) does not move it."""
+    counts = []
     for _ in range(n):
         before = _reads(clients)
         acquire()
         after = _reads(clients)
         release()
-        total += sum(a - b - 1 for a, b in zip(after, before, strict=True))
-    return total / n
+        counts.append(sum(a - b - 1 for a, b in zip(after, before, strict=True)))
+    return float(statistics.median(counts))
 
 
 def _contenders(clients: list[redis.Redis]) -> dict[str, Contender]:

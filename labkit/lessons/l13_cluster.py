@@ -35,8 +35,9 @@ from labkit.clients import probe_options
 from labkit.errors import LabkitError
 from labkit.lessons import Result, check, verdict
 from labkit.server import Server, cli_path, cluster
+from labkit.server.process import pid_alive as _alive
 from labkit.server.process import temp_root
-from labkit.server.topology import CLUSTER_SLOTS, Cluster, _slot_view, wait_until
+from labkit.server.topology import CLUSTER_SLOTS, Cluster, _runs, _slot_view, wait_until
 
 CALM_TIMEOUT_MS = 5000  # between experiments: a busy machine must never look like a dead node
 FAILOVER_TIMEOUTS_MS = (500, 1000, 2000)
@@ -71,17 +72,6 @@ def stop_cluster(topo: Cluster) -> int:
     if root:
         shutil.rmtree(root, ignore_errors=True)
     return len(left)
-
-
-def _alive(pid: int) -> bool:
-    """True if a process with this id exists (signal 0 tests without sending anything)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def label(node: Server) -> str:
@@ -479,16 +469,6 @@ def lowest_slots(node: Server, count: int) -> list[int]:
     if len(slots) < count:
         raise ValueError(f"{label(node)} serves {len(slots)} slots, fewer than {count}.")
     return slots
-
-
-def _runs(slots: Sequence[int]) -> list[tuple[int, int]]:
-    runs: list[list[int]] = []
-    for slot in slots:
-        if runs and slot == runs[-1][1] + 1:
-            runs[-1][1] = slot
-        else:
-            runs.append([slot, slot])
-    return [(lo, hi) for lo, hi in runs]
 
 
 def reshard_under_load(c: Cluster, rc: RedisCluster, source: Server, count: int, target: Server, method: str,

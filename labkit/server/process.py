@@ -35,15 +35,49 @@ def temp_root() -> Path:
     return root
 
 
+def pid_alive(pid: int) -> bool:
+    """True if a process with this id exists (signal 0 tests without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+PORT_CLAIM_S = 900  # a port handed out is not handed out again (by any process sharing temp_root) for this long
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now, with port+10000 free too (the cluster bus)."""
+    """A TCP port on 127.0.0.1 that is free now, with port+10000 free too (the cluster bus), and not handed
+    to another server lately: a server killed and started again on its port must not find a stranger there."""
     for _ in range(50):
         with socket.socket() as s:
             s.bind((HOST, 0))
             port = s.getsockname()[1]
-        if port < 55535 and _port_free(port + 10000):
+        if port < 55535 and _port_free(port + 10000) and _claim(port):
             return port
     raise ServerUnavailable("Found no free port on 127.0.0.1.")
+
+
+def _claim(port: int) -> bool:
+    """Mark `port` as handed out, in a file under temp_root() that every process of this user shares; False
+    if it was handed out in the last PORT_CLAIM_S seconds. Older marks are swept on the way."""
+    claims = temp_root() / ".labkit-ports"
+    claims.mkdir(exist_ok=True)
+    now = time.time()
+    for old in claims.iterdir():
+        try:
+            if now - old.stat().st_mtime > PORT_CLAIM_S:
+                old.unlink()
+        except FileNotFoundError:
+            pass  # another process swept it first
+    try:
+        os.close(os.open(claims / str(port), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def _port_free(port: int) -> bool:
