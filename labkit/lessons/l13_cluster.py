@@ -33,6 +33,7 @@ from redis.retry import Retry
 from labkit import ops
 from labkit.clients import probe_options
 from labkit.errors import LabkitError
+from labkit.keys import Namespace
 from labkit.lessons import Result, check, verdict
 from labkit.server import Server, cli_path, cluster
 from labkit.server.process import pid_alive as _alive
@@ -1021,8 +1022,9 @@ def _cart_shape(named: dict[str, Any]) -> list[str]:
     if not isinstance(first, dict) or set(first) != set(CART_PARTS):
         return [f"cart_keys must return a dict with the keys {', '.join(CART_PARTS)}; got {first!r}."]
     keys = [k for d in named.values() for k in d.values()]
-    if not all(isinstance(k, str) and k.startswith("lab:l13:") for k in keys):
-        return ["every key must be a string under the lesson's prefix, lab:l13:."]
+    prefix = Namespace("l13").prefix  # lab:l13:, or lab:<learner>:l13: for a workshop learner
+    if not all(isinstance(k, str) and k.startswith(prefix) for k in keys):
+        return [f"every key must be a string under the lesson's prefix, {prefix} (use ns.key)."]
     if len(set(keys)) != len(keys):
         return ["two users (or two parts) got the same key name: include the user id and the part."]
     return []
