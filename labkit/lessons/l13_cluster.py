@@ -10,6 +10,7 @@ import binascii
 import contextlib
 import os
 import random
+import re
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +18,7 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -1048,6 +1049,8 @@ def _cart_on_cluster(c: Cluster, named: dict[str, dict[str, str]]) -> list[str]:
 # -- exercise 2: move a slot without errors ----------------------------------------------------------------------
 RESHARD_SLOTS = 6
 KEYS_PER_SLOT = 40
+NOREPLICAS_HINT = (" (the node waited longer than SETSLOT's timeout for its replicas to confirm the change: 2 s "
+                   "by default, `TIMEOUT <ms>` at the end of the command sets it; run the check again)")
 
 
 def _exercise_keys(owners: dict[int, Server], target: Server) -> dict[int, list[str]]:
@@ -1062,9 +1065,53 @@ def _exercise_keys(owners: dict[int, Server], target: Server) -> dict[int, list[
     raise RuntimeError("no slots found for the exercise")  # unreachable with three primaries
 
 
+_SETSLOT = re.compile(rb"\$7\r\nCLUSTER\r\n\$7\r\nSETSLOT\r\n\$\d+\r\n(\d+)\r\n\$\d+\r\n(IMPORTING|MIGRATING)\r\n",
+                      re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def setslot_log() -> Iterator[list[tuple[int, int, str]]]:
+    """While the block runs, record every `CLUSTER SETSLOT <slot> IMPORTING|MIGRATING` that any redis-py
+    connection of this process sends (any client, any thread, pipelines too), as (server port, slot, state)
+    in the order they went over the wire."""
+    sent: list[tuple[int, int, str]] = []
+    lock, original = threading.Lock(), redis.connection.AbstractConnection.send_packed_command
+
+    def recording(conn: Any, command: Any, check_health: bool = True) -> None:
+        packed = command if isinstance(command, bytes | str) else b"".join(bytes(part) for part in command)
+        packed = packed.encode() if isinstance(packed, str) else packed
+        with lock:
+            sent.extend((conn.port, int(slot), state.decode().upper()) for slot, state in _SETSLOT.findall(packed))
+        original(conn, command, check_health)
+
+    redis.connection.AbstractConnection.send_packed_command = recording
+    try:
+        yield sent
+    finally:
+        redis.connection.AbstractConnection.send_packed_command = original
+
+
+def _order_problems(sent: list[tuple[int, int, str]], sources: dict[int, Server], target: Server) -> list[str]:
+    """Slots whose source was marked MIGRATING before (or without) the target being marked IMPORTING."""
+    early = []
+    for slot, source in sources.items():
+        marks = [(port, state) for port, s, state in sent if s == slot]
+        migrating = marks.index((source.port, "MIGRATING")) if (source.port, "MIGRATING") in marks else None
+        importing = marks.index((target.port, "IMPORTING")) if (target.port, "IMPORTING") in marks else None
+        if migrating is not None and (importing is None or importing > migrating):
+            early.append(slot)
+    if not early:
+        return []
+    return [f"the source was marked MIGRATING before the target was marked IMPORTING (slots {early}). In between, "
+            "the source answers ASK for a key it does not hold (a new key, or one already moved), and the target, "
+            "not importing yet, refuses the ASKING client with MOVED back to the source: the client bounces "
+            "between them until it gives up. Mark the target IMPORTING first, then the source MIGRATING."]
+
+
 def check_move_slot(c: Cluster, move_slot: Callable[[Cluster, int, Server], Any]) -> Result:
     """`move_slot(c, slot, target)` moves one slot and its keys to the primary `target`. The check moves 6
-    slots (40 keys each) one after another while a client increments and reads those keys, then wants: no
+    slots (40 keys each) one after another while a client increments and reads those keys, then wants: the
+    target marked IMPORTING before the source MIGRATING (the commands this process sent are recorded), no
     error seen by the client, no increment lost, every primary agreeing on the new owner, no key left behind."""
     if not callable(move_slot):
         return Result(False, f"pass your function itself, move_slot, not {move_slot!r}.")
@@ -1074,14 +1121,15 @@ def check_move_slot(c: Cluster, move_slot: Callable[[Cluster, int, Server], Any]
     slots, keys = list(by_slot), [k for names in by_slot.values() for k in names]
     sources = {s: owners[s] for s in slots}
     problems = []
-    with Load(c, keys) as load:
+    with Load(c, keys) as load, setslot_log() as sent:
         for slot in slots:
             try:
                 move_slot(c, slot, target)
             except Exception as err:  # the learner's code
-                problems.append(f"move_slot(c, {slot}, target) raised {type(err).__name__}: {str(err)[:90]}")
+                problems.append(f"move_slot(c, {slot}, target) raised {type(err).__name__}: {str(err)[:90]}"
+                                + (NOREPLICAS_HINT if "NOREPLICAS" in str(err) else ""))
                 break
-    problems += _after_moves(c, slots, sources, target, load)
+    problems += _order_problems(sent, sources, target) + _after_moves(c, slots, sources, target, load)
     _tidy_slots(c, slots, sources, target)
     with c.client() as rc:
         rc.delete(*keys)
