@@ -144,6 +144,31 @@ def test_atomic_resharding_where_the_engine_has_it(c, rc):
     assert run.errors == {} and run.lost == 0 and run.redirects["ASK"] == 0 and run.redirects["MOVED"] > 0
 
 
+def test_compare_reshards_moves_the_same_slots_back_and_forth_in_turns(c, rc):
+    first, second, _ = sorted(c.serving_primaries(), key=lambda n: n.port)
+    atomic = capabilities(first.client()).atomic_slot_migration
+    ranges = c.slot_ranges(first)
+    methods = ("steps", "atomic") if atomic else ("steps",)
+    comparison = lesson.compare_reshards(c, rc, first, second, 400, methods, rounds=2, keys=100)
+    a, b = lesson.label(first), lesson.label(second)
+    assert [run.method for run in comparison.runs] == (["steps", "atomic", "atomic", "steps"] if atomic else
+                                                       ["steps", "steps"])
+    assert [(run.source, run.target) for run in comparison.runs] == [(a, b), (b, a)] * (len(comparison.runs) // 2)
+    assert all(run.slots == 400 and run.errors == {} and run.lost == 0 and run.moved_keys() == run.keys == 100
+               for run in comparison.runs)
+    assert c.slot_ranges(first) == ranges  # an even number of runs: the slots are back
+    if atomic:
+        assert comparison.ratio() > 2 and comparison.ratio() == comparison.median("steps") / comparison.median("atomic")
+
+
+def test_reshard_comparison_takes_medians():
+    runs = [lesson.Reshard(m, 10, 1, t, {}, {}, 0, 1) for m, t in
+            (("steps", 3.0), ("atomic", 1.0), ("atomic", 9.0), ("steps", 1.0), ("steps", 2.0), ("atomic", 0.5))]
+    comparison = lesson.ReshardComparison(10, runs)
+    assert comparison.seconds("steps") == [3.0, 1.0, 2.0] and comparison.median("atomic") == 1.0
+    assert comparison.ratio() == 2.0
+
+
 def test_the_load_counts_a_lost_increment(c):
     keys = ["lab:l13:test:{lost}:a", "lab:l13:test:{lost}:b"]
     with lesson.Load(c, keys) as load:
