@@ -488,6 +488,7 @@ def reshard_under_load(c: Cluster, rc: RedisCluster, source: Server, count: int,
 
 def _reshard(c: Cluster, rc: RedisCluster, slots: list[int], source: Server, target: Server, method: str,
              keys: int) -> Reshard:
+    """`reshard_under_load` for the given `slots` (all served by `source`)."""
     count = len(slots)
     names = keys_in_slots(slots, keys)
     try:
@@ -592,8 +593,7 @@ def compare_reshards(c: Cluster, rc: RedisCluster, a: Server, b: Server, slots: 
     `rounds` runs of each method, interleaved A B B A A B... so that a busy moment of the machine falls on
     both. The slots end where they started when the number of runs is even."""
     moving = lowest_slots(a, slots)
-    order = [methods[(i // len(methods) + i) % len(methods)] if len(methods) > 1 else methods[0]
-             for i in range(rounds * len(methods))]
+    order = [methods[(i // len(methods) + i) % len(methods)] for i in range(rounds * len(methods))]
     runs = []
     for i, method in enumerate(order):
         source, target = (a, b) if i % 2 == 0 else (b, a)
