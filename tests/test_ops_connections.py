@@ -182,3 +182,25 @@ def test_findings_need_an_admin_connection(srv):
 def test_bad_arguments_say_what_to_pass(srv, call, message):
     with pytest.raises(ConfigError, match=message):
         call(srv.client())
+
+
+def test_slow_commands_keep_an_argument_with_spaces_whole():
+    with spawn(modules=False, slowlog_log_slower_than=0) as server:  # every command is logged
+        c = server.client()
+        c.echo("two words")
+        assert ("ECHO", "two words") in [e.command for e in ops.slow_commands(c, 5)]
+        c.close()
+
+
+def test_a_plain_text_port_beside_a_tls_port_is_a_finding(tmp_path):
+    from labkit.lessons import l11_connections_and_operations as lesson
+    from labkit.server.process import free_port
+
+    engine, address = lesson.tls_engine(), lesson.non_loopback_address()
+    if engine is None or address is None:
+        pytest.skip("needs an engine built with TLS and a network address besides loopback")
+    certs = lesson.make_certificates(tmp_path)
+    with spawn(engine, modules=False, bind=f"127.0.0.1 {address}", tls_port=free_port(), tls_cert_file=certs["cert"],
+               tls_key_file=certs["key"], tls_ca_cert_file=certs["ca"]) as both:
+        findings = {f.setting: f for f in ops.security_findings(both.client())}
+    assert "bind" in findings and "plain-text port" in findings["bind"].risk and "TLS port" in findings["bind"].risk

@@ -26,6 +26,7 @@ class Capabilities:
     bgsave_cancel: bool = False  # BGSAVE CANCEL stops a snapshot in progress (Valkey 8.1+)
     atomic_slot_migration: bool = False  # CLUSTER MIGRATESLOTS moves slots in one step (Valkey 9.0+)
     slot_stats: bool = False  # CLUSTER SLOT-STATS: keys, CPU and bytes per slot (Valkey 8.0+)
+    client_setinfo: bool = False  # CLIENT SETINFO: a client names its library for CLIENT LIST (Redis 7.2+, Valkey)
 
     @property
     def search(self) -> bool:
@@ -82,7 +83,8 @@ def capabilities(r: redis.Redis) -> Capabilities:
     commands = {text(n).lower() for n in names}
     cluster_parts = _tokens(r, "CLUSTER")
     return Capabilities(engine, version, frozenset(modules), frozenset(commands), "CANCEL" in _tokens(r, "BGSAVE"),
-                        "cluster|migrateslots" in cluster_parts, "cluster|slot-stats" in cluster_parts)
+                        "cluster|migrateslots" in cluster_parts, "cluster|slot-stats" in cluster_parts,
+                        "client|setinfo" in _tokens(r, "CLIENT"))
 
 
 def _has_token(r: redis.Redis, command: str, token: str) -> bool:
