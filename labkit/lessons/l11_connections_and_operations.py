@@ -66,6 +66,11 @@ def raw_kwargs(srv: Server) -> dict[str, Any]:
     return {"host": srv.host, "port": srv.port, "password": srv.password}
 
 
+def describe_retry(retry: Retry) -> str:
+    """`Retry(<backoff>, <retries>)`, for printing a retry policy."""
+    return f"Retry({type(retry._backoff).__name__}(), {retry.get_retries()})"
+
+
 def thread(target: Callable[..., Any], *args: Any, name: str = "worker") -> threading.Thread:
     """A started daemon thread named `l11-<name>` (Cleanup looks for threads of that name still alive)."""
     t = threading.Thread(target=target, args=args, name=f"{PREFIX}-{name}", daemon=True)
@@ -283,6 +288,14 @@ def plot_connection_memory(mem: ConnectionMemory, folklore_kb: float = 20) -> No
     plt.show()
 
 
+def output_buffer_limits(c: redis.Redis) -> dict[str, tuple[int, int, int]]:
+    """`client-output-buffer-limit` by client class (normal, slave (replicas), pubsub): (hard limit MiB, soft
+    limit MiB, soft seconds); 0 0 0 is no limit."""
+    words = c.config_get("client-output-buffer-limit")["client-output-buffer-limit"].split()
+    return {words[i]: (int(words[i + 1]) // 2**20, int(words[i + 2]) // 2**20, int(words[i + 3]))
+            for i in range(0, len(words), 4)}
+
+
 @dataclass(frozen=True)
 class MaxClients:
     """How many connections a server with `maxclients` took, the error the next one got, and INFO's count
@@ -326,27 +339,24 @@ class Checkout:
     seconds: float
 
 
-def third_checkout(srv: Server, blocking_timeout: float = 0.5) -> list[Checkout]:
-    """Check out two connections from a pool of two and ask for a third: a `ConnectionPool` and a
-    `BlockingConnectionPool(timeout=blocking_timeout)`."""
-    kwargs = raw_kwargs(srv) | options()
-    pools = {"ConnectionPool(max_connections=2)": redis.ConnectionPool(max_connections=2, **kwargs),
-             f"BlockingConnectionPool(max_connections=2, timeout={blocking_timeout:g})":
-                 redis.BlockingConnectionPool(max_connections=2, timeout=blocking_timeout, **kwargs)}
-    results = []
-    for name, pool in pools.items():
-        held = [pool.get_connection() for _ in range(2)]
-        started = time.perf_counter()
-        try:
-            pool.get_connection()
-            error = "none"
-        except redis.ConnectionError as err:
-            error = f"{type(err).__name__}: {err}"
-        results.append(Checkout(name, error, time.perf_counter() - started))
+def third_checkout(pool: redis.ConnectionPool) -> Checkout:
+    """Check out two connections from `pool` (a pool of two) and ask for a third: the error it got and how long
+    it took; then give the two back and close the pool."""
+    bound = f"max_connections={pool.max_connections}"
+    name = f"{type(pool).__name__}({bound}" + (f", timeout={pool.timeout:g})" if hasattr(pool, "timeout") else ")")
+    held = [pool.get_connection() for _ in range(2)]
+    started = time.perf_counter()
+    try:
+        pool.get_connection()
+        error = "none"
+    except redis.ConnectionError as err:
+        error = f"{type(err).__name__}: {err}"
+    finally:
+        seconds = time.perf_counter() - started
         for conn in held:
             pool.release(conn)
         pool.disconnect()
-    return results
+    return Checkout(name, error, seconds)
 
 
 def blocking_checkout_after_release(srv: Server, hold_s: float = 0.2, timeout: float = 2.0) -> float:
@@ -659,14 +669,13 @@ def _paused_with_default_retry(srv: Server, socket_timeout: float, at_most_s: fl
     return Outcome(outcome.label, outcome.result, outcome.seconds, attempts=1 + reconnects)
 
 
-def _wrong_password_with(retry: Retry | None, label: str) -> Outcome:
-    with server() as srv:
-        admin = client_of(srv)
-        extra = {} if retry is None else {"retry": retry}
-        outcome = timed(label, redis.Redis(host=srv.host, port=srv.port, password="wrong", socket_timeout=1,
-                                           **extra).ping)
-        attempts = sum(f.count for f in ops.acl_failures(admin) if f.reason == "auth")
-        admin.close()
+def _wrong_password_with(srv: Server, retry: Retry | None, label: str) -> Outcome:
+    admin = client_of(srv)
+    extra = {} if retry is None else {"retry": retry}
+    outcome = timed(label, redis.Redis(host=srv.host, port=srv.port, password="wrong", socket_timeout=1,
+                                       **extra).ping)
+    attempts = sum(f.count for f in ops.acl_failures(admin) if f.reason == "auth")
+    admin.close()
     return Outcome(outcome.label, outcome.result, outcome.seconds, attempts=attempts)
 
 
@@ -677,15 +686,16 @@ def default_retry_traps(srv: Server, socket_timeout: float = 0.2, at_most_s: flo
     closed port, and with a wrong password (attempts counted by the server's ACL LOG); each beside the same
     call with no retry."""
     port = closed_port()
-    calls = {
-        "paused": lambda: _paused_with_default_retry(srv, socket_timeout, at_most_s),
-        "closed, default": lambda: timed("a closed port", redis.Redis(host="127.0.0.1", port=port).ping),
-        "closed, none": lambda: timed("a closed port, no retry",
-                                      redis.Redis(host="127.0.0.1", port=port, retry=NO_RETRY).ping),
-        "password, default": lambda: _wrong_password_with(None, "a wrong password"),
-        "password, none": lambda: _wrong_password_with(NO_RETRY, "a wrong password, no retry"),
-    }
-    return list(in_parallel(calls).values())
+    with server() as guarded, server() as guarded_once:  # started (and stopped) here, in the caller's thread
+        calls = {
+            "paused": lambda: _paused_with_default_retry(srv, socket_timeout, at_most_s),
+            "closed, default": lambda: timed("a closed port", redis.Redis(host="127.0.0.1", port=port).ping),
+            "closed, none": lambda: timed("a closed port, no retry",
+                                          redis.Redis(host="127.0.0.1", port=port, retry=NO_RETRY).ping),
+            "password, default": lambda: _wrong_password_with(guarded, None, "a wrong password"),
+            "password, none": lambda: _wrong_password_with(guarded_once, NO_RETRY, "a wrong password, no retry"),
+        }
+        return list(in_parallel(calls).values())
 
 
 def closed_port() -> int:
@@ -725,15 +735,17 @@ class Counted:
     counter: int
 
 
-def incr_while_paused(srv: Server, label: str, pause_s: float = 1.0, **client: Any) -> Counted:
-    """INCR a fresh counter through `Redis(host=..., **client)` while `srv` is paused for `pause_s` seconds,
-    then read the counter once the server has run everything it received."""
+def incr_while_paused(srv: Server, label: str, pause_s: float = 1.0,
+                      write: Callable[[redis.Redis], Any] = lambda c: c.incr("counter"), **client: Any) -> Counted:
+    """`write(c)` (by default INCR counter) through `c = Redis(host=..., **client)` on a fresh `counter` (and
+    no `req:*` key) while `srv` is paused for `pause_s` seconds, then read the counter once the server has run
+    everything it received."""
     admin = client_of(srv)
-    admin.delete("counter")
+    admin.delete("counter", *admin.scan_iter("req:*"))
     c = redis.Redis(**raw_kwargs(srv), decode_responses=True, **client)
     c.ping()
     with paused(srv, pause_s):
-        outcome = timed(label, lambda: c.incr("counter"))
+        outcome = timed(label, lambda: write(c))
     c.close()
     wait_until(lambda: admin.get("counter") is not None, 5, "the abandoned INCR to run")
     counter = int(admin.get("counter"))
@@ -816,8 +828,13 @@ def retry_through_restart(down_s: float = 0.6, retries: int = 8, seed: int = 11)
             restart = threading.Timer(down_s, srv.start)
             restart.name = f"{PREFIX}-restart"
             restart.start()
-            outcome = timed(label, lambda c=c: c.set("k", "v"))
-            restart.join()
+            try:
+                outcome = timed(label, lambda c=c: c.set("k", "v"))
+            finally:  # a cell interrupted here must not leave a timer that starts the server after Cleanup
+                restart.cancel()
+                restart.join()
+            if not srv.is_running():  # the call ended before the timer fired: restart here, in this thread
+                srv.start()
             runs.append(RetryRun(label, outcome.result, backoff.delays))
             if retry_count:
                 backoff.delays = []
@@ -899,12 +916,20 @@ INFO_FIELDS = {
 def info_digest(c: redis.Redis) -> dict[str, dict[str, Any]]:
     """The INFO fields worth a dashboard, by section, plus the keyspace and the three busiest commands."""
     info = c.info("everything")
-    digest = {section: {k: info.get(k) for k in fields} for section, fields in INFO_FIELDS.items()}
+    digest = {section: {k: _mb(k, info.get(k)) for k in fields} for section, fields in INFO_FIELDS.items()}
     digest["keyspace"] = {k: v for k, v in info.items() if k.startswith("db") and isinstance(v, dict)}
     stats = {k.removeprefix("cmdstat_"): v for k, v in c.info("commandstats").items()}
     busiest = sorted(stats.items(), key=lambda kv: -int(kv[1]["usec"]))[:3]
     digest["commandstats"] = {name: {"calls": s["calls"], "usec_per_call": s["usec_per_call"]} for name, s in busiest}
     return digest
+
+
+BYTE_FIELDS = {"used_memory", "used_memory_peak", "maxmemory", "mem_clients_normal"}
+
+
+def _mb(field: str, value: Any) -> Any:
+    """A byte count from INFO as megabytes (text), anything else as it is."""
+    return f"{int(value) / 1e6:.2f} MB" if field in BYTE_FIELDS and value is not None else value
 
 
 def stats_delta(c: redis.Redis, work: Callable[[], Any]) -> dict[str, int]:
@@ -979,7 +1004,8 @@ def _monitoring(srv: Server, seen: list[int]) -> Iterator[None]:
         yield
     finally:
         stop.set()
-        nudge.ping()  # one more line for the monitor, so that a reader waiting for one sees stop at once
+        with contextlib.suppress(redis.RedisError):  # cleanup goes on if the server cannot be nudged
+            nudge.ping()  # one more line for the monitor, so that a reader waiting for one sees stop at once
         reader.join()
         monitor.__exit__(None, None, None)
         watcher.close()
@@ -1309,6 +1335,7 @@ class TlsRun:
     untrusted: str
     new_tls_us: float
     new_plain_us: float
+    client_arguments: dict[str, Any]
 
 
 def tls_demo(engine: str, reps: int = 12) -> TlsRun:
@@ -1327,7 +1354,9 @@ def tls_demo(engine: str, reps: int = 12) -> TlsRun:
             replies = {name: timed(name, lambda kw=kw: _ping_once(kw)).result for name, kw in attempts.items()}
             times = side_by_side({"tls": lambda: _ping_once(secure), "plain": lambda: _ping_once(
                 {"port": srv.port} | base)}, reps=reps)
-    return TlsRun(engine, replies["trusted"], replies["plain_text"], replies["untrusted"], times["tls"], times["plain"])
+    shown = {k: (Path(v).name if k == "ssl_ca_certs" else v) for k, v in secure.items() if k != "password"}
+    return TlsRun(engine, replies["trusted"], replies["plain_text"], replies["untrusted"], times["tls"], times["plain"],
+                  shown)
 
 
 def _ping_once(kwargs: dict[str, Any]) -> bool:
@@ -1438,7 +1467,7 @@ SERVICE_TEXT = (
     "worker thread should wait for a connection under normal load, and a request that cannot get a connection "
     "must fail within a few seconds rather than wait for ever. Every client states its timeouts."
 ).format(**SERVICE)
-MAX_POOL_TIMEOUT_S = 10.0
+MAX_POOL_TIMEOUT_S = 5.0  # "fail within a few seconds"
 
 
 @dataclass(frozen=True)
@@ -1485,7 +1514,7 @@ def _run_load(pools: list[Any], threads: int, calls_each: int, call_s: float, ad
         for _ in range(calls_each):
             try:
                 client.blpop(["lab-empty"], call_s)
-            except redis.RedisError as err:
+            except Exception as err:  # the learner's pool: any error (a TypeError from a wrong argument too) counts
                 with lock:
                     errors[type(err).__name__] = errors.get(type(err).__name__, 0) + 1
 
@@ -1496,11 +1525,13 @@ def _run_load(pools: list[Any], threads: int, calls_each: int, call_s: float, ad
             peak[0] = max(peak[0], int(admin.info("clients")["connected_clients"]))
 
     watcher = thread(watch, name="pool-watch")
-    clients = [redis.Redis(connection_pool=pool) for pool in pools]
-    with ThreadPoolExecutor(threads * len(pools), thread_name_prefix=f"{PREFIX}-load") as executor:
-        list(executor.map(work, [c for c in clients for _ in range(threads)]))
-    done.set()
-    watcher.join()
+    try:
+        clients = [redis.Redis(connection_pool=pool) for pool in pools]
+        with ThreadPoolExecutor(threads * len(pools), thread_name_prefix=f"{PREFIX}-load") as executor:
+            list(executor.map(work, [c for c in clients for _ in range(threads)]))
+    finally:
+        done.set()
+        watcher.join()
     waited = sum(seconds for pool in pools for seconds in pool.checkout_seconds)
     return LoadRun(len(pools) * threads * calls_each, errors, waited, peak[0],
                    int(admin.info("stats")["rejected_connections"]) - rejected_before)
@@ -1597,11 +1628,14 @@ CACHE_REFUSED: dict[str, tuple[tuple[str | int, ...], str]] = {
     "FLUSHDB": (("FLUSHDB",), "FLUSHDB (-@dangerous)"),
     "KEYS *": (("KEYS", "*"), "KEYS (-@dangerous)"),
     "SCAN 0": (("SCAN", 0), "SCAN, which lists every key name whatever the key patterns (-scan, or an allow-list)"),
+    "RANDOMKEY": (("RANDOMKEY",), "RANDOMKEY, which returns any key's name whatever the key patterns (-randomkey, "
+                                  "or an allow-list)"),
     "CONFIG SET": (("CONFIG", "SET", "maxmemory", "1"), "CONFIG (-@dangerous, or -@admin)"),
     "DEBUG SLEEP 0": (("DEBUG", "SLEEP", 0), "DEBUG (-@dangerous)"),
     "SHUTDOWN": (("SHUTDOWN",), "SHUTDOWN (-@dangerous)"),
     "ACL SETUSER": (("ACL", "SETUSER", "cache", "+@all"), "ACL (-@dangerous): the user could grant itself anything"),
-    "EVAL": (("EVAL", "return 1", 0), "EVAL and FUNCTION (-@scripting): a script runs what the user may not"),
+    "EVAL": (("EVAL", "return 1", 0), "EVAL and FUNCTION (-@scripting): a looping script keeps the server busy "
+                                       "for every client, and a Lua bug is a way out of the sandbox"),
 }
 
 
@@ -1634,6 +1668,11 @@ def check_cache_acl(rules: Sequence[str]) -> Result:
         if c is None:
             return Result(False, problem)
         problems = []
+        stranger, _ = _login(srv, "not-" + CACHE_PASSWORD)
+        if stranger is not None:
+            stranger.close()
+            problems.append("The user logs in with a wrong password too (nopass?): give it only "
+                            f"'>{CACHE_PASSWORD}'.")
         for label, command in CACHE_ALLOWED.items():
             try:
                 c.execute_command(*command)

@@ -48,7 +48,13 @@ def test_maxclients_refuses_the_next_connection():
 
 
 def test_a_full_pool_raises_at_once_or_waits_for_its_timeout(srv):
-    plain, blocking = lesson.third_checkout(srv, blocking_timeout=0.3)
+    from labkit.clients import options
+
+    kwargs = lesson.raw_kwargs(srv) | options()
+    plain = lesson.third_checkout(redis.ConnectionPool(max_connections=2, **kwargs))
+    blocking = lesson.third_checkout(redis.BlockingConnectionPool(max_connections=2, timeout=0.3, **kwargs))
+    assert (plain.pool, blocking.pool) == ("ConnectionPool(max_connections=2)",
+                                           "BlockingConnectionPool(max_connections=2, timeout=0.3)")
     assert plain.error.startswith("MaxConnectionsError") and blocking.error.startswith("ConnectionError")
     assert blocking.seconds >= 0.3 > plain.seconds
     assert 0.1 <= lesson.blocking_checkout_after_release(srv, hold_s=0.1, timeout=2) < 2
@@ -113,6 +119,13 @@ def test_the_default_retry_multiplies_attempts_on_a_paused_server_and_a_wrong_pa
     assert paused_run.attempts == 11 and paused_run.seconds >= 1.1 and paused_run.result.startswith("TimeoutError")
     assert password.attempts == 11 and password_once.attempts == 1
     assert closed.seconds > 100 * closed_once.seconds and closed.result.startswith("ConnectionError")
+
+
+def test_a_retried_write_with_a_request_id_counts_once(srv):
+    script = "if redis.call('SET', KEYS[1], 1, 'NX') then return redis.call('INCR', KEYS[2]) end return false"
+    once = lesson.incr_while_paused(srv, "request id", write=lambda c: c.eval(script, 2, "req:1", "counter"),
+                                    socket_timeout=0.3, retry=Retry(NoBackoff(), 3))
+    assert once.counter == 1 and once.reply in ("None", "1")
 
 
 def test_a_retried_incr_counts_twice_and_an_unretried_one_still_runs(srv):
@@ -277,12 +290,15 @@ def test_pool_size_accepts_the_smallest_pool_that_lets_every_thread_work():
     (lambda **s: redis.BlockingConnectionPool(max_connections=12, timeout=2, **s), "do not state socket_timeout"),
     (lambda **s: redis.BlockingConnectionPool(max_connections=12, timeout=2, socket_timeout=0.01, **s),
      "TimeoutError"),
+    (lambda **s: redis.BlockingConnectionPool(max_connections=12, timeout=10, socket_timeout=5, **s), "(at most 5)"),
+    (lambda **s: redis.ConnectionPool(max_connections=12, timeout=2, socket_timeout=5, **s), "TypeError"),
     (lambda **s: redis.Redis(**s), "must return a redis-py pool"),
     (lambda **s: 1 / 0, "make_pool raised ZeroDivisionError"),
 ])
 def test_pool_size_rejects_the_plausible_mistakes(make_pool, says):
     verdict = lesson.check_pool_size(make_pool)
     assert not verdict and says in verdict.message, verdict.message
+    assert eventually(lambda: not [t for t in threading.enumerate() if t.name.startswith(lesson.PREFIX)])
 
 
 # -- exercise 2: an ACL user for a cache -------------------------------------------------------------------------------
@@ -298,7 +314,7 @@ def test_cache_acl_accepts_the_reference():
 
 def test_cache_acl_accepts_categories_with_the_holes_closed():
     verdict = lesson.check_cache_acl(["on", PASSWORD, "~cache:*", "&cache:invalidations", "+@read", "+@write",
-                                      "-@dangerous", "-scan", "+ping", "+publish"])
+                                      "-@dangerous", "-scan", "-randomkey", "+ping", "+publish"])
     assert verdict, verdict.message
 
 
@@ -312,6 +328,9 @@ def test_cache_acl_accepts_categories_with_the_holes_closed():
     (["on", PASSWORD, "~cache:*", "&cache:invalidations", "+@read", "+@write", "-@dangerous", "+ping", "+publish"],
      "SCAN"),
     (["on", PASSWORD, "~cache:*", "&cache:invalidations", "+@read", "+@write", "+ping", "+publish"], "KEYS"),
+    (["on", PASSWORD, "~cache:*", "&cache:invalidations", "+@all", "-@dangerous", "-@scripting", "-scan"], "RANDOMKEY"),
+    (["on", PASSWORD, "nopass", "resetkeys", "~cache:*", "resetchannels", "&cache:invalidations", "-@all", "+get",
+      "+set", "+mget", "+expire", "+ttl", "+del", "+ping", "+publish"], "wrong password too"),
     ([PASSWORD, "~cache:*", "&cache:invalidations", "-@all", "+get", "+set"], "cannot log in"),
     (["on", ">another-password", "~cache:*", "-@all", "+get"], "cannot log in"),
     (["on", PASSWORD, "~cache:*", "&cache:invalidations", "-@all", "+get", "+set", "+mget", "+expire", "+ttl", "+del",
