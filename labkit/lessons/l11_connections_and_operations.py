@@ -1335,7 +1335,7 @@ class TlsRun:
     untrusted: str
     new_tls_us: float
     new_plain_us: float
-    client_arguments: dict[str, Any]
+    client_arguments: dict[str, str]  # the trusting client's, as code, without its password (the CA file by name)
 
 
 def tls_demo(engine: str, reps: int = 12) -> TlsRun:
@@ -1354,7 +1354,8 @@ def tls_demo(engine: str, reps: int = 12) -> TlsRun:
             replies = {name: timed(name, lambda kw=kw: _ping_once(kw)).result for name, kw in attempts.items()}
             times = side_by_side({"tls": lambda: _ping_once(secure), "plain": lambda: _ping_once(
                 {"port": srv.port} | base)}, reps=reps)
-    shown = {k: (Path(v).name if k == "ssl_ca_certs" else v) for k, v in secure.items() if k != "password"}
+    shown = {k: repr(Path(v).name) if k == "ssl_ca_certs" else describe_retry(v) if k == "retry" else repr(v)
+             for k, v in secure.items() if k != "password"}
     return TlsRun(engine, replies["trusted"], replies["plain_text"], replies["untrusted"], times["tls"], times["plain"],
                   shown)
 

@@ -42,6 +42,12 @@ def test_connection_memory_shrinks_and_an_unread_reply_is_held(srv):
     assert mem.pending_reply > 3_600_000
 
 
+def test_output_buffer_limits_are_read_by_class(srv):
+    c = srv.client()
+    assert lesson.output_buffer_limits(c) == {"normal": (0, 0, 0), "slave": (256, 64, 60), "pubsub": (32, 8, 60)}
+    c.close()
+
+
 def test_maxclients_refuses_the_next_connection():
     full = lesson.maxclients_reached(maxclients=5)
     assert (full.accepted, full.error, full.rejected) == (5, "max number of clients reached", 1)
