@@ -34,7 +34,8 @@ def test_connections_are_named_blocked_and_sized(srv):
         mine = {c.name: c for c in ops.connections(admin, name_prefix="svc-")}
         assert [c.name for c in seen] == ["svc-blocked"] and seen[0].cmd == "blpop"
         assert set(mine) == {"svc-idle", "svc-blocked"} and not mine["svc-idle"].blocked
-        assert mine["svc-idle"].total_memory > 0 and mine["svc-idle"].library.startswith("redis-py")
+        assert mine["svc-idle"].total_memory > 0
+        assert mine["svc-idle"].library.startswith("redis-py") or not capabilities(admin).client_setinfo
         assert len(ops.connections(admin)) >= 3  # and the admin's own
     finally:
         admin.lpush("empty", "wake")
@@ -88,6 +89,8 @@ def test_large_replies_are_in_the_commandlog_where_the_engine_has_one(srv):
 
 def test_a_user_refused_the_commandlog_gets_a_config_error(srv):
     admin = srv.client()
+    if not capabilities(admin).has("commandlog"):
+        pytest.skip("no COMMANDLOG on this engine: the test above checks its ConfigError")
     admin.acl_setuser("no-log", enabled=True, passwords=["+pw"], commands=["+@all", "-commandlog"], keys=["*"],
                       reset=True)
     user = redis.Redis(host=srv.host, port=srv.port, username="no-log", password="pw", **options())
