@@ -458,26 +458,29 @@ class ServerMonitor(LiveMonitor):
     PANELS = (("ops/s", "commands per second"), ("memory MB", "used memory (MB)"),
               ("clients", "connected clients"), ("hit rate %", "hit rate of reads (%)"),
               ("evicted/s", "keys evicted per second"), ("slow commands", "slow commands since start"))
+    SLOW_LOG_READ = 128  # slow-log entries read per sample (the default slowlog-max-len): the most it counts
 
     def __init__(self, r: redis.Redis, **kwargs: float) -> None:
         self.r = r
         self._last: tuple[float, int, int, int, int] | None = None
-        self._first_slow: int | None = None
+        self._slow_before: int | None = None  # the newest slow-log id when the monitor started (-1: log empty)
         super().__init__(self._server_sample, **kwargs)
         self._drawn_at = time.monotonic()  # the first figure once there is something to draw, not at the start
 
-    def _latest_slow_id(self) -> int:
-        latest = self.r.slowlog_get(1)
-        return int(latest[0]["id"]) if latest else -1
+    def _slow_ids(self) -> list[int]:
+        """The ids in the slow log, newest first (ids keep counting across SLOWLOG RESET: count entries, not
+        the difference of two ids)."""
+        return [int(row[0]) for row in self.r.execute_command("SLOWLOG", "GET", self.SLOW_LOG_READ)]
 
     def _server_sample(self) -> Sample:
-        info, slow_id, now = self.r.info(), self._latest_slow_id(), time.monotonic()
+        info, slow_ids, now = self.r.info(), self._slow_ids(), time.monotonic()
         ops, evicted = int(info["total_commands_processed"]), int(info["evicted_keys"])
         hits, misses = int(info["keyspace_hits"]), int(info["keyspace_misses"])
-        if self._first_slow is None:
-            self._first_slow = slow_id
+        if self._slow_before is None:
+            self._slow_before = max(slow_ids, default=-1)
+        slow = sum(1 for ident in slow_ids if ident > self._slow_before)
         sample = {"memory MB": int(info["used_memory"]) / 1e6, "clients": float(info["connected_clients"]),
-                  "blocked": float(info["blocked_clients"]), "slow commands": float(slow_id - self._first_slow)}
+                  "blocked": float(info["blocked_clients"]), "slow commands": float(slow)}
         last, self._last = self._last, (now, ops, hits, misses, evicted)
         if last is not None:
             dt = max(now - last[0], 1e-6)

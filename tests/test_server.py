@@ -288,6 +288,15 @@ def test_tls_built_in_agrees_with_what_the_server_does_with_a_tls_port(engine):
     assert tls_built_in(engine) is (not says_tls_missing)
 
 
+def test_a_binary_that_fails_for_another_reason_is_not_taken_for_a_tls_build(tmp_path):
+    from labkit.server.capabilities import _tls_built_in
+
+    broken = tmp_path / "server"
+    broken.write_text("#!/bin/sh\necho 'cannot start: bad option' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    assert _tls_built_in(str(broken)) is False
+
+
 def test_a_port_handed_out_is_not_handed_out_again():
     from labkit.server.process import _claim, free_port
 

@@ -26,6 +26,7 @@ class Capabilities:
     bgsave_cancel: bool = False  # BGSAVE CANCEL stops a snapshot in progress (Valkey 8.1+)
     atomic_slot_migration: bool = False  # CLUSTER MIGRATESLOTS moves slots in one step (Valkey 9.0+)
     slot_stats: bool = False  # CLUSTER SLOT-STATS: keys, CPU and bytes per slot (Valkey 8.0+)
+    client_setinfo: bool = False  # CLIENT SETINFO: a client names its library for CLIENT LIST (Redis 7.2+, Valkey)
 
     @property
     def search(self) -> bool:
@@ -84,7 +85,8 @@ def capabilities(r: redis.Redis) -> Capabilities:
     commands = {text(n).lower() for n in names}
     cluster_parts = _tokens(r, "CLUSTER")
     return Capabilities(engine, version, frozenset(modules), frozenset(commands), "CANCEL" in _tokens(r, "BGSAVE"),
-                        "cluster|migrateslots" in cluster_parts, "cluster|slot-stats" in cluster_parts)
+                        "cluster|migrateslots" in cluster_parts, "cluster|slot-stats" in cluster_parts,
+                        "client|setinfo" in _tokens(r, "CLIENT"))
 
 
 def _hello_modules(r: redis.Redis) -> list:
@@ -124,6 +126,7 @@ def _name(module: dict | list) -> str:
     return str(text(name))
 
 
+TLS_SIGNS = ("tls-cert-file", "Failed to configure TLS")  # what a build with TLS logs without a certificate
 NO_TLS_SIGNS = ("TLS support", "connection type tls", "TLS not supported")  # what a build without TLS logs
 
 
@@ -133,16 +136,18 @@ def _tls_built_in(server: str) -> bool:
             "--logfile", "", "--dir", "/tmp"]
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=5, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return True  # it started and kept serving on the TLS port
-    log = done.stdout + done.stderr
-    return not any(sign in log for sign in NO_TLS_SIGNS)
+        log = done.stdout + done.stderr
+    except subprocess.TimeoutExpired as running:  # it kept running: serving on the TLS port, or stuck
+        log = "".join(text(part or b"") for part in (running.stdout, running.stderr))
+        return "Ready to accept connections" in log and not any(sign in log for sign in NO_TLS_SIGNS)
+    return any(sign in log for sign in TLS_SIGNS) and not any(sign in log for sign in NO_TLS_SIGNS)
 
 
 def tls_built_in(engine: Engine | str | None = None) -> bool:
     """True if the engine's binary is built with TLS. It is asked to listen on a TLS port with no
     certificate: a build without TLS refuses the port itself ("Failed finding TLS support"), a build with it
-    gets further and fails on the missing certificate (or starts, if one is configured by default). Asked
-    once per binary."""
+    gets further and fails on the missing certificate ("No tls-cert-file configured!"), or starts, if one is
+    configured by default. Only such a positive sign counts: a binary that fails for another reason is not
+    taken for a TLS build. Asked once per binary."""
     chosen = engine if isinstance(engine, Engine) else find_engine(engine)
     return _tls_built_in(str(chosen.server))
