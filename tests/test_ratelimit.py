@@ -2,6 +2,7 @@
 
 import math
 import multiprocessing
+import random
 import re
 import threading
 import time
@@ -38,8 +39,12 @@ def test_admits_the_limit_then_refuses_with_a_wait(cls, r, ns):
     assert [d.allowed for d in decisions] == [True] * 5 + [False] * 2
     assert [d.remaining for d in decisions[:5]] == [4, 3, 2, 1, 0]
     denied = decisions[-1]
-    assert 0 < denied.retry_after <= 1.0 and denied.headers()["Retry-After"] == "1"
-    assert denied.headers()["RateLimit"] == f'"{limiter.policy}";r=0;t=1'
+    if cls is SlidingWindowCounter:  # the full window counts in full at the next start: 863 ms, then 1/5 of 1 s
+        assert denied.retry_after == 1.063 and denied.headers()["Retry-After"] == "2"
+        assert denied.headers()["RateLimit"] == f'"{limiter.policy}";r=0;t=2'
+    else:
+        assert 0 < denied.retry_after <= 1.0 and denied.headers()["Retry-After"] == "1"
+        assert denied.headers()["RateLimit"] == f'"{limiter.policy}";r=0;t=1'
     assert denied.headers("legacy")["RateLimit-Limit"] == "5" and denied.headers("legacy")["RateLimit-Remaining"] == "0"
     assert at_now(limiter, "bob").allowed  # keys are independent
 
@@ -281,6 +286,32 @@ def test_matches_a_reference_model_on_random_arrivals(cls, r, ns, arrivals, limi
     for gap, cost in arrivals:
         now += gap
         assert limiter._decide(key, cost, now).allowed == model.allow(now, cost), (gap, cost, now)
+
+
+@pytest.mark.parametrize("cls", ALGORITHMS)
+def test_retry_after_is_exactly_when_a_retry_is_admitted(cls, r, ns):
+    """After any denial, the same request `retry_after` later is admitted, and 2 ms earlier it is not: a client
+    honouring Retry-After is never refused again, and is not told to wait longer than needed. Seeded random
+    histories (gaps 0-300 ms, costs 1-3) on an injected clock; each denial is retried and the history goes on."""
+    rnd = random.Random(2024)
+    limiter = make(cls, r, ns.key("rl"), limit=10, per=1.0)
+    denials = 0
+    for history in range(60):
+        key, now = f"h{history}", NOW_MS + rnd.randrange(1000)
+        for _ in range(rnd.randrange(5, 40)):
+            now += rnd.choice([0, 1, 5, 20, 100, 300])
+            cost = rnd.choice([1, 1, 1, 2, 3])
+            decision = limiter._decide(key, cost, now)
+            if decision.allowed:
+                continue
+            denials += 1
+            wait_ms = round(decision.retry_after * 1000)
+            assert wait_ms >= 1, (history, now, cost)
+            if wait_ms > 2:  # a denial writes no count, so probing early does not change the history
+                assert not limiter._decide(key, cost, now + wait_ms - 2).allowed, (history, now, cost, wait_ms)
+            assert limiter._decide(key, cost, now + wait_ms).allowed, (history, now, cost, wait_ms)
+            now += wait_ms
+    assert denials >= 50  # the histories do reach the limit, often
 
 
 # --- concurrency: several threads AND processes, the server's clock, the invariant each promises ------
