@@ -79,6 +79,59 @@ def test_sliding_log_rejects_a_key_without_expiry(r, ns):
     assert not result and "no expiry" in result.message
 
 
+def test_sliding_log_rejects_a_log_that_never_slides(r, ns):
+    script = r.register_script(SLIDING_LUA.replace("redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))", ""))
+    result = lesson.check_sliding_log(r, ns, reference(script))
+    assert not result and "does not slide" in result.message
+    assert ns.keys(r) == []
+
+
+def test_sliding_log_rejects_a_log_that_resets_instead_of_sliding(r, ns):
+    reset_when_the_oldest_leaves = """local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if oldest[2] and tonumber(oldest[2]) <= now - tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) end"""
+    script = r.register_script(SLIDING_LUA.replace(
+        "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))", reset_when_the_oldest_leaves))
+    result = lesson.check_sliding_log(r, ns, reference(script))
+    assert not result and "forgot a live entry" in result.message
+
+
+def test_sliding_log_rejects_a_sequence_key_that_never_expires(r, ns):
+    script = r.register_script(SLIDING_LUA.replace("redis.call('PEXPIRE', KEYS[2], ARGV[2])", ""))
+    result = lesson.check_sliding_log(r, ns, reference(script))
+    assert not result and ":{probe}:seq': -1" in result.message and "not within the window" in result.message
+    assert ns.keys(r) == []
+
+
+def test_sliding_log_rejects_a_window_in_seconds(r, ns):
+    in_seconds = """
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('ZADD', KEYS[1], now, now .. ':' .. seq)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+    result = lesson.check_sliding_log(r, ns, reference(r.register_script(in_seconds)))
+    assert not result and "not the server's time in ms" in result.message and "does not slide" in result.message
+    assert "not within the window" in result.message
+
+
+def test_sliding_log_rejects_the_clients_clock(r, ns):
+    script = r.register_script(SLIDING_LUA.replace(
+        "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)",
+        "local now = tonumber(ARGV[3])"))
+    assert "ARGV[3]" in script.script
+
+    def client_clock(r, key, limit, ms):
+        return bool(script(keys=[key, key + ":seq"], args=[limit, ms, int(time.time() * 1000)]))
+
+    result = lesson.check_sliding_log(r, ns, client_clock)
+    assert not result and "a time of the client's clock" in result.message
+    assert "does not slide" not in result.message and "got more than" not in result.message  # otherwise right
+
+
 def test_sliding_log_reports_an_error_without_hanging_the_other_threads(r, ns):
     def broken(r, key, limit, ms):
         raise ValueError("typo in the script")
