@@ -16,6 +16,7 @@ from labkit.errors import ConfigError
 from labkit.keys import Namespace
 from labkit.lessons import Result, check, delete_keys, verdict
 from labkit.server import Capabilities, Server
+from labkit.tracing import trace
 
 # What a SessionStore sends itself (get, invalidate, rotate, sessions_of) and what its Lua calls inside: a
 # function or script runs with its caller's permissions, so the service's user needs these either way.
@@ -148,21 +149,31 @@ LAST_SEEN_SLACK_MS = 60_000  # a touch's last_seen must be the server's clock in
 def check_touch_session(r: redis.Redis, ns: Namespace, touch: Callable) -> Result:
     """`touch(r, key, idle_ms) -> bool` refreshes an existing session hash's idle TTL and returns
     True (if it records `last_seen`, in ms since the epoch on the server's clock, as the store does); for a
-    missing session it returns False and writes nothing."""
+    missing session it returns False and writes nothing. One touch is one round trip (traced, after a warm-up
+    call that lets a registered script load itself): a write after a separate existence check can recreate a
+    session that expired in between."""
     live, missing = ns.key("check", "session", "live"), ns.key("check", "session", "missing")
-    r.delete(live, missing)
-    r.hset(live, mapping={"user_id": "u1", "last_seen": "0"})
-    r.pexpire(live, 2000)
+    warm = ns.key("check", "session", "warm-up")
+    r.delete(live, missing, warm)
+    for key in (live, warm):
+        r.hset(key, mapping={"user_id": "u1", "last_seen": "0"})
+        r.pexpire(key, 2000)
     try:
-        refreshed = touch(r, live, 60_000)
+        touch(r, warm, 60_000)  # a registered script loads itself on its first call: not the touch measured
+        with trace(r, show=False) as sent:
+            refreshed = touch(r, live, 60_000)
         ttl_after, now = r.pttl(live), server_ms(r)
         last_seen = r.hget(live, "last_seen")
         absent = touch(r, missing, 60_000)
         created = r.exists(missing)
         leftover = r.hgetall(missing) if created else {}
     finally:
-        delete_keys(r, [live, missing])
+        delete_keys(r, [live, missing, warm])
     problems = []
+    if sent.round_trips > 1:
+        problems.append(f"one touch took {sent.round_trips} round trips ({', '.join(sent.names())}): between a check "
+                        "and a later write the session can expire or be logged out, and the write then recreates a "
+                        "half session with no user. Check and write in one round trip: a script, or PEXPIRE alone.")
     if refreshed is not True:
         problems.append(f"touching a live session returned {refreshed!r}, expected True (HSET returns how many "
                         "fields are NEW, so 0 for a refresh: use EXPIRE's reply, or a script).")

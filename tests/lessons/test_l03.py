@@ -59,6 +59,30 @@ def test_touch_rejects_the_half_session_writer(r, ns):
     assert ns.keys(r) == []
 
 
+def test_touch_rejects_a_check_then_write_in_two_round_trips(r, ns):
+    def exists_then_write(r, key, ms):
+        if not r.exists(key):
+            return False
+        r.hset(key, "last_seen", lesson.server_ms(r))
+        return bool(r.pexpire(key, ms))
+
+    result = lesson.check_touch_session(r, ns, exists_then_write)
+    assert not result and "round trips" in result.message and "half session" in result.message
+    assert ns.keys(r) == []
+
+
+def test_touch_rejects_pexpire_then_hset_in_two_round_trips(r, ns):
+    def pexpire_then_hset(r, key, ms):
+        ok = r.pexpire(key, ms)
+        if ok:
+            r.hset(key, "last_seen", lesson.server_ms(r))
+        return bool(ok)
+
+    result = lesson.check_touch_session(r, ns, pexpire_then_hset)
+    assert not result and "round trips" in result.message
+    assert ns.keys(r) == []
+
+
 # -- 3.6: the session service's ACL user -----------------------------------------------------------------
 def every_store_call(store: SessionStore) -> None:
     """Each public call of the store, as the service makes them."""
