@@ -3,10 +3,12 @@ state of each algorithm, a limiter behind a paused server, the pictures, and the
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import statistics
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +18,7 @@ import redis
 from labkit.keys import Namespace
 from labkit.lessons import Result, check, delete_keys, verdict
 from labkit.ratelimit import GCRA, FixedWindow, Limiter, SlidingLog, SlidingWindowCounter, TokenBucket
+from labkit.server.lab import client_for
 from labkit.tracing import trace
 
 SLIDING_USERS, SLIDING_LIMIT, SLIDING_THREADS = 50, 4, 8
@@ -26,6 +29,24 @@ def server_ms(r: redis.Redis) -> int:
     """The server's clock (TIME) in milliseconds since the epoch."""
     seconds, micros = r.time()
     return int(seconds) * 1000 + int(micros) // 1000
+
+
+def burst_profile(limiter: Limiter) -> dict:
+    """A burst of twice the limit at once, on a fresh key, early in a window of the server's clock (so that it
+    never straddles a boundary): how many passed, the bytes its keys take (all of them), the `retry_after` of
+    the first refusal, and the refill allowance: how many units could refill while the burst ran (one, plus
+    one per unit interval of the burst's span on the server's clock)."""
+    r, key = limiter.r, f"profile-{uuid.uuid4().hex[:8]}"
+    window_ms = round(limiter.window * 1000)
+    left_ms = window_ms - server_ms(r) % window_ms
+    if left_ms < 0.6 * window_ms:
+        time.sleep(left_ms / 1000 + 0.01)
+    decisions = [limiter.allow(key) for _ in range(2 * limiter.limit)]
+    memory = sum(r.memory_usage(k, samples=0) or 0 for k in limiter.keys(key))
+    first_denied = next(d for d in decisions if not d.allowed)
+    span_ms = decisions[-1].now_ms - decisions[0].now_ms
+    return {"admitted": sum(d.allowed for d in decisions), "bytes": memory, "retry_after": first_denied.retry_after,
+            "refill allowance": 1 + int(span_ms * limiter.limit / window_ms)}
 
 
 # -- replays on an injected clock -------------------------------------------------------------------------
@@ -153,6 +174,35 @@ def during_outage(limiter: Limiter, key: str, requests: int, *, fail_open: bool)
         took.append(time.perf_counter() - began)
         admitted, errors = admitted + allowed, errors + (error is not None)
     return Outage(requests, admitted, errors, statistics.median(took))
+
+
+# -- count, then add: four app servers race ---------------------------------------------------------------
+def race_processes(url: str, ask: Callable[[redis.Redis, str], bool], keys: Sequence[str], processes: int = 4) -> int:
+    """`processes` processes (app servers), each with its own client of `url`, start together and call
+    `ask(client, key)` once for every key, in turn: how many calls were admitted in all."""
+    fork = multiprocessing.get_context("fork")  # the child inherits `ask`, even one defined in a notebook
+    queue, start_at = fork.Queue(), time.time() + 0.5
+
+    def app_server() -> None:
+        client = client_for(url)
+        time.sleep(max(0.0, start_at - time.time()))
+        queue.put(sum(bool(ask(client, key)) for key in keys))
+        client.close()
+
+    workers = [fork.Process(target=app_server) for _ in range(processes)]
+    for w in workers:
+        w.start()
+    try:
+        return sum(queue.get(timeout=60) for _ in workers)
+    finally:
+        for w in workers:
+            w.join(10)
+
+
+def url_of(r: redis.Redis) -> str:
+    """A URL for `r`'s server, with its user and password (a workshop learner's user too)."""
+    kw = r.connection_pool.connection_kwargs
+    return f"redis://{kw.get('username') or ''}:{kw.get('password') or ''}@{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
 
 
 # -- pictures --------------------------------------------------------------------------------------------
@@ -293,7 +343,8 @@ def _probe(r: redis.Redis, key: str, allow: Callable) -> list[str]:
     if any(_near(arg, now) for call in calls for arg in call.args[1:]):
         problems.append("a request sent a time of the client's clock: read `TIME` inside the script, so that every "
                         "app server decides on the same clock (4.8 showed what a fast clock costs).")
-    scores = [score for k in written if r.type(k) in ("zset", b"zset") for _, score in r.zrange(k, 0, -1, withscores=True)]
+    sets = [k for k in written if r.type(k) in ("zset", b"zset")]
+    scores = [score for k in sets for _, score in r.zrange(k, 0, -1, withscores=True)]
     if not scores:
         problems.append("an admitted request left no sorted-set entry under its key.")
     elif not all(abs(score - now) < 1000 for score in scores):
@@ -323,7 +374,9 @@ def _slides(r: redis.Redis, base: str, allow: Callable) -> list[str]:
     run the machine stalled past a deadline starts again on a fresh key."""
     for attempt in range(4):
         key = f"{base}:{{slide{attempt}}}"
-        ask = lambda: bool(allow(r, key, SLIDE_LIMIT, SLIDE_WINDOW_MS))  # noqa: E731
+        def ask(key: str = key) -> bool:
+            return bool(allow(r, key, SLIDE_LIMIT, SLIDE_WINDOW_MS))
+
         first = ask()
         first_at = server_ms(r)  # the first entry's score is at most this
         _wait_until(r, first_at + SLIDE_WINDOW_MS // 2)
