@@ -151,6 +151,8 @@ ROWS = [
                                                                           prefix=w.ns.key("s")), [*SECONDS0, 60, 90]),
     Row("SessionStore", "functions", lambda w, v: sessions.SessionStore(w.r, functions=v, prefix=w.ns.key("s")),
         [None, "yes", 1, 0]),
+    Row("SessionStore", "tag_secret", lambda w, v: sessions.SessionStore(w.r, tag_secret=v, prefix=w.ns.key("s")),
+        [None, 5, ["k"]]),
     Row("SessionStore.create_anonymous", "theme", lambda w, v: w.store.create_anonymous(theme=v),
         [None, {"a": 1}, [1], True]),
     Row("SessionStore.create_anonymous", "user_id", lambda w, v: w.store.create_anonymous(user_id=v), ["admin", ""]),
@@ -163,7 +165,7 @@ ROWS = [
       for m in ("get", "touch", "invalidate", "rotate", "key")],
     Row("SessionStore.update", "session_id", lambda w, v: w.store.update(v, theme="x"), [None, "", 5]),
     *[Row(f"SessionStore.{m}", "user_id", lambda w, v, m=m: getattr(w.store, m)(v), NAME)
-      for m in ("sessions_of", "invalidate_user", "user_key", "new_id")],
+      for m in ("sessions_of", "invalidate_user", "user_key", "new_id", "tag")],
     # -- ratelimit ----------------------------------------------------------------------------------------
     *[Row(f"{cls.__name__}", "limit", lambda w, v, cls=cls: cls(w.r, v, 1, prefix=w.ns.key("rl")), COUNT)
       for cls in (ratelimit.FixedWindow, ratelimit.SlidingLog, ratelimit.SlidingWindowCounter)],
