@@ -84,12 +84,17 @@ class Limiter:
         self.limit = validate.integer(limit, f"{type(self).__name__}: the limit/burst")
         self.r, self.prefix = r, validate.prefix(prefix)
         self._script = scripts.register(r, self.script)
+        # what every decision repeats, made once: the keys' common head, the script's arguments, the headers'
+        # policy name and window (a limiter's settings do not change after it is made)
+        self._key_head = f"{self.prefix}:{self.slug}:{self._settings()}:{{"
+        self._argv = tuple(self._args())
+        self._policy, self._window = self.policy, self.window
 
     def keys(self, key: str) -> list[str]:
         """The keys this limiter keeps for `key`: named by algorithm AND settings, so limiters with other
         settings under one prefix (10/s and 100/min for one user) never share a count; hash-tagged by
         `key`, so a limiter's keys share a cluster slot."""
-        return [f"{self.prefix}:{self.slug}:{self._settings()}:{{{key}}}"]
+        return [self._key_head + key + "}"]
 
     def _settings(self) -> str:
         raise NotImplementedError
@@ -118,10 +123,10 @@ class Limiter:
         validate.name(key, "key")
         if not isinstance(cost, int) or isinstance(cost, bool) or cost < 1 or cost > self.limit:
             raise ConfigError(f"cost must be an integer from 1 to the limit ({self.limit}), got {cost!r}.")
-        args = [*self._args(), cost] + ([now_ms] if now_ms is not None else [])
+        args = (*self._argv, cost) if now_ms is None else (*self._argv, cost, now_ms)
         allowed, remaining, retry_ms, reset_ms, server_now = self._script(keys=self.keys(key), args=args)
         return Decision(bool(allowed), int(remaining), retry_ms / 1000, reset_ms / 1000, self.limit, int(server_now),
-                        self.policy, self.window)
+                        self._policy, self._window)
 
     def _args(self) -> list[int | float]:
         raise NotImplementedError
@@ -155,7 +160,7 @@ class SlidingLog(_WindowLimiter):
     script, algorithm, slug = "ratelimit/sliding_log", "sliding log", "log"
 
     def keys(self, key: str) -> list[str]:
-        base = super().keys(key)[0]
+        base = self._key_head + key + "}"
         return [base, base + ":seq"]
 
 
