@@ -204,7 +204,7 @@ class Redlock:
         of a node that was down, slow or refused."""
         taken = _connect_all(self._nodes)
         deadline, packed = time.monotonic() + self.timeout, None
-        for node, conn in taken:
+        for _node, conn in taken:
             if not isinstance(conn, Exception):
                 packed = _send(conn, command, packed)
         return [_reply(node, conn, deadline) for node, conn in taken]

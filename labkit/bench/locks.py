@@ -72,7 +72,8 @@ def _contenders(clients: list[redis.Redis]) -> dict[str, Contender]:
         "labkit Redlock": Contender(ours_rl.acquire, ours_rl.release, clients, "3 servers", False),
         # as a service locks: a new lock object per resource name (an order id), made on shared clients
         "pottery Redlock per order": per_order(
-            "pottery Redlock per order", lambda key: PotteryRedlock(key=key, masters=set(clients), auto_release_time=10),
+            "pottery Redlock per order",
+            lambda key: PotteryRedlock(key=key, masters=set(clients), auto_release_time=10),
             lambda lock: lock.acquire(blocking=False)),
         "labkit Redlock per order": per_order(
             "labkit Redlock per order", lambda key: Redlock(clients, key, ttl_ms=10_000), lambda lock: lock.acquire()),

@@ -3,6 +3,7 @@ second with 50 users in turn, and round trips per decision."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import statistics
 from collections.abc import Callable
@@ -30,7 +31,7 @@ def _theirs(server: Server, per_minute: int) -> dict[str, Callable[[str], object
     storage, item = RedisStorage(server.url.removesuffix("/0")), parse(f"{per_minute}/minute")
     strategies = {"fixed window": FixedWindowRateLimiter, "moving window": MovingWindowRateLimiter,
                   "sliding window counter": SlidingWindowCounterRateLimiter}
-    return {name: lambda user, s=cls(storage): s.hit(item, user) for name, cls in strategies.items()}
+    return {name: functools.partial(cls(storage).hit, item) for name, cls in strategies.items()}
 
 
 def _ours(server: Server, per_minute: int) -> dict[str, Callable[[str], object]]:
@@ -67,8 +68,8 @@ def _pair_rows(server: Server, per_minute: int, reps: int) -> list[Row]:
     for algorithm, peer in NEAREST.items():
         r.flushdb()  # a server of our own: every pair starts from an empty keyspace
         turn = itertools.count()
-        calls = {f"limits {peer}": lambda d=theirs[peer]: d(USERS[next(turn) % len(USERS)]),
-                 f"labkit {algorithm}": lambda d=ours[algorithm]: d(USERS[next(turn) % len(USERS)])}
+        calls = {f"limits {peer}": lambda d=theirs[peer], t=turn: d(USERS[next(t) % len(USERS)]),
+                 f"labkit {algorithm}": lambda d=ours[algorithm], t=turn: d(USERS[next(t) % len(USERS)])}
         for name, us in side_by_side(calls, reps=reps).items():
             rows.append(Row(SUITE, f"decisions, {per_minute:,}/min, 50 users: {algorithm}", name, 1e6 / us,
                             "decisions/s", baseline=name.startswith("limits")))

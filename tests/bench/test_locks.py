@@ -16,7 +16,8 @@ def test_compares_with_redis_py_and_pottery_in_one_round_trip_per_node():
         assert table[(f"acquire+release, {metric}", name)] > 0
     # a Redlock per order id opens no connection and starts no thread: 4x to 8x faster than pottery's
     # measured beside other engineers' test runs (load 9 to 11 on 2 cores); half the time is a safe margin
-    mine, theirs = (table[(f"acquire+release, {per_order}", f"{who} Redlock per order")] for who in ("labkit", "pottery"))
+    mine, theirs = (table[(f"acquire+release, {per_order}", f"{who} Redlock per order")]
+                    for who in ("labkit", "pottery"))
     assert mine < 0.5 * theirs
     assert baselines(rows) == {
         "acquire+release, 1 server": "redis-py Lock", "round trips per acquire, 1 server": "redis-py Lock",
