@@ -15,6 +15,7 @@ import functools
 import hashlib
 import random
 import secrets
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -284,19 +285,12 @@ class _Node:
         self._idle: list[redis.Connection] = []  # list.pop and list.append are atomic: no lock needed
 
     def take(self) -> redis.Connection:
-        """An idle connection, or a new one not yet connected. An idle one with something to read was closed
-        by the server meanwhile (a restart, a timeout): it is disconnected, to connect again before use."""
+        """An idle connection, or a new one not yet connected."""
         try:
-            conn = self._idle.pop()
+            return self._idle.pop()
         except IndexError:
             pool = self.client.connection_pool
             return pool.connection_class(**pool.connection_kwargs)
-        try:
-            if conn._sock is not None and conn.can_read():
-                conn.disconnect()
-        except (redis.RedisError, OSError):
-            conn.disconnect()
-        return conn
 
     def give_back(self, conn: redis.Connection) -> None:
         self._idle.append(conn)
@@ -322,6 +316,7 @@ def _connect_all(nodes: list[_Node]) -> list[tuple[_Node, redis.Connection | Exc
     """A connection to every node; those not yet connected connect at once (a thread each), so a frozen node
     costs one connect timeout, not one per node. A node that cannot be reached gives its error instead."""
     taken: list[tuple[_Node, redis.Connection | Exception]] = [(node, node.take()) for node in nodes]
+    _drop_closed([conn for _, conn in taken])
     new = [conn for _, conn in taken if conn._sock is None]
     if not new:
         return taken
@@ -349,6 +344,24 @@ def _connect_all(nodes: list[_Node]) -> list[tuple[_Node, redis.Connection | Exc
         else:
             result.append((node, conn))
     return result
+
+
+def _drop_closed(conns: list[redis.Connection]) -> None:
+    """Disconnect the idle connections that have something to read: the server closed them meanwhile (a
+    restart, its idle timeout), so they connect again before use. One poll for all of them, not one
+    read attempt each."""
+    idle = {conn._sock.fileno(): conn for conn in conns if conn._sock is not None}
+    if not idle:
+        return
+    try:
+        poller = select.poll()
+        for fd in idle:
+            poller.register(fd, select.POLLIN)
+        readable = [fd for fd, _ in poller.poll(0)]
+    except AttributeError:  # no poll() (Windows): select, fine for a handful of sockets
+        readable = select.select(list(idle), [], [], 0)[0]
+    for fd in readable:
+        idle[fd].disconnect()
 
 
 def _send(conn: redis.Connection, command: tuple, packed: tuple | None) -> tuple:

@@ -380,6 +380,17 @@ def test_redlock_loads_its_release_script_again_after_a_flush(three):
     assert lock.release() == 3 and not any(c.exists(lock.key) for c in clients)
 
 
+def test_a_shared_connection_closed_by_a_restart_connects_again_before_use(three):
+    clients = [s.client() for s in three]
+    first = Redlock(clients, "before-restart", ttl_ms=TTL_MS, node_timeout_ms=NODE_TIMEOUT_MS)
+    first.acquire()
+    first.release()  # its connections now wait, idle, for the next Redlock of these clients
+    three[2].restart()
+    second = Redlock(clients, "after-restart", ttl_ms=TTL_MS, retries=0, node_timeout_ms=NODE_TIMEOUT_MS)
+    second.acquire()
+    assert second.acquired_on == 3 and second.release() == 3
+
+
 @pytest.mark.parametrize(("count", "kwargs", "says"), [
     (0, {}, "got none"), (2, {}, "a majority of 2 is 2"), (4, {}, "a majority of 4 is 3"),
     (3, {"ttl_ms": 0}, "ttl_ms is a whole number of milliseconds"),
