@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import random
 import secrets
 import select
@@ -283,9 +284,13 @@ class _Node:
         self.client = derive(client, retries=0, socket_timeout=timeout, socket_connect_timeout=timeout)
         self.release = scripts.register(self.client, "locks/release")
         self._idle: list[redis.Connection] = []  # list.pop and list.append are atomic: no lock needed
+        self._pid = os.getpid()
 
-    def take(self) -> redis.Connection:
-        """An idle connection, or a new one not yet connected."""
+    def take(self, pid: int) -> redis.Connection:
+        """An idle connection, or a new one not yet connected. In a child process (`pid` is not the one that
+        made this node) the parent's connections are forgotten, never used: they are the parent's sockets."""
+        if pid != self._pid:
+            self._idle, self._pid = [], pid
         try:
             return self._idle.pop()
         except IndexError:
@@ -315,7 +320,8 @@ def _release_sha() -> str:
 def _connect_all(nodes: list[_Node]) -> list[tuple[_Node, redis.Connection | Exception]]:
     """A connection to every node; those not yet connected connect at once (a thread each), so a frozen node
     costs one connect timeout, not one per node. A node that cannot be reached gives its error instead."""
-    taken: list[tuple[_Node, redis.Connection | Exception]] = [(node, node.take()) for node in nodes]
+    pid = os.getpid()
+    taken: list[tuple[_Node, redis.Connection | Exception]] = [(node, node.take(pid)) for node in nodes]
     _drop_closed([conn for _, conn in taken])
     new = [conn for _, conn in taken if conn._sock is None]
     if not new:

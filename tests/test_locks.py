@@ -391,6 +391,33 @@ def test_a_shared_connection_closed_by_a_restart_connects_again_before_use(three
     assert second.acquired_on == 3 and second.release() == 3
 
 
+def _lock_in_child(clients, done):
+    lock = Redlock(clients, "in-child", ttl_ms=TTL_MS, node_timeout_ms=NODE_TIMEOUT_MS)
+    lock.acquire()
+    done.put((lock.acquired_on, lock.release()))
+
+
+def test_a_forked_child_opens_its_own_connections_and_never_uses_the_parents(three):
+    import multiprocessing
+
+    clients = [s.client() for s in three]
+    parent = Redlock(clients, "in-parent", ttl_ms=TTL_MS, node_timeout_ms=NODE_TIMEOUT_MS)
+    parent.acquire()
+    parent.release()
+    before = [c.info("stats")["total_connections_received"] for c in clients]
+    fork = multiprocessing.get_context("fork")
+    done = fork.Queue()
+    child = fork.Process(target=_lock_in_child, args=(clients, done))
+    child.start()
+    assert done.get(timeout=30) == (3, 3)
+    child.join(30)
+    assert child.exitcode == 0
+    # the client's own connection (for INFO) was opened before the fork; the child's Redlock opened one each
+    assert [c.info("stats")["total_connections_received"] - b for c, b in zip(clients, before, strict=True)] == [1] * 3
+    parent.acquire()  # and the parent's connections still answer in step
+    assert parent.acquired_on == 3 and parent.release() == 3
+
+
 @pytest.mark.parametrize(("count", "kwargs", "says"), [
     (0, {}, "got none"), (2, {}, "a majority of 2 is 2"), (4, {}, "a majority of 4 is 3"),
     (3, {"ttl_ms": 0}, "ttl_ms is a whole number of milliseconds"),
