@@ -84,11 +84,10 @@ class Limiter:
         self.limit = validate.integer(limit, f"{type(self).__name__}: the limit/burst")
         self.r, self.prefix = r, validate.prefix(prefix)
         self._script = scripts.register(r, self.script)
-        # what every decision repeats, made once: the keys' common head, the script's arguments, the headers'
-        # policy name and window (a limiter's settings do not change after it is made)
+        # what every decision repeats, made once (a limiter's settings do not change after it is made): the
+        # keys' common head and the headers' policy name, both of which format the settings
         self._key_head = f"{self.prefix}:{self.slug}:{self._settings()}:{{"
-        self._argv = tuple(self._args())
-        self._policy, self._window = self.policy, self.window
+        self._policy = f"{self.slug}-{self._settings()}"
 
     def keys(self, key: str) -> list[str]:
         """The keys this limiter keeps for `key`: named by algorithm AND settings, so limiters with other
@@ -102,7 +101,7 @@ class Limiter:
     @property
     def policy(self) -> str:
         """This limiter's name in the RateLimit headers: its algorithm and settings, as in its keys."""
-        return f"{self.slug}-{self._settings()}"
+        return self._policy
 
     @property
     def window(self) -> float:
@@ -123,10 +122,10 @@ class Limiter:
         validate.name(key, "key")
         if not isinstance(cost, int) or isinstance(cost, bool) or cost < 1 or cost > self.limit:
             raise ConfigError(f"cost must be an integer from 1 to the limit ({self.limit}), got {cost!r}.")
-        args = (*self._argv, cost) if now_ms is None else (*self._argv, cost, now_ms)
+        args = [*self._args(), cost] + ([now_ms] if now_ms is not None else [])
         allowed, remaining, retry_ms, reset_ms, server_now = self._script(keys=self.keys(key), args=args)
         return Decision(bool(allowed), int(remaining), retry_ms / 1000, reset_ms / 1000, self.limit, int(server_now),
-                        self._policy, self._window)
+                        self.policy, self.window)
 
     def _args(self) -> list[int | float]:
         raise NotImplementedError
