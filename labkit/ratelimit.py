@@ -91,12 +91,16 @@ class Limiter:
         self.limit = validate.integer(limit, f"{type(self).__name__}: the limit/burst")
         self.r, self.prefix = r, validate.prefix(prefix)
         self._script = scripts.register(r, self.script)
+        # what every decision repeats, made once (a limiter's settings do not change after it is made): the
+        # keys' common head and the headers' policy name, both of which format the settings
+        self._key_head = f"{self.prefix}:{self.slug}:{self._settings()}:{{"
+        self._policy = f"{self.slug}-{self._settings()}"
 
     def keys(self, key: str) -> list[str]:
         """The keys this limiter keeps for `key`: named by algorithm AND settings, so limiters with other
         settings under one prefix (10/s and 100/min for one user) never share a count; hash-tagged by
         `key`, so a limiter's keys share a cluster slot."""
-        return [f"{self.prefix}:{self.slug}:{self._settings()}:{{{key}}}"]
+        return [self._key_head + key + "}"]
 
     def _settings(self) -> str:
         raise NotImplementedError
@@ -104,7 +108,7 @@ class Limiter:
     @property
     def policy(self) -> str:
         """This limiter's name in the RateLimit headers: its algorithm and settings, as in its keys."""
-        return f"{self.slug}-{self._settings()}"
+        return self._policy
 
     @property
     def window(self) -> float:
@@ -162,7 +166,7 @@ class SlidingLog(_WindowLimiter):
     script, algorithm, slug = "ratelimit/sliding_log", "sliding log", "log"
 
     def keys(self, key: str) -> list[str]:
-        base = super().keys(key)[0]
+        base = self._key_head + key + "}"
         return [base, base + ":seq"]
 
 

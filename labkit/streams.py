@@ -143,9 +143,8 @@ class Worker:
             backlog = bool(entries)
         if not backlog:
             entries = self._read(">")
-        gone = [i for i, f in entries if f is None]  # pending, but deleted from the stream since
-        if gone:
-            self.r.xack(self.stream, self.group, *gone)
+        elif gone := [i for i, f in entries if f is None]:  # pending, but deleted from the stream since (new
+            self.r.xack(self.stream, self.group, *gone)     # entries, read with ">", always have their fields)
             self.stats.deleted_while_pending += len(gone)
             entries = [(i, f) for i, f in entries if f is not None]
         return done + self._handle(entries, reclaimed=backlog)
@@ -178,13 +177,14 @@ class Worker:
     def _handle(self, entries: list[Entry], *, reclaimed: bool) -> int:
         if not entries:
             return 0
-        deliveries = self._deliveries([i for i, _ in entries]) if reclaimed else {}
-        succeeded = []
+        deliveries = self._deliveries([i for i, _ in entries]) if reclaimed else None
+        succeeded: list[str] = []
         for entry_id, fields in entries:
-            count = deliveries.get(entry_id, 1)
-            if count > self.max_deliveries:
-                self._bury(entry_id, fields, count, "delivered without success (a consumer died each time?)")
-                continue
+            if deliveries is not None:  # delivered before: dead-letter it if that was too often
+                count = deliveries.get(entry_id, 1)
+                if count > self.max_deliveries:
+                    self._bury(entry_id, fields, count, "delivered without success (a consumer died each time?)")
+                    continue
             try:
                 self.handler(entry_id, fields)
                 succeeded.append(entry_id)

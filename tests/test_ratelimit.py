@@ -411,3 +411,19 @@ def test_invariant_holds_under_threads_and_processes(cls, r, ns):
     assert sum(len(times) for kind, times in reports if kind == "process") > 0  # the processes took part
     assert len(admitted) >= LIMIT * RUN_S / WINDOW_S * 0.5  # the limiter admitted a real load...
     check_invariant(cls, admitted)  # ...and never more than it promises
+
+
+@pytest.mark.parametrize("cls", ALGORITHMS)
+def test_a_decision_is_one_evalsha_of_a_script_loaded_once(cls):
+    """Scripts are registered once per client and called by their SHA1: after the first decision loaded it,
+    every decision is one EVALSHA, never an EVAL (which would send the whole script each time)."""
+    with spawn(modules=False) as srv:
+        r = srv.client()
+        limiter = make(cls, r, "rl", limit=1000)
+        limiter.allow("alice")
+        r.config_resetstat()
+        for user in ("alice", "bob") * 10:
+            make(cls, r, "rl", limit=1000).allow(user)  # a limiter per request, as a handler might make one
+        calls = {name: stats["calls"] for name, stats in r.info("commandstats").items()}
+        assert calls.get("cmdstat_evalsha") == 20 and "cmdstat_eval" not in calls
+        assert "cmdstat_script|load" not in calls and "cmdstat_script" not in calls

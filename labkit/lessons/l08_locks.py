@@ -481,8 +481,16 @@ class OneNodeAtATime(Redlock):
     """`Redlock` asking its nodes one after another, as a simple loop does: each slow node adds its wait.
     labkit's Redlock asks them all at once; lesson 08 times the two side by side."""
 
-    def _on_every_node(self, call):
-        return [call(node) for node in self.nodes]
+    def _on_every_node(self, *command):
+        return [_ask(node, command) for node in self.nodes]
+
+
+def _ask(node: redis.Redis, command: tuple) -> object:
+    """One node's reply to `command`, or its error (a node down or slow counts as a no)."""
+    try:
+        return node.execute_command(*command)
+    except (redis.RedisError, OSError) as err:
+        return err
 
 
 # -- exercise checks ------------------------------------------------------------------------------------
