@@ -1019,19 +1019,23 @@ class CheckOver(BaseException):
 
 
 class _Faults:
-    """Fault injection for the check's clients: the next `lose_replies` commands reach the server and run,
-    but their replies are lost (the connection drops before the client reads them); once `over` is set,
-    every command raises `CheckOver`."""
+    """Fault injection for the check's clients. `lose` says which reply of the next operation is lost (the
+    command reaches the server and runs, then the connection drops before the client reads its reply):
+    "first", the reply to its first command; "write", the reply to the command that changed the counter (read
+    on a side connection, `counter`, before each command and after its reply). Once `over` is set, every
+    command raises `CheckOver`."""
 
-    def __init__(self) -> None:
-        self.lose_replies = 0
+    def __init__(self, counter: Callable[[], Any] = lambda: None) -> None:
+        self.lose: str | None = None
         self.over = False
+        self.counter = counter
 
     def connection_class(self, base: type) -> type:
         faults = self
 
         class Faulty(base):
             _armed = _drop_next = False
+            _before: Any = None
 
             def connect_check_health(self, *args, **kwargs):  # the handshake's own commands are not counted
                 self._armed = False
@@ -1041,13 +1045,16 @@ class _Faults:
             def send_packed_command(self, command, check_health=True):
                 if faults.over:
                     raise CheckOver("this scenario of the check is over")
+                if self._armed and faults.lose == "write":
+                    self._before = faults.counter()
                 super().send_packed_command(command, check_health)
-                if self._armed and faults.lose_replies > 0:
-                    faults.lose_replies -= 1
-                    self._drop_next = True
+                if self._armed and faults.lose == "first":
+                    faults.lose, self._drop_next = None, True
 
             def read_response(self, *args, **kwargs):
                 response = super().read_response(*args, **kwargs)
+                if self._armed and faults.lose == "write" and faults.counter() != self._before:
+                    faults.lose, self._drop_next = None, True
                 if self._drop_next:
                     self._drop_next = False
                     self.disconnect()
@@ -1083,28 +1090,37 @@ def _call(apply_once: Callable, args: tuple, limit_s: float) -> tuple[bool, Any]
     return (not thread.is_alive()), (outcome[0] if outcome else None)
 
 
-def _lost_reply_scenario(apply_once: Callable) -> list[str]:
-    faults = _Faults()
+LOST_REPLIES = {"first": "the reply to its first command", "write": "the reply to the command that changed the counter"}
+
+
+def _lost_reply_scenario(apply_once: Callable, ops_each: int = 2) -> list[str]:
+    """Operations of 10, `ops_each` losing the reply to their first command, then `ops_each` losing the reply to
+    the command that changed the counter: each must add exactly 10."""
     with spawn(modules=False) as server:
+        side = server.probe()
+        faults = _Faults(counter=lambda: side.get(COUNTER))
         r = _faulty_client(server, faults, timeout=0.5)
         try:
-            for op in range(3):
-                faults.lose_replies = 1  # the first command of each operation runs, its reply is lost
+            for op, lose in enumerate([lose for lose in LOST_REPLIES for _ in range(ops_each)]):
+                before = int(side.get(COUNTER) or 0)
+                faults.lose = lose
                 finished, outcome = _call(apply_once, (r, f"op-{op}", COUNTER, 10, 3.0), 10)
+                faults.lose = None
                 if not finished:
-                    return ["when a reply was lost, it had not returned after 10 s."]
+                    return [f"when {LOST_REPLIES[lose]} was lost, it had not returned after 10 s."]
                 if isinstance(outcome, Exception):
-                    return [f"when the reply to its first command was lost, it raised {type(outcome).__name__}: "
-                            f"{outcome}. Retry on ConnectionError and TimeoutError until the deadline."]
-            total = int(server.client().get(COUNTER) or 0)
+                    return [f"when {LOST_REPLIES[lose]} was lost, it raised {type(outcome).__name__}: {outcome}. "
+                            "Retry on ConnectionError and TimeoutError until the deadline."]
+                added = int(side.get(COUNTER) or 0) - before
+                if added != 10:
+                    times = "twice" if added == 20 else f"{added / 10:g} times"
+                    return [f"when {LOST_REPLIES[lose]} was lost (the command ran), an operation of 10 added "
+                            f"{added}: it was counted {times}. The retry cannot know whether the first attempt "
+                            "ran: record the operation's id and apply the write in one atomic step, only if that "
+                            "id is new (a Lua script, or MULTI/EXEC under WATCH), so that a retry finds the id."]
         finally:
             faults.over = True
             r.close()
-    if total != 30:
-        times = "twice" if total == 60 else f"{total / 10:g} times"
-        return [f"three operations of 10, each with its first reply lost, left the counter at {total}: each was "
-                f"counted {times}. The first attempt ran on the server; the retry must not apply it again: give "
-                "each operation an id and apply it in one atomic step only if that id is new (a Lua script)."]
     return []
 
 
@@ -1162,9 +1178,9 @@ def _no_primary_scenario(apply_once: Callable, deadline_s: float = 1.0) -> list[
 def check_failover_retry(apply_once: Any) -> Result:
     """`apply_once(r, op_id, key, amount, deadline_s)` adds `amount` to the integer at `key` exactly once for
     `op_id`, retrying through connection errors and timeouts until `deadline_s`, and raises if it could not
-    apply it by then. Three scenarios, in this order, stopping at the first that fails: the reply to the
-    first command of an operation is lost (it ran); a Sentinel failover in the middle of twelve operations;
-    no primary answering at all (the server frozen)."""
+    apply it by then. Three scenarios, in this order, stopping at the first that fails: a reply is lost (the
+    command ran: the first command's, then the one that changed the counter); a Sentinel failover in the middle
+    of twelve operations; no primary answering at all (the server frozen)."""
     if not callable(apply_once):
         return Result(False, f"give a function apply_once(r, op_id, key, amount, deadline_s), got {apply_once!r}.")
     for scenario in (_lost_reply_scenario, _failover_scenario, _no_primary_scenario):

@@ -204,6 +204,51 @@ def _redis_py_retry(r, op_id, key, amount, deadline_s):
     return policy.call_with_retry(lambda: r.incrby(key, amount), lambda error: None)
 
 
+def _ping_first(r, op_id, key, amount, deadline_s):  # the senior review's: a harmless command first
+    retry(r.ping, deadline_s=deadline_s)
+    return retry(lambda: r.incrby(key, amount), deadline_s=deadline_s)
+
+
+def _read_modify_write(r, op_id, key, amount, deadline_s):
+    return retry(lambda: r.set(key, int(r.get(key) or 0) + amount), deadline_s=deadline_s)
+
+
+def _exists_then_add(r, op_id, key, amount, deadline_s):  # both reviews': check, act, then mark
+    marker = f"applied:{op_id}"
+
+    def once():
+        if r.exists(marker):
+            return None
+        value = r.incrby(key, amount)
+        r.set(marker, 1, ex=86400)
+        return value
+
+    return retry(once, deadline_s=deadline_s)
+
+
+def _watched_transaction(r, op_id, key, amount, deadline_s):  # a correct alternative to the Lua script
+    marker = f"applied:{op_id}"
+
+    def once():
+        with r.pipeline() as pipe:
+            try:
+                pipe.watch(marker)
+                if pipe.exists(marker):
+                    return None
+                pipe.multi()
+                pipe.incrby(key, amount).set(marker, 1, ex=86400)
+                return pipe.execute()[0]
+            except redis.WatchError as err:  # redis-py's word for a connection lost while watching
+                raise redis.ConnectionError(str(err)) from err
+
+    return retry(once, deadline_s=deadline_s)
+
+
+def test_failover_retry_accepts_a_watched_transaction():
+    result = lesson.check_failover_retry(_watched_transaction)
+    assert result, result.message
+
+
 def _swallows_the_failure(r, op_id, key, amount, deadline_s):
     try:
         return reference(r, op_id, key, amount, deadline_s)
@@ -213,10 +258,13 @@ def _swallows_the_failure(r, op_id, key, amount, deadline_s):
 
 @pytest.mark.parametrize(("apply_once", "says"), [
     (_plain, "raised ConnectionError"),
-    (_blind_retry, "each was counted twice"),
-    (_marker_then_add, "each was counted 0 times"),
-    (_transaction, "each was counted twice"),
-    (_redis_py_retry, "each was counted twice"),
+    (_blind_retry, "first command was lost (the command ran), an operation of 10 added 20: it was counted twice"),
+    (_marker_then_add, "first command was lost (the command ran), an operation of 10 added 0: it was counted 0 times"),
+    (_transaction, "counted twice"),
+    (_redis_py_retry, "counted twice"),
+    (_ping_first, "changed the counter was lost (the command ran), an operation of 10 added 20"),
+    (_read_modify_write, "changed the counter was lost (the command ran), an operation of 10 added 20"),
+    (_exists_then_add, "changed the counter was lost (the command ran), an operation of 10 added 20"),
     (_swallows_the_failure, "returned None instead of raising"),
     ("apply_once", "give a function"),
 ])
