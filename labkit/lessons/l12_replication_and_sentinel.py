@@ -185,6 +185,12 @@ class FailoverLoss:
     confirmed: int | None = None
     confirmed_kept: int | None = None
     unconfirmed_wait_ms: float | None = None  # median time a write WAIT did not confirm took
+    frozen_stream_bytes: int = 0  # the replication stream the frozen writes made (master_repl_offset's growth)
+
+    @property
+    def frozen_kept_bytes(self) -> int:
+        """About how much of the frozen writes' stream reached the replica anyway (their share kept)."""
+        return round(self.frozen_stream_bytes * self.frozen_kept / self.frozen) if self.frozen else 0
 
     @property
     def lost(self) -> int:
@@ -194,18 +200,19 @@ class FailoverLoss:
 FREEZES = ("sigstop", "client-pause")
 
 
-def _write_each(r: redis.Redis, prefix: str, count: int, wait_ms: int | None) -> tuple[list[int], list[float]]:
+def _write_each(r: redis.Redis, prefix: str, count: int, wait_ms: int | None, value: str = VALUE
+                ) -> tuple[list[int], list[float]]:
     """SET `prefix:i` one at a time; with `wait_ms`, `WAIT 1 wait_ms` after each, on the same connection
     (WAIT counts the replicas that have this connection's writes). Returns the indexes WAIT confirmed, and
     how long (ms) each write that was not confirmed took."""
     if wait_ms is None:
-        write_keys(r, prefix, 0, count)
+        write_keys(r, prefix, 0, count, value)
         return [], []
     confirmed, unconfirmed_ms = [], []
     with r.pipeline(transaction=False) as pipe:  # one connection for the SET and its WAIT
         for i in range(count):
             started = time.perf_counter()
-            _, replicas = pipe.set(f"{prefix}:{i}", VALUE).wait(1, wait_ms).execute()
+            _, replicas = pipe.set(f"{prefix}:{i}", value).wait(1, wait_ms).execute()
             if replicas >= 1:
                 confirmed.append(i)
             else:
@@ -213,11 +220,11 @@ def _write_each(r: redis.Redis, prefix: str, count: int, wait_ms: int | None) ->
     return confirmed, unconfirmed_ms
 
 
-def writes_lost_at_failover(freeze: str, frozen: int, *, healthy: int = 100, wait_ms: int | None = None
-                            ) -> FailoverLoss:
+def writes_lost_at_failover(freeze: str, frozen: int, *, healthy: int = 100, wait_ms: int | None = None,
+                            value_size: int = len(VALUE)) -> FailoverLoss:
     """`healthy` writes, then the replica is frozen (`freeze`: "sigstop", the process stopped, or
-    "client-pause", `CLIENT PAUSE WRITE`: it stops applying the stream) and `frozen` more writes; with
-    `wait_ms`, each write is followed by `WAIT 1 wait_ms`. The primary is killed (SIGKILL), the replica
+    "client-pause", `CLIENT PAUSE WRITE`: it stops applying the stream) and `frozen` more writes of
+    `value_size` bytes; with `wait_ms`, each write is followed by `WAIT 1 wait_ms`. The primary is killed (SIGKILL), the replica
     thawed and promoted once it has seen its primary go, and what it holds is counted."""
     if freeze not in FREEZES:
         raise ValueError(f"freeze is one of {FREEZES}, got {freeze!r}")
@@ -231,7 +238,9 @@ def writes_lost_at_failover(freeze: str, frozen: int, *, healthy: int = 100, wai
         else:
             pause_writes(replica, 60_000)
         try:
-            frozen_confirmed, unconfirmed_ms = _write_each(r, "frozen", frozen, wait_ms)
+            offset = primary.probe().info("replication")["master_repl_offset"]
+            frozen_confirmed, unconfirmed_ms = _write_each(r, "frozen", frozen, wait_ms, "v" * value_size)
+            stream_bytes = primary.probe().info("replication")["master_repl_offset"] - offset
             confirmed += [healthy + i for i in frozen_confirmed]
             primary.kill()
         finally:
@@ -247,18 +256,35 @@ def writes_lost_at_failover(freeze: str, frozen: int, *, healthy: int = 100, wai
                              for i in confirmed) if wait_ms is not None else None
     return FailoverLoss(freeze, healthy, frozen, healthy_kept, frozen_kept,
                         len(confirmed) if wait_ms is not None else None, confirmed_kept,
-                        statistics.median(unconfirmed_ms) if unconfirmed_ms else None)
+                        statistics.median(unconfirmed_ms) if unconfirmed_ms else None, stream_bytes)
+
+
+def socket_buffer_limits() -> dict[str, str]:
+    """This machine's TCP buffer sizes (min, default, max bytes): how much a stopped process's kernel may hold."""
+    limits = {}
+    for name in ("tcp_rmem", "tcp_wmem"):
+        try:
+            with open(f"/proc/sys/net/ipv4/{name}") as sysctl:
+                limits[f"net.ipv4.{name}"] = " ".join(sysctl.read().split())
+        except OSError:  # not Linux: nothing to print
+            limits[f"net.ipv4.{name}"] = "unknown here"
+    return limits
 
 
 def plot_losses(losses: dict[str, FailoverLoss]) -> None:
+    """Per run, the writes acknowledged while the replica was frozen: kept by the promoted replica, and lost."""
     names = list(losses)
     _, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 1))
-    kept = [(x.healthy_kept + x.frozen_kept) / (x.healthy + x.frozen) * 100 for x in losses.values()]
+    kept = [x.frozen_kept / x.frozen * 100 for x in losses.values()]
     ax.barh(names, kept, color="tab:green", label="on the promoted replica")
     ax.barh(names, [100 - k for k in kept], left=kept, color="tab:red", label="lost")
-    ax.set(xlabel="% of the acknowledged writes", xlim=(0, 100), title="acknowledged writes after a failover")
+    for row, loss in enumerate(losses.values()):
+        ax.annotate(f"lost {loss.lost:,} of {loss.frozen:,}", (101, row), va="center", fontsize=8,
+                    annotation_clip=False)
+    ax.set(xlabel="% of the writes acknowledged while the replica was frozen", xlim=(0, 100),
+           title="acknowledged writes after a failover")
     ax.invert_yaxis()
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, -0.15))
     plt.show()
 
 

@@ -32,6 +32,18 @@ def test_a_stopped_replica_still_gets_what_its_kernel_received():
     assert loss.healthy_kept == 50 and loss.frozen_kept > 100
 
 
+def test_a_stopped_replica_loses_a_burst_bigger_than_the_kernels_hold():
+    loss = lesson.writes_lost_at_failover("sigstop", 30_000, healthy=10, value_size=1024)
+    assert loss.frozen_stream_bytes > 30_000 * 1024 and loss.frozen_kept < loss.frozen / 2 and loss.lost > 0
+    assert 0 < loss.frozen_kept_bytes < loss.frozen_stream_bytes / 2
+
+
+def test_socket_buffer_limits_are_three_numbers_each():
+    limits = lesson.socket_buffer_limits()
+    assert set(limits) == {"net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"}
+    assert all(len(value.split()) == 3 and value.replace(" ", "").isdigit() for value in limits.values())
+
+
 def test_wait_confirms_exactly_the_writes_that_survive():
     loss = lesson.writes_lost_at_failover("client-pause", 3, healthy=20, wait_ms=20)
     assert (loss.confirmed, loss.confirmed_kept, loss.frozen_kept) == (20, 20, 0)
