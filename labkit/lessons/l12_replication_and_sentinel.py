@@ -375,13 +375,16 @@ class StaleReads:
     """Read-your-writes against a replica: `pairs` times, SET a new value on the primary then GET it from the
     replica. `stale` reads returned the old value; `in_pauses` pairs fell entirely inside a replica pause
     (`in_pauses_stale` of them stale); `from_primary` reads went to the primary instead (after a WAIT that
-    did not confirm)."""
+    did not confirm); `after_pauses_stale` stale reads touched no pause at all, made after one had ended (the
+    replica still catching up); `pauses` is how many pauses the run saw."""
 
     pairs: int
     stale: int
     in_pauses: int = 0
     in_pauses_stale: int = 0
     from_primary: int = 0
+    after_pauses_stale: int = 0
+    pauses: int = 0
 
     @property
     def rate(self) -> float:
@@ -409,12 +412,15 @@ def _pauser(replica: Server, every_s: float, pause_ms: int, stop: threading.Even
         stop.wait(every_s)
 
 
-def _pairs(primary: redis.Redis, replica: redis.Redis, count: int, wait_ms: int | None
-           ) -> tuple[list[tuple[float, float, bool]], int]:
-    """(start, end, stale) of each write-then-read, and how many reads went to the primary."""
+def _pairs(primary: redis.Redis, replica: redis.Redis, count: int, wait_ms: int | None,
+           until: Callable[[], bool] = lambda: True) -> tuple[list[tuple[float, float, bool]], int]:
+    """(start, end, stale) of each write-then-read, at least `count` of them and until `until()`, and how many
+    reads went to the primary."""
     rows, from_primary = [], 0
     with primary.pipeline(transaction=False) as pipe:
-        for i in range(count):
+        for i in itertools.count():
+            if i >= count and until():
+                break
             started = time.monotonic()
             pipe.set("ryw", i)
             if wait_ms is not None:
@@ -429,10 +435,11 @@ def _pairs(primary: redis.Redis, replica: redis.Redis, count: int, wait_ms: int 
 
 
 def read_your_writes(pairs: int = 2000, *, load: bool = False, pause_every_s: float | None = None,
-                     pause_ms: int = 50, wait_ms: int | None = None) -> StaleReads:
+                     pause_ms: int = 50, wait_ms: int | None = None, min_pauses: int = 0) -> StaleReads:
     """`pairs` write-then-read pairs (write to the primary, read the same key from the replica), optionally
-    under a write load, with the replica paused for `pause_ms` every `pause_every_s`, and with `WAIT 1
-    wait_ms` after each write (reading from the primary when it did not confirm)."""
+    under a write load, with the replica paused for `pause_ms` every `pause_every_s` (and pairs made until
+    `min_pauses` pauses have passed), and with `WAIT 1 wait_ms` after each write (reading from the primary
+    when it did not confirm)."""
     with replicated(replicas=1) as topo:
         primary, replica = topo.primary.client(), topo.replicas[0].client()
         stop, windows, helpers = threading.Event(), [], []
@@ -444,13 +451,16 @@ def read_your_writes(pairs: int = 2000, *, load: bool = False, pause_every_s: fl
         for helper in helpers:
             helper.start()
         try:
-            rows, from_primary = _pairs(primary, replica, pairs, wait_ms)
+            rows, from_primary = _pairs(primary, replica, pairs, wait_ms, until=lambda: len(windows) > min_pauses)
         finally:
             stop.set()
             for helper in helpers:
                 helper.join()
     inside = [stale for start, end, stale in rows if any(a <= start and end <= b for a, b in windows)]
-    return StaleReads(pairs, sum(stale for _, _, stale in rows), len(inside), sum(inside), from_primary)
+    after = [stale for start, end, stale in rows if not any(start < b and end > a for a, b in windows)
+             and any(b <= start for _, b in windows)]
+    return StaleReads(len(rows), sum(stale for _, _, stale in rows), len(inside), sum(inside), from_primary,
+                      sum(after), len(windows))
 
 
 def plot_stale(runs: dict[str, StaleReads]) -> None:
@@ -585,7 +595,7 @@ class FailoverDrill:
             old.kill()
             self.topo.wait_for_new_primary(old, timeout=30)
             self.switched_at = time.monotonic()
-            self.events.append((self.switched_at, "sentinels name the new primary"))
+            self.events.append((self.switched_at, "all sentinels name the new primary"))
             stop.wait(self.after_s)
         finally:
             writers_stop.set()
@@ -671,7 +681,8 @@ class SplitBrain:
     """The old primary, paused until a failover had happened and then resumed, as seen by a client that
     cached its address: writes it acknowledged and refused (NOREPLICAS) until it was demoted, how long that
     took, how many of its writes the new primary had once it rejoined, and what the new primary answered
-    to a write while its only replica was gone."""
+    to a write while its only replica was gone; and how the old primary resynchronised (`sync_full` and
+    `sync_partial_ok` on the new primary, counted from the failover)."""
 
     failover_s: float
     accepted: int
@@ -679,6 +690,8 @@ class SplitBrain:
     demoted_after_s: float
     survived: int
     new_primary_refused: str | None
+    full_syncs: int = 0
+    partial_syncs: int = 0
 
 
 def _until_demoted(stale: redis.Redis, timeout: float = 60) -> tuple[int, int, float]:
@@ -716,6 +729,7 @@ def split_brain(**config: Any) -> SplitBrain:
             failover_s = time.monotonic() - paused
         finally:
             old.resume()
+        before = new.probe().info("stats")
         try:
             new.probe().set("while-alone", 1)
             refused_alone = None
@@ -724,7 +738,9 @@ def split_brain(**config: Any) -> SplitBrain:
         accepted, refused, seconds = _until_demoted(stale)
         wait_caught_up(new, old)
         survived = count_keys(new.client(), "split")
-    return SplitBrain(failover_s, accepted, refused, seconds, survived, refused_alone)
+        after = new.probe().info("stats")
+    return SplitBrain(failover_s, accepted, refused, seconds, survived, refused_alone,
+                      after["sync_full"] - before["sync_full"], after["sync_partial_ok"] - before["sync_partial_ok"])
 
 
 def split_brains() -> dict[str, SplitBrain]:
@@ -741,10 +757,13 @@ def plot_split_brains(runs: dict[str, SplitBrain]) -> None:
     ax.barh(names, [x.accepted - x.survived for x in runs.values()], left=[x.survived for x in runs.values()],
             color="tab:red", label="acknowledged, lost")
     ax.barh(names, [x.refused for x in runs.values()], left=accepted, color="tab:gray", label="refused (NOREPLICAS)")
+    for row, run in enumerate(runs.values()):
+        ax.annotate(f"{run.accepted - run.survived:,} lost, {run.refused:,} refused", (run.accepted + run.refused, row),
+                    xytext=(4, 0), textcoords="offset points", va="center", fontsize=8, annotation_clip=False)
     ax.set(xlabel="writes sent to the old primary between its resume and its demotion",
            title="split brain: a client that kept the old primary's address")
     ax.invert_yaxis()
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     plt.show()
 
 

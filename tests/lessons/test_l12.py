@@ -93,7 +93,7 @@ def test_a_drill_counts_errors_without_retry_and_none_with_a_deadline():
     assert drill.counts["plain"]["errors"] > 0 and drill.counts["deadline"]["errors"] == 0
     assert all(drill.ok_after(name, drill.switched_at) > 0 for name in drill.writers)
     assert drill.longest_gap("deadline") >= 0.5 and [label for _, label in drill.events] == [
-        "primary killed", "sentinels name the new primary"]
+        "primary killed", "all sentinels name the new primary"]
 
 
 def test_failover_time_grows_with_down_after_milliseconds():
