@@ -9,6 +9,7 @@ process is resumed in a `finally`; every topology is a context manager."""
 from __future__ import annotations
 
 import itertools
+import secrets
 import statistics
 import threading
 import time
@@ -331,6 +332,17 @@ def wait_cost(rounds: int = 15, batch: int = 100) -> WaitCost:
     return WaitCost(*(min(samples[name]) for name in extras), rounds * batch, getacks)
 
 
+def plot_wait_cost(cost: WaitCost) -> None:
+    _, ax = plt.subplots(figsize=(7, 2.2))
+    labels, values = ["SET", "SET + PING", "SET + WAIT 1"], [cost.set_us, cost.ping_us, cost.wait_us]
+    ax.barh(labels, values, color=["tab:gray", "tab:blue", "tab:orange"])
+    for row, value in enumerate(values):
+        ax.annotate(f"{value:.0f} µs", (value, row), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set(xlabel="µs per write (fastest round)", title="what a WAIT adds to each write", xlim=(0, max(values) * 1.25))
+    ax.invert_yaxis()
+    plt.show()
+
+
 def _replconf_calls(replica: Server) -> int:
     """REPLCONF commands the replica has run: the GETACK requests its primary sent it."""
     return replica.probe().info("commandstats").get("cmdstat_replconf", {}).get("calls", 0)
@@ -451,7 +463,7 @@ def read_your_writes(pairs: int = 2000, *, load: bool = False, pause_every_s: fl
         for helper in helpers:
             helper.start()
         try:
-            rows, from_primary = _pairs(primary, replica, pairs, wait_ms, until=lambda: len(windows) > min_pauses)
+            rows, from_primary = _pairs(primary, replica, pairs, wait_ms, until=lambda: len(windows) >= min_pauses)
         finally:
             stop.set()
             for helper in helpers:
@@ -835,12 +847,14 @@ def default_backlog() -> int:
 class Resync:
     """A replica restarted (SIGTERM, then started again) while `missed_bytes` of writes went to its primary:
     how it resynced (`partial`: PSYNC continued from the backlog, `full`: a whole snapshot), the keys it
-    had afterwards, and seconds from its start until it had caught up."""
+    had afterwards, seconds from its start until it had caught up, and the bytes the primary sent it to
+    catch up (`total_net_repl_output_bytes`)."""
 
     missed_bytes: int
     kind: str
     keys: int
     seconds: float
+    sent_bytes: int = 0
 
 
 def replica_restart(*, persistence: bool, missed_keys: int, backlog: str = "1mb", keys: int = 1000) -> Resync:
@@ -850,12 +864,13 @@ def replica_restart(*, persistence: bool, missed_keys: int, backlog: str = "1mb"
     config = {"repl_backlog_size": backlog} | ({"save": "3600 1"} if persistence else {})
     with replicated(replicas=1, **config) as topo:
         primary, replica = topo.primary, topo.replicas[0]
-        write_keys(primary.client(), "order", 0, keys)
+        # random values: a snapshot cannot compress them away, so a full sync sends what the dataset weighs
+        write_keys(primary.client(), "order", 0, keys, value=secrets.token_hex(50))
         wait_caught_up(primary, replica)
         before = primary.probe().info("stats")
         replica.terminate()
         offset = primary.probe().info("replication")["master_repl_offset"]
-        write_keys(primary.client(), "missed", 0, missed_keys, value="m" * 1000)
+        write_keys(primary.client(), "missed", 0, missed_keys, value=secrets.token_hex(500))
         missed = primary.probe().info("replication")["master_repl_offset"] - offset
         started = time.monotonic()
         replica.start()
@@ -865,7 +880,29 @@ def replica_restart(*, persistence: bool, missed_keys: int, backlog: str = "1mb"
         partial = after["sync_partial_ok"] - before["sync_partial_ok"]
         full = after["sync_full"] - before["sync_full"]
         kind = "partial" if (partial, full) == (1, 0) else "full" if (partial, full) == (0, 1) else f"{partial}/{full}"
-        return Resync(missed, kind, replica.client().dbsize(), seconds)
+        sent = after["total_net_repl_output_bytes"] - before["total_net_repl_output_bytes"]
+        return Resync(missed, kind, replica.client().dbsize(), seconds, sent)
+
+
+def plot_resyncs(runs: dict[str, Resync], backlog_bytes: int) -> None:
+    """What each restarted replica had missed against the backlog, and what the primary sent it."""
+    names = list(runs)
+    _, ax = plt.subplots(figsize=(8, 0.6 * len(names) + 1.2))
+    colors = ["tab:green" if run.kind == "partial" else "tab:red" for run in runs.values()]
+    ax.barh(names, [run.missed_bytes / 2**20 for run in runs.values()], color=colors, alpha=0.5,
+            label="stream missed (MB)")
+    ax.barh(names, [run.sent_bytes / 2**20 for run in runs.values()], height=0.25, color=colors,
+            label="sent to catch up (MB)")
+    ax.axvline(backlog_bytes / 2**20, color="black", linestyle="--", linewidth=1)
+    ax.annotate("backlog", (backlog_bytes / 2**20, 1), xycoords=("data", "axes fraction"), rotation=90,
+                va="top", ha="right", fontsize=8)
+    for row, run in enumerate(runs.values()):
+        ax.annotate(f"{run.kind} resync", (max(run.missed_bytes, run.sent_bytes) / 2**20, row), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=8, annotation_clip=False)
+    ax.set(xlabel="MB", title="a restarted replica: partial if what it missed is still in the backlog")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    plt.show()
 
 
 # -- common mistakes ------------------------------------------------------------------------------------
@@ -898,6 +935,35 @@ def wait_then_failover(numreplicas: int) -> WaitThenFailover:
         unpause(other)
         survived = other.client().exists("payment:17") == 1
     return WaitThenFailover(numreplicas, reply, survived)
+
+
+@dataclass(frozen=True)
+class WaitThenCrash:
+    """A write confirmed by `WAIT 1` (and, with an AOF, by `WAITAOF 0 1`), then primary and replica killed
+    together (a power cut) and the replica started again: was the write still there?"""
+
+    wait_reply: int
+    waitaof_reply: list[int] | None
+    survived: bool
+
+
+def wait_then_crash(aof: bool) -> WaitThenCrash:
+    """SET + WAIT 1 (+ WAITAOF 0 1 when both data nodes keep an AOF with `appendfsync always`), on one connection;
+    SIGKILL both; start the replica again from its directory and look for the key."""
+    config = {"appendonly": "yes", "appendfsync": "always"} if aof else {}
+    with replicated(replicas=1, **config) as topo:
+        replica = topo.replicas[0]
+        with topo.primary.client().pipeline(transaction=False) as pipe:
+            pipe.set("payment:17", "paid").wait(1, 1000)
+            if aof:
+                pipe.execute_command("WAITAOF", 0, 1, 1000)
+            replies = pipe.execute()
+        topo.primary.kill()
+        replica.kill()
+        replica.start()
+        wait_until(lambda: replica.probe().info("persistence")["loading"] == 0, 30, "the replica to load its data")
+        survived = bool(replica.probe().exists("payment:17"))
+    return WaitThenCrash(replies[1], replies[2] if aof else None, survived)
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,11 @@ def test_an_unknown_freeze_is_refused():
         lesson.writes_lost_at_failover("sigkill", 1)
 
 
+def test_without_pauses_a_run_makes_exactly_the_pairs_asked():
+    run = lesson.read_your_writes(200)
+    assert (run.pairs, run.pauses, run.in_pauses, run.after_pauses_stale) == (200, 0, 0, 0)
+
+
 def test_wait_costs_a_round_trip_through_the_replica():
     cost = lesson.wait_cost(rounds=7, batch=100)
     assert cost.wait_us > cost.ping_us  # (SET + PING against SET alone is printed, not asserted: medians of
@@ -72,8 +77,9 @@ def test_waitaof_counts_only_a_replica_that_fsyncs():
 
 
 def test_reads_inside_a_replica_pause_are_stale_and_wait_makes_them_fresh():
-    stalled = lesson.read_your_writes(400, load=True, pause_every_s=0.2)
+    stalled = lesson.read_your_writes(400, load=True, pause_every_s=0.2, min_pauses=5)
     assert stalled.in_pauses > 0 and stalled.in_pauses_stale == stalled.in_pauses
+    assert stalled.pauses >= 5 and stalled.pairs >= 400 and stalled.after_pauses_stale > 0
     waited = lesson.read_your_writes(300, pause_every_s=0.2, wait_ms=10)
     assert waited.stale == 0 and waited.from_primary > 0
 
@@ -121,7 +127,8 @@ def test_with_two_of_three_sentinels_lost_the_primary_is_never_objectively_down(
 def test_the_default_timers_leave_a_dead_primary_alone_for_longer_than_a_failover():
     defaults = lesson.default_timers(watched_s=3.0)
     assert (defaults.down_after_ms, defaults.failover_timeout_ms) == (30_000, 180_000)
-    assert "s_down" not in defaults.flags_after_kill and defaults.watched_s > defaults.set_ms / 1000 + defaults.failover_s
+    assert "s_down" not in defaults.flags_after_kill
+    assert defaults.watched_s > defaults.set_ms / 1000 + defaults.failover_s
 
 
 # -- 12.6 and 12.7 --------------------------------------------------------------------------------------
@@ -151,6 +158,16 @@ def test_wait_one_does_not_survive_losing_the_replica_that_had_it():
     trusted, checked = lesson.wait_then_failover(1), lesson.wait_then_failover(2)
     assert trusted.confirmed and not trusted.survived
     assert checked.wait_reply == 1 and not checked.confirmed
+
+
+def test_a_write_wait_confirmed_is_lost_when_both_crash_and_one_waitaof_confirmed_is_not():
+    crashed = lesson.wait_then_crash(aof=False)
+    assert crashed.wait_reply == 1 and crashed.waitaof_reply is None and not crashed.survived
+    with spawn(modules=False) as server:
+        caps = capabilities(server.probe())
+    if caps.waitaof:
+        fsynced = lesson.wait_then_crash(aof=True)
+        assert fsynced.wait_reply == 1 and fsynced.waitaof_reply == [1, 1] and fsynced.survived
 
 
 def test_a_cached_address_fails_after_a_failover_and_master_for_does_not():
