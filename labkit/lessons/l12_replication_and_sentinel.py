@@ -579,11 +579,15 @@ def ckquorum(watcher: Server, master_name: str) -> str:
 class FailoverDrill:
     """Writers, each through its own client, writing a new key every `every_s` while the primary is killed
     (after `before_s`); they go on for `after_s` once the sentinels report the new primary. A drill is the
-    workload of a `labkit.widgets.FailoverTimeline`: `drill.counts` and `drill.events` feed it."""
+    workload of a `labkit.widgets.FailoverTimeline`: `drill.counts` and `drill.events` feed it. Given the
+    sentinels' `watched` events, it adds the leader's `MARKED_STEPS` to `events` at the end, for the figure."""
+
+    MARKED_STEPS = ("+sdown", "+promoted-slave")
 
     def __init__(self, topo: SentinelTopology, writers: dict[str, Callable[[str], object]], *,
-                 every_s: float = 0.005, before_s: float = 1.0, after_s: float = 1.5) -> None:
-        self.topo, self.writers = topo, writers
+                 every_s: float = 0.005, before_s: float = 1.0, after_s: float = 1.5,
+                 watched: SentinelEvents | None = None) -> None:
+        self.topo, self.writers, self.watched = topo, writers, watched
         self.every_s, self.before_s, self.after_s = every_s, before_s, after_s
         self.counts = {name: {"ok": 0, "errors": 0} for name in writers}
         self.errors: dict[str, Counter] = {name: Counter() for name in writers}
@@ -609,6 +613,9 @@ class FailoverDrill:
             self.switched_at = time.monotonic()
             self.events.append((self.switched_at, "all sentinels name the new primary"))
             stop.wait(self.after_s)
+            if self.watched is not None:
+                self.events.extend((self.killed_at + at, name) for at, name, _ in self.watched.steps(self.killed_at)
+                                   if name in self.MARKED_STEPS)
         finally:
             writers_stop.set()
             for thread in threads:

@@ -91,7 +91,7 @@ def test_a_drill_counts_errors_without_retry_and_none_with_a_deadline():
         drill = lesson.FailoverDrill(topo, {
             "plain": lambda key: client.set(key, 1),
             "deadline": lambda key: retry(lambda: client.set(key, 1), deadline_s=10),
-        }, before_s=0.5, after_s=0.5)
+        }, before_s=0.5, after_s=0.5, watched=seen)
         drill(threading.Event())
         steps = seen.steps(since=drill.killed_at)
     assert [name for _, name, _ in steps] == list(lesson.FAILOVER_STEPS)
@@ -99,7 +99,9 @@ def test_a_drill_counts_errors_without_retry_and_none_with_a_deadline():
     assert drill.counts["plain"]["errors"] > 0 and drill.counts["deadline"]["errors"] == 0
     assert all(drill.ok_after(name, drill.switched_at) > 0 for name in drill.writers)
     assert drill.longest_gap("deadline") >= 0.5 and [label for _, label in drill.events] == [
-        "primary killed", "all sentinels name the new primary"]
+        "primary killed", "all sentinels name the new primary", "+sdown", "+promoted-slave"]
+    marks = dict((label, at) for at, label in drill.events)
+    assert marks["primary killed"] < marks["+sdown"] < marks["+promoted-slave"]
 
 
 def test_failover_time_grows_with_down_after_milliseconds():
