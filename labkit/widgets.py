@@ -580,7 +580,10 @@ class FailoverTimeline(LiveMonitor):
         for ax, kind in zip(axes, ("writes/s", "errors/s"), strict=True):
             for name in self.counts:
                 values = self.result.series.get(f"{name} {kind}", [])
-                ax.plot(times[len(times) - len(values):], values, label=name)
+                # each rate covers the interval since the sample before it: a step, so a gap in sampling
+                # shows as a flat stretch at the interval's average, not as a slope
+                ax.plot(times[len(times) - len(values):], values, label=name, drawstyle="steps-pre", marker=".",
+                        markersize=2)
             for at, label in self.marks():
                 ax.axvline(at, color="gray", linestyle="--", linewidth=1)
                 ax.annotate(label, (at, 1), xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",

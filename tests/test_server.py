@@ -10,7 +10,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import labkit
-from labkit.server import Server, available_engines, capabilities, find_engine, module_paths, spawn
+from labkit.server import Server, available_engines, capabilities, find_engine, module_paths, replicated, spawn
 from labkit.server.process import mask, ping_raw
 from labkit.server.topology import wait_until
 
@@ -178,6 +178,20 @@ def test_waitaof_exact_under_everysec_matches_what_the_engine_does(engine):
         elapsed = time.monotonic() - started
     assert caps.waitaof and all(reply == [1, 0] for reply in replies)
     assert (elapsed > 0.5) is caps.waitaof_exact_under_everysec, f"5 WAITAOF in {elapsed:.3f} s"
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_wait_counts_own_writes_matches_what_the_engine_does(engine):
+    """With the replica not applying writes, WAIT on a connection that wrote nothing returns 1 at once where WAIT
+    counts the connection's own writes, and 0 (its timeout) where it waits for everything written before."""
+    with replicated(replicas=1, engine=engine) as topo:
+        writer, other = topo.primary.client(), topo.primary.client()
+        other.ping()
+        topo.replicas[0].probe().execute_command("CLIENT", "PAUSE", 2000, "WRITE")
+        writer.set("k", "v")
+        theirs = other.wait(1, 100)
+        caps = capabilities(writer)
+    assert theirs == (1 if caps.wait_counts_own_writes else 0)
 
 
 @pytest.mark.parametrize("engine", sorted(available_engines()))

@@ -56,6 +56,13 @@ class Capabilities:
         to the file, so there the count is exact only under `appendfsync always`."""
         return self.waitaof and self.engine == "redis" and self.version_tuple >= (8,)
 
+    @property
+    def wait_counts_own_writes(self) -> bool:
+        """WAIT waits for this connection's own writes only, so on a connection that wrote nothing it returns at
+        once (Valkey, Redis 7.2+). Redis 7.0 and older wait for the whole stream written before the connection's
+        last command, whoever wrote it."""
+        return self.engine == "valkey" or self.version_tuple >= (7, 2)
+
     def has(self, command: str) -> bool:
         """True if the server knows `command` (case-insensitive)."""
         return command.lower() in self.commands
