@@ -88,6 +88,66 @@ def test_backoff_grows_and_stays_within_its_cap():
     assert max(delays[8:]) > max(delays[:3])
 
 
+def test_sweep_removes_only_members_silent_past_max_age_and_announces_them(r, ns):
+    feed = PresenceFeed(r, "beats", prefix=ns.key("p"))
+    with Subscriber(r, feed.channel, name=ns.key("beats")) as sub:
+        for user in ("ann", "ben", "cy"):
+            feed.join(user)
+        r.zadd(feed.members_key, {"ann": 100.0, "ben": 100.0, "cy": 100.0})  # their joins, on an injected clock
+        assert feed.heartbeat("ann", now=130.0) and feed.heartbeat("cy", now=115.0)
+        assert feed.sweep(20, now=135.0) == ["ben"]  # ann 5 s, cy exactly 20 s (not more), ben 35 s silent
+        assert feed.sweep(20, now=135.0) == []
+        assert sub.wait_for(4)
+    assert feed.online() == {"ann", "cy"} and sub.data()[-1] == "leave:ben"
+    assert feed.heartbeat("ben", now=136.0) is False and feed.online() == {"ann", "cy"}  # swept: must join again
+    r.delete(feed.members_key)
+
+
+def test_sweep_never_removes_a_member_whose_heartbeat_lands_during_it(r, ns):
+    feed = PresenceFeed(r, "race", prefix=ns.key("p"))
+    feed.join("ann")
+    r.zadd(feed.members_key, {"ann": 100.0})
+    real_transaction = feed.r.transaction
+
+    def transaction_with_a_heartbeat_inside(func, *keys, **kwargs):
+        def racing(pipe):
+            stale = func(pipe)  # read under WATCH and queued; now a heartbeat lands before EXEC
+            if not getattr(racing, "done", False):
+                racing.done = True
+                r.zadd(feed.members_key, {"ann": 134.0})
+            return stale
+        return real_transaction(racing, *keys, **kwargs)
+
+    feed.r = type("Hooked", (), {"transaction": staticmethod(transaction_with_a_heartbeat_inside)})()
+    assert feed.sweep(20, now=135.0) == []  # the retry read ann's fresh heartbeat
+    feed.r = r
+    assert feed.online() == {"ann"}
+    r.delete(feed.members_key)
+
+
+def test_health_check_notices_a_paused_server_that_a_plain_listener_never_does():
+    with spawn() as srv:
+        client = srv.client()
+        quiet = client.pubsub()
+        quiet.subscribe("ch")
+        quiet.get_message(timeout=1)
+        with Subscriber(client, "ch", health_check=0.2, reconnect=False) as sub:
+            srv.pause()
+            try:
+                assert eventually(lambda: sub.disconnects, timeout=5)
+                assert quiet.get_message(timeout=0.5) is None  # no error: deaf, and it cannot tell
+            finally:
+                srv.resume()
+        assert "no reply to PING" in sub.disconnects[0] and not sub.connected
+        quiet.close()
+
+
+def test_health_check_keeps_a_quiet_but_live_connection():
+    with spawn() as srv, Subscriber(srv.client(), "ch", health_check=0.05) as sub:
+        time.sleep(0.5)  # ten intervals of silence, each answered by a PONG
+        assert sub.disconnects == [] and sub.connects == 1 and sub.connected
+
+
 def test_presence_feed_keeps_set_and_announcements_in_step(r, ns):
     feed, view = PresenceFeed(r, "room", prefix=ns.key("p")), set()
     with Subscriber(r, feed.channel, name=ns.key("t"), on_message=lambda m: PresenceFeed.apply(m[2], view)) as sub:

@@ -4,6 +4,7 @@ dropping connections by name, the slow-subscriber experiment, and the exercise c
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 import redis
 
 from labkit import validate
+from labkit.clients import connection_spec
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
 from labkit.lessons import Result, check, verdict
@@ -48,6 +50,87 @@ def kill_clients(r: redis.Redis, name: str) -> int:
     for client_id in ids:
         r.client_kill_filter(_id=client_id)
     return len(ids)
+
+
+# -- a subscribed connection, RESP2 and RESP3 -----------------------------------------------------------
+def command_while_subscribed(r: redis.Redis, protocol: int, *command: str) -> str:
+    """Subscribe a new connection speaking RESP `protocol`, then send `command` on that same connection:
+    its reply, or the server's error, as text. (redis-py's `PubSub` object offers no way to do this, so
+    it goes through the connection itself.)"""
+    client = redis.Redis(**connection_spec(r), protocol=protocol, decode_responses=True)
+    pubsub = client.pubsub()
+    try:
+        pubsub.subscribe(f"labkit-probe-{secrets.token_hex(4)}")
+        pubsub.get_message(timeout=1)
+        pubsub.connection.send_command(*command)
+        try:
+            return str(pubsub.connection.read_response())
+        except redis.ResponseError as err:
+            return f"error: {err}"
+    finally:
+        pubsub.close()
+        client.close()
+
+
+# -- presence heartbeats -----------------------------------------------------------------------------------
+@dataclass
+class HeartbeatRun:
+    """Heartbeats and sweeps over time, in seconds from the start of the run."""
+
+    beats: dict[str, list[float]]  # when each user sent a heartbeat
+    crashed: dict[str, float]  # when each crashing user stopped
+    swept: dict[str, float]  # when the sweeper removed each user
+    announced: list[str]  # what the presence channel carried meanwhile
+    online: set[str]  # the set at the end
+
+    @property
+    def last_beat(self) -> dict[str, float]:
+        return {user: times[-1] for user, times in self.beats.items()}
+
+
+def heartbeat_run(feed: PresenceFeed, users: list[str], *, crash: dict[str, float], run_s: float, every: float,
+                  max_age: float) -> HeartbeatRun:
+    """`users` join and send a heartbeat every `every` seconds; each user in `crash` stops at that time
+    (no leave). After each round of heartbeats a sweeper removes those silent for more than `max_age`.
+    Everyone still online leaves at the end."""
+    for user in users:
+        feed.join(user)
+    start, beats, swept = time.monotonic(), {user: [0.0] for user in users}, {}
+    with Subscriber(feed.r, feed.channel) as heard:
+        while (now := time.monotonic() - start) < run_s:
+            for user in users:
+                if now < crash.get(user, run_s):
+                    feed.heartbeat(user)
+                    beats[user].append(time.monotonic() - start)
+            for user in feed.sweep(max_age):
+                swept[user] = time.monotonic() - start
+            time.sleep(every)
+        heard.wait_for(len(swept))
+        announced = heard.data()
+    online = feed.online()
+    for user in online:
+        feed.leave(user)
+    return HeartbeatRun(beats, dict(crash), swept, announced, online)
+
+
+def plot_heartbeats(run: HeartbeatRun, max_age: float) -> None:
+    """One row per user: its heartbeats, where it crashed, and when the sweeper removed it."""
+    import matplotlib.pyplot as plt
+
+    users = list(run.beats)
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.5 * len(users)))
+    for row, user in enumerate(users):
+        ax.plot(run.beats[user], [row] * len(run.beats[user]), "|", markersize=12, color="tab:blue")
+        if user in run.crashed:
+            ax.plot(run.crashed[user], row, "x", color="black", markersize=9)
+            last = run.beats[user][-1]
+            ax.plot([last, last + max_age], [row - 0.25] * 2, color="tab:orange", linewidth=3)
+        if user in run.swept:
+            ax.plot(run.swept[user], row, "o", color="tab:red", markersize=9)
+    ax.set_yticks(range(len(users)), users)
+    ax.set_ylim(-0.6, len(users) - 0.4)
+    ax.set(xlabel="seconds", title=f"heartbeats (|), crash (x), max_age {max_age:g} s (orange), swept (red)")
+    plt.show()
 
 
 # -- the slow subscriber --------------------------------------------------------------------------------
@@ -105,6 +188,168 @@ def slow_subscriber(r: redis.Redis, channel: str, *, payload_bytes: int = 1000, 
     after = int(r.info("stats")["client_output_buffer_limit_disconnections"])
     return SlowSubscriberResult(limit, published, samples[-1][1] if samples else 0, after - before, received,
                                 error, samples)
+
+
+# -- the slow subscriber's fixes: conflation, or a stream ------------------------------------------------
+@dataclass
+class Consumer:
+    """One way of consuming the same tick workload with the same slow handler."""
+
+    handled: int  # calls of the slow handler
+    received: int  # messages or entries read
+    disconnected: bool  # cut by the output buffer limit
+    latest_right: bool  # its final price per symbol is the last one published
+
+
+def _ticks(count: int, symbols: int, payload_bytes: int) -> list[tuple[str, str]]:
+    pad = "x" * max(0, payload_bytes - 16)
+    return [(f"s{i % symbols:02d}", f"{i}:{pad}") for i in range(count)]
+
+
+def _latest(ticks: list[tuple[str, str]]) -> dict[str, int]:
+    return {symbol: int(value.split(":")[0]) for symbol, value in ticks}
+
+
+def _disconnections(r: redis.Redis) -> int:
+    return int(r.info("stats")["client_output_buffer_limit_disconnections"])
+
+
+def consume_inline(r: redis.Redis, channel: str, ticks: list[tuple[str, str]], handler_s: float) -> Consumer:
+    """The handler runs in the reading loop: while it works, nothing is read and the server buffers."""
+    state, counts, before = {}, {"read": 0}, _disconnections(r)
+    listener = redis.Redis(**connection_spec(r), decode_responses=True).pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(channel)
+    listener.get_message(timeout=1)
+
+    def read() -> None:
+        try:
+            while counts["read"] < len(ticks):
+                message = listener.get_message(timeout=1)
+                if message is None:
+                    return
+                counts["read"] += 1
+                symbol, value = message["data"].split("|")
+                time.sleep(handler_s)  # the slow work
+                state[symbol] = int(value.split(":")[0])
+        except (redis.ConnectionError, OSError):
+            return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    _publish_ticks(r, channel, ticks)
+    reader.join(30)
+    listener.close()
+    return Consumer(counts["read"], counts["read"], _disconnections(r) > before, state == _latest(ticks))
+
+
+def consume_conflated(r: redis.Redis, channel: str, ticks: list[tuple[str, str]], handler_s: float) -> Consumer:
+    """A reader that only reads, keeping the latest value per symbol; the slow handler takes the latest
+    values when it is free. Intermediate prices are skipped on purpose: only the newest matters."""
+    latest, state, lock, before = {}, {}, threading.Lock(), _disconnections(r)
+    handled, done = [0], threading.Event()
+
+    def keep_latest(message: tuple[float, str, str]) -> None:
+        symbol, value = message[2].split("|")
+        with lock:
+            latest[symbol] = value
+
+    def handle() -> None:
+        while not done.is_set() or latest:
+            with lock:
+                batch = dict(latest)
+                latest.clear()
+            for symbol, value in batch.items():
+                time.sleep(handler_s)
+                state[symbol] = int(value.split(":")[0])
+                handled[0] += 1
+            if not batch:
+                time.sleep(0.001)
+
+    with Subscriber(r, channel, on_message=keep_latest) as reader:
+        worker = threading.Thread(target=handle)
+        worker.start()
+        _publish_ticks(r, channel, ticks)
+        reader.wait_for(len(ticks), timeout=30)
+        done.set()
+        worker.join(30)
+        received, cut = len(reader.messages), bool(reader.disconnects)
+    return Consumer(handled[0], received, cut or _disconnections(r) > before, state == _latest(ticks))
+
+
+def consume_stream(r: redis.Redis, stream: str, ticks: list[tuple[str, str]], handler_s: float) -> Consumer:
+    """The producer appends to a stream; the slow consumer reads it at its own pace (XREAD from the last
+    id it saw). The backlog waits in the stream, not in an output buffer, and nothing is skipped."""
+    state, read, before = {}, [0], _disconnections(r)
+
+    def consume() -> None:
+        last, deadline = "0-0", time.monotonic() + 60
+        while read[0] < len(ticks) and time.monotonic() < deadline:
+            for _, entries in r.xread({stream: last}, count=100, block=100) or []:
+                for entry_id, fields in entries:
+                    last, read[0] = entry_id, read[0] + 1
+                    time.sleep(handler_s)
+                    state[fields["symbol"]] = int(fields["value"].split(":")[0])
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    began = time.monotonic()
+    for start in range(0, len(ticks), 20):
+        time.sleep(max(0.0, began + start / 2000 - time.monotonic()))
+        pipe = r.pipeline(transaction=False)
+        for symbol, value in ticks[start:start + 20]:
+            pipe.xadd(stream, {"symbol": symbol, "value": value})
+        pipe.execute()
+    consumer.join(60)
+    return Consumer(read[0], read[0], _disconnections(r) > before, state == _latest(ticks))
+
+
+def _publish_ticks(r: redis.Redis, channel: str, ticks: list[tuple[str, str]], rate: float = 2000) -> None:
+    """Publish in batches of 20 at `rate` ticks per second (a steady feed, not one burst)."""
+    began = time.monotonic()
+    for start in range(0, len(ticks), 20):
+        time.sleep(max(0.0, began + start / rate - time.monotonic()))
+        pipe = r.pipeline(transaction=False)
+        for symbol, value in ticks[start:start + 20]:
+            pipe.publish(channel, f"{symbol}|{value}")
+        pipe.execute()
+
+
+def tick_race(r: redis.Redis, channel: str, stream: str, *, count: int = 1000, symbols: int = 20,
+              payload_bytes: int = 20_000, handler_s: float = 0.002) -> dict[str, Consumer]:
+    """The same ticks (2,000 a second), the same slow handler, three consumers one after the other:
+    inline, conflated, stream. Run it on a server of its own with a small `client-output-buffer-limit
+    pubsub`; the socket buffers between server and client hold a few MB more (measured on Linux: about
+    4 MB on loopback), so the workload is larger than that."""
+    ticks = _ticks(count, symbols, payload_bytes)
+    try:
+        return {"handler in the read loop": consume_inline(r, channel, ticks, handler_s),
+                "conflated (latest wins)": consume_conflated(r, channel, ticks, handler_s),
+                "stream (XREAD)": consume_stream(r, stream, ticks, handler_s)}
+    finally:
+        r.delete(stream)
+
+
+# -- expired events among many volatile keys -------------------------------------------------------------
+def expired_events_heard(r: redis.Redis, ns: Namespace, *, others: int, short: int = 100,
+                         ttl_ms: int = 100, wait_s: float = 2.0) -> int:
+    """Write `others` keys with a one-hour TTL, then `short` keys with a `ttl_ms` TTL, and count the
+    expired events heard within `wait_s` seconds, touching no key (so only the background cycle expires
+    them). Needs `notify-keyspace-events` with E and x; deletes its keys afterwards."""
+    pipe = r.pipeline(transaction=False)
+    for i in range(others):
+        pipe.set(ns.key("long", i), 1, ex=3600)
+        if i % 1000 == 999:
+            pipe.execute()
+    pipe.execute()
+    try:
+        with Subscriber(r, "__keyevent@0__:expired") as events:
+            for i in range(short):
+                pipe.set(ns.key("short", i), 1, px=ttl_ms)
+            pipe.execute()
+            time.sleep(wait_s)
+            return len(events.messages)
+    finally:
+        ns.cleanup(r)
 
 
 # -- exercise checks ------------------------------------------------------------------------------------
@@ -186,3 +431,24 @@ def check_expired_events(r: redis.Redis, flags: str) -> Result:
         problems.append(f"the server also published on {others[:4]}: every extra event costs the server work "
                         "for each write; keep only E and x.")
     return verdict(problems, f"{flags!r} publishes exactly one event for the expired key, on {expired[:1]}.")
+
+
+def expiry_events_on_replica(pair, key: str) -> dict[str, list[str]]:
+    """On a primary and its replica (a `replicated` topology), listen to every keyevent channel while
+    `key` is written with a 100 ms TTL and expires on the primary: the event names each one published."""
+    heard = {}
+    clients = {"primary": pair.primary.client(), "replica": pair.replicas[0].client()}
+    for client in clients.values():
+        client.config_set("notify-keyspace-events", "Eg$x")
+    with Subscriber(clients["primary"], patterns=["__keyevent@*__:*"]) as on_primary, \
+            Subscriber(clients["replica"], patterns=["__keyevent@*__:*"]) as on_replica:
+        clients["primary"].set(key, "v", px=100)
+        deadline = time.monotonic() + 10
+        while clients["primary"].exists(key) and time.monotonic() < deadline:  # expires it if due
+            time.sleep(0.01)
+        while clients["replica"].exists(key) and time.monotonic() < deadline:  # the replica: until DEL arrives
+            time.sleep(0.01)
+        on_primary.wait_for(3), on_replica.wait_for(3)
+        for role, sub in (("primary", on_primary), ("replica", on_replica)):
+            heard[role] = [channel.rsplit(":", 1)[-1] for _, channel, _ in sub.messages]
+    return heard

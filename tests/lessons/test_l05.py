@@ -5,8 +5,8 @@ import pytest
 
 from labkit import ConfigError
 from labkit.lessons import l05_pubsub as lesson
-from labkit.pubsub import Subscriber, subscribed_clients
-from labkit.server import spawn
+from labkit.pubsub import PresenceFeed, Subscriber, subscribed_clients
+from labkit.server import replicated, spawn
 
 from ..waiting import eventually
 
@@ -41,6 +41,56 @@ def test_slow_subscriber_is_disconnected_at_the_output_buffer_limit():
     assert result.hard_limit_bytes == 128 * 1024 and result.disconnections == 1
     assert result.last_backlog_bytes <= result.hard_limit_bytes and result.received < result.published
     assert "closed" in result.error
+
+
+# -- RESP3, heartbeats, the slow subscriber's fixes, expired events ---------------------------------------
+def test_only_a_resp3_connection_runs_commands_while_subscribed(r, ns):
+    assert lesson.command_while_subscribed(r, 2, "GET", ns.key("x")).startswith("error: Can't execute 'get'")
+    assert lesson.command_while_subscribed(r, 3, "SET", ns.key("x"), "v") == "OK" and r.get(ns.key("x")) == "v"
+    assert subscribed_clients(r, "labkit-probe") == []
+    r.delete(ns.key("x"))
+
+
+def test_heartbeat_run_sweeps_only_the_crashed_user(r, ns):
+    feed = PresenceFeed(r, "hb", prefix=ns.key("p"))
+    run = lesson.heartbeat_run(feed, ["ann", "bo"], crash={"bo": 0.2}, run_s=0.8, every=0.05, max_age=0.2)
+    assert list(run.swept) == ["bo"] and run.announced == ["leave:bo"] and run.online == {"ann"}
+    assert run.swept["bo"] - run.last_beat["bo"] >= 0.2 and run.last_beat["bo"] < 0.2 + 0.1
+    assert feed.online() == set()
+
+
+def test_tick_race_inline_is_cut_conflated_and_stream_end_right():
+    with spawn(client_output_buffer_limit="pubsub 256kb 128kb 10") as srv:
+        race = lesson.tick_race(srv.client(), "ticks", "ticks-stream")
+        assert srv.client().exists("ticks-stream") == 0
+    inline, conflated, streamed = race.values()
+    assert inline.disconnected and not inline.latest_right
+    assert not conflated.disconnected and conflated.latest_right and conflated.handled < conflated.received == 1000
+    assert not streamed.disconnected and streamed.latest_right and streamed.handled == 1000
+
+
+def test_tick_race_with_room_to_spare_cuts_no_one():
+    """The opposite setting: a handler that keeps up, and the limit never bites (the experiment can fail)."""
+    with spawn(client_output_buffer_limit="pubsub 256kb 128kb 10") as srv:
+        race = lesson.tick_race(srv.client(), "ticks", "ticks-stream", count=200, payload_bytes=100,
+                                handler_s=0.0001)
+    assert not any(c.disconnected for c in race.values()) and all(c.latest_right for c in race.values())
+
+
+def test_expired_events_are_late_among_many_volatile_keys(ns):
+    with spawn(notify_keyspace_events="Ex") as srv:
+        client = srv.client()
+        alone = lesson.expired_events_heard(client, ns, others=0, wait_s=1)
+        among = lesson.expired_events_heard(client, ns, others=20_000, wait_s=1)
+        assert client.dbsize() == 0
+    assert alone == 100 and among < 50
+
+
+def test_a_replica_publishes_del_not_expired(ns):
+    with replicated(replicas=1) as pair:
+        heard = lesson.expiry_events_on_replica(pair, ns.key("k"))
+    assert heard["primary"] == ["set", "expire", "expired"]
+    assert heard["replica"] == ["set", "expire", "del"]
 
 
 # -- exercise checks ------------------------------------------------------------------------------------
