@@ -65,8 +65,9 @@ class Subscriber:
     backoff (unless `reconnect=False`), subscribes again and calls `on_connect(client)`, the place to
     resynchronise state that pub/sub cannot replay. A callback that raises does not stop it: the error is
     kept in `errors` (the latest ten). With `health_check=` seconds it sends PING (allowed on a subscribed
-    connection) after that long without hearing anything, and treats a connection that stays silent for
-    twice that long as lost (a paused server, or a peer gone without closing). Its connections are named `name`, by default
+    connection) after that long without hearing anything, and treats the connection as lost when the PING
+    is unanswered that long again (a paused server, or a peer gone without closing). Its connections are
+    named `name`, by default
     `labkit-subscriber-<random>`, so that killing one subscriber by name never reaches another. `close()`
     (or the end of a `with` block) unsubscribes, stops the thread and closes the connections.
 
@@ -102,7 +103,7 @@ class Subscriber:
         self._node_clients: list[redis.Redis] = []  # on a cluster: one named client per node read from
         self._live = False  # subscribed and confirmed
         self._heard = time.monotonic()  # when a connection last said anything (a message, a reply, a PONG)
-        self._pinged = False
+        self._pinged_at: float | None = None  # when an unanswered PING was sent
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
         self._ready.wait(10)
@@ -147,7 +148,7 @@ class Subscriber:
         for pubsub, count in zip(self._pubsubs, expected, strict=True):
             self._confirm(pubsub, count)
         self.connects += 1
-        self._heard, self._pinged = time.monotonic(), False
+        self._heard, self._pinged_at = time.monotonic(), None
         self._call(self.on_connect, self.client)
         self._live = True
 
@@ -194,21 +195,22 @@ class Subscriber:
         for pubsub in self._pubsubs:
             message = pubsub.get_message(timeout=0.05 / len(self._pubsubs))
             if message:
-                self._heard, self._pinged = time.monotonic(), False
+                self._heard, self._pinged_at = time.monotonic(), None
                 if message["type"] in DELIVERED:
                     self._record(message)
         if self.health_check:
             self._check_health()
 
     def _check_health(self) -> None:
-        """PING after `health_check` seconds of silence; lost after twice that with no answer."""
-        silent = time.monotonic() - self._heard
-        if silent > 2 * self.health_check:
+        """PING after `health_check` seconds of silence; lost if the PING has no answer `health_check`
+        seconds after it was sent."""
+        now = time.monotonic()
+        if self._pinged_at is not None and now - self._pinged_at > self.health_check:
             raise redis.TimeoutError(f"no reply to PING within {self.health_check:g} s (the peer is silent)")
-        if silent > self.health_check and not self._pinged:
+        if self._pinged_at is None and now - self._heard > self.health_check:
             for pubsub in self._pubsubs:
                 pubsub.ping()
-            self._pinged = True
+            self._pinged_at = now
 
     def _record(self, message: dict) -> None:
         entry = (time.monotonic(), text(message["channel"]), text(message["data"]))

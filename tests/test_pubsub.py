@@ -143,8 +143,9 @@ def test_health_check_notices_a_paused_server_that_a_plain_listener_never_does()
 
 
 def test_health_check_keeps_a_quiet_but_live_connection():
-    with spawn() as srv, Subscriber(srv.client(), "ch", health_check=0.05) as sub:
-        time.sleep(0.5)  # ten intervals of silence, each answered by a PONG
+    with spawn() as srv, Subscriber(srv.client(), "ch", health_check=0.3) as sub:
+        time.sleep(1.5)  # five intervals of silence, each answered by a PONG
+        assert eventually(lambda: sub._pinged_at is None)  # the latest PING answered
         assert sub.disconnects == [] and sub.connects == 1 and sub.connected
 
 
