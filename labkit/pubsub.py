@@ -1,4 +1,5 @@
-"""Pub/sub helpers: a subscriber that sees its own disconnects and resynchronises, a presence feed, and an
+"""Pub/sub helpers: a subscriber that sees its own disconnects and resynchronises, a presence feed with
+heartbeats, a near cache invalidated over pub/sub with its backstops, and an
 asyncio listener with backoff.
 
 Pub/sub delivers each message to the subscribers connected at that moment, and to no one else. redis-py
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import secrets
 import threading
@@ -399,3 +401,58 @@ async def listen(url: str, channel: str, handler: Callable[[str], Awaitable[None
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+class InvalidatedCache:
+    """A local copy of Redis values in this process (a near cache), dropped key by key when a writer
+    announces a change on `channel`.
+
+    Pub/sub loses an invalidation whenever the subscriber is not connected at that instant, so the
+    pattern needs two backstops: each local entry lives at most `ttl` seconds (a missed invalidation is
+    stale for that long at worst; None: forever), and the whole copy is flushed each time the subscriber
+    (re)connects (`flush_on_reconnect`), because it cannot know what it missed. Writers go through
+    `write`: SET and PUBLISH in one MULTI. `clock` (seconds, monotonic) is injectable for tests.
+    """
+
+    def __init__(self, r: redis.Redis, channel: str, *, ttl: float | None, flush_on_reconnect: bool = True,
+                 name: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.r, self.channel, self.clock = r, validate.name(channel, "channel"), clock
+        self.ttl = None if ttl is None else validate.seconds(ttl, "ttl")
+        self.flush_on_reconnect, self.flushes = flush_on_reconnect, 0
+        self.entries: dict[str, tuple[float, Any]] = {}  # key -> (expires at, value)
+        self.subscriber = Subscriber(r, channel, on_message=self._invalidate, on_connect=self._connected, name=name)
+
+    def get(self, key: str) -> Any:
+        """The local copy if it is there and younger than `ttl`, else GET (and keep the answer)."""
+        validate.name(key, "key")
+        entry = self.entries.get(key)
+        if entry is not None and self.clock() < entry[0]:
+            return entry[1]
+        value = self.r.get(key)
+        self.entries[key] = (math.inf if self.ttl is None else self.clock() + self.ttl, value)
+        return value
+
+    @staticmethod
+    def write(r: redis.Redis, channel: str, key: str, value: str) -> int:
+        """SET `key` and announce it on `channel`, in one MULTI; returns how many caches heard it."""
+        pipe = r.pipeline(transaction=True)
+        pipe.set(validate.name(key, "key"), value)
+        pipe.publish(validate.name(channel, "channel"), key)
+        return pipe.execute()[1]
+
+    def _invalidate(self, message: Message) -> None:
+        self.entries.pop(message[2], None)
+
+    def _connected(self, _client: redis.Redis) -> None:
+        if self.flush_on_reconnect:
+            self.entries.clear()
+            self.flushes += 1
+
+    def close(self) -> None:
+        self.subscriber.close()
+
+    def __enter__(self) -> InvalidatedCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -11,7 +11,7 @@ from redis.crc import key_slot
 
 from labkit import ConfigError, ServerUnavailable
 from labkit.lessons.l05_pubsub import kill_clients, missing, publish_numbered
-from labkit.pubsub import PresenceFeed, Subscriber, backoff_delays, listen, subscribed_clients
+from labkit.pubsub import InvalidatedCache, PresenceFeed, Subscriber, backoff_delays, listen, subscribed_clients
 from labkit.server import Server, cluster, spawn
 
 from .faults import hooked_client
@@ -280,3 +280,53 @@ def test_sharded_pub_sub_on_a_cluster(three_primaries):
     assert sub.connects == 2 and len(resyncs) == 2
     assert eventually(lambda: named_on_nodes(three_primaries, sub.name) == 0)  # close() left nothing behind
     rc.close()
+
+
+# -- the near cache invalidated over pub/sub ------------------------------------------------------------
+class FakeClock:
+    """An injected monotonic clock (seconds) for the cache's TTL; the server is real."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_invalidated_cache_drops_a_key_when_a_writer_announces_it(r, ns):
+    key, channel = ns.key("price"), ns.key("inv")
+    r.set(key, "1")
+    with InvalidatedCache(r, channel, ttl=None, name=ns.key("near")) as near:
+        assert near.get(key) == "1"
+        r.set(key, "quietly")  # a write that announces nothing: the local copy stays
+        assert near.get(key) == "1"
+        assert InvalidatedCache.write(r, channel, key, "2") == 1
+        assert eventually(lambda: key not in near.entries)
+        assert near.get(key) == "2"
+    r.delete(key)
+
+
+def test_invalidated_cache_ttl_bounds_a_missed_invalidation(r, ns):
+    key, clock = ns.key("price2"), FakeClock()
+    r.set(key, "1")
+    with InvalidatedCache(r, ns.key("inv2"), ttl=5, flush_on_reconnect=False, clock=clock) as near:
+        assert near.get(key) == "1"
+        r.set(key, "2")  # the invalidation that never arrived
+        clock.now += 4.9
+        assert near.get(key) == "1"
+        clock.now += 0.2
+        assert near.get(key) == "2"
+    r.delete(key)
+
+
+def test_invalidated_cache_flushes_on_reconnect_only_when_asked(r, ns):
+    key = ns.key("price3")
+    r.set(key, "1")
+    with InvalidatedCache(r, ns.key("inv3"), ttl=None, name=ns.key("flush")) as flushing, \
+            InvalidatedCache(r, ns.key("inv3"), ttl=None, flush_on_reconnect=False, name=ns.key("keep")) as keeping:
+        assert flushing.get(key) == keeping.get(key) == "1"
+        kill_clients(r, ns.key("flush"))
+        kill_clients(r, ns.key("keep"))
+        assert eventually(lambda: flushing.flushes == 2 and keeping.subscriber.connects == 2)
+        assert flushing.entries == {} and flushing.flushes == 2 and key in keeping.entries and keeping.flushes == 0
+    r.delete(key)

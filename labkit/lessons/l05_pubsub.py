@@ -448,3 +448,72 @@ def expiry_events_on_replica(pair, key: str) -> dict[str, list[str]]:
         for role, sub in (("primary", on_primary), ("replica", on_replica)):
             heard[role] = [channel.rsplit(":", 1)[-1] for _, channel, _ in sub.messages]
     return heard
+
+
+# -- what is local to one node of a cluster ---------------------------------------------------------------
+@dataclass
+class NodeLocality:
+    """Classic pub/sub and keyspace events seen from one node of a cluster."""
+
+    count_on_other_node: int  # what PUBLISH sent to another node returned
+    heard_on_this_node: list[str]  # what a subscriber on this node received
+    keys_written: int  # keys written through the cluster client, spread over every slot
+    keys_on_this_node: int  # of those, the ones whose slot this node serves
+    events_heard: int  # `set` events a subscriber on this node heard
+
+
+def node_locality(c, channel: str, ns: Namespace, keys: int = 60) -> NodeLocality:
+    """On cluster `c`: subscribe on one primary, PUBLISH on another; then write `keys` keys through the
+    cluster client with `set` events on, and count the events the first primary published. No guessed
+    wait: a marker published on the first primary after the writes arrives after every event it sent."""
+    here, elsewhere = c.serving_primaries()[:2]
+    for node in c.serving_primaries():
+        node.client().config_set("notify-keyspace-events", "E$")
+    names, rc = [ns.key("spread", i) for i in range(keys)], c.client()
+    try:
+        with Subscriber(here.client(), channel, patterns=["__keyevent@*__:set"]) as sub:
+            count = elsewhere.client().publish(channel, "from another node")
+            for name in names:
+                rc.set(name, 1)
+            here.client().publish(channel, "marker")
+            sub.wait_for(1)
+            deadline = time.monotonic() + 10
+            while "marker" not in sub.data() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            heard = [data for _, name, data in sub.messages if name == channel]
+            events = sum(name.endswith(":set") for _, name, _ in sub.messages)
+    finally:
+        for name in names:
+            rc.delete(name)
+        rc.close()
+    mine = sum(c.primary_for(name) == here for name in names)
+    return NodeLocality(count, heard, keys, mine, events)
+
+
+def bus_messages(nodes, kind: str) -> int:
+    """Cluster-bus messages of `kind` (`publish`, `publishshard`) the nodes have sent, from CLUSTER INFO."""
+    return sum(int(node.client().execute_command("CLUSTER INFO").get(f"cluster_stats_messages_{kind}_sent", 0))
+               for node in nodes)
+
+
+def write_while_disconnected(r: redis.Redis, names: list[str], channel: str, key: str, value: str) -> list:
+    """In one MULTI: drop every connection named in `names` (CLIENT KILL), then SET `key` and PUBLISH
+    its name on `channel`. Nothing runs between the kill and the write, so the announcement reaches none
+    of them, whatever their reconnect delay. Returns the replies (kills, OK, receivers)."""
+    ids = [c["id"] for c in r.client_list() if c.get("name") in names]
+    pipe = r.pipeline(transaction=True)
+    for client_id in ids:
+        pipe.client_kill_filter(_id=client_id)
+    pipe.set(key, value)
+    pipe.publish(channel, key)
+    return pipe.execute()
+
+
+def wait_resubscribed(subscribers: Iterable[Subscriber], connects: int = 2, timeout: float = 5.0) -> bool:
+    """Wait until each subscriber has connected `connects` times and is listening (its `on_connect` done)."""
+    deadline, subscribers = time.monotonic() + timeout, list(subscribers)
+    while time.monotonic() < deadline:
+        if all(s.connects >= connects and s.connected for s in subscribers):
+            return True
+        time.sleep(0.005)
+    return False

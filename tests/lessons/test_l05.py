@@ -6,7 +6,7 @@ import pytest
 from labkit import ConfigError
 from labkit.lessons import l05_pubsub as lesson
 from labkit.pubsub import PresenceFeed, Subscriber, subscribed_clients
-from labkit.server import replicated, spawn
+from labkit.server import cluster, replicated, spawn
 
 from ..waiting import eventually
 
@@ -91,6 +91,24 @@ def test_a_replica_publishes_del_not_expired(ns):
         heard = lesson.expiry_events_on_replica(pair, ns.key("k"))
     assert heard["primary"] == ["set", "expire", "expired"]
     assert heard["replica"] == ["set", "expire", "del"]
+
+
+def test_write_while_disconnected_reaches_no_one_of_them(r, ns):
+    with Subscriber(r, ns.key("inv"), name=ns.key("gone")) as gone, Subscriber(r, ns.key("inv"), name=ns.key("stays")) as stays:
+        *kills, ok, heard_by = lesson.write_while_disconnected(r, [ns.key("gone")], ns.key("inv"), ns.key("k"), "v")
+        assert kills == [1] and heard_by == 1 and stays.wait_for(1) and r.get(ns.key("k")) == "v"
+        assert lesson.wait_resubscribed([gone]) and gone.data() == [] and gone.connects == 2
+        assert not lesson.wait_resubscribed([stays], timeout=0.2)  # never dropped: still its first connection
+    r.delete(ns.key("k"))
+
+
+def test_node_locality_on_a_cluster(ns):
+    with cluster(primaries=3, replicas=0) as c:
+        local = lesson.node_locality(c, ns.key("news"), ns)
+        assert lesson.bus_messages(c.servers, "publish") >= 2  # the PUBLISH crossed the bus to the others
+        assert all(node.client().keys(ns.key("*")) == [] for node in c.servers)
+    assert local.count_on_other_node == 0 and local.heard_on_this_node == ["from another node", "marker"]
+    assert 0 < local.events_heard == local.keys_on_this_node < local.keys_written == 60
 
 
 # -- exercise checks ------------------------------------------------------------------------------------
