@@ -20,8 +20,10 @@ from labkit.pubsub import PresenceFeed, Subscriber, named_client
 
 
 # -- counting losses ------------------------------------------------------------------------------------
-def publish_numbered(r: redis.Redis, channel: str, count: int, *, start: int = 0, rate: float | None = None) -> int:
-    """Publish messages "0", "1", ... on `channel` (`rate` per second, or as fast as possible).
+def publish_numbered(r: redis.Redis, channel: str, count: int, *, start: int = 0, rate: float | None = None,
+                     sent_at: list[float] | None = None) -> int:
+    """Publish messages "0", "1", ... on `channel` (`rate` per second, or as fast as possible), appending
+    the monotonic time of each PUBLISH to `sent_at` if given.
 
     Returns the number of deliveries PUBLISH reported (receivers summed over messages).
     """
@@ -31,6 +33,8 @@ def publish_numbered(r: redis.Redis, channel: str, count: int, *, start: int = 0
     for i in range(start, start + count):
         if rate:
             time.sleep(max(0.0, began + (i - start) / rate - time.monotonic()))
+        if sent_at is not None:
+            sent_at.append(time.monotonic())
         delivered += r.publish(channel, str(i))
     return delivered
 
@@ -517,3 +521,127 @@ def wait_resubscribed(subscribers: Iterable[Subscriber], connects: int = 2, time
             return True
         time.sleep(0.005)
     return False
+
+
+def plot_blink(messages: list[tuple[float, str, str]], published_at: list[float], lost: list[int]) -> None:
+    """A timeline of the blink: when each numbered message was published and when it arrived; the run
+    that never arrived is shaded."""
+    import matplotlib.pyplot as plt
+
+    start = published_at[0]
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    ax.plot([(t - start) * 1000 for t in published_at], range(len(published_at)), color="lightgray", linewidth=4,
+            label="published")
+    ax.plot([(t - start) * 1000 for t, _, _ in messages], [int(data) for _, _, data in messages], ".",
+            markersize=2, color="tab:blue", label="received")
+    if lost:
+        ax.axhspan(lost[0], lost[-1], color="tab:red", alpha=0.2, label=f"lost: {len(lost)}")
+    ax.set(xlabel="ms since the first PUBLISH", ylabel="message number", title="a subscriber that blinks")
+    ax.legend(loc="upper left")
+    plt.show()
+
+
+# -- pub/sub against a stream, with a crashing consumer --------------------------------------------------
+def crash_race(r: redis.Redis, channel: str, stream: str, group: str, *, name: str, n: int = 2000,
+               rate: float = 4000, crash_at: int = 600, down_s: float = 0.1) -> tuple[dict, dict, list]:
+    """Publish `n` orders at `rate` per second on `channel` and append them to `stream`; a pub/sub
+    consumer (a `Subscriber` named `name`) and a consumer-group member each crash once, after `crash_at`
+    orders, for `down_s` seconds. Returns the latency of each order each consumer got ({number: s}) and
+    every delivery the stream consumer saw, duplicates included."""
+    r.xgroup_create(stream, group, id="0", mkstream=True)
+    done, by_pubsub, by_stream, deliveries = threading.Event(), {}, {}, []
+
+    def record(message: tuple[float, str, str]) -> None:
+        number, sent = message[2].split(":")
+        by_pubsub.setdefault(int(number), time.monotonic() - float(sent))
+
+    def pubsub_consumer() -> None:
+        sub = Subscriber(r, channel, on_message=record, name=name)
+        while len(by_pubsub) < crash_at and not done.is_set():
+            time.sleep(0.001)
+        sub.close()
+        time.sleep(down_s)
+        with Subscriber(r, channel, on_message=record, name=name):
+            done.wait()
+
+    consumers = [threading.Thread(target=pubsub_consumer),
+                 threading.Thread(target=_stream_consumer, args=(r, stream, group, done, by_stream, deliveries,
+                                                                 crash_at, down_s))]
+    for t in consumers:
+        t.start()
+    while r.pubsub_numsub(channel)[0][1] == 0:
+        time.sleep(0.001)
+    began = time.monotonic()
+    for i in range(n):
+        time.sleep(max(0.0, began + i / rate - time.monotonic()))
+        now = time.monotonic()
+        pipe = r.pipeline(transaction=False)
+        pipe.publish(channel, f"{i}:{now}")
+        pipe.xadd(stream, {"n": i, "t": now})
+        pipe.execute()
+    time.sleep(0.2)
+    done.set()
+    for t in consumers:
+        t.join(timeout=10)
+    return by_pubsub, by_stream, deliveries
+
+
+def _stream_consumer(r: redis.Redis, stream: str, group: str, done: threading.Event, got: dict, deliveries: list,
+                     crash_at: int, down_s: float) -> None:
+    """A group member that crashes once holding a batch it read but never acknowledged; on restart it
+    reads its pending entries first (id 0), then new ones (>)."""
+    crashed, backlog_first = False, True
+    while True:
+        reply = r.xreadgroup(group, "worker-1", {stream: "0" if backlog_first else ">"}, count=50, block=50)
+        entries = reply[0][1] if reply else []
+        if done.is_set() and not entries and not backlog_first:
+            return
+        backlog_first = backlog_first and bool(entries)
+        for _, fields in entries:
+            deliveries.append(int(fields["n"]))
+            got.setdefault(int(fields["n"]), time.monotonic() - float(fields["t"]))
+        if len(got) >= crash_at and not crashed:
+            crashed, backlog_first = True, True  # processed, never acknowledged: the restart reads them again
+            time.sleep(down_s)
+        elif entries:
+            r.xack(stream, group, *[entry_id for entry_id, _ in entries])
+
+
+# -- a silent peer -----------------------------------------------------------------------------------------
+@dataclass
+class SilentPeer:
+    """Three listeners on a server that was paused under them."""
+
+    silence: list  # what the plain loop and the health_check_interval client read meanwhile
+    unanswered_pings: int  # the PINGs redis-py's health check sent that got no reply
+    disconnects: list[str]  # what Subscriber(health_check=) reported
+    noticed_s: float  # how long after the pause it did
+
+
+def silent_peer(server, channel: str, name: str, health_check: float = 0.2) -> SilentPeer:
+    """Subscribe a plain redis-py loop, a client with `health_check_interval=health_check`, and a
+    `Subscriber(health_check=health_check)` on `server`; pause the server until the Subscriber reports
+    the loss (5 s at most), read once from the other two, resume the server, and close everything."""
+    client = server.client()
+    checked_client = redis.Redis(**connection_spec(client), health_check_interval=health_check)
+    listeners = [client.pubsub(), checked_client.pubsub()]
+    try:
+        for each in listeners:
+            each.subscribe(channel)
+            each.get_message(timeout=1)
+        with Subscriber(client, channel, health_check=health_check, reconnect=False, name=name) as watched:
+            server.pause()
+            paused_at = time.monotonic()
+            try:
+                while not watched.disconnects and time.monotonic() < paused_at + 5:
+                    time.sleep(0.01)
+                noticed_s = time.monotonic() - paused_at
+                silence = [each.get_message(timeout=0.5) for each in listeners]
+                unanswered = listeners[1].health_check_response_counter
+            finally:
+                server.resume()
+    finally:
+        for each in listeners:
+            each.close()
+        checked_client.close()
+    return SilentPeer(silence, unanswered, list(watched.disconnects), noticed_s)

@@ -157,3 +157,19 @@ def test_expired_events_accepts_keyevent_expired_only(own_server, flags):
 def test_expired_events_rejects_the_wrong_flags(own_server, flags, says):
     result = lesson.check_expired_events(own_server, flags)
     assert not result and says in result.message
+
+
+def test_silent_peer_only_the_subscriber_with_a_deadline_notices():
+    with spawn() as srv:
+        silent = lesson.silent_peer(srv, "ch", name="checked", health_check=0.2)
+        assert subscribed_clients(srv.client()) == []
+    assert silent.silence == [None, None] and silent.unanswered_pings >= 1
+    assert "no reply to PING" in silent.disconnects[0] and 0.4 <= silent.noticed_s < 5
+
+
+def test_crash_race_stream_loses_nothing_pubsub_loses_a_run(r, ns):
+    by_pubsub, by_stream, deliveries = lesson.crash_race(r, ns.key("o"), ns.key("os"), "g", name=ns.key("ops"),
+                                                         n=600, crash_at=200)
+    assert 0 < 600 - len(by_pubsub) and len(by_stream) == 600 and len(deliveries) > len(set(deliveries))
+    assert r.xpending(ns.key("os"), "g")["pending"] == 0
+    r.delete(ns.key("os"))
