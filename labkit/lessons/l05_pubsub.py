@@ -16,7 +16,7 @@ from labkit.clients import connection_spec
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
 from labkit.lessons import Result, check, verdict
-from labkit.pubsub import PresenceFeed, Subscriber, named_client
+from labkit.pubsub import InvalidatedCache, PresenceFeed, Subscriber, named_client
 
 
 # -- counting losses ------------------------------------------------------------------------------------
@@ -389,6 +389,37 @@ def check_presence(r: redis.Redis, ns: Namespace, resync: Callable[[PresenceFeed
         problems.append("It still shows bob, who left while it was disconnected: replace `seen` with the snapshot "
                         "(clear it first), don't just add to it.")
     return Result(False, " ".join(problems))
+
+
+@check
+def check_near_cache(r: redis.Redis, ns: Namespace, make_cache: Callable[[redis.Redis, str], InvalidatedCache]) -> Result:
+    """`make_cache(r, channel)` returns an `InvalidatedCache` that serves no stale value after a reconnect
+    that lost an invalidation, and bounds any stale entry by a TTL."""
+    channel, key = ns.key("check", "invalidations"), ns.key("check", "price")
+    r.set(key, "100")
+    cache = make_cache(r, channel)
+    try:
+        if not isinstance(cache, InvalidatedCache):
+            return Result(False, f"make_cache returned {type(cache).__name__}; return an InvalidatedCache.")
+        cache.get(key)
+        write_while_disconnected(r, [cache.subscriber.name], channel, key, "120")
+        resubscribed = wait_resubscribed([cache.subscriber])
+        served = cache.get(key)
+    finally:
+        if isinstance(cache, InvalidatedCache):
+            cache.close()
+        r.delete(key)
+    problems = []
+    if not resubscribed:
+        problems.append("its subscriber did not reconnect within 5 s.")
+    if served != "120":
+        problems.append(f"after the reconnect it still served {served} (the price is 120): the invalidation sent "
+                        "meanwhile was lost; flush the local copy on reconnect (flush_on_reconnect=True).")
+    if cache.ttl is None:
+        problems.append("its entries never age out: a read that races an invalidation can store an old value that "
+                        "nothing will ever remove; give them a TTL.")
+    return verdict(problems, f"after the lost invalidation it served 120, and no entry outlives {cache.ttl:g} s."
+                   if cache.ttl is not None else "")
 
 
 @check
