@@ -122,7 +122,7 @@ def plot_heartbeats(run: HeartbeatRun, max_age: float) -> None:
     import matplotlib.pyplot as plt
 
     users = list(run.beats)
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.5 * len(users)))
+    _, ax = plt.subplots(figsize=(7, 0.5 + 0.5 * len(users)))
     for row, user in enumerate(users):
         ax.plot(run.beats[user], [row] * len(run.beats[user]), "|", markersize=12, color="tab:blue")
         if user in run.crashed:
@@ -300,7 +300,7 @@ def consume_stream(r: redis.Redis, stream: str, ticks: list[tuple[str, str]], ha
             pipe.xadd(stream, {"symbol": symbol, "value": value})
         pipe.execute()
     consumer.join(60)
-    return Consumer(read[0], read[0], False, state == _latest(ticks))  # a stream reader has no output buffer to outgrow
+    return Consumer(read[0], read[0], False, state == _latest(ticks))  # no output buffer to outgrow
 
 
 def _publish_ticks(r: redis.Redis, channel: str, ticks: list[tuple[str, str]], rate: float = 2000) -> None:
@@ -392,7 +392,8 @@ def check_presence(r: redis.Redis, ns: Namespace, resync: Callable[[PresenceFeed
 
 
 @check
-def check_near_cache(r: redis.Redis, ns: Namespace, make_cache: Callable[[redis.Redis, str], InvalidatedCache]) -> Result:
+def check_near_cache(r: redis.Redis, ns: Namespace,
+                     make_cache: Callable[[redis.Redis, str], InvalidatedCache]) -> Result:
     """`make_cache(r, channel)` returns an `InvalidatedCache` that serves no stale value after a reconnect
     that lost an invalidation, and bounds any stale entry by a TTL."""
     channel, key = ns.key("check", "invalidations"), ns.key("check", "price")
@@ -418,8 +419,7 @@ def check_near_cache(r: redis.Redis, ns: Namespace, make_cache: Callable[[redis.
     if cache.ttl is None:
         problems.append("its entries never age out: a read that races an invalidation can store an old value that "
                         "nothing will ever remove; give them a TTL.")
-    return verdict(problems, f"after the lost invalidation it served 120, and no entry outlives {cache.ttl:g} s."
-                   if cache.ttl is not None else "")
+    return verdict(problems, f"after the lost invalidation it served 120, and no entry outlives {cache.ttl} s.")
 
 
 @check
@@ -560,7 +560,7 @@ def plot_blink(messages: list[tuple[float, str, str]], published_at: list[float]
     import matplotlib.pyplot as plt
 
     start = published_at[0]
-    fig, ax = plt.subplots(figsize=(7, 2.8))
+    _, ax = plt.subplots(figsize=(7, 2.8))
     ax.plot([(t - start) * 1000 for t in published_at], range(len(published_at)), color="lightgray", linewidth=4,
             label="published")
     ax.plot([(t - start) * 1000 for t, _, _ in messages], [int(data) for _, _, data in messages], ".",
