@@ -196,6 +196,14 @@ ROWS = [
     Row("PresenceFeed", "prefix", lambda w, v: pubsub.PresenceFeed(w.r, "room", prefix=v), PREFIX),
     Row("PresenceFeed.join", "user", lambda w, v: w.feed.join(v), NAME),
     Row("PresenceFeed.leave", "user", lambda w, v: w.feed.leave(v), NAME),
+    Row("PresenceFeed.heartbeat", "user", lambda w, v: w.feed.heartbeat(v), NAME),
+    Row("PresenceFeed.sweep", "max_age", lambda w, v: w.feed.sweep(v), SECONDS),
+    Row("InvalidatedCache", "channel", lambda w, v: pubsub.InvalidatedCache(w.r, v, ttl=1).close(), NAME),
+    Row("InvalidatedCache", "ttl", lambda w, v: pubsub.InvalidatedCache(w.r, w.ns.key("inv"), ttl=v).close(),
+        SECONDS[1:]),  # None: entries never age out
+    Row("InvalidatedCache.write", "key", lambda w, v: pubsub.InvalidatedCache.write(w.r, w.ns.key("inv"), v, "x"),
+        NAME),
+    Row("Subscriber", "health_check", _subscriber(health_check=None), SECONDS[1:]),  # None: no health check
     Row("listen", "channel", _listen(channel=None), NAME),
     Row("listen", "handler", _listen(handler=None), CALLABLE),
     Row("listen", "url", _listen(url=None), [None, "", 5]),
