@@ -20,7 +20,7 @@ import numpy as np
 import redis
 
 from labkit import scripts
-from labkit.cache import Cached, cached
+from labkit.cache import Cached, CacheStats, cached
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
 from labkit.lessons import Result, check, delete_keys, verdict
@@ -266,6 +266,7 @@ class StampedeResult:
     before_expiry: int = 0
     recompute_starts_s: list[float] = field(default_factory=list)  # since warming began
     ttl_s: float = 1.0
+    early_refreshes_s: list[float] = field(default_factory=list)  # when each early refresh was drawn, since warming
 
     @property
     def p50(self) -> float:
@@ -284,8 +285,26 @@ class StampedeResult:
     @property
     def episodes(self) -> int:
         """Bursts of recomputes (one per expiry the run crossed): a new one starts half a TTL after the last."""
+        return len(self._episode_starts())
+
+    def _episode_starts(self) -> list[float]:
         starts = sorted(self.recompute_starts_s)
-        return sum(1 for i, t in enumerate(starts) if i == 0 or t - starts[i - 1] > self.ttl_s / 2)
+        return [t for i, t in enumerate(starts) if i == 0 or t - starts[i - 1] > self.ttl_s / 2]
+
+    @property
+    def early_refreshes_per_episode(self) -> list[int]:
+        """The early refreshes of each episode. One is drawn just before its recompute starts, so it belongs to
+        the last episode begun by a quarter TTL after its draw (episodes are more than half a TTL apart)."""
+        firsts = self._episode_starts()
+        counts = [0] * len(firsts)
+        for t in self.early_refreshes_s:
+            counts[max(0, sum(1 for f in firsts if f <= t + self.ttl_s / 4) - 1)] += 1
+        return counts
+
+    @property
+    def median_early_per_episode(self) -> float:
+        counts = self.early_refreshes_per_episode
+        return statistics.median(counts) if counts else 0.0
 
     @property
     def hits_per_recompute(self) -> float:
@@ -298,7 +317,10 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
              should_refresh: Callable[[float, float], bool] | None = None,
              decorate: Callable[[Callable], Callable] | None = None) -> StampedeResult:
     """Warm a hot key, then let `clients` threads read it in a loop (pausing ~`think_s`) for `run_s`
-    seconds, across its expiry at `ttl`. The source takes `recompute_s` per call. Counts what happened.
+    seconds, across its expiry at `ttl`. The source takes `recompute_s` per call. Counts what happened
+    before the end of the run: a thread that passed its loop test in time but got the CPU back only after
+    the end (50 threads share a few cores) reads a later moment of the cache, so its call, its miss and its
+    recompute are not counted.
     `should_refresh(delta_ms, remaining_ms)` replaces XFetch's test (to run a broken copy of it);
     `decorate(source)` replaces `cached` altogether, to run someone else's decorator: its keys must start with
     `prefix`, `strategy` is then only a label, and the early refreshes are the recomputes `before_expiry`."""
@@ -322,6 +344,7 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
         hot = cached(r, prefix=prefix, ttl=ttl, strategy=strategy, beta=beta, stale_ttl=ttl)(source)
         if should_refresh is not None:
             hot.should_refresh = should_refresh
+        hot.stats = _NotedStats(here)
         hot.invalidate(1)
     else:
         delete_keys(r, list(r.scan_iter(match=f"{prefix}*")))
@@ -329,19 +352,18 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
     warming = time.perf_counter()
     hot(1)  # warm: the key now expires `ttl` from its write, which is at least `recompute_s` after `warming`
     expires_after = warming + recompute_s + ttl
-    stats = getattr(hot, "stats", None)
-    warm = (calls["n"], stats.misses if stats else 0, stats.early_refreshes if stats else 0)
-    latencies: list[tuple[float, bool]] = []
-    lock, start, stop_at = threading.Lock(), threading.Barrier(clients), time.monotonic() + run_s
+    warmed = calls["n"]
+    noted: list[tuple[float, float, bool, float | None, float | None]] = []  # asked, ms, recomputed, missed, early
+    lock, start, stop_at = threading.Lock(), threading.Barrier(clients), time.perf_counter() + run_s
 
     def client() -> None:
         start.wait()
-        while time.monotonic() < stop_at:
-            here.recomputed = False
+        while time.perf_counter() < stop_at:
+            here.recomputed, here.missed, here.early = False, None, None
             asked = time.perf_counter()
             hot(1)
             with lock:
-                latencies.append(((time.perf_counter() - asked) * 1000, here.recomputed))
+                noted.append((asked, (time.perf_counter() - asked) * 1000, here.recomputed, here.missed, here.early))
             time.sleep(random.expovariate(1 / think_s))
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -354,13 +376,34 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
         while r.exists(f"{hot.key(1)}:lock") and time.monotonic() < deadline:
             time.sleep(0.005)
     delete_keys(r, list(r.scan_iter(match=f"{prefix}*")))
-    recomputes, early = calls["n"] - warm[0], sum(1 for t in began[warm[0]:] if t < expires_after)
-    misses = stats.misses - warm[1] if stats else recomputes - early  # someone else's decorator: not counted,
-    return StampedeResult(  # so every recompute not certainly early counts as a miss
-        strategy, clients, recomputes, misses, stats.early_refreshes - warm[2] if stats else early,
-        [ms for ms, _ in latencies], [ms for ms, mine in latencies if mine], calls=len(latencies), run_s=run_s,
+    starts = [t for t in began[warmed:] if t < stop_at]  # recomputes that began inside the run
+    in_run = [call for call in noted if call[0] < stop_at]
+    early = sum(1 for t in starts if t < expires_after)
+    if decorate is None:
+        misses = sum(1 for *_, missed, _ in in_run if missed is not None and missed < stop_at)
+        drawn = [at for *_, at in in_run if at is not None and at < stop_at]
+    else:  # someone else's decorator: its misses are not counted, so every recompute not certainly early is one
+        misses, drawn = len(starts) - early, [t for t in starts if t < expires_after]
+    return StampedeResult(
+        strategy, clients, len(starts), misses, len(drawn),
+        [ms for _, ms, *_ in in_run], [ms for _, ms, mine, *_ in in_run if mine], calls=len(in_run), run_s=run_s,
         recompute_ms=calls["ms"] / max(calls["n"], 1), before_expiry=early,
-        recompute_starts_s=[t - warming for t in began[warm[0]:]], ttl_s=ttl)
+        recompute_starts_s=[t - warming for t in starts], ttl_s=ttl, early_refreshes_s=[t - warming for t in drawn])
+
+
+class _NotedStats(CacheStats):
+    """A cached function's counters that also note, in the calling thread, when its call missed or refreshed early."""
+
+    def __init__(self, here: threading.local) -> None:
+        super().__init__()
+        self._here = here
+
+    def add(self, **counts: int) -> None:
+        super().add(**counts)
+        if counts.get("misses"):
+            self._here.missed = time.perf_counter()
+        if counts.get("early_refreshes"):
+            self._here.early = time.perf_counter()
 
 
 def plot_stampede(results: dict[str, StampedeResult]) -> None:

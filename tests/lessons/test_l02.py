@@ -81,8 +81,28 @@ def test_stampede_measures_who_waited_and_what_came_before_the_expiry(r, ns):
 
 
 def test_episodes_group_recomputes_by_expiry():
-    result = lesson.StampedeResult("x", 1, 5, 0, 5, [1.0], recompute_starts_s=[1.0, 1.05, 2.0, 2.02, 3.1], ttl_s=1.0)
+    result = lesson.StampedeResult("x", 1, 5, 0, 5, [1.0], recompute_starts_s=[1.0, 1.05, 2.0, 2.02, 3.1], ttl_s=1.0,
+                                   early_refreshes_s=[0.999, 1.04, 1.99, 2.0, 2.01, 3.09])
     assert result.episodes == 3
+    assert result.early_refreshes_per_episode == [2, 3, 1] and result.median_early_per_episode == 2
+
+
+def test_stampede_counts_only_what_began_before_the_end_of_the_run(r, ns):
+    """A client that passed its loop test in time but ran only after the end (starved of the CPU) reads a later
+    moment of the cache: its recompute is not counted."""
+    def late(source):
+        warmed = []
+
+        def wrapper(item):
+            if warmed:
+                time.sleep(1.3)  # this call gets the CPU back only after the run's end (1.0 s)
+            warmed.append(item)
+            return source(item)
+        return wrapper
+
+    result = lesson.stampede(r, ns.key("stampede"), "late", clients=3, ttl=0.6, run_s=1.0, decorate=late)
+    assert result.calls == 3 and result.recomputes == 0 and result.misses == 0
+    assert ns.keys(r) == []
 
 
 # -- invalidation ---------------------------------------------------------------------------------------
