@@ -141,7 +141,8 @@ def lesson_needs(notebooks: Path = NOTEBOOKS, modules: Path = LESSON_MODULES) ->
 
 def needs_table(needs: dict[str, list[str]]) -> str:
     """The lessons' needs as a Markdown table, one column per need."""
-    short = ["own servers", "CONFIG", "ACL users", "functions", "search, JSON"]
+    short = ["starts its own servers", "CONFIG on your server", "ACL on your server", "FUNCTION on your server",
+             "search, JSON on your server"]
     rows = ["| lesson | " + " | ".join(short) + " |", "|---|" + "---|" * len(short)]
     for lesson, found in needs.items():
         rows.append(f"| {lesson} | " + " | ".join("✔" if need in found else "" for need in NEEDS) + " |")
@@ -152,9 +153,13 @@ def needs_table(needs: dict[str, list[str]]) -> str:
 @check
 def check_greeting(r: redis.Redis, key: str) -> Result:
     """`key` holds the string "hello" and expires by itself within 60 seconds."""
-    value = r.get(key)
-    if value is None:
+    kind = text(r.type(key))
+    if kind == "none":
         return Result(False, f"there is no key {key!r}; write it with r.set(...) using exactly that key.")
+    if kind != "string":
+        return Result(False, f"{key!r} holds a {kind}, not a string: store a string with "
+                             f"r.set(key, {GREETING!r}, ex=60).")
+    value = r.get(key)
     value = text(value)
     ttl_ms = r.pttl(key)
     problems = []

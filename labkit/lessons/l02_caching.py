@@ -165,6 +165,25 @@ class LeasedCache:
         self.r.delete(*self.keys(item))
 
 
+class ReadsTogether:
+    """A client for `n` threads whose first `GET` in each thread returns only once all `n` have had their
+    reply (waiting at most 30 s): every thread reads the cache before any of them goes on. Everything else is
+    the wrapped client's."""
+
+    def __init__(self, r: redis.Redis, n: int) -> None:
+        self.r, self._barrier, self._here = r, threading.Barrier(n), threading.local()
+
+    def get(self, key: str) -> object:
+        value = self.r.get(key)
+        if not getattr(self._here, "read", False):
+            self._here.read = True
+            self._barrier.wait(30)
+        return value
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.r, name)
+
+
 INVALIDATIONS = ("delete", "delete, and again once the read has ended", "delete, and again while the read is on",
                  "lease")
 
@@ -431,39 +450,70 @@ def check_xfetch(should_refresh: Callable[[float, float, float, float, float], b
     """`should_refresh(now, expiry, delta, beta, rand) -> bool` is XFetch's test
     `now - delta * beta * ln(rand) >= expiry`, with `rand` uniform in (0, 1]."""
     problems = []
-    if not should_refresh(100.0, 100.0, 10.0, 1.0, 1.0) or should_refresh(99.0, 100.0, 10.0, 1.0, 1.0):
-        problems.append("with rand = 1 (ln 1 = 0) it must refresh exactly when now >= expiry.")
+    if not should_refresh(100.0, 100.0, 10.0, 1.0, 1.0) or any(should_refresh(99.0, 100.0, 10.0, 1.0, 1.0)
+                                                                for _ in range(20)):
+        problems.append("with rand = 1 (ln 1 = 0) it must refresh exactly when now >= expiry (asked 20 times: "
+                        "use the `rand` you are given, do not draw your own).")
     rng = random.Random(2015)
     draws = [1.0 - rng.random() for _ in range(4000)]
     early = sum(bool(should_refresh(0.0, 10.0, 10.0, 1.0, u)) for u in draws) / len(draws)
-    expected = math.exp(-1)  # P(-ln U >= remaining / (delta * beta)) with remaining = delta
+    again = sum(bool(should_refresh(0.0, 10.0, 10.0, 1.0, u)) for u in draws) / len(draws)
+    expected, expected_beta2 = math.exp(-1), math.exp(-1 / 2)  # P(-ln U >= remaining / (delta * beta)), remaining = delta
     if early == 0:
         problems.append("it never refreshes early: -ln(rand) is positive, so `now - delta*beta*ln(rand)` is LATER "
                         "than now; check the sign (a common copy has `+` or compares the wrong way).")
     elif abs(early - expected) > 0.05:
         problems.append(f"with delta = remaining time it refreshed early {early:.0%} of the time; "
                         f"XFetch does so {expected:.0%} of the time (e^-1).")
+    elif again != early:
+        problems.append("the same arguments gave different answers: the randomness must come from `rand` only.")
     bigger_beta = sum(bool(should_refresh(0.0, 10.0, 10.0, 2.0, u)) for u in draws) / len(draws)
-    if not problems and bigger_beta <= early:
-        problems.append("beta > 1 must make early refreshes MORE likely.")
+    if not problems and abs(bigger_beta - expected_beta2) > 0.05:
+        problems.append(f"with beta = 2 it refreshed early {bigger_beta:.0%} of the time; XFetch does so "
+                        f"{expected_beta2:.0%} (e^-1/2): beta multiplies delta once.")
     return verdict(problems, f"refreshes early {early:.0%} of the time when one recompute-time is left "
-                             f"(theory {expected:.0%}); more often with beta = 2 ({bigger_beta:.0%}).")
+                             f"(theory {expected:.0%}); {bigger_beta:.0%} with beta = 2 (theory {expected_beta2:.0%}).")
 
 
 class _ReadWatcher(redis.Redis):
-    """A real client of the same server that notes which threads have had a reply to `GET <key>`."""
+    """A real client of the same server that notes which threads have had a reply to `GET <key>`. With
+    `steal` set, a `GET <key>:lock` that reads a holder's token is answered only after a rival has taken the
+    lock: what happens when a lock expires between a client's GET and its DEL."""
 
     key = ""
     readers: set[int]
+    steal = stolen = False
 
     def execute_command(self, *args, **options):
         reply = super().execute_command(*args, **options)
         if len(args) > 1 and str(args[0]).upper() == "GET" and args[1] == self.key:
             self.readers.add(threading.get_ident())
+        if (self.steal and len(args) > 1 and str(args[0]).upper() == "GET" and args[1] == f"{self.key}:lock"
+                and reply is not None and reply not in ("someone-else", b"someone-else")):
+            super().execute_command("SET", f"{self.key}:lock", "someone-else", "PX", 60_000)
+            self.stolen = True
         return reply
 
 
 SINGLE_FLIGHT_CALLERS = 20
+SINGLE_FLIGHT_WAIT_S = 30  # the longest the check waits for its callers: a wrong answer must not hang it
+
+
+def _released_between_get_and_del(r: redis.Redis, key: str, get_or_compute: Callable) -> list[str]:
+    """One caller whose lock is taken over by a rival right after the caller's GET of it: a release by GET,
+    compare, DEL deletes the rival's lock; a compare-and-delete in one script (no GET) does not."""
+    r.delete(key, key + ":lock")
+    stealer = _ReadWatcher(connection_pool=r.connection_pool)
+    stealer.key, stealer.readers, stealer.steal = key, set(), True
+    caller = threading.Thread(target=get_or_compute, args=(stealer, key, lambda: "v", 30_000), daemon=True)
+    caller.start()
+    caller.join(30)
+    if caller.is_alive():
+        return ["a single caller on an empty cache did not return within 30 s."]
+    if stealer.stolen and r.get(key + ":lock") != "someone-else":
+        return ["when another client took the lock between your GET of the lock and your DEL, you deleted its "
+                "lock: compare and delete in one step, a Lua script (GET, compare, DEL run atomically)."]
+    return []
 
 
 @check
@@ -499,12 +549,17 @@ def check_single_flight(r: redis.Redis, ns: Namespace, get_or_compute: Callable)
         start.wait(30)
         answers.append(get_or_compute(watched, key, compute, 30_000))
 
-    threads = [threading.Thread(target=caller) for _ in range(n)]
+    threads = [threading.Thread(target=caller, daemon=True) for _ in range(n)]
     try:
         for t in threads:
             t.start()
+        deadline = time.monotonic() + SINGLE_FLIGHT_WAIT_S
         for t in threads:
-            t.join()
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in threads):
+            return Result(False, f"{sum(t.is_alive() for t in threads)} of {n} callers were still waiting after "
+                                 f"{SINGLE_FLIGHT_WAIT_S} s: the lock holder must store the value in the cache (SET key value) before "
+                                 "releasing, and waiters must re-read the cache until it is there.")
         if len(computes) > 1:
             problems.append(f"{len(computes)} computes for {n} concurrent callers: after taking the lock, read the "
                             "cache again (another client may have filled it while you waited), and let waiters "
@@ -520,7 +575,7 @@ def check_single_flight(r: redis.Redis, ns: Namespace, get_or_compute: Callable)
             rival_in.wait(30)
             return "slow"
 
-        first = threading.Thread(target=get_or_compute, args=(r, key, slow, 50))
+        first = threading.Thread(target=get_or_compute, args=(r, key, slow, 50), daemon=True)
         first.start()
         expired = False
         if not computing.wait(30):
@@ -541,6 +596,8 @@ def check_single_flight(r: redis.Redis, ns: Namespace, get_or_compute: Callable)
             problems.append("when its lock had expired, the first client deleted a lock another client held: "
                             "store a random token in the lock and release it only if the token is still yours "
                             "(a Lua compare-and-delete).")
+        elif not problems:
+            problems += _released_between_get_and_del(r, key, get_or_compute)
     finally:
         delete_keys(r, [k for k in r.scan_iter(match=key + "*")])
     return verdict(problems, f"one compute for {n} concurrent callers; never releases a lock it does not own.")

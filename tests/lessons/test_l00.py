@@ -24,6 +24,13 @@ def test_greeting_rejects_missing_key(r, ns):
     assert not result and "there is no key" in result.message
 
 
+def test_greeting_check_rejects_a_hash_with_a_message_not_an_error(r, ns):
+    r.hset(ns.key("greeting"), "v", "hello")
+    r.expire(ns.key("greeting"), 60)
+    result = lesson.check_greeting(r, ns.key("greeting"))
+    assert not result and "holds a hash, not a string" in result.message
+
+
 def test_greeting_rejects_no_ttl(r, ns):
     r.set(ns.key("greeting"), "hello")
     result = lesson.check_greeting(r, ns.key("greeting"))
@@ -109,7 +116,7 @@ def test_lesson_needs_reads_each_lessons_code(tmp_path):
     assert needs["02_spawns"] == ["starts servers of its own on this machine"]
     assert needs["03_search"] == ["the search and JSON modules on the lab server"]
     table = lesson.needs_table(needs)
-    assert table.splitlines()[0].startswith("| lesson | own servers") and "| 02_spawns | ✔ |" in table
+    assert table.splitlines()[0].startswith("| lesson | starts its own servers | CONFIG on your server") and "| 02_spawns | ✔ |" in table
     with pytest.raises(ConfigError, match="no notebooks"):
         lesson.lesson_needs(tmp_path / "nowhere")
 
