@@ -1,12 +1,12 @@
 """What a block of code sends to the server: every command, its reply, and the round trips.
 
 `with trace(r):` records everything sent through the client's connections while the block runs, from any
-thread (a background thread using the same client shows up too). It records at the wire, below redis-py's helpers: a pipeline shows each of its commands
-in one round trip, a transaction shows MULTI, the QUEUED replies and EXEC, a script shows EVALSHA (and
-the SCRIPT LOAD it needed, if any), and a connection opened inside the block shows its handshake
-(HELLO, CLIENT SETINFO). Passwords sent by AUTH or HELLO are masked. Traces nest: a trace inside another
-records in both. The table abridges where a command says least (digests, script sources, the middle of long
-arguments), so keys and short arguments stay readable.
+thread (a background thread using the same client shows up too). It records at the wire, below redis-py's
+helpers: a pipeline shows each of its commands in one round trip, a transaction shows MULTI, the QUEUED
+replies and EXEC, a script shows EVALSHA (and the SCRIPT LOAD it needed, if any), and a connection opened
+inside the block shows its handshake (HELLO, CLIENT SETINFO). Passwords sent by AUTH or HELLO are masked.
+Traces nest: a trace inside another records in both. The table abridges where a command says least
+(digests, script sources, the middle of long arguments), so keys and short arguments stay readable.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class Trace:
         commands = [abridge_command(call.args) for call in self.calls]
         width = max([len("command"), *map(len, commands)])
         lines = [f"{'trip':>4}  {'command':<{width}}  reply"]
-        for call, command in zip(self.calls, commands):
+        for call, command in zip(self.calls, commands, strict=True):
             reply = f"(error) {call.error}" if call.error is not None else abridge_reply(call.reply)
             mark = " (connect)" if call.handshake else ""
             lines.append(f"{trips[(call.connection, call.round_trip)]:>4}  "

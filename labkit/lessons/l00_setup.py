@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import textwrap
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,6 +95,26 @@ def cli(r: redis.Redis, *command: str) -> str:
 
 
 # -- 0.5 a round trip ---------------------------------------------------------------------------------
+def time_single_pings(r: redis.Redis, n: int) -> list[float]:
+    """Microseconds of each of `n` single PINGs, one round trip each."""
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter_ns()
+        r.ping()
+        samples.append((time.perf_counter_ns() - started) / 1000)
+    return samples
+
+
+def time_pipelined_pings(r: redis.Redis, n: int) -> float:
+    """Microseconds for `n` PINGs sent in one pipeline (one round trip)."""
+    started = time.perf_counter_ns()
+    with r.pipeline(transaction=False) as pipe:
+        for _ in range(n):
+            pipe.ping()
+        pipe.execute()
+    return (time.perf_counter_ns() - started) / 1000
+
+
 def plot_pings(samples_us: Sequence[float]) -> None:
     """Single PING round trips as a histogram (log scale), median and p99 marked."""
     p50, p99 = np.percentile(samples_us, [50, 99])

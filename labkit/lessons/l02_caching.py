@@ -439,7 +439,7 @@ def plot_stampede(results: dict[str, StampedeResult]) -> None:
                                   (0.27, "slowest", [max(results[n].latencies_ms) for n in names])):
         axes[1].bar(x + offset, values, 0.27, label=label)
     axes[1].set(xticks=x, xticklabels=names, ylabel="ms", yscale="log", title="read latency")
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))  # beside the bars, hiding none
     plt.tight_layout()
     plt.show()
 
@@ -458,7 +458,8 @@ def check_xfetch(should_refresh: Callable[[float, float, float, float, float], b
     draws = [1.0 - rng.random() for _ in range(4000)]
     early = sum(bool(should_refresh(0.0, 10.0, 10.0, 1.0, u)) for u in draws) / len(draws)
     again = sum(bool(should_refresh(0.0, 10.0, 10.0, 1.0, u)) for u in draws) / len(draws)
-    expected, expected_beta2 = math.exp(-1), math.exp(-1 / 2)  # P(-ln U >= remaining / (delta * beta)), remaining = delta
+    # P(-ln U >= remaining / (delta * beta)) with remaining = delta: e^-1, and e^-1/2 with beta = 2
+    expected, expected_beta2 = math.exp(-1), math.exp(-1 / 2)
     if early == 0:
         problems.append("it never refreshes early: -ln(rand) is positive, so `now - delta*beta*ln(rand)` is LATER "
                         "than now; check the sign (a common copy has `+` or compares the wrong way).")
@@ -558,8 +559,9 @@ def check_single_flight(r: redis.Redis, ns: Namespace, get_or_compute: Callable)
             t.join(max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in threads):
             return Result(False, f"{sum(t.is_alive() for t in threads)} of {n} callers were still waiting after "
-                                 f"{SINGLE_FLIGHT_WAIT_S} s: the lock holder must store the value in the cache (SET key value) before "
-                                 "releasing, and waiters must re-read the cache until it is there.")
+                                 f"{SINGLE_FLIGHT_WAIT_S} s: the lock holder must store the value in the cache "
+                                 "(SET key value) before releasing, and waiters must re-read the cache until it "
+                                 "is there.")
         if len(computes) > 1:
             problems.append(f"{len(computes)} computes for {n} concurrent callers: after taking the lock, read the "
                             "cache again (another client may have filled it while you waited), and let waiters "

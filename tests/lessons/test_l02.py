@@ -204,7 +204,8 @@ def test_xfetch_rejects_a_constant_early_window():
 
 
 def test_xfetch_rejects_beta_squared():
-    result = lesson.check_xfetch(lambda now, expiry, delta, beta, rand: now - delta * beta**2 * math.log(rand) >= expiry)
+    result = lesson.check_xfetch(
+        lambda now, expiry, delta, beta, rand: now - delta * beta**2 * math.log(rand) >= expiry)
     assert not result and "beta multiplies delta once" in result.message
 
 
