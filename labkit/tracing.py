@@ -24,6 +24,7 @@ import redis
 from labkit.errors import ConfigError
 
 COMMAND_WIDTH = 72
+KEY_SLACK = 28  # a line may grow this much past COMMAND_WIDTH rather than cut a key name
 SCRIPT_WIDTH = 24
 REPLY_WIDTH = 40
 DIGEST = re.compile(r"[0-9a-f]{32,}")  # a SHA1 or SHA256 in hex: a script's digest, a cache key's hash
@@ -107,20 +108,35 @@ def abridge(value: str, width: int) -> str:
 
 
 def abridge_command(args: tuple[str, ...], width: int = COMMAND_WIDTH) -> str:
-    """A command on one line of at most `width` characters, abridged where it says least: digests to their
-    first 8 digits, a script's source to its start, then the longest arguments cut in the middle (a key keeps
-    its prefix and its end), so that the keys, the number of keys and short arguments stay whole."""
-    parts = [DIGEST.sub(lambda m: m.group(0)[:8] + "…", a.replace("\n", "\\n")) for a in args]
-    at = SCRIPT_AT.get(Call(tuple(args), 0, 0).name)
-    if at is not None and -len(parts) < at < len(parts) and len(parts) > 1:
+    """A command on one line, abridged where it says least: digests to their first 8 digits, a script's
+    source to its start if the line is too long, then the longest values cut in the middle to fit `width`. Key names stay whole while
+    the line fits `width + KEY_SLACK`; past that they are cut in the middle too (keeping prefix and end)."""
+    words = [*args[0].split(), *args[1:]] if args else []  # redis-py sends "SCRIPT LOAD" as one argument
+    parts = [DIGEST.sub(lambda m: m.group(0)[:8] + "…", a.replace("\n", "\\n")) for a in words]
+    at = SCRIPT_AT.get(Call(tuple(words), 0, 0).name)
+    if at is not None and -len(parts) < at < len(parts) and len(parts) > 1 and len(" ".join(parts)) > width:
         parts[at] = abridge(parts[at], SCRIPT_WIDTH)
-    while len(" ".join(parts)) > width:
-        longest = max(range(1, len(parts)), key=lambda i: len(parts[i]), default=0)
-        excess = len(" ".join(parts)) - width
-        if longest == 0 or len(parts[longest]) <= 12:
-            break
-        parts[longest] = cut_middle(parts[longest], max(12, len(parts[longest]) - excess))
-    return abridge(" ".join(parts), width)
+    keys = _key_positions(parts)
+    for cut_keys, limit in ((False, width), (True, width + KEY_SLACK)):  # values first; keys only past the slack
+        while len(" ".join(parts)) > limit:
+            candidates = [i for i in range(1, len(parts)) if (i in keys) == cut_keys and len(parts[i]) > 12]
+            if not candidates:
+                break
+            longest = max(candidates, key=lambda i: len(parts[i]))
+            excess = len(" ".join(parts)) - limit
+            parts[longest] = cut_middle(parts[longest], max(12, len(parts[longest]) - excess))
+    return abridge(" ".join(parts), width + KEY_SLACK)
+
+
+def _key_positions(parts: list[str]) -> set[int]:
+    """Where the keys are: after the number of keys for a script or function call, else the first argument."""
+    head = parts[0].upper() if parts else ""
+    if head in {"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"} and len(parts) > 2:
+        try:
+            return set(range(3, 3 + int(parts[2])))
+        except ValueError:
+            return set()
+    return {1}
 
 
 def cut_middle(value: str, width: int) -> str:

@@ -196,5 +196,8 @@ def test_a_command_is_abridged_where_it_says_least():
     assert abridge_command(("HMGET", key, "v", "d")) == "HMGET lab:l02:cache:v1:__main__.product:abababab… v d"
     long_key = "lab:l02:" + "x" * 100 + ":end"
     line = abridge_command(("SET", long_key, "1", "PX", "500"))
-    assert len(line) <= 72 and line.startswith("SET lab:l02:") and line.endswith(":end 1 PX 500")
+    assert len(line) <= 100 and line.startswith("SET lab:l02:") and line.endswith(":end 1 PX 500")
+    value = '{"id": 7, "name": "product 7", "category": "toys", "price": 84.8}'
+    line = abridge_command(("EVALSHA", sha, "2", "lab:l02:leased:{7}", "lab:l02:leased:{7}:lease", value, "300000"))
+    assert " 2 lab:l02:leased:{7} lab:l02:leased:{7}:lease " in line and line.endswith(" 300000")
     assert abridge_reply(sha) == "'1e19168c…'" and abridge_reply(b"OK") == "'OK'"
