@@ -109,12 +109,14 @@ def abridge(value: str, width: int) -> str:
 
 def abridge_command(args: tuple[str, ...], width: int = COMMAND_WIDTH) -> str:
     """A command on one line, abridged where it says least: digests to their first 8 digits, a script's
-    source to its start if the line is too long, then the longest values cut in the middle to fit `width`. Key names stay whole while
-    the line fits `width + KEY_SLACK`; past that they are cut in the middle too (keeping prefix and end)."""
+    source to its start if the line is too long, then the longest values cut in the middle to fit `width`.
+    Key names stay whole while the line fits `width + KEY_SLACK`; past that they are cut in the middle too
+    (keeping prefix and end)."""
     words = [*args[0].split(), *args[1:]] if args else []  # redis-py sends "SCRIPT LOAD" as one argument
     parts = [DIGEST.sub(lambda m: m.group(0)[:8] + "…", a.replace("\n", "\\n")) for a in words]
     at = SCRIPT_AT.get(Call(tuple(words), 0, 0).name)
-    if at is not None and -len(parts) < at < len(parts) and len(parts) > 1 and len(" ".join(parts)) > width:
+    too_long = len(" ".join(parts)) > width
+    if at is not None and -len(parts) < at < len(parts) and len(parts) > 1 and too_long:
         parts[at] = abridge(parts[at], SCRIPT_WIDTH)
     keys = _key_positions(parts)
     for cut_keys, limit in ((False, width), (True, width + KEY_SLACK)):  # values first; keys only past the slack

@@ -289,12 +289,12 @@ class StampedeResult:
 
     @property
     def p50(self) -> float:
-        return statistics.median(self.latencies_ms)
+        return statistics.median(self.latencies_ms) if self.latencies_ms else 0.0
 
     @property
     def p99(self) -> float:
         ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else 0.0
 
     @property
     def arrival_rate(self) -> float:
@@ -338,8 +338,8 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
     """Warm a hot key, then let `clients` threads read it in a loop (pausing ~`think_s`) for `run_s`
     seconds, across its expiry at `ttl`. The source takes `recompute_s` per call. Counts what happened
     before the end of the run: a thread that passed its loop test in time but got the CPU back only after
-    the end (50 threads share a few cores) reads a later moment of the cache, so its call, its miss and its
-    recompute are not counted.
+    the end (50 threads share a few cores) reads a later moment of the cache, so a miss or a recompute that
+    began after the end is not counted, nor is the call that made it.
     `should_refresh(delta_ms, remaining_ms)` replaces XFetch's test (to run a broken copy of it);
     `decorate(source)` replaces `cached` altogether, to run someone else's decorator: its keys must start with
     `prefix`, `strategy` is then only a label, and the early refreshes are the recomputes `before_expiry`."""
@@ -356,7 +356,7 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
             calls["n"] += 1
             calls["ms"] += (time.perf_counter() - started) * 1000
             version = calls["n"]
-        here.recomputed = True  # in the caller's thread, unless a background refresher runs it
+        here.recomputed = started  # in the caller's thread, unless a background refresher runs it
         return {"item": item, "version": version}
 
     if decorate is None:
@@ -372,13 +372,14 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
     hot(1)  # warm: the key now expires `ttl` from its write, which is at least `recompute_s` after `warming`
     expires_after = warming + recompute_s + ttl
     warmed = calls["n"]
-    noted: list[tuple[float, float, bool, float | None, float | None]] = []  # asked, ms, recomputed, missed, early
+    # per call: asked, ms, when its own recompute began (or None), when it missed, when it drew an early refresh
+    noted: list[tuple[float, float, float | None, float | None, float | None]] = []
     lock, start, stop_at = threading.Lock(), threading.Barrier(clients), time.perf_counter() + run_s
 
     def client() -> None:
         start.wait()
         while time.perf_counter() < stop_at:
-            here.recomputed, here.missed, here.early = False, None, None
+            here.recomputed, here.missed, here.early = None, None, None
             asked = time.perf_counter()
             hot(1)
             with lock:
@@ -396,7 +397,7 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
             time.sleep(0.005)
     delete_keys(r, list(r.scan_iter(match=f"{prefix}*")))
     starts = [t for t in began[warmed:] if t < stop_at]  # recomputes that began inside the run
-    in_run = [call for call in noted if call[0] < stop_at]
+    in_run = [call for call in noted if call[0] < stop_at and (call[2] is None or call[2] < stop_at)]
     early = sum(1 for t in starts if t < expires_after)
     if decorate is None:
         misses = sum(1 for *_, missed, _ in in_run if missed is not None and missed < stop_at)
@@ -405,8 +406,8 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
         misses, drawn = len(starts) - early, [t for t in starts if t < expires_after]
     return StampedeResult(
         strategy, clients, len(starts), misses, len(drawn),
-        [ms for _, ms, *_ in in_run], [ms for _, ms, mine, *_ in in_run if mine], calls=len(in_run), run_s=run_s,
-        recompute_ms=calls["ms"] / max(calls["n"], 1), before_expiry=early,
+        [ms for _, ms, *_ in in_run], [ms for _, ms, mine, *_ in in_run if mine is not None], calls=len(in_run),
+        run_s=run_s, recompute_ms=calls["ms"] / max(calls["n"], 1), before_expiry=early,
         recompute_starts_s=[t - warming for t in starts], ttl_s=ttl, early_refreshes_s=[t - warming for t in drawn])
 
 
