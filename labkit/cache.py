@@ -9,7 +9,8 @@ near and at expiry:
 - "none": every client that misses recomputes (a stampede at expiry of a hot key);
 - "lock": single flight: one client recomputes under a token lock, the others wait and re-read;
 - "xfetch": probabilistic early expiration (Vattani et al., VLDB 2015): a hit recomputes early when
-  `delta * beta * -ln(random()) >= remaining`, so one client refreshes shortly before expiry;
+  `delta * beta * -ln(random()) >= remaining`, so a few clients (about e on average on an idle machine)
+  refresh shortly before expiry, each one waiting for the recompute it runs;
 - "swr": stale-while-revalidate: past the TTL the stale value is served for `stale_ttl` more seconds
   while one background refresher recomputes.
 """

@@ -53,7 +53,7 @@ class LiveMonitor:
         if duration <= 0 or interval <= 0:
             raise ValueError(f"duration and interval must be positive, got {duration} and {interval}.")
         self.sample, self.duration, self.interval = sample, duration, interval
-        self._drawn_at = float("-inf")
+        self._drawn_at, self._draw_s = float("-inf"), 0.0
         self.started: float | None = None  # time.monotonic() when the run began (the time axis's 0)
         self.result = MonitorResult()
         self.label = w.HTML(f"<b>{self.title}</b>: starting…")
@@ -95,6 +95,10 @@ class LiveMonitor:
                 break
             next_sample = max(next_sample + self.interval, time.monotonic())
             time.sleep(max(0.0, min(next_sample, started + self.duration) - time.monotonic()))
+        else:  # the duration is over; if drawing or a busy machine made sampling fall behind, one last sample
+            last = self.result.times[-1] if self.result.times else float("-inf")
+            if last < self.duration - self.interval:
+                self._record(time.monotonic() - started, self.sample())
 
     def _record(self, t: float, sample: Sample) -> None:
         self.result.times.append(round(t, 3))
@@ -103,10 +107,11 @@ class LiveMonitor:
 
     def _redraw(self, now: float) -> None:
         self.label.value = f"<b>{self.title}</b>: {self.describe()}"
-        if now - self._drawn_at < self.redraw_every:
-            return
-        self._drawn_at = now
+        if now - self._drawn_at < max(self.redraw_every, 3 * self._draw_s):
+            return  # a redraw that takes long (a busy machine) must not starve the sampling
+        self._drawn_at, drawing = now, time.monotonic()
         png = self.render()
+        self._draw_s = time.monotonic() - drawing
         self.plot.outputs = ({"output_type": "display_data", "metadata": {},
                               "data": {"image/png": base64.b64encode(png).decode(), "text/plain": self.title}},)
 
