@@ -100,3 +100,10 @@ def test_reclaim_all_rejects_unpacking_two_elements(r, ns):
 
     result = lesson.check_reclaim_all(r, ns, two)
     assert not result and "three elements" in result.message
+
+
+# -- ordering -------------------------------------------------------------------------------------------
+def test_key_inversions_counts_only_within_a_key():
+    assert lesson.key_inversions([("a", 0), ("b", 0), ("a", 1), ("b", 1)]) == 0
+    assert lesson.key_inversions([("a", 1), ("b", 0), ("a", 0), ("a", 2), ("b", 1)]) == 1
+    assert lesson.key_inversions([("a", 2), ("a", 1), ("a", 0)]) == 2
