@@ -163,7 +163,7 @@ def plot_crash(result: CrashResult) -> None:
         ax.axvline(at, color="tab:red", alpha=0.5, lw=1)
         ax.annotate(name, (at, result.messages), rotation=90, fontsize=7, va="top", ha="right", color="tab:red")
     ax.set(xlabel="seconds since the first order", ylabel="orders", title=f"{len(result.kill_times)} SIGKILLs "
-           "(red) while orders flow: the recorded line stalls and catches up, it never drops")
+           "(red, the worker hit) while orders flow")
     ax.legend(loc="lower right")
     plt.show()
 
