@@ -248,3 +248,36 @@ def key_inversions(finished: list[tuple[object, int]]) -> int:
             inversions += 1
         last[key] = max(sequence, last.get(key, -1))
     return inversions
+
+
+# -- exercise 3 -----------------------------------------------------------------------------------------
+@check
+def check_idempotent_effect(r: redis.Redis, ns: Namespace, record: Callable) -> Result:
+    """`record(r, ledger, entry_id, fields)` records `fields["amount"]` for `fields["order"]` in the hash
+    `ledger` (order id -> amount) once per order: a redelivered entry and an order a producer sent twice
+    (two entry IDs) change nothing."""
+    stream, ledger, group = ns.key("check", "idem"), ns.key("check", "idem-ledger"), "check"
+    r.delete(stream, ledger)
+    r.xgroup_create(stream, group, id="0", mkstream=True)
+    orders = {"A-1": 30, "A-2": 45, "A-3": 12}
+    for order in ("A-1", "A-2", "A-3", "A-3"):  # A-3 twice: the producer retried after a lost reply
+        r.xadd(stream, {"order": order, "amount": orders[order]})
+    deliveries = r.xreadgroup(group, "first", {stream: ">"})[0][1]
+    deliveries += r.xreadgroup(group, "first", {stream: "0"}, count=2)[0][1]  # A-1 and A-2 delivered again
+    try:
+        for entry_id, fields in deliveries:
+            record(r, ledger, entry_id, fields)
+    except Exception as err:
+        r.delete(stream, ledger)
+        return Result(False, f"your function raised {type(err).__name__}: {err}.")
+    got = r.hgetall(ledger)
+    r.delete(stream, ledger)
+    expected = {order: str(amount) for order, amount in orders.items()}
+    problems = []
+    if any(key not in orders for key in got):
+        problems.append(f"the ledger has {len(got)} rows keyed {sorted(got)[:2]}...: key it by the order id (the "
+                        "business id). A producer's retry makes a new entry ID for the same order.")
+    elif got != expected:
+        problems.append(f"the ledger says {got}, expected {expected}: a second delivery of an order must change "
+                        "nothing (HSETNX, SET NX), not add again.")
+    return verdict(problems, "each order recorded once: redeliveries and the producer's retry changed nothing.")
