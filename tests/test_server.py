@@ -195,6 +195,42 @@ def test_wait_counts_own_writes_matches_what_the_engine_does(engine):
 
 
 @pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_stream_lag_exact_after_trim_matches_what_the_engine_does(engine):
+    """A group 990 behind, the stream trimmed to 100, the 100 read: lag 0 where exact, 890 (the trimmed gap) where
+    the engine keeps counting what it trimmed."""
+    with Server(engine, modules=False) as srv:
+        r = srv.client()
+        pipe = r.pipeline(transaction=False)
+        for n in range(1000):
+            pipe.xadd("s", {"n": n})
+        pipe.execute()
+        r.xgroup_create("s", "g", id="0")
+        r.xreadgroup("g", "c", {"s": ">"}, count=10)
+        r.xtrim("s", maxlen=100, approximate=False)
+        r.xreadgroup("g", "c", {"s": ">"}, count=1000)
+        after = r.xinfo_groups("s")[0]["lag"]
+        caps = capabilities(r)
+    assert after == (0 if caps.stream_lag_exact_after_trim else 890)
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_stream_ack_delete_capability_matches_what_the_engine_does(engine):
+    with Server(engine, modules=False) as srv:
+        r = srv.client()
+        entry = r.xadd("s", {"n": 1})
+        r.xgroup_create("s", "g", id="0")
+        r.xreadgroup("g", "c", {"s": ">"})
+        caps = capabilities(r)
+        if caps.stream_ack_delete:
+            assert r.execute_command("XACKDEL", "s", "g", "IDS", 1, entry) == [1]
+            assert r.xlen("s") == 0 and r.xpending("s", "g")["pending"] == 0
+        else:
+            with pytest.raises(redis.ResponseError, match="unknown command"):
+                r.execute_command("XACKDEL", "s", "g", "IDS", 1, entry)
+    assert caps.stream_ack_delete is caps.has("xdelex")
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
 def test_bgsave_cancel_capability_matches_what_the_engine_does(engine):
     with Server(engine, modules=False, config={"rdb-key-save-delay": 1_000_000}) as srv:
         r = srv.client()

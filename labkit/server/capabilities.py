@@ -63,6 +63,19 @@ class Capabilities:
         last command, whoever wrote it."""
         return self.engine == "valkey" or self.version_tuple >= (7, 2)
 
+    @property
+    def stream_lag_exact_after_trim(self) -> bool:
+        """Once a group has read past entries trimmed before it got to them, XINFO GROUPS reports lag 0 (Valkey:
+        8.1 and 9.1 measured). Redis 7.0 (7.0.15 measured) keeps counting the trimmed entries as lag after they
+        are read past; newer Redis was not measured here, so only Valkey is claimed."""
+        return self.engine == "valkey"
+
+    @property
+    def stream_ack_delete(self) -> bool:
+        """XACKDEL and XDELEX, and KEEPREF/DELREF/ACKED on XADD and XTRIM: acknowledge and delete in one command,
+        trim only what every group acknowledged (Redis 8.2+, Valkey 9.2+ per their documentation)."""
+        return "xackdel" in self.commands
+
     def has(self, command: str) -> bool:
         """True if the server knows `command` (case-insensitive)."""
         return command.lower() in self.commands

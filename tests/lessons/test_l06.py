@@ -100,3 +100,39 @@ def test_reclaim_all_rejects_unpacking_two_elements(r, ns):
 
     result = lesson.check_reclaim_all(r, ns, two)
     assert not result and "three elements" in result.message
+
+
+# -- ordering -------------------------------------------------------------------------------------------
+def test_key_inversions_counts_only_within_a_key():
+    assert lesson.key_inversions([("a", 0), ("b", 0), ("a", 1), ("b", 1)]) == 0
+    assert lesson.key_inversions([("a", 1), ("b", 0), ("a", 0), ("a", 2), ("b", 1)]) == 1
+    assert lesson.key_inversions([("a", 2), ("a", 1), ("a", 0)]) == 2
+
+
+# -- exercise 3 -----------------------------------------------------------------------------------------
+def test_idempotent_effect_accepts_a_ledger_keyed_by_order(r, ns):
+    assert lesson.check_idempotent_effect(r, ns, lambda r, ledger, i, f: r.hsetnx(ledger, f["order"], f["amount"]))
+    assert ns.keys(r) == []
+
+
+def test_idempotent_effect_rejects_a_ledger_keyed_by_entry_id(r, ns):
+    result = lesson.check_idempotent_effect(r, ns, lambda r, ledger, i, f: r.hsetnx(ledger, i, f["amount"]))
+    assert not result and "business id" in result.message
+
+
+def test_idempotent_effect_rejects_adding_on_every_delivery(r, ns):
+    result = lesson.check_idempotent_effect(r, ns, lambda r, ledger, i, f: r.hincrby(ledger, f["order"], f["amount"]))
+    assert not result and "must change nothing" in result.message
+
+
+def test_idempotent_effect_accepts_hset_by_order_id(r, ns):
+    """HSET by order id is idempotent for identical retries: the check accepts it (same amount each time)."""
+    assert lesson.check_idempotent_effect(r, ns, lambda r, ledger, i, f: r.hset(ledger, f["order"], f["amount"]))
+
+
+def test_idempotent_effect_reports_an_error_it_raised(r, ns):
+    def broken(r, ledger, entry_id, fields):
+        raise KeyError("amount")
+
+    result = lesson.check_idempotent_effect(r, ns, broken)
+    assert not result and "raised KeyError" in result.message and ns.keys(r) == []
