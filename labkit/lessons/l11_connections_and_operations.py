@@ -218,8 +218,8 @@ def memory_per_connection(srv: Server, n: int = 100, value_bytes: int = 4_000_00
     that connection (each about once a second): to read "right after" on all `n` at once, resizing is
     switched off while they connect (DEBUG REPLYBUFFER RESIZING 0), then on again and the shrink awaited
     with a deadline. An engine that gives each connection its own query buffer (qbuf-free in CLIENT LIST)
-    frees it after about 2 s idle: that is awaited too. (INFO memory's mem_clients_normal says the same, but is updated by that cron too, so
-    it lags; CLIENT LIST computes each connection's tot-mem when asked.)"""
+    frees it after about 2 s idle: that is awaited too. (INFO memory's mem_clients_normal says the same,
+    but is updated by that cron too, so it lags; CLIENT LIST computes each connection's tot-mem when asked.)"""
     admin = client_of(srv, client_name=f"{PREFIX}-admin")
     idle = [client_of(srv, client_name=f"{PREFIX}-idle") for _ in range(n)]
     mine = lambda: ops.connections(admin, name_prefix=f"{PREFIX}-idle")  # noqa: E731
@@ -858,7 +858,8 @@ def full_pool_with_retry(srv: Server, retries: int = 3) -> RetryRun:
     """A GET through a client with `Retry(backoff, retries)` whose `ConnectionPool(max_connections=1)` has its
     one connection checked out: the error, and the delays the backoff chose (none: no retry happened)."""
     backoff = RecordingBackoff(cap=1.0, base=0.05)
-    pool = redis.ConnectionPool(max_connections=1, **raw_kwargs(srv), **(options() | {"retry": Retry(backoff, retries)}))
+    pool = redis.ConnectionPool(max_connections=1, **raw_kwargs(srv),
+                                **(options() | {"retry": Retry(backoff, retries)}))
     held = pool.get_connection()
     try:
         outcome = timed("a full pool", redis.Redis(connection_pool=pool).ping)
@@ -1278,9 +1279,9 @@ def password_guessing(srv: Server, guesses: int = 2000, rounds: int = 40, depth:
             socket.create_connection((srv.host, srv.port), timeout=5) as user:
         _one_at_a_time(user, [f"AUTH {srv.password}\r\n".encode()])
         for r in range(rounds):
-            turns = {"auth": lambda: _one_at_a_time(guesser, auths(r, "one", per_round)),
+            turns = {"auth": lambda r=r: _one_at_a_time(guesser, auths(r, "one", per_round)),
                      "ping": lambda: _one_at_a_time(user, [b"PING\r\n"] * per_round),
-                     "pipelined": lambda: _all_at_once(guesser, auths(r, "many", depth))}
+                     "pipelined": lambda r=r: _all_at_once(guesser, auths(r, "many", depth))}
             for kind in (list(turns) if r % 2 else list(reversed(turns))):
                 spent[kind].append(turns[kind]())
     failures = sum(f.count for f in ops.acl_failures(admin, 100) if f.reason == "auth")
