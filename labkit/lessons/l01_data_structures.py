@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import redis
 
-from labkit.keys import Namespace
+from labkit.keys import ROOT, SEP, Namespace
 from labkit.lessons import Result, check, delete_keys, verdict
 
 LEADERBOARD = {"ada": 310, "bob": 120, "cy": 990, "dee": 450, "eve": 45, "fay": 700, "gus": 450.5}
@@ -60,7 +60,7 @@ HLL_TOLERANCE = 0.03  # more than 3 standard errors (0.81% each) for HyperLogLog
 def check_daily_visitors(r: redis.Redis, ns: Namespace, record_visit: Callable, unique_visitors: Callable) -> Result:
     """`record_visit(r, ns, day, user)` and `unique_visitors(r, ns, day)` count distinct users per
     day with HyperLogLog: within 3% of the truth, about 12 KB per day at most."""
-    before, outside_before = set(ns.keys(r)), set(_keys_naming_the_days(r))
+    before, outside_before = set(ns.keys(r)), set(_keys_naming_the_days(r, ns))
     for day, users in VISITS_DAYS.items():
         for _ in range(VISITS_PER_USER):
             for user in range(users):
@@ -69,10 +69,10 @@ def check_daily_visitors(r: redis.Redis, ns: Namespace, record_visit: Callable, 
         counts = {day: unique_visitors(r, ns, day) for day in VISITS_DAYS}
         new_keys = sorted(set(ns.keys(r)) - before)
         sizes = {k: _kind_size_head(r, k) for k in new_keys}
-        outside = sorted(set(_keys_naming_the_days(r)) - outside_before - set(new_keys))
+        outside = sorted(set(_keys_naming_the_days(r, ns)) - outside_before - set(new_keys))
     finally:
         delete_keys(r, sorted(set(ns.keys(r)) - before))
-        delete_keys(r, sorted(set(_keys_naming_the_days(r)) - outside_before))  # written by this check's calls
+        delete_keys(r, sorted(set(_keys_naming_the_days(r, ns)) - outside_before))  # written by this check's calls
     problems = []
     for day, truth in VISITS_DAYS.items():
         got = counts[day]
@@ -119,9 +119,11 @@ def _storage_problems(new_keys: list[str], sizes: dict, outside: list[str]) -> l
     return problems
 
 
-def _keys_naming_the_days(r: redis.Redis) -> list[str]:
-    """Keys anywhere on the server whose name holds one of the check's days (bounded: the days are unusual)."""
-    return [k for day in VISITS_DAYS for k in r.scan_iter(match=f"*{day}*", count=1000)]
+def _keys_naming_the_days(r: redis.Redis, ns: Namespace) -> list[str]:
+    """Keys whose name holds one of the check's days (bounded: the days are unusual): anywhere on the server,
+    or for a workshop learner under `lab:<learner>:` only (all they may write; other learners' keys are theirs)."""
+    where = f"{ROOT}{SEP}{ns.learner}{SEP}" if ns.learner else ""
+    return [k for day in VISITS_DAYS for k in r.scan_iter(match=f"{where}*{day}*", count=1000)]
 
 
 TAGGED = {"redis": {"a1", "a2", "a3", "a5"}, "python": {"a2", "a3", "a4"}, "caching": {"a3", "a5", "a2"}}
