@@ -92,3 +92,46 @@ def check_similarity_lookup(r: redis.Redis, ns: Namespace, lookup: Callable) -> 
                         "distance <= 1 - min_similarity.")
     return verdict(problems, f"{sum(a is not None for a in answers)} of {len(paraphrases)} paraphrases hit at "
                              "similarity >= 0.7, and the orthogonal vector missed.")
+
+
+def _labelled_nearest() -> tuple[list[float], list[bool]]:
+    """Each paraphrase's and distractor's distance to its nearest cached first phrasing, and whether that
+    entry's answer is the right one (never, for a distractor)."""
+    data, embedder = corpus(), Embedder(precomputed=True)
+    cached = embedder.embed([g["questions"][0] for g in data["groups"]])
+    asked = [(q, g["id"]) for g in data["groups"] for q in g["questions"][1:]]
+    asked += [(d["question"], None) for d in data["distractors"]]
+    similarity = embedder.embed([q for q, _ in asked]) @ cached.T
+    nearest = similarity.argmax(axis=1)
+    distances = [float(1 - row[n]) for row, n in zip(similarity, nearest, strict=True)]
+    right = [group == data["groups"][int(n)]["id"] for (_, group), n in zip(asked, nearest, strict=True)]
+    return distances, right
+
+
+def precision_recall(distances: list[float], right: list[bool], threshold: float) -> tuple[float, int]:
+    """The precision of the hits at `threshold` (1.0 when there are none) and how many right answers it gives."""
+    hits = [ok for d, ok in zip(distances, right, strict=True) if d <= threshold]
+    return (sum(hits) / len(hits) if hits else 1.0), sum(hits)
+
+
+@check
+def check_threshold(pick_threshold: Callable, target: float = 0.85) -> Result:
+    """`pick_threshold(distances, right, target)` returns the cosine-distance threshold that answers the most
+    questions right while the hits' precision stays at least `target`, from labelled data: `distances[i]` is
+    question i's distance to its nearest cached entry, `right[i]` whether that entry's answer is right."""
+    distances, right = _labelled_nearest()
+    best = max((precision_recall(distances, right, d)[1], d) for d in distances
+               if precision_recall(distances, right, d)[0] >= target)
+    threshold = pick_threshold(list(distances), list(right), target)
+    if not isinstance(threshold, (int, float)) or not 0 <= threshold < 2:
+        return Result(False, f"got {threshold!r}: a threshold is a cosine DISTANCE between 0 and 2.")
+    precision, answered = precision_recall(distances, right, threshold)
+    if precision < target:
+        return Result(False, f"at {threshold:.3f} the hits' precision is {precision:.3f}, below the target {target}: "
+                             "too loose (a similarity taken for a distance, or a threshold picked by recall alone?).")
+    if answered < best[0]:
+        return Result(False, f"too tight: {threshold:.3f} answers {answered} right where {best[1]:.3f} answers "
+                             f"{best[0]} at precision >= {target}. Precision is not monotonic in the threshold: "
+                             "try every observed distance, and keep the one that answers most within the target.")
+    return Result(True, f"{threshold:.3f}: {answered} of {sum(right)} answerable questions right at precision "
+                        f"{precision:.3f} >= {target}.")
