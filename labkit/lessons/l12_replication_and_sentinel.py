@@ -467,8 +467,10 @@ def read_your_writes(pairs: int = 2000, *, load: bool = False, pause_every_s: fl
         def enough(rows: list) -> bool:  # on a busy machine pairs are slow: go on until some fell in a pause
             if time.monotonic() > deadline or len(windows) < min_pauses:
                 return time.monotonic() > deadline
+            if not min_pauses or wait_ms is not None:  # with WAIT nothing is stale: enough pauses are enough
+                return True
             inside, after = _around_pauses(rows, list(windows))
-            return not min_pauses or (len(inside) >= 20 and sum(after) > 0)
+            return len(inside) >= 20 and sum(after) > 0
 
         try:
             rows, from_primary = _pairs(primary, replica, pairs, wait_ms, until=enough)

@@ -80,7 +80,7 @@ def test_reads_inside_a_replica_pause_are_stale_and_wait_makes_them_fresh():
     stalled = lesson.read_your_writes(400, load=True, pause_every_s=0.2, min_pauses=5)
     assert stalled.in_pauses > 0 and stalled.in_pauses_stale == stalled.in_pauses
     assert stalled.pauses >= 5 and stalled.pairs >= 400 and stalled.after_pauses_stale > 0
-    waited = lesson.read_your_writes(300, pause_every_s=0.2, wait_ms=10)
+    waited = lesson.read_your_writes(300, pause_every_s=0.2, wait_ms=10, min_pauses=3)  # some WAITs meet a pause
     assert waited.stale == 0 and waited.from_primary > 0
 
 
