@@ -42,13 +42,13 @@ doctor: $(STAMP)  ## check the environment, one [OK]/[FAIL] line per requirement
 reset: $(STAMP)  ## delete the lab's keys (lab:*) on the lab server, nothing else
 	$(PY) -m labkit reset
 
-test: $(STAMP)  ## run the whole suite: labkit against real servers, every notebook, hygiene, browser
+test: $(STAMP)  ## run the whole suite: labkit against real servers, every notebook, hygiene, browser, workshop load
 	@bash scripts/ensure-chromium.sh
 	rm -rf build/tmp && mkdir -p build/tmp
-	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -n 2 --dist loadfile -m "not leakcheck and not browser and not embeddings and not rerun and not book" \
+	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -n 2 --dist loadfile -m "not leakcheck and not browser and not embeddings and not rerun and not load and not book" \
 		--nbval-lax --nbval-cell-timeout=120 --nbval-kernel-startup-timeout=180 $(PYTEST_ARGS)
-	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -m "browser or leakcheck" -p no:nbval \
-		tests/test_browser.py tests/test_zz_leaks.py
+	LABKIT_TMP=$(CURDIR)/build/tmp $(PY) -m pytest -m "browser or leakcheck or load" -p no:nbval \
+		tests/test_browser.py tests/test_workshop_load.py tests/test_zz_leaks.py
 
 test-notebooks: $(STAMP)  ## every notebook through nbval, each on a server of its own (of ENGINE=..., if given)
 	rm -rf build/tmp-notebooks && mkdir -p build/tmp-notebooks
@@ -101,7 +101,7 @@ lock: $(STAMP)  ## re-pin requirements.lock (Python 3.11-3.13, every platform) f
 		--no-header --no-annotate -o requirements.lock --upgrade
 
 strip: $(STAMP)  ## strip notebook outputs (cells with keep_output metadata keep theirs)
-	$(VENV)/bin/nbstripout --keep-count --keep-id notebooks/*.ipynb
+	$(VENV)/bin/nbstripout --keep-count --keep-id notebooks/*.ipynb notebooks/workshop/*.ipynb
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .

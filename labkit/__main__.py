@@ -1,14 +1,16 @@
-"""`python -m labkit`: server start|stop|status, doctor, reset, bench, matrix."""
+"""`python -m labkit`: server start|stop|status, url, doctor, reset, bench, matrix, workshop."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
+from pathlib import Path
 
-from labkit import bench, doctor
-from labkit.errors import LabkitError
-from labkit.keys import reset
+from labkit import bench, doctor, workshop
+from labkit.errors import ConfigError, LabkitError
+from labkit.keys import current_learner, learner_pattern, reset, scan_unlink
 from labkit.server import binaries, lab
 from labkit.server.process import mask
 
@@ -54,6 +56,12 @@ def cmd_reset(_: argparse.Namespace) -> int:
     if not url or not (os.environ.get(lab.URL_ENV) or lab.status()["running"]):
         print("no lab server is running: nothing to reset.")
         return 0
+    learner = current_learner()
+    if learner:  # a workshop learner may delete their own keys only
+        deleted = scan_unlink(lab.client_for(url), learner_pattern(learner))
+        print(f"deleted {deleted} key(s) of learner {learner} ({learner_pattern(learner)}) on {mask(url)}; "
+              f"other keys untouched.")
+        return 0
     deleted = reset(lab.client_for(url))
     print(f"deleted {deleted} lab key(s) (lab:*) on {mask(url)}; other keys untouched.")
     return 0
@@ -65,13 +73,69 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from labkit import matrix
 
     readme = Path(__file__).resolve().parents[1] / "README.md" if args.readme else None
     outcomes = matrix.run(args.engines, args.lessons, Path(args.output) if args.output else None, readme)
     return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def instructor_client(args: argparse.Namespace):
+    """The instructor's client: --server, else LABKIT_REDIS_URL, else this checkout's running lab server."""
+    url = args.server or lab.configured_url()
+    if not url:
+        raise ConfigError("no server to hold the workshop: start the lab server (make lab, or python -m labkit "
+                          "server start) or pass --server URL.")
+    return lab.client_for(url, unreachable="Start that server, or pass --server with the URL of the workshop's "
+                                           "server (as its administrator).")
+
+
+def cmd_workshop(args: argparse.Namespace) -> int:
+    r = instructor_client(args)
+    if args.action == "create":
+        seats = workshop.create(r, args.learners, host=args.host)
+        out = Path(args.out) if args.out else lab.home() / "build" / "workshop"
+        paths = workshop.write_sheet(seats, out, workshop.info(r)["id"])
+        print(f"workshop open on {workshop.where(r)}: {len(seats)} learner(s), each allowed only lab:<learner>:* keys "
+              f"and channels")
+        for seat in seats:
+            print(f"  {seat}")
+        print(f"sheet (with the passwords, readable by you only): {', '.join(str(p) for p in paths)}")
+    elif args.action == "progress":
+        board = workshop.Progress(r).update()
+        print(board.table(), flush=True)
+        deadline = None if not args.watch else time.monotonic() + args.watch
+        try:
+            while args.watch is not None and (deadline is None or time.monotonic() < deadline):
+                if board.update(block_ms=500).new:
+                    print("\n" + "\n".join(str(attempt) for attempt in board.new) + "\n")
+                    print(board.table(), flush=True)
+        except KeyboardInterrupt:
+            pass
+    elif args.action == "reset":
+        deleted = workshop.reset(r, args.learner)
+        print(f"deleted {deleted} key(s) of {args.learner} on {workshop.where(r)}; their account and progress stay.")
+    else:
+        closed = workshop.close(r)
+        removed = workshop.remove_sheet(Path(args.out) if args.out else lab.home() / "build" / "workshop",
+                                        closed.id)
+        print(f"workshop closed on {workshop.where(r)}: removed {len(closed.users)} user(s) and {closed.keys} "
+              f"key(s)" + (f"; deleted the sheet ({', '.join(str(p) for p in removed)})" if removed else ""))
+    return 0
+
+
+def learners_arg(value: str) -> int | list[str]:
+    """An argparse type: a number of learners, or their names separated by commas."""
+    if value.strip().isdigit():
+        return int(value)
+    return [name.strip() for name in value.split(",")]
+
+
+def watch_seconds(value: str) -> float:
+    seconds = float(value)
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"--watch takes a number of seconds of at least 0, got {value!r}")
+    return seconds
 
 
 def suite_name(name: str) -> str:
@@ -103,6 +167,25 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--output", help="where to write the table (default: build/matrix.md)")
     m.add_argument("--readme", action="store_true", help="also put the table into README.md, between its markers")
     m.set_defaults(func=cmd_matrix)
+    ws = sub.add_parser("workshop", help="one shared server for many learners: create, progress, reset, close")
+    ws_sub = ws.add_subparsers(dest="action", required=True)
+    server_help = "the instructor's server URL, as its administrator (default: LABKIT_REDIS_URL, else the lab server)"
+    create = ws_sub.add_parser("create", help="one ACL user per learner and a sheet of connection lines")
+    create.add_argument("--learners", required=True, type=learners_arg, metavar="N|NAMES",
+                        help="how many learners (learner01, learner02...), or their names: ada,grace,linus")
+    create.add_argument("--host", help="the address learners reach the server by, in their URLs (default: the "
+                                       "server's own, 127.0.0.1 for the lab server: learners on this machine)")
+    create.add_argument("--out", help="where the sheet goes (default: build/workshop under the checkout)")
+    progress = ws_sub.add_parser("progress", help="which exercise checks each learner has passed")
+    progress.add_argument("--watch", type=watch_seconds, nargs="?", const=0.0, metavar="SECONDS",
+                          help="keep reading and reprint the table at each new result (for SECONDS, or until Ctrl-C)")
+    reset_p = ws_sub.add_parser("reset", help="delete one learner's keys (their account and progress stay)")
+    reset_p.add_argument("learner")
+    close_p = ws_sub.add_parser("close", help="remove every learner's user and key, and the sheet")
+    close_p.add_argument("--out", help="where the sheet is (default: build/workshop under the checkout)")
+    for command in (create, progress, reset_p, close_p):
+        command.add_argument("--server", metavar="URL", help=server_help)
+    ws.set_defaults(func=cmd_workshop)
     return p
 
 

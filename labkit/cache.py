@@ -9,7 +9,8 @@ near and at expiry:
 - "none": every client that misses recomputes (a stampede at expiry of a hot key);
 - "lock": single flight: one client recomputes under a token lock, the others wait and re-read;
 - "xfetch": probabilistic early expiration (Vattani et al., VLDB 2015): a hit recomputes early when
-  `delta * beta * -ln(random()) >= remaining`, so one client refreshes shortly before expiry;
+  `delta * beta * -ln(random()) >= remaining`, so a few clients (about e on average on an idle machine)
+  refresh shortly before expiry, each one waiting for the recompute it runs;
 - "swr": stale-while-revalidate: past the TTL the stale value is served for `stale_ttl` more seconds
   while one background refresher recomputes.
 """
@@ -70,6 +71,26 @@ def cache_key(prefix: str, name: str, args: tuple, kwargs: dict) -> str:
     return f"{prefix}:{name}:{hashlib.sha256(payload.encode()).hexdigest()}"
 
 
+_PLAIN = (str, int)  # argument types whose equality is their JSON's: their keys can be remembered
+_REMEMBERED_KEYS = 4096  # per cached function; forgotten all at once when full
+
+
+def _exchange(conn: redis.Connection, commands: tuple[tuple, ...]) -> list:
+    """Send `commands` in one write and read every reply (all of them, even after an error reply, so the
+    connection stays in step); raise the first error reply."""
+    conn.send_packed_command([b"".join(chunk for command in commands for chunk in conn.pack_command(*command))])
+    replies = []
+    for _ in commands:
+        try:
+            replies.append(conn.read_response())
+        except redis.ResponseError as err:
+            replies.append(err)
+    for reply in replies:
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+    return replies
+
+
 def function_name(fn: Callable, name: str | None) -> str:
     """What names `fn`'s entries: `name` if given, else `module.qualified_name`; a lambda (or a callable
     without a name) must be given one, or two of them under one prefix would share entries."""
@@ -103,11 +124,25 @@ class Cached:
         self.beta, self.jitter = beta, jitter
         self.stats = CacheStats()
         self._release = scripts.register(r, "locks/release")
+        self._keys: dict[tuple, str] = {}  # recent calls of plain str/int arguments -> their entry's key
         functools.update_wrapper(self, fn)
 
     def key(self, *args: Any, **kwargs: Any) -> str:
         """The entry for this call: the arguments bound to the function's signature, defaults filled in, so
-        `f(1)`, `f(x=1)` and `f(1, y=<its default>)` are one entry."""
+        `f(1)`, `f(x=1)` and `f(1, y=<its default>)` are one entry. The keys of recent calls whose arguments
+        are all plain strings and integers are remembered: binding, JSON and SHA-256 once per call, not once
+        per hit (other types are keyed every time: 1, 1.0 and True are equal in Python but not in JSON)."""
+        if not (all(type(a) in _PLAIN for a in args) and all(type(v) in _PLAIN for v in kwargs.values())):
+            return self._make_key(args, kwargs)
+        call = (args, tuple(kwargs.items()))
+        found = self._keys.get(call)
+        if found is None:
+            if len(self._keys) >= _REMEMBERED_KEYS:
+                self._keys.clear()
+            found = self._keys[call] = self._make_key(args, kwargs)
+        return found
+
+    def _make_key(self, args: tuple, kwargs: dict) -> str:
         if self._signature is not None:
             bound = self._signature.bind(*args, **kwargs)
             bound.apply_defaults()
@@ -120,15 +155,15 @@ class Cached:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key = self.key(*args, **kwargs)
-        found, value, delta_ms, remaining_ms = self._read(key)
+        found, value, delta_ms, remaining_ms = self._read(key, count=False)  # counted below, with the outcome
         if found and remaining_ms <= 0 and self.strategy != "swr":
             found = False  # past its expiry, in the moment before the server deletes it
         if not found:
-            self.stats.add(misses=1)
+            self.stats.add(misses=1, round_trips=1)
             if self.strategy == "lock":
                 return self._single_flight(key, args, kwargs)
             return self._recompute(key, args, kwargs)
-        self.stats.add(hits=1)
+        self.stats.add(hits=1, round_trips=1)
         if self.strategy == "xfetch" and self.should_refresh(delta_ms, remaining_ms):
             self.stats.add(early_refreshes=1)
             return self._recompute(key, args, kwargs)
@@ -142,17 +177,31 @@ class Cached:
         return delta_ms * self.beta * -math.log(1.0 - random.random()) >= remaining_ms
 
     # -- the pieces ----------------------------------------------------------------------------------
-    def _read(self, key: str) -> tuple[bool, Any, float, float]:
+    def _read(self, key: str, count: bool = True) -> tuple[bool, Any, float, float]:
         """One round trip, HMGET and PTTL: (found, value, recompute ms, ms left before the entry is no longer
         fresh). The time left is the key's TTL on the server's clock, less the stale window (swr)."""
-        with self.r.pipeline(transaction=False) as pipe:
-            pipe.hmget(key, "v", "d")
-            pipe.pttl(key)
-            (raw, delta), ttl_ms = pipe.execute()
-        self.stats.add(round_trips=1)
+        (raw, delta), ttl_ms = self._hmget_pttl(key)
+        if count:
+            self.stats.add(round_trips=1)
         if raw is None:
             return False, None, 0.0, 0.0
         return True, json.loads(raw), float(delta or 0), float(ttl_ms) - self.stale_ms
+
+    def _hmget_pttl(self, key: str) -> tuple[list, int]:
+        """HMGET v d and PTTL sent together on one connection, as a pipeline sends them, without building a
+        pipeline object per hit (a cluster client, which has no single connection, uses a pipeline)."""
+        pool = getattr(self.r, "connection_pool", None)
+        if pool is None:
+            with self.r.pipeline(transaction=False) as pipe:
+                pipe.hmget(key, "v", "d")
+                pipe.pttl(key)
+                return tuple(pipe.execute())
+        conn = pool.get_connection()
+        try:
+            return conn.retry.call_with_retry(lambda: _exchange(conn, (("HMGET", key, "v", "d"), ("PTTL", key))),
+                                              lambda _error: conn.disconnect())
+        finally:
+            pool.release(conn)
 
     def _recompute(self, key: str, args: tuple, kwargs: dict) -> Any:
         started = time.perf_counter()

@@ -11,12 +11,15 @@ replica, which may lack the latest INCR. Where that matters, take the token from
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 import random
 import secrets
+import select
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import redis
@@ -139,8 +142,10 @@ class Lock:
 class Redlock:
     """A lock held on a majority of independent servers (the Redlock algorithm).
 
-    `acquire()` asks every node at once (SET NX PX, each call bounded by `node_timeout_ms`), so it costs
-    about one round trip to the slowest node, not one per node. It holds the lock if a majority said yes
+    `acquire()` asks every node at once (SET NX PX sent to all of them before any reply is read, every
+    reply awaited until `node_timeout_ms` after sending), so it costs about one round trip to the slowest
+    node, not one per node, and no thread. Redlocks made on the same clients share their connections: one
+    Redlock per resource name (per order id) costs no new connection. It holds the lock if a majority said yes
     and time is left: validity = ttl - elapsed (monotonic clock) - drift. Else it releases what it took,
     retries after a random delay, and after `retries` raises `LockNotAcquired`. `release()` asks every
     node at once too, whatever the others answer. Check `remaining_ms()` before a side effect; as a
@@ -157,7 +162,6 @@ class Redlock:
     def __init__(self, clients: list[redis.Redis], name: str, *, ttl_ms: int = 10_000, retries: int = 3,
                  retry_delay_ms: int = 200, node_timeout_ms: int = 50, drift_factor: float = 0.01,
                  prefix: str = "lab:redlock") -> None:
-        _check_independent(clients)
         validate.milliseconds(ttl_ms, "ttl_ms")
         validate.milliseconds(node_timeout_ms, "node_timeout_ms")
         validate.name(name, "name")
@@ -167,13 +171,12 @@ class Redlock:
         validate.integer(retries, "retries", minimum=0)
         validate.integer(retry_delay_ms, "retry_delay_ms", minimum=0)
         validate.number(drift_factor, "drift_factor", low=0, high=1, high_open=True)
-        timeout = node_timeout_ms / 1000
-        self.nodes = [derive(c, retries=0, socket_timeout=timeout, socket_connect_timeout=timeout) for c in clients]
+        self.timeout = node_timeout_ms / 1000
+        self._nodes = _independent_nodes(clients, self.timeout)  # shared by every Redlock of these clients
+        self.nodes = [node.client for node in self._nodes]
         self.name, self.key, self.ttl_ms = name, f"{prefix}:{name}", ttl_ms
         self.retries, self.retry_delay_ms, self.drift_factor = retries, retry_delay_ms, drift_factor
         self.quorum = len(clients) // 2 + 1
-        self._release_scripts = {id(node): scripts.register(node, "locks/release") for node in self.nodes}
-        self._pool = ThreadPoolExecutor(max_workers=len(self.nodes), thread_name_prefix="labkit-redlock")
         self._held = threading.local()  # this thread's token, deadline, validity and node count
 
     @property
@@ -197,33 +200,39 @@ class Redlock:
             return 0.0
         return max(0.0, (self._held.deadline - time.monotonic()) * 1000)
 
-    def _on_every_node(self, call: Callable[[redis.Redis], T]) -> list[T]:
-        """`call(node)` for every node at once (one thread each); the results in node order."""
-        return list(self._pool.map(call, self.nodes))
+    def _on_every_node(self, *command: str | int) -> list[object]:
+        """Send `command` to every node at once, then read each reply by one deadline (`node_timeout_ms`
+        after sending): about one round trip to the slowest node. Each result is the reply, or the error
+        of a node that was down, slow or refused."""
+        taken = _connect_all(self._nodes)
+        deadline, packed = time.monotonic() + self.timeout, None
+        for _node, conn in taken:
+            if not isinstance(conn, Exception):
+                packed = _send(conn, command, packed)
+        return [_reply(node, conn, deadline) for node, conn in taken]
 
-    def _lock_on(self, node: redis.Redis, token: str) -> bool:
-        try:
-            return bool(node.set(self.key, token, nx=True, px=self.ttl_ms))
-        except (redis.RedisError, OSError):
-            return False
-
-    def _unlock_on(self, node: redis.Redis, token: str) -> int:
-        try:
-            return int(self._release_scripts[id(node)](keys=[self.key], args=[token]))
-        except (redis.RedisError, OSError):  # a node down or slow: its copy expires by TTL
-            return 0
+    def _release_everywhere(self, token: str) -> int:
+        """Release on every node at once; how many still had our token (a node down or slow: its copy
+        expires by TTL)."""
+        replies = self._on_every_node("EVALSHA", _release_sha(), 1, self.key, token)
+        released = 0
+        for node, reply in zip(self._nodes, replies, strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError):  # first use on this server, or it was flushed
+                reply = _quietly(lambda n=node: n.release(keys=[self.key], args=[token]))
+            released += reply if isinstance(reply, int) else 0
+        return released
 
     def _attempt(self) -> bool:
         """One round: SET on every node at once; keep the lock on a majority with time left, else give back."""
         token, started = secrets.token_hex(16), time.monotonic()
-        won = sum(self._on_every_node(lambda node: self._lock_on(node, token)))
+        won = sum(reply in _OK for reply in self._on_every_node("SET", self.key, token, "NX", "PX", self.ttl_ms))
         validity = self.ttl_ms * (1 - self.drift_factor) - 2 - (time.monotonic() - started) * 1000
         self._held.acquired_on = won
         if won >= self.quorum and validity > 0:
             self._held.token, self._held.validity_ms = token, validity
             self._held.deadline = started + (self.ttl_ms * (1 - self.drift_factor) - 2) / 1000
             return True
-        self._on_every_node(lambda node: self._unlock_on(node, token))
+        self._release_everywhere(token)
         return False
 
     def acquire(self) -> float:
@@ -248,7 +257,7 @@ class Redlock:
         if self.token is None:
             raise LockNotHeld(f"Redlock {self.name!r} is not held by this client (this thread): acquire() it first.")
         token, self._held.token, self._held.validity_ms = self.token, None, 0.0
-        return sum(self._on_every_node(lambda node: self._unlock_on(node, token)))
+        return self._release_everywhere(token)
 
     def __enter__(self) -> Redlock:
         self.acquire()
@@ -265,6 +274,141 @@ class Redlock:
             exc.add_note(str(lost))
 
 
+class _Node:
+    """One Redlock server as reached through one client: a sibling client with Redlock's node timeout and no
+    retry, and the idle connections that every Redlock of that client takes in turn (made per client and
+    timeout, once: a Redlock per resource name opens no connection of its own)."""
+
+    def __init__(self, client: redis.Redis, timeout: float) -> None:
+        self.address = _address(client)
+        self.client = derive(client, retries=0, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self.release = scripts.register(self.client, "locks/release")
+        self._idle: list[redis.Connection] = []  # list.pop and list.append are atomic: no lock needed
+        self._pid = os.getpid()
+
+    def take(self, pid: int) -> redis.Connection:
+        """An idle connection, or a new one not yet connected. In a child process (`pid` is not the one that
+        made this node) the parent's connections are forgotten, never used: they are the parent's sockets."""
+        if pid != self._pid:
+            self._idle, self._pid = [], pid
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pool = self.client.connection_pool
+            return pool.connection_class(**pool.connection_kwargs)
+
+    def give_back(self, conn: redis.Connection) -> None:
+        self._idle.append(conn)
+
+
+_OK = (b"OK", "OK", True)  # SET's reply when it set the key: raw (bytes or decoded), or through a client
+_NODES = "_labkit_redlock_nodes"  # the attribute a client keeps its Redlock nodes in, by node timeout
+
+
+def _node(client: redis.Redis, timeout: float) -> _Node:
+    nodes = client.__dict__.setdefault(_NODES, {})
+    if timeout not in nodes:
+        nodes[timeout] = _Node(client, timeout)
+    return nodes[timeout]
+
+
+@functools.cache
+def _release_sha() -> str:
+    return hashlib.sha1(scripts.source("locks/release").encode()).hexdigest()
+
+
+def _connect_all(nodes: list[_Node]) -> list[tuple[_Node, redis.Connection | Exception]]:
+    """A connection to every node; those not yet connected connect at once (a thread each), so a frozen node
+    costs one connect timeout, not one per node. A node that cannot be reached gives its error instead."""
+    pid = os.getpid()
+    taken: list[tuple[_Node, redis.Connection | Exception]] = [(node, node.take(pid)) for node in nodes]
+    _drop_closed([conn for _, conn in taken])
+    new = [conn for _, conn in taken if conn._sock is None]
+    if not new:
+        return taken
+    failed: dict[int, Exception] = {}
+
+    def connect(conn: redis.Connection) -> None:
+        try:
+            conn.connect()
+        except (redis.RedisError, OSError) as err:
+            conn.disconnect()
+            failed[id(conn)] = err
+
+    threads = [threading.Thread(target=connect, args=(conn,)) for conn in new[1:]]
+    for t in threads:
+        t.start()
+    if new:
+        connect(new[0])
+    for t in threads:
+        t.join()
+    result: list[tuple[_Node, redis.Connection | Exception]] = []
+    for node, conn in taken:
+        if id(conn) in failed:
+            node.give_back(conn)
+            result.append((node, failed[id(conn)]))
+        else:
+            result.append((node, conn))
+    return result
+
+
+def _drop_closed(conns: list[redis.Connection]) -> None:
+    """Disconnect the idle connections that have something to read: the server closed them meanwhile (a
+    restart, its idle timeout), so they connect again before use. One poll for all of them, not one
+    read attempt each."""
+    idle = {conn._sock.fileno(): conn for conn in conns if conn._sock is not None}
+    if not idle:
+        return
+    try:
+        poller = select.poll()
+        for fd in idle:
+            poller.register(fd, select.POLLIN)
+        readable = [fd for fd, _ in poller.poll(0)]
+    except AttributeError:  # no poll() (Windows): select, fine for a handful of sockets
+        readable = select.select(list(idle), [], [], 0)[0]
+    for fd in readable:
+        idle[fd].disconnect()
+
+
+def _send(conn: redis.Connection, command: tuple, packed: tuple | None) -> tuple:
+    """Send `command` on `conn`, packed once for nodes that encode alike; return what was sent and how."""
+    how = (conn.encoder.encoding, conn.encoder.encoding_errors)
+    if packed is None or packed[0] != how:
+        packed = (how, conn.pack_command(*command))
+    try:
+        conn.send_packed_command(packed[1], check_health=False)
+    except (redis.RedisError, OSError):
+        conn.disconnect()  # the read below finds it closed and reports the node's error
+    return packed
+
+
+def _reply(node: _Node, conn: redis.Connection | Exception, deadline: float) -> object:
+    """The reply on `conn` if it comes by `deadline`, else the error; the connection goes back to `node`
+    (closed if its reply did not come: a late one must never be read as the answer to the next command)."""
+    if isinstance(conn, Exception):
+        return conn
+    try:
+        if conn._sock is None:
+            raise redis.ConnectionError("the connection was lost while sending")
+        if not conn.can_read(timeout=max(0.0, deadline - time.monotonic())):
+            raise redis.TimeoutError(f"no reply within the node timeout ({conn.socket_timeout} s)")
+        return conn.read_response()
+    except redis.ResponseError as err:
+        return err
+    except (redis.RedisError, OSError) as err:
+        conn.disconnect()
+        return err
+    finally:
+        node.give_back(conn)
+
+
+def _quietly(call: Callable[[], T]) -> T | Exception:
+    try:
+        return call()
+    except (redis.RedisError, OSError) as err:
+        return err
+
+
 def _address(client: redis.Redis) -> str:
     """Where `client` connects: a socket path, or host:port with loopback names made one."""
     if isinstance(client, redis.RedisCluster):
@@ -279,8 +423,8 @@ def _address(client: redis.Redis) -> str:
     return f"{'127.0.0.1' if host in LOOPBACK else host}:{kwargs.get('port', 6379)}"
 
 
-def _check_independent(clients: list[redis.Redis]) -> None:
-    """Redlock's servers: at least one, an odd number, no server twice."""
+def _independent_nodes(clients: list[redis.Redis], timeout: float) -> list[_Node]:
+    """Redlock's servers, checked: at least one, an odd number, no server twice."""
     if not clients:
         raise ConfigError("Redlock needs a list of independent servers (3 or 5), got none.")
     n = len(clients)
@@ -289,13 +433,14 @@ def _check_independent(clients: list[redis.Redis]) -> None:
                           f"{n // 2 + 1}, so {n} servers survive {n // 2 - 1} failure(s), no more than {n - 1} "
                           f"would: the extra one adds cost, not fault tolerance. Pass {n - 1} or {n + 1} (3 or 5 "
                           "is usual).")
+    nodes = [_node(client, timeout) for client in clients]
     seen: dict[str, int] = {}
-    for i, client in enumerate(clients):
-        where = _address(client)
-        if where in seen:
-            raise ConfigError(f"Redlock needs independent servers, but clients {seen[where]} and {i} are the same "
-                              f"server ({where}): pass one client per server.")
-        seen[where] = i
+    for i, node in enumerate(nodes):
+        if node.address in seen:
+            raise ConfigError(f"Redlock needs independent servers, but clients {seen[node.address]} and {i} are the "
+                              f"same server ({node.address}): pass one client per server.")
+        seen[node.address] = i
+    return nodes
 
 
 class FencedStore:

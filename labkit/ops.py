@@ -455,7 +455,7 @@ class ClientConnection:
     output_memory: int
     reply_buffer: int
     library: str
-    query_buffer: int = 0  # qbuf + qbuf-free: what it holds for incoming commands (0 when idle where it is shared)
+    query_buffer: int = 0  # qbuf + qbuf-free: 0 where the engine shares one query buffer between idle clients
 
     @property
     def blocked(self) -> bool:
@@ -505,11 +505,8 @@ COMMAND_LOGS = ("slow", "large-request", "large-reply")
 
 
 def _log_entry(row: Any) -> LogEntry:
-    if isinstance(row, dict):  # redis-py's parsed SLOWLOG GET
-        command = text(row.get("command", b""))
-        args = tuple(command.split(" ")) if isinstance(command, str) else tuple(text(a) for a in command)
-        return LogEntry(int(row["id"]), int(row["start_time"]), int(row["duration"]), args,
-                        text(row.get("client_address", "")), text(row.get("client_name", "")))
+    """One raw row of SLOWLOG GET or COMMANDLOG GET: id, time, value, the arguments (a list, so an argument
+    that contains a space stays one argument), then the client's address and name where the engine sends them."""
     ident, at, value, args, *client = row
     addr, name = [*client, "", ""][:2]
     return LogEntry(int(ident), int(at), int(value), tuple(text(a) for a in args), text(addr), text(name))
@@ -517,8 +514,10 @@ def _log_entry(row: Any) -> LogEntry:
 
 def slow_commands(r: redis.Redis, count: int = 10, *, log: str = "slow") -> list[LogEntry]:
     """The latest `count` entries of a command log, newest first: `slow` (commands slower than
-    `slowlog-log-slower-than` µs: SLOWLOG GET, or COMMANDLOG GET where the engine has it), `large-request`
-    or `large-reply` (bigger than `commandlog-request/reply-larger-than` bytes: COMMANDLOG only, Valkey 8.1+).
+    `slowlog-log-slower-than` µs, read with SLOWLOG GET, which every engine has; where COMMANDLOG exists it is
+    the same log as COMMANDLOG GET slow), `large-request` or `large-reply` (bigger than
+    `commandlog-request/reply-larger-than` bytes: COMMANDLOG only, Valkey 8.1+). Each argument is kept whole
+    (the raw reply is read, not redis-py's parsed SLOWLOG GET, which joins the arguments with spaces).
 
     Example:
         >>> slow_commands(r, 1)[0].command
@@ -527,7 +526,7 @@ def slow_commands(r: redis.Redis, count: int = 10, *, log: str = "slow") -> list
     validate.integer(count, "count")
     validate.one_of(log, "log", COMMAND_LOGS)
     if log == "slow":
-        return [_log_entry(row) for row in r.slowlog_get(count)]
+        return [_log_entry(row) for row in r.execute_command("SLOWLOG", "GET", count)]
     try:
         rows = r.execute_command("COMMANDLOG", "GET", count, log)
     except redis.ResponseError as err:
@@ -551,7 +550,7 @@ class LatencyEvent:
 
 def latency_events(r: redis.Redis) -> list[LatencyEvent]:
     """LATENCY LATEST, typed: rows of four fields (event, time, latest, max; Redis) or six (with the sum and
-    the count of spikes; Valkey 8+). Empty until `latency-monitor-threshold` is set above 0 and something
+    the count of spikes; Valkey 8.1+). Empty until `latency-monitor-threshold` is set above 0 and something
     took that long.
 
     Example:
@@ -636,7 +635,8 @@ def security_findings(r: redis.Redis) -> list[Finding]:
     """What exposes this server, read from its configuration and its default user (CONFIG GET and ACL
     GETUSER, so an admin connection): an empty list when nothing does.
 
-    It flags a default user without a password, non-loopback addresses without TLS, protected mode off,
+    It flags a default user without a password, a plain-text port on non-loopback addresses (with or without
+    a TLS port beside it), protected mode off,
     CONFIG SET of protected settings (`dir`, `dbfilename`: how exposed servers were made to write files),
     DEBUG and MODULE LOAD allowed.
 
@@ -658,9 +658,11 @@ def security_findings(r: redis.Redis) -> list[Finding]:
         findings.append(Finding("default user", "on, nopass", "anyone who reaches the port runs any command the "
                                 "default user may: set a password (requirepass) or switch it off (ACL)"))
     exposed = _exposed(settings.get("bind", ""))
-    if exposed and settings.get("tls-port", "0") == "0":
-        findings.append(Finding("bind", settings["bind"], f"listening on {', '.join(exposed)} without TLS: "
-                                "passwords and data cross the network in clear text"))
+    if exposed and settings.get("port", "0") != "0":
+        beside = "" if settings.get("tls-port", "0") == "0" else f" (beside TLS port {settings['tls-port']})"
+        findings.append(Finding("bind", settings["bind"], f"a plain-text port, {settings['port']}{beside}, listens "
+                                f"on {', '.join(exposed)}: passwords and data cross the network in clear text "
+                                "(port 0 leaves only the TLS port)"))
     if settings.get("protected-mode") == "no":
         findings.append(Finding("protected-mode", "no", "without a password the server answers every "
                                 "address it listens on, not only loopback"))

@@ -1,4 +1,5 @@
-"""Pub/sub helpers: a subscriber that sees its own disconnects and resynchronises, a presence feed, and an
+"""Pub/sub helpers: a subscriber that sees its own disconnects and resynchronises, a presence feed with
+heartbeats, a near cache invalidated over pub/sub with its backstops, and an
 asyncio listener with backoff.
 
 Pub/sub delivers each message to the subscribers connected at that moment, and to no one else. redis-py
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import secrets
 import threading
@@ -64,7 +66,10 @@ class Subscriber:
     shard channel is read from the node that owns its slot). On a lost connection it reconnects with
     backoff (unless `reconnect=False`), subscribes again and calls `on_connect(client)`, the place to
     resynchronise state that pub/sub cannot replay. A callback that raises does not stop it: the error is
-    kept in `errors` (the latest ten). Its connections are named `name`, by default
+    kept in `errors` (the latest ten). With `health_check=` seconds it sends PING (allowed on a subscribed
+    connection) after that long without hearing anything, and treats the connection as lost when the PING
+    is unanswered that long again (a paused server, or a peer gone without closing). Its connections are
+    named `name`, by default
     `labkit-subscriber-<random>`, so that killing one subscriber by name never reaches another. `close()`
     (or the end of a `with` block) unsubscribes, stops the thread and closes the connections.
 
@@ -79,7 +84,7 @@ class Subscriber:
     def __init__(self, r: redis.Redis | RedisCluster, *channels: str, patterns: Iterable[str] = (),
                  shard_channels: Iterable[str] = (), on_connect: Callable[[redis.Redis], None] | None = None,
                  on_message: Callable[[Message], None] | None = None, reconnect: bool = True,
-                 name: str | None = None) -> None:
+                 name: str | None = None, health_check: float | None = None) -> None:
         self.channels, self.patterns, self.shard_channels = list(channels), list(patterns), list(shard_channels)
         _check_subscriptions(self.channels, self.patterns, self.shard_channels)
         for what, callback in (("on_connect", on_connect), ("on_message", on_message)):
@@ -87,6 +92,7 @@ class Subscriber:
                 raise ConfigError(f"{what} must be callable, got {callback!r}.")
         self.name = f"labkit-subscriber-{secrets.token_hex(4)}" if name is None else validate.name(name, "name")
         self.on_connect, self.on_message, self.reconnect = on_connect, on_message, reconnect
+        self.health_check = None if health_check is None else validate.seconds(health_check, "health_check")
         self.r, self.cluster = r, isinstance(r, RedisCluster)
         self.client = r if self.cluster else named_client(r, self.name, retry=False)
         self.messages: list[Message] = []
@@ -98,6 +104,8 @@ class Subscriber:
         self._pubsubs: list[redis.client.PubSub] = []
         self._node_clients: list[redis.Redis] = []  # on a cluster: one named client per node read from
         self._live = False  # subscribed and confirmed
+        self._heard = time.monotonic()  # when a connection last said anything (a message, a reply, a PONG)
+        self._pinged_at: float | None = None  # when an unanswered PING was sent
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
         self._ready.wait(10)
@@ -142,6 +150,7 @@ class Subscriber:
         for pubsub, count in zip(self._pubsubs, expected, strict=True):
             self._confirm(pubsub, count)
         self.connects += 1
+        self._heard, self._pinged_at = time.monotonic(), None
         self._call(self.on_connect, self.client)
         self._live = True
 
@@ -187,8 +196,23 @@ class Subscriber:
     def _poll(self) -> None:
         for pubsub in self._pubsubs:
             message = pubsub.get_message(timeout=0.05 / len(self._pubsubs))
-            if message and message["type"] in DELIVERED:
-                self._record(message)
+            if message:
+                self._heard, self._pinged_at = time.monotonic(), None
+                if message["type"] in DELIVERED:
+                    self._record(message)
+        if self.health_check:
+            self._check_health()
+
+    def _check_health(self) -> None:
+        """PING after `health_check` seconds of silence; lost if the PING has no answer `health_check`
+        seconds after it was sent."""
+        now = time.monotonic()
+        if self._pinged_at is not None and now - self._pinged_at > self.health_check:
+            raise redis.TimeoutError(f"no reply to PING within {self.health_check:g} s (the peer is silent)")
+        if self._pinged_at is None and now - self._heard > self.health_check:
+            for pubsub in self._pubsubs:
+                pubsub.ping()
+            self._pinged_at = now
 
     def _record(self, message: dict) -> None:
         entry = (time.monotonic(), text(message["channel"]), text(message["data"]))
@@ -274,6 +298,9 @@ class PresenceFeed:
 
     `join` and `leave` update the set and publish in one MULTI (one round trip), so the set and the
     announcements never disagree. A subscriber that missed announcements reads `online()` to catch up.
+    A member's score is its last sign of life (the clients' clocks, in seconds: they must agree to well
+    within `max_age`): `heartbeat` refreshes it, and `sweep` removes the members silent for longer than
+    `max_age` (a client that crashed never says "leave") and announces each as a leave.
     """
 
     def __init__(self, r: redis.Redis, room: str, *, prefix: str = "lab:presence") -> None:
@@ -301,6 +328,33 @@ class PresenceFeed:
 
     def online(self) -> set[str]:
         return {text(m) for m in self.r.zrange(self.members_key, 0, -1)}
+
+    def heartbeat(self, user: str, *, now: float | None = None) -> bool:
+        """Refresh `user`'s last sign of life (ZADD XX, in one MULTI with a ZSCORE): True if `user` was
+        online; False if not (swept, or never joined), and then nothing is added: call `join` again."""
+        validate.name(user, "user")
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zscore(self.members_key, user)
+        pipe.zadd(self.members_key, {user: time.time() if now is None else now}, xx=True)
+        return pipe.execute()[0] is not None
+
+    def sweep(self, max_age: float, *, now: float | None = None) -> list[str]:
+        """Remove the members with no heartbeat for more than `max_age` seconds and announce each as a
+        leave, in one MULTI under WATCH: a heartbeat that lands between the read and the removal makes
+        the transaction retry, so a live member is never swept. Returns the members removed."""
+        validate.seconds(max_age, "max_age")
+
+        def remove_stale(pipe: redis.client.Pipeline) -> list[str]:
+            cutoff = (time.time() if now is None else now) - max_age
+            stale = [text(m) for m in pipe.zrangebyscore(self.members_key, "-inf", f"({cutoff}")]
+            pipe.multi()
+            if stale:
+                pipe.zrem(self.members_key, *stale)
+            for user in stale:
+                pipe.publish(self.channel, f"leave:{user}")
+            return stale
+
+        return self.r.transaction(remove_stale, self.members_key, value_from_callable=True)
 
     @staticmethod
     def apply(event: str, seen: set[str]) -> None:
@@ -347,3 +401,58 @@ async def listen(url: str, channel: str, handler: Callable[[str], Awaitable[None
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+class InvalidatedCache:
+    """A local copy of Redis values in this process (a near cache), dropped key by key when a writer
+    announces a change on `channel`.
+
+    Pub/sub loses an invalidation whenever the subscriber is not connected at that instant, so the
+    pattern needs two backstops: each local entry lives at most `ttl` seconds (a missed invalidation is
+    stale for that long at worst; None: forever), and the whole copy is flushed each time the subscriber
+    (re)connects (`flush_on_reconnect`), because it cannot know what it missed. Writers go through
+    `write`: SET and PUBLISH in one MULTI. `clock` (seconds, monotonic) is injectable for tests.
+    """
+
+    def __init__(self, r: redis.Redis, channel: str, *, ttl: float | None, flush_on_reconnect: bool = True,
+                 name: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.r, self.channel, self.clock = r, validate.name(channel, "channel"), clock
+        self.ttl = None if ttl is None else validate.seconds(ttl, "ttl")
+        self.flush_on_reconnect, self.flushes = flush_on_reconnect, 0
+        self.entries: dict[str, tuple[float, Any]] = {}  # key -> (expires at, value)
+        self.subscriber = Subscriber(r, channel, on_message=self._invalidate, on_connect=self._connected, name=name)
+
+    def get(self, key: str) -> Any:
+        """The local copy if it is there and younger than `ttl`, else GET (and keep the answer)."""
+        validate.name(key, "key")
+        entry = self.entries.get(key)
+        if entry is not None and self.clock() < entry[0]:
+            return entry[1]
+        value = self.r.get(key)
+        self.entries[key] = (math.inf if self.ttl is None else self.clock() + self.ttl, value)
+        return value
+
+    @staticmethod
+    def write(r: redis.Redis, channel: str, key: str, value: str) -> int:
+        """SET `key` and announce it on `channel`, in one MULTI; returns how many caches heard it."""
+        pipe = r.pipeline(transaction=True)
+        pipe.set(validate.name(key, "key"), value)
+        pipe.publish(validate.name(channel, "channel"), key)
+        return pipe.execute()[1]
+
+    def _invalidate(self, message: Message) -> None:
+        self.entries.pop(message[2], None)
+
+    def _connected(self, _client: redis.Redis) -> None:
+        if self.flush_on_reconnect:
+            self.entries.clear()
+            self.flushes += 1
+
+    def close(self) -> None:
+        self.subscriber.close()
+
+    def __enter__(self) -> InvalidatedCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -37,6 +37,7 @@ class Decision:
     now_ms: int = 0  # the server's clock when it decided
     policy: str = "default"  # the limiter's name in the RateLimit headers
     window: float = 0.0  # the seconds `limit` applies to (a burst's refill time for the rate limiters)
+    burst: int = 0  # the rate limiters' bucket size (0 for the window limiters)
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -48,6 +49,10 @@ class Decision:
         `style="draft"`: `RateLimit-Policy: "<policy>";q=<limit>;w=<window s>` (w only for a whole number of
         seconds: the draft has no fractions) and `RateLimit: "<policy>";r=<remaining>;t=<s>`, t being the
         effective window (`reset_after`, or the wait when denied, so that Retry-After never ends before it).
+        For the token bucket and GCRA, q/w is the sustained rate (a burst's worth per refill time); a full
+        bucket admits its burst on top of what refills, which the draft's q cannot say, so the policy adds a
+        service-specific parameter `lab-burst=<burst>` (the draft asks for a prefix on such parameters), and
+        an admitted decision sends no t (optional): within any t they admit r plus what refills, not r.
         `style="legacy"`: `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds).
         """
         validate.one_of(style, "style", HEADER_STYLES)
@@ -59,8 +64,10 @@ class Decision:
         else:
             name = _sf_string(self.policy)
             whole = float(self.window).is_integer() and self.window >= 1
-            headers = {"RateLimit-Policy": f"{name};q={self.limit}" + (f";w={int(self.window)}" if whole else ""),
-                       "RateLimit": f"{name};r={remaining};t={math.ceil(self.reset_after) if self.allowed else wait}"}
+            policy = f"{name};q={self.limit}" + (f";w={int(self.window)}" if whole else "")
+            t = (f";t={wait}" if not self.allowed else "" if self.burst else f";t={math.ceil(self.reset_after)}")
+            headers = {"RateLimit-Policy": policy + (f";lab-burst={self.burst}" if self.burst else ""),
+                       "RateLimit": f"{name};r={remaining}{t}"}
         if not self.allowed:
             headers["Retry-After"] = str(wait)
         return headers
@@ -84,12 +91,16 @@ class Limiter:
         self.limit = validate.integer(limit, f"{type(self).__name__}: the limit/burst")
         self.r, self.prefix = r, validate.prefix(prefix)
         self._script = scripts.register(r, self.script)
+        # what every decision repeats, made once (a limiter's settings do not change after it is made): the
+        # keys' common head and the headers' policy name, both of which format the settings
+        self._key_head = f"{self.prefix}:{self.slug}:{self._settings()}:{{"
+        self._policy = f"{self.slug}-{self._settings()}"
 
     def keys(self, key: str) -> list[str]:
         """The keys this limiter keeps for `key`: named by algorithm AND settings, so limiters with other
         settings under one prefix (10/s and 100/min for one user) never share a count; hash-tagged by
         `key`, so a limiter's keys share a cluster slot."""
-        return [f"{self.prefix}:{self.slug}:{self._settings()}:{{{key}}}"]
+        return [self._key_head + key + "}"]
 
     def _settings(self) -> str:
         raise NotImplementedError
@@ -97,7 +108,7 @@ class Limiter:
     @property
     def policy(self) -> str:
         """This limiter's name in the RateLimit headers: its algorithm and settings, as in its keys."""
-        return f"{self.slug}-{self._settings()}"
+        return self._policy
 
     @property
     def window(self) -> float:
@@ -121,7 +132,7 @@ class Limiter:
         args = [*self._args(), cost] + ([now_ms] if now_ms is not None else [])
         allowed, remaining, retry_ms, reset_ms, server_now = self._script(keys=self.keys(key), args=args)
         return Decision(bool(allowed), int(remaining), retry_ms / 1000, reset_ms / 1000, self.limit, int(server_now),
-                        self.policy, self.window)
+                        self.policy, self.window, self.limit if isinstance(self, _RateLimiter) else 0)
 
     def _args(self) -> list[int | float]:
         raise NotImplementedError
@@ -155,7 +166,7 @@ class SlidingLog(_WindowLimiter):
     script, algorithm, slug = "ratelimit/sliding_log", "sliding log", "log"
 
     def keys(self, key: str) -> list[str]:
-        base = super().keys(key)[0]
+        base = self._key_head + key + "}"
         return [base, base + ":seq"]
 
 

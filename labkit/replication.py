@@ -1,9 +1,10 @@
 """Client side of a replicated deployment: retrying through a failover, with a deadline.
 
 During a failover a client sees connection errors and timeouts for as long as the failover takes
-(about down-after-milliseconds plus a second or two under Sentinel). redis-py's own retry re-sends a
-command a few times within a fraction of a second: too short to outlast a failover, and blind (a command
-that timed out may have run, and is run again). `retry` keeps trying until a deadline, with backoff, and
+(about down-after-milliseconds plus a second or two under Sentinel). redis-py's own retry (none for a
+`master_for` client unless you pass `retry=`; 10 for a plain `Redis(host=...)` in redis-py 8) is a count of
+attempts with capped backoff: it may or may not outlast a failover, and it is blind (a command that timed out
+may have run, and is run again). `retry` keeps trying until a deadline, with backoff, and
 leaves it to the caller to make the call safe to repeat (an idempotent write, or one guarded by an
 operation id).
 

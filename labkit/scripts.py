@@ -22,7 +22,9 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 
 import redis
-from redis.commands.core import Script
+from redis.client import Pipeline
+from redis.commands import core
+from redis.exceptions import NoScriptError
 
 from labkit.clients import text as decoded
 from labkit.errors import ConfigError, MissingLibrary
@@ -60,12 +62,28 @@ def source(name: str) -> str:
     return text(PRELUDE) + text(name)
 
 
+class Script(core.Script):
+    """redis-py's `Script` with a lean call: EVALSHA of the SHA1 computed once, SCRIPT LOAD and again only
+    when the server lacks the script (a restart, a flush, another server). Called on a hot path, so it
+    builds no argument tuples and imports nothing per call."""
+
+    def __call__(self, keys=(), args=(), client=None):
+        client = self.registered_client if client is None else client
+        if isinstance(client, Pipeline):
+            client.scripts.add(self)  # the pipeline loads it before EXEC if the server lacks it
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self.sha = client.script_load(self.script)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+
 def register(r: redis.Redis, name: str) -> Script:
-    """The callable `Script` for `name` on client `r` (EVALSHA, falling back to EVAL once if the server
-    lacks the script), made once per client and reused."""
+    """The callable `Script` for `name` on client `r` (EVALSHA by its SHA1, loading the script once if the
+    server lacks it), made once per client and reused."""
     registered = r.__dict__.setdefault(_REGISTRY, {})
     if name not in registered:
-        registered[name] = r.register_script(source(name))
+        registered[name] = Script(r, source(name))
     return registered[name]
 
 

@@ -1,12 +1,14 @@
 """Server-side sessions as hashes: sliding idle expiry, an absolute lifetime cap, rotation, login, log out everywhere.
 
 Keys: `<prefix>:{<tag>}:<random>` (a hash) and `<prefix>:{<tag>}:user:<user_id>` (a set of that user's
-session ids, expiring with the newest session's absolute lifetime). The tag, four hex digits of a hash of
-the user id (random for an anonymous session), is also the start of each session id (`<tag>.<random>`): one
-user's sessions and index share a hash slot, so every multi-key step is one script, also on a cluster.
-Hot-path calls (`create`, `get`, `touch`, `update`, `invalidate`) are one round trip each; `rotate`,
-`login` and `invalidate_user` take two or three. Times (`created`, `last_seen`, `deadline`) are ms since
-the epoch on the server's clock. Field values are strings or numbers (numbers come back as their text);
+session ids, expiring with the newest session's absolute lifetime). The tag, four hex digits of an HMAC of
+the user id keyed by the store's `tag_secret` (random for an anonymous session), is also the start of each
+session id (`<tag>.<random>`): one user's sessions and index share a hash slot, so every multi-key step is
+one script, also on a cluster. Keyed, the tag lets no one test a guessed user id against a cookie; it does
+show that two cookies with the same tag may belong to one user (16 bits, 1 in 65,536 by chance).
+Hot-path calls (`create`, `get`, `touch`, `update`, `invalidate`) are one round trip each; `rotate` and
+`login` take two or three, `invalidate_user` three per pass. Times (`created`, `last_seen`, `deadline`) are ms
+since the epoch on the server's clock. Field values are strings or numbers (numbers come back as their text);
 store anything structured as JSON yourself.
 
 The index is pruned lazily: an expired session's id stays in it until `sessions_of` or `invalidate_user`
@@ -20,7 +22,9 @@ needs `+fcall`, not `+eval` (which runs any Lua it is sent).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
+import os
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -37,6 +41,10 @@ ID_BYTES = 32
 TAG_HEX = 4  # 65,536 tags: enough to spread users over a cluster's 16,384 slots
 _ID = re.compile(r"^([0-9a-f]{4})\.([A-Za-z0-9_-]{43})$")  # <tag>.<secrets.token_urlsafe(32)>
 _BATCH = 1000  # session ids per invalidate_user script call
+_INVALIDATE_PASSES = 10  # invalidate_user re-reads the index until it finds no id it has not deleted
+# The default tag secret: LABKIT_SESSION_SECRET if set, else random for this process. Every app server of
+# one service must tag a user alike: give them all the same `tag_secret` (or the same variable).
+_PROCESS_SECRET = os.environ.get("LABKIT_SESSION_SECRET", "").encode() or secrets.token_bytes(32)
 
 
 @dataclass(frozen=True)
@@ -68,9 +76,10 @@ def load_library(r: redis.Redis) -> str:
     return scripts.load_library(r, "sessions")
 
 
-def user_tag(user_id: str) -> str:
-    """The hash tag of `user_id`'s keys: four hex digits of its SHA-256."""
-    return hashlib.sha256(user_id.encode()).hexdigest()[:TAG_HEX]
+def user_tag(user_id: str, secret: bytes = b"") -> str:
+    """The hash tag of `user_id`'s keys: four hex digits of HMAC-SHA-256(`secret`, user id); the process's
+    default secret when `secret` is empty. Without the secret, a cookie's tag reveals nothing testable."""
+    return hmac.new(secret or _PROCESS_SECRET, user_id.encode(), hashlib.sha256).hexdigest()[:TAG_HEX]
 
 
 class SessionStore:
@@ -79,7 +88,9 @@ class SessionStore:
     `touch_every` (seconds, 0 by default) makes `touch` lazy: it writes only when the session was last
     written at least that long ago, so a session expires between `ttl - touch_every` and `ttl` after its
     last request, and `last_seen` is that coarse. `functions=True` calls the scripts with FCALL (the
-    library must be loaded: `load_library`) instead of EVALSHA.
+    library must be loaded: `load_library`) instead of EVALSHA. `tag_secret` keys the HMAC that makes a
+    user's hash tag (see the module docstring): every app server of one service must pass the same one
+    (by default, `LABKIT_SESSION_SECRET` or a random secret of this process).
 
     Example:
         >>> store = SessionStore(r, ttl=1800, absolute_ttl=86400, prefix="lab:l03:session")
@@ -89,7 +100,7 @@ class SessionStore:
     """
 
     def __init__(self, r: redis.Redis, ttl: float = 1800, absolute_ttl: float = 86400, prefix: str = "session",
-                 *, touch_every: float = 0, functions: bool = False):
+                 *, touch_every: float = 0, functions: bool = False, tag_secret: str | bytes = b""):
         self.ttl_ms = validate.milliseconds_from_seconds(ttl, "ttl")
         self.absolute_ms = validate.milliseconds_from_seconds(absolute_ttl, "absolute_ttl")
         if self.absolute_ms < self.ttl_ms:
@@ -101,6 +112,10 @@ class SessionStore:
                               "written less often than it expires ends while it is in use.")
         if not isinstance(functions, bool):
             raise ConfigError(f"functions must be True (FCALL a loaded library) or False (EVALSHA), got {functions!r}.")
+        if not isinstance(tag_secret, (str, bytes)):
+            raise ConfigError(f"tag_secret must be a string or bytes shared by the service's app servers, got "
+                              f"{type(tag_secret).__name__}.")
+        self._tag_secret = tag_secret.encode() if isinstance(tag_secret, str) else tag_secret
         self.r, self.prefix, self.functions = r, validate.prefix(prefix), functions
         call = scripts.function if functions else scripts.register
         self._create = call(r, "sessions/create")
@@ -111,8 +126,12 @@ class SessionStore:
         self._invalidate_user = call(r, "sessions/invalidate_user")
 
     def new_id(self, user_id: str) -> str:
-        """A fresh session id for `user_id`: its tag, a dot, 256 random bits."""
-        return f"{user_tag(validate.name(user_id, 'user_id'))}.{new_id()}"
+        """A fresh session id for `user_id`: its tag (keyed by `tag_secret`), a dot, 256 random bits."""
+        return f"{self.tag(user_id)}.{new_id()}"
+
+    def tag(self, user_id: str) -> str:
+        """The hash tag of `user_id`'s session ids and index."""
+        return user_tag(validate.name(user_id, "user_id"), self._tag_secret)
 
     def key(self, session_id: str) -> str:
         """The hash of session `session_id`; a ConfigError for an id this store could not have issued."""
@@ -124,7 +143,7 @@ class SessionStore:
 
     def user_key(self, user_id: str) -> str:
         """The set indexing `user_id`'s session ids."""
-        return f"{self.prefix}:{{{user_tag(validate.name(user_id, 'user_id'))}}}:user:{user_id}"
+        return f"{self.prefix}:{{{self.tag(user_id)}}}:user:{user_id}"
 
     def create(self, user_id: str, **meta: object) -> str:
         """Start a session for `user_id` with extra fields `meta` (strings or numbers); return its new id."""
@@ -182,7 +201,7 @@ class SessionStore:
         user_id = text(user_id)
         if user_id == ANONYMOUS:
             return self._rotate_anonymous(session_id)
-        if user_tag(user_id) != session_id[:TAG_HEX]:
+        if self.tag(user_id) != session_id[:TAG_HEX]:
             return None
         fresh = self.new_id(user_id)
         moved = self._rotate(keys=[self.key(session_id), self.key(fresh), self.user_key(user_id)],
@@ -229,9 +248,23 @@ class SessionStore:
         return [i for i, ok in zip(ids, alive, strict=True) if ok]
 
     def invalidate_user(self, user_id: str) -> int:
-        """Log the user out everywhere; return how many live sessions were deleted. One read, then one
-        script per thousand sessions; a login racing this call stays indexed (a next call finds it)."""
-        ids, deleted = self._indexed(user_id), 0
+        """Log the user out everywhere; return how many live sessions were deleted. Reads the index, deletes
+        what it read (one script per thousand sessions), and reads again until a read finds no id it has not
+        deleted: a session rotated or logged in during a pass moves to an id the next pass finds. Bounded at
+        ten passes (each needs a rotation racing it); a session created after the call returns is not its
+        concern."""
+        deleted, done = 0, set()
+        for _ in range(_INVALIDATE_PASSES):
+            ids = [i for i in self._indexed(user_id) if i not in done]
+            if not ids:
+                break
+            deleted += self._delete_indexed(user_id, ids)
+            done.update(ids)
+        return deleted
+
+    def _delete_indexed(self, user_id: str, ids: list[str]) -> int:
+        """Delete these sessions of `user_id` and remove them from its index; how many still existed."""
+        deleted = 0
         for first in range(0, len(ids), _BATCH):
             chunk = ids[first:first + _BATCH]
             deleted += int(self._invalidate_user(keys=[self.user_key(user_id), *map(self.key, chunk)], args=chunk))

@@ -1,4 +1,5 @@
-"""Streams with consumer groups: an idempotent group set-up, an at-least-once `Worker`, and `lag`.
+"""Streams with consumer groups: an idempotent group set-up, an at-least-once `Worker`, `lag`, and `partition`
+(per-key order across several streams).
 
 A `Worker` reads new entries with `>`, hands each to your handler, and acknowledges only those the
 handler finished. Entries left pending by a consumer that died are reclaimed with XAUTOCLAIM once idle
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -143,9 +145,8 @@ class Worker:
             backlog = bool(entries)
         if not backlog:
             entries = self._read(">")
-        gone = [i for i, f in entries if f is None]  # pending, but deleted from the stream since
-        if gone:
-            self.r.xack(self.stream, self.group, *gone)
+        elif gone := [i for i, f in entries if f is None]:  # pending, but deleted from the stream since (new
+            self.r.xack(self.stream, self.group, *gone)     # entries, read with ">", always have their fields)
             self.stats.deleted_while_pending += len(gone)
             entries = [(i, f) for i, f in entries if f is not None]
         return done + self._handle(entries, reclaimed=backlog)
@@ -178,13 +179,14 @@ class Worker:
     def _handle(self, entries: list[Entry], *, reclaimed: bool) -> int:
         if not entries:
             return 0
-        deliveries = self._deliveries([i for i, _ in entries]) if reclaimed else {}
-        succeeded = []
+        deliveries = self._deliveries([i for i, _ in entries]) if reclaimed else None
+        succeeded: list[str] = []
         for entry_id, fields in entries:
-            count = deliveries.get(entry_id, 1)
-            if count > self.max_deliveries:
-                self._bury(entry_id, fields, count, "delivered without success (a consumer died each time?)")
-                continue
+            if deliveries is not None:  # delivered before: dead-letter it if that was too often
+                count = deliveries.get(entry_id, 1)
+                if count > self.max_deliveries:
+                    self._bury(entry_id, fields, count, "delivered without success (a consumer died each time?)")
+                    continue
             try:
                 self.handler(entry_id, fields)
                 succeeded.append(entry_id)
@@ -238,6 +240,17 @@ class Worker:
         while (max_messages is None or handled < max_messages) and not (stop and stop()):
             handled += self.process_once()
         return handled
+
+
+def partition(stream: str, key: str, partitions: int) -> str:
+    """The stream of `partitions` that carries every entry of `key`: `<stream>:p<n>`, n = CRC32(key) mod
+    `partitions`, the same in every process (Python's `hash` is not). Entries of one key then stay in one
+    stream, in order; give each partition stream one consumer at a time to keep that order when handled.
+    Changing `partitions` moves keys: drain the streams first."""
+    stream = validate.name(stream, "stream")
+    key = validate.name(key, "key")
+    partitions = validate.integer(partitions, "partitions")
+    return f"{stream}:p{zlib.crc32(key.encode()) % partitions}"
 
 
 def _dead_letter(r: redis.Redis, stream: str, dead_letter: str | None) -> str:

@@ -1,13 +1,17 @@
 """What a block of code sends to the server: every command, its reply, and the round trips.
 
-`with trace(r):` records at the wire, below redis-py's helpers: a pipeline shows each of its commands
-in one round trip, a transaction shows MULTI, the QUEUED replies and EXEC, a script shows EVALSHA (and
-the SCRIPT LOAD it needed, if any), and a connection opened inside the block shows its handshake
-(HELLO, CLIENT SETINFO). Passwords sent by AUTH or HELLO are masked.
+`with trace(r):` records everything sent through the client's connections while the block runs, from any
+thread (a background thread using the same client shows up too). It records at the wire, below redis-py's
+helpers: a pipeline shows each of its commands in one round trip, a transaction shows MULTI, the QUEUED
+replies and EXEC, a script shows EVALSHA (and the SCRIPT LOAD it needed, if any), and a connection opened
+inside the block shows its handshake (HELLO, CLIENT SETINFO). Passwords sent by AUTH or HELLO are masked.
+Traces nest: a trace inside another records in both. The table abridges where a command says least
+(digests, script sources, the middle of long arguments), so keys and short arguments stay readable.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -19,10 +23,13 @@ import redis
 
 from labkit.errors import ConfigError
 
-ARG_WIDTH = 28
+COMMAND_WIDTH = 72
+KEY_SLACK = 28  # a line may grow this much past COMMAND_WIDTH rather than cut a key name
+SCRIPT_WIDTH = 24
 REPLY_WIDTH = 40
+DIGEST = re.compile(r"[0-9a-f]{32,}")  # a SHA1 or SHA256 in hex: a script's digest, a cache key's hash
+SCRIPT_AT = {"EVAL": 1, "EVAL_RO": 1, "SCRIPT LOAD": 2, "FUNCTION LOAD": -1}  # where the source code is
 SECRET_AFTER = {"AUTH": 0, "HELLO": None}  # AUTH [user] pass; HELLO ... AUTH user pass
-_PATCHED = ("_command_packer", "send_packed_command", "read_response", "connect_check_health", "check_health")
 
 
 @dataclass
@@ -69,13 +76,14 @@ class Trace:
     def table(self) -> str:
         """A short table: round trip, command with its arguments abridged, reply abridged."""
         trips = {key: i + 1 for i, key in enumerate(dict.fromkeys((c.connection, c.round_trip) for c in self.calls))}
-        lines = [f"{'trip':>4}  {'command':<{ARG_WIDTH * 2}}  reply"]
-        for call in self.calls:
-            command = " ".join(abridge(a, ARG_WIDTH) for a in call.args)
+        commands = [abridge_command(call.args) for call in self.calls]
+        width = max([len("command"), *map(len, commands)])
+        lines = [f"{'trip':>4}  {'command':<{width}}  reply"]
+        for call, command in zip(self.calls, commands, strict=True):
             reply = f"(error) {call.error}" if call.error is not None else abridge_reply(call.reply)
             mark = " (connect)" if call.handshake else ""
             lines.append(f"{trips[(call.connection, call.round_trip)]:>4}  "
-                         f"{abridge(command, ARG_WIDTH * 2):<{ARG_WIDTH * 2}}  {abridge(reply, REPLY_WIDTH)}{mark}")
+                         f"{command:<{width}}  {abridge(reply, REPLY_WIDTH)}{mark}")
         sent, trips = len(self.calls), self.trips(handshake=True)
         shaking = trips - self.round_trips
         lines.append(f"{sent} command{'s' * (sent != 1)} in {trips} round trip{'s' * (trips != 1)}"
@@ -97,6 +105,48 @@ def abridge(value: str, width: int) -> str:
     """`value` on one line, cut to `width` characters with an ellipsis."""
     flat = value.replace("\n", "\\n")
     return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def abridge_command(args: tuple[str, ...], width: int = COMMAND_WIDTH) -> str:
+    """A command on one line, abridged where it says least: digests to their first 8 digits, a script's
+    source to its start if the line is too long, then the longest values cut in the middle to fit `width`.
+    Key names stay whole while the line fits `width + KEY_SLACK`; past that they are cut in the middle too
+    (keeping prefix and end)."""
+    words = [*args[0].split(), *args[1:]] if args else []  # redis-py sends "SCRIPT LOAD" as one argument
+    parts = [DIGEST.sub(lambda m: m.group(0)[:8] + "…", a.replace("\n", "\\n")) for a in words]
+    at = SCRIPT_AT.get(Call(tuple(words), 0, 0).name)
+    too_long = len(" ".join(parts)) > width
+    if at is not None and -len(parts) < at < len(parts) and len(parts) > 1 and too_long:
+        parts[at] = abridge(parts[at], SCRIPT_WIDTH)
+    keys = _key_positions(parts)
+    for cut_keys, limit in ((False, width), (True, width + KEY_SLACK)):  # values first; keys only past the slack
+        while len(" ".join(parts)) > limit:
+            candidates = [i for i in range(1, len(parts)) if (i in keys) == cut_keys and len(parts[i]) > 12]
+            if not candidates:
+                break
+            longest = max(candidates, key=lambda i: len(parts[i]))
+            excess = len(" ".join(parts)) - limit
+            parts[longest] = cut_middle(parts[longest], max(12, len(parts[longest]) - excess))
+    return abridge(" ".join(parts), width + KEY_SLACK)
+
+
+def _key_positions(parts: list[str]) -> set[int]:
+    """Where the keys are: after the number of keys for a script or function call, else the first argument."""
+    head = parts[0].upper() if parts else ""
+    if head in {"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"} and len(parts) > 2:
+        try:
+            return set(range(3, 3 + int(parts[2])))
+        except ValueError:
+            return set()
+    return {1}
+
+
+def cut_middle(value: str, width: int) -> str:
+    """`value` cut to `width` characters by an ellipsis in the middle: its start and its end stay."""
+    if len(value) <= width:
+        return value
+    head = (width - 1) // 2
+    return value[:head] + "…" + value[len(value) - (width - 1 - head):]
 
 
 def error_text(error: Exception) -> str:
@@ -122,9 +172,9 @@ def abridge_reply(reply: Any, items: int = 3) -> str:
         return "{" + shown + more + "}"
     if reply is None:
         return "(nil)"
-    if isinstance(reply, (bytes, bytearray)):
-        return repr(abridge(text(reply), REPLY_WIDTH))
-    return abridge(repr(reply) if isinstance(reply, str) else str(reply), REPLY_WIDTH)
+    if isinstance(reply, (bytes, bytearray, str)):
+        return repr(abridge(DIGEST.sub(lambda m: m.group(0)[:8] + "…", text(reply)), REPLY_WIDTH))
+    return abridge(str(reply), REPLY_WIDTH)
 
 
 def masked(args: tuple[str, ...]) -> tuple[str, ...]:
@@ -141,30 +191,43 @@ def masked(args: tuple[str, ...]) -> tuple[str, ...]:
     return args
 
 
+_MISSING = object()
+
+
 class _Recorder:
-    """Patches the connections of the traced pools, and undoes it."""
+    """Patches the connections of the traced pools, and undoes it. A trace inside another patches on top of it
+    (each layer calls the one below), so both record; each stop puts back exactly what its start replaced."""
 
     def __init__(self, pools: list[Any]) -> None:
         self.trace = Trace()
         self.pools = pools
         self.lock = threading.Lock()
-        self.patched: list[Any] = []
-        self.pool_makers: list[Any] = []
+        self.saved: list[tuple[Any, dict[str, Any]]] = []  # (pool or connection, its attributes before)
         self.ids: dict[int, int] = {}
 
     def start(self) -> None:
-        for pool in self.pools:
-            for conn in existing_connections(pool):
-                self.patch(conn)
-            self.wrap_maker(pool)
+        try:
+            for pool in self.pools:
+                for conn in existing_connections(pool):
+                    self.patch(conn)
+                self.wrap_maker(pool)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        for pool in self.pool_makers:
-            del pool.make_connection
-        for conn in self.patched:
-            conn._command_packer = conn.__dict__.pop("_labkit_packer")
-            for name in _PATCHED[1:]:
-                conn.__dict__.pop(name, None)
+        for target, before in reversed(self.saved):
+            for name, value in before.items():
+                if value is _MISSING:
+                    target.__dict__.pop(name, None)
+                else:
+                    target.__dict__[name] = value
+        self.saved.clear()
+
+    def replace(self, target: Any, **attributes: Any) -> None:
+        """Set instance attributes of `target`, remembering what they were."""
+        self.saved.append((target, {name: target.__dict__.get(name, _MISSING) for name in attributes}))
+        target.__dict__.update(attributes)
 
     def wrap_maker(self, pool: Any) -> None:
         make = pool.make_connection
@@ -174,11 +237,10 @@ class _Recorder:
             self.patch(conn)
             return conn
 
-        pool.make_connection = make_connection
-        self.pool_makers.append(pool)
+        self.replace(pool, make_connection=make_connection)
 
     def patch(self, conn: Any) -> None:
-        if "_labkit_packer" in conn.__dict__:
+        if id(conn) in self.ids:
             return
         conn_id = self.ids.setdefault(id(conn), len(self.ids) + 1)
         packer = conn._command_packer
@@ -227,10 +289,9 @@ class _Recorder:
             with wire.nested(handshake=False):
                 return check_health(*a, **kw)
 
-        conn.__dict__.update(_labkit_packer=packer, _command_packer=Packer(),
-                             send_packed_command=send_packed_command, read_response=read_response,
-                             connect_check_health=connect_check_health, check_health=checked_health)
-        self.patched.append(conn)
+        self.replace(conn, _command_packer=Packer(), send_packed_command=send_packed_command,
+                     read_response=read_response, connect_check_health=connect_check_health,
+                     check_health=checked_health)
 
 
 class _Wire:
@@ -296,7 +357,8 @@ def pools_of(client: Any) -> list[Any]:
 
 @contextmanager
 def trace(client: Any, *, show: bool = True) -> Iterator[Trace]:
-    """Record what the block sends through `client`; print the table at the end unless `show=False`.
+    """Record what is sent through `client`'s connections while the block runs (from any thread, so a
+    background thread on the same client shows up too); print the table at the end unless `show=False`.
 
     >>> with trace(r) as t:
     ...     r.set("k", "v", nx=True)

@@ -53,7 +53,7 @@ class LiveMonitor:
         if duration <= 0 or interval <= 0:
             raise ValueError(f"duration and interval must be positive, got {duration} and {interval}.")
         self.sample, self.duration, self.interval = sample, duration, interval
-        self._drawn_at = float("-inf")
+        self._drawn_at, self._draw_s = float("-inf"), 0.0
         self.started: float | None = None  # time.monotonic() when the run began (the time axis's 0)
         self.result = MonitorResult()
         self.label = w.HTML(f"<b>{self.title}</b>: starting…")
@@ -95,6 +95,10 @@ class LiveMonitor:
                 break
             next_sample = max(next_sample + self.interval, time.monotonic())
             time.sleep(max(0.0, min(next_sample, started + self.duration) - time.monotonic()))
+        else:  # the duration is over; if drawing or a busy machine made sampling fall behind, one last sample
+            last = self.result.times[-1] if self.result.times else float("-inf")
+            if last < self.duration - self.interval:
+                self._record(time.monotonic() - started, self.sample())
 
     def _record(self, t: float, sample: Sample) -> None:
         self.result.times.append(round(t, 3))
@@ -103,10 +107,11 @@ class LiveMonitor:
 
     def _redraw(self, now: float) -> None:
         self.label.value = f"<b>{self.title}</b>: {self.describe()}"
-        if now - self._drawn_at < self.redraw_every:
-            return
-        self._drawn_at = now
+        if now - self._drawn_at < max(self.redraw_every, 3 * self._draw_s):
+            return  # a redraw that takes long (a busy machine) must not starve the sampling
+        self._drawn_at, drawing = now, time.monotonic()
         png = self.render()
+        self._draw_s = time.monotonic() - drawing
         self.plot.outputs = ({"output_type": "display_data", "metadata": {},
                               "data": {"image/png": base64.b64encode(png).decode(), "text/plain": self.title}},)
 
@@ -458,26 +463,29 @@ class ServerMonitor(LiveMonitor):
     PANELS = (("ops/s", "commands per second"), ("memory MB", "used memory (MB)"),
               ("clients", "connected clients"), ("hit rate %", "hit rate of reads (%)"),
               ("evicted/s", "keys evicted per second"), ("slow commands", "slow commands since start"))
+    SLOW_LOG_READ = 128  # slow-log entries read per sample (the default slowlog-max-len): the most it counts
 
     def __init__(self, r: redis.Redis, **kwargs: float) -> None:
         self.r = r
         self._last: tuple[float, int, int, int, int] | None = None
-        self._first_slow: int | None = None
+        self._slow_before: int | None = None  # the newest slow-log id when the monitor started (-1: log empty)
         super().__init__(self._server_sample, **kwargs)
         self._drawn_at = time.monotonic()  # the first figure once there is something to draw, not at the start
 
-    def _latest_slow_id(self) -> int:
-        latest = self.r.slowlog_get(1)
-        return int(latest[0]["id"]) if latest else -1
+    def _slow_ids(self) -> list[int]:
+        """The ids in the slow log, newest first (ids keep counting across SLOWLOG RESET: count entries, not
+        the difference of two ids)."""
+        return [int(row[0]) for row in self.r.execute_command("SLOWLOG", "GET", self.SLOW_LOG_READ)]
 
     def _server_sample(self) -> Sample:
-        info, slow_id, now = self.r.info(), self._latest_slow_id(), time.monotonic()
+        info, slow_ids, now = self.r.info(), self._slow_ids(), time.monotonic()
         ops, evicted = int(info["total_commands_processed"]), int(info["evicted_keys"])
         hits, misses = int(info["keyspace_hits"]), int(info["keyspace_misses"])
-        if self._first_slow is None:
-            self._first_slow = slow_id
+        if self._slow_before is None:
+            self._slow_before = max(slow_ids, default=-1)
+        slow = sum(1 for ident in slow_ids if ident > self._slow_before)
         sample = {"memory MB": int(info["used_memory"]) / 1e6, "clients": float(info["connected_clients"]),
-                  "blocked": float(info["blocked_clients"]), "slow commands": float(slow_id - self._first_slow)}
+                  "blocked": float(info["blocked_clients"]), "slow commands": float(slow)}
         last, self._last = self._last, (now, ops, hits, misses, evicted)
         if last is not None:
             dt = max(now - last[0], 1e-6)
@@ -577,7 +585,10 @@ class FailoverTimeline(LiveMonitor):
         for ax, kind in zip(axes, ("writes/s", "errors/s"), strict=True):
             for name in self.counts:
                 values = self.result.series.get(f"{name} {kind}", [])
-                ax.plot(times[len(times) - len(values):], values, label=name)
+                # each rate covers the interval since the sample before it: a step, so a gap in sampling
+                # shows as a flat stretch at the interval's average, not as a slope
+                ax.plot(times[len(times) - len(values):], values, label=name, drawstyle="steps-pre", marker=".",
+                        markersize=2)
             for at, label in self.marks():
                 ax.axvline(at, color="gray", linestyle="--", linewidth=1)
                 ax.annotate(label, (at, 1), xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",
@@ -588,3 +599,88 @@ class FailoverTimeline(LiveMonitor):
         if any(ax.lines for ax in axes):
             axes[0].legend(fontsize=7, loc="lower left")
         return _png(fig)
+
+
+class ProgressBoard:
+    """The instructor's live board of a workshop: every learner's exercise checks (`labkit.workshop.Progress`),
+    redrawn as each result arrives. `start()` shows it and keeps it live from a background thread (the
+    kernel stays free); `stop()` ends it and prints the final table.
+
+    Example:
+        >>> board = ProgressBoard(r).start()
+        >>> board.wait_for(lambda progress: progress.passed("ada"), timeout=60)
+        >>> board.stop()
+    """
+
+    title = "workshop progress"
+
+    def __init__(self, r: redis.Redis, *, interval: float = 0.5) -> None:
+        from labkit.clients import derive
+        from labkit.workshop import Progress
+
+        if not interval > 0:
+            raise ValueError(f"interval is a positive number of seconds, got {interval!r}.")
+        self._client = derive(r, client_name="labkit-progress-board", retries=0)
+        self.progress = Progress(self._client)
+        self.interval = interval
+        self.label = w.HTML(f"<b>{self.title}</b>: starting…")
+        self.board = w.HTML()
+        self.view = w.VBox([self.label, self.board])
+        self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self._errors: list[BaseException] = []
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ProgressBoard:
+        display(self.view)
+        self._thread = threading.Thread(target=self._follow, name="labkit-progress-board", daemon=True)
+        self._thread.start()
+        return self
+
+    def _follow(self) -> None:
+        try:
+            while True:
+                with self._changed:  # a short read (no BLOCK): the lock is never held while waiting
+                    self.progress.update()
+                    self._redraw()
+                    self._changed.notify_all()
+                if self._stop.wait(self.interval):
+                    return
+        except BaseException as err:  # reported by wait_for() and stop(), in the cell that calls them
+            self._errors.append(err)
+            with self._changed:
+                self._changed.notify_all()
+
+    def _redraw(self) -> None:
+        seen = len(self.progress.attempts)
+        latest = f"; latest: {self.progress.attempts[-1]}" if seen else ""
+        self.label.value = f"<b>{self.title}</b>: {len(self.progress.learners)} learner(s), {seen} result(s){latest}"
+        self.board.value = self.progress.html()
+
+    def wait_for(self, condition: Callable[[object], bool], timeout: float) -> bool:
+        """Wait until `condition(progress)` holds (re-asked at each update) or `timeout` seconds pass."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self._errors and not condition(self.progress):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        if self._errors:
+            raise self._errors[0]
+        return True
+
+    def stop(self):
+        """Stop following; print the final table and return the `Progress`."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._errors:
+            self._client.close()
+            raise self._errors[0]
+        self.progress.update()
+        self._redraw()
+        self._client.close()
+        self.label.value = f"<b>{self.title}</b> (stopped): {len(self.progress.attempts)} result(s)"
+        print(self.progress.table())
+        return self.progress

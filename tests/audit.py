@@ -46,8 +46,9 @@ class KeyAudit:
                 return found
             time.sleep(0.02)
 
-    def finish(self) -> tuple[set[str], int]:
-        """Stop listening; return (keys written, keys still on the server) and stop the server."""
+    def finish(self, ignore: tuple[str, ...] = ()) -> tuple[set[str], int]:
+        """Stop listening; return (keys written, keys still on the server but those starting with one of
+        `ignore`) and stop the server."""
         # The events of every write so far are queued on the audit's connection before a message published
         # now: once that arrives, nothing is still on its way (no guessed sleep). 0 receivers: not yet
         # subscribed, ask again.
@@ -57,13 +58,16 @@ class KeyAudit:
         self._flushed.wait(max(0.0, deadline - time.monotonic()))
         self._thread.stop()
         self._thread.join()
-        remaining = self.server.client().dbsize()
+        client = self.server.client()
+        remaining = sum(1 for k in client.scan_iter(count=1000) if not k.startswith(ignore))
         self.server.stop()
         return self.written, remaining
 
-    def problems(self, prefix: str) -> list[str]:
-        """Everything wrong with what a lesson did, given the key prefix it owns."""
-        written, remaining = self.finish()
+    def problems(self, prefix: str, ignore: tuple[str, ...] = ()) -> list[str]:
+        """Everything wrong with what a lesson did, given the key prefix it owns (keys starting with one of
+        `ignore` are not the lesson's: a workshop's own, on a workshop server)."""
+        written, remaining = self.finish(ignore)
+        written = {k for k in written if not k.startswith(ignore)}
         found = []
         if self.errors:
             found.append(f"the audit lost its subscription, so it cannot vouch for the lesson: {self.errors}")

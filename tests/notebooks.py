@@ -37,3 +37,17 @@ def headings(nb: nbformat.NotebookNode, level: int) -> list[str]:
 
 def code(nb: nbformat.NotebookNode) -> str:
     return "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+
+
+OWN_SERVER = re.compile(r"\bconnect\(own_server=True\)")
+
+
+def shares_server(nb: nbformat.NotebookNode) -> bool:
+    """Whether the lesson runs on a workshop's shared server (it does unless Setup connects with
+    `own_server=True`)."""
+    return not OWN_SERVER.search(code(nb))
+
+
+def calls_checks(nb: nbformat.NotebookNode) -> list[str]:
+    """The exercise checks the lesson's cells call (`lesson.check_...(`), in order, once each."""
+    return list(dict.fromkeys(re.findall(r"\blesson\.(check_\w+)\(", code(nb))))

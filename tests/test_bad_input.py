@@ -15,7 +15,20 @@ import pytest
 import redis
 
 import labkit
-from labkit import ConfigError, cache, keys, locks, ops, pubsub, ratelimit, replication, sessions, streams, vectors
+from labkit import (
+    ConfigError,
+    cache,
+    keys,
+    locks,
+    ops,
+    pubsub,
+    ratelimit,
+    replication,
+    sessions,
+    streams,
+    vectors,
+    workshop,
+)
 from labkit.server import capabilities, cluster
 from labkit.server.topology import Cluster
 
@@ -31,7 +44,11 @@ NUMBER = [None, "", "5", math.nan, math.inf, [5]]  # a finite number (each row a
 CALLABLE = [None, "print", 5]
 TEXT_LIST = ["a sentence, not a list", [None], [5]]
 
+LEARNER = ["", "a:b", "a*b", "Ada", "l01", "9lives", "x" * 33, 5]  # a learner's name (lowercase, no ':' or '*')
+LEARNERS = [None, 0, -1, 501, True, 2.5, "", "ada", [], ["ada", "ada"]]  # a count, or a list of names
+
 PROMPT = "How do I reset my password?"  # in the shipped corpus: no model needed
+SEAT = workshop.Seat("ada", "pw", "redis://ada:pw@127.0.0.1:6379/0")
 
 
 @dataclass
@@ -137,6 +154,8 @@ ROWS = [
                                                                           prefix=w.ns.key("s")), [*SECONDS0, 60, 90]),
     Row("SessionStore", "functions", lambda w, v: sessions.SessionStore(w.r, functions=v, prefix=w.ns.key("s")),
         [None, "yes", 1, 0]),
+    Row("SessionStore", "tag_secret", lambda w, v: sessions.SessionStore(w.r, tag_secret=v, prefix=w.ns.key("s")),
+        [None, 5, ["k"]]),
     Row("SessionStore.create_anonymous", "theme", lambda w, v: w.store.create_anonymous(theme=v),
         [None, {"a": 1}, [1], True]),
     Row("SessionStore.create_anonymous", "user_id", lambda w, v: w.store.create_anonymous(user_id=v), ["admin", ""]),
@@ -149,7 +168,7 @@ ROWS = [
       for m in ("get", "touch", "invalidate", "rotate", "key")],
     Row("SessionStore.update", "session_id", lambda w, v: w.store.update(v, theme="x"), [None, "", 5]),
     *[Row(f"SessionStore.{m}", "user_id", lambda w, v, m=m: getattr(w.store, m)(v), NAME)
-      for m in ("sessions_of", "invalidate_user", "user_key", "new_id")],
+      for m in ("sessions_of", "invalidate_user", "user_key", "new_id", "tag")],
     # -- ratelimit ----------------------------------------------------------------------------------------
     *[Row(f"{cls.__name__}", "limit", lambda w, v, cls=cls: cls(w.r, v, 1, prefix=w.ns.key("rl")), COUNT)
       for cls in (ratelimit.FixedWindow, ratelimit.SlidingLog, ratelimit.SlidingWindowCounter)],
@@ -180,6 +199,14 @@ ROWS = [
     Row("PresenceFeed", "prefix", lambda w, v: pubsub.PresenceFeed(w.r, "room", prefix=v), PREFIX),
     Row("PresenceFeed.join", "user", lambda w, v: w.feed.join(v), NAME),
     Row("PresenceFeed.leave", "user", lambda w, v: w.feed.leave(v), NAME),
+    Row("PresenceFeed.heartbeat", "user", lambda w, v: w.feed.heartbeat(v), NAME),
+    Row("PresenceFeed.sweep", "max_age", lambda w, v: w.feed.sweep(v), SECONDS),
+    Row("InvalidatedCache", "channel", lambda w, v: pubsub.InvalidatedCache(w.r, v, ttl=1).close(), NAME),
+    Row("InvalidatedCache", "ttl", lambda w, v: pubsub.InvalidatedCache(w.r, w.ns.key("inv"), ttl=v).close(),
+        SECONDS[1:]),  # None: entries never age out
+    Row("InvalidatedCache.write", "key", lambda w, v: pubsub.InvalidatedCache.write(w.r, w.ns.key("inv"), v, "x"),
+        NAME),
+    Row("Subscriber", "health_check", _subscriber(health_check=None), SECONDS[1:]),  # None: no health check
     Row("listen", "channel", _listen(channel=None), NAME),
     Row("listen", "handler", _listen(handler=None), CALLABLE),
     Row("listen", "url", _listen(url=None), [None, "", 5]),
@@ -193,6 +220,9 @@ ROWS = [
     Row("Worker", "dead_letter", lambda w, v: streams.Worker(w.r, w.ns.key("{s}"), "g", "c", print, dead_letter=v),
         ["", 5, ["a"]]),
     Row("Worker", "handler", lambda w, v: streams.Worker(w.r, w.ns.key("{s}"), "g", "c", v), CALLABLE),
+    Row("partition", "stream", lambda w, v: streams.partition(v, "acct-1", 4), NAME),
+    Row("partition", "key", lambda w, v: streams.partition(w.ns.key("s"), v, 4), NAME),
+    Row("partition", "partitions", lambda w, v: streams.partition(w.ns.key("s"), "acct-1", v), COUNT),
     *[Row("Worker", arg, lambda w, v, arg=arg: streams.Worker(w.r, w.ns.key("{s}"), "g", "c", print, **{arg: v}),
           COUNT) for arg in ("batch", "max_deliveries")],
     Row("Worker", "block_ms", lambda w, v: streams.Worker(w.r, w.ns.key("{s}"), "g", "c", print, block_ms=v), COUNT0),
@@ -291,6 +321,21 @@ ROWS = [
     Row("Namespace.keys", "count", lambda w, v: w.ns.keys(w.r, count=v), COUNT),
     Row("scan_unlink", "pattern", lambda w, v: keys.scan_unlink(w.r, v), NAME),
     Row("scan_unlink", "batch", lambda w, v: keys.scan_unlink(w.r, w.ns.key("none") + "*", batch=v), COUNT),
+    Row("Namespace", "learner", lambda w, v: keys.Namespace("l00", learner=v), LEARNER),
+    # -- workshop (refused before anything is written: no workshop opens on this shared server) -----------
+    Row("create", "learners", lambda w, v: workshop.create(w.r, v), [*LEARNERS, *([n] for n in LEARNER)]),
+    Row("create", "host", lambda w, v: workshop.create(w.r, 2, host=v), ["", "a b", "user@host", "h/0", 5]),
+    Row("write_sheet", "seats", lambda w, v: workshop.write_sheet(v, "/nonexistent/sheet", "id"),
+        [None, [], "ada", [5], (SEAT,)]),
+    Row("write_sheet", "workshop_id", lambda w, v: workshop.write_sheet([SEAT], "/nonexistent/sheet", v), NAME),
+    Row("reset", "learner", lambda w, v: workshop.reset(w.r, v), LEARNER),
+    Row("as_learner", "name", lambda w, v: workshop.as_learner(v, "redis://ada:pw@127.0.0.1:1/0").__enter__(),
+        LEARNER),
+    Row("as_learner", "url", lambda w, v: workshop.as_learner("ada", v).__enter__(), [None, "", 5]),
+    Row("record", "lesson", lambda w, v: workshop.record(v, "check_greeting", True, "fine"), NAME),
+    Row("record", "check", lambda w, v: workshop.record("l00", v, True, "fine"), NAME),
+    Row("record", "passed", lambda w, v: workshop.record("l00", "check_greeting", v, "fine"), [None, 1, "yes"]),
+    Row("record", "message", lambda w, v: workshop.record("l00", "check_greeting", True, v), [None, 5, b"fine"]),
     # -- ops (persistence) --------------------------------------------------------------------------------
     Row("wait_for_aof_rewrite", "timeout_s", lambda w, v: ops.wait_for_aof_rewrite(w.r, timeout_s=v), SECONDS),
     # -- ops: connections, command logs, ACL (lesson 11) ----------------------------------------------------
@@ -333,6 +378,7 @@ def test_the_table_covers_every_pattern_module():
                           ratelimit: ["FixedWindow", "TokenBucket", "GCRA", "SlidingLog", "SlidingWindowCounter"],
                           pubsub: ["Subscriber", "PresenceFeed", "listen"], locks: ["Lock", "Redlock", "FencedStore"],
                           vectors: ["knn", "SemanticCache", "create_index", "Embedder"], keys: ["key", "Namespace"],
+                          workshop: ["create", "write_sheet", "reset", "as_learner", "record"],
                           ops: ["keys_per_node", "cluster_errors", "hot_slots", "connections", "slow_commands",
                                 "acl_dryrun", "acl_failures"], cluster: ["Cluster"], replication: ["retry"]}.items():
         assert set(names) <= entries, f"{module.__name__}: no rows for {set(names) - entries}"
@@ -351,3 +397,8 @@ def test_nothing_was_written_by_refused_calls(world):
 
 def test_nothing_was_written_by_refused_fenced_writes(world):
     assert written(world) == [], f"refused calls wrote {written(world)}"
+
+
+def test_no_refused_call_opened_a_workshop(world):
+    assert not world.r.exists(workshop.WORKSHOP) and not world.r.exists(workshop.LEARNERS)
+    assert not set(world.r.acl_users()) & {"ada", "learner01", "learner1"}

@@ -5,6 +5,7 @@ import time
 import uuid
 
 import pytest
+import redis
 
 import labkit
 from labkit import cache as cache_module
@@ -65,6 +66,33 @@ def test_positional_keyword_and_default_arguments_are_one_entry(r, ns):
     assert answers == [[1, "EUR", True]] * 5 and calls == [1]
     assert price.key(1) == price.key(pid=1) != price.key(1, "USD")
     assert price(1, "USD") == [1, "USD", True] and calls == [1, 1]
+
+
+def test_remembered_keys_keep_arguments_that_python_finds_equal_apart(r, ns):
+    """Keys of plain str/int calls are remembered, but 1, True and 1.0 (equal in Python, not in JSON) and
+    the same call bound another way still get the keys their JSON gives."""
+    @cached(r, prefix=ns.key("cache"), ttl=30)
+    def echo(x, y=0):
+        return [x, y]
+
+    assert [echo(1), echo(True), echo(1.0), echo("1")] == [[1, 0], [True, 0], [1.0, 0], ["1", 0]]
+    keys = [echo.key(1), echo.key(True), echo.key(1.0), echo.key("1")]
+    assert len(set(keys)) == 4
+    fresh = [cache_module.cache_key(echo.prefix, echo.name, (), {"x": x, "y": 0}) for x in (1, True, 1.0, "1")]
+    assert keys == fresh  # the remembered key is the one computed from scratch
+    assert echo.key(1) == echo.key(x=1) == echo.key(1, 0) == keys[0]
+    assert [echo(1), echo(True)] == [[1, 0], [True, 0]] and echo.stats.hits == 2
+
+
+def test_a_hit_on_a_key_of_the_wrong_type_raises_and_the_next_call_still_works(r, ns):
+    @cached(r, prefix=ns.key("cache"), ttl=30)
+    def f(x):
+        return x
+
+    r.set(f.key(1), "not a hash")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        f(1)
+    assert f(2) == 2 and f(2) == 2 and f.stats.hits == 1  # both replies of the failed read were consumed
 
 
 def test_two_functions_of_one_name_in_two_modules_keep_separate_entries(r, ns):

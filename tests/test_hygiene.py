@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from .audit import KeyAudit
-from .notebooks import NAME, NOTEBOOKS, code, headings, lessons, number, read
+from .notebooks import NAME, NOTEBOOKS, code, headings, lessons, number, read, shares_server
 from .waiting import eventually
 
 REQUIRED_BEFORE = ["What you will learn", "Before you start", "Setup"]
@@ -156,3 +156,48 @@ def test_lesson_decides_by_capability_never_by_engine_name(path):
     assert not engine_test, "compare capabilities, not engine names"
     assert not re.search(r"[\"'](valkey9|valkey8|redis8)[\"']", source), "no engine names in a lesson"
     assert module.skip is importlib.import_module("labkit.lessons").skip
+
+
+# -- workshops ------------------------------------------------------------------------------------------------
+def test_every_exercise_check_records_its_verdict():
+    """Each `check_...` of a lesson module carries `@check`: on a workshop it records the learner's verdict."""
+    for module in sorted((LABKIT / "lessons").glob("l[0-9][0-9]_*.py")):
+        for node in ast.parse(module.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("check_"):
+                decorators = {d.id for d in node.decorator_list if isinstance(d, ast.Name)}
+                assert "check" in decorators, f"{module.name}: {node.name} needs @check (from labkit.lessons)"
+
+
+OWN_SERVER = re.compile(r"run on a server of their own on the learner's machine: (.*?)\.\s*\n\n", re.S)
+SHARED = [p for p in LESSONS if shares_server(read(p))]
+# What a workshop learner may not send (CONFIG, ACL, CLIENT LIST/KILL...): a lesson needing one says own_server
+ADMIN = re.compile(r"\br\.(config_\w+|acl_\w+|client_(list|kill|pause|no_evict|tracking\w*)|flushall|flushdb|"
+                   r"function_\w+|keys|monitor|swapdb|save|bgsave|bgrewriteaof|module_\w+|slowlog_\w+|"
+                   r"script_(flush|kill)|randomkey|sort|pubsub_channels|ft)\(|"
+                   r"\br\.execute_command\(\s*[\"'](CONFIG|ACL|FT\.|FUNCTION|CLIENT|MODULE|DEBUG|MONITOR|KEYS)", re.I)
+
+
+def test_the_readme_names_the_lessons_that_need_a_server_of_their_own():
+    listed = OWN_SERVER.search(README)
+    assert listed, "the README's Lessons section lists the lessons that run on a server of their own in a workshop"
+    own = {p.name[:2] for p in LESSONS if p not in SHARED}
+    assert set(re.findall(r"\b(\d\d) \(", listed[1])) == own, f"own_server=True in their Setup: {sorted(own)}"
+
+
+@pytest.mark.parametrize("path", SHARED, ids=[p.stem for p in SHARED])
+def test_a_lesson_on_the_shared_server_sends_no_administrative_command(path):
+    found = sorted({m[0] for m in ADMIN.finditer(code(read(path)))})
+    assert not found, f"{found}: a workshop learner may not; connect with labkit.connect(own_server=True)"
+
+
+def test_the_instructor_notebook_is_tested_and_stripped_though_not_a_lesson():
+    """Not a lesson (the template does not apply: `lessons()` globs notebooks/*.ipynb only), but nbval runs
+    it (tests/workshops.py gives it a workshop) and `make strip` strips it."""
+    path = NOTEBOOKS / "workshop" / "instructor.ipynb"
+    nb = read(path)
+    nbformat.validate(nb)
+    assert path not in LESSONS and all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    project = (LABKIT.parent / "pyproject.toml").read_text()
+    assert '"notebooks"' in project and "notebooks/workshop" not in project
+    strip = next(line for line in (LABKIT.parent / "Makefile").read_text().splitlines() if "nbstripout" in line)
+    assert "notebooks/workshop/*.ipynb" in strip

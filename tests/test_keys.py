@@ -1,7 +1,9 @@
+import uuid
+
 import pytest
 
 import labkit
-from labkit.keys import key, reset
+from labkit.keys import USER_ENV, key, reset
 
 
 def test_key_joins_parts_and_rejects_separators():
@@ -12,7 +14,8 @@ def test_key_joins_parts_and_rejects_separators():
         key()
 
 
-def test_namespace_prefix_and_validation():
+def test_namespace_prefix_and_validation(monkeypatch):
+    monkeypatch.delenv(USER_ENV, raising=False)  # a learner's prefix: tests/test_workshop.py
     space = labkit.Namespace("l00")
     assert space.key("greeting") == "lab:l00:greeting"
     assert space.pattern == "lab:l00:*"
@@ -22,7 +25,7 @@ def test_namespace_prefix_and_validation():
 
 
 def test_cleanup_deletes_only_its_own_prefix(r, ns):
-    other = labkit.Namespace(ns.name + "x")  # shares a textual prefix, must survive
+    other = labkit.Namespace(ns.name + "x")  # shares a textual prefix, must survive (LABKIT_USER: both a learner's)
     outside = "test-outside-" + ns.name
     r.mset({ns.key("a"): 1, ns.key("b", 2): 2, other.key("a"): 3, outside: 4})
     r.sadd(ns.key("set"), *range(2000))
@@ -46,3 +49,19 @@ def test_reset_deletes_lab_keys_only(r):
         c.mset({"lab:l01:a": 1, "lab:l02:b": 2, "app:data": 3, "labx": 4})
         assert reset(c) == 2
         assert sorted(c.keys("*")) == ["app:data", "labx"]
+
+
+def test_a_learners_keys_the_lessons_and_other_learners_never_overlap(r, monkeypatch):
+    """`lab:<lesson>:*`, `lab:ada:<lesson>:*` and `lab:adam:<lesson>:*`: each cleanup deletes its own only."""
+    monkeypatch.delenv(USER_ENV, raising=False)
+    lesson = f"t{uuid.uuid4().hex[:8]}"
+    plain, ada, adam = (labkit.Namespace(lesson, learner=name) if name else labkit.Namespace(lesson)
+                        for name in (None, "ada", "adam"))
+    try:
+        for space in (plain, ada, adam):
+            r.set(space.key("greeting"), 1)
+        assert ada.cleanup(r) == 1 and plain.keys(r) == [plain.key("greeting")]
+        assert plain.cleanup(r) == 1 and adam.keys(r) == [f"lab:adam:{lesson}:greeting"]
+    finally:
+        for space in (plain, ada, adam):
+            space.cleanup(r)

@@ -315,8 +315,15 @@ def test_redlock_retries_let_contenders_take_turns(three):
 class SequentialRedlock(Redlock):
     """The same algorithm asking one node after another: what the parallel fan-out is timed against."""
 
-    def _on_every_node(self, call):
-        return [call(node) for node in self.nodes]
+    def _on_every_node(self, *command):
+        return [self._ask_one(node, command) for node in self._nodes]
+
+    @staticmethod
+    def _ask_one(node, command):
+        try:
+            return node.client.execute_command(*command)
+        except (redis.RedisError, OSError) as err:
+            return err
 
 
 def test_redlock_asks_every_node_at_once_not_one_after_another(three):
@@ -340,6 +347,75 @@ def test_redlock_asks_every_node_at_once_not_one_after_another(three):
         three[1].resume()
     assert medians["sequential"] >= 3.6 * timeout_ms * 1000  # four node timeouts, one after another
     assert medians["parallel"] / medians["sequential"] < 0.75  # two of them: 0.5 expected
+
+
+def _calls(client, command):
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_redlocks_made_per_resource_share_connections_and_release_by_sha(three):
+    """A service makes one Redlock per resource name: they share the connections of the clients they were
+    made with (no new connection after the first), and release with EVALSHA, never EVAL."""
+    clients = [s.client() for s in three]
+    warm = Redlock(clients, "warm", ttl_ms=TTL_MS, node_timeout_ms=NODE_TIMEOUT_MS)
+    warm.acquire()
+    warm.release()
+    before = [(c.info("stats")["total_connections_received"], _calls(c, "evalsha"), _calls(c, "eval"))
+              for c in clients]
+    for i in range(20):
+        lock = Redlock(clients, f"order-{i}", ttl_ms=TTL_MS, node_timeout_ms=NODE_TIMEOUT_MS)
+        lock.acquire()
+        assert lock.release() == 3
+    for c, (connections, evalshas, evals) in zip(clients, before, strict=True):
+        assert c.info("stats")["total_connections_received"] == connections
+        assert (_calls(c, "evalsha") - evalshas, _calls(c, "eval") - evals) == (20, 0)
+    assert Redlock(clients, "other", node_timeout_ms=NODE_TIMEOUT_MS).nodes == warm.nodes  # one set per client, timeout
+
+
+def test_redlock_loads_its_release_script_again_after_a_flush(three):
+    clients = [s.client() for s in three]
+    lock = Redlock(clients, "flushed", ttl_ms=TTL_MS, node_timeout_ms=NODE_TIMEOUT_MS)
+    lock.acquire()
+    clients[1].script_flush()
+    assert lock.release() == 3 and not any(c.exists(lock.key) for c in clients)
+
+
+def test_a_shared_connection_closed_by_a_restart_connects_again_before_use(three):
+    clients = [s.client() for s in three]
+    first = Redlock(clients, "before-restart", ttl_ms=TTL_MS, node_timeout_ms=NODE_TIMEOUT_MS)
+    first.acquire()
+    first.release()  # its connections now wait, idle, for the next Redlock of these clients
+    three[2].restart()
+    second = Redlock(clients, "after-restart", ttl_ms=TTL_MS, retries=0, node_timeout_ms=NODE_TIMEOUT_MS)
+    second.acquire()
+    assert second.acquired_on == 3 and second.release() == 3
+
+
+def _lock_in_child(clients, done):
+    lock = Redlock(clients, "in-child", ttl_ms=TTL_MS, node_timeout_ms=NODE_TIMEOUT_MS)
+    lock.acquire()
+    done.put((lock.acquired_on, lock.release()))
+
+
+def test_a_forked_child_opens_its_own_connections_and_never_uses_the_parents(three):
+    import multiprocessing
+
+    clients = [s.client() for s in three]
+    parent = Redlock(clients, "in-parent", ttl_ms=TTL_MS, node_timeout_ms=NODE_TIMEOUT_MS)
+    parent.acquire()
+    parent.release()
+    before = [c.info("stats")["total_connections_received"] for c in clients]
+    fork = multiprocessing.get_context("fork")
+    done = fork.Queue()
+    child = fork.Process(target=_lock_in_child, args=(clients, done))
+    child.start()
+    assert done.get(timeout=30) == (3, 3)
+    child.join(30)
+    assert child.exitcode == 0
+    # the client's own connection (for INFO) was opened before the fork; the child's Redlock opened one each
+    assert [c.info("stats")["total_connections_received"] - b for c, b in zip(clients, before, strict=True)] == [1] * 3
+    parent.acquire()  # and the parent's connections still answer in step
+    assert parent.acquired_on == 3 and parent.release() == 3
 
 
 @pytest.mark.parametrize(("count", "kwargs", "says"), [

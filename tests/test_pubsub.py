@@ -11,7 +11,7 @@ from redis.crc import key_slot
 
 from labkit import ConfigError, ServerUnavailable
 from labkit.lessons.l05_pubsub import kill_clients, missing, publish_numbered
-from labkit.pubsub import PresenceFeed, Subscriber, backoff_delays, listen, subscribed_clients
+from labkit.pubsub import InvalidatedCache, PresenceFeed, Subscriber, backoff_delays, listen, subscribed_clients
 from labkit.server import Server, cluster, spawn
 
 from .faults import hooked_client
@@ -86,6 +86,67 @@ def test_backoff_grows_and_stays_within_its_cap():
     delays = list(itertools.islice(backoff_delays(0.01, 0.5, random.Random(1)), 12))
     assert all(0 <= d <= min(0.5, 0.01 * 2**i) for i, d in enumerate(delays))
     assert max(delays[8:]) > max(delays[:3])
+
+
+def test_sweep_removes_only_members_silent_past_max_age_and_announces_them(r, ns):
+    feed = PresenceFeed(r, "beats", prefix=ns.key("p"))
+    with Subscriber(r, feed.channel, name=ns.key("beats")) as sub:
+        for user in ("ann", "ben", "cy"):
+            feed.join(user)
+        r.zadd(feed.members_key, {"ann": 100.0, "ben": 100.0, "cy": 100.0})  # their joins, on an injected clock
+        assert feed.heartbeat("ann", now=130.0) and feed.heartbeat("cy", now=115.0)
+        assert feed.sweep(20, now=135.0) == ["ben"]  # ann 5 s, cy exactly 20 s (not more), ben 35 s silent
+        assert feed.sweep(20, now=135.0) == []
+        assert sub.wait_for(4)
+    assert feed.online() == {"ann", "cy"} and sub.data()[-1] == "leave:ben"
+    assert feed.heartbeat("ben", now=136.0) is False and feed.online() == {"ann", "cy"}  # swept: must join again
+    r.delete(feed.members_key)
+
+
+def test_sweep_never_removes_a_member_whose_heartbeat_lands_during_it(r, ns):
+    feed = PresenceFeed(r, "race", prefix=ns.key("p"))
+    feed.join("ann")
+    r.zadd(feed.members_key, {"ann": 100.0})
+    real_transaction = feed.r.transaction
+
+    def transaction_with_a_heartbeat_inside(func, *keys, **kwargs):
+        def racing(pipe):
+            stale = func(pipe)  # read under WATCH and queued; now a heartbeat lands before EXEC
+            if not getattr(racing, "done", False):
+                racing.done = True
+                r.zadd(feed.members_key, {"ann": 134.0})
+            return stale
+        return real_transaction(racing, *keys, **kwargs)
+
+    feed.r = type("Hooked", (), {"transaction": staticmethod(transaction_with_a_heartbeat_inside)})()
+    assert feed.sweep(20, now=135.0) == []  # the retry read ann's fresh heartbeat
+    feed.r = r
+    assert feed.online() == {"ann"}
+    r.delete(feed.members_key)
+
+
+def test_health_check_notices_a_paused_server_that_a_plain_listener_never_does():
+    with spawn() as srv:
+        client = srv.client()
+        quiet = client.pubsub()
+        quiet.subscribe("ch")
+        quiet.get_message(timeout=1)
+        with Subscriber(client, "ch", health_check=0.2, reconnect=False) as sub:
+            srv.pause()
+            try:
+                assert eventually(lambda: sub.disconnects, timeout=5)
+                assert quiet.get_message(timeout=0.5) is None  # no error: deaf, and it cannot tell
+            finally:
+                srv.resume()
+        assert "no reply to PING" in sub.disconnects[0] and not sub.connected
+        quiet.close()
+
+
+def test_health_check_keeps_a_quiet_but_live_connection():
+    with spawn() as srv, Subscriber(srv.client(), "ch", health_check=0.3) as sub:
+        time.sleep(1.5)  # five intervals of silence, each answered by a PONG
+        assert eventually(lambda: sub._pinged_at is None)  # the latest PING answered
+        assert sub.disconnects == [] and sub.connects == 1 and sub.connected
 
 
 def test_presence_feed_keeps_set_and_announcements_in_step(r, ns):
@@ -219,3 +280,53 @@ def test_sharded_pub_sub_on_a_cluster(three_primaries):
     assert sub.connects == 2 and len(resyncs) == 2
     assert eventually(lambda: named_on_nodes(three_primaries, sub.name) == 0)  # close() left nothing behind
     rc.close()
+
+
+# -- the near cache invalidated over pub/sub ------------------------------------------------------------
+class FakeClock:
+    """An injected monotonic clock (seconds) for the cache's TTL; the server is real."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_invalidated_cache_drops_a_key_when_a_writer_announces_it(r, ns):
+    key, channel = ns.key("price"), ns.key("inv")
+    r.set(key, "1")
+    with InvalidatedCache(r, channel, ttl=None, name=ns.key("near")) as near:
+        assert near.get(key) == "1"
+        r.set(key, "quietly")  # a write that announces nothing: the local copy stays
+        assert near.get(key) == "1"
+        assert InvalidatedCache.write(r, channel, key, "2") == 1
+        assert eventually(lambda: key not in near.entries)
+        assert near.get(key) == "2"
+    r.delete(key)
+
+
+def test_invalidated_cache_ttl_bounds_a_missed_invalidation(r, ns):
+    key, clock = ns.key("price2"), FakeClock()
+    r.set(key, "1")
+    with InvalidatedCache(r, ns.key("inv2"), ttl=5, flush_on_reconnect=False, clock=clock) as near:
+        assert near.get(key) == "1"
+        r.set(key, "2")  # the invalidation that never arrived
+        clock.now += 4.9
+        assert near.get(key) == "1"
+        clock.now += 0.2
+        assert near.get(key) == "2"
+    r.delete(key)
+
+
+def test_invalidated_cache_flushes_on_reconnect_only_when_asked(r, ns):
+    key = ns.key("price3")
+    r.set(key, "1")
+    with InvalidatedCache(r, ns.key("inv3"), ttl=None, name=ns.key("flush")) as flushing, \
+            InvalidatedCache(r, ns.key("inv3"), ttl=None, flush_on_reconnect=False, name=ns.key("keep")) as keeping:
+        assert flushing.get(key) == keeping.get(key) == "1"
+        kill_clients(r, ns.key("flush"))
+        kill_clients(r, ns.key("keep"))
+        assert eventually(lambda: flushing.flushes == 2 and keeping.subscriber.connects == 2)
+        assert flushing.entries == {} and flushing.flushes == 2 and key in keeping.entries and keeping.flushes == 0
+    r.delete(key)

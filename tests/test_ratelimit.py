@@ -2,6 +2,7 @@
 
 import math
 import multiprocessing
+import random
 import re
 import threading
 import time
@@ -38,8 +39,12 @@ def test_admits_the_limit_then_refuses_with_a_wait(cls, r, ns):
     assert [d.allowed for d in decisions] == [True] * 5 + [False] * 2
     assert [d.remaining for d in decisions[:5]] == [4, 3, 2, 1, 0]
     denied = decisions[-1]
-    assert 0 < denied.retry_after <= 1.0 and denied.headers()["Retry-After"] == "1"
-    assert denied.headers()["RateLimit"] == f'"{limiter.policy}";r=0;t=1'
+    if cls is SlidingWindowCounter:  # the full window counts in full at the next start: 863 ms, then 1/5 of 1 s
+        assert denied.retry_after == 1.063 and denied.headers()["Retry-After"] == "2"
+        assert denied.headers()["RateLimit"] == f'"{limiter.policy}";r=0;t=2'
+    else:
+        assert 0 < denied.retry_after <= 1.0 and denied.headers()["Retry-After"] == "1"
+        assert denied.headers()["RateLimit"] == f'"{limiter.policy}";r=0;t=1'
     assert denied.headers("legacy")["RateLimit-Limit"] == "5" and denied.headers("legacy")["RateLimit-Remaining"] == "0"
     assert at_now(limiter, "bob").allowed  # keys are independent
 
@@ -73,8 +78,8 @@ def test_bad_input_is_a_clear_error(cls, r):
 
 
 # --- the response headers: the current IETF draft, and the older trio ------------------------------------
-SF_POLICY = re.compile(r'^"[!#-\[\]-~ ]+";q=\d+(;w=\d+)?$')  # a String item with Integer parameters (RFC 9651)
-SF_LIMIT = re.compile(r'^"[!#-\[\]-~ ]+";r=\d+;t=\d+$')
+SF_POLICY = re.compile(r'^"[!#-\[\]-~ ]+";q=\d+(;w=\d+)?(;lab-burst=\d+)?$')  # a String item, Integer params (RFC 9651)
+SF_LIMIT = re.compile(r'^"[!#-\[\]-~ ]+";r=\d+(;t=\d+)?$')
 
 
 @pytest.mark.parametrize("cls", ALGORITHMS)
@@ -84,8 +89,12 @@ def test_headers_follow_the_draft_fields(cls, r, ns):
     headers = allowed.headers()
     assert set(headers) == {"RateLimit-Policy", "RateLimit"}  # no Retry-After on an admitted request
     assert SF_POLICY.match(headers["RateLimit-Policy"]) and SF_LIMIT.match(headers["RateLimit"]), headers
-    assert headers["RateLimit-Policy"] == f'"{limiter.policy}";q=5;w=1'  # 5 per second, in each family's terms
-    assert headers["RateLimit"] == f'"{limiter.policy}";r=3;t={math.ceil(allowed.reset_after)}'
+    if cls in WINDOWED:
+        assert headers["RateLimit-Policy"] == f'"{limiter.policy}";q=5;w=1'  # 5 per second
+        assert headers["RateLimit"] == f'"{limiter.policy}";r=3;t={math.ceil(allowed.reset_after)}'
+    else:  # the sustained rate, the burst as a service-specific parameter, no t when admitted
+        assert headers["RateLimit-Policy"] == f'"{limiter.policy}";q=5;w=1;lab-burst=5'
+        assert headers["RateLimit"] == f'"{limiter.policy}";r=3'
     for _ in range(4):
         denied = at_now(limiter, "alice")
     denied_headers = denied.headers()
@@ -107,8 +116,9 @@ def test_headers_in_the_legacy_trio(cls, r, ns):
 
 def test_a_window_of_a_fraction_of_a_second_has_no_w(r, ns):
     assert SlidingLog(r, 5, 1.5, prefix=ns.key("rl")).allow("a").headers()["RateLimit-Policy"].endswith(";q=5")
-    assert TokenBucket(r, 3, 10, prefix=ns.key("rl")).allow("a").headers()["RateLimit-Policy"].endswith(";q=10")
-    assert GCRA(r, 0.5, 10, prefix=ns.key("rl")).allow("a").headers()["RateLimit-Policy"].endswith(";q=10;w=20")
+    bucket, gcra = TokenBucket(r, 3, 10, prefix=ns.key("rl")), GCRA(r, 0.5, 10, prefix=ns.key("rl"))
+    assert bucket.allow("a").headers()["RateLimit-Policy"].endswith(";q=10;lab-burst=10")
+    assert gcra.allow("a").headers()["RateLimit-Policy"].endswith(";q=10;w=20;lab-burst=10")
 
 
 def test_header_style_and_policy_names_are_checked():
@@ -262,7 +272,7 @@ class GCRAModel(Model):
         new_tat = tat + cost * per
         if now < new_tat - self.limit * per:
             return False
-        self.state = lua_number(new_tat)
+        self.state = new_tat  # stored with %.17g: exactly
         return True
 
 
@@ -281,6 +291,64 @@ def test_matches_a_reference_model_on_random_arrivals(cls, r, ns, arrivals, limi
     for gap, cost in arrivals:
         now += gap
         assert limiter._decide(key, cost, now).allowed == model.allow(now, cost), (gap, cost, now)
+
+
+@pytest.mark.parametrize("cls", ALGORITHMS)
+def test_retry_after_is_exactly_when_a_retry_is_admitted(cls, r, ns):
+    """After any denial, the same request `retry_after` later is admitted, and 2 ms earlier it is not: a client
+    honouring Retry-After is never refused again, and is not told to wait longer than needed. Seeded random
+    histories (gaps 0-300 ms, costs 1-3) on an injected clock; each denial is retried and the history goes on."""
+    rnd = random.Random(2024)
+    limiter = make(cls, r, ns.key("rl"), limit=10, per=1.0)
+    denials = 0
+    for history in range(60):
+        key, now = f"h{history}", NOW_MS + rnd.randrange(1000)
+        for _ in range(rnd.randrange(5, 40)):
+            now += rnd.choice([0, 1, 5, 20, 100, 300])
+            cost = rnd.choice([1, 1, 1, 2, 3])
+            decision = limiter._decide(key, cost, now)
+            if decision.allowed:
+                continue
+            denials += 1
+            wait_ms = round(decision.retry_after * 1000)
+            assert wait_ms >= 1, (history, now, cost)
+            if wait_ms > 2:  # a denial writes no count, so probing early does not change the history
+                assert not limiter._decide(key, cost, now + wait_ms - 2).allowed, (history, now, cost, wait_ms)
+            assert limiter._decide(key, cost, now + wait_ms).allowed, (history, now, cost, wait_ms)
+            now += wait_ms
+    assert denials >= 50  # the histories do reach the limit, often
+
+
+def test_a_clock_that_goes_back_never_takes_tokens(r, ns):
+    """An NTP step or a failover to a primary whose clock is behind: the bucket refills nothing, and owes nothing."""
+    bucket = TokenBucket(r, 10, 10, prefix=ns.key("rl"))
+    assert all(bucket._decide("u", 1, NOW_MS + 1000).allowed for _ in range(10))
+    behind = bucket._decide("u", 1, NOW_MS)  # the clock 1 s behind
+    assert not behind.allowed and behind.remaining == 0 and behind.retry_after == 0.1
+    assert bucket._decide("u", 1, NOW_MS + 1100).allowed  # 100 ms after the last decision: one token
+
+
+def test_gcra_and_the_token_bucket_decide_alike_at_a_rate_of_whole_ms_fractions(r, ns):
+    """At 3 units a second (333.33 ms per unit) GCRA keeps its TAT exactly, so it decides as the bucket does."""
+    rnd = random.Random(11)
+    gcra, bucket = GCRA(r, 3, 5, prefix=ns.key("rl")), TokenBucket(r, 3, 5, prefix=ns.key("rl"))
+    now, differ = NOW_MS, []
+    for i in range(1500):
+        now += rnd.choice([0, 1, 50, 120, 333, 334, 700])
+        cost = rnd.choice([1, 1, 2])
+        a, b = gcra._decide("u", cost, now).allowed, bucket._decide("u", cost, now).allowed
+        if a != b:
+            differ.append(i)
+    assert differ == []
+
+
+def test_a_sliding_log_denial_drops_entries_that_left_the_window_and_records_nothing(r, ns):
+    log = SlidingLog(r, 10, 1.0, prefix=ns.key("rl"))
+    entries = log.keys("u")[0]
+    assert all(log._decide("u", 1, NOW_MS).allowed for _ in range(3))
+    assert all(log._decide("u", 1, NOW_MS + 600).allowed for _ in range(7))
+    assert not log._decide("u", 5, NOW_MS + 1100).allowed  # 7 still inside, 7 + 5 > 10
+    assert r.zcard(entries) == 7  # the three from NOW_MS left the window and the denial's trim removed them
 
 
 # --- concurrency: several threads AND processes, the server's clock, the invariant each promises ------
@@ -343,3 +411,19 @@ def test_invariant_holds_under_threads_and_processes(cls, r, ns):
     assert sum(len(times) for kind, times in reports if kind == "process") > 0  # the processes took part
     assert len(admitted) >= LIMIT * RUN_S / WINDOW_S * 0.5  # the limiter admitted a real load...
     check_invariant(cls, admitted)  # ...and never more than it promises
+
+
+@pytest.mark.parametrize("cls", ALGORITHMS)
+def test_a_decision_is_one_evalsha_of_a_script_loaded_once(cls):
+    """Scripts are registered once per client and called by their SHA1: after the first decision loaded it,
+    every decision is one EVALSHA, never an EVAL (which would send the whole script each time)."""
+    with spawn(modules=False) as srv:
+        r = srv.client()
+        limiter = make(cls, r, "rl", limit=1000)
+        limiter.allow("alice")
+        r.config_resetstat()
+        for user in ("alice", "bob") * 10:
+            make(cls, r, "rl", limit=1000).allow(user)  # a limiter per request, as a handler might make one
+        calls = {name: stats["calls"] for name, stats in r.info("commandstats").items()}
+        assert calls.get("cmdstat_evalsha") == 20 and "cmdstat_eval" not in calls
+        assert "cmdstat_script|load" not in calls and "cmdstat_script" not in calls

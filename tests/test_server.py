@@ -13,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import labkit
-from labkit.server import Server, available_engines, capabilities, find_engine, module_paths, spawn
+from labkit.server import Server, available_engines, capabilities, find_engine, module_paths, replicated, spawn
 from labkit.server.process import mask, ping_raw
 from labkit.server.topology import wait_until
 
@@ -185,6 +185,56 @@ def test_waitaof_exact_under_everysec_matches_what_the_engine_does(engine):
 
 
 @pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_wait_counts_own_writes_matches_what_the_engine_does(engine):
+    """With the replica not applying writes, WAIT on a connection that wrote nothing returns 1 at once where WAIT
+    counts the connection's own writes, and 0 (its timeout) where it waits for everything written before."""
+    with replicated(replicas=1, engine=engine) as topo:
+        writer, other = topo.primary.client(), topo.primary.client()
+        other.ping()
+        topo.replicas[0].probe().execute_command("CLIENT", "PAUSE", 2000, "WRITE")
+        writer.set("k", "v")
+        theirs = other.wait(1, 100)
+        caps = capabilities(writer)
+    assert theirs == (1 if caps.wait_counts_own_writes else 0)
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_stream_lag_exact_after_trim_matches_what_the_engine_does(engine):
+    """A group 990 behind, the stream trimmed to 100, the 100 read: lag 0 where exact, 890 (the trimmed gap) where
+    the engine keeps counting what it trimmed."""
+    with Server(engine, modules=False) as srv:
+        r = srv.client()
+        pipe = r.pipeline(transaction=False)
+        for n in range(1000):
+            pipe.xadd("s", {"n": n})
+        pipe.execute()
+        r.xgroup_create("s", "g", id="0")
+        r.xreadgroup("g", "c", {"s": ">"}, count=10)
+        r.xtrim("s", maxlen=100, approximate=False)
+        r.xreadgroup("g", "c", {"s": ">"}, count=1000)
+        after = r.xinfo_groups("s")[0]["lag"]
+        caps = capabilities(r)
+    assert after == (0 if caps.stream_lag_exact_after_trim else 890)
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_stream_ack_delete_capability_matches_what_the_engine_does(engine):
+    with Server(engine, modules=False) as srv:
+        r = srv.client()
+        entry = r.xadd("s", {"n": 1})
+        r.xgroup_create("s", "g", id="0")
+        r.xreadgroup("g", "c", {"s": ">"})
+        caps = capabilities(r)
+        if caps.stream_ack_delete:
+            assert r.execute_command("XACKDEL", "s", "g", "IDS", 1, entry) == [1]
+            assert r.xlen("s") == 0 and r.xpending("s", "g")["pending"] == 0
+        else:
+            with pytest.raises(redis.ResponseError, match="unknown command"):
+                r.execute_command("XACKDEL", "s", "g", "IDS", 1, entry)
+    assert caps.stream_ack_delete is caps.has("xdelex")
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
 def test_bgsave_cancel_capability_matches_what_the_engine_does(engine):
     with Server(engine, modules=False, config={"rdb-key-save-delay": 1_000_000}) as srv:
         r = srv.client()
@@ -231,7 +281,7 @@ PROBES = {
     and r.execute_command("HGETEX", "h2", "PERSIST", "FIELDS", 1, "f"),
     "vector_sets": lambda r: r.execute_command("VADD", "vs", "VALUES", 2, 0.1, 0.2, "a"),
     "sharded_pubsub": lambda r: r.execute_command("SPUBLISH", "channel", "m") == 0,
-    "stream_ref_policies": lambda r: r.xadd("s", {"a": 1}, id="1-1")
+    "stream_ack_delete": lambda r: r.xadd("s", {"a": 1}, id="1-1")
     and r.execute_command("XDELEX", "s", "KEEPREF", "IDS", 1, "1-1") == [1],
     "waitaof": lambda r: r.execute_command("WAITAOF", 0, 0, 0) == [0, 0],
     "set_listpack": lambda r: r.sadd("set", "a") and r.object("encoding", "set") == "listpack",
@@ -242,7 +292,7 @@ PROBES = {
 SHIPPED = {
     "valkey9": {"hash_field_expiration", "hash_setex", "sharded_pubsub", "waitaof", "set_listpack"},
     "valkey8": {"sharded_pubsub", "waitaof", "set_listpack"},
-    "redis8": {"hash_field_expiration", "hash_setex", "vector_sets", "sharded_pubsub", "stream_ref_policies",
+    "redis8": {"hash_field_expiration", "hash_setex", "vector_sets", "sharded_pubsub", "stream_ack_delete",
                "waitaof", "set_listpack"},
 }
 
@@ -360,6 +410,15 @@ def test_tls_built_in_agrees_with_what_the_server_does_with_a_tls_port(engine):
         Server(engine, modules=False, config={"tls_port": free_port()}).start()
     says_tls_missing = any(sign in str(refused.value) for sign in ("TLS support", "connection type tls"))
     assert tls_built_in(engine) is (not says_tls_missing)
+
+
+def test_a_binary_that_fails_for_another_reason_is_not_taken_for_a_tls_build(tmp_path):
+    from labkit.server.capabilities import _tls_built_in
+
+    broken = tmp_path / "server"
+    broken.write_text("#!/bin/sh\necho 'cannot start: bad option' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    assert _tls_built_in(str(broken)) is False
 
 
 def test_a_port_handed_out_is_not_handed_out_again():

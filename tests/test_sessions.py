@@ -1,5 +1,6 @@
 """labkit.sessions against a real server: expiry, the absolute cap, touch, rotation, log out everywhere."""
 
+import hashlib
 import threading
 import time
 
@@ -108,6 +109,38 @@ def test_invalidate_and_log_out_everywhere(store):
     assert store.invalidate_user("alice") == 2
     assert all(store.get(i) is None for i in ids) and store.get(other) is not None
     assert store.invalidate_user("nobody") == 0
+
+
+def test_a_session_rotated_during_log_out_everywhere_is_logged_out_too(r, store):
+    """A rotation between the index read and the delete moves a session to an id the delete was not given:
+    `invalidate_user` reads again and deletes it."""
+    ids = [store.create("alice") for _ in range(2)]
+    rotated = []
+
+    def rotate_between(n):
+        if n == 2:  # after the index read (SMEMBERS), before the delete script
+            rotated.append(store.rotate(ids[0]))
+
+    racing = SessionStore(hooked_client(r, rotate_between), ttl=60, absolute_ttl=3600, prefix=store.prefix)
+    try:
+        assert racing.invalidate_user("alice") == 2
+    finally:
+        racing.r.close()
+    assert rotated[0] is not None and store.get(rotated[0]) is None
+    assert all(store.get(i) is None for i in ids) and store.sessions_of("alice") == []
+
+
+def test_the_tag_is_keyed_so_a_cookie_cannot_be_tested_against_a_user_id(r, ns):
+    """The tag is an HMAC of the user id: stores sharing a secret agree on it (so they share the index), and
+    without the secret it is not the user id's plain hash."""
+    users = [f"user{i}" for i in range(20)]
+    a, b = (SessionStore(r, prefix=ns.key("s"), tag_secret=secret) for secret in ("one", "one"))
+    other = SessionStore(r, prefix=ns.key("s"), tag_secret=b"two")
+    assert [a.tag(u) for u in users] == [b.tag(u) for u in users] != [other.tag(u) for u in users]
+    assert [a.tag(u) for u in users] != [hashlib.sha256(u.encode()).hexdigest()[:4] for u in users]
+    assert [SessionStore(r, prefix=ns.key("s")).tag(u) for u in users] == [user_tag(u) for u in users]
+    sid = a.create("alice")
+    assert b.sessions_of("alice") == [sid] and sid.startswith(a.tag("alice") + ".")
 
 
 def test_index_forgets_expired_sessions(store, r):
@@ -293,7 +326,7 @@ def test_login_moves_an_anonymous_session_to_the_user_and_kills_the_planted_id(s
     session = store.get(logged_in)
     assert store.get(planted) is None and r.exists(store.key(planted)) == 0  # the planted id is dead
     assert session.user_id == "grace" and not session.anonymous and session.data == {"cart": "2"}
-    assert logged_in.startswith(user_tag("grace")) and store.sessions_of("grace") == [logged_in]
+    assert logged_in.startswith(store.tag("grace")) and store.sessions_of("grace") == [logged_in]
     assert session.created >= before.created and session.deadline - session.created == 3_600_000  # a fresh lifetime
     assert store.login(planted, "grace") is None  # a second login with the old id gets nothing
 

@@ -3,11 +3,12 @@
 import json
 import threading
 import time
+from collections import Counter
 
 import pytest
 from redis.crc import key_slot
 
-from labkit import ConfigError
+from labkit import ConfigError, streams
 from labkit.clients import derive
 from labkit.streams import Worker, ensure_group, lag
 
@@ -258,3 +259,11 @@ def test_lag_of_a_missing_stream_or_another_type_says_what_to_do(r, ns):
     r.set(ns.key("string"), "x")
     with pytest.raises(ConfigError, match="holds a string, not a stream"):
         lag(r, ns.key("string"), "g")
+
+
+def test_partition_keeps_one_key_in_one_stream_and_spreads_keys():
+    chosen = {f"acct-{n}": streams.partition("orders", f"acct-{n}", 4) for n in range(200)}
+    assert all(streams.partition("orders", key, 4) == stream for key, stream in chosen.items())
+    per_stream = Counter(chosen.values())
+    assert set(per_stream) == {f"orders:p{n}" for n in range(4)} and min(per_stream.values()) > 25
+    assert streams.partition("orders", "acct-1", 1) == "orders:p0"

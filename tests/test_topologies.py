@@ -117,6 +117,10 @@ def test_sentinels_know_each_other_from_the_start_and_take_the_settings_given():
             assert (state["num-other-sentinels"], state["num-slaves"], state["quorum"]) == (1, 2, 1)
             assert (state["down-after-milliseconds"], state["failover-timeout"]) == (30_000, 180_000)  # the defaults
         assert topo.majority == 2
+        lines = topo.sentinel_config()
+        assert f"sentinel monitor labmaster 127.0.0.1 {topo.primary.port} 1" in lines
+        assert "sentinel auth-pass labmaster <password>" in lines and topo.primary.password not in "\n".join(lines)
+        assert not any("down-after-milliseconds" in line for line in lines)  # None: the engine's default
     # without the known-sentinel lines the sentinels find each other through hello messages sent every 2 s
     # on the primary's __sentinel__:hello channel: at least 2 s; connecting takes them about 1 s
     assert took < 10

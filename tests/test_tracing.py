@@ -147,3 +147,57 @@ def test_abridging_and_masking():
     assert masked(("AUTH", "user", "secret")) == ("AUTH", "user", "***")
     assert masked(("HELLO", "3", "AUTH", "default", "secret")) == ("HELLO", "3", "AUTH", "default", "***")
     assert masked(("SET", "AUTH", "x")) == ("SET", "AUTH", "x")
+
+
+def test_a_trace_inside_another_records_in_both_and_leaves_the_client_traceable(r, ns):
+    r.ping()
+    with labkit.trace(r, show=False) as outer:
+        r.set(ns.key("a"), 1)
+        with labkit.trace(r, show=False) as inner:
+            r.get(ns.key("a"))
+            with r.pipeline(transaction=False) as p:  # a connection opened inside both: both see it
+                p.get(ns.key("a"))
+                p.incr(ns.key("a"))
+                with labkit.trace(r, show=False):
+                    pass
+                p.execute()
+        r.get(ns.key("a"))
+    assert inner.names() == ["GET", "GET", "INCRBY"] and inner.round_trips == 2
+    assert outer.names() == ["SET", "GET", "GET", "INCRBY", "GET"] and outer.round_trips == 4
+    with labkit.trace(r, show=False) as later:
+        r.get(ns.key("a"))
+    assert later.names() == ["GET"] and later.calls[0].reply in ("2", b"2")
+    pool = r.connection_pool
+    assert "make_connection" not in pool.__dict__
+    assert all("read_response" not in c.__dict__ for c in pool._available_connections)
+
+
+def test_a_trace_records_other_threads_on_the_same_client(r, ns):
+    """It records what goes through the client's connections while the block runs, from any thread."""
+    r.ping()
+    with labkit.trace(r, show=False) as t:
+        other = threading.Thread(target=r.set, args=(ns.key("other"), 1))
+        other.start()
+        other.join()
+        r.get(ns.key("other"))
+    assert t.names(handshake=False) == ["SET", "GET"]
+
+
+def test_a_command_is_abridged_where_it_says_least():
+    """Digests and script sources first, then the middle of the longest arguments: keys keep their start and end."""
+    from labkit.tracing import abridge_command
+    script = "return redis.call('SET', KEYS[1], ARGV[1]) -- a long comment " * 2
+    assert abridge_command(("EVAL", script, "1", "lab:l01:lua:greeting", "hello")) == \
+        "EVAL return redis.call('SET'… 1 lab:l01:lua:greeting hello"
+    sha = "1e19168c4cfa2c7403ca9fbc71fabb92d7637215"
+    assert abridge_command(("EVALSHA", sha, "1", "lab:l01:lua:greeting", "hi")) == \
+        "EVALSHA 1e19168c… 1 lab:l01:lua:greeting hi"
+    key = "lab:l02:cache:v1:__main__.product:" + "ab" * 32
+    assert abridge_command(("HMGET", key, "v", "d")) == "HMGET lab:l02:cache:v1:__main__.product:abababab… v d"
+    long_key = "lab:l02:" + "x" * 100 + ":end"
+    line = abridge_command(("SET", long_key, "1", "PX", "500"))
+    assert len(line) <= 100 and line.startswith("SET lab:l02:") and line.endswith(":end 1 PX 500")
+    value = '{"id": 7, "name": "product 7", "category": "toys", "price": 84.8}'
+    line = abridge_command(("EVALSHA", sha, "2", "lab:l02:leased:{7}", "lab:l02:leased:{7}:lease", value, "300000"))
+    assert " 2 lab:l02:leased:{7} lab:l02:leased:{7}:lease " in line and line.endswith(" 300000")
+    assert abridge_reply(sha) == "'1e19168c…'" and abridge_reply(b"OK") == "'OK'"

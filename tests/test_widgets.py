@@ -223,3 +223,24 @@ def test_failover_timeline_wants_counters_per_writer(counts):
 
     with pytest.raises(ValueError, match="counts maps each writer"):
         FailoverTimeline(counts)
+
+
+def test_server_monitor_counts_slow_commands_after_a_slowlog_reset(label_only):
+    from labkit.server import spawn
+    from labkit.widgets import ServerMonitor
+
+    with spawn(modules=False, enable_debug_command="local", slowlog_log_slower_than=100_000) as server:
+        c = server.client()
+        c.execute_command("DEBUG", "SLEEP", "0.12")
+        c.slowlog_reset()  # the log is empty, but its ids keep counting
+        monitor = ServerMonitor(c, duration=20.0, interval=0.05)
+
+        def workload(stop):
+            eventually(lambda: monitor.result.series.get("slow commands"))  # sampled once before the slow command
+            c.execute_command("DEBUG", "SLEEP", "0.12")
+            eventually(lambda: monitor.result.series["slow commands"][-1] >= 1)
+            time.sleep(0.2)  # a few more samples
+
+        result = monitor.run(workload, until_done=True)
+        logged = len(c.slowlog_get(128))
+    assert result.series["slow commands"][0] == 0 and result.series["slow commands"][-1] == logged >= 1

@@ -54,10 +54,14 @@ def median_of(runs: int, measure: Callable[[], float]) -> float:
 
 def side_by_side(calls: dict[str, Callable[[], object]], reps: int = 300) -> dict[str, float]:
     """Median microseconds per call of each entry, timed round-robin so that a busy machine slows every
-    entry alike (compare the results as ratios, never as absolute times)."""
+    entry alike (compare the results as ratios, never as absolute times). Each turn starts one entry
+    later than the one before, so every entry follows every other equally often: an entry that leaves
+    work behind (threads winding down, buffers to free) does not always slow the same neighbour."""
     samples: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(reps):
-        for name, call in calls.items():
+    entries = list(calls.items())
+    for rep in range(reps):
+        shift = rep % len(entries) if entries else 0
+        for name, call in entries[shift:] + entries[:shift]:
             started = time.perf_counter_ns()
             call()
             samples[name].append((time.perf_counter_ns() - started) / 1000)

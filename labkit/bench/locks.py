@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Callable
 from typing import NamedTuple
@@ -52,6 +53,16 @@ def _contenders(clients: list[redis.Redis]) -> dict[str, Contender]:
     ours, theirs = Lock(r, "bench", ttl_ms=10_000), r.lock("bench-redispy", timeout=10)
     ours_rl = Redlock(clients, "bench", ttl_ms=10_000)
     pottery = PotteryRedlock(key="bench-pottery", masters=set(clients), auto_release_time=10)
+    orders = itertools.count()
+    made: dict[str, object] = {}  # the lock of the latest order id, per contender: its release() frees it
+
+    def per_order(name: str, make: Callable[[str], object], acquire: Callable[[object], object]) -> Contender:
+        def take() -> object:
+            made[name] = lock = make(f"order-{next(orders)}")
+            return acquire(lock)
+        return Contender(take, lambda: made[name].release(), clients, "3 servers, one lock per order id",
+                         name.startswith("pottery"))
+
     return {
         "redis-py Lock": Contender(lambda: theirs.acquire(blocking=False), theirs.release, clients[:1], "1 server",
                                    True),
@@ -59,12 +70,20 @@ def _contenders(clients: list[redis.Redis]) -> dict[str, Contender]:
         "pottery Redlock": Contender(lambda: pottery.acquire(blocking=False), pottery.release, clients, "3 servers",
                                      True),
         "labkit Redlock": Contender(ours_rl.acquire, ours_rl.release, clients, "3 servers", False),
+        # as a service locks: a new lock object per resource name (an order id), made on shared clients
+        "pottery Redlock per order": per_order(
+            "pottery Redlock per order",
+            lambda key: PotteryRedlock(key=key, masters=set(clients), auto_release_time=10),
+            lambda lock: lock.acquire(blocking=False)),
+        "labkit Redlock per order": per_order(
+            "labkit Redlock per order", lambda key: Redlock(clients, key, ttl_ms=10_000), lambda lock: lock.acquire()),
     }
 
 
 def run(reps: int = 300) -> list[Row]:
     """Uncontended acquire+release, median microseconds timed in turns: labkit's Lock next to redis-py's on
-    one server, labkit's Redlock next to pottery's on three; then round trips per acquire."""
+    one server, labkit's Redlock next to pottery's on three, one lock object reused and one made per order
+    id (as a service locks resources); then round trips per acquire."""
     from labkit.server import nodes
 
     with nodes(3) as servers:

@@ -1,80 +1,92 @@
-"""Suite `ratelimit`: labkit's limiters next to the `limits` library, decisions per second and round trips."""
+"""Suite `ratelimit`: each of labkit's limiters next to the `limits` library's nearest strategy, decisions per
+second with 50 users in turn, and round trips per decision."""
 
 from __future__ import annotations
 
-import threading
-import time
+import functools
+import itertools
+import statistics
 from collections.abc import Callable
 
-from labkit.bench.core import Row
+from labkit.bench.core import Row, side_by_side
 from labkit.server.process import Server
 
 SUITE = "ratelimit"
-BASELINE = "limits moving window"
-LIMIT = 1_000_000  # never reached: we time decisions, not denials
+BASELINE = "limits moving window"  # the baseline of the round-trip metric
+USERS = [f"user-{i}" for i in range(50)]
+PER_MINUTE = (100, 1_000_000)  # most requests refused, then none: the sliding logs grow during the run
+# labkit's limiter -> the `limits` strategy nearest to it (`limits` has no token bucket or GCRA: its sliding
+# window counter is the other smooth limiter in constant memory)
+NEAREST = {"fixed window": "fixed window", "sliding log": "moving window",
+           "sliding window counter": "sliding window counter", "token bucket": "sliding window counter",
+           "GCRA": "sliding window counter"}
 
 
-def _rate(decide: Callable[[], object], seconds: float, clients: int) -> float:
-    """Decisions per second from `clients` threads calling `decide` for `seconds`."""
-    counts = [0] * clients
-    deadline = time.perf_counter() + seconds
-
-    def client(i: int) -> None:
-        while time.perf_counter() < deadline:
-            decide()
-            counts[i] += 1
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts) / seconds
-
-
-def _round_trips(server: Server, decide: Callable[[], object], n: int = 200) -> float:
-    """Requests the server read per call of `decide` (the INFO that measures counts itself once)."""
-    r = server.client()
-    before = r.info("stats")["total_reads_processed"]
-    for _ in range(n):
-        decide()
-    return (r.info("stats")["total_reads_processed"] - before - 1) / n
-
-
-def _contenders(server: Server) -> dict[str, Callable[[], object]]:
-    """One decision of each limiter: the `limits` library's two Redis strategies, then labkit's five."""
-    from limits import RateLimitItemPerSecond
+def _theirs(server: Server, per_minute: int) -> dict[str, Callable[[str], object]]:
+    """One decision for a user of each `limits` strategy, at `per_minute`."""
+    from limits import parse
     from limits.storage import RedisStorage
-    from limits.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+    from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 
+    storage, item = RedisStorage(server.url.removesuffix("/0")), parse(f"{per_minute}/minute")
+    strategies = {"fixed window": FixedWindowRateLimiter, "moving window": MovingWindowRateLimiter,
+                  "sliding window counter": SlidingWindowCounterRateLimiter}
+    return {name: functools.partial(cls(storage).hit, item) for name, cls in strategies.items()}
+
+
+def _ours(server: Server, per_minute: int) -> dict[str, Callable[[str], object]]:
+    """One decision for a user of each labkit limiter, at `per_minute` (a burst of that many for the rate
+    limiters)."""
     from labkit import ratelimit
 
+    r, windowed = server.client(), (ratelimit.FixedWindow, ratelimit.SlidingLog, ratelimit.SlidingWindowCounter)
+    limiters = {cls.algorithm: cls(r, per_minute, 60, prefix="bench") if cls in windowed
+                else cls(r, per_minute / 60, per_minute, prefix="bench") for cls in ratelimit.ALGORITHMS}
+    return {name: limiter.allow for name, limiter in limiters.items()}
+
+
+def _round_trips(server: Server, decide: Callable[[], object], n: int = 51) -> float:
+    """Requests the server read during one call of `decide` (each INFO that measures counts itself once,
+    subtracted): the median of `n` calls, so that a stray read (a connection's handshake, another client)
+    does not move it."""
     r = server.client()
-    item = RateLimitItemPerSecond(LIMIT)
-    storage = RedisStorage(server.url.removesuffix("/0"))
-    contenders: dict[str, Callable[[], object]] = {
-        BASELINE: lambda: MovingWindowRateLimiter(storage).hit(item, "bench"),
-        "limits sliding window counter": lambda: SlidingWindowCounterRateLimiter(storage).hit(item, "bench"),
-    }
-    windowed = (ratelimit.FixedWindow, ratelimit.SlidingLog, ratelimit.SlidingWindowCounter)
-    for cls in ratelimit.ALGORITHMS:
-        limiter = cls(r, LIMIT, 1, prefix="bench") if cls in windowed else cls(r, LIMIT, LIMIT, prefix="bench")
-        contenders[f"labkit {cls.algorithm}"] = lambda lim=limiter: lim.allow("bench")
-    return contenders
+    decide()  # connections opened and scripts loaded before counting
+    counts = []
+    for _ in range(n):
+        before = r.info("stats")["total_reads_processed"]
+        decide()
+        counts.append(r.info("stats")["total_reads_processed"] - before - 1)
+    return float(statistics.median(counts))
+
+
+def _pair_rows(server: Server, per_minute: int, reps: int) -> list[Row]:
+    """Each labkit limiter timed in turns with its nearest `limits` strategy (the baseline), on an empty
+    keyspace, 50 users taking turns."""
+    rows: list[Row] = []
+    theirs, ours = _theirs(server, per_minute), _ours(server, per_minute)
+    r = server.client()
+    for algorithm, peer in NEAREST.items():
+        r.flushdb()  # a server of our own: every pair starts from an empty keyspace
+        turn = itertools.count()
+        calls = {f"limits {peer}": lambda d=theirs[peer], t=turn: d(USERS[next(t) % len(USERS)]),
+                 f"labkit {algorithm}": lambda d=ours[algorithm], t=turn: d(USERS[next(t) % len(USERS)])}
+        for name, us in side_by_side(calls, reps=reps).items():
+            rows.append(Row(SUITE, f"decisions, {per_minute:,}/min, 50 users: {algorithm}", name, 1e6 / us,
+                            "decisions/s", baseline=name.startswith("limits")))
+    return rows
 
 
 def run(seconds: float = 1.0) -> list[Row]:
-    """Decisions per second (1 and 4 clients) and round trips per decision: labkit's limiters next to the
-    `limits` library's moving window (the baseline) and sliding window counter, on one quiet server."""
+    """Decisions per second (from median latencies, each pair timed in turns): each labkit limiter next to
+    the `limits` library's nearest strategy (the baseline), 50 users in turn, at 100 and at 1,000,000 per
+    minute; then round trips per decision, against `limits`' moving window."""
     rows: list[Row] = []
     with Server(modules=False) as server:
-        r = server.client()
-        for name, decide in _contenders(server).items():
-            r.flushdb()  # a server of our own: start each contender from an empty keyspace
-            decide()
-            base = name == BASELINE
-            rows.append(Row(SUITE, "decisions, 1 client", name, _rate(decide, seconds, 1), "decisions/s", base))
-            rows.append(Row(SUITE, "decisions, 4 clients", name, _rate(decide, seconds, 4), "decisions/s", base))
-            rows.append(Row(SUITE, "round trips per decision", name, _round_trips(server, decide), "round trips",
-                            base))
+        for per_minute in PER_MINUTE:
+            rows += _pair_rows(server, per_minute, reps=int(2000 * seconds))
+        theirs, ours = _theirs(server, PER_MINUTE[-1]), _ours(server, PER_MINUTE[-1])
+        contenders = {BASELINE: theirs["moving window"]} | {f"labkit {name}": d for name, d in ours.items()}
+        for name, decide in contenders.items():
+            rows.append(Row(SUITE, "round trips per decision", name, _round_trips(server, lambda d=decide: d("bench")),
+                            "round trips", name == BASELINE))
     return rows

@@ -1,17 +1,29 @@
 """One module per lesson (`lNN_<name>.py`, named after `notebooks/NN_<name>.ipynb`): its experiments and its
 exercise checks.
 
-A check (`check_...`) never raises for a wrong answer; it returns a `Result` that is falsy and says what to
-change. An experiment runs a measured scenario (often with real processes) and returns what it counted.
+A check (`check_...`, marked `@check`) never raises for a wrong answer; it returns a `Result` that is falsy
+and says what to change. When a learner runs it against a workshop server, its verdict is also recorded
+(`labkit.workshop.record`). An experiment runs a measured scenario (often with real processes) and returns
+what it counted.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import pkgutil
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ParamSpec
 
 import redis
 
+from labkit import workshop
+
+P = ParamSpec("P")
+_MODULE = re.compile(r"^labkit\.lessons\.(l\d\d)_\w+$")
+CHECKS: dict[str, list[str]] = {}  # lesson ("l00") -> its checks, in the order its module defines them
 SKIPPED = re.compile(r"^Skipped on this server: (?P<part>.+?)\. Why: (?P<reason>.+)$", re.M)
 
 
@@ -30,6 +42,36 @@ class Result:
 
     def _repr_markdown_(self) -> str:
         return f"**{'✅ Correct' if self.passed else '❌ Not yet'}**: {self.message}"
+
+
+def check(fn: Callable[P, Result]) -> Callable[P, Result]:
+    """Mark an exercise check of a lesson module: it must return a `Result`, and its verdict is recorded as
+    the learner's progress when it runs against a workshop server (elsewhere nothing changes)."""
+    found = _MODULE.match(fn.__module__)
+    if not found or not fn.__name__.startswith("check_"):
+        raise TypeError(f"@check marks check_... functions of labkit/lessons/lNN_<name>.py, got "
+                        f"{fn.__module__}.{fn.__qualname__}.")
+    lesson = found[1]
+    if fn.__name__ not in CHECKS.setdefault(lesson, []):
+        CHECKS[lesson].append(fn.__name__)
+
+    @functools.wraps(fn)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> Result:
+        result = fn(*args, **kwargs)
+        if not isinstance(result, Result):
+            raise TypeError(f"{fn.__name__} returned {result!r}: a check returns a Result (see verdict()).")
+        workshop.record(lesson, fn.__name__, result.passed, result.message)
+        return result
+
+    return checked
+
+
+def all_checks() -> dict[str, list[str]]:
+    """Every lesson's checks (imports every lesson module), lessons in order."""
+    for module in pkgutil.iter_modules(__path__):
+        if re.match(r"^l\d\d_", module.name):
+            importlib.import_module(f"{__name__}.{module.name}")
+    return {lesson: list(CHECKS[lesson]) for lesson in sorted(CHECKS)}
 
 
 def verdict(problems: list[str], success: str) -> Result:

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import textwrap
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from matplotlib.patches import FancyBboxPatch
 
 from labkit.clients import text
 from labkit.errors import ConfigError, LabkitError
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.server import cli_path
 
@@ -95,6 +96,26 @@ def cli(r: redis.Redis, *command: str) -> str:
 
 
 # -- 0.5 a round trip ---------------------------------------------------------------------------------
+def time_single_pings(r: redis.Redis, n: int) -> list[float]:
+    """Microseconds of each of `n` single PINGs, one round trip each."""
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter_ns()
+        r.ping()
+        samples.append((time.perf_counter_ns() - started) / 1000)
+    return samples
+
+
+def time_pipelined_pings(r: redis.Redis, n: int) -> float:
+    """Microseconds for `n` PINGs sent in one pipeline (one round trip)."""
+    started = time.perf_counter_ns()
+    with r.pipeline(transaction=False) as pipe:
+        for _ in range(n):
+            pipe.ping()
+        pipe.execute()
+    return (time.perf_counter_ns() - started) / 1000
+
+
 def plot_pings(samples_us: Sequence[float]) -> None:
     """Single PING round trips as a histogram (log scale), median and p99 marked."""
     p50, p99 = np.percentile(samples_us, [50, 99])
@@ -142,7 +163,8 @@ def lesson_needs(notebooks: Path = NOTEBOOKS, modules: Path = LESSON_MODULES) ->
 
 def needs_table(needs: dict[str, list[str]]) -> str:
     """The lessons' needs as a Markdown table, one column per need."""
-    short = ["own servers", "CONFIG", "ACL users", "functions", "search, JSON"]
+    short = ["starts its own servers", "CONFIG on your server", "ACL on your server", "FUNCTION on your server",
+             "search, JSON on your server"]
     rows = ["| lesson | " + " | ".join(short) + " |", "|---|" + "---|" * len(short)]
     for lesson, found in needs.items():
         rows.append(f"| {lesson} | " + " | ".join("✔" if need in found else "" for need in NEEDS) + " |")
@@ -150,11 +172,16 @@ def needs_table(needs: dict[str, list[str]]) -> str:
 
 
 # -- exercise check -----------------------------------------------------------------------------------
+@check
 def check_greeting(r: redis.Redis, key: str) -> Result:
     """`key` holds the string "hello" and expires by itself within 60 seconds."""
-    value = r.get(key)
-    if value is None:
+    kind = text(r.type(key))
+    if kind == "none":
         return Result(False, f"there is no key {key!r}; write it with r.set(...) using exactly that key.")
+    if kind != "string":
+        return Result(False, f"{key!r} holds a {kind}, not a string: store a string with "
+                             f"r.set(key, {GREETING!r}, ex=60).")
+    value = r.get(key)
     value = text(value)
     ttl_ms = r.pttl(key)
     problems = []

@@ -15,35 +15,41 @@ import matplotlib.pyplot as plt
 import numpy as np
 import redis
 
-from labkit.keys import Namespace
-from labkit.lessons import Result, delete_keys, verdict
+from labkit.keys import ROOT, SEP, Namespace
+from labkit.lessons import Result, check, delete_keys, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 
 LEADERBOARD = {"ada": 310, "bob": 120, "cy": 990, "dee": 450, "eve": 45, "fay": 700, "gus": 450.5}
 
 
+@check
 def check_leaderboard(r: redis.Redis, ns: Namespace, top_n: Callable) -> Result:
-    """`top_n(r, key, n)` returns [(rank, member, score)], rank 1 = highest score, n entries."""
+    """`top_n(r, key, n)` returns [(rank, member, score)], rank 1 = highest score, n entries (asked for
+    n = 3, then n = 1 and n = 5: an answer must follow `n`)."""
     key = ns.key("check", "leaderboard")
     r.delete(key)
     r.zadd(key, LEADERBOARD)
     try:
-        answer = [tuple(row) for row in top_n(r, key, 3)]
+        answers = {n: [tuple(row) for row in top_n(r, key, n)] for n in (3, 1, 5)}
     finally:
         delete_keys(r, [key])
     ranked = sorted(LEADERBOARD.items(), key=lambda kv: -kv[1])
-    expected = [(i + 1, m, float(s)) for i, (m, s) in enumerate(ranked[:3])]
     problems = []
-    if len(answer) != 3:
-        problems.append(f"asked for 3 entries, got {len(answer)} (ZRANGE's stop index is inclusive: 0..n-1).")
-    elif [m for _, m, _ in answer] != [m for _, m, _ in expected]:
-        problems.append(f"members {[m for _, m, _ in answer]}, expected {[m for _, m, _ in expected]}: "
-                        "highest score first (ZRANGE ... REV, or ZREVRANGE).")
-    elif [rank for rank, _, _ in answer] != [1, 2, 3]:
-        problems.append(f"ranks {[rank for rank, _, _ in answer]}: people count from 1, ZRANK from 0.")
-    elif [float(s) for _, _, s in answer] != [s for _, _, s in expected]:
-        problems.append("the scores do not match: ask for WITHSCORES.")
-    return verdict(problems, f"top 3: {answer}")
+    for n, answer in answers.items():
+        expected = [(i + 1, m, float(s)) for i, (m, s) in enumerate(ranked[:n])]
+        if len(answer) != n:
+            problems.append(f"asked for {n} entries, got {len(answer)} (use n; ZRANGE's stop index is inclusive: "
+                            "0..n-1).")
+        elif [m for _, m, _ in answer] != [m for _, m, _ in expected]:
+            problems.append(f"members {[m for _, m, _ in answer]}, expected {[m for _, m, _ in expected]}: "
+                            "highest score first (ZRANGE ... REV, or ZREVRANGE).")
+        elif [rank for rank, _, _ in answer] != list(range(1, n + 1)):
+            problems.append(f"ranks {[rank for rank, _, _ in answer]}: people count from 1, ZRANK from 0.")
+        elif [float(s) for _, _, s in answer] != [s for _, _, s in expected]:
+            problems.append("the scores do not match: ask for WITHSCORES.")
+        if problems:
+            break
+    return verdict(problems, f"top 3: {answers[3]} (and top 1 and top 5 right too)")
 
 
 VISITS_DAYS = {"2026-11-25": 1500, "2026-11-26": 2500}
@@ -51,10 +57,11 @@ VISITS_PER_USER = 2
 HLL_TOLERANCE = 0.03  # more than 3 standard errors (0.81% each) for HyperLogLog
 
 
+@check
 def check_daily_visitors(r: redis.Redis, ns: Namespace, record_visit: Callable, unique_visitors: Callable) -> Result:
     """`record_visit(r, ns, day, user)` and `unique_visitors(r, ns, day)` count distinct users per
     day with HyperLogLog: within 3% of the truth, about 12 KB per day at most."""
-    before = set(ns.keys(r))
+    before, outside_before = set(ns.keys(r)), set(_keys_naming_the_days(r, ns))
     for day, users in VISITS_DAYS.items():
         for _ in range(VISITS_PER_USER):
             for user in range(users):
@@ -62,9 +69,11 @@ def check_daily_visitors(r: redis.Redis, ns: Namespace, record_visit: Callable, 
     try:
         counts = {day: unique_visitors(r, ns, day) for day in VISITS_DAYS}
         new_keys = sorted(set(ns.keys(r)) - before)
-        sizes = {k: (r.type(k), r.memory_usage(k, samples=0) or 0) for k in new_keys}
+        sizes = {k: _kind_size_head(r, k) for k in new_keys}
+        outside = sorted(set(_keys_naming_the_days(r, ns)) - outside_before - set(new_keys))
     finally:
         delete_keys(r, sorted(set(ns.keys(r)) - before))
+        delete_keys(r, sorted(set(_keys_naming_the_days(r, ns)) - outside_before))  # written by this check's calls
     problems = []
     for day, truth in VISITS_DAYS.items():
         got = counts[day]
@@ -78,15 +87,50 @@ def check_daily_visitors(r: redis.Redis, ns: Namespace, record_visit: Callable, 
             if mixed:
                 hint = "the days are mixed: keep one counter per day"
             problems.append(f"{day}: {got} is off by more than 3% from {truth}: {hint}.")
-    if not problems and any(kind != "string" or size > 16 * 1024 for kind, size in sizes.values()):
+    if not problems:
+        problems = _storage_problems(new_keys, sizes, outside)
+    return verdict(problems, f"distinct visitors {counts}, true {VISITS_DAYS}, in keys {sorted(sizes)}.")
+
+
+def _kind_size_head(r: redis.Redis, key: str) -> tuple[str, int, str]:
+    """A key's type, its MEMORY USAGE, and its first four bytes if it is a string (HYLL for a HyperLogLog)."""
+    kind = str(r.type(key))
+    head = r.getrange(key, 0, 3) if kind == "string" else ""
+    return kind, r.memory_usage(key, samples=0) or 0, head.decode(errors="replace") if isinstance(head, bytes) else head
+
+
+def _storage_problems(new_keys: list[str], sizes: dict, outside: list[str]) -> list[str]:
+    """Right counts, kept where and how the exercise asks: one HyperLogLog per day, under ns."""
+    problems = []
+    if outside:
+        problems.append(f"keys outside this lesson's prefix were written ({outside[:3]}...; removed): name each "
+                        f"day's counter with ns.key(...), e.g. ns.key('visitors', day).")
+    elif not new_keys:
+        problems.append("no keys under ns were written: the counts must live on the server (one HyperLogLog per "
+                        "day, PFADD to add a user, PFCOUNT to count), not in Python.")
+    elif len(new_keys) != len(VISITS_DAYS):
+        problems.append(f"{len(new_keys):,} keys were written under ns, expected one counter per day "
+                        f"({len(VISITS_DAYS)}): a HyperLogLog per day holds all of that day's users.")
+    elif any(kind != "string" or size > 16 * 1024 for kind, size, _ in sizes.values()):
         problems.append(f"the counts are right but the keys are {sizes}: a HyperLogLog is a string of at most "
                         "12 KB, whatever the number of users; a Set grows with every user.")
-    return verdict(problems, f"distinct visitors {counts}, true {VISITS_DAYS}, in keys {sorted(sizes)}.")
+    elif any(head != "HYLL" for *_, head in sizes.values()):
+        problems.append("the keys are strings but not HyperLogLogs (they do not start with HYLL): add users with "
+                        "PFADD, count with PFCOUNT.")
+    return problems
+
+
+def _keys_naming_the_days(r: redis.Redis, ns: Namespace) -> list[str]:
+    """Keys whose name holds one of the check's days (bounded: the days are unusual): anywhere on the server,
+    or for a workshop learner under `lab:<learner>:` only (all they may write; other learners' keys are theirs)."""
+    where = f"{ROOT}{SEP}{ns.learner}{SEP}" if ns.learner else ""
+    return [k for day in VISITS_DAYS for k in r.scan_iter(match=f"{where}*{day}*", count=1000)]
 
 
 TAGGED = {"redis": {"a1", "a2", "a3", "a5"}, "python": {"a2", "a3", "a4"}, "caching": {"a3", "a5", "a2"}}
 
 
+@check
 def check_tag_query(r: redis.Redis, ns: Namespace, with_all_tags: Callable) -> Result:
     """`with_all_tags(r, ns, tags)` returns the set of article ids that carry every tag in `tags`,
     with tag sets stored at `ns.key("tag", name)`."""

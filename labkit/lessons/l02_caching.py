@@ -20,10 +20,10 @@ import numpy as np
 import redis
 
 from labkit import scripts
-from labkit.cache import Cached, cached
+from labkit.cache import Cached, CacheStats, cached
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
-from labkit.lessons import Result, delete_keys, verdict
+from labkit.lessons import Result, check, delete_keys, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 
 # -- the database to cache ------------------------------------------------------------------------------
@@ -166,6 +166,25 @@ class LeasedCache:
         self.r.delete(*self.keys(item))
 
 
+class ReadsTogether:
+    """A client for `n` threads whose first `GET` in each thread returns only once all `n` have had their
+    reply (waiting at most 30 s): every thread reads the cache before any of them goes on. Everything else is
+    the wrapped client's."""
+
+    def __init__(self, r: redis.Redis, n: int) -> None:
+        self.r, self._barrier, self._here = r, threading.Barrier(n), threading.local()
+
+    def get(self, key: str) -> object:
+        value = self.r.get(key)
+        if not getattr(self._here, "read", False):
+            self._here.read = True
+            self._barrier.wait(30)
+        return value
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.r, name)
+
+
 INVALIDATIONS = ("delete", "delete, and again once the read has ended", "delete, and again while the read is on",
                  "lease")
 
@@ -267,15 +286,16 @@ class StampedeResult:
     before_expiry: int = 0
     recompute_starts_s: list[float] = field(default_factory=list)  # since warming began
     ttl_s: float = 1.0
+    early_refreshes_s: list[float] = field(default_factory=list)  # when each early refresh was drawn, since warming
 
     @property
     def p50(self) -> float:
-        return statistics.median(self.latencies_ms)
+        return statistics.median(self.latencies_ms) if self.latencies_ms else 0.0
 
     @property
     def p99(self) -> float:
         ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else 0.0
 
     @property
     def arrival_rate(self) -> float:
@@ -285,8 +305,26 @@ class StampedeResult:
     @property
     def episodes(self) -> int:
         """Bursts of recomputes (one per expiry the run crossed): a new one starts half a TTL after the last."""
+        return len(self._episode_starts())
+
+    def _episode_starts(self) -> list[float]:
         starts = sorted(self.recompute_starts_s)
-        return sum(1 for i, t in enumerate(starts) if i == 0 or t - starts[i - 1] > self.ttl_s / 2)
+        return [t for i, t in enumerate(starts) if i == 0 or t - starts[i - 1] > self.ttl_s / 2]
+
+    @property
+    def early_refreshes_per_episode(self) -> list[int]:
+        """The early refreshes of each episode. One is drawn just before its recompute starts, so it belongs to
+        the last episode begun by a quarter TTL after its draw (episodes are more than half a TTL apart)."""
+        firsts = self._episode_starts()
+        counts = [0] * len(firsts)
+        for t in self.early_refreshes_s:
+            counts[max(0, sum(1 for f in firsts if f <= t + self.ttl_s / 4) - 1)] += 1
+        return counts
+
+    @property
+    def median_early_per_episode(self) -> float:
+        counts = self.early_refreshes_per_episode
+        return statistics.median(counts) if counts else 0.0
 
     @property
     def hits_per_recompute(self) -> float:
@@ -299,7 +337,10 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
              should_refresh: Callable[[float, float], bool] | None = None,
              decorate: Callable[[Callable], Callable] | None = None) -> StampedeResult:
     """Warm a hot key, then let `clients` threads read it in a loop (pausing ~`think_s`) for `run_s`
-    seconds, across its expiry at `ttl`. The source takes `recompute_s` per call. Counts what happened.
+    seconds, across its expiry at `ttl`. The source takes `recompute_s` per call. Counts what happened
+    before the end of the run: a thread that passed its loop test in time but got the CPU back only after
+    the end (50 threads share a few cores) reads a later moment of the cache, so a miss or a recompute that
+    began after the end is not counted, nor is the call that made it.
     `should_refresh(delta_ms, remaining_ms)` replaces XFetch's test (to run a broken copy of it);
     `decorate(source)` replaces `cached` altogether, to run someone else's decorator: its keys must start with
     `prefix`, `strategy` is then only a label, and the early refreshes are the recomputes `before_expiry`."""
@@ -316,13 +357,14 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
             calls["n"] += 1
             calls["ms"] += (time.perf_counter() - started) * 1000
             version = calls["n"]
-        here.recomputed = True  # in the caller's thread, unless a background refresher runs it
+        here.recomputed = started  # in the caller's thread, unless a background refresher runs it
         return {"item": item, "version": version}
 
     if decorate is None:
         hot = cached(r, prefix=prefix, ttl=ttl, strategy=strategy, beta=beta, stale_ttl=ttl)(source)
         if should_refresh is not None:
             hot.should_refresh = should_refresh
+        hot.stats = _NotedStats(here)
         hot.invalidate(1)
     else:
         delete_keys(r, list(r.scan_iter(match=f"{prefix}*")))
@@ -330,19 +372,19 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
     warming = time.perf_counter()
     hot(1)  # warm: the key now expires `ttl` from its write, which is at least `recompute_s` after `warming`
     expires_after = warming + recompute_s + ttl
-    stats = getattr(hot, "stats", None)
-    warm = (calls["n"], stats.misses if stats else 0, stats.early_refreshes if stats else 0)
-    latencies: list[tuple[float, bool]] = []
-    lock, start, stop_at = threading.Lock(), threading.Barrier(clients), time.monotonic() + run_s
+    warmed = calls["n"]
+    # per call: asked, ms, when its own recompute began (or None), when it missed, when it drew an early refresh
+    noted: list[tuple[float, float, float | None, float | None, float | None]] = []
+    lock, start, stop_at = threading.Lock(), threading.Barrier(clients), time.perf_counter() + run_s
 
     def client() -> None:
         start.wait()
-        while time.monotonic() < stop_at:
-            here.recomputed = False
+        while time.perf_counter() < stop_at:
+            here.recomputed, here.missed, here.early = None, None, None
             asked = time.perf_counter()
             hot(1)
             with lock:
-                latencies.append(((time.perf_counter() - asked) * 1000, here.recomputed))
+                noted.append((asked, (time.perf_counter() - asked) * 1000, here.recomputed, here.missed, here.early))
             time.sleep(random.expovariate(1 / think_s))
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -355,13 +397,34 @@ def stampede(r: redis.Redis, prefix: str, strategy: str, clients: int = 50, ttl:
         while r.exists(f"{hot.key(1)}:lock") and time.monotonic() < deadline:
             time.sleep(0.005)
     delete_keys(r, list(r.scan_iter(match=f"{prefix}*")))
-    recomputes, early = calls["n"] - warm[0], sum(1 for t in began[warm[0]:] if t < expires_after)
-    misses = stats.misses - warm[1] if stats else recomputes - early  # someone else's decorator: not counted,
-    return StampedeResult(  # so every recompute not certainly early counts as a miss
-        strategy, clients, recomputes, misses, stats.early_refreshes - warm[2] if stats else early,
-        [ms for ms, _ in latencies], [ms for ms, mine in latencies if mine], calls=len(latencies), run_s=run_s,
-        recompute_ms=calls["ms"] / max(calls["n"], 1), before_expiry=early,
-        recompute_starts_s=[t - warming for t in began[warm[0]:]], ttl_s=ttl)
+    starts = [t for t in began[warmed:] if t < stop_at]  # recomputes that began inside the run
+    in_run = [call for call in noted if call[0] < stop_at and (call[2] is None or call[2] < stop_at)]
+    early = sum(1 for t in starts if t < expires_after)
+    if decorate is None:
+        misses = sum(1 for *_, missed, _ in in_run if missed is not None and missed < stop_at)
+        drawn = [at for *_, at in in_run if at is not None and at < stop_at]
+    else:  # someone else's decorator: its misses are not counted, so every recompute not certainly early is one
+        misses, drawn = len(starts) - early, [t for t in starts if t < expires_after]
+    return StampedeResult(
+        strategy, clients, len(starts), misses, len(drawn),
+        [ms for _, ms, *_ in in_run], [ms for _, ms, mine, *_ in in_run if mine is not None], calls=len(in_run),
+        run_s=run_s, recompute_ms=calls["ms"] / max(calls["n"], 1), before_expiry=early,
+        recompute_starts_s=[t - warming for t in starts], ttl_s=ttl, early_refreshes_s=[t - warming for t in drawn])
+
+
+class _NotedStats(CacheStats):
+    """A cached function's counters that also note, in the calling thread, when its call missed or refreshed early."""
+
+    def __init__(self, here: threading.local) -> None:
+        super().__init__()
+        self._here = here
+
+    def add(self, **counts: int) -> None:
+        super().add(**counts)
+        if counts.get("misses"):
+            self._here.missed = time.perf_counter()
+        if counts.get("early_refreshes"):
+            self._here.early = time.perf_counter()
 
 
 def plot_stampede(results: dict[str, StampedeResult]) -> None:
@@ -378,51 +441,85 @@ def plot_stampede(results: dict[str, StampedeResult]) -> None:
                                   (0.27, "slowest", [max(results[n].latencies_ms) for n in names])):
         axes[1].bar(x + offset, values, 0.27, label=label)
     axes[1].set(xticks=x, xticklabels=names, ylabel="ms", yscale="log", title="read latency")
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))  # beside the bars, hiding none
     plt.tight_layout()
     plt.show()
 
 
 # -- exercise checks ------------------------------------------------------------------------------------
+@check
 def check_xfetch(should_refresh: Callable[[float, float, float, float, float], bool]) -> Result:
     """`should_refresh(now, expiry, delta, beta, rand) -> bool` is XFetch's test
     `now - delta * beta * ln(rand) >= expiry`, with `rand` uniform in (0, 1]."""
     problems = []
-    if not should_refresh(100.0, 100.0, 10.0, 1.0, 1.0) or should_refresh(99.0, 100.0, 10.0, 1.0, 1.0):
-        problems.append("with rand = 1 (ln 1 = 0) it must refresh exactly when now >= expiry.")
+    if not should_refresh(100.0, 100.0, 10.0, 1.0, 1.0) or any(should_refresh(99.0, 100.0, 10.0, 1.0, 1.0)
+                                                                for _ in range(20)):
+        problems.append("with rand = 1 (ln 1 = 0) it must refresh exactly when now >= expiry (asked 20 times: "
+                        "use the `rand` you are given, do not draw your own).")
     rng = random.Random(2015)
     draws = [1.0 - rng.random() for _ in range(4000)]
     early = sum(bool(should_refresh(0.0, 10.0, 10.0, 1.0, u)) for u in draws) / len(draws)
-    expected = math.exp(-1)  # P(-ln U >= remaining / (delta * beta)) with remaining = delta
+    again = sum(bool(should_refresh(0.0, 10.0, 10.0, 1.0, u)) for u in draws) / len(draws)
+    # P(-ln U >= remaining / (delta * beta)) with remaining = delta: e^-1, and e^-1/2 with beta = 2
+    expected, expected_beta2 = math.exp(-1), math.exp(-1 / 2)
     if early == 0:
         problems.append("it never refreshes early: -ln(rand) is positive, so `now - delta*beta*ln(rand)` is LATER "
                         "than now; check the sign (a common copy has `+` or compares the wrong way).")
     elif abs(early - expected) > 0.05:
         problems.append(f"with delta = remaining time it refreshed early {early:.0%} of the time; "
                         f"XFetch does so {expected:.0%} of the time (e^-1).")
+    elif again != early:
+        problems.append("the same arguments gave different answers: the randomness must come from `rand` only.")
     bigger_beta = sum(bool(should_refresh(0.0, 10.0, 10.0, 2.0, u)) for u in draws) / len(draws)
-    if not problems and bigger_beta <= early:
-        problems.append("beta > 1 must make early refreshes MORE likely.")
+    if not problems and abs(bigger_beta - expected_beta2) > 0.05:
+        problems.append(f"with beta = 2 it refreshed early {bigger_beta:.0%} of the time; XFetch does so "
+                        f"{expected_beta2:.0%} (e^-1/2): beta multiplies delta once.")
     return verdict(problems, f"refreshes early {early:.0%} of the time when one recompute-time is left "
-                             f"(theory {expected:.0%}); more often with beta = 2 ({bigger_beta:.0%}).")
+                             f"(theory {expected:.0%}); {bigger_beta:.0%} with beta = 2 (theory {expected_beta2:.0%}).")
 
 
 class _ReadWatcher(redis.Redis):
-    """A real client of the same server that notes which threads have had a reply to `GET <key>`."""
+    """A real client of the same server that notes which threads have had a reply to `GET <key>`. With
+    `steal` set, a `GET <key>:lock` that reads a holder's token is answered only after a rival has taken the
+    lock: what happens when a lock expires between a client's GET and its DEL."""
 
     key = ""
     readers: set[int]
+    steal = stolen = False
 
     def execute_command(self, *args, **options):
         reply = super().execute_command(*args, **options)
         if len(args) > 1 and str(args[0]).upper() == "GET" and args[1] == self.key:
             self.readers.add(threading.get_ident())
+        if (self.steal and len(args) > 1 and str(args[0]).upper() == "GET" and args[1] == f"{self.key}:lock"
+                and reply is not None and reply not in ("someone-else", b"someone-else")):
+            super().execute_command("SET", f"{self.key}:lock", "someone-else", "PX", 60_000)
+            self.stolen = True
         return reply
 
 
 SINGLE_FLIGHT_CALLERS = 20
+SINGLE_FLIGHT_WAIT_S = 30  # the longest the check waits for its callers: a wrong answer must not hang it
 
 
+def _released_between_get_and_del(r: redis.Redis, key: str, get_or_compute: Callable) -> list[str]:
+    """One caller whose lock is taken over by a rival right after the caller's GET of it: a release by GET,
+    compare, DEL deletes the rival's lock; a compare-and-delete in one script (no GET) does not."""
+    r.delete(key, key + ":lock")
+    stealer = _ReadWatcher(connection_pool=r.connection_pool)
+    stealer.key, stealer.readers, stealer.steal = key, set(), True
+    caller = threading.Thread(target=get_or_compute, args=(stealer, key, lambda: "v", 30_000), daemon=True)
+    caller.start()
+    caller.join(30)
+    if caller.is_alive():
+        return ["a single caller on an empty cache did not return within 30 s."]
+    if stealer.stolen and r.get(key + ":lock") != "someone-else":
+        return ["when another client took the lock between your GET of the lock and your DEL, you deleted its "
+                "lock: compare and delete in one step, a Lua script (GET, compare, DEL run atomically)."]
+    return []
+
+
+@check
 def check_single_flight(r: redis.Redis, ns: Namespace, get_or_compute: Callable) -> Result:
     """`get_or_compute(r, key, compute, lock_ttl_ms)` returns the cached value at `key`, or computes
     it under a lock at `key + ":lock"` that holds a token: one compute for many concurrent callers, and a
@@ -455,12 +552,18 @@ def check_single_flight(r: redis.Redis, ns: Namespace, get_or_compute: Callable)
         start.wait(30)
         answers.append(get_or_compute(watched, key, compute, 30_000))
 
-    threads = [threading.Thread(target=caller) for _ in range(n)]
+    threads = [threading.Thread(target=caller, daemon=True) for _ in range(n)]
     try:
         for t in threads:
             t.start()
+        deadline = time.monotonic() + SINGLE_FLIGHT_WAIT_S
         for t in threads:
-            t.join()
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in threads):
+            return Result(False, f"{sum(t.is_alive() for t in threads)} of {n} callers were still waiting after "
+                                 f"{SINGLE_FLIGHT_WAIT_S} s: the lock holder must store the value in the cache "
+                                 "(SET key value) before releasing, and waiters must re-read the cache until it "
+                                 "is there.")
         if len(computes) > 1:
             problems.append(f"{len(computes)} computes for {n} concurrent callers: after taking the lock, read the "
                             "cache again (another client may have filled it while you waited), and let waiters "
@@ -476,7 +579,7 @@ def check_single_flight(r: redis.Redis, ns: Namespace, get_or_compute: Callable)
             rival_in.wait(30)
             return "slow"
 
-        first = threading.Thread(target=get_or_compute, args=(r, key, slow, 50))
+        first = threading.Thread(target=get_or_compute, args=(r, key, slow, 50), daemon=True)
         first.start()
         expired = False
         if not computing.wait(30):
@@ -497,6 +600,8 @@ def check_single_flight(r: redis.Redis, ns: Namespace, get_or_compute: Callable)
             problems.append("when its lock had expired, the first client deleted a lock another client held: "
                             "store a random token in the lock and release it only if the token is still yours "
                             "(a Lua compare-and-delete).")
+        elif not problems:
+            problems += _released_between_get_and_del(r, key, get_or_compute)
     finally:
         delete_keys(r, [k for k in r.scan_iter(match=key + "*")])
     return verdict(problems, f"one compute for {n} concurrent callers; never releases a lock it does not own.")

@@ -3,9 +3,11 @@ the server, the pictures, and the exercise check."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -14,9 +16,11 @@ import redis
 from labkit.clients import options
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
-from labkit.lessons import Result, delete_keys, verdict
+from labkit.lessons import Result, check, delete_keys, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.server import Capabilities, Server
+from labkit.sessions import SessionStore
+from labkit.tracing import trace
 
 # What a SessionStore sends itself (get, invalidate, rotate, sessions_of) and what its Lua calls inside: a
 # function or script runs with its caller's permissions, so the service's user needs these either way.
@@ -64,14 +68,19 @@ def acl_log_rows(admin: redis.Redis, username: str) -> list[tuple[str, str, str]
 
 
 def blocking_script(svc: redis.Redis, admin: redis.Redis, seconds: float = 0.4) -> tuple[float, float]:
-    """Have `svc` EVAL a pure Lua loop of about `seconds` while `admin` PINGs: returns (how long the EVAL took,
-    the longest PING). The loop is sized by a short timed run first (Lua has no portable clock: `os.clock`
-    is missing from some servers, and `TIME` does not move while a script runs)."""
+    """Have `svc` EVAL a pure Lua loop of at least `seconds` while `admin` PINGs: returns (how long the EVAL
+    took, the longest PING). The loop is sized by doubling a timed run until one lasts `seconds` (Lua has no
+    portable clock: `os.clock` is missing on Redis 7.0, and on Valkey `TIME` does not move while a script
+    runs; on Redis 7.0 it does)."""
     loop = "for i = 1, tonumber(ARGV[1]) do end return 1"
-    started = time.perf_counter()
-    svc.eval(loop, 0, 2_000_000)
-    per_step = max(time.perf_counter() - started, 1e-4) / 2_000_000
-    steps, took, pings = int(seconds / per_step), [0.0], [0.0]
+    steps = 1_000_000
+    for _ in range(8):  # at most 256x the first size
+        began = time.perf_counter()
+        svc.eval(loop, 0, steps)
+        if time.perf_counter() - began >= seconds:
+            break
+        steps *= 2
+    took, pings = [0.0], [0.0]
 
     def run() -> None:
         began = time.perf_counter()
@@ -86,6 +95,52 @@ def blocking_script(svc: redis.Redis, admin: redis.Redis, seconds: float = 0.4) 
         pings.append(time.perf_counter() - began)
     worker.join()
     return took[0], max(pings)
+
+
+# -- 3.2 sliding expiry with a cap -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sample:
+    """One look at a session: the server's clock just before and just after, and the PTTL read between."""
+
+    before_ms: int
+    after_ms: int
+    pttl: int
+
+
+def watch_expiry(store: SessionStore, every_s: float = 0.1, attempts: int = 3) -> tuple[dict, dict]:
+    """Create a busy session and an idle one; touch the busy one every `every_s` and sample both until both
+    have ended. Returns ({name: Session as created}, {name: [Sample...]}). A run in which the machine stalled
+    the touches for more than half the idle timeout runs again (a stall, not the store, would end the busy one)."""
+    r = store.r
+    for _ in range(attempts):
+        ids = {"busy": store.create("u-busy"), "idle": store.create("u-idle")}
+        sessions = {name: store.get(sid) for name, sid in ids.items()}
+        samples: dict[str, list[Sample]] = {"busy": [], "idle": []}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(s and s[-1].pttl < 0 for s in samples.values()):
+            store.touch(ids["busy"])
+            for name, sid in ids.items():
+                before = server_ms(r)
+                ttl = r.pttl(store.key(sid))
+                samples[name].append(Sample(before, server_ms(r), ttl))
+            time.sleep(every_s)
+        busy = samples["busy"]
+        gaps = [b.before_ms - a.after_ms for a, b in itertools.pairwise(busy)]
+        if max(gaps, default=0) < store.ttl_ms / 2:
+            return sessions, samples
+    raise RuntimeError("the machine stalled every run for half the idle timeout; run the cell again")
+
+
+def ended_ms(samples: list[Sample]) -> int:
+    """The server's time of the first sample that found the session gone."""
+    return next(s.before_ms for s in samples if s.pttl < 0)
+
+
+def alive_exactly_until(samples: list[Sample], end_ms: int) -> bool:
+    """Whether every sample taken wholly before `end_ms` (1 ms slack) found the session, and every sample
+    begun at or after it found it gone."""
+    return (all(s.pttl > 0 for s in samples if s.after_ms < end_ms - 1)
+            and all(s.pttl < 0 for s in samples if s.before_ms > end_ms + 1))
 
 
 # -- pictures --------------------------------------------------------------------------------------------
@@ -145,24 +200,35 @@ def plot_eviction(outcome: dict[str, dict[str, int]], logins: int) -> None:
 LAST_SEEN_SLACK_MS = 60_000  # a touch's last_seen must be the server's clock in ms, within this
 
 
+@check
 def check_touch_session(r: redis.Redis, ns: Namespace, touch: Callable) -> Result:
     """`touch(r, key, idle_ms) -> bool` refreshes an existing session hash's idle TTL and returns
     True (if it records `last_seen`, in ms since the epoch on the server's clock, as the store does); for a
-    missing session it returns False and writes nothing."""
+    missing session it returns False and writes nothing. One touch is one round trip (traced, after a warm-up
+    call that lets a registered script load itself): a write after a separate existence check can recreate a
+    session that expired in between."""
     live, missing = ns.key("check", "session", "live"), ns.key("check", "session", "missing")
-    r.delete(live, missing)
-    r.hset(live, mapping={"user_id": "u1", "last_seen": "0"})
-    r.pexpire(live, 2000)
+    warm = ns.key("check", "session", "warm-up")
+    r.delete(live, missing, warm)
+    for key in (live, warm):
+        r.hset(key, mapping={"user_id": "u1", "last_seen": "0"})
+        r.pexpire(key, 2000)
     try:
-        refreshed = touch(r, live, 60_000)
+        touch(r, warm, 60_000)  # a registered script loads itself on its first call: not the touch measured
+        with trace(r, show=False) as sent:
+            refreshed = touch(r, live, 60_000)
         ttl_after, now = r.pttl(live), server_ms(r)
         last_seen = r.hget(live, "last_seen")
         absent = touch(r, missing, 60_000)
         created = r.exists(missing)
         leftover = r.hgetall(missing) if created else {}
     finally:
-        delete_keys(r, [live, missing])
+        delete_keys(r, [live, missing, warm])
     problems = []
+    if sent.round_trips > 1:
+        problems.append(f"one touch took {sent.round_trips} round trips ({', '.join(sent.names())}): between a check "
+                        "and a later write the session can expire or be logged out, and the write then recreates a "
+                        "half session with no user. Check and write in one round trip: a script, or PEXPIRE alone.")
     if refreshed is not True:
         problems.append(f"touching a live session returned {refreshed!r}, expected True (HSET returns how many "
                         "fields are NEW, so 0 for a refresh: use EXPIRE's reply, or a script).")

@@ -3,10 +3,12 @@ state of each algorithm, a limiter behind a paused server, the pictures, and the
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import statistics
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -14,9 +16,10 @@ import matplotlib.pyplot as plt
 import redis
 
 from labkit.keys import Namespace
-from labkit.lessons import Result, delete_keys, verdict
+from labkit.lessons import Result, check, delete_keys, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.ratelimit import GCRA, FixedWindow, Limiter, SlidingLog, SlidingWindowCounter, TokenBucket
+from labkit.server.lab import client_for
 from labkit.tracing import trace
 
 SLIDING_USERS, SLIDING_LIMIT, SLIDING_THREADS = 50, 4, 8
@@ -27,6 +30,24 @@ def server_ms(r: redis.Redis) -> int:
     """The server's clock (TIME) in milliseconds since the epoch."""
     seconds, micros = r.time()
     return int(seconds) * 1000 + int(micros) // 1000
+
+
+def burst_profile(limiter: Limiter) -> dict:
+    """A burst of twice the limit at once, on a fresh key, early in a window of the server's clock (so that it
+    never straddles a boundary): how many passed, the bytes its keys take (all of them), the `retry_after` of
+    the first refusal, and the refill allowance: how many units could refill while the burst ran (one, plus
+    one per unit interval of the burst's span on the server's clock)."""
+    r, key = limiter.r, f"profile-{uuid.uuid4().hex[:8]}"
+    window_ms = round(limiter.window * 1000)
+    left_ms = window_ms - server_ms(r) % window_ms
+    if left_ms < 0.6 * window_ms:
+        time.sleep(left_ms / 1000 + 0.01)
+    decisions = [limiter.allow(key) for _ in range(2 * limiter.limit)]
+    memory = sum(r.memory_usage(k, samples=0) or 0 for k in limiter.keys(key))
+    first_denied = next(d for d in decisions if not d.allowed)
+    span_ms = decisions[-1].now_ms - decisions[0].now_ms
+    return {"admitted": sum(d.allowed for d in decisions), "bytes": memory, "retry_after": first_denied.retry_after,
+            "refill allowance": 1 + int(span_ms * limiter.limit / window_ms)}
 
 
 # -- replays on an injected clock -------------------------------------------------------------------------
@@ -156,6 +177,35 @@ def during_outage(limiter: Limiter, key: str, requests: int, *, fail_open: bool)
     return Outage(requests, admitted, errors, statistics.median(took))
 
 
+# -- count, then add: four app servers race ---------------------------------------------------------------
+def race_processes(url: str, ask: Callable[[redis.Redis, str], bool], keys: Sequence[str], processes: int = 4) -> int:
+    """`processes` processes (app servers), each with its own client of `url`, start together and call
+    `ask(client, key)` once for every key, in turn: how many calls were admitted in all."""
+    fork = multiprocessing.get_context("fork")  # the child inherits `ask`, even one defined in a notebook
+    queue, start_at = fork.Queue(), time.time() + 0.5
+
+    def app_server() -> None:
+        client = client_for(url)
+        time.sleep(max(0.0, start_at - time.time()))
+        queue.put(sum(bool(ask(client, key)) for key in keys))
+        client.close()
+
+    workers = [fork.Process(target=app_server) for _ in range(processes)]
+    for w in workers:
+        w.start()
+    try:
+        return sum(queue.get(timeout=60) for _ in workers)
+    finally:
+        for w in workers:
+            w.join(10)
+
+
+def url_of(r: redis.Redis) -> str:
+    """A URL for `r`'s server, with its user and password (a workshop learner's user too)."""
+    kw = r.connection_pool.connection_kwargs
+    return f"redis://{kw.get('username') or ''}:{kw.get('password') or ''}@{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
+
+
 # -- pictures --------------------------------------------------------------------------------------------
 STATE_LABEL = {FixedWindow: "units in this window", SlidingLog: "entries in the last window",
                SlidingWindowCounter: "weighted estimate", TokenBucket: "tokens in the bucket",
@@ -211,11 +261,20 @@ def plot_outage(healthy: int, outages: dict[str, Outage], limit: int) -> None:
 
 
 # -- the exercise ----------------------------------------------------------------------------------------
+PROBE_WINDOW_MS = 60_000  # the probe's and the race's window: nothing leaves it while the check runs
+SLIDE_LIMIT, SLIDE_WINDOW_MS = 2, 600  # the sliding phase: short enough to watch an entry leave
+DAY_MS = 86_400_000
+
+
+@check
 def check_sliding_log(r: redis.Redis, ns: Namespace, allow: Callable) -> Result:
-    """`allow(r, key, limit, window_ms) -> bool` is an atomic sliding log whose script is given every key it
-    touches (in KEYS: keys built inside a script may live on another cluster node). One request alone, traced,
-    must write only keys it sent; then 8 threads ask for 50 users in lockstep (each user 8 times, limit 4 per
-    60 s): exactly 4 per user must pass, and keys expire. The keys carry a hash tag (`...:{u}`)."""
+    """`allow(r, key, limit, window_ms) -> bool` is an atomic sliding log on the server's clock whose script is
+    given every key it touches (in KEYS: keys built inside a script may live on another cluster node).
+    One request alone, traced: it writes only keys it sent, sends no time of the client's, scores its entry by
+    the server's clock in ms, and every key it wrote expires within the window. Then the log slides (limit 2
+    per 600 ms: a slot frees when the oldest entry is 600 ms old, not before the second one is). Then 8 threads
+    ask for 50 users in lockstep (each user 8 times, limit 4 per 60 s): exactly 4 per user must pass.
+    The keys carry a hash tag (`...:{u}`)."""
     base = ns.key("check", "sliding-log")
     users = [f"{base}:{{{u}}}" for u in range(SLIDING_USERS)]
     admitted: dict[str, int] = dict.fromkeys(users, 0)
@@ -227,7 +286,7 @@ def check_sliding_log(r: redis.Redis, ns: Namespace, allow: Callable) -> Result:
         try:
             for key in users:
                 step.wait(60)
-                if allow(r, key, SLIDING_LIMIT, 60_000):
+                if allow(r, key, SLIDING_LIMIT, PROBE_WINDOW_MS):
                     with lock:
                         admitted[key] += 1
         except threading.BrokenBarrierError:  # another thread failed (reported below) or hung
@@ -236,27 +295,23 @@ def check_sliding_log(r: redis.Redis, ns: Namespace, allow: Callable) -> Result:
             errors.append(err)
             step.abort()
 
+    problems: list[str] = []
     try:
-        hidden = _keys_not_sent(r, f"{base}:{{probe}}", allow)
+        problems += _probe(r, f"{base}:{{probe}}", allow)
+        problems += _slides(r, base, allow)
     except Exception as err:  # reported below, never swallowed
-        hidden, errors = [], [err]
+        errors.append(err)
     threads = [threading.Thread(target=client) for _ in range(SLIDING_THREADS)] if not errors else []
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     try:
-        ttl = r.pttl(users[0])
         entries = max((r.zcard(k) for k in users if r.type(k) == "zset"), default=0)
     finally:
         delete_keys(r, [k for k in r.scan_iter(match=base + "*")])
     if errors:
         return Result(False, f"your function raised {errors[0]!r}.")
-    problems = []
-    if hidden:
-        problems.append(f"one request wrote {hidden}, a key it never sent: a script must be given every key it "
-                        "touches in KEYS (here KEYS[2] = key .. ':seq', which shares the key's {hash tag}), or on "
-                        "a cluster it may live on another node and the script fails.")
     over = {k: n for k, n in admitted.items() if n > SLIDING_LIMIT}
     total, expected = sum(admitted.values()), SLIDING_USERS * SLIDING_LIMIT
     if over:
@@ -267,17 +322,89 @@ def check_sliding_log(r: redis.Redis, ns: Namespace, allow: Callable) -> Result:
         problems.append(f"only {total} admitted, expected exactly {expected} ({SLIDING_LIMIT} per user).")
     if entries > SLIDING_LIMIT:
         problems.append(f"a sorted set holds {entries} entries: a denied request must not be recorded.")
-    if ttl < 0:
-        problems.append("the key has no expiry: PEXPIRE it by the window so idle users cost nothing.")
     asked = SLIDING_USERS * SLIDING_THREADS
-    return verdict(problems, f"exactly {SLIDING_LIMIT} per user, {total} of {asked} concurrent requests; every key "
-                             "in KEYS; keys expire.")
+    return verdict(problems, f"exactly {SLIDING_LIMIT} per user, {total} of {asked} concurrent requests; the log "
+                             "slides on the server's clock; every key in KEYS; every key expires within the window.")
 
 
-def _keys_not_sent(r: redis.Redis, key: str, allow: Callable) -> list[str]:
-    """Run one request for `key`, traced: the keys it left under `key` that no command it sent named."""
+def _probe(r: redis.Redis, key: str, allow: Callable) -> list[str]:
+    """One request for `key`, traced: the problems with what it sent and what it wrote."""
     with trace(r, show=False) as sent:
-        allow(r, key, SLIDING_LIMIT, 60_000)
-    named = {arg for call in sent.calls for arg in call.args}
-    return sorted(k if isinstance(k, str) else k.decode() for k in r.scan_iter(match=key + "*")
-                  if (k if isinstance(k, str) else k.decode()) not in named)
+        allow(r, key, SLIDING_LIMIT, PROBE_WINDOW_MS)
+    now = server_ms(r)
+    calls = [call for call in sent.calls if not call.handshake]
+    named = {arg for call in calls for arg in call.args}
+    written = sorted(k if isinstance(k, str) else k.decode() for k in r.scan_iter(match=key + "*"))
+    problems = []
+    hidden = [k for k in written if k not in named]
+    if hidden:
+        problems.append(f"one request wrote {hidden}, a key it never sent: a script must be given every key it "
+                        "touches in KEYS (here KEYS[2] = key .. ':seq', which shares the key's {hash tag}), or on "
+                        "a cluster it may live on another node and the script fails.")
+    if any(_near(arg, now) for call in calls for arg in call.args[1:]):
+        problems.append("a request sent a time of the client's clock: read `TIME` inside the script, so that every "
+                        "app server decides on the same clock (4.8 showed what a fast clock costs).")
+    sets = [k for k in written if r.type(k) in ("zset", b"zset")]
+    scores = [score for k in sets for _, score in r.zrange(k, 0, -1, withscores=True)]
+    if not scores:
+        problems.append("an admitted request left no sorted-set entry under its key.")
+    elif not all(abs(score - now) < 1000 for score in scores):
+        problems.append(f"the entry is scored {scores[0]:.0f}, not the server's time in ms ({now}): score by "
+                        "`TIME` seconds x 1000 + microseconds / 1000, the unit of window_ms.")
+    ttls = {k: r.pttl(k) for k in written}
+    lasting = {k: ttl for k, ttl in ttls.items() if not 0 < ttl <= PROBE_WINDOW_MS}
+    if lasting:
+        problems.append(f"after one request with window_ms={PROBE_WINDOW_MS}, these keys' PTTL is not within the "
+                        f"window: {lasting} (-1: no expiry). PEXPIRE every key the script writes by window_ms, so "
+                        "that an idle user costs nothing.")
+    return problems
+
+
+def _near(arg: str, now_ms: int) -> bool:
+    """Whether `arg` is a number within a day of the server's clock, in ms or in seconds."""
+    try:
+        value = float(arg)
+    except ValueError:
+        return False
+    return abs(value - now_ms) < DAY_MS or abs(value - now_ms / 1000) < DAY_MS / 1000
+
+
+def _slides(r: redis.Redis, base: str, allow: Callable) -> list[str]:
+    """Limit 2 per 600 ms: a request at 0 ms and one at 300 ms pass, a third is refused; once the first is 600 ms
+    old a request passes, and the next is refused (the second is still inside). Times on the server's clock; a
+    run the machine stalled past a deadline starts again on a fresh key."""
+    for attempt in range(4):
+        key = f"{base}:{{slide{attempt}}}"
+        def ask(key: str = key) -> bool:
+            return bool(allow(r, key, SLIDE_LIMIT, SLIDE_WINDOW_MS))
+
+        first = ask()
+        first_at = server_ms(r)  # the first entry's score is at most this
+        _wait_until(r, first_at + SLIDE_WINDOW_MS // 2)
+        second_at = server_ms(r)  # the second entry's score is at least this
+        second, third = ask(), ask()
+        _wait_until(r, first_at + SLIDE_WINDOW_MS + 5)
+        fourth, fifth = ask(), ask()
+        if server_ms(r) >= second_at + SLIDE_WINDOW_MS - 5:
+            continue  # the second entry may have left before the fifth request: no verdict from this run
+        got = [first, second, third, fourth, fifth]
+        if got[:3] != [True, True, False]:
+            return [f"with limit {SLIDE_LIMIT} per {SLIDE_WINDOW_MS} ms, two requests 300 ms apart must pass and a "
+                    f"third be refused; got {got[:3]}."]
+        if not fourth:
+            return [f"the log does not slide: {SLIDE_WINDOW_MS} ms after the first of {SLIDE_LIMIT} requests a new "
+                    "request was refused. Remove the entries older than `now - window_ms` (ms, from TIME) before "
+                    "counting."]
+        if fifth:
+            return [f"the log forgot a live entry: with one entry {SLIDE_WINDOW_MS // 2} ms old and one just added, "
+                    f"a third request within {SLIDE_WINDOW_MS} ms was admitted. Remove only entries older than "
+                    "`now - window_ms`."]
+        return []
+    raise RuntimeError("the machine stalled every run of the sliding phase for 300 ms or more; run the check again")
+
+
+def _wait_until(r: redis.Redis, at_ms: int) -> None:
+    """Sleep until the server's clock reads `at_ms` (polled, with a 10 s deadline)."""
+    deadline = time.monotonic() + 10
+    while (left := at_ms - server_ms(r)) > 0 and time.monotonic() < deadline:
+        time.sleep(min(left, 50) / 1000)

@@ -17,7 +17,7 @@ import redis
 from labkit.clients import connection_spec
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.server import available_engines, capabilities, spawn
 from labkit.streams import Worker, ensure_group, lag
@@ -30,7 +30,7 @@ class RefPolicies:
     where it did it, the error's text where it refused."""
 
     server: str  # engine and version
-    supported: bool  # capabilities().stream_ref_policies
+    supported: bool  # capabilities().stream_ack_delete
     left_after_acked_trim: int | str  # entries left of 1,000 after XTRIM MAXLEN = 100 ACKED (10 acked, 10 pending)
     pending_after_xdel: int  # the group's pending count after XDEL of one of its 10 pending entries
     pending_after_delref: int | str  # ... then after XDELEX DELREF of another
@@ -69,7 +69,7 @@ def ref_policies(engine: str, entries: int = 1000) -> RefPolicies:
         delref = _answer(lambda: r.execute_command("XDELEX", "s", "DELREF", "IDS", 1, ids[11]))
         after_delref = pending() if isinstance(delref, list) else delref
         ackdel = _answer(lambda: r.execute_command("XACKDEL", "s", "g", "IDS", 1, ids[12]))
-        return RefPolicies(f"{caps.engine} {caps.version}", caps.stream_ref_policies, left, after_xdel,
+        return RefPolicies(f"{caps.engine} {caps.version}", caps.stream_ack_delete, left, after_xdel,
                            after_delref, ackdel, pending())
 
 
@@ -94,6 +94,8 @@ class CrashResult:
     expected_total: int
     seconds: float
     pending_after: int
+    kill_times: list[tuple[float, str]]  # (seconds since the start, worker killed)
+    progress: list[tuple[float, int, int]]  # (seconds since the start, orders added, orders recorded)
 
 
 def _crash_worker(spec: dict, stream: str, group: str, consumer: str, prefix: str, claim_idle_ms: int,
@@ -164,14 +166,25 @@ def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: 
                 pipe.xadd(stream, {"order": order, "amount": amounts[order]})
             pipe.execute()
 
-    began = time.monotonic()
-    producer = threading.Thread(target=produce, daemon=True)
+    began, kill_times, progress, sampling = time.monotonic(), [], [], threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.05):
+            pipe = r.pipeline(transaction=False)
+            pipe.xlen(stream)
+            pipe.hlen(f"{prefix}:ledger")
+            added, recorded = pipe.execute()
+            progress.append((time.monotonic() - began, added, recorded))
+
+    producer, sampler = threading.Thread(target=produce, daemon=True), threading.Thread(target=sample, daemon=True)
     producer.start()
+    sampler.start()
     try:
         for k in range(kills):
             time.sleep(rng.uniform(0.5, 1.5) * messages / rate / max(kills, 1))
             name = _victim(r, procs, prefix, stream, group, rng)
             procs[name].kill()  # SIGKILL
+            kill_times.append((time.monotonic() - began, name))
             procs[name].join()
             if k < kills - 1 or len(procs) <= 2:
                 procs[name] = start(name)
@@ -183,6 +196,8 @@ def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: 
                                                or lag(r, stream, group).pending):  # the last XACKs land
             time.sleep(0.02)
     finally:
+        sampling.set()
+        sampler.join()
         for process in procs.values():
             process.kill()
             process.join()
@@ -191,10 +206,28 @@ def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: 
     return CrashResult(messages, len(ledger), messages - len(ledger), sum(runs.values()) - len(runs), kills,
                        int(r.get(f"{prefix}:naive-total") or 0),
                        sum(amounts[order] * (count - 1) for order, count in runs.items()), sum(ledger), sum(amounts),
-                       time.monotonic() - began, lag(r, stream, group).pending)
+                       time.monotonic() - began, lag(r, stream, group).pending, kill_times, progress)
+
+
+def plot_crash(result: CrashResult) -> None:
+    """Orders added and orders recorded over time, each SIGKILL a vertical line labelled with its worker."""
+    import matplotlib.pyplot as plt
+
+    t, added, recorded = zip(*result.progress, strict=True)
+    _, ax = plt.subplots(figsize=(10, 3.5))
+    ax.plot(t, added, label="orders added (XLEN)")
+    ax.plot(t, recorded, label="orders recorded (ledger)")
+    for at, name in result.kill_times:
+        ax.axvline(at, color="tab:red", alpha=0.5, lw=1)
+        ax.annotate(name, (at, result.messages), rotation=90, fontsize=7, va="top", ha="right", color="tab:red")
+    ax.set(xlabel="seconds since the first order", ylabel="orders", title=f"{len(result.kill_times)} SIGKILLs "
+           "(red, the worker hit) while orders flow")
+    ax.legend(loc="lower right")
+    plt.show()
 
 
 # -- exercise checks ------------------------------------------------------------------------------------
+@check
 def check_ack_after_success(r: redis.Redis, ns: Namespace, consume_batch: Callable) -> Result:
     """`consume_batch(r, stream, group, consumer, handle)` reads one batch with `>`, calls
     `handle(entry_id, fields)` for each entry, and acknowledges exactly those whose handler returned."""
@@ -229,6 +262,7 @@ def check_ack_after_success(r: redis.Redis, ns: Namespace, consume_batch: Callab
     return verdict(problems, "4 entries handled and acknowledged; the failed one stays pending for a retry.")
 
 
+@check
 def check_reclaim_all(r: redis.Redis, ns: Namespace, reclaim: Callable) -> Result:
     """`reclaim(r, stream, group, consumer, min_idle_ms)` claims every entry idle longer than
     `min_idle_ms` and returns their ids, following XAUTOCLAIM's cursor and coping with its third element."""
@@ -259,3 +293,49 @@ def check_reclaim_all(r: redis.Redis, ns: Namespace, reclaim: Callable) -> Resul
     if left != 245:
         problems.append(f"{left} entries are pending afterwards, expected the 245 you now own.")
     return verdict(problems, "all 245 live entries claimed, the 5 deleted ones dropped from the pending list.")
+
+
+# -- ordering -------------------------------------------------------------------------------------------
+def key_inversions(finished: list[tuple[object, int]]) -> int:
+    """How many times an entry finished after a later entry of the same key: `finished` holds (key, sequence)
+    in finishing order."""
+    last: dict[object, int] = {}
+    inversions = 0
+    for key, sequence in finished:
+        if sequence < last.get(key, -1):
+            inversions += 1
+        last[key] = max(sequence, last.get(key, -1))
+    return inversions
+
+
+# -- exercise 3 -----------------------------------------------------------------------------------------
+@check
+def check_idempotent_effect(r: redis.Redis, ns: Namespace, record: Callable) -> Result:
+    """`record(r, ledger, entry_id, fields)` records `fields["amount"]` for `fields["order"]` in the hash
+    `ledger` (order id -> amount) once per order: a redelivered entry and an order a producer sent twice
+    (two entry IDs) change nothing."""
+    stream, ledger, group = ns.key("check", "idem"), ns.key("check", "idem-ledger"), "check"
+    r.delete(stream, ledger)
+    r.xgroup_create(stream, group, id="0", mkstream=True)
+    orders = {"A-1": 30, "A-2": 45, "A-3": 12}
+    for order in ("A-1", "A-2", "A-3", "A-3"):  # A-3 twice: the producer retried after a lost reply
+        r.xadd(stream, {"order": order, "amount": orders[order]})
+    deliveries = r.xreadgroup(group, "first", {stream: ">"})[0][1]
+    deliveries += r.xreadgroup(group, "first", {stream: "0"}, count=2)[0][1]  # A-1 and A-2 delivered again
+    try:
+        for entry_id, fields in deliveries:
+            record(r, ledger, entry_id, fields)
+    except Exception as err:
+        r.delete(stream, ledger)
+        return Result(False, f"your function raised {type(err).__name__}: {err}.")
+    got = r.hgetall(ledger)
+    r.delete(stream, ledger)
+    expected = {order: str(amount) for order, amount in orders.items()}
+    problems = []
+    if any(key not in orders for key in got):
+        problems.append(f"the ledger has {len(got)} rows keyed {sorted(got)[:2]}...: key it by the order id (the "
+                        "business id). A producer's retry makes a new entry ID for the same order.")
+    elif got != expected:
+        problems.append(f"the ledger says {got}, expected {expected}: a second delivery of an order must change "
+                        "nothing (HSETNX, SET NX), not add again.")
+    return verdict(problems, "each order recorded once: redeliveries and the producer's retry changed nothing.")

@@ -3,18 +3,19 @@ every installed engine, and the exercise checks."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import redis
 
+from labkit.bench import clustered_vectors, side_by_side
 from labkit.clients import text
 from labkit.keys import Namespace
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.server import available_engines, capabilities, spawn
-from labkit.vectors import Embedder, corpus, create_index, to_bytes, wait_indexed
+from labkit.vectors import DIM, Embedder, corpus, create_index, index_exists, knn, to_bytes, wait_indexed
 
 
 # -- 7.2 Redis 8's vector sets beside the search index ---------------------------------------------------------
@@ -105,6 +106,7 @@ def _drop(r: redis.Redis, index: str) -> None:
     r.execute_command("FT.DROPINDEX", index, "DD")
 
 
+@check
 def check_topic_knn(r: redis.Redis, ns: Namespace, nearest_in_topic: Callable) -> Result:
     """`nearest_in_topic(r, index, vector, topic, k)` returns the keys of the k documents nearest to
     `vector` among those whose TAG field `topic` is `topic`, nearest first (a pre-filtered KNN)."""
@@ -132,6 +134,7 @@ def check_topic_knn(r: redis.Redis, ns: Namespace, nearest_in_topic: Callable) -
     return Result(False, f"got {got[:3]}..., expected {expected[:3]}...: KNN 5 among @topic:{{billing}} documents.")
 
 
+@check
 def check_similarity_lookup(r: redis.Redis, ns: Namespace, lookup: Callable) -> Result:
     """`lookup(r, index, vector, min_similarity)` returns the cached `text` of the nearest entry if its
     cosine SIMILARITY is at least `min_similarity`, else None; the server reports cosine DISTANCE."""
@@ -161,3 +164,104 @@ def check_similarity_lookup(r: redis.Redis, ns: Namespace, lookup: Callable) -> 
                         "distance <= 1 - min_similarity.")
     return verdict(problems, f"{sum(a is not None for a in answers)} of {len(paraphrases)} paraphrases hit at "
                              "similarity >= 0.7, and the orthogonal vector missed.")
+
+
+def _labelled_nearest() -> tuple[list[float], list[bool]]:
+    """Each paraphrase's and distractor's distance to its nearest cached first phrasing, and whether that
+    entry's answer is the right one (never, for a distractor)."""
+    data, embedder = corpus(), Embedder(precomputed=True)
+    cached = embedder.embed([g["questions"][0] for g in data["groups"]])
+    asked = [(q, g["id"]) for g in data["groups"] for q in g["questions"][1:]]
+    asked += [(d["question"], None) for d in data["distractors"]]
+    similarity = embedder.embed([q for q, _ in asked]) @ cached.T
+    nearest = similarity.argmax(axis=1)
+    distances = [float(1 - row[n]) for row, n in zip(similarity, nearest, strict=True)]
+    right = [group == data["groups"][int(n)]["id"] for (_, group), n in zip(asked, nearest, strict=True)]
+    return distances, right
+
+
+def precision_recall(distances: list[float], right: list[bool], threshold: float) -> tuple[float, int]:
+    """The precision of the hits at `threshold` (1.0 when there are none) and how many right answers it gives."""
+    hits = [ok for d, ok in zip(distances, right, strict=True) if d <= threshold]
+    return (sum(hits) / len(hits) if hits else 1.0), sum(hits)
+
+
+@check
+def check_threshold(pick_threshold: Callable, target: float = 0.85) -> Result:
+    """`pick_threshold(distances, right, target)` returns the cosine-distance threshold that answers the most
+    questions right while the hits' precision stays at least `target`, from labelled data: `distances[i]` is
+    question i's distance to its nearest cached entry, `right[i]` whether that entry's answer is right."""
+    distances, right = _labelled_nearest()
+    best = max((precision_recall(distances, right, d)[1], d) for d in distances
+               if precision_recall(distances, right, d)[0] >= target)
+    threshold = pick_threshold(list(distances), list(right), target)
+    if not isinstance(threshold, (int, float)) or not 0 <= threshold < 2:
+        return Result(False, f"got {threshold!r}: a threshold is a cosine DISTANCE between 0 and 2.")
+    precision, answered = precision_recall(distances, right, threshold)
+    if precision < target:
+        return Result(False, f"at {threshold:.3f} the hits' precision is {precision:.3f}, below the target {target}: "
+                             "too loose (a similarity taken for a distance, or a threshold picked by recall alone?).")
+    if answered < best[0]:
+        return Result(False, f"too tight: {threshold:.3f} answers {answered} right where {best[1]:.3f} answers "
+                             f"{best[0]} at precision >= {target}. Precision is not monotonic in the threshold: "
+                             "try every observed distance, and keep the one that answers most within the target.")
+    return Result(True, f"{threshold:.3f}: {answered} of {sum(right)} answerable questions right at precision "
+                        f"{precision:.3f} >= {target}.")
+
+
+CROSSOVER_TIERS = ((1_000, "a"), (10_000, "b"), (50_000, "c"))  # size, and the key tier it adds
+CROSSOVER_HNSW = ("M", 16, "EF_CONSTRUCTION", 20)  # a cheap build: the cell stays short
+
+
+def crossover(r: redis.Redis, ns: Namespace, *, queries: int = 30, reps: int = 60) -> dict[int, dict[str, float]]:
+    """FLAT against HNSW over 1k, 10k and 50k clustered vectors: per size, the median microseconds of a KNN 10
+    query on each index (timed side by side, queries taking turns) and HNSW's recall@10 at EF_RUNTIME 10 and 100.
+    The vectors are loaded once, in tiers, and each size's index covers the first tiers (FT.CREATE ... PREFIX n);
+    everything is dropped at the end."""
+    points, probes = clustered_vectors(CROSSOVER_TIERS[-1][0], seed=11), clustered_vectors(queries, seed=12)
+    base, results = ns.key("x"), {}
+    keys = [f"{base}:{_tier_of(i)}:{i}" for i in range(len(points))]
+    try:
+        for first in range(0, len(keys), 2000):
+            pipe = r.pipeline(transaction=False)
+            for key, vector in zip(keys[first:first + 2000], points[first:first + 2000], strict=True):
+                pipe.hset(key, mapping={"embedding": vector.tobytes()})
+            pipe.execute()
+        for n, (size, _) in enumerate(CROSSOVER_TIERS):
+            prefixes = [f"{base}:{tier}:" for _, tier in CROSSOVER_TIERS[:n + 1]]
+            flat, hnsw = (_tiered_index(r, f"{base}-{a}-{size}", prefixes, a) for a in ("FLAT", "HNSW"))
+            turn = iter(range(10**9))
+            speed = side_by_side({name: _query(r, name, probes, turn) for name in (flat, hnsw)}, reps=reps)
+            truth = [set(np.argsort(-(points[:size] @ q))[:10]) for q in probes]
+            results[size] = {"FLAT us": speed[flat], "HNSW us": speed[hnsw],
+                             **{f"recall ef {ef}": _recall(r, hnsw, probes, truth, ef) for ef in (10, 100)}}
+    finally:
+        for size, _ in CROSSOVER_TIERS:
+            for algorithm in ("FLAT", "HNSW"):
+                if index_exists(r, f"{base}-{algorithm}-{size}"):
+                    r.execute_command("FT.DROPINDEX", f"{base}-{algorithm}-{size}")
+        for first in range(0, len(keys), 5000):
+            r.unlink(*keys[first:first + 5000])
+    return results
+
+
+def _tier_of(i: int) -> str:
+    return next(tier for size, tier in CROSSOVER_TIERS if i < size)
+
+
+def _tiered_index(r: redis.Redis, name: str, prefixes: list[str], algorithm: str) -> str:
+    params = CROSSOVER_HNSW if algorithm == "HNSW" else ()
+    attrs = ["TYPE", "FLOAT32", "DIM", DIM, "DISTANCE_METRIC", "COSINE", *params]
+    r.execute_command("FT.CREATE", name, "ON", "HASH", "PREFIX", len(prefixes), *prefixes,
+                      "SCHEMA", "embedding", "VECTOR", algorithm, len(attrs), *attrs)
+    wait_indexed(r, name)
+    return name
+
+
+def _query(r: redis.Redis, index: str, probes: np.ndarray, turn: Iterator[int]) -> Callable[[], object]:
+    return lambda: knn(r, index, probes[next(turn) % len(probes)], k=10)
+
+
+def _recall(r: redis.Redis, index: str, probes: np.ndarray, truth: list[set], ef: int) -> float:
+    found = [{int(h.key.rsplit(":", 1)[1]) for h in knn(r, index, q, k=10, ef_runtime=ef)} for q in probes]
+    return float(np.mean([len(f & t) / 10 for f, t in zip(found, truth, strict=True)]))

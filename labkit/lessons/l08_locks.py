@@ -25,7 +25,7 @@ from labkit import scripts, validate
 from labkit.clients import connection_spec
 from labkit.errors import ConfigError, LockNotHeld
 from labkit.keys import Namespace
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.locks import FencedStore, Lock, Redlock
 from labkit.server import Server, replicated, spawn
@@ -482,8 +482,16 @@ class OneNodeAtATime(Redlock):
     """`Redlock` asking its nodes one after another, as a simple loop does: each slow node adds its wait.
     labkit's Redlock asks them all at once; lesson 08 times the two side by side."""
 
-    def _on_every_node(self, call):
-        return [call(node) for node in self.nodes]
+    def _on_every_node(self, *command):
+        return [_ask(node, command) for node in self.nodes]
+
+
+def _ask(node: redis.Redis, command: tuple) -> object:
+    """One node's reply to `command`, or its error (a node down or slow counts as a no)."""
+    try:
+        return node.execute_command(*command)
+    except (redis.RedisError, OSError) as err:
+        return err
 
 
 # -- exercise checks ------------------------------------------------------------------------------------
@@ -503,6 +511,7 @@ class _RacyClient(redis.Redis):
         return reply
 
 
+@check
 def check_safe_release(r: redis.Redis, ns: Namespace, release: Callable[[redis.Redis, str, str], bool]) -> Result:
     """`release(r, key, token)` deletes the lock at `key` only if it holds `token`, atomically,
     and returns whether it did."""
@@ -525,6 +534,7 @@ def check_safe_release(r: redis.Redis, ns: Namespace, release: Callable[[redis.R
     return verdict(problems, "it releases only its own lock, and atomically (a rival's lock survived the race).")
 
 
+@check
 def check_redlock_validity(validity: Callable[[int, int, float, float], float]) -> Result:
     """`validity(acquired, nodes, elapsed_ms, ttl_ms)` is the time left in ms for a Redlock that
     won `acquired` of `nodes` in `elapsed_ms`: ttl - elapsed - drift (ttl * 0.01 + 2 ms) with a strict

@@ -23,7 +23,7 @@ import numpy as np
 import redis
 
 from labkit import scripts, validate
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.server import Server, available_engines, capabilities, cli_path, spawn
 
@@ -967,6 +967,7 @@ def run_mix(policy: str) -> MixRun:
         server.stop()
 
 
+@check
 def check_policy_choice(policy: str, hit_rate: float) -> Result:
     """`policy` is the choice for the exercise's workload and `hit_rate` the hit rate measured for it with
     `run_mix`: no flag may be lost, no write refused, and no safe policy may do clearly better."""
@@ -1017,6 +1018,7 @@ def _largest_delete(c: redis.Redis) -> int:
     return largest
 
 
+@check
 def check_prefix_delete(delete_prefix: Callable[[redis.Redis, str], int]) -> Result:
     """`delete_prefix(r, prefix)` deletes every key that starts with `prefix + ":"` and returns how many:
     without KEYS, in batches (no DEL per key, no single DEL of everything), nothing outside the prefix.
@@ -1071,6 +1073,7 @@ def budget_instance(c: redis.Redis) -> str:
     return culprit
 
 
+@check
 def check_budget_culprit(find_culprit: Callable[[redis.Redis], str]) -> Result:
     """`find_culprit(r)` returns the key whose memory put the instance over its maxmemory budget (deleting
     it alone brings the instance back under), without KEYS. Runs on a server of its own."""

@@ -29,7 +29,7 @@ from redis.retry import Retry
 
 from labkit import ops
 from labkit.errors import ConfigError
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.ops import FSYNC_POLICIES
 from labkit.server import Server, capabilities, replicated, spawn
@@ -1027,6 +1027,7 @@ def _judge(service: str, config: dict[str, str], test: ProfileTest) -> list[str]
     return []
 
 
+@check
 def check_persistence_choices(root: Path, choices: dict[str, dict[str, Any]]) -> Result:
     """`choices` maps each service of `SERVICES` to its directives (`save`, `appendonly`, `appendfsync`;
     left out, a directive takes the engine's default). Each is run through the loss test and judged; the
@@ -1139,6 +1140,7 @@ def _as_answer(result: Any) -> bool:
     return False if isinstance(result, Exception) else bool(result)
 
 
+@check
 def check_durable_write(write: Callable[[redis.Redis, str, str], bool], deadline_s: float = 5.0) -> Result:
     """`write(r, key, value)` writes and returns True only once the write is fsynced to the AOF of the
     primary and of at least one replica; False (or an error) when that cannot be confirmed within 500 ms.

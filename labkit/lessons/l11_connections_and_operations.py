@@ -37,7 +37,7 @@ from labkit import ops
 from labkit.bench import side_by_side
 from labkit.clients import connection_spec, options
 from labkit.errors import ServerUnavailable
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.server import Server, available_engines, spawn, tls_built_in
 from labkit.server.process import free_port, temp_root
@@ -65,6 +65,11 @@ def client_of(srv: Server, **overrides: Any) -> redis.Redis:
 def raw_kwargs(srv: Server) -> dict[str, Any]:
     """Where `srv` is and how to log in: nothing about timeouts or retries (each experiment states its own)."""
     return {"host": srv.host, "port": srv.port, "password": srv.password}
+
+
+def describe_retry(retry: Retry) -> str:
+    """`Retry(<backoff>, <retries>)`, for printing a retry policy."""
+    return f"Retry({type(retry._backoff).__name__}(), {retry.get_retries()})"
 
 
 def thread(target: Callable[..., Any], *args: Any, name: str = "worker") -> threading.Thread:
@@ -108,10 +113,12 @@ def stop_all() -> None:
 # -- 11.1 what a connection costs ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ConnectCost:
-    """Median µs per GET with a new connection each time and with a pooled one, timed in turns."""
+    """Median µs per GET with a new client each time and with a pooled one, and to build a `redis.Redis`
+    object alone (no connection), timed in turns."""
 
     new_us: float
     pooled_us: float
+    build_us: float
 
     @property
     def ratio(self) -> float:
@@ -119,8 +126,9 @@ class ConnectCost:
 
 
 def connect_cost(r: redis.Redis, key: str, reps: int = 200) -> ConnectCost:
-    """GET `key` on `r`'s server `reps` times each way, in turns: through a new client (TCP connect, HELLO
-    with AUTH, CLIENT SETINFO, then the GET, then close) and through one pooled client."""
+    """GET `key` on `r`'s server `reps` times each way, in turns: through a new client (built, then TCP
+    connect, the handshake, the GET, close) and through one pooled client; and, in the same turns, the
+    building of a client alone (`redis.Redis(...)` then `close()`, which connects nothing)."""
     spec = connection_spec(r)
     pooled = redis.Redis(**spec, client_name=f"{PREFIX}-pooled")
 
@@ -129,24 +137,44 @@ def connect_cost(r: redis.Redis, key: str, reps: int = 200) -> ConnectCost:
             once.get(key)
 
     try:
-        timings = side_by_side({"new": fresh, "pooled": lambda: pooled.get(key)}, reps=reps)
+        timings = side_by_side({"new": fresh, "pooled": lambda: pooled.get(key),
+                                "build": lambda: redis.Redis(**spec).close()}, reps=reps)
     finally:
         pooled.close()
-    return ConnectCost(timings["new"], timings["pooled"])
+    return ConnectCost(timings["new"], timings["pooled"], timings["build"])
 
 
-def commands_of_a_new_connection(srv: Server) -> dict[str, int]:
-    """The commands the server received from one new client that sent one GET (INFO commandstats before and
-    after, on a server nobody else uses)."""
+@dataclass(frozen=True)
+class Handshake:
+    """What the server received from one new client that sent one GET: the commands it ran (INFO commandstats)
+    and the error replies it sent (INFO stats total_error_replies: commands it refused)."""
+
+    commands: dict[str, int]
+    errors: int
+
+    @property
+    def ceremony(self) -> int:
+        """Commands sent besides the GET: the ones the server ran and the ones it refused."""
+        return sum(self.commands.values()) - self.commands.get("get", 0) + self.errors
+
+
+def commands_of_a_new_connection(srv: Server) -> Handshake:
+    """The commands the server ran and refused for one new client that sent one GET (INFO commandstats and
+    total_error_replies before and after, on a server nobody else uses)."""
     admin = client_of(srv)
-    before = _calls(admin)
+    before, errors_before = _calls(admin), _error_replies(admin)
     with redis.Redis(**raw_kwargs(srv), **options()) as once:
         once.get("greeting")
-    after = _calls(admin)
+    after, errors_after = _calls(admin), _error_replies(admin)
     admin.close()
-    own = {"info": 1}  # the second INFO commandstats itself
-    return {name: n - before.get(name, 0) - own.get(name, 0) for name, n in after.items()
-            if n - before.get(name, 0) - own.get(name, 0)}
+    own = {"info": 2}  # the admin's INFO commandstats and INFO stats, run between the two readings
+    commands = {name: n - before.get(name, 0) - own.get(name, 0) for name, n in after.items()
+                if n - before.get(name, 0) - own.get(name, 0)}
+    return Handshake(commands, errors_after - errors_before)
+
+
+def _error_replies(c: redis.Redis) -> int:
+    return int(c.info("stats")["total_error_replies"])
 
 
 def _calls(c: redis.Redis) -> dict[str, int]:
@@ -166,8 +194,9 @@ def plot_connect_cost(cost: ConnectCost) -> None:
 @dataclass(frozen=True)
 class ConnectionMemory:
     """Bytes of server memory per connection (CLIENT LIST's tot-mem, the mean over the connections opened):
-    right after connecting, once the server has shrunk their reply buffers (`shrunk_after_s` later), and for
-    one connection with a big reply it does not read."""
+    right after connecting (with the reply buffer and the connection's own query buffer, if the engine gives
+    it one), once the server has shrunk their buffers (`shrunk_after_s` later), and for one connection with a
+    big reply it does not read."""
 
     connections: int
     right_after: float
@@ -177,7 +206,7 @@ class ConnectionMemory:
     reply_buffer_idle: int
     pending_reply: int
     pending_value_bytes: int
-    query_buffer_idle: float = 0  # held for incoming commands by each idle connection (older engines: ~20 KB)
+    query_buffer_after: float = 0
 
 
 def memory_per_connection(srv: Server, n: int = 100, value_bytes: int = 4_000_000,
@@ -189,8 +218,9 @@ def memory_per_connection(srv: Server, n: int = 100, value_bytes: int = 4_000_00
     The server shrinks the reply buffer of a connection whose replies were small when its cron next visits
     that connection (each about once a second): to read "right after" on all `n` at once, resizing is
     switched off while they connect (DEBUG REPLYBUFFER RESIZING 0), then on again and the shrink awaited
-    with a deadline. (INFO memory's mem_clients_normal says the same, but is updated by that cron too, so
-    it lags; CLIENT LIST computes each connection's tot-mem when asked.)"""
+    with a deadline. An engine that gives each connection its own query buffer (qbuf-free in CLIENT LIST)
+    frees it after about 2 s idle: that is awaited too. (INFO memory's mem_clients_normal says the same,
+    but is updated by that cron too, so it lags; CLIENT LIST computes each connection's tot-mem when asked.)"""
     admin = client_of(srv, client_name=f"{PREFIX}-admin")
     idle = [client_of(srv, client_name=f"{PREFIX}-idle") for _ in range(n)]
     mine = lambda: ops.connections(admin, name_prefix=f"{PREFIX}-idle")  # noqa: E731
@@ -202,8 +232,8 @@ def memory_per_connection(srv: Server, n: int = 100, value_bytes: int = 4_000_00
         admin.execute_command("DEBUG", "REPLYBUFFER", "RESIZING", 1)
         started = time.monotonic()
         first = max(c.reply_buffer for c in connected)
-        wait_until(lambda: all(c.reply_buffer < first // 2 for c in mine()), deadline_s,
-                   "the connections' reply buffers to shrink", every=0.05)
+        wait_until(lambda: all(c.reply_buffer < first // 2 and not c.query_buffer for c in mine()), deadline_s,
+                   "the connections' buffers to shrink", every=0.05)
         shrunk_after, shrunk = time.monotonic() - started, mine()
     finally:
         admin.execute_command("DEBUG", "REPLYBUFFER", "RESIZING", 1)
@@ -214,7 +244,7 @@ def memory_per_connection(srv: Server, n: int = 100, value_bytes: int = 4_000_00
     return ConnectionMemory(n, statistics.mean(c.total_memory for c in connected),
                             statistics.mean(c.total_memory for c in shrunk), shrunk_after, first,
                             max(c.reply_buffer for c in shrunk), pending, value_bytes,
-                            statistics.mean(c.query_buffer for c in shrunk))
+                            statistics.mean(c.query_buffer for c in connected))
 
 
 def settled(read: Callable[[], int], deadline_s: float = 10, every: float = 0.05) -> int:
@@ -257,6 +287,14 @@ def plot_connection_memory(mem: ConnectionMemory, folklore_kb: float = 20) -> No
     ax.legend(fontsize=8, loc="lower right")
     plt.tight_layout()
     plt.show()
+
+
+def output_buffer_limits(c: redis.Redis) -> dict[str, tuple[int, int, int]]:
+    """`client-output-buffer-limit` by client class (normal, slave (replicas), pubsub): (hard limit MiB, soft
+    limit MiB, soft seconds); 0 0 0 is no limit."""
+    words = c.config_get("client-output-buffer-limit")["client-output-buffer-limit"].split()
+    return {words[i]: (int(words[i + 1]) // 2**20, int(words[i + 2]) // 2**20, int(words[i + 3]))
+            for i in range(0, len(words), 4)}
 
 
 @dataclass(frozen=True)
@@ -302,27 +340,24 @@ class Checkout:
     seconds: float
 
 
-def third_checkout(srv: Server, blocking_timeout: float = 0.5) -> list[Checkout]:
-    """Check out two connections from a pool of two and ask for a third: a `ConnectionPool` and a
-    `BlockingConnectionPool(timeout=blocking_timeout)`."""
-    kwargs = raw_kwargs(srv) | options()
-    pools = {"ConnectionPool(max_connections=2)": redis.ConnectionPool(max_connections=2, **kwargs),
-             f"BlockingConnectionPool(max_connections=2, timeout={blocking_timeout:g})":
-                 redis.BlockingConnectionPool(max_connections=2, timeout=blocking_timeout, **kwargs)}
-    results = []
-    for name, pool in pools.items():
-        held = [pool.get_connection() for _ in range(2)]
-        started = time.perf_counter()
-        try:
-            pool.get_connection()
-            error = "none"
-        except redis.ConnectionError as err:
-            error = f"{type(err).__name__}: {err}"
-        results.append(Checkout(name, error, time.perf_counter() - started))
+def third_checkout(pool: redis.ConnectionPool) -> Checkout:
+    """Check out two connections from `pool` (a pool of two) and ask for a third: the error it got and how long
+    it took; then give the two back and close the pool."""
+    bound = f"max_connections={pool.max_connections}"
+    name = f"{type(pool).__name__}({bound}" + (f", timeout={pool.timeout:g})" if hasattr(pool, "timeout") else ")")
+    held = [pool.get_connection() for _ in range(2)]
+    started = time.perf_counter()
+    try:
+        pool.get_connection()
+        error = "none"
+    except redis.ConnectionError as err:
+        error = f"{type(err).__name__}: {err}"
+    finally:
+        seconds = time.perf_counter() - started
         for conn in held:
             pool.release(conn)
         pool.disconnect()
-    return results
+    return Checkout(name, error, seconds)
 
 
 def blocking_checkout_after_release(srv: Server, hold_s: float = 0.2, timeout: float = 2.0) -> float:
@@ -346,8 +381,9 @@ def blocking_checkout_after_release(srv: Server, hold_s: float = 0.2, timeout: f
 
 
 def connections_for_threads(srv: Server, threads: int = 16, block_s: float = 0.1) -> dict[str, int]:
-    """Connections one shared client (its pool unbounded) opened for `threads` threads: each doing 200 GETs,
-    and each doing one `BLPOP` of `block_s` seconds on an empty list (counted in CLIENT LIST by name)."""
+    """Connections one shared client (redis-py's default pool, bounded at 100) opened for `threads` threads:
+    each sending 200 GETs back to back, and each sending one `BLPOP` of `block_s` seconds on an empty list
+    (counted in CLIENT LIST by name)."""
     admin = client_of(srv)
     used = {}
     for label, work in (("200 GETs each", lambda c: [c.get("k") for _ in range(200)]),
@@ -634,14 +670,13 @@ def _paused_with_default_retry(srv: Server, socket_timeout: float, at_most_s: fl
     return Outcome(outcome.label, outcome.result, outcome.seconds, attempts=1 + reconnects)
 
 
-def _wrong_password_with(retry: Retry | None, label: str) -> Outcome:
-    with server() as srv:
-        admin = client_of(srv)
-        extra = {} if retry is None else {"retry": retry}
-        outcome = timed(label, redis.Redis(host=srv.host, port=srv.port, password="wrong", socket_timeout=1,
-                                           **extra).ping)
-        attempts = sum(f.count for f in ops.acl_failures(admin) if f.reason == "auth")
-        admin.close()
+def _wrong_password_with(srv: Server, retry: Retry | None, label: str) -> Outcome:
+    admin = client_of(srv)
+    extra = {} if retry is None else {"retry": retry}
+    outcome = timed(label, redis.Redis(host=srv.host, port=srv.port, password="wrong", socket_timeout=1,
+                                       **extra).ping)
+    attempts = sum(f.count for f in ops.acl_failures(admin) if f.reason == "auth")
+    admin.close()
     return Outcome(outcome.label, outcome.result, outcome.seconds, attempts=attempts)
 
 
@@ -652,15 +687,16 @@ def default_retry_traps(srv: Server, socket_timeout: float = 0.2, at_most_s: flo
     closed port, and with a wrong password (attempts counted by the server's ACL LOG); each beside the same
     call with no retry."""
     port = closed_port()
-    calls = {
-        "paused": lambda: _paused_with_default_retry(srv, socket_timeout, at_most_s),
-        "closed, default": lambda: timed("a closed port", redis.Redis(host="127.0.0.1", port=port).ping),
-        "closed, none": lambda: timed("a closed port, no retry",
-                                      redis.Redis(host="127.0.0.1", port=port, retry=NO_RETRY).ping),
-        "password, default": lambda: _wrong_password_with(None, "a wrong password"),
-        "password, none": lambda: _wrong_password_with(NO_RETRY, "a wrong password, no retry"),
-    }
-    return list(in_parallel(calls).values())
+    with server() as guarded, server() as guarded_once:  # started (and stopped) here, in the caller's thread
+        calls = {
+            "paused": lambda: _paused_with_default_retry(srv, socket_timeout, at_most_s),
+            "closed, default": lambda: timed("a closed port", redis.Redis(host="127.0.0.1", port=port).ping),
+            "closed, none": lambda: timed("a closed port, no retry",
+                                          redis.Redis(host="127.0.0.1", port=port, retry=NO_RETRY).ping),
+            "password, default": lambda: _wrong_password_with(guarded, None, "a wrong password"),
+            "password, none": lambda: _wrong_password_with(guarded_once, NO_RETRY, "a wrong password, no retry"),
+        }
+        return list(in_parallel(calls).values())
 
 
 def closed_port() -> int:
@@ -700,15 +736,17 @@ class Counted:
     counter: int
 
 
-def incr_while_paused(srv: Server, label: str, pause_s: float = 1.0, **client: Any) -> Counted:
-    """INCR a fresh counter through `Redis(host=..., **client)` while `srv` is paused for `pause_s` seconds,
-    then read the counter once the server has run everything it received."""
+def incr_while_paused(srv: Server, label: str, pause_s: float = 1.0,
+                      write: Callable[[redis.Redis], Any] = lambda c: c.incr("counter"), **client: Any) -> Counted:
+    """`write(c)` (by default INCR counter) through `c = Redis(host=..., **client)` on a fresh `counter` (and
+    no `req:*` key) while `srv` is paused for `pause_s` seconds, then read the counter once the server has run
+    everything it received."""
     admin = client_of(srv)
-    admin.delete("counter")
+    admin.delete("counter", *admin.scan_iter("req:*"))
     c = redis.Redis(**raw_kwargs(srv), decode_responses=True, **client)
     c.ping()
     with paused(srv, pause_s):
-        outcome = timed(label, lambda: c.incr("counter"))
+        outcome = timed(label, lambda: write(c))
     c.close()
     wait_until(lambda: admin.get("counter") is not None, 5, "the abandoned INCR to run")
     counter = int(admin.get("counter"))
@@ -791,8 +829,13 @@ def retry_through_restart(down_s: float = 0.6, retries: int = 8, seed: int = 11)
             restart = threading.Timer(down_s, srv.start)
             restart.name = f"{PREFIX}-restart"
             restart.start()
-            outcome = timed(label, lambda c=c: c.set("k", "v"))
-            restart.join()
+            try:
+                outcome = timed(label, lambda c=c: c.set("k", "v"))
+            finally:  # a cell interrupted here must not leave a timer that starts the server after Cleanup
+                restart.cancel()
+                restart.join()
+            if not srv.is_running():  # the call ended before the timer fired: restart here, in this thread
+                srv.start()
             runs.append(RetryRun(label, outcome.result, backoff.delays))
             if retry_count:
                 backoff.delays = []
@@ -804,11 +847,28 @@ def retry_through_restart(down_s: float = 0.6, retries: int = 8, seed: int = 11)
 
 def retried_errors() -> dict[str, bool]:
     """Which redis-py errors a `Retry` retries by default (it retries ConnectionError, TimeoutError and
-    socket.timeout, and so their subclasses)."""
+    socket.timeout, and so their subclasses). MaxConnectionsError is a ConnectionError too, but a full pool
+    raises it before the command is sent, outside the retry loop: `full_pool_with_retry` shows it."""
     supported = Retry(NoBackoff(), 1)._supported_errors
-    names = ("ConnectionError", "TimeoutError", "AuthenticationError", "MaxConnectionsError", "BusyLoadingError",
-             "ResponseError", "NoPermissionError", "ReadOnlyError", "OutOfMemoryError")
+    names = ("ConnectionError", "TimeoutError", "AuthenticationError", "BusyLoadingError", "ResponseError",
+             "NoPermissionError", "ReadOnlyError", "OutOfMemoryError")
     return {name: issubclass(getattr(redis.exceptions, name), supported) for name in names}
+
+
+def full_pool_with_retry(srv: Server, retries: int = 3) -> RetryRun:
+    """A GET through a client with `Retry(backoff, retries)` whose `ConnectionPool(max_connections=1)` has its
+    one connection checked out: the error, and the delays the backoff chose (none: no retry happened)."""
+    backoff = RecordingBackoff(cap=1.0, base=0.05)
+    pool = redis.ConnectionPool(max_connections=1, **raw_kwargs(srv),
+                                **(options() | {"retry": Retry(backoff, retries)}))
+    held = pool.get_connection()
+    try:
+        outcome = timed("a full pool", redis.Redis(connection_pool=pool).ping)
+    finally:
+        pool.release(held)
+        pool.disconnect()
+    return RetryRun(f"{outcome.label}, Retry(backoff, {retries}), {outcome.seconds * 1000:.2f} ms", outcome.result,
+                    backoff.delays)
 
 
 def health_checks(srv: Server, interval: int = 1) -> dict[str, int]:
@@ -858,12 +918,20 @@ INFO_FIELDS = {
 def info_digest(c: redis.Redis) -> dict[str, dict[str, Any]]:
     """The INFO fields worth a dashboard, by section, plus the keyspace and the three busiest commands."""
     info = c.info("everything")
-    digest = {section: {k: info.get(k) for k in fields} for section, fields in INFO_FIELDS.items()}
+    digest = {section: {k: _mb(k, info.get(k)) for k in fields} for section, fields in INFO_FIELDS.items()}
     digest["keyspace"] = {k: v for k, v in info.items() if k.startswith("db") and isinstance(v, dict)}
     stats = {k.removeprefix("cmdstat_"): v for k, v in c.info("commandstats").items()}
     busiest = sorted(stats.items(), key=lambda kv: -int(kv[1]["usec"]))[:3]
     digest["commandstats"] = {name: {"calls": s["calls"], "usec_per_call": s["usec_per_call"]} for name, s in busiest}
     return digest
+
+
+BYTE_FIELDS = {"used_memory", "used_memory_peak", "maxmemory", "mem_clients_normal"}
+
+
+def _mb(field: str, value: Any) -> Any:
+    """A byte count from INFO as megabytes (text), anything else as it is."""
+    return f"{int(value) / 1e6:.2f} MB" if field in BYTE_FIELDS and value is not None else value
 
 
 def stats_delta(c: redis.Redis, work: Callable[[], Any]) -> dict[str, int]:
@@ -938,7 +1006,8 @@ def _monitoring(srv: Server, seen: list[int]) -> Iterator[None]:
         yield
     finally:
         stop.set()
-        nudge.ping()  # one more line for the monitor, so that a reader waiting for one sees stop at once
+        with contextlib.suppress(redis.RedisError):  # cleanup goes on if the server cannot be nudged
+            nudge.ping()  # one more line for the monitor, so that a reader waiting for one sees stop at once
         reader.join()
         monitor.__exit__(None, None, None)
         watcher.close()
@@ -979,16 +1048,11 @@ def three_kinds_of_connection(srv: Server, idle_s: int = 1, value_bytes: int = 4
 
 
 def plot_monitor_cost(cost: MonitorCost) -> None:
-    _, (cpu_ax, ops_ax) = plt.subplots(1, 2, figsize=(9, 2.2))
+    _, ax = plt.subplots(figsize=(7, 1.8))
     names = list(cost.cpu_us)
-    colors = ["tab:green", "tab:red"]
-    cpu_ax.barh(names, [cost.cpu_us[n] for n in names], color=colors)
-    cpu_ax.set(xlabel="server CPU per SET (µs)", title="what the server spends")
-    ops_ax.barh(names, [cost.ops_per_s[n] for n in names], color=colors)
-    ops_ax.set(xlabel="SETs per second (one pipelining client)", title="what the client gets")
-    for ax in (cpu_ax, ops_ax):
-        ax.invert_yaxis()
-    ops_ax.set_yticklabels([])
+    ax.barh(names, [cost.cpu_us[n] for n in names], color=["tab:green", "tab:red"])
+    ax.set(xlabel="server CPU per SET (µs, median of the rounds)", title="what the server spends")
+    ax.invert_yaxis()
     plt.tight_layout()
     plt.show()
 
@@ -1150,12 +1214,20 @@ def config_set_refusals(c: redis.Redis) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Guessing:
-    """Password guesses per second from one connection that never logged in (each guess waits for its
-    reply), against PINGs per second from a logged-in connection doing the same; and what ACL LOG counted."""
+    """Password guessing from one connection that never logged in: guesses per second one at a time (each
+    waiting for its reply) against PINGs per second from a logged-in connection doing the same, and the median
+    of their per-round ratio; guesses per second `depth` at a time (pipelined); what ACL LOG counted; and
+    what happened to a burst of `flood` guesses sent without reading a reply."""
 
     guesses_per_s: float
     pings_per_s: float
+    ratio: float
+    pipelined_per_s: float
+    pipelined_ratio: float
+    depth: int
     logged_failures: int
+    flood: int
+    flood_reply: str
 
 
 def _one_at_a_time(s: socket.socket, lines: Sequence[bytes]) -> float:
@@ -1168,24 +1240,64 @@ def _one_at_a_time(s: socket.socket, lines: Sequence[bytes]) -> float:
     return time.perf_counter() - started
 
 
-def password_guessing(srv: Server, guesses: int = 2000, rounds: int = 10) -> Guessing:
-    """`guesses` wrong AUTHs (one at a time, no pipelining) from a connection that never logged in, against as
-    many PINGs from a logged-in one, in `rounds` turns of each."""
+def _all_at_once(s: socket.socket, lines: Sequence[bytes]) -> float:
+    """Seconds to send every line in one write and read all their one-line replies."""
+    started = time.perf_counter()
+    s.sendall(b"".join(lines))
+    received = b""
+    while received.count(b"\r\n") < len(lines):
+        chunk = s.recv(65536)
+        if not chunk:
+            raise redis.ConnectionError("the server closed the connection")
+        received += chunk
+    return time.perf_counter() - started
+
+
+def _flood(srv: Server, guesses: int) -> str:
+    """Send `guesses` wrong AUTHs in one write from a new connection, then read: what came back."""
+    with socket.create_connection((srv.host, srv.port), timeout=5) as s:
+        s.sendall(b"".join(f"AUTH flood-{i}\r\n".encode() for i in range(guesses)))
+        received = b""
+        while received.count(b"\r\n") < guesses:
+            chunk = s.recv(65536)
+            if not chunk:
+                return f"closed by the server after {received.count(b'WRONGPASS')} replies"
+            received += chunk
+    return f"all {guesses} replies"
+
+
+def password_guessing(srv: Server, guesses: int = 2000, rounds: int = 40, depth: int = 16,
+                      flood: int = 1000) -> Guessing:
+    """`guesses` wrong AUTHs one at a time (no pipelining) from a connection that never logged in, against as
+    many PINGs from a logged-in one, and `depth` wrong AUTHs sent at once per round, in `rounds` interleaved
+    turns (the order alternating); then `flood` wrong AUTHs in one write from a new connection."""
     admin = client_of(srv)
     admin.acl_log_reset()
-    spent = {"auth": 0.0, "ping": 0.0}
     per_round = guesses // rounds
+    spent: dict[str, list[float]] = {"auth": [], "ping": [], "pipelined": []}
+    auths = lambda r, kind, n: [f"AUTH {kind}-{r}-{i}\r\n".encode() for i in range(n)]  # noqa: E731
     with socket.create_connection((srv.host, srv.port), timeout=5) as guesser, \
             socket.create_connection((srv.host, srv.port), timeout=5) as user:
-        user.sendall(f"AUTH {srv.password}\r\n".encode())
-        user.recv(64)
+        _one_at_a_time(user, [f"AUTH {srv.password}\r\n".encode()])
         for r in range(rounds):
-            spent["auth"] += _one_at_a_time(guesser, [f"AUTH guess-{r}-{i}\r\n".encode() for i in range(per_round)])
-            spent["ping"] += _one_at_a_time(user, [b"PING\r\n"] * per_round)
+            turns = {"auth": lambda r=r: _one_at_a_time(guesser, auths(r, "one", per_round)),
+                     "ping": lambda: _one_at_a_time(user, [b"PING\r\n"] * per_round),
+                     "pipelined": lambda r=r: _all_at_once(guesser, auths(r, "many", depth))}
+            for kind in (list(turns) if r % 2 else list(reversed(turns))):
+                spent[kind].append(turns[kind]())
     failures = sum(f.count for f in ops.acl_failures(admin, 100) if f.reason == "auth")
     admin.close()
-    done = per_round * rounds
-    return Guessing(done / spent["auth"], done / spent["ping"], failures)
+    sent = {"auth": per_round * rounds, "ping": per_round * rounds, "pipelined": depth * rounds}
+    rate = {kind: sent[kind] / sum(seconds) for kind, seconds in spent.items()}
+    per_guess = {kind: [t / (depth if kind == "pipelined" else per_round) for t in seconds]
+                 for kind, seconds in spent.items()}
+    return Guessing(rate["auth"], rate["ping"], statistics.median(map(_ratio, per_guess["ping"], per_guess["auth"])),
+                    rate["pipelined"], statistics.median(map(_ratio, per_guess["auth"], per_guess["pipelined"])),
+                    depth, failures, flood, _flood(srv, flood))
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b
 
 
 def search_time_s(alphabet: int, length: int, per_second: float) -> float:
@@ -1225,6 +1337,7 @@ class TlsRun:
     untrusted: str
     new_tls_us: float
     new_plain_us: float
+    client_arguments: dict[str, str]  # the trusting client's, as code, without its password (the CA file by name)
 
 
 def tls_demo(engine: str, reps: int = 12) -> TlsRun:
@@ -1243,7 +1356,10 @@ def tls_demo(engine: str, reps: int = 12) -> TlsRun:
             replies = {name: timed(name, lambda kw=kw: _ping_once(kw)).result for name, kw in attempts.items()}
             times = side_by_side({"tls": lambda: _ping_once(secure), "plain": lambda: _ping_once(
                 {"port": srv.port} | base)}, reps=reps)
-    return TlsRun(engine, replies["trusted"], replies["plain_text"], replies["untrusted"], times["tls"], times["plain"])
+    shown = {k: repr(Path(v).name) if k == "ssl_ca_certs" else describe_retry(v) if k == "retry" else repr(v)
+             for k, v in secure.items() if k != "password"}
+    return TlsRun(engine, replies["trusted"], replies["plain_text"], replies["untrusted"], times["tls"], times["plain"],
+                  shown)
 
 
 def _ping_once(kwargs: dict[str, Any]) -> bool:
@@ -1354,7 +1470,7 @@ SERVICE_TEXT = (
     "worker thread should wait for a connection under normal load, and a request that cannot get a connection "
     "must fail within a few seconds rather than wait for ever. Every client states its timeouts."
 ).format(**SERVICE)
-MAX_POOL_TIMEOUT_S = 10.0
+MAX_POOL_TIMEOUT_S = 5.0  # "fail within a few seconds"
 
 
 @dataclass(frozen=True)
@@ -1401,7 +1517,7 @@ def _run_load(pools: list[Any], threads: int, calls_each: int, call_s: float, ad
         for _ in range(calls_each):
             try:
                 client.blpop(["lab-empty"], call_s)
-            except redis.RedisError as err:
+            except Exception as err:  # the learner's pool: any error (a TypeError from a wrong argument too) counts
                 with lock:
                     errors[type(err).__name__] = errors.get(type(err).__name__, 0) + 1
 
@@ -1412,11 +1528,13 @@ def _run_load(pools: list[Any], threads: int, calls_each: int, call_s: float, ad
             peak[0] = max(peak[0], int(admin.info("clients")["connected_clients"]))
 
     watcher = thread(watch, name="pool-watch")
-    clients = [redis.Redis(connection_pool=pool) for pool in pools]
-    with ThreadPoolExecutor(threads * len(pools), thread_name_prefix=f"{PREFIX}-load") as executor:
-        list(executor.map(work, [c for c in clients for _ in range(threads)]))
-    done.set()
-    watcher.join()
+    try:
+        clients = [redis.Redis(connection_pool=pool) for pool in pools]
+        with ThreadPoolExecutor(threads * len(pools), thread_name_prefix=f"{PREFIX}-load") as executor:
+            list(executor.map(work, [c for c in clients for _ in range(threads)]))
+    finally:
+        done.set()
+        watcher.join()
     waited = sum(seconds for pool in pools for seconds in pool.checkout_seconds)
     return LoadRun(len(pools) * threads * calls_each, errors, waited, peak[0],
                    int(admin.info("stats")["rejected_connections"]) - rejected_before)
@@ -1452,6 +1570,7 @@ def _static_problems(pool: Any, service: dict[str, Any]) -> list[str]:
     return problems
 
 
+@check
 def check_pool_size(make_pool: Callable[..., Any], service: dict[str, Any] = SERVICE) -> Result:
     """`make_pool(host=, port=, password=)` returns the pool one instance of the service in `SERVICE_TEXT`
     should use. The check makes one per instance against a server with the service's maxclients (the
@@ -1513,11 +1632,14 @@ CACHE_REFUSED: dict[str, tuple[tuple[str | int, ...], str]] = {
     "FLUSHDB": (("FLUSHDB",), "FLUSHDB (-@dangerous)"),
     "KEYS *": (("KEYS", "*"), "KEYS (-@dangerous)"),
     "SCAN 0": (("SCAN", 0), "SCAN, which lists every key name whatever the key patterns (-scan, or an allow-list)"),
+    "RANDOMKEY": (("RANDOMKEY",), "RANDOMKEY, which returns any key's name whatever the key patterns (-randomkey, "
+                                  "or an allow-list)"),
     "CONFIG SET": (("CONFIG", "SET", "maxmemory", "1"), "CONFIG (-@dangerous, or -@admin)"),
     "DEBUG SLEEP 0": (("DEBUG", "SLEEP", 0), "DEBUG (-@dangerous)"),
     "SHUTDOWN": (("SHUTDOWN",), "SHUTDOWN (-@dangerous)"),
     "ACL SETUSER": (("ACL", "SETUSER", "cache", "+@all"), "ACL (-@dangerous): the user could grant itself anything"),
-    "EVAL": (("EVAL", "return 1", 0), "EVAL and FUNCTION (-@scripting): a script runs what the user may not"),
+    "EVAL": (("EVAL", "return 1", 0), "EVAL and FUNCTION (-@scripting): a looping script keeps the server busy "
+                                       "for every client, and a Lua bug is a way out of the sandbox"),
 }
 
 
@@ -1534,6 +1656,7 @@ def _login(srv: Server, password: str) -> tuple[redis.Redis | None, str]:
     return c, ""
 
 
+@check
 def check_cache_acl(rules: Sequence[str]) -> Result:
     """`rules` (ACL SETUSER rules, applied after `reset`) make user `cache` for a cache service: it logs in with
     `CACHE_PASSWORD`, runs every command of `CACHE_ALLOWED` for real, and is refused every one of
@@ -1550,6 +1673,11 @@ def check_cache_acl(rules: Sequence[str]) -> Result:
         if c is None:
             return Result(False, problem)
         problems = []
+        stranger, _ = _login(srv, "not-" + CACHE_PASSWORD)
+        if stranger is not None:
+            stranger.close()
+            problems.append("The user logs in with a wrong password too (nopass?): give it only "
+                            f"'>{CACHE_PASSWORD}'.")
         for label, command in CACHE_ALLOWED.items():
             try:
                 c.execute_command(*command)

@@ -9,6 +9,7 @@ process is resumed in a `finally`; every topology is a context manager."""
 from __future__ import annotations
 
 import itertools
+import secrets
 import statistics
 import threading
 import time
@@ -20,12 +21,10 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 
 from labkit.clients import options
 from labkit.errors import ServerUnavailable
-from labkit.lessons import Result, verdict
+from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.replication import retry
 from labkit.server import Server, replicated, sentinel, spawn
@@ -186,6 +185,12 @@ class FailoverLoss:
     confirmed: int | None = None
     confirmed_kept: int | None = None
     unconfirmed_wait_ms: float | None = None  # median time a write WAIT did not confirm took
+    frozen_stream_bytes: int = 0  # the replication stream the frozen writes made (master_repl_offset's growth)
+
+    @property
+    def frozen_kept_bytes(self) -> int:
+        """About how much of the frozen writes' stream reached the replica anyway (their share kept)."""
+        return round(self.frozen_stream_bytes * self.frozen_kept / self.frozen) if self.frozen else 0
 
     @property
     def lost(self) -> int:
@@ -195,18 +200,19 @@ class FailoverLoss:
 FREEZES = ("sigstop", "client-pause")
 
 
-def _write_each(r: redis.Redis, prefix: str, count: int, wait_ms: int | None) -> tuple[list[int], list[float]]:
+def _write_each(r: redis.Redis, prefix: str, count: int, wait_ms: int | None, value: str = VALUE
+                ) -> tuple[list[int], list[float]]:
     """SET `prefix:i` one at a time; with `wait_ms`, `WAIT 1 wait_ms` after each, on the same connection
     (WAIT counts the replicas that have this connection's writes). Returns the indexes WAIT confirmed, and
     how long (ms) each write that was not confirmed took."""
     if wait_ms is None:
-        write_keys(r, prefix, 0, count)
+        write_keys(r, prefix, 0, count, value)
         return [], []
     confirmed, unconfirmed_ms = [], []
     with r.pipeline(transaction=False) as pipe:  # one connection for the SET and its WAIT
         for i in range(count):
             started = time.perf_counter()
-            _, replicas = pipe.set(f"{prefix}:{i}", VALUE).wait(1, wait_ms).execute()
+            _, replicas = pipe.set(f"{prefix}:{i}", value).wait(1, wait_ms).execute()
             if replicas >= 1:
                 confirmed.append(i)
             else:
@@ -214,12 +220,12 @@ def _write_each(r: redis.Redis, prefix: str, count: int, wait_ms: int | None) ->
     return confirmed, unconfirmed_ms
 
 
-def writes_lost_at_failover(freeze: str, frozen: int, *, healthy: int = 100, wait_ms: int | None = None
-                            ) -> FailoverLoss:
+def writes_lost_at_failover(freeze: str, frozen: int, *, healthy: int = 100, wait_ms: int | None = None,
+                            value_size: int = len(VALUE)) -> FailoverLoss:
     """`healthy` writes, then the replica is frozen (`freeze`: "sigstop", the process stopped, or
-    "client-pause", `CLIENT PAUSE WRITE`: it stops applying the stream) and `frozen` more writes; with
-    `wait_ms`, each write is followed by `WAIT 1 wait_ms`. The primary is killed (SIGKILL), the replica
-    thawed and promoted once it has seen its primary go, and what it holds is counted."""
+    "client-pause", `CLIENT PAUSE WRITE`: it stops applying the stream) and `frozen` more writes of
+    `value_size` bytes; with `wait_ms`, each write is followed by `WAIT 1 wait_ms`. The primary is killed
+    (SIGKILL), the replica thawed and promoted once it has seen its primary go, and what it holds is counted."""
     if freeze not in FREEZES:
         raise ValueError(f"freeze is one of {FREEZES}, got {freeze!r}")
     with replicated(replicas=1) as topo:
@@ -232,7 +238,9 @@ def writes_lost_at_failover(freeze: str, frozen: int, *, healthy: int = 100, wai
         else:
             pause_writes(replica, 60_000)
         try:
-            frozen_confirmed, unconfirmed_ms = _write_each(r, "frozen", frozen, wait_ms)
+            offset = primary.probe().info("replication")["master_repl_offset"]
+            frozen_confirmed, unconfirmed_ms = _write_each(r, "frozen", frozen, wait_ms, "v" * value_size)
+            stream_bytes = primary.probe().info("replication")["master_repl_offset"] - offset
             confirmed += [healthy + i for i in frozen_confirmed]
             primary.kill()
         finally:
@@ -248,27 +256,44 @@ def writes_lost_at_failover(freeze: str, frozen: int, *, healthy: int = 100, wai
                              for i in confirmed) if wait_ms is not None else None
     return FailoverLoss(freeze, healthy, frozen, healthy_kept, frozen_kept,
                         len(confirmed) if wait_ms is not None else None, confirmed_kept,
-                        statistics.median(unconfirmed_ms) if unconfirmed_ms else None)
+                        statistics.median(unconfirmed_ms) if unconfirmed_ms else None, stream_bytes)
+
+
+def socket_buffer_limits() -> dict[str, str]:
+    """This machine's TCP buffer sizes (min, default, max bytes): how much a stopped process's kernel may hold."""
+    limits = {}
+    for name in ("tcp_rmem", "tcp_wmem"):
+        try:
+            with open(f"/proc/sys/net/ipv4/{name}") as sysctl:
+                limits[f"net.ipv4.{name}"] = " ".join(sysctl.read().split())
+        except OSError:  # not Linux: nothing to print
+            limits[f"net.ipv4.{name}"] = "unknown here"
+    return limits
 
 
 def plot_losses(losses: dict[str, FailoverLoss]) -> None:
+    """Per run, the writes acknowledged while the replica was frozen: kept by the promoted replica, and lost."""
     names = list(losses)
     _, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 1))
-    kept = [(x.healthy_kept + x.frozen_kept) / (x.healthy + x.frozen) * 100 for x in losses.values()]
+    kept = [x.frozen_kept / x.frozen * 100 for x in losses.values()]
     ax.barh(names, kept, color="tab:green", label="on the promoted replica")
     ax.barh(names, [100 - k for k in kept], left=kept, color="tab:red", label="lost")
-    ax.set(xlabel="% of the acknowledged writes", xlim=(0, 100), title="acknowledged writes after a failover")
+    for row, loss in enumerate(losses.values()):
+        ax.annotate(f"lost {loss.lost:,} of {loss.frozen:,}", (101, row), va="center", fontsize=8,
+                    annotation_clip=False)
+    ax.set(xlabel="% of the writes acknowledged while the replica was frozen", xlim=(0, 100),
+           title="acknowledged writes after a failover")
     ax.invert_yaxis()
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, -0.15))
     plt.show()
 
 
 # -- 12.3 WAIT ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class WaitCost:
-    """Median microseconds per write, one client, no pipelining: `SET` alone, `SET` + `PING` (a second round
-    trip to the primary), and `SET` + `WAIT 1` (a second round trip that also goes through the replica); how
-    many WAITs were sent, and how many `REPLCONF GETACK` requests the replica answered meanwhile."""
+    """Microseconds per write in the fastest round, one client, no pipelining: `SET` alone, `SET` + `PING` (a
+    second round trip to the primary), and `SET` + `WAIT 1` (a second round trip that also goes through the
+    replica); how many WAITs were sent, and how many `REPLCONF GETACK` requests the replica answered meanwhile."""
 
     set_us: float
     ping_us: float
@@ -294,7 +319,8 @@ def _time_writes(r: redis.Redis, extra: tuple | None, count: int) -> float:
 
 
 def wait_cost(rounds: int = 15, batch: int = 100) -> WaitCost:
-    """Time the three kinds of write in turns (interleaved rounds of `batch` writes), medians per write."""
+    """Time the three kinds of write in turns (interleaved rounds of `batch` writes); per write, the fastest round
+    of each (the cost itself: a busy machine only ever adds to it)."""
     samples: dict[str, list[float]] = {"set": [], "ping": [], "wait": []}
     extras = {"set": None, "ping": ("PING",), "wait": ("WAIT", 1, 1000)}
     with replicated(replicas=1) as topo:
@@ -304,7 +330,18 @@ def wait_cost(rounds: int = 15, batch: int = 100) -> WaitCost:
             for name, extra in extras.items():
                 samples[name].append(_time_writes(r, extra, batch) / batch * 1e6)
         getacks = _replconf_calls(topo.replicas[0]) - before
-    return WaitCost(*(statistics.median(samples[name]) for name in extras), rounds * batch, getacks)
+    return WaitCost(*(min(samples[name]) for name in extras), rounds * batch, getacks)
+
+
+def plot_wait_cost(cost: WaitCost) -> None:
+    _, ax = plt.subplots(figsize=(7, 2.2))
+    labels, values = ["SET", "SET + PING", "SET + WAIT 1"], [cost.set_us, cost.ping_us, cost.wait_us]
+    ax.barh(labels, values, color=["tab:gray", "tab:blue", "tab:orange"])
+    for row, value in enumerate(values):
+        ax.annotate(f"{value:.0f} µs", (value, row), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set(xlabel="µs per write (fastest round)", title="what a WAIT adds to each write", xlim=(0, max(values) * 1.25))
+    ax.invert_yaxis()
+    plt.show()
 
 
 def _replconf_calls(replica: Server) -> int:
@@ -351,13 +388,16 @@ class StaleReads:
     """Read-your-writes against a replica: `pairs` times, SET a new value on the primary then GET it from the
     replica. `stale` reads returned the old value; `in_pauses` pairs fell entirely inside a replica pause
     (`in_pauses_stale` of them stale); `from_primary` reads went to the primary instead (after a WAIT that
-    did not confirm)."""
+    did not confirm); `after_pauses_stale` stale reads touched no pause at all, made after one had ended (the
+    replica still catching up); `pauses` is how many pauses the run saw."""
 
     pairs: int
     stale: int
     in_pauses: int = 0
     in_pauses_stale: int = 0
     from_primary: int = 0
+    after_pauses_stale: int = 0
+    pauses: int = 0
 
     @property
     def rate(self) -> float:
@@ -385,12 +425,15 @@ def _pauser(replica: Server, every_s: float, pause_ms: int, stop: threading.Even
         stop.wait(every_s)
 
 
-def _pairs(primary: redis.Redis, replica: redis.Redis, count: int, wait_ms: int | None
-           ) -> tuple[list[tuple[float, float, bool]], int]:
-    """(start, end, stale) of each write-then-read, and how many reads went to the primary."""
+def _pairs(primary: redis.Redis, replica: redis.Redis, count: int, wait_ms: int | None,
+           until: Callable[[list], bool] = lambda rows: True) -> tuple[list[tuple[float, float, bool]], int]:
+    """(start, end, stale) of each write-then-read, at least `count` of them and until `until(rows)` (asked
+    every 50 pairs), and how many reads went to the primary."""
     rows, from_primary = [], 0
     with primary.pipeline(transaction=False) as pipe:
-        for i in range(count):
+        for i in itertools.count():
+            if i >= count and i % 50 == 0 and until(rows):
+                break
             started = time.monotonic()
             pipe.set("ryw", i)
             if wait_ms is not None:
@@ -405,10 +448,11 @@ def _pairs(primary: redis.Redis, replica: redis.Redis, count: int, wait_ms: int 
 
 
 def read_your_writes(pairs: int = 2000, *, load: bool = False, pause_every_s: float | None = None,
-                     pause_ms: int = 50, wait_ms: int | None = None) -> StaleReads:
+                     pause_ms: int = 50, wait_ms: int | None = None, min_pauses: int = 0) -> StaleReads:
     """`pairs` write-then-read pairs (write to the primary, read the same key from the replica), optionally
-    under a write load, with the replica paused for `pause_ms` every `pause_every_s`, and with `WAIT 1
-    wait_ms` after each write (reading from the primary when it did not confirm)."""
+    under a write load, with the replica paused for `pause_ms` every `pause_every_s` (and pairs made until
+    `min_pauses` pauses have passed), and with `WAIT 1 wait_ms` after each write (reading from the primary
+    when it did not confirm)."""
     with replicated(replicas=1) as topo:
         primary, replica = topo.primary.client(), topo.replicas[0].client()
         stop, windows, helpers = threading.Event(), [], []
@@ -419,14 +463,34 @@ def read_your_writes(pairs: int = 2000, *, load: bool = False, pause_every_s: fl
                                                                    windows)))
         for helper in helpers:
             helper.start()
+        deadline = time.monotonic() + 30
+
+        def enough(rows: list) -> bool:  # on a busy machine pairs are slow: go on until some fell in a pause
+            if time.monotonic() > deadline or len(windows) < min_pauses:
+                return time.monotonic() > deadline
+            if not min_pauses or wait_ms is not None:  # with WAIT nothing is stale: enough pauses are enough
+                return True
+            inside, after = _around_pauses(rows, list(windows))
+            return len(inside) >= 20 and sum(after) > 0
+
         try:
-            rows, from_primary = _pairs(primary, replica, pairs, wait_ms)
+            rows, from_primary = _pairs(primary, replica, pairs, wait_ms, until=enough)
         finally:
             stop.set()
             for helper in helpers:
                 helper.join()
+    inside, after = _around_pauses(rows, windows)
+    return StaleReads(len(rows), sum(stale for _, _, stale in rows), len(inside), sum(inside), from_primary,
+                      sum(after), len(windows))
+
+
+def _around_pauses(rows: list[tuple[float, float, bool]], windows: list[tuple[float, float]]
+                   ) -> tuple[list[bool], list[bool]]:
+    """The stale flags of the pairs made entirely inside a pause, and of those made after a pause, in none."""
     inside = [stale for start, end, stale in rows if any(a <= start and end <= b for a, b in windows)]
-    return StaleReads(pairs, sum(stale for _, _, stale in rows), len(inside), sum(inside), from_primary)
+    after = [stale for start, end, stale in rows if not any(start < b and end > a for a, b in windows)
+             and any(b <= start for _, b in windows)]
+    return inside, after
 
 
 def plot_stale(runs: dict[str, StaleReads]) -> None:
@@ -533,11 +597,15 @@ def ckquorum(watcher: Server, master_name: str) -> str:
 class FailoverDrill:
     """Writers, each through its own client, writing a new key every `every_s` while the primary is killed
     (after `before_s`); they go on for `after_s` once the sentinels report the new primary. A drill is the
-    workload of a `labkit.widgets.FailoverTimeline`: `drill.counts` and `drill.events` feed it."""
+    workload of a `labkit.widgets.FailoverTimeline`: `drill.counts` and `drill.events` feed it. Given the
+    sentinels' `watched` events, it adds the leader's `MARKED_STEPS` to `events` at the end, for the figure."""
+
+    MARKED_STEPS = ("+sdown", "+promoted-slave")
 
     def __init__(self, topo: SentinelTopology, writers: dict[str, Callable[[str], object]], *,
-                 every_s: float = 0.005, before_s: float = 1.0, after_s: float = 1.5) -> None:
-        self.topo, self.writers = topo, writers
+                 every_s: float = 0.005, before_s: float = 1.0, after_s: float = 1.5,
+                 watched: SentinelEvents | None = None) -> None:
+        self.topo, self.writers, self.watched = topo, writers, watched
         self.every_s, self.before_s, self.after_s = every_s, before_s, after_s
         self.counts = {name: {"ok": 0, "errors": 0} for name in writers}
         self.errors: dict[str, Counter] = {name: Counter() for name in writers}
@@ -561,8 +629,11 @@ class FailoverDrill:
             old.kill()
             self.topo.wait_for_new_primary(old, timeout=30)
             self.switched_at = time.monotonic()
-            self.events.append((self.switched_at, "sentinels name the new primary"))
+            self.events.append((self.switched_at, "all sentinels name the new primary"))
             stop.wait(self.after_s)
+            if self.watched is not None:
+                self.events.extend((self.killed_at + at, name) for at, name, _ in self.watched.steps(self.killed_at)
+                                   if name in self.MARKED_STEPS)
         finally:
             writers_stop.set()
             for thread in threads:
@@ -601,21 +672,11 @@ def redis_py_retry_budget_s(base: float = REDIS_PY_DEFAULT_RETRY["base"], cap: f
     return sum(min(cap, base * 2**n) for n in range(1, retries + 1))
 
 
-def drill_writers(topo: SentinelTopology, deadline_s: float = 10) -> dict[str, Callable[[str], object]]:
-    """Three writers through `master_for` clients (0.5 s socket timeout): without retry, with redis-py's own
-    default retry (10 retries, backoff from 10 ms up to 1 s), and with `labkit.replication.retry` and a
-    deadline."""
-    plain = topo.master_for(socket_timeout=0.5)
-    default_retry = Retry(ExponentialWithJitterBackoff(base=REDIS_PY_DEFAULT_RETRY["base"],
-                                                       cap=REDIS_PY_DEFAULT_RETRY["cap"]),
-                          REDIS_PY_DEFAULT_RETRY["retries"])
-    redis_py = topo.master_for(socket_timeout=0.5, retry=default_retry)
-    deadline = topo.master_for(socket_timeout=0.5)
-    return {
-        "no retry": lambda key: plain.set(key, VALUE),
-        "redis-py retry": lambda key: redis_py.set(key, VALUE),
-        "retry with a deadline": lambda key: retry(lambda: deadline.set(key, VALUE), deadline_s=deadline_s),
-    }
+def connection_settings(client: redis.Redis) -> dict[str, Any]:
+    """The timeouts and retries of the connections `client` makes (built, not connected): what redis-py chose."""
+    conn = client.connection_pool.make_connection()
+    return {"socket_timeout": conn.socket_timeout, "connect_timeout": conn.socket_connect_timeout,
+            "retries": conn.retry.get_retries()}
 
 
 def failover_time(down_after_ms: int) -> float:
@@ -657,7 +718,8 @@ class SplitBrain:
     """The old primary, paused until a failover had happened and then resumed, as seen by a client that
     cached its address: writes it acknowledged and refused (NOREPLICAS) until it was demoted, how long that
     took, how many of its writes the new primary had once it rejoined, and what the new primary answered
-    to a write while its only replica was gone."""
+    to a write while its only replica was gone; and how the old primary resynchronised (`sync_full` and
+    `sync_partial_ok` on the new primary, counted from the failover)."""
 
     failover_s: float
     accepted: int
@@ -665,6 +727,8 @@ class SplitBrain:
     demoted_after_s: float
     survived: int
     new_primary_refused: str | None
+    full_syncs: int = 0
+    partial_syncs: int = 0
 
 
 def _until_demoted(stale: redis.Redis, timeout: float = 60) -> tuple[int, int, float]:
@@ -702,6 +766,7 @@ def split_brain(**config: Any) -> SplitBrain:
             failover_s = time.monotonic() - paused
         finally:
             old.resume()
+        before = new.probe().info("stats")
         try:
             new.probe().set("while-alone", 1)
             refused_alone = None
@@ -710,7 +775,9 @@ def split_brain(**config: Any) -> SplitBrain:
         accepted, refused, seconds = _until_demoted(stale)
         wait_caught_up(new, old)
         survived = count_keys(new.client(), "split")
-    return SplitBrain(failover_s, accepted, refused, seconds, survived, refused_alone)
+        after = new.probe().info("stats")
+    return SplitBrain(failover_s, accepted, refused, seconds, survived, refused_alone,
+                      after["sync_full"] - before["sync_full"], after["sync_partial_ok"] - before["sync_partial_ok"])
 
 
 def split_brains() -> dict[str, SplitBrain]:
@@ -727,10 +794,13 @@ def plot_split_brains(runs: dict[str, SplitBrain]) -> None:
     ax.barh(names, [x.accepted - x.survived for x in runs.values()], left=[x.survived for x in runs.values()],
             color="tab:red", label="acknowledged, lost")
     ax.barh(names, [x.refused for x in runs.values()], left=accepted, color="tab:gray", label="refused (NOREPLICAS)")
+    for row, run in enumerate(runs.values()):
+        ax.annotate(f"{run.accepted - run.survived:,} lost, {run.refused:,} refused", (run.accepted + run.refused, row),
+                    xytext=(4, 0), textcoords="offset points", va="center", fontsize=8, annotation_clip=False)
     ax.set(xlabel="writes sent to the old primary between its resume and its demotion",
            title="split brain: a client that kept the old primary's address")
     ax.invert_yaxis()
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     plt.show()
 
 
@@ -774,6 +844,13 @@ def isolated_primary(config: dict[str, Any], *, healthy_s: float = 1.0, limit_s:
             topo.replicas[0].resume()
 
 
+def isolated_primaries(max_lags: Sequence[int] = (2, 3)) -> dict[int, Isolation]:
+    """`isolated_primary` with `min-replicas-to-write 1` and each `min-replicas-max-lag`, all at once."""
+    runs = in_parallel({str(lag): lambda lag=lag: isolated_primary(
+        {"min-replicas-to-write": 1, "min-replicas-max-lag": lag}) for lag in max_lags})
+    return {lag: runs[str(lag)] for lag in max_lags}
+
+
 def _accepted(r: redis.Redis, key: str) -> bool:
     try:
         r.set(key, VALUE)
@@ -795,12 +872,14 @@ def default_backlog() -> int:
 class Resync:
     """A replica restarted (SIGTERM, then started again) while `missed_bytes` of writes went to its primary:
     how it resynced (`partial`: PSYNC continued from the backlog, `full`: a whole snapshot), the keys it
-    had afterwards, and seconds from its start until it had caught up."""
+    had afterwards, seconds from its start until it had caught up, and the bytes the primary sent it to
+    catch up (`total_net_repl_output_bytes`)."""
 
     missed_bytes: int
     kind: str
     keys: int
     seconds: float
+    sent_bytes: int = 0
 
 
 def replica_restart(*, persistence: bool, missed_keys: int, backlog: str = "1mb", keys: int = 1000) -> Resync:
@@ -810,12 +889,13 @@ def replica_restart(*, persistence: bool, missed_keys: int, backlog: str = "1mb"
     config = {"repl_backlog_size": backlog} | ({"save": "3600 1"} if persistence else {})
     with replicated(replicas=1, **config) as topo:
         primary, replica = topo.primary, topo.replicas[0]
-        write_keys(primary.client(), "order", 0, keys)
+        # random values: a snapshot cannot compress them away, so a full sync sends what the dataset weighs
+        write_keys(primary.client(), "order", 0, keys, value=secrets.token_hex(50))
         wait_caught_up(primary, replica)
         before = primary.probe().info("stats")
         replica.terminate()
         offset = primary.probe().info("replication")["master_repl_offset"]
-        write_keys(primary.client(), "missed", 0, missed_keys, value="m" * 1000)
+        write_keys(primary.client(), "missed", 0, missed_keys, value=secrets.token_hex(500))
         missed = primary.probe().info("replication")["master_repl_offset"] - offset
         started = time.monotonic()
         replica.start()
@@ -825,7 +905,29 @@ def replica_restart(*, persistence: bool, missed_keys: int, backlog: str = "1mb"
         partial = after["sync_partial_ok"] - before["sync_partial_ok"]
         full = after["sync_full"] - before["sync_full"]
         kind = "partial" if (partial, full) == (1, 0) else "full" if (partial, full) == (0, 1) else f"{partial}/{full}"
-        return Resync(missed, kind, replica.client().dbsize(), seconds)
+        sent = after["total_net_repl_output_bytes"] - before["total_net_repl_output_bytes"]
+        return Resync(missed, kind, replica.client().dbsize(), seconds, sent)
+
+
+def plot_resyncs(runs: dict[str, Resync], backlog_bytes: int) -> None:
+    """What each restarted replica had missed against the backlog, and what the primary sent it."""
+    names = list(runs)
+    _, ax = plt.subplots(figsize=(8, 0.6 * len(names) + 1.2))
+    colors = ["tab:green" if run.kind == "partial" else "tab:red" for run in runs.values()]
+    ax.barh(names, [run.missed_bytes / 2**20 for run in runs.values()], color=colors, alpha=0.5,
+            label="stream missed (MB)")
+    ax.barh(names, [run.sent_bytes / 2**20 for run in runs.values()], height=0.25, color=colors,
+            label="sent to catch up (MB)")
+    ax.axvline(backlog_bytes / 2**20, color="black", linestyle="--", linewidth=1)
+    ax.annotate("backlog", (backlog_bytes / 2**20, 1), xycoords=("data", "axes fraction"), rotation=90,
+                va="top", ha="right", fontsize=8)
+    for row, run in enumerate(runs.values()):
+        ax.annotate(f"{run.kind} resync", (max(run.missed_bytes, run.sent_bytes) / 2**20, row), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=8, annotation_clip=False)
+    ax.set(xlabel="MB", title="a restarted replica: partial if what it missed is still in the backlog")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    plt.show()
 
 
 # -- common mistakes ------------------------------------------------------------------------------------
@@ -858,6 +960,35 @@ def wait_then_failover(numreplicas: int) -> WaitThenFailover:
         unpause(other)
         survived = other.client().exists("payment:17") == 1
     return WaitThenFailover(numreplicas, reply, survived)
+
+
+@dataclass(frozen=True)
+class WaitThenCrash:
+    """A write confirmed by `WAIT 1` (and, with an AOF, by `WAITAOF 0 1`), then primary and replica killed
+    together (a power cut) and the replica started again: was the write still there?"""
+
+    wait_reply: int
+    waitaof_reply: list[int] | None
+    survived: bool
+
+
+def wait_then_crash(aof: bool) -> WaitThenCrash:
+    """SET + WAIT 1 (+ WAITAOF 0 1 when both data nodes keep an AOF with `appendfsync always`), on one connection;
+    SIGKILL both; start the replica again from its directory and look for the key."""
+    config = {"appendonly": "yes", "appendfsync": "always"} if aof else {}
+    with replicated(replicas=1, **config) as topo:
+        replica = topo.replicas[0]
+        with topo.primary.client().pipeline(transaction=False) as pipe:
+            pipe.set("payment:17", "paid").wait(1, 1000)
+            if aof:
+                pipe.execute_command("WAITAOF", 0, 1, 1000)
+            replies = pipe.execute()
+        topo.primary.kill()
+        replica.kill()
+        replica.start()
+        wait_until(lambda: replica.probe().info("persistence")["loading"] == 0, 30, "the replica to load its data")
+        survived = bool(replica.probe().exists("payment:17"))
+    return WaitThenCrash(replies[1], replies[2] if aof else None, survived)
 
 
 @dataclass(frozen=True)
@@ -899,31 +1030,46 @@ def cached_address(writes: int = 50) -> CachedAddress:
 
 @dataclass(frozen=True)
 class SentinelsAfterALoss:
-    """`sentinels` sentinels (quorum `quorum`); the primary and one sentinel die together (one machine). What
-    the survivors' CKQUORUM said, the events the first survivor saw, and whether a failover happened."""
+    """`sentinels` sentinels (quorum `quorum`); the primary and `lost` sentinels die together (one machine). What
+    the first survivor's CKQUORUM said, the events it saw (each with its subject: `master`, `sentinel`...),
+    its flags for the primary at the end, and whether a failover happened."""
 
     sentinels: int
     quorum: int
     ckquorum: str
     events: list[str]
+    flags: str
     failed_over: bool
 
+    def saw(self, name: str) -> bool:
+        return any(event.split()[0] == name for event in self.events)
 
-def primary_and_a_sentinel_lost(sentinels: int, quorum: int, *, give_up_s: float = 12) -> SentinelsAfterALoss:
-    """Kill the primary and the first sentinel at once; watch the second until it either names a new
-    primary (+switch-master) or reports that it could not get elected (-failover-abort-not-elected)."""
+
+def primary_and_a_sentinel_lost(sentinels: int, quorum: int, *, lost: int = 1, give_up_s: float = 12,
+                                watch_s: float = 3.0) -> SentinelsAfterALoss:
+    """Kill the primary and the first `lost` sentinels at once; watch the next one until it names a new primary
+    (+switch-master) or reports that it could not get elected (-failover-abort-not-elected). When fewer than
+    `quorum` sentinels survive, neither can happen: watch it for `watch_s` seconds after its +sdown instead."""
     with sentinel(replicas=1, sentinels=sentinels, quorum=quorum, down_after_ms=500,
                   failover_timeout_ms=2000) as topo:
-        survivor = topo.sentinels[1]
+        survivor = topo.sentinels[lost]
         with SentinelEvents(survivor) as watched:
-            topo.sentinels[0].kill()
+            for dead in topo.sentinels[:lost]:
+                dead.kill()
             topo.primary.kill()
-            ends = {"+switch-master", "-failover-abort-not-elected"}
-            wait_until(lambda: ends & set(watched.names()), give_up_s, "the surviving sentinel to fail over or give up")
+            if sentinels - lost >= quorum:
+                ends = {"+switch-master", "-failover-abort-not-elected"}
+                wait_until(lambda: ends & set(watched.names()), give_up_s,
+                           "the surviving sentinel to fail over or give up")
+            else:
+                wait_until(lambda: "+sdown" in watched.names(), give_up_s, "the surviving sentinel's +sdown")
+                time.sleep(watch_s)  # watching for something that must not happen: a bounded wait is the experiment
             quiet = ("+sentinel", "+slave", "+new-epoch", "+config-update-from", "-role-change")
-            names = [name for name in watched.names() if not name.startswith(quiet)]
-        return SentinelsAfterALoss(sentinels, quorum, ckquorum(survivor, topo.master_name), names,
-                                   "+switch-master" in names)
+            events = [f"{name} {str(data).split()[0]}" if name.endswith("down") else name
+                      for _, _, name, data in watched.events if not name.startswith(quiet)]
+        flags = survivor.probe().sentinel_master(topo.master_name)["flags"]
+        return SentinelsAfterALoss(sentinels, quorum, ckquorum(survivor, topo.master_name), events, flags,
+                                   any(event == "+switch-master" for event in events))
 
 
 @dataclass(frozen=True)
@@ -939,7 +1085,10 @@ class DefaultTimers:
     failover_s: float
 
 
-def default_timers(watched_s: float = 2.5, set_ms: int = 1000) -> DefaultTimers:
+def default_timers(watched_s: float = 4.0, set_ms: int = 1000) -> DefaultTimers:
+    """Kill the primary of a sentinel left at its defaults, read its flags `watched_s` later, then set
+    down-after-milliseconds to `set_ms` and time the failover from there (the primary has been silent for
+    longer already, so that is the failover's own steps)."""
     with sentinel(replicas=1, sentinels=1, down_after_ms=None, failover_timeout_ms=None) as topo:
         state = topo.sentinels[0].probe().sentinel_master(topo.master_name)
         old = topo.primary
@@ -956,6 +1105,7 @@ def default_timers(watched_s: float = 2.5, set_ms: int = 1000) -> DefaultTimers:
 # -- exercise 1: bound what a split brain can lose ------------------------------------------------------
 SPLIT_BRAIN_BOUND_S = 4.0  # the spec: acknowledge writes for at most this long after losing every replica
 _SPLIT_BRAIN_DIRECTIVES = {"min-replicas-to-write", "min-replicas-max-lag"}
+_OLD_NAMES = {"min-slaves-to-write": "min-replicas-to-write", "min-slaves-max-lag": "min-replicas-max-lag"}
 _CHECK_LIMIT_S = SPLIT_BRAIN_BOUND_S + 1.0  # how long the check keeps writing to an isolated primary
 
 
@@ -967,6 +1117,7 @@ def _int_directive(config: dict[str, Any], name: str, default: int) -> int | Non
         return None
 
 
+@check
 def check_split_brain_bound(config: Any) -> Result:
     """`config`: directives for a primary with one replica. It must never refuse a write while its replica
     is healthy, and, once cut off from its replica, acknowledge writes for at most `SPLIT_BRAIN_BOUND_S`
@@ -974,7 +1125,8 @@ def check_split_brain_bound(config: Any) -> Result:
     healthy, freezes the replica (SIGSTOP) and writes until the primary refuses."""
     if not isinstance(config, dict):
         return Result(False, f"give a dict of directives such as {{'min-replicas-to-write': 1}}, got {config!r}.")
-    directives = {str(k).replace("_", "-"): v for k, v in config.items()}
+    named = {str(k).replace("_", "-"): v for k, v in config.items()}
+    directives = {_OLD_NAMES.get(name, name): v for name, v in named.items()}
     unknown = set(directives) - _SPLIT_BRAIN_DIRECTIVES
     if unknown:
         return Result(False, f"only {' and '.join(sorted(_SPLIT_BRAIN_DIRECTIVES))} matter here, not "
@@ -983,6 +1135,10 @@ def check_split_brain_bound(config: Any) -> Result:
     max_lag = _int_directive(directives, "min-replicas-max-lag", 10)
     if to_write is None or max_lag is None or to_write < 0 or max_lag < 0:
         return Result(False, f"both directives take whole numbers of at least 0, got {config!r}.")
+    if to_write and max_lag == 1:
+        return Result(False, "min-replicas-max-lag 1 leaves no room for one late acknowledgement: a healthy replica "
+                             "acknowledges once a second and the lag is counted in whole seconds, so one ACK a few "
+                             "milliseconds late reads as a lag of 2 and the primary refuses writes while healthy.")
     try:
         run = isolated_primary(directives, healthy_s=0.5, limit_s=_CHECK_LIMIT_S)
     except ServerUnavailable as err:  # did not start, or never accepted a first write
@@ -998,14 +1154,18 @@ def check_split_brain_bound(config: Any) -> Result:
                else f"min-replicas-max-lag {max_lag} lets it go on for that long and more")
         problems.append(f"cut off from its replica, it acknowledged {run.acknowledged_alone:,} writes in "
                         f"{_CHECK_LIMIT_S:g} s and was still accepting: {why}.")
+    elif run.refused_after_s > SPLIT_BRAIN_BOUND_S + 0.5:
+        problems.append(f"it acknowledged writes for {run.refused_after_s:.1f} s after the freeze: more than "
+                        f"{SPLIT_BRAIN_BOUND_S:g} s.")
     elif max_lag + 2 > SPLIT_BRAIN_BOUND_S:
-        problems.append(f"it refused after {run.refused_after_s:.1f} s this time, but min-replicas-max-lag {max_lag} "
-                        f"allows up to about {max_lag + 2} s (lag is counted in whole seconds and checked once a "
-                        f"second): more than {SPLIT_BRAIN_BOUND_S:g} s.")
+        problems.append(f"it refused after {run.refused_after_s:.1f} s this time, but with min-replicas-max-lag "
+                        f"{max_lag} the refusal starts up to {max_lag + 2} s after the freeze (the window of 12.6: "
+                        f"between max-lag - 1 and max-lag + 2 s): more than {SPLIT_BRAIN_BOUND_S:g} s.")
     if problems:
         return verdict(problems, "")
     return Result(True, f"cut off from its replica, the primary refused writes (NOREPLICAS) after "
-                        f"{run.refused_after_s:.1f} s: at most {run.acknowledged_alone:,} acknowledged writes "
+                        f"{run.refused_after_s:.1f} s (bound: {SPLIT_BRAIN_BOUND_S:g} s): at most "
+                        f"{run.acknowledged_alone:,} acknowledged writes "
                         f"(one client writing every 5 ms) were at risk; none refused while the replica was healthy.")
 
 
@@ -1019,19 +1179,23 @@ class CheckOver(BaseException):
 
 
 class _Faults:
-    """Fault injection for the check's clients: the next `lose_replies` commands reach the server and run,
-    but their replies are lost (the connection drops before the client reads them); once `over` is set,
-    every command raises `CheckOver`."""
+    """Fault injection for the check's clients. `lose` says which reply of the next operation is lost (the
+    command reaches the server and runs, then the connection drops before the client reads its reply):
+    "first", the reply to its first command; "write", the reply to the command that changed the counter (read
+    on a side connection, `counter`, before each command and after its reply). Once `over` is set, every
+    command raises `CheckOver`."""
 
-    def __init__(self) -> None:
-        self.lose_replies = 0
+    def __init__(self, counter: Callable[[], Any] = lambda: None) -> None:
+        self.lose: str | None = None
         self.over = False
+        self.counter = counter
 
     def connection_class(self, base: type) -> type:
         faults = self
 
         class Faulty(base):
             _armed = _drop_next = False
+            _before: Any = None
 
             def connect_check_health(self, *args, **kwargs):  # the handshake's own commands are not counted
                 self._armed = False
@@ -1041,13 +1205,16 @@ class _Faults:
             def send_packed_command(self, command, check_health=True):
                 if faults.over:
                     raise CheckOver("this scenario of the check is over")
+                if self._armed and faults.lose == "write":
+                    self._before = faults.counter()
                 super().send_packed_command(command, check_health)
-                if self._armed and faults.lose_replies > 0:
-                    faults.lose_replies -= 1
-                    self._drop_next = True
+                if self._armed and faults.lose == "first":
+                    faults.lose, self._drop_next = None, True
 
             def read_response(self, *args, **kwargs):
                 response = super().read_response(*args, **kwargs)
+                if self._armed and faults.lose == "write" and faults.counter() != self._before:
+                    faults.lose, self._drop_next = None, True
                 if self._drop_next:
                     self._drop_next = False
                     self.disconnect()
@@ -1083,28 +1250,37 @@ def _call(apply_once: Callable, args: tuple, limit_s: float) -> tuple[bool, Any]
     return (not thread.is_alive()), (outcome[0] if outcome else None)
 
 
-def _lost_reply_scenario(apply_once: Callable) -> list[str]:
-    faults = _Faults()
+LOST_REPLIES = {"first": "the reply to its first command", "write": "the reply to the command that changed the counter"}
+
+
+def _lost_reply_scenario(apply_once: Callable, ops_each: int = 2) -> list[str]:
+    """Operations of 10, `ops_each` losing the reply to their first command, then `ops_each` losing the reply to
+    the command that changed the counter: each must add exactly 10."""
     with spawn(modules=False) as server:
+        side = server.probe()
+        faults = _Faults(counter=lambda: side.get(COUNTER))
         r = _faulty_client(server, faults, timeout=0.5)
         try:
-            for op in range(3):
-                faults.lose_replies = 1  # the first command of each operation runs, its reply is lost
+            for op, lose in enumerate([lose for lose in LOST_REPLIES for _ in range(ops_each)]):
+                before = int(side.get(COUNTER) or 0)
+                faults.lose = lose
                 finished, outcome = _call(apply_once, (r, f"op-{op}", COUNTER, 10, 3.0), 10)
+                faults.lose = None
                 if not finished:
-                    return ["when a reply was lost, it had not returned after 10 s."]
+                    return [f"when {LOST_REPLIES[lose]} was lost, it had not returned after 10 s."]
                 if isinstance(outcome, Exception):
-                    return [f"when the reply to its first command was lost, it raised {type(outcome).__name__}: "
-                            f"{outcome}. Retry on ConnectionError and TimeoutError until the deadline."]
-            total = int(server.client().get(COUNTER) or 0)
+                    return [f"when {LOST_REPLIES[lose]} was lost, it raised {type(outcome).__name__}: {outcome}. "
+                            "Retry on ConnectionError and TimeoutError until the deadline."]
+                added = int(side.get(COUNTER) or 0) - before
+                if added != 10:
+                    times = "twice" if added == 20 else f"{added / 10:g} times"
+                    return [f"when {LOST_REPLIES[lose]} was lost (the command ran), an operation of 10 added "
+                            f"{added}: it was counted {times}. The retry cannot know whether the first attempt "
+                            "ran: record the operation's id and apply the write in one atomic step, only if that "
+                            "id is new (a Lua script, or MULTI/EXEC under WATCH), so that a retry finds the id."]
         finally:
             faults.over = True
             r.close()
-    if total != 30:
-        times = "twice" if total == 60 else f"{total / 10:g} times"
-        return [f"three operations of 10, each with its first reply lost, left the counter at {total}: each was "
-                f"counted {times}. The first attempt ran on the server; the retry must not apply it again: give "
-                "each operation an id and apply it in one atomic step only if that id is new (a Lua script)."]
     return []
 
 
@@ -1158,12 +1334,13 @@ def _no_primary_scenario(apply_once: Callable, deadline_s: float = 1.0) -> list[
     return []
 
 
+@check
 def check_failover_retry(apply_once: Any) -> Result:
     """`apply_once(r, op_id, key, amount, deadline_s)` adds `amount` to the integer at `key` exactly once for
     `op_id`, retrying through connection errors and timeouts until `deadline_s`, and raises if it could not
-    apply it by then. Three scenarios, in this order, stopping at the first that fails: the reply to the
-    first command of an operation is lost (it ran); a Sentinel failover in the middle of twelve operations;
-    no primary answering at all (the server frozen)."""
+    apply it by then. Three scenarios, in this order, stopping at the first that fails: a reply is lost (the
+    command ran: the first command's, then the one that changed the counter); a Sentinel failover in the middle
+    of twelve operations; no primary answering at all (the server frozen)."""
     if not callable(apply_once):
         return Result(False, f"give a function apply_once(r, op_id, key, amount, deadline_s), got {apply_once!r}.")
     for scenario in (_lost_reply_scenario, _failover_scenario, _no_primary_scenario):

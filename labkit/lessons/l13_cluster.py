@@ -10,6 +10,7 @@ import binascii
 import contextlib
 import os
 import random
+import re
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +18,7 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,7 +34,8 @@ from redis.retry import Retry
 from labkit import ops
 from labkit.clients import probe_options
 from labkit.errors import LabkitError
-from labkit.lessons import Result, verdict
+from labkit.keys import Namespace
+from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.server import Server, cli_path, cluster
 from labkit.server.process import pid_alive as _alive
@@ -462,6 +464,12 @@ class Reshard:
     before: dict[str, int] = field(default_factory=dict)
     after: dict[str, int] = field(default_factory=dict)
     retries: int = 0  # valkey-cli runs repeated after NOREPLICAS (see cli_reshard)
+    source: str = ""  # the primaries the slots left and reached (labels)
+    target: str = ""
+
+    def moved_keys(self) -> int:
+        """How many keys the target gained, by its DBSIZE before and after."""
+        return self.after[self.target] - self.before[self.target]
 
 
 def lowest_slots(node: Server, count: int) -> list[int]:
@@ -477,7 +485,13 @@ def reshard_under_load(c: Cluster, rc: RedisCluster, source: Server, count: int,
     """Move `source`'s lowest `count` slots to `target` by `method` ("steps": SETSLOT + MIGRATE; "atomic":
     CLUSTER MIGRATESLOTS; "valkey-cli": `--cluster reshard`), while a `Load` increments and reads `keys` keys
     in those slots. The keys are deleted afterwards."""
-    slots = lowest_slots(source, count)
+    return _reshard(c, rc, lowest_slots(source, count), source, target, method, keys)
+
+
+def _reshard(c: Cluster, rc: RedisCluster, slots: list[int], source: Server, target: Server, method: str,
+             keys: int) -> Reshard:
+    """`reshard_under_load` for the given `slots` (all served by `source`)."""
+    count = len(slots)
     names = keys_in_slots(slots, keys)
     try:
         rc.mset_nonatomic(dict.fromkeys(names, 0))
@@ -497,7 +511,19 @@ def reshard_under_load(c: Cluster, rc: RedisCluster, source: Server, count: int,
         rc.delete(*names)
     redirects = {k: errors_after[k] - errors_before[k] for k in ("MOVED", "ASK", "TRYAGAIN")}
     return Reshard(method, count, moved_keys, seconds, dict(load.errors), redirects, lost, load.ops,
-                   _short(before), _short(after), retries)
+                   _short(before), _short(after), retries, label(source), label(target))
+
+
+def reshard_table(runs: Sequence[Reshard]) -> str:
+    """One line per resharding: method, size, time, what the application saw and the servers sent, and the keys
+    per primary before and after."""
+    lines = [f"{'method':10} {'slots':>5} {'seconds':>7} {'errors':>6} {'lost':>4} {'MOVED':>5} {'ASK':>4} "
+             f"{'TRYAGAIN':>8}  keys per primary, before -> after"]
+    for run in runs:
+        lines.append(f"{run.method:10} {run.slots:5} {run.seconds:7.2f} {sum(run.errors.values()):6} {run.lost:4} "
+                     f"{run.redirects['MOVED']:5} {run.redirects['ASK']:4} {run.redirects['TRYAGAIN']:8}  "
+                     f"{run.before} -> {run.after}")
+    return "\n".join(lines)
 
 
 def _short(per_node: dict[str, int]) -> dict[str, int]:
@@ -544,25 +570,55 @@ def _count_keys(node: Server, first: int, last: int) -> int:
         return sum(pipe.execute())
 
 
-def plot_reshards(runs: Sequence[Reshard]) -> None:
-    """Keys per primary before and after each resharding, and the redirects the servers sent meanwhile."""
-    fig, axes = plt.subplots(1, len(runs) + 1, figsize=(3.2 * (len(runs) + 1), 2.8))
-    for ax, run in zip(axes, runs, strict=False):
-        nodes = sorted(set(run.before) | set(run.after))
-        x = np.arange(len(nodes))
-        ax.bar(x - 0.2, [run.before.get(n, 0) for n in nodes], 0.4, label="before", color="tab:gray")
-        ax.bar(x + 0.2, [run.after.get(n, 0) for n in nodes], 0.4, label="after", color="tab:blue")
-        ax.set_xticks(x, nodes, fontsize=8)
-        ax.set(title=f"{run.method}: {run.slots:,} slots", ylabel="keys")
-        ax.legend(fontsize=7)
-    last = axes[-1]
-    kinds = ("MOVED", "ASK", "TRYAGAIN")
-    x = np.arange(len(runs))
-    for i, kind in enumerate(kinds):
-        last.bar(x + (i - 1) * 0.25, [run.redirects[kind] for run in runs], 0.25, label=kind)
-    last.set_xticks(x, [run.method for run in runs], fontsize=8)
-    last.set(title="redirects the servers sent", ylabel="replies")
-    last.legend(fontsize=7)
+@dataclass
+class ReshardComparison:
+    """The same slots moved back and forth between two primaries under load, each method in turn (A B B A ...):
+    every run of every method, in the order they ran."""
+
+    slots: int
+    runs: list[Reshard]
+
+    def seconds(self, method: str) -> list[float]:
+        return [run.seconds for run in self.runs if run.method == method]
+
+    def median(self, method: str) -> float:
+        return float(np.median(self.seconds(method)))
+
+    def ratio(self, slower: str = "steps", faster: str = "atomic") -> float:
+        """How many times longer the median `slower` run took than the median `faster` one."""
+        return self.median(slower) / self.median(faster)
+
+
+def compare_reshards(c: Cluster, rc: RedisCluster, a: Server, b: Server, slots: int, methods: Sequence[str],
+                     *, rounds: int = 3, keys: int = 300) -> ReshardComparison:
+    """Move `a`'s lowest `slots` slots to `b` and back, again and again, under a `Load` on `keys` keys in them:
+    `rounds` runs of each method, interleaved A B B A A B... so that a busy moment of the machine falls on
+    both. The slots end where they started when the number of runs is even."""
+    moving = lowest_slots(a, slots)
+    order = [methods[(i // len(methods) + i) % len(methods)] for i in range(rounds * len(methods))]
+    runs = []
+    for i, method in enumerate(order):
+        source, target = (a, b) if i % 2 == 0 else (b, a)
+        runs.append(_reshard(c, rc, moving, source, target, method, keys))
+    return ReshardComparison(slots, runs)
+
+
+def plot_reshard_comparison(comparison: ReshardComparison) -> None:
+    """Seconds of each run per method (dots; the bar is the median) and the redirects the servers sent."""
+    methods = list(dict.fromkeys(run.method for run in comparison.runs))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 2.8))
+    for i, method in enumerate(methods):
+        left.bar(i, comparison.median(method), 0.6, color="tab:blue" if method == "steps" else "tab:green")
+        left.plot([i] * len(comparison.seconds(method)), comparison.seconds(method), "ko", markersize=4)
+    left.set_xticks(range(len(methods)), methods)
+    left.set(ylabel="seconds", title=f"moving the same {comparison.slots} slots (dots: each run)")
+    x = np.arange(len(methods))
+    for j, kind in enumerate(("MOVED", "ASK")):
+        medians = [np.median([r.redirects[kind] for r in comparison.runs if r.method == m]) for m in methods]
+        right.bar(x + (j - 0.5) * 0.35, medians, 0.35, label=kind)
+    right.set_xticks(x, methods)
+    right.set(ylabel="replies per run (median)", title="redirects the servers sent")
+    right.legend(fontsize=8)
     fig.tight_layout()
     plt.show()
 
@@ -990,6 +1046,7 @@ return redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
 CART_USERS = 40
 
 
+@check
 def check_cart_keys(c: Cluster, cart_keys: Callable[[str], dict[str, str]]) -> Result:
     """`cart_keys(user_id)` names a user's three keys, {"cart", "reserved", "hold"}, under `lab:l13:`. The check
     runs the reservation script (one EVAL on all three) for 40 users on the cluster: it must work for every
@@ -1021,8 +1078,9 @@ def _cart_shape(named: dict[str, Any]) -> list[str]:
     if not isinstance(first, dict) or set(first) != set(CART_PARTS):
         return [f"cart_keys must return a dict with the keys {', '.join(CART_PARTS)}; got {first!r}."]
     keys = [k for d in named.values() for k in d.values()]
-    if not all(isinstance(k, str) and k.startswith("lab:l13:") for k in keys):
-        return ["every key must be a string under the lesson's prefix, lab:l13:."]
+    prefix = Namespace("l13").prefix  # lab:l13:, or lab:<learner>:l13: for a workshop learner
+    if not all(isinstance(k, str) and k.startswith(prefix) for k in keys):
+        return [f"every key must be a string under the lesson's prefix, {prefix} (use ns.key)."]
     if len(set(keys)) != len(keys):
         return ["two users (or two parts) got the same key name: include the user id and the part."]
     return []
@@ -1049,6 +1107,8 @@ def _cart_on_cluster(c: Cluster, named: dict[str, dict[str, str]]) -> list[str]:
 # -- exercise 2: move a slot without errors ----------------------------------------------------------------------
 RESHARD_SLOTS = 6
 KEYS_PER_SLOT = 40
+NOREPLICAS_HINT = (" (the node waited longer than SETSLOT's timeout for its replicas to confirm the change: 2 s "
+                   "by default, `TIMEOUT <ms>` at the end of the command sets it; run the check again)")
 
 
 def _exercise_keys(owners: dict[int, Server], target: Server) -> dict[int, list[str]]:
@@ -1063,9 +1123,54 @@ def _exercise_keys(owners: dict[int, Server], target: Server) -> dict[int, list[
     raise RuntimeError("no slots found for the exercise")  # unreachable with three primaries
 
 
+_SETSLOT = re.compile(rb"\$7\r\nCLUSTER\r\n\$7\r\nSETSLOT\r\n\$\d+\r\n(\d+)\r\n\$\d+\r\n(IMPORTING|MIGRATING)\r\n",
+                      re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def setslot_log() -> Iterator[list[tuple[int, int, str]]]:
+    """While the block runs, record every `CLUSTER SETSLOT <slot> IMPORTING|MIGRATING` that any redis-py
+    connection of this process sends (any client, any thread, pipelines too), as (server port, slot, state)
+    in the order they went over the wire."""
+    sent: list[tuple[int, int, str]] = []
+    lock, original = threading.Lock(), redis.connection.AbstractConnection.send_packed_command
+
+    def recording(conn: Any, command: Any, check_health: bool = True) -> None:
+        packed = command if isinstance(command, bytes | str) else b"".join(bytes(part) for part in command)
+        packed = packed.encode() if isinstance(packed, str) else packed
+        with lock:
+            sent.extend((conn.port, int(slot), state.decode().upper()) for slot, state in _SETSLOT.findall(packed))
+        original(conn, command, check_health)
+
+    redis.connection.AbstractConnection.send_packed_command = recording
+    try:
+        yield sent
+    finally:
+        redis.connection.AbstractConnection.send_packed_command = original
+
+
+def _order_problems(sent: list[tuple[int, int, str]], sources: dict[int, Server], target: Server) -> list[str]:
+    """Slots whose source was marked MIGRATING before (or without) the target being marked IMPORTING."""
+    early = []
+    for slot, source in sources.items():
+        marks = [(port, state) for port, s, state in sent if s == slot]
+        migrating = marks.index((source.port, "MIGRATING")) if (source.port, "MIGRATING") in marks else None
+        importing = marks.index((target.port, "IMPORTING")) if (target.port, "IMPORTING") in marks else None
+        if migrating is not None and (importing is None or importing > migrating):
+            early.append(slot)
+    if not early:
+        return []
+    return [f"the source was marked MIGRATING before the target was marked IMPORTING (slots {early}). In between, "
+            "the source answers ASK for a key it does not hold (a new key, or one already moved), and the target, "
+            "not importing yet, refuses the ASKING client with MOVED back to the source: the client bounces "
+            "between them until it gives up. Mark the target IMPORTING first, then the source MIGRATING."]
+
+
+@check
 def check_move_slot(c: Cluster, move_slot: Callable[[Cluster, int, Server], Any]) -> Result:
     """`move_slot(c, slot, target)` moves one slot and its keys to the primary `target`. The check moves 6
-    slots (40 keys each) one after another while a client increments and reads those keys, then wants: no
+    slots (40 keys each) one after another while a client increments and reads those keys, then wants: the
+    target marked IMPORTING before the source MIGRATING (the commands this process sent are recorded), no
     error seen by the client, no increment lost, every primary agreeing on the new owner, no key left behind."""
     if not callable(move_slot):
         return Result(False, f"pass your function itself, move_slot, not {move_slot!r}.")
@@ -1075,14 +1180,15 @@ def check_move_slot(c: Cluster, move_slot: Callable[[Cluster, int, Server], Any]
     slots, keys = list(by_slot), [k for names in by_slot.values() for k in names]
     sources = {s: owners[s] for s in slots}
     problems = []
-    with Load(c, keys) as load:
+    with Load(c, keys) as load, setslot_log() as sent:
         for slot in slots:
             try:
                 move_slot(c, slot, target)
             except Exception as err:  # the learner's code
-                problems.append(f"move_slot(c, {slot}, target) raised {type(err).__name__}: {str(err)[:90]}")
+                problems.append(f"move_slot(c, {slot}, target) raised {type(err).__name__}: {str(err)[:90]}"
+                                + (NOREPLICAS_HINT if "NOREPLICAS" in str(err) else ""))
                 break
-    problems += _after_moves(c, slots, sources, target, load)
+    problems += _order_problems(sent, sources, target) + _after_moves(c, slots, sources, target, load)
     _tidy_slots(c, slots, sources, target)
     with c.client() as rc:
         rc.delete(*keys)

@@ -26,6 +26,7 @@ class Capabilities:
     bgsave_cancel: bool = False  # BGSAVE CANCEL stops a snapshot in progress (Valkey 8.1+)
     atomic_slot_migration: bool = False  # CLUSTER MIGRATESLOTS moves slots in one step (Valkey 9.0+)
     slot_stats: bool = False  # CLUSTER SLOT-STATS: keys, CPU and bytes per slot (Valkey 8.0+)
+    client_setinfo: bool = False  # CLIENT SETINFO: a client names its library for CLIENT LIST (Redis 7.2+, Valkey)
     config_names: frozenset[str] = field(default_factory=frozenset)  # every CONFIG GET * name
     info_fields: frozenset[str] = field(default_factory=frozenset)  # every INFO ALL field
 
@@ -58,12 +59,6 @@ class Capabilities:
         return "spublish" in self.commands
 
     @property
-    def stream_ref_policies(self) -> bool:
-        """XDELEX and XACKDEL, and KEEPREF / DELREF / ACKED on XADD and XTRIM: what deleting or trimming an
-        entry does to the consumer groups' pending lists (Redis 8.2+; no Valkey yet)."""
-        return "xdelex" in self.commands and "xackdel" in self.commands
-
-    @property
     def set_listpack(self) -> bool:
         """Small sets of strings are stored as a listpack (Redis 7.2+, every Valkey); before, a set that is
         not all integers is a hash table from its first member."""
@@ -80,6 +75,26 @@ class Capabilities:
         reply in 8.0 (redis/redis#13793); Valkey (9.1 included) counts a write as fsynced once it is written
         to the file, so there the count is exact only under `appendfsync always`."""
         return self.waitaof and self.engine == "redis" and self.version_tuple >= (8,)
+
+    @property
+    def wait_counts_own_writes(self) -> bool:
+        """WAIT waits for this connection's own writes only, so on a connection that wrote nothing it returns at
+        once (Valkey, Redis 7.2+). Redis 7.0 and older wait for the whole stream written before the connection's
+        last command, whoever wrote it."""
+        return self.engine == "valkey" or self.version_tuple >= (7, 2)
+
+    @property
+    def stream_lag_exact_after_trim(self) -> bool:
+        """Once a group has read past entries trimmed before it got to them, XINFO GROUPS reports lag 0 (Valkey:
+        8.1 and 9.1 measured). Redis 7.0 (7.0.15 measured) keeps counting the trimmed entries as lag after they
+        are read past; newer Redis was not measured here, so only Valkey is claimed."""
+        return self.engine == "valkey"
+
+    @property
+    def stream_ack_delete(self) -> bool:
+        """XACKDEL and XDELEX, and KEEPREF/DELREF/ACKED on XADD and XTRIM: acknowledge and delete in one command,
+        trim only what every group acknowledged (Redis 8.2+; Valkey 8.1 and 9.1 lack them)."""
+        return "xackdel" in self.commands
 
     def has(self, command: str) -> bool:
         """True if the server knows `command` (case-insensitive)."""
@@ -113,16 +128,34 @@ def capabilities(r: redis.Redis) -> Capabilities:
     version = str(info.get("valkey_version") or info.get("redis_version"))
     try:
         loaded = r.execute_command("MODULE", "LIST")
+    except redis.exceptions.NoPermissionError:  # a user without @admin (a workshop learner): HELLO lists them
+        loaded = _hello_modules(r)
     except redis.ResponseError:
         loaded = []
     modules = {MODULE_ALIASES.get(_name(m).lower(), _name(m).lower()) for m in loaded} - {"lua"}
     commands = {text(n).lower() for n in r.command_list()}
-    config_names = {text(n).lower() for n in r.config_get("*")}
+    config_names = _config_names(r)
     info_fields = {str(text(k)) for k in r.info("all")}
     cluster_parts = _tokens(r, "CLUSTER")
-    return Capabilities(engine, version, frozenset(modules), frozenset(commands), _has_token(r, "BGSAVE", "CANCEL"),
+    return Capabilities(engine, version, frozenset(modules), frozenset(commands), "CANCEL" in _tokens(r, "BGSAVE"),
                         "cluster|migrateslots" in cluster_parts, "cluster|slot-stats" in cluster_parts,
-                        frozenset(config_names), frozenset(info_fields))
+                        "client|setinfo" in _tokens(r, "CLIENT"), frozenset(config_names), frozenset(info_fields))
+
+
+def _config_names(r: redis.Redis) -> set[str]:
+    """Every CONFIG GET * name, or none for a user who may not read the configuration (a workshop learner)."""
+    try:
+        return {text(n).lower() for n in r.config_get("*")}
+    except redis.exceptions.NoPermissionError:
+        return set()
+
+
+def _hello_modules(r: redis.Redis) -> list:
+    """The modules HELLO (without a protocol version: nothing changes) reports, as MODULE LIST would."""
+    reply = r.execute_command("HELLO")
+    if isinstance(reply, (list, tuple)):  # RESP2: a flat list of names and values
+        reply = dict(zip(reply[::2], reply[1::2], strict=True))
+    return list(reply.get("modules", reply.get(b"modules", [])))
 
 
 def _has_token(r: redis.Redis, command: str, token: str) -> bool:
@@ -154,6 +187,7 @@ def _name(module: dict | list) -> str:
     return str(text(name))
 
 
+TLS_SIGNS = ("tls-cert-file", "Failed to configure TLS")  # what a build with TLS logs without a certificate
 NO_TLS_SIGNS = ("TLS support", "connection type tls", "TLS not supported")  # what a build without TLS logs
 
 
@@ -163,16 +197,18 @@ def _tls_built_in(server: str) -> bool:
             "--logfile", "", "--dir", "/tmp"]
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=5, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return True  # it started and kept serving on the TLS port
-    log = done.stdout + done.stderr
-    return not any(sign in log for sign in NO_TLS_SIGNS)
+        log = done.stdout + done.stderr
+    except subprocess.TimeoutExpired as running:  # it kept running: serving on the TLS port, or stuck
+        log = "".join(text(part or b"") for part in (running.stdout, running.stderr))
+        return "Ready to accept connections" in log and not any(sign in log for sign in NO_TLS_SIGNS)
+    return any(sign in log for sign in TLS_SIGNS) and not any(sign in log for sign in NO_TLS_SIGNS)
 
 
 def tls_built_in(engine: Engine | str | None = None) -> bool:
     """True if the engine's binary is built with TLS. It is asked to listen on a TLS port with no
     certificate: a build without TLS refuses the port itself ("Failed finding TLS support"), a build with it
-    gets further and fails on the missing certificate (or starts, if one is configured by default). Asked
-    once per binary."""
+    gets further and fails on the missing certificate ("No tls-cert-file configured!"), or starts, if one is
+    configured by default. Only such a positive sign counts: a binary that fails for another reason is not
+    taken for a TLS build. Asked once per binary."""
     chosen = engine if isinstance(engine, Engine) else find_engine(engine)
     return _tls_built_in(str(chosen.server))

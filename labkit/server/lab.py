@@ -6,6 +6,9 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +18,14 @@ from redis.retry import Retry
 
 from labkit.clients import options, probe_options
 from labkit.errors import ConfigError, ServerUnavailable
+from labkit.keys import URL_ENV, WORKSHOP
 from labkit.server.binaries import DEFAULT_ENGINE, find_engine
 from labkit.server.process import HOST, Server, mask, ping_raw
 
-URL_ENV = "LABKIT_REDIS_URL"
 LAB_SAVE = "3600 1 300 100 60 10000"
 START_HINT = "Start it with `make lab` (or `python -m labkit server start`)"
 _embedded: Server | None = None
+_url_here: ContextVar[str | None] = ContextVar("labkit_url", default=None)  # url_context()
 
 
 def home() -> Path:
@@ -112,10 +116,10 @@ def status() -> dict[str, Any]:
     return {"running": True, **{k: v for k, v in state.items() if k != "password"}, "url": mask(state["url"])}
 
 
-def client_for(url: str, **kwargs: Any) -> redis.Redis:
+def client_for(url: str, *, unreachable: str | None = None, **kwargs: Any) -> redis.Redis:
     """A checked client for `url`: `decode_responses=True` and the timeouts and retry policy of
     `labkit.clients.options()` unless overridden; one clear error naming the (masked) URL if it cannot be
-    used."""
+    used, ending with `unreachable` (what to do) when the server cannot be reached."""
     kwargs = options() | {"decode_responses": True} | kwargs
     try:
         r = redis.Redis.from_url(url, **kwargs)
@@ -131,29 +135,63 @@ def client_for(url: str, **kwargs: Any) -> redis.Redis:
             f"The server at {mask(url)} rejected the password ({err}). Check the password in the URL."
         ) from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as err:
-        raise ServerUnavailable(
-            f"Cannot reach a server at {mask(url)} ({err}). {START_HINT} and use the URL it prints, "
-            f"or unset {URL_ENV} to let labkit start an embedded server."
-        ) from None
+        todo = unreachable or (f"{START_HINT} and use the URL it prints, or unset {URL_ENV} to let labkit start an "
+                               f"embedded server.")
+        raise ServerUnavailable(f"Cannot reach a server at {mask(url)} ({err}). {todo}") from None
     return r
 
 
-def connect(url: str | None = None, **kwargs: Any) -> redis.Redis:
-    """The client for the lab: `url`, else `LABKIT_REDIS_URL`, else this checkout's lab server,
-    else an embedded server owned by this process (stopped at exit).
+@contextmanager
+def url_context(url: str) -> Iterator[str]:
+    """Inside, `connect()` and `configured_url()` use `url` in this thread (or task) only (a simulated
+    learner: `labkit.workshop.as_learner`)."""
+    token = _url_here.set(url)
+    try:
+        yield url
+    finally:
+        _url_here.reset(token)
+
+
+def configured_url() -> str | None:
+    """The server lessons use, without starting one: the URL set for this context (`workshop.as_learner`),
+    else `LABKIT_REDIS_URL`, else this checkout's running lab server; None when there is none."""
+    if url := _url_here.get() or os.environ.get(URL_ENV):
+        return url
+    state = read_state()
+    return state["url"] if _alive(state) else None
+
+
+def connect(url: str | None = None, *, own_server: bool = False, **kwargs: Any) -> redis.Redis:
+    """The client for the lab: `url`, else the URL set for this context (`url_context`), else
+    `LABKIT_REDIS_URL`, else this checkout's lab server, else an embedded server owned by this process
+    (stopped at exit).
+
+    `own_server=True` is for a lesson that changes the server itself (its configuration, its processes, its
+    memory): such a lesson never runs on a workshop's shared server. When the server above is one (a
+    workshop is open on it), it says so and uses an embedded server instead.
 
     Example:
         >>> r = connect()
         >>> r.ping()
         True
     """
-    url = url or os.environ.get(URL_ENV)
+    url = url or configured_url()
     if url:
-        return client_for(url, **kwargs)
-    state = read_state()
-    if _alive(state):
-        return client_for(state["url"], **kwargs)
+        r = client_for(url, **kwargs)
+        if not (own_server and _workshop_open(r)):
+            return r
+        r.close()
+        print(f"labkit: a workshop is open on {mask(url)}, and this lesson changes the server itself, so it runs "
+              f"on a server of its own on this machine.")
     return client_for(embedded().url, **kwargs)
+
+
+def _workshop_open(r: redis.Redis) -> bool:
+    """Whether a workshop is open on `r`'s server (its marker, which every learner may read, exists)."""
+    try:
+        return bool(r.exists(WORKSHOP))
+    except redis.exceptions.NoPermissionError:  # a user who may not read the marker is no workshop learner
+        return False
 
 
 def embedded() -> Server:

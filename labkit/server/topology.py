@@ -195,12 +195,18 @@ class SentinelTopology(Replicated):
             lines.append(f"sentinel down-after-milliseconds {name} {down_after_ms}")
         if failover_ms is not None:
             lines.append(f"sentinel failover-timeout {name} {failover_ms}")
+        self._monitor_lines = lines
         members = [(Server(engine, password=password, sentinel=True), secrets.token_hex(20)) for _ in range(count)]
         for sentinel, myid in members:
             others = [f"sentinel known-sentinel {name} {HOST} {s.port} {i}" for s, i in members if s is not sentinel]
             self.servers.append(sentinel)
             self.sentinels.append(sentinel.start([*lines, f"sentinel myid {myid}", *others]))
         wait_until(self._all_sentinels_connected, 30, "the sentinels to connect to every member and to each other")
+
+    def sentinel_config(self) -> list[str]:
+        """The lines every sentinel was started with (besides its own id and the other sentinels'), the
+        password masked: what an operator writes in sentinel.conf."""
+        return [line.replace(self.primary.password, "<password>") for line in self._monitor_lines]
 
     def _all_sentinels_connected(self) -> bool:
         for sentinel in self.sentinels:

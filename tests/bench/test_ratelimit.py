@@ -2,14 +2,16 @@ from labkit.bench import ratelimit
 
 from . import baselines, values
 
-METRICS = ("decisions, 1 client", "decisions, 4 clients", "round trips per decision")
 
-
-def test_compares_with_the_limits_library_in_one_round_trip():
-    rows = ratelimit.run(seconds=0.2)
+def test_compares_each_limiter_with_its_nearest_limits_strategy_in_one_round_trip():
+    rows = ratelimit.run(seconds=0.05)
     table = values(rows)
-    for name in ["limits moving window", "labkit sliding log", "labkit GCRA"]:
-        assert table[("decisions, 1 client", name)] > 0 and table[("decisions, 4 clients", name)] > 0
-    labkit_rtts = [v for (metric, who), v in table.items() if who.startswith("labkit") and metric == METRICS[2]]
+    expected = {"round trips per decision": ratelimit.BASELINE}
+    for per_minute in ratelimit.PER_MINUTE:
+        for ours, theirs in ratelimit.NEAREST.items():
+            metric = f"decisions, {per_minute:,}/min, 50 users: {ours}"
+            assert table[(metric, f"labkit {ours}")] > 0 and table[(metric, f"limits {theirs}")] > 0
+            expected[metric] = f"limits {theirs}"
+    labkit_rtts = [v for (metric, who), v in table.items() if who.startswith("labkit") and metric.startswith("round")]
     assert len(labkit_rtts) == 5 and all(v == 1.0 for v in labkit_rtts)
-    assert baselines(rows) == dict.fromkeys(METRICS, "limits moving window")
+    assert baselines(rows) == expected

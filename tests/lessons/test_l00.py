@@ -6,6 +6,7 @@ import json
 import pytest
 import redis
 
+import labkit
 from labkit.clients import options
 from labkit.errors import ConfigError, LabkitError
 from labkit.lessons import Result
@@ -22,6 +23,13 @@ def test_greeting_accepts_the_reference_answer(r, ns):
 def test_greeting_rejects_missing_key(r, ns):
     result = lesson.check_greeting(r, ns.key("greeting"))
     assert not result and "there is no key" in result.message
+
+
+def test_greeting_check_rejects_a_hash_with_a_message_not_an_error(r, ns):
+    r.hset(ns.key("greeting"), "v", "hello")
+    r.expire(ns.key("greeting"), 60)
+    result = lesson.check_greeting(r, ns.key("greeting"))
+    assert not result and "holds a hash, not a string" in result.message
 
 
 def test_greeting_rejects_no_ttl(r, ns):
@@ -109,7 +117,8 @@ def test_lesson_needs_reads_each_lessons_code(tmp_path):
     assert needs["02_spawns"] == ["starts servers of its own on this machine"]
     assert needs["03_search"] == ["the search and JSON modules on the lab server"]
     table = lesson.needs_table(needs)
-    assert table.splitlines()[0].startswith("| lesson | own servers") and "| 02_spawns | ✔ |" in table
+    assert table.splitlines()[0].startswith("| lesson | starts its own servers | CONFIG on your server")
+    assert "| 02_spawns | ✔ |" in table
     with pytest.raises(ConfigError, match="no notebooks"):
         lesson.lesson_needs(tmp_path / "nowhere")
 
@@ -118,3 +127,11 @@ def test_lesson_needs_on_the_lab_itself():
     needs = lesson.lesson_needs()
     assert needs["00_setup"] == [] and "the search and JSON modules on the lab server" in needs["07_vector_search"]
     assert "starts servers of its own on this machine" in needs["01_data_structures"]
+
+
+def test_ping_timers_measure_one_round_trip_each_and_one_for_a_pipeline(r):
+    singles = lesson.time_single_pings(r, 50)
+    assert len(singles) == 50 and all(us > 0 for us in singles)
+    with labkit.trace(r, show=False) as sent:
+        assert lesson.time_pipelined_pings(r, 50) > 0
+    assert sent.names() == ["PING"] * 50 and sent.round_trips == 1

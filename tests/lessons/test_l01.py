@@ -42,6 +42,15 @@ def test_leaderboard_rejects_zero_based_ranks(r, ns):
     assert not result and "count from 1" in result.message
 
 
+def test_leaderboard_rejects_a_top_n_that_ignores_n(r, ns):
+    def always_three(r, key, n):
+        return [(i + 1, m, s) for i, (m, s) in enumerate(r.zrange(key, 0, 2, desc=True, withscores=True))]
+
+    result = lesson.check_leaderboard(r, ns, always_three)
+    assert not result and "asked for 1 entries, got 3" in result.message
+    assert ns.keys(r) == []
+
+
 # -- daily visitors -------------------------------------------------------------------------------------
 def record_visit_hll(r, ns, day, user):
     r.pfadd(ns.key("visitors", day), user)
@@ -74,6 +83,45 @@ def test_daily_visitors_rejects_an_exact_set(r, ns):
                                   lambda r, ns, day: r.scard(ns.key("visitors", day)))
     assert not result and "a Set grows" in result.message
     assert ns.keys(r) == []
+
+
+def test_daily_visitors_rejects_counts_kept_in_python(r, ns):
+    seen = {}
+    result = lesson.check_daily_visitors(r, ns, lambda r, ns, day, user: seen.setdefault(day, set()).add(user),
+                                         lambda r, ns, day: len(seen[day]))
+    assert not result and "no keys under ns were written" in result.message
+
+
+def test_daily_visitors_rejects_counters_outside_the_prefix_and_removes_them(r, ns):
+    outside = "lab:elsewhere:visitors:"
+    result = lesson.check_daily_visitors(r, ns, lambda r, ns, day, user: r.pfadd(outside + day, user),
+                                         lambda r, ns, day: r.pfcount(outside + day))
+    assert not result and "outside this lesson's prefix" in result.message
+    assert [k for day in lesson.VISITS_DAYS for k in r.scan_iter(match=outside + day)] == []
+
+
+def test_daily_visitors_rejects_one_key_per_visitor(r, ns):
+    def record(r, ns, day, user):
+        r.set(ns.key("seen", day, user), 1)
+
+    def count(r, ns, day):
+        return sum(1 for _ in r.scan_iter(match=ns.key("seen", day, "*"), count=1000))
+
+    result = lesson.check_daily_visitors(r, ns, record, count)
+    assert not result and "4,000 keys were written under ns, expected one counter per day" in result.message
+    assert ns.keys(r) == []
+
+
+def test_daily_visitors_rejects_strings_that_are_not_hyperloglogs(r, ns):
+    def record(r, ns, day, user):
+        r.append(ns.key("visitors", day), "")
+        r.setrange(ns.key("visitors", day), 0, "x")
+
+    def count(r, ns, day):
+        return lesson.VISITS_DAYS[day]  # the truth, as if read from elsewhere
+
+    result = lesson.check_daily_visitors(r, ns, record, count)
+    assert not result and "not HyperLogLogs" in result.message
 
 
 # -- tag query ------------------------------------------------------------------------------------------

@@ -81,8 +81,47 @@ def test_stampede_measures_who_waited_and_what_came_before_the_expiry(r, ns):
 
 
 def test_episodes_group_recomputes_by_expiry():
-    result = lesson.StampedeResult("x", 1, 5, 0, 5, [1.0], recompute_starts_s=[1.0, 1.05, 2.0, 2.02, 3.1], ttl_s=1.0)
+    result = lesson.StampedeResult("x", 1, 5, 0, 5, [1.0], recompute_starts_s=[1.0, 1.05, 2.0, 2.02, 3.1], ttl_s=1.0,
+                                   early_refreshes_s=[0.999, 1.04, 1.99, 2.0, 2.01, 3.09])
     assert result.episodes == 3
+    assert result.early_refreshes_per_episode == [2, 3, 1] and result.median_early_per_episode == 2
+
+
+def test_stampede_counts_only_what_began_before_the_end_of_the_run(r, ns):
+    """A client that passed its loop test in time but ran only after the end (starved of the CPU) reads a later
+    moment of the cache: its recompute is not counted, nor its call."""
+    def late(source):
+        warmed = []
+
+        def wrapper(item):
+            if warmed:
+                time.sleep(1.3)  # this call gets the CPU back only after the run's end (1.0 s)
+            warmed.append(item)
+            return source(item)
+        return wrapper
+
+    result = lesson.stampede(r, ns.key("stampede"), "late", clients=3, ttl=0.6, run_s=1.0, decorate=late)
+    assert result.calls == 0 and result.recomputes == 0 and result.misses == 0 and result.latencies_ms == []
+    assert ns.keys(r) == []
+
+
+def test_reads_together_holds_each_threads_first_read_until_all_have_read(r, ns):
+    together, order = lesson.ReadsTogether(r, 3), []
+
+    def client(i):
+        together.get(ns.key("k"))
+        order.append(("read", i))
+        together.get(ns.key("k"))  # a second read does not wait
+        order.append(("again", i))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+    threads[0].start(), threads[1].start()
+    time.sleep(0.3)
+    assert order == []  # two have read; they wait for the third
+    threads[2].start()
+    for t in threads:
+        t.join(10)
+    assert len(order) == 6 and together.ping()
 
 
 # -- invalidation ---------------------------------------------------------------------------------------
@@ -164,6 +203,20 @@ def test_xfetch_rejects_a_constant_early_window():
     assert not result
 
 
+def test_xfetch_rejects_beta_squared():
+    result = lesson.check_xfetch(
+        lambda now, expiry, delta, beta, rand: now - delta * beta**2 * math.log(rand) >= expiry)
+    assert not result and "beta multiplies delta once" in result.message
+
+
+def test_xfetch_rejects_an_answer_that_draws_its_own_random_number():
+    import random
+
+    result = lesson.check_xfetch(
+        lambda now, expiry, delta, beta, rand: now - delta * beta * math.log(1 - random.random()) >= expiry)
+    assert not result and "do not draw your own" in result.message
+
+
 def reference_get_or_compute(r, key, compute, lock_ttl_ms):
     import secrets
 
@@ -221,6 +274,53 @@ def test_single_flight_rejects_a_lock_without_a_token(r, ns):
 
     result = lesson.check_single_flight(r, ns, plain_delete)
     assert not result and "deleted a lock another client held" in result.message
+
+
+def test_single_flight_rejects_a_release_by_get_then_del(r, ns):
+    def get_then_del(r, key, compute, lock_ttl_ms):
+        import secrets
+
+        token = secrets.token_hex(8)
+        while True:
+            value = r.get(key)
+            if value is not None:
+                return value
+            if r.set(key + ":lock", token, nx=True, px=lock_ttl_ms):
+                try:
+                    value = r.get(key)
+                    if value is None:
+                        value = compute()
+                        r.set(key, value, ex=60)
+                    return value
+                finally:
+                    if r.get(key + ":lock") == token:  # two commands: the lock may change hands in between
+                        r.delete(key + ":lock")
+            time.sleep(0.005)
+
+    result = lesson.check_single_flight(r, ns, get_then_del)
+    assert not result and "between your GET of the lock and your DEL" in result.message
+    assert ns.keys(r) == []
+
+
+def test_single_flight_does_not_hang_on_waiters_that_never_see_a_value(r, ns, monkeypatch):
+    monkeypatch.setattr(lesson, "SINGLE_FLIGHT_WAIT_S", 3)
+
+    def never_stores(r, key, compute, lock_ttl_ms):
+        if r.set(key + ":lock", "1", nx=True):  # no TTL, never released, the value never stored
+            return compute()
+        while r.get(key) is None:
+            time.sleep(0.01)
+        return r.get(key)
+
+    started = time.monotonic()
+    result = lesson.check_single_flight(r, ns, never_stores)
+    assert not result and "still waiting after 3 s" in result.message and time.monotonic() - started < 15
+    key = ns.key("check", "single-flight")
+    r.set(key, "x")  # lets the waiters that the check left behind return
+    deadline = time.monotonic() + 10
+    while any(t.name.endswith("(caller)") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    r.delete(key, key + ":lock")
 
 
 def test_single_flight_rejects_no_reread_after_the_lock(r, ns):

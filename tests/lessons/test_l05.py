@@ -5,8 +5,8 @@ import pytest
 
 from labkit import ConfigError
 from labkit.lessons import l05_pubsub as lesson
-from labkit.pubsub import Subscriber, subscribed_clients
-from labkit.server import capabilities, spawn
+from labkit.pubsub import InvalidatedCache, PresenceFeed, Subscriber, subscribed_clients
+from labkit.server import capabilities, cluster, replicated, spawn
 
 from ..waiting import eventually
 
@@ -44,6 +44,75 @@ def test_slow_subscriber_is_disconnected_at_the_output_buffer_limit():
     assert "closed" in result.error
 
 
+# -- RESP3, heartbeats, the slow subscriber's fixes, expired events ---------------------------------------
+def test_only_a_resp3_connection_runs_commands_while_subscribed(r, ns):
+    assert lesson.command_while_subscribed(r, 2, "GET", ns.key("x")).startswith("error: Can't execute 'get'")
+    assert lesson.command_while_subscribed(r, 3, "SET", ns.key("x"), "v") == "OK" and r.get(ns.key("x")) == "v"
+    assert subscribed_clients(r, "labkit-probe") == []
+    r.delete(ns.key("x"))
+
+
+def test_heartbeat_run_sweeps_only_the_crashed_user(r, ns):
+    feed = PresenceFeed(r, "hb", prefix=ns.key("p"))
+    run = lesson.heartbeat_run(feed, ["ann", "bo"], crash={"bo": 0.2}, run_s=0.8, every=0.05, max_age=0.2)
+    assert list(run.swept) == ["bo"] and run.announced == ["leave:bo"] and run.online == {"ann"}
+    assert run.swept["bo"] - run.last_beat["bo"] >= 0.2 and run.last_beat["bo"] < 0.2 + 0.1
+    assert feed.online() == set()
+
+
+def test_tick_race_inline_is_cut_conflated_and_stream_end_right():
+    with spawn(client_output_buffer_limit="pubsub 256kb 128kb 10") as srv:
+        race = lesson.tick_race(srv.client(), "ticks", "ticks-stream")
+        assert srv.client().exists("ticks-stream") == 0
+    inline, conflated, streamed = race.values()
+    assert inline.disconnected and not inline.latest_right
+    assert not conflated.disconnected and conflated.latest_right and conflated.handled < conflated.received == 1000
+    assert not streamed.disconnected and streamed.latest_right and streamed.handled == 1000
+
+
+def test_tick_race_with_room_to_spare_cuts_no_one():
+    """The opposite setting: a handler that keeps up, and the limit never bites (the experiment can fail)."""
+    with spawn(client_output_buffer_limit="pubsub 256kb 128kb 10") as srv:
+        race = lesson.tick_race(srv.client(), "ticks", "ticks-stream", count=200, payload_bytes=100,
+                                handler_s=0.0001)
+    assert not any(c.disconnected for c in race.values()) and all(c.latest_right for c in race.values())
+
+
+def test_expired_events_are_late_among_many_volatile_keys(ns):
+    with spawn(notify_keyspace_events="Ex") as srv:
+        client = srv.client()
+        alone = lesson.expired_events_heard(client, ns, others=0, wait_s=1)
+        among = lesson.expired_events_heard(client, ns, others=20_000, wait_s=1)
+        assert client.dbsize() == 0
+    assert alone == 100 and among < 50
+
+
+def test_a_replica_publishes_del_not_expired(ns):
+    with replicated(replicas=1) as pair:
+        heard = lesson.expiry_events_on_replica(pair, ns.key("k"))
+    assert heard["primary"] == ["set", "expire", "expired"]
+    assert heard["replica"] == ["set", "expire", "del"]
+
+
+def test_write_while_disconnected_reaches_no_one_of_them(r, ns):
+    with Subscriber(r, ns.key("inv"), name=ns.key("gone")) as gone, \
+            Subscriber(r, ns.key("inv"), name=ns.key("stays")) as stays:
+        *kills, _, heard_by = lesson.write_while_disconnected(r, [ns.key("gone")], ns.key("inv"), ns.key("k"), "v")
+        assert kills == [1] and heard_by == 1 and stays.wait_for(1) and r.get(ns.key("k")) == "v"
+        assert lesson.wait_resubscribed([gone]) and gone.data() == [] and gone.connects == 2
+        assert not lesson.wait_resubscribed([stays], timeout=0.2)  # never dropped: still its first connection
+    r.delete(ns.key("k"))
+
+
+def test_node_locality_on_a_cluster(ns):
+    with cluster(primaries=3, replicas=0) as c:
+        local = lesson.node_locality(c, ns.key("news"), ns)
+        assert lesson.bus_messages(c.servers, "publish") >= 2  # the PUBLISH crossed the bus to the others
+        assert all(node.client().keys(ns.key("*")) == [] for node in c.servers)
+    assert local.count_on_other_node == 0 and local.heard_on_this_node == ["from another node", "marker"]
+    assert 0 < local.events_heard == local.keys_on_this_node < local.keys_written == 60
+
+
 # -- exercise checks ------------------------------------------------------------------------------------
 def _resync_right(feed, seen):
     snapshot = feed.online()
@@ -63,6 +132,33 @@ def test_presence_rejects_no_resync(r, ns):
 def test_presence_rejects_an_add_only_resync(r, ns):
     result = lesson.check_presence(r, ns, lambda feed, seen: seen.update(feed.online()))
     assert not result and "still shows bob" in result.message and "missed erin" not in result.message
+
+
+def test_near_cache_accepts_a_ttl_and_a_flush_on_reconnect(r, ns):
+    assert lesson.check_near_cache(r, ns, lambda r, channel: InvalidatedCache(r, channel, ttl=30))
+    assert r.exists(ns.key("check", "price")) == 0
+
+
+def test_near_cache_rejects_no_flush_on_reconnect(r, ns):
+    result = lesson.check_near_cache(r, ns, lambda r, channel: InvalidatedCache(r, channel, ttl=30,
+                                                                                flush_on_reconnect=False))
+    assert not result and "still served 100" in result.message and "TTL" not in result.message
+
+
+def test_near_cache_rejects_entries_without_a_ttl(r, ns):
+    result = lesson.check_near_cache(r, ns, lambda r, channel: InvalidatedCache(r, channel, ttl=None))
+    assert not result and "give them a TTL" in result.message and "still served" not in result.message
+
+
+def test_near_cache_rejects_neither_backstop(r, ns):
+    result = lesson.check_near_cache(r, ns, lambda r, channel: InvalidatedCache(r, channel, ttl=None,
+                                                                                flush_on_reconnect=False))
+    assert not result and "still served 100" in result.message and "give them a TTL" in result.message
+
+
+def test_near_cache_rejects_something_else(r, ns):
+    result = lesson.check_near_cache(r, ns, lambda r, channel: {})
+    assert not result and "return an InvalidatedCache" in result.message
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +186,19 @@ def test_expired_events_accepts_keyevent_expired_only(own_server, flags):
 def test_expired_events_rejects_the_wrong_flags(own_server, flags, says):
     result = lesson.check_expired_events(own_server, flags)
     assert not result and says in result.message
+
+
+def test_silent_peer_only_the_subscriber_with_a_deadline_notices():
+    with spawn() as srv:
+        silent = lesson.silent_peer(srv, "ch", name="checked", health_check=0.2)
+        assert subscribed_clients(srv.client()) == []
+    assert silent.silence == [None, None] and silent.unanswered_pings >= 1
+    assert "no reply to PING" in silent.disconnects[0] and silent.noticed_s < 5
+
+
+def test_crash_race_stream_loses_nothing_pubsub_loses_a_run(r, ns):
+    by_pubsub, by_stream, deliveries = lesson.crash_race(r, ns.key("o"), ns.key("os"), "g", name=ns.key("ops"),
+                                                         n=600, crash_at=200)
+    assert len(by_pubsub) < 600 and len(by_stream) == 600 and len(deliveries) > len(set(deliveries))
+    assert r.xpending(ns.key("os"), "g")["pending"] == 0
+    r.delete(ns.key("os"))

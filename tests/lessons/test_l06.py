@@ -112,3 +112,39 @@ def test_ref_policies_spare_pending_entries_where_the_engine_has_them(engine):
         assert answers == (990, 9, [1], 8)
     else:
         assert all(str(a).startswith("refused") for a in answers[:3]) and answers[3] == 10
+
+
+# -- ordering -------------------------------------------------------------------------------------------
+def test_key_inversions_counts_only_within_a_key():
+    assert lesson.key_inversions([("a", 0), ("b", 0), ("a", 1), ("b", 1)]) == 0
+    assert lesson.key_inversions([("a", 1), ("b", 0), ("a", 0), ("a", 2), ("b", 1)]) == 1
+    assert lesson.key_inversions([("a", 2), ("a", 1), ("a", 0)]) == 2
+
+
+# -- exercise 3 -----------------------------------------------------------------------------------------
+def test_idempotent_effect_accepts_a_ledger_keyed_by_order(r, ns):
+    assert lesson.check_idempotent_effect(r, ns, lambda r, ledger, i, f: r.hsetnx(ledger, f["order"], f["amount"]))
+    assert ns.keys(r) == []
+
+
+def test_idempotent_effect_rejects_a_ledger_keyed_by_entry_id(r, ns):
+    result = lesson.check_idempotent_effect(r, ns, lambda r, ledger, i, f: r.hsetnx(ledger, i, f["amount"]))
+    assert not result and "business id" in result.message
+
+
+def test_idempotent_effect_rejects_adding_on_every_delivery(r, ns):
+    result = lesson.check_idempotent_effect(r, ns, lambda r, ledger, i, f: r.hincrby(ledger, f["order"], f["amount"]))
+    assert not result and "must change nothing" in result.message
+
+
+def test_idempotent_effect_accepts_hset_by_order_id(r, ns):
+    """HSET by order id is idempotent for identical retries: the check accepts it (same amount each time)."""
+    assert lesson.check_idempotent_effect(r, ns, lambda r, ledger, i, f: r.hset(ledger, f["order"], f["amount"]))
+
+
+def test_idempotent_effect_reports_an_error_it_raised(r, ns):
+    def broken(r, ledger, entry_id, fields):
+        raise KeyError("amount")
+
+    result = lesson.check_idempotent_effect(r, ns, broken)
+    assert not result and "raised KeyError" in result.message and ns.keys(r) == []

@@ -98,3 +98,55 @@ def test_server_time_per_query_ranks_hnsw_far_ahead_of_flat(r, ns):
     finally:
         drop_indexes(r, ns.prefix)
     assert usec["hnsw"] > 0 and usec["flat"] > 2 * usec["hnsw"], usec
+
+
+def _topic_by_hand(r, index, vector, topic, k):
+    reply = r.execute_command("FT.SEARCH", index, f"(@topic:{{{topic}}})=>[KNN {k} @embedding $vec AS distance]",
+                              "SORTBY", "distance", "ASC", "RETURN", 1, "distance", "PARAMS", 2, "vec",
+                              vector.tobytes(), "DIALECT", 2)
+    return [row["id"] for row in reply["results"]] if isinstance(reply, dict) else reply[1::2]
+
+
+def test_topic_knn_accepts_a_hybrid_ft_search_written_by_hand(r, ns):
+    assert lesson.check_topic_knn(r, ns, _topic_by_hand)
+
+
+def _best_threshold(distances, right, target):
+    meeting = [t for t in distances if lesson.precision_recall(distances, right, t)[0] >= target]
+    return max(meeting, key=lambda t: lesson.precision_recall(distances, right, t)[1])
+
+
+def _first_failure(distances, right, target):
+    best = 0.0
+    for t in sorted(distances):
+        if lesson.precision_recall(distances, right, t)[0] < target:
+            break
+        best = t
+    return best
+
+
+def test_threshold_accepts_the_largest_recall_meeting_the_target():
+    assert lesson.check_threshold(_best_threshold)
+
+
+def test_threshold_rejects_stopping_at_the_first_dip_in_precision():
+    result = lesson.check_threshold(_first_failure)
+    assert not result and "not monotonic" in result.message
+
+
+def test_threshold_rejects_one_minus_the_target_as_a_threshold():
+    result = lesson.check_threshold(lambda distances, right, target: 1 - target)
+    assert not result and "too tight" in result.message
+
+
+def test_threshold_rejects_a_threshold_chosen_by_recall_alone():
+    def by_recall(distances, right, target):
+        return max(d for d, ok in zip(distances, right, strict=True) if ok)
+
+    result = lesson.check_threshold(by_recall)
+    assert not result and "below the target" in result.message
+
+
+def test_threshold_rejects_a_similarity_outside_the_distance_range():
+    result = lesson.check_threshold(lambda distances, right, target: -0.5)
+    assert not result and "DISTANCE" in result.message

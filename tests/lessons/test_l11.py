@@ -22,18 +22,32 @@ def srv():
 
 # -- 11.1 and 11.2 ------------------------------------------------------------------------------------------
 def test_a_new_connection_sends_a_handshake_and_costs_more_than_a_pooled_one(srv):
-    assert lesson.commands_of_a_new_connection(srv) == {"hello": 1, "client|setinfo": 2, "get": 1}
+    from labkit.server import capabilities
+
     admin = srv.client()
+    handshake = lesson.commands_of_a_new_connection(srv)
+    assert handshake.commands["hello"] == handshake.commands["get"] == 1 and handshake.ceremony == 4
+    # CLIENT MAINT_NOTIFICATIONS is refused by every engine here; CLIENT SETINFO by those without it
+    assert handshake.errors == (1 if capabilities(admin).client_setinfo else 3)
     admin.set("greeting", "hello")
     cost = lesson.connect_cost(admin, "greeting", reps=50)
-    assert cost.ratio > 2
+    # building a client is a real share of a new connection's cost (about half on a quiet machine; the shared
+    # server's round trips slow down under the suite's load, so the share is checked against 1/20, not half)
+    assert cost.ratio > 2 and cost.build_us > cost.new_us / 20
     admin.close()
 
 
 def test_connection_memory_shrinks_and_an_unread_reply_is_held(srv):
     mem = lesson.memory_per_connection(srv, n=20, value_bytes=4_000_000)
     assert mem.reply_buffer_idle < mem.reply_buffer_after and mem.idle < mem.right_after / 4
+    assert 12 * 1024 < mem.right_after - mem.query_buffer_after < 20 * 1024
     assert mem.pending_reply > 3_600_000
+
+
+def test_output_buffer_limits_are_read_by_class(srv):
+    c = srv.client()
+    assert lesson.output_buffer_limits(c) == {"normal": (0, 0, 0), "slave": (256, 64, 60), "pubsub": (32, 8, 60)}
+    c.close()
 
 
 def test_maxclients_refuses_the_next_connection():
@@ -42,15 +56,21 @@ def test_maxclients_refuses_the_next_connection():
 
 
 def test_a_full_pool_raises_at_once_or_waits_for_its_timeout(srv):
-    plain, blocking = lesson.third_checkout(srv, blocking_timeout=0.3)
+    from labkit.clients import options
+
+    kwargs = lesson.raw_kwargs(srv) | options()
+    plain = lesson.third_checkout(redis.ConnectionPool(max_connections=2, **kwargs))
+    blocking = lesson.third_checkout(redis.BlockingConnectionPool(max_connections=2, timeout=0.3, **kwargs))
+    assert (plain.pool, blocking.pool) == ("ConnectionPool(max_connections=2)",
+                                           "BlockingConnectionPool(max_connections=2, timeout=0.3)")
     assert plain.error.startswith("MaxConnectionsError") and blocking.error.startswith("ConnectionError")
     assert blocking.seconds >= 0.3 > plain.seconds
     assert 0.1 <= lesson.blocking_checkout_after_release(srv, hold_s=0.1, timeout=2) < 2
 
 
-def test_threads_in_blocking_commands_hold_a_connection_each(srv):
+def test_busy_threads_hold_a_connection_each(srv):
     used = lesson.connections_for_threads(srv, threads=6, block_s=0.05)
-    assert used["one BLPOP 0.05 s each"] == 6 and 1 <= used["200 GETs each"] <= 6
+    assert used["one BLPOP 0.05 s each"] == used["200 GETs each"] == 6
 
 
 def test_the_asyncio_plain_pool_refuses_what_the_blocking_pool_queues(srv):
@@ -109,6 +129,13 @@ def test_the_default_retry_multiplies_attempts_on_a_paused_server_and_a_wrong_pa
     assert closed.seconds > 100 * closed_once.seconds and closed.result.startswith("ConnectionError")
 
 
+def test_a_retried_write_with_a_request_id_counts_once(srv):
+    script = "if redis.call('SET', KEYS[1], 1, 'NX') then return redis.call('INCR', KEYS[2]) end return false"
+    once = lesson.incr_while_paused(srv, "request id", write=lambda c: c.eval(script, 2, "req:1", "counter"),
+                                    socket_timeout=0.3, retry=Retry(NoBackoff(), 3))
+    assert once.counter == 1 and once.reply in ("None", "1")
+
+
 def test_a_retried_incr_counts_twice_and_an_unretried_one_still_runs(srv):
     twice = lesson.incr_while_paused(srv, "default", socket_timeout=0.3)
     once = lesson.incr_while_paused(srv, "none", socket_timeout=0.3, retry=Retry(NoBackoff(), 0))
@@ -122,6 +149,12 @@ def test_retry_rides_out_a_restart_but_not_a_server_error():
     assert retried.result == "True" and retried.delays and wrongtype.delays == []
     errors = lesson.retried_errors()
     assert errors["TimeoutError"] and errors["AuthenticationError"] and not errors["ResponseError"]
+    assert "MaxConnectionsError" not in errors
+
+
+def test_a_full_pool_is_not_retried(srv):
+    full = lesson.full_pool_with_retry(srv, retries=3)
+    assert full.result == "MaxConnectionsError: Too many connections" and full.delays == []
 
 
 def test_blocking_reads_need_a_timeout_longer_than_the_block(srv):
@@ -163,7 +196,7 @@ def test_service_users_are_refused_what_they_do_not_need(srv):
     assert [u for u, ok in matrix["HGETALL session:abc"].items() if ok] == ["sessions"]
     assert [u for u, ok in matrix["SCAN 0"].items() if ok] == ["reporting"]
     assert not any(matrix["FLUSHALL"].values()) and not any(matrix["PUBLISH orders"].values())
-    assert lesson.refused_as(srv, "worker", "worker-pw", ("GET", "jobs:x")).startswith("User worker has no permissions")
+    assert "no permissions to run the 'get' command" in lesson.refused_as(srv, "worker", "worker-pw", ("GET", "jobs:x"))
     for user in lesson.SERVICE_USERS:
         c.acl_deluser(user)
     c.close()
@@ -183,9 +216,10 @@ def test_protected_mode_denies_a_non_loopback_client_without_a_password():
     assert replies[f"from {address}, password set"].startswith("-NOAUTH")
 
 
-def test_a_wrong_password_costs_about_a_ping_and_is_logged(srv):
-    guessing = lesson.password_guessing(srv, guesses=500, rounds=5)
-    assert guessing.guesses_per_s > 0.3 * guessing.pings_per_s and guessing.logged_failures == 500
+def test_a_wrong_password_costs_about_a_ping_is_logged_and_a_flood_is_cut_off(srv):
+    guessing = lesson.password_guessing(srv, guesses=600, rounds=30, depth=16, flood=1000)
+    assert 0.4 < guessing.ratio < 2.5 and guessing.pipelined_ratio > 2
+    assert guessing.logged_failures == 600 + 30 * 16 and guessing.flood_reply.startswith("closed by the server")
     assert lesson.search_time_s(10, 4, 100.0) == 100.0
 
 
@@ -264,12 +298,15 @@ def test_pool_size_accepts_the_smallest_pool_that_lets_every_thread_work():
     (lambda **s: redis.BlockingConnectionPool(max_connections=12, timeout=2, **s), "do not state socket_timeout"),
     (lambda **s: redis.BlockingConnectionPool(max_connections=12, timeout=2, socket_timeout=0.01, **s),
      "TimeoutError"),
+    (lambda **s: redis.BlockingConnectionPool(max_connections=12, timeout=10, socket_timeout=5, **s), "(at most 5)"),
+    (lambda **s: redis.ConnectionPool(max_connections=12, timeout=2, socket_timeout=5, **s), "TypeError"),
     (lambda **s: redis.Redis(**s), "must return a redis-py pool"),
     (lambda **s: 1 / 0, "make_pool raised ZeroDivisionError"),
 ])
 def test_pool_size_rejects_the_plausible_mistakes(make_pool, says):
     verdict = lesson.check_pool_size(make_pool)
     assert not verdict and says in verdict.message, verdict.message
+    assert eventually(lambda: not [t for t in threading.enumerate() if t.name.startswith(lesson.PREFIX)])
 
 
 # -- exercise 2: an ACL user for a cache -------------------------------------------------------------------------------
@@ -285,7 +322,7 @@ def test_cache_acl_accepts_the_reference():
 
 def test_cache_acl_accepts_categories_with_the_holes_closed():
     verdict = lesson.check_cache_acl(["on", PASSWORD, "~cache:*", "&cache:invalidations", "+@read", "+@write",
-                                      "-@dangerous", "-scan", "+ping", "+publish"])
+                                      "-@dangerous", "-scan", "-randomkey", "+ping", "+publish"])
     assert verdict, verdict.message
 
 
@@ -299,6 +336,9 @@ def test_cache_acl_accepts_categories_with_the_holes_closed():
     (["on", PASSWORD, "~cache:*", "&cache:invalidations", "+@read", "+@write", "-@dangerous", "+ping", "+publish"],
      "SCAN"),
     (["on", PASSWORD, "~cache:*", "&cache:invalidations", "+@read", "+@write", "+ping", "+publish"], "KEYS"),
+    (["on", PASSWORD, "~cache:*", "&cache:invalidations", "+@all", "-@dangerous", "-@scripting", "-scan"], "RANDOMKEY"),
+    (["on", PASSWORD, "nopass", "resetkeys", "~cache:*", "resetchannels", "&cache:invalidations", "-@all", "+get",
+      "+set", "+mget", "+expire", "+ttl", "+del", "+ping", "+publish"], "wrong password too"),
     ([PASSWORD, "~cache:*", "&cache:invalidations", "-@all", "+get", "+set"], "cannot log in"),
     (["on", ">another-password", "~cache:*", "-@all", "+get"], "cannot log in"),
     (["on", PASSWORD, "~cache:*", "&cache:invalidations", "-@all", "+get", "+set", "+mget", "+expire", "+ttl", "+del",

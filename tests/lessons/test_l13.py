@@ -144,6 +144,31 @@ def test_atomic_resharding_where_the_engine_has_it(c, rc):
     assert run.errors == {} and run.lost == 0 and run.redirects["ASK"] == 0 and run.redirects["MOVED"] > 0
 
 
+def test_compare_reshards_moves_the_same_slots_back_and_forth_in_turns(c, rc):
+    first, second, _ = sorted(c.serving_primaries(), key=lambda n: n.port)
+    atomic = capabilities(first.client()).atomic_slot_migration
+    ranges = c.slot_ranges(first)
+    methods = ("steps", "atomic") if atomic else ("steps",)
+    comparison = lesson.compare_reshards(c, rc, first, second, 400, methods, rounds=2, keys=100)
+    a, b = lesson.label(first), lesson.label(second)
+    assert [run.method for run in comparison.runs] == (["steps", "atomic", "atomic", "steps"] if atomic else
+                                                       ["steps", "steps"])
+    assert [(run.source, run.target) for run in comparison.runs] == [(a, b), (b, a)] * (len(comparison.runs) // 2)
+    assert all(run.slots == 400 and run.errors == {} and run.lost == 0 and run.moved_keys() == run.keys == 100
+               for run in comparison.runs)
+    assert c.slot_ranges(first) == ranges  # an even number of runs: the slots are back
+    if atomic:
+        assert comparison.ratio() > 2 and comparison.ratio() == comparison.median("steps") / comparison.median("atomic")
+
+
+def test_reshard_comparison_takes_medians():
+    runs = [lesson.Reshard(m, 10, 1, t, {}, {}, 0, 1) for m, t in
+            (("steps", 3.0), ("atomic", 1.0), ("atomic", 9.0), ("steps", 1.0), ("steps", 2.0), ("atomic", 0.5))]
+    comparison = lesson.ReshardComparison(10, runs)
+    assert comparison.seconds("steps") == [3.0, 1.0, 2.0] and comparison.median("atomic") == 1.0
+    assert comparison.ratio() == 2.0
+
+
 def test_the_load_counts_a_lost_increment(c):
     keys = ["lab:l13:test:{lost}:a", "lab:l13:test:{lost}:b"]
     with lesson.Load(c, keys) as load:
@@ -346,6 +371,19 @@ def only_half_the_keys(c, slot, target):
     target.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
 
+def migrating_first(c, slot, target):
+    """The protocol with the two marks the wrong way round: the source MIGRATING before the target IMPORTING."""
+    source = c.owner(slot)
+    src, dst = source.client(), target.client()
+    source_id, target_id = _ids(c, source, target)
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        src.execute_command("MIGRATE", target.host, target.port, "", 0, 5000, "AUTH", target.password, "KEYS", *keys)
+    for node in [target, source] + [n for n in c.serving_primaries() if n not in (source, target)]:
+        node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+
 # Each is rejected for one of the consequences of its bug, which one depends on timing (an error raised in
 # the answer, keys left behind, or increments lost when the old owner drops the keys of a slot it lost).
 CONSEQUENCES = ("raised", "still on the old owner", "increments are missing")
@@ -355,6 +393,7 @@ WRONG_MOVES = {
     "MIGRATE ... COPY": (migrate_with_copy, CONSEQUENCES),
     "no IMPORTING/MIGRATING": (no_importing_or_migrating, CONSEQUENCES),
     "stops after one batch": (only_half_the_keys, CONSEQUENCES),
+    "MIGRATING before IMPORTING": (migrating_first, ("MIGRATING before the target was marked IMPORTING",)),
 }
 
 
@@ -372,6 +411,61 @@ def test_move_slot_rejects(bare, name):
     bare.wait_healthy()  # the check put the slots back in one piece: the next test starts clean
     with bare.client() as rc:
         assert not rc.keys("lab:l13:*", target_nodes=rc.PRIMARIES)
+
+
+def test_move_slot_accepts_the_protocol_on_a_cluster_with_replicas(c):
+    """Since Valkey 8 each SETSLOT waits for the node's replicas: the reference must still pass where it does."""
+    assert all(c.replicas_of(n) for n in c.serving_primaries())
+    verdict = lesson.check_move_slot(c, reference_move_slot)
+    assert verdict, verdict.message
+    c.wait_healthy()
+    with c.client() as rc:
+        assert not rc.keys("lab:l13:exercise*", target_nodes=rc.PRIMARIES)
+
+
+def test_cart_keys_accepts_one_tag_per_user_on_a_cluster_with_replicas(c):
+    verdict = lesson.check_cart_keys(c, reference_cart_keys)
+    assert verdict, verdict.message
+
+
+def test_a_new_key_bounces_while_only_the_source_is_migrating(bare):
+    """What the order rule of check_move_slot guards against: source MIGRATING, target not IMPORTING yet."""
+    slot = lesson.key_slot("lab:l13:{bounce}:new")
+    source = bare.owner(slot)
+    target = next(n for n in bare.serving_primaries() if n is not source)
+    with source.client() as src, target.client() as dst, bare.client() as rc:
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", bare.node_id(target))
+        try:
+            with pytest.raises(redis.exceptions.ClusterError, match="TTL exhausted"):
+                rc.set("lab:l13:{bounce}:new", 1)  # ASK to the target, MOVED back to the source, again and again
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", bare.node_id(source))
+            assert rc.set("lab:l13:{bounce}:new", 1)  # in the right state the ASK is followed
+            assert dst.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1  # the new key is on the target
+            with dst.pipeline(transaction=False) as asking:
+                asking.execute_command("ASKING")
+                asking.delete("lab:l13:{bounce}:new")
+                assert asking.execute() == [True, 1]
+        finally:
+            for node in (target, source):
+                node.client().execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+    bare.wait_healthy()
+
+
+def test_setslot_log_records_marks_in_the_order_sent_pipelines_and_lower_case_too(bare):
+    slot = lesson.key_slot("lab:l13:{order}")
+    source = bare.owner(slot)
+    target = next(n for n in bare.serving_primaries() if n is not source)
+    with lesson.setslot_log() as sent, source.client() as src, target.client() as dst:
+        with dst.pipeline(transaction=False) as pipe:
+            pipe.execute_command("cluster setslot", slot, "importing", bare.node_id(source))
+            pipe.execute()
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", bare.node_id(target))
+        for node in (src, dst):
+            node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+    assert sent == [(target.port, slot, "IMPORTING"), (source.port, slot, "MIGRATING")]
+    assert lesson._order_problems(sent, {slot: source}, target) == []
+    assert lesson._order_problems(sent[::-1], {slot: source}, target)
+    assert lesson._order_problems(sent[1:], {slot: source}, target)
 
 
 def test_move_slot_wants_a_function(bare):

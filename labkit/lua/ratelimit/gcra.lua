@@ -12,6 +12,7 @@ if now < allow_at then
   local remaining = math.floor((now - (tat - burst * interval)) / interval)
   return {0, math.max(0, remaining), math.ceil(allow_at - now), math.ceil(tat - now), now}
 end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1)
+-- %.17g keeps every bit of the TAT (tostring keeps 14 digits: 0.1 ms at epoch-ms scale, which drifts)
+redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.ceil(new_tat - now) + 1)
 local remaining = math.floor((now - (new_tat - burst * interval)) / interval)
 return {1, math.max(0, remaining), 0, math.ceil(new_tat - now), now}

@@ -2,7 +2,8 @@
 -- KEYS[1]  sorted set of admitted units scored by time ms; KEYS[2] a sequence counter (same hash tag)
 -- ARGV[1]  limit; ARGV[2] window ms; ARGV[3] cost; ARGV[4] optional now in ms (tests only; else TIME)
 -- Returns  {allowed 0/1, remaining, retry_after_ms, reset_after_ms, now_ms}
--- Members are "<now>:<sequence>", unique even for simultaneous requests; a denial writes nothing.
+-- Members are "<now>:<sequence>", unique even for simultaneous requests. A denial records nothing (its trim
+-- may drop entries that have left the window, as any request's does).
 local limit, window, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)

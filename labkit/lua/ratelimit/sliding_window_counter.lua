@@ -17,10 +17,14 @@ local weight = (window - (now - start)) / window
 local estimate = prev * weight + cur
 local reset = start + window - now
 if estimate + cost > limit then
-  local wait = reset
-  if prev > 0 and cur + cost <= limit then
-    -- the weighted share of prev must shrink by (estimate + cost - limit): it loses prev/window per ms
+  local wait
+  if cur + cost <= limit then
+    -- only the previous window's weighted share must shrink, by (estimate + cost - limit): prev/window per ms
     wait = math.ceil((estimate + cost - limit) * window / prev)
+  else
+    -- this window alone is full: at the next window's start it becomes `prev` with weight 1, so wait for
+    -- that start and then for its share to shrink by (cur + cost - limit): cur/window per ms
+    wait = reset + math.ceil((cur + cost - limit) * window / cur)
   end
   return {0, math.max(0, math.floor(limit - estimate)), wait, reset, now}
 end

@@ -7,7 +7,8 @@ local now = now_ms(ARGV[4])
 local saved = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = burst
 if saved[1] then
-  tokens = math.min(burst, tonumber(saved[1]) + (now - tonumber(saved[2])) / per_token)
+  -- a clock that went back (an NTP step, a failover to a primary whose clock is behind) refills nothing
+  tokens = math.min(burst, tonumber(saved[1]) + math.max(0, now - tonumber(saved[2])) / per_token)
 end
 if tokens < cost then
   return {0, math.floor(tokens), math.ceil((cost - tokens) * per_token), math.ceil((burst - tokens) * per_token), now}
