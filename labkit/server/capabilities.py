@@ -85,10 +85,10 @@ class Capabilities:
 
     @property
     def stream_lag_exact_after_trim(self) -> bool:
-        """Once a group has read past entries trimmed before it got to them, XINFO GROUPS reports lag 0 (Valkey:
-        8.1 and 9.1 measured). Redis 7.0 (7.0.15 measured) keeps counting the trimmed entries as lag after they
-        are read past; newer Redis was not measured here, so only Valkey is claimed."""
-        return self.engine == "valkey"
+        """Once a group has read past entries trimmed before it got to them, XINFO GROUPS reports lag 0 (Valkey 8.1
+        and 9.1, Redis 8.2.3 measured). Redis 7.0 (7.0.15 measured) keeps counting the trimmed entries as lag after
+        they are read past; Redis between 7.0 and 8.2 was not measured, so only 8.2 and later are claimed."""
+        return self.engine == "valkey" or self.version_tuple >= (8, 2)
 
     @property
     def stream_ack_delete(self) -> bool:
