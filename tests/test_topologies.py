@@ -153,6 +153,12 @@ def test_bad_sizes_are_config_errors():
             build()
 
 
+def test_a_server_option_given_as_a_directive_is_a_config_error_that_says_what_to_pass():
+    for build in (lambda: replicated(1, modules=False), lambda: nodes(2, port=7000), lambda: sentinel(password="x")):
+        with pytest.raises(labkit.ConfigError, match=r"not a server directive.*pass directives only"):
+            build()
+
+
 # -- growing, shrinking and resharding a cluster ------------------------------------------------------------------
 def _values(rc, keys):
     return rc.mget_nonatomic(keys)

@@ -103,6 +103,20 @@ FAST_SYNC = {"repl-diskless-sync": "no", "repl-diskless-load": "on-empty-db"}
 SYNC_PROBE = "labkit:sync-probe"  # a channel: a PUBLISH is replicated but is no write (min-replicas cannot refuse it)
 
 
+SERVER_OPTIONS = ("modules", "port", "password", "directory", "sentinel", "detached")  # Server(...) arguments
+
+
+def directives_only(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` if it holds only server directives; a `Server` option among them (a topology's servers start
+    without modules, on ports and passwords of its choosing) is refused with what to do instead."""
+    options = [name for name in config if name in SERVER_OPTIONS]
+    if options:
+        raise ConfigError(f"{', '.join(options)}: not a server directive. A topology chooses its servers' "
+                          "ports and password and starts them without modules; pass directives only, e.g. "
+                          "maxmemory='10mb'.")
+    return config
+
+
 def _link_up(replica: Server) -> bool:
     return replica.probe().info("replication").get("master_link_status") == "up"
 
@@ -118,6 +132,7 @@ class Replicated(Topology):
             raise ConfigError(f"replicas must be at least 1, got {replicas}.")
         self.replicas: list[Server] = []
         self.root = root
+        config = directives_only(config)
         self._guard(lambda: self._build(replicas, engine, config))
 
     def _build(self, replicas: int, engine: str | None, config: dict[str, Any]) -> None:
@@ -777,6 +792,7 @@ class Nodes(Topology, list):
         Topology.__init__(self)
         if n < 1:
             raise ConfigError(f"n must be at least 1, got {n}.")
+        config = directives_only(config)
         self._guard(lambda: [self._add(Server(engine, modules=False, config=config)) for _ in range(n)])
         list.extend(self, self.servers)
 
