@@ -95,9 +95,12 @@ class Trace:
 
 
 def text(value: Any) -> str:
-    """An argument as the server sees it: bytes decoded, numbers as digits."""
+    """An argument as the server sees it: bytes decoded, numbers as digits, a str enum member (RedisVL's
+    `VectorIndexAlgorithm.FLAT`) as the characters it holds ("FLAT"), which is what redis-py sends."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        return str.__str__(value)
     return str(value)
 
 

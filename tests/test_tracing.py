@@ -1,5 +1,6 @@
 """labkit.trace records what goes over the wire, on real servers."""
 
+import enum
 import threading
 
 import pytest
@@ -201,3 +202,14 @@ def test_a_command_is_abridged_where_it_says_least():
     line = abridge_command(("EVALSHA", sha, "2", "lab:l02:leased:{7}", "lab:l02:leased:{7}:lease", value, "300000"))
     assert " 2 lab:l02:leased:{7} lab:l02:leased:{7}:lease " in line and line.endswith(" 300000")
     assert abridge_reply(sha) == "'1e19168c…'" and abridge_reply(b"OK") == "'OK'"
+
+
+def test_a_str_enum_argument_is_shown_as_the_characters_redis_py_sends(r, ns, capsys):
+    class Algorithm(str, enum.Enum):  # noqa: UP042 (as RedisVL's VectorIndexAlgorithm: a StrEnum prints its value already)
+        FLAT = "FLAT"
+
+    with labkit.trace(r):
+        r.set(ns.key("algorithm"), Algorithm.FLAT)
+    assert r.get(ns.key("algorithm")) in (b"FLAT", "FLAT")
+    printed = capsys.readouterr().out
+    assert f"SET {ns.key('algorithm')} FLAT" in printed and "Algorithm." not in printed
