@@ -358,7 +358,10 @@ class Cluster(Topology):
         live = self._running()
         if not all(n.probe().cluster("info")["cluster_state"] == "ok" for n in live):
             return False
-        return all(_link_up(n) for n in live if n.probe().info("replication")["role"] == "slave")
+        if not all(_link_up(n) for n in live if n.probe().info("replication")["role"] == "slave"):
+            return False
+        views = [_roles_seen(n, {m.port for m in live}) for n in live]  # gossip spreads a new replica's role
+        return all(view == views[0] for view in views)  # late (Redis 8.2: CLUSTER SHARDS lists it as a primary)
 
     @staticmethod
     def node_id(node: Server) -> str:
@@ -754,6 +757,16 @@ def _slot_view(node: Server, first: int, last: int) -> set[str]:
 def _known_ports(node: Server) -> set[int]:
     """The ports of the nodes `node` knows, itself included (a lone node does not know its own address yet)."""
     return {int(address.rsplit(":", 1)[1].split("@")[0]) for address in _cluster_nodes(node)}
+
+
+def _roles_seen(node: Server, ports: set[int]) -> dict[int, str]:
+    """Who `node` takes for a primary and a replica (and of which node id), among the members on `ports`."""
+    seen = {}
+    for address, fields in _cluster_nodes(node).items():
+        port = int(address.rsplit(":", 1)[1].split("@")[0])
+        if port in ports:
+            seen[port] = f"replica of {fields['master_id']}" if "slave" in fields["flags"] else "primary"
+    return seen
 
 
 def _cluster_nodes(node: Server) -> dict:
