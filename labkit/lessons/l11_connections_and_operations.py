@@ -1216,18 +1216,30 @@ def config_set_refusals(c: redis.Redis) -> dict[str, str]:
 class Guessing:
     """Password guessing from one connection that never logged in: guesses per second one at a time (each
     waiting for its reply) against PINGs per second from a logged-in connection doing the same, and the median
-    of their per-round ratio; guesses per second `depth` at a time (pipelined); what ACL LOG counted; and
-    what happened to a burst of `flood` guesses sent without reading a reply."""
+    of their per-round ratio; how many of `depth` guesses sent at once (pipelined) a fresh connection got
+    answers to, and where it got all of them, guesses per second `depth` at a time; what ACL LOG counted
+    against the wrong passwords answered; and what happened to a burst of `flood` guesses sent without
+    reading a reply."""
 
     guesses_per_s: float
-    pings_per_s: float
+    ping_per_s: float
     ratio: float
-    pipelined_per_s: float
-    pipelined_ratio: float
+    pipelined_per_s: float | None  # None where the server does not answer pipelined guesses
+    pipelined_ratio: float | None
     depth: int
+    pipeline_answered: int  # of `depth` guesses sent at once by a connection not logged in
+    sent: int  # wrong passwords sent before ACL LOG was read, all connections together
     logged_failures: int
     flood: int
     flood_reply: str
+
+    @property
+    def fastest_per_s(self) -> float:
+        """Guesses per second the faster way this server allows."""
+        return self.pipelined_per_s or self.guesses_per_s
+
+
+SILENCE_S = 1.0  # no byte for this long after a write: the server has answered all it will
 
 
 def _one_at_a_time(s: socket.socket, lines: Sequence[bytes]) -> float:
@@ -1240,50 +1252,63 @@ def _one_at_a_time(s: socket.socket, lines: Sequence[bytes]) -> float:
     return time.perf_counter() - started
 
 
-def _all_at_once(s: socket.socket, lines: Sequence[bytes]) -> float:
-    """Seconds to send every line in one write and read all their one-line replies."""
-    started = time.perf_counter()
+def _all_at_once(s: socket.socket, lines: Sequence[bytes]) -> tuple[float, int]:
+    """Send every line in one write and read their one-line replies: the seconds that took, and how many replies
+    came (fewer than the lines if the server stopped answering for `SILENCE_S`)."""
+    started, received = time.perf_counter(), b""
     s.sendall(b"".join(lines))
-    received = b""
-    while received.count(b"\r\n") < len(lines):
-        chunk = s.recv(65536)
-        if not chunk:
-            raise redis.ConnectionError("the server closed the connection")
-        received += chunk
-    return time.perf_counter() - started
+    s.settimeout(SILENCE_S)
+    try:
+        while received.count(b"\r\n") < len(lines):
+            chunk = s.recv(65536)
+            if not chunk:
+                raise redis.ConnectionError("the server closed the connection")
+            received += chunk
+    except TimeoutError:
+        pass
+    finally:
+        s.settimeout(5)
+    return time.perf_counter() - started, received.count(b"\r\n")
 
 
 def _flood(srv: Server, guesses: int) -> str:
     """Send `guesses` wrong AUTHs in one write from a new connection, then read: what came back."""
-    with socket.create_connection((srv.host, srv.port), timeout=5) as s:
+    with socket.create_connection((srv.host, srv.port), timeout=SILENCE_S) as s:
         s.sendall(b"".join(f"AUTH flood-{i}\r\n".encode() for i in range(guesses)))
         received = b""
-        while received.count(b"\r\n") < guesses:
-            chunk = s.recv(65536)
-            if not chunk:
-                return f"closed by the server after {received.count(b'WRONGPASS')} replies"
-            received += chunk
+        try:
+            while received.count(b"\r\n") < guesses:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return f"closed by the server after {received.count(b'WRONGPASS')} replies"
+                received += chunk
+        except TimeoutError:
+            return f"{received.count(b'WRONGPASS')} replies, then silence (the connection stays open)"
     return f"all {guesses} replies"
 
 
 def password_guessing(srv: Server, guesses: int = 2000, rounds: int = 40, depth: int = 16,
                       flood: int = 1000) -> Guessing:
     """`guesses` wrong AUTHs one at a time (no pipelining) from a connection that never logged in, against as
-    many PINGs from a logged-in one, and `depth` wrong AUTHs sent at once per round, in `rounds` interleaved
-    turns (the order alternating); then `flood` wrong AUTHs in one write from a new connection."""
+    many PINGs from a logged-in one, and, where a fresh connection got answers to `depth` wrong AUTHs sent at
+    once, `depth` at a time per round, in `rounds` interleaved turns (the order alternating); then `flood`
+    wrong AUTHs in one write from a new connection."""
     admin = client_of(srv)
     admin.acl_log_reset()
     per_round = guesses // rounds
-    spent: dict[str, list[float]] = {"auth": [], "ping": [], "pipelined": []}
     auths = lambda r, kind, n: [f"AUTH {kind}-{r}-{i}\r\n".encode() for i in range(n)]  # noqa: E731
+    with socket.create_connection((srv.host, srv.port), timeout=5) as probe:
+        _, pipeline_answered = _all_at_once(probe, auths(0, "probe", depth))
+    pipelines = pipeline_answered == depth
+    spent: dict[str, list[float]] = {"auth": [], "ping": []} | ({"pipelined": []} if pipelines else {})
     with socket.create_connection((srv.host, srv.port), timeout=5) as guesser, \
             socket.create_connection((srv.host, srv.port), timeout=5) as user:
         _one_at_a_time(user, [f"AUTH {srv.password}\r\n".encode()])
         for r in range(rounds):
             turns = {"auth": lambda r=r: _one_at_a_time(guesser, auths(r, "one", per_round)),
                      "ping": lambda: _one_at_a_time(user, [b"PING\r\n"] * per_round),
-                     "pipelined": lambda r=r: _all_at_once(guesser, auths(r, "many", depth))}
-            for kind in (list(turns) if r % 2 else list(reversed(turns))):
+                     "pipelined": lambda r=r: _all_at_once(guesser, auths(r, "many", depth))[0]}
+            for kind in (list(spent) if r % 2 else list(reversed(spent))):
                 spent[kind].append(turns[kind]())
     failures = sum(f.count for f in ops.acl_failures(admin, 100) if f.reason == "auth")
     admin.close()
@@ -1291,9 +1316,12 @@ def password_guessing(srv: Server, guesses: int = 2000, rounds: int = 40, depth:
     rate = {kind: sent[kind] / sum(seconds) for kind, seconds in spent.items()}
     per_guess = {kind: [t / (depth if kind == "pipelined" else per_round) for t in seconds]
                  for kind, seconds in spent.items()}
+    pipelined_ratio = (statistics.median(map(_ratio, per_guess["auth"], per_guess["pipelined"]))
+                       if pipelines else None)
+    guessed = depth + sent["auth"] + (sent["pipelined"] if pipelines else 0)
     return Guessing(rate["auth"], rate["ping"], statistics.median(map(_ratio, per_guess["ping"], per_guess["auth"])),
-                    rate["pipelined"], statistics.median(map(_ratio, per_guess["auth"], per_guess["pipelined"])),
-                    depth, failures, flood, _flood(srv, flood))
+                    rate.get("pipelined"), pipelined_ratio, depth, pipeline_answered, guessed, failures, flood,
+                    _flood(srv, flood))
 
 
 def _ratio(a: float, b: float) -> float:

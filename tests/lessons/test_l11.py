@@ -218,8 +218,14 @@ def test_protected_mode_denies_a_non_loopback_client_without_a_password():
 
 def test_a_wrong_password_costs_about_a_ping_is_logged_and_a_flood_is_cut_off(srv):
     guessing = lesson.password_guessing(srv, guesses=600, rounds=30, depth=16, flood=1000)
-    assert 0.4 < guessing.ratio < 2.5 and guessing.pipelined_ratio > 2
-    assert guessing.logged_failures == 600 + 30 * 16 and guessing.flood_reply.startswith("closed by the server")
+    assert 0.4 < guessing.ratio < 2.5
+    if guessing.pipeline_answered == 16:  # Valkey, Redis 7.0
+        assert guessing.pipelined_ratio > 2 and guessing.logged_failures == guessing.sent == 16 + 600 + 30 * 16
+        assert guessing.flood_reply.startswith("closed by the server")
+    else:  # Redis 8.2: checks every guess sent at once by a connection not logged in, answers the first
+        assert guessing.pipeline_answered == 1 and guessing.pipelined_per_s is None
+        assert guessing.logged_failures == guessing.sent == 16 + 600
+        assert guessing.flood_reply.endswith("then silence (the connection stays open)")
     assert lesson.search_time_s(10, 4, 100.0) == 100.0
 
 
