@@ -540,6 +540,26 @@ def expiry_events_on_replica(pair, key: str) -> dict[str, list[str]]:
     return heard
 
 
+def expired_on_writable_replica(pair, key: str) -> list[str]:
+    """Make the replica of `pair` writable (`replica-read-only no`), write `key` with a 100 ms TTL on the
+    replica itself, and return the expired events the replica published for it (touching it until it is
+    gone). Restores `replica-read-only yes`."""
+    replica = pair.replicas[0].client()
+    replica.config_set("replica-read-only", "no")
+    replica.config_set("notify-keyspace-events", "Ex")
+    try:
+        with Subscriber(replica, "__keyevent@0__:expired") as events:
+            replica.set(key, "local", px=100)
+            deadline = time.monotonic() + 10
+            while replica.exists(key) and time.monotonic() < deadline:  # expires it, if due
+                time.sleep(0.01)
+            events.wait_for(1, timeout=2)
+            return events.data()
+    finally:
+        replica.delete(key)
+        replica.config_set("replica-read-only", "yes")
+
+
 # -- what is local to one node of a cluster ---------------------------------------------------------------
 @dataclass
 class NodeLocality:

@@ -118,6 +118,12 @@ def test_a_replica_publishes_del_not_expired(ns):
     assert heard["replica"] == ["set", "expire", "del"]
 
 
+def test_a_writable_replica_expires_its_own_keys(ns):
+    with replicated(replicas=1) as pair:
+        assert lesson.expired_on_writable_replica(pair, ns.key("own")) == [ns.key("own")]
+        assert pair.replicas[0].client().config_get("replica-read-only")["replica-read-only"] == "yes"
+
+
 def test_write_while_disconnected_reaches_no_one_of_them(r, ns):
     with Subscriber(r, ns.key("inv"), name=ns.key("gone")) as gone, \
             Subscriber(r, ns.key("inv"), name=ns.key("stays")) as stays:
