@@ -298,23 +298,37 @@ class PresenceFeed:
 
     `join` and `leave` update the set and publish in one MULTI (one round trip), so the set and the
     announcements never disagree. A subscriber that missed announcements reads `online()` to catch up.
-    A member's score is its last sign of life (the clients' clocks, in seconds: they must agree to well
-    within `max_age`): `heartbeat` refreshes it, and `sweep` removes the members silent for longer than
-    `max_age` (a client that crashed never says "leave") and announces each as a leave.
+    A member's score is its last sign of life, in seconds on the SERVER's clock, so machines whose clocks
+    disagree still agree on who is silent: `heartbeat` refreshes it, and `sweep` removes the members silent
+    for longer than `max_age` (a client that crashed never says "leave") and announces each as a leave.
+    The sweep reads the server's `TIME`; joins and heartbeats use this process's clock corrected by its
+    offset from the server's, measured once when the feed is made (to within half a round trip; make a new
+    feed after the local clock is stepped). `local_clock` (seconds, like `time.time`) is for tests.
     """
 
-    def __init__(self, r: redis.Redis, room: str, *, prefix: str = "lab:presence") -> None:
+    def __init__(self, r: redis.Redis, room: str, *, prefix: str = "lab:presence",
+                 local_clock: Callable[[], float] = time.time) -> None:
         self.r = r
         validate.name(room, "room")
         validate.prefix(prefix)
+        if not callable(local_clock):
+            raise ConfigError(f"local_clock must be a function returning seconds, like time.time; got {local_clock!r}.")
         self.members_key = f"{prefix}:{room}:online"
         self.channel = f"{prefix}:{room}:events"
+        self.local_clock = local_clock
+        before = local_clock()
+        seconds, micros = r.time()
+        self.offset = seconds + micros / 1e6 - (before + local_clock()) / 2  # server clock minus ours
+
+    def now(self) -> float:
+        """The server's time, from this process's clock and its measured offset (no round trip)."""
+        return self.local_clock() + self.offset
 
     def _change(self, action: str, user: str) -> None:
         validate.name(user, "user")
         pipe = self.r.pipeline(transaction=True)
         if action == "join":
-            pipe.zadd(self.members_key, {user: time.time()})
+            pipe.zadd(self.members_key, {user: self.now()})
         else:
             pipe.zrem(self.members_key, user)
         pipe.publish(self.channel, f"{action}:{user}")
@@ -335,7 +349,7 @@ class PresenceFeed:
         validate.name(user, "user")
         pipe = self.r.pipeline(transaction=True)
         pipe.zscore(self.members_key, user)
-        pipe.zadd(self.members_key, {user: time.time() if now is None else now}, xx=True)
+        pipe.zadd(self.members_key, {user: self.now() if now is None else now}, xx=True)
         return pipe.execute()[0] is not None
 
     def sweep(self, max_age: float, *, now: float | None = None) -> list[str]:
@@ -345,7 +359,9 @@ class PresenceFeed:
         validate.seconds(max_age, "max_age")
 
         def remove_stale(pipe: redis.client.Pipeline) -> list[str]:
-            cutoff = (time.time() if now is None else now) - max_age
+            if now is None:
+                seconds, micros = pipe.time()  # the server's clock, read under WATCH
+            cutoff = (seconds + micros / 1e6 if now is None else now) - max_age
             stale = [text(m) for m in pipe.zrangebyscore(self.members_key, "-inf", f"({cutoff}")]
             pipe.multi()
             if stale:

@@ -197,6 +197,8 @@ ROWS = [
     Row("backoff_delays", "cap", lambda w, v: pubsub.backoff_delays(base=0.5, cap=v), [*NUMBER, 0.1]),
     Row("PresenceFeed", "room", lambda w, v: pubsub.PresenceFeed(w.r, v, prefix=w.ns.key("p")), NAME),
     Row("PresenceFeed", "prefix", lambda w, v: pubsub.PresenceFeed(w.r, "room", prefix=v), PREFIX),
+    Row("PresenceFeed", "local_clock", lambda w, v: pubsub.PresenceFeed(w.r, "room", prefix=w.ns.key("p"),
+                                                                         local_clock=v), CALLABLE),
     Row("PresenceFeed.join", "user", lambda w, v: w.feed.join(v), NAME),
     Row("PresenceFeed.leave", "user", lambda w, v: w.feed.leave(v), NAME),
     Row("PresenceFeed.heartbeat", "user", lambda w, v: w.feed.heartbeat(v), NAME),

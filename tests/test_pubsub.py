@@ -103,6 +103,25 @@ def test_sweep_removes_only_members_silent_past_max_age_and_announces_them(r, ns
     r.delete(feed.members_key)
 
 
+def test_presence_times_are_the_servers_whatever_each_client_clock_says(r, ns):
+    """Three processes' clocks: one right, one 5 s behind, one 5 s ahead (injected). A member heartbeating from
+    the slow clock is not swept; one that went silent on the fast clock is swept after max_age, not 5 s later."""
+    sweeper = PresenceFeed(r, "skew", prefix=ns.key("p"))
+    behind = PresenceFeed(r, "skew", prefix=ns.key("p"), local_clock=lambda: time.time() - 5)
+    ahead = PresenceFeed(r, "skew", prefix=ns.key("p"), local_clock=lambda: time.time() + 5)
+    assert abs(behind.offset - 5) < 0.5 and abs(ahead.offset + 5) < 0.5 and abs(sweeper.offset) < 0.5
+    server_now = r.time()[0]
+    try:
+        behind.join("slow-clock")
+        ahead.join("fast-clock")
+        assert behind.heartbeat("slow-clock") and sweeper.sweep(1) == []  # both fresh on the server's clock
+        assert all(abs(score - server_now) < 2 for _, score in r.zrange(sweeper.members_key, 0, -1, withscores=True))
+        time.sleep(0.3)
+        assert behind.heartbeat("slow-clock") and sweeper.sweep(0.2) == ["fast-clock"]
+    finally:
+        r.delete(sweeper.members_key)
+
+
 def test_sweep_never_removes_a_member_whose_heartbeat_lands_during_it(r, ns):
     feed = PresenceFeed(r, "race", prefix=ns.key("p"))
     feed.join("ann")

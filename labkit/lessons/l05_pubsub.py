@@ -58,14 +58,14 @@ def kill_clients(r: redis.Redis, name: str) -> int:
 
 
 # -- a subscribed connection, RESP2 and RESP3 -----------------------------------------------------------
-def command_while_subscribed(r: redis.Redis, protocol: int, *command: str) -> str:
-    """Subscribe a new connection speaking RESP `protocol`, then send `command` on that same connection:
-    its reply, or the server's error, as text. (redis-py's `PubSub` object offers no way to do this, so
-    it goes through the connection itself.)"""
+def command_while_subscribed(r: redis.Redis, protocol: int, channel: str, *command: str) -> str:
+    """Subscribe a new connection speaking RESP `protocol` to `channel`, then send `command` on that same
+    connection: its reply, or the server's error, as text. (redis-py's `PubSub` object offers no way to do
+    this, so it goes through the connection itself.)"""
     client = redis.Redis(**connection_spec(r), protocol=protocol, decode_responses=True)
     pubsub = client.pubsub()
     try:
-        pubsub.subscribe(f"labkit-probe-{secrets.token_hex(4)}")
+        pubsub.subscribe(channel)
         pubsub.get_message(timeout=1)
         pubsub.connection.send_command(*command)
         try:
@@ -146,6 +146,7 @@ class SlowSubscriberResult:
     hard_limit_bytes: int
     published: int
     last_backlog_bytes: int  # the server's output buffer for it (omem) at the last look before the kill
+    held_bytes: int  # growth of the server's used_memory at that last look: what the backlog really cost
     disconnections: int | None  # INFO stats client_output_buffer_limit_disconnections, this experiment's share
     # (None on a server whose INFO has no such counter: it came in 2023, with Redis 7.2)
     received: int  # what it read afterwards, from its socket, before the error
@@ -168,12 +169,12 @@ def slow_subscriber(r: redis.Redis, channel: str, *, payload_bytes: int = 1000, 
     Run it on a server of its own with a small `client-output-buffer-limit pubsub` (see `spawn`).
     """
     limit = _pubsub_hard_limit(r)
-    before = _disconnections(r)
+    before, memory_before = _disconnections(r), _used_memory(r)
     name = f"labkit-slow-{secrets.token_hex(4)}"  # its own: other experiments' connections are never counted
     listener = named_client(r, name, retry=False).pubsub()
     listener.subscribe(channel)
     listener.get_message(timeout=1)
-    published, samples, payload = 0, [], "x" * payload_bytes
+    published, samples, payload, held = 0, [], "x" * payload_bytes, 0
     try:
         while published < max_messages:
             pipe = r.pipeline(transaction=False)
@@ -185,6 +186,7 @@ def slow_subscriber(r: redis.Redis, channel: str, *, payload_bytes: int = 1000, 
             if not mine:
                 break
             samples.append((published, int(mine[0]["omem"])))
+            held = _used_memory(r) - memory_before
         received, error = 0, "still connected"
         try:
             while listener.get_message(timeout=1):
@@ -196,8 +198,43 @@ def slow_subscriber(r: redis.Redis, channel: str, *, payload_bytes: int = 1000, 
         listener.connection_pool.disconnect()
     after = _disconnections(r)
     counted = None if after is None or before is None else after - before
-    return SlowSubscriberResult(limit, published, samples[-1][1] if samples else 0, counted, received, error,
+    return SlowSubscriberResult(limit, published, samples[-1][1] if samples else 0, held, counted, received, error,
                                 samples)
+
+
+def plot_backlog(run: SlowSubscriberResult) -> None:
+    """The server's output buffer for a subscriber that never reads, against messages published: flat while
+    the kernel's socket buffers take the messages (omem 0), then rising to the limit; x marks the last look
+    before the cut."""
+    import matplotlib.pyplot as plt
+
+    published, backlog = zip(*run.backlog, strict=True)
+    kb = [b / 1024 for b in backlog]
+    _, ax = plt.subplots(figsize=(7, 2.8))
+    in_kernel = [p for p, b in run.backlog if b == 0]
+    if in_kernel:
+        ax.axvspan(0, in_kernel[-1], color="tab:gray", alpha=0.15, label="in the kernel's socket buffers (omem 0)")
+    ax.plot(published, kb, label="server output buffer (omem)")
+    ax.plot(published[-1], kb[-1], "x", color="black", markersize=10, label="last look: cut by the next messages")
+    ax.axhline(run.hard_limit_bytes / 1024, color="tab:red", linestyle="--", label="hard limit")
+    ax.set(xlabel="messages published", ylabel="KB", title="a subscriber that never reads")
+    ax.legend(fontsize=7, loc="upper left")
+    plt.show()
+
+
+def _used_memory(r: redis.Redis) -> int:
+    return int(r.info("memory")["used_memory"])
+
+
+COPY_AVOIDANCE = "min-string-size-avoid-copy-reply"
+
+
+def copy_avoidance_threshold(r: redis.Redis) -> int | None:
+    """The size from which the server queues a bulk reply by reference instead of copying it into the
+    client's output buffer (`min-string-size-avoid-copy-reply`, Valkey 9), or None if it has no such
+    setting. A hidden setting: `CONFIG GET *` does not list it, CONFIG GET by its exact name does."""
+    value = r.config_get(COPY_AVOIDANCE).get(COPY_AVOIDANCE)
+    return None if value is None else int(value)
 
 
 def _disconnections(r: redis.Redis) -> int | None:
@@ -326,11 +363,12 @@ def _publish_ticks(r: redis.Redis, channel: str, ticks: list[tuple[str, str]], r
 
 
 def tick_race(r: redis.Redis, channel: str, stream: str, *, count: int = 1000, symbols: int = 20,
-              payload_bytes: int = 20_000, handler_s: float = 0.002) -> dict[str, Consumer]:
+              payload_bytes: int = 12_000, handler_s: float = 0.002) -> dict[str, Consumer]:
     """The same ticks (2,000 a second), the same slow handler, three consumers one after the other:
     inline, conflated, stream. Run it on a server of its own with a small `client-output-buffer-limit
     pubsub`; the socket buffers between server and client hold a few MB more (measured on Linux: about
-    4 MB on loopback), so the workload is larger than that."""
+    4 MB on loopback), so the workload is larger than that. The ticks stay under 16 KB, below the size
+    from which Valkey 9 queues a message by reference and the limit counts it as ~100 bytes."""
     ticks = _ticks(count, symbols, payload_bytes)
     try:
         return {"handler in the read loop": consume_inline(r, channel, ticks, handler_s),
@@ -428,7 +466,7 @@ def check_near_cache(r: redis.Redis, ns: Namespace,
         problems.append(f"after the reconnect it still served {served} (the price is 120): the invalidation sent "
                         "meanwhile was lost; flush the local copy on reconnect (flush_on_reconnect=True).")
     if cache.ttl is None:
-        problems.append("its entries never age out: a read that races an invalidation can store an old value that "
+        problems.append("Its entries never age out: a read that races an invalidation can store an old value that "
                         "nothing will ever remove; give them a TTL.")
     return verdict(problems, f"after the lost invalidation it served 120, and no entry outlives {cache.ttl} s.")
 
@@ -436,8 +474,10 @@ def check_near_cache(r: redis.Redis, ns: Namespace,
 @check
 def check_expired_events(r: redis.Redis, flags: str) -> Result:
     """With notify-keyspace-events set to `flags`, a subscriber of `__keyevent@0__:expired` hears
-    each key that expires, and the server publishes nothing else (no event for writes, none per key name).
-    Restores the server's previous setting afterwards.
+    each key that expires, and the server publishes nothing else (no event for writes, none per key name),
+    and enables no other class: the server's normalised setting is exactly E and x (a class this workload
+    never triggers, such as l or e, still costs work on the writes it covers). Restores the server's
+    previous setting afterwards.
 
     No guessed wait: once the key is gone, the server has already sent the subscriber every event about
     it, so a marker published then arrives after all of them (one connection delivers in order); the
@@ -450,6 +490,7 @@ def check_expired_events(r: redis.Redis, flags: str) -> Result:
     except redis.ResponseError as err:
         return Result(False, f"the server refused {flags!r}: {err}. Use the letters from the table above.")
     try:
+        enabled = set(r.config_get("notify-keyspace-events")["notify-keyspace-events"])  # normalised: "Ex" -> "xE"
         with Subscriber(r, marker, patterns=["__key*@*__:*"]) as sub:
             r.set(key, "soon", px=50)
             deadline = time.monotonic() + 10
@@ -472,6 +513,9 @@ def check_expired_events(r: redis.Redis, flags: str) -> Result:
     if others:
         problems.append(f"the server also published on {others[:4]}: every extra event costs the server work "
                         "for each write; keep only E and x.")
+    elif enabled - {"E", "x"}:
+        problems.append(f"the server reports {''.join(sorted(enabled))!r}: the classes {sorted(enabled - {'E', 'x'})} "
+                        "fired nothing here, but cost the server work on every write they cover; keep only E and x.")
     return verdict(problems, f"{flags!r} publishes exactly one event for the expired key, on {expired[:1]}.")
 
 
@@ -494,6 +538,26 @@ def expiry_events_on_replica(pair, key: str) -> dict[str, list[str]]:
         for role, sub in (("primary", on_primary), ("replica", on_replica)):
             heard[role] = [channel.rsplit(":", 1)[-1] for _, channel, _ in sub.messages]
     return heard
+
+
+def expired_on_writable_replica(pair, key: str) -> list[str]:
+    """Make the replica of `pair` writable (`replica-read-only no`), write `key` with a 100 ms TTL on the
+    replica itself, and return the expired events the replica published for it (touching it until it is
+    gone). Restores `replica-read-only yes`."""
+    replica = pair.replicas[0].client()
+    replica.config_set("replica-read-only", "no")
+    replica.config_set("notify-keyspace-events", "Ex")
+    try:
+        with Subscriber(replica, "__keyevent@0__:expired") as events:
+            replica.set(key, "local", px=100)
+            deadline = time.monotonic() + 10
+            while replica.exists(key) and time.monotonic() < deadline:  # expires it, if due
+                time.sleep(0.01)
+            events.wait_for(1, timeout=2)
+            return events.data()
+    finally:
+        replica.delete(key)
+        replica.config_set("replica-read-only", "yes")
 
 
 # -- what is local to one node of a cluster ---------------------------------------------------------------
@@ -655,6 +719,7 @@ class SilentPeer:
     """Three listeners on a server that was paused under them."""
 
     silence: list  # what the plain loop and the health_check_interval client read meanwhile
+    listened_s: list[float]  # how long after the pause each of those two had listened, when it gave up
     unanswered_pings: int  # the PINGs redis-py's health check sent that got no reply
     disconnects: list[str]  # what Subscriber(health_check=) reported
     noticed_s: float  # how long after the pause it did
@@ -678,7 +743,10 @@ def silent_peer(server, channel: str, name: str, health_check: float = 0.2) -> S
                 while not watched.disconnects and time.monotonic() < paused_at + 5:
                     time.sleep(0.01)
                 noticed_s = time.monotonic() - paused_at
-                silence = [each.get_message(timeout=0.5) for each in listeners]
+                silence, listened_s = [], []
+                for each in listeners:
+                    silence.append(each.get_message(timeout=0.5))
+                    listened_s.append(time.monotonic() - paused_at)
                 unanswered = listeners[1].health_check_response_counter
             finally:
                 server.resume()
@@ -686,4 +754,4 @@ def silent_peer(server, channel: str, name: str, health_check: float = 0.2) -> S
         for each in listeners:
             each.close()
         checked_client.close()
-    return SilentPeer(silence, unanswered, list(watched.disconnects), noticed_s)
+    return SilentPeer(silence, listened_s, unanswered, list(watched.disconnects), noticed_s)

@@ -42,13 +42,37 @@ def test_slow_subscriber_is_disconnected_at_the_output_buffer_limit():
     assert result.hard_limit_bytes == 128 * 1024 and result.disconnections == (1 if counts else None)
     assert result.last_backlog_bytes <= result.hard_limit_bytes and result.received < result.published
     assert "closed" in result.error
+    assert result.held_bytes < 4 * result.hard_limit_bytes  # 500-byte messages: counted at their size
+
+
+def test_large_messages_are_counted_at_their_size_only_without_copy_avoidance():
+    """Valkey 9 queues messages of `min-string-size-avoid-copy-reply` bytes and more by reference: omem counts
+    ~100 bytes each, so a subscriber that never reads holds many times the limit in server memory before it is
+    cut. Engines without the setting cut it within the limit (plus what the socket buffers hold)."""
+    with spawn(client_output_buffer_limit="pubsub 256kb 128kb 10") as srv:
+        threshold = lesson.copy_avoidance_threshold(srv.client())
+        result = lesson.slow_subscriber(srv.client(), "firehose", payload_bytes=20_000, max_messages=10_000)
+        assert subscribed_clients(srv.client()) == []
+    assert "closed" in result.error and result.last_backlog_bytes <= result.hard_limit_bytes
+    if threshold is not None and threshold <= 20_000:
+        assert result.held_bytes > 20 * result.hard_limit_bytes and result.published > 600
+    else:
+        assert result.held_bytes < 4 * result.hard_limit_bytes and result.published < 600
+
+
+def test_copy_avoidance_threshold_reads_the_hidden_setting(r):
+    threshold = lesson.copy_avoidance_threshold(r)
+    reported = r.config_get(lesson.COPY_AVOIDANCE)
+    assert threshold == (int(reported[lesson.COPY_AVOIDANCE]) if reported else None)
+    assert threshold is None or threshold > 1000
 
 
 # -- RESP3, heartbeats, the slow subscriber's fixes, expired events ---------------------------------------
 def test_only_a_resp3_connection_runs_commands_while_subscribed(r, ns):
-    assert lesson.command_while_subscribed(r, 2, "GET", ns.key("x")).startswith("error: Can't execute 'get'")
-    assert lesson.command_while_subscribed(r, 3, "SET", ns.key("x"), "v") == "OK" and r.get(ns.key("x")) == "v"
-    assert subscribed_clients(r, "labkit-probe") == []
+    on_resp2 = lesson.command_while_subscribed(r, 2, ns.key("probe"), "GET", ns.key("x"))
+    assert on_resp2.startswith("error: Can't execute 'get'")
+    assert lesson.command_while_subscribed(r, 3, ns.key("probe"), "SET", ns.key("x"), "v") == "OK"
+    assert r.get(ns.key("x")) == "v" and r.pubsub_numsub(ns.key("probe")) == [(ns.key("probe"), 0)]
     r.delete(ns.key("x"))
 
 
@@ -92,6 +116,12 @@ def test_a_replica_publishes_del_not_expired(ns):
         heard = lesson.expiry_events_on_replica(pair, ns.key("k"))
     assert heard["primary"] == ["set", "expire", "expired"]
     assert heard["replica"] == ["set", "expire", "del"]
+
+
+def test_a_writable_replica_expires_its_own_keys(ns):
+    with replicated(replicas=1) as pair:
+        assert lesson.expired_on_writable_replica(pair, ns.key("own")) == [ns.key("own")]
+        assert pair.replicas[0].client().config_get("replica-read-only")["replica-read-only"] == "yes"
 
 
 def test_write_while_disconnected_reaches_no_one_of_them(r, ns):
@@ -182,6 +212,9 @@ def test_expired_events_accepts_keyevent_expired_only(own_server, flags):
     ("", "no expired event"),
     ("Eg", "no expired event"),
     ("Z", "refused"),
+    ("Exe", "cost the server work on every write"),  # classes the check's one SET never triggers
+    ("Ext", "cost the server work on every write"),
+    ("Exl", "cost the server work on every write"),
 ])
 def test_expired_events_rejects_the_wrong_flags(own_server, flags, says):
     result = lesson.check_expired_events(own_server, flags)
