@@ -21,6 +21,7 @@ from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.server import available_engines, capabilities, spawn
 from labkit.streams import Worker, ensure_group, lag
+from labkit.tracing import trace
 
 
 # -- 6.4 deleting and trimming with the groups in mind (XDELEX, XACKDEL, ACKED) ----------------------------
@@ -263,36 +264,57 @@ def check_ack_after_success(r: redis.Redis, ns: Namespace, consume_batch: Callab
 
 
 @check
-def check_reclaim_all(r: redis.Redis, ns: Namespace, reclaim: Callable) -> Result:
+def check_reclaim_all(r: redis.Redis, ns: Namespace, reclaim: Callable, *, min_idle_ms: int = 500) -> Result:
     """`reclaim(r, stream, group, consumer, min_idle_ms)` claims every entry idle longer than
-    `min_idle_ms` and returns their ids, following XAUTOCLAIM's cursor and coping with its third element."""
+    `min_idle_ms` and returns their ids, following XAUTOCLAIM's cursor page by page (its default COUNT) and
+    coping with its third element.
+
+    The pending list is sparse, as in a real group: 1,100 entries a live consumer has just taken (not
+    idle), then 250 a dead consumer left (5 of them deleted from the stream since). The first default page
+    (COUNT 100, at most 1,000 entries examined) is then empty, with a cursor that is not 0-0."""
     stream, group = ns.key("check", "reclaim"), "check"
+    busy_count, dead_count = 1100, 250
     r.delete(stream)
     r.xgroup_create(stream, group, id="0", mkstream=True)
     pipe = r.pipeline(transaction=False)
-    for n in range(250):
+    for n in range(busy_count + dead_count):
         pipe.xadd(stream, {"n": n})
     ids = pipe.execute()
-    r.xreadgroup(group, "died", {stream: ">"}, count=250)
-    r.xdel(stream, *ids[:5])  # trimmed away while pending
-    time.sleep(0.02)
+    busy, dead = ids[:busy_count], ids[busy_count:]
+    r.xreadgroup(group, "died", {stream: ">"}, count=len(ids))
+    r.xdel(stream, *dead[:5])  # trimmed away while pending
+    time.sleep(min_idle_ms / 1000 + 0.02)
+    r.xclaim(stream, group, "alive", min_idle_time=0, message_ids=busy, justid=True)  # idle 0: not claimable
     try:
-        claimed = list(reclaim(r, stream, group, "rescuer", 10))
+        with trace(r, show=False) as sent:
+            claimed = list(reclaim(r, stream, group, "rescuer", min_idle_ms))
     except ValueError as err:
         r.delete(stream)
         return Result(False, f"{type(err).__name__}: {err}. Since 7.0 XAUTOCLAIM replies with three elements "
                              "(cursor, entries, deleted ids): unpack three, or index the reply.")
-    left = r.xpending(stream, group)["pending"]
+    owners = {c["name"]: c["pending"] for c in r.xinfo_consumers(stream, group)}
     r.delete(stream)
-    expected = set(ids[5:])
+    calls = sent.names().count("XAUTOCLAIM")
+    expected = set(dead[5:])
     problems = []
-    if set(claimed) != expected:
-        problems.append(f"you returned {len(set(claimed))} ids; 245 entries were claimable (250 pending, 5 of them "
-                        "deleted from the stream). XAUTOCLAIM claims at most COUNT (default 100) per call: call it "
-                        "again with the cursor it returns until the cursor is 0-0.")
-    if left != 245:
-        problems.append(f"{left} entries are pending afterwards, expected the 245 you now own.")
-    return verdict(problems, "all 245 live entries claimed, the 5 deleted ones dropped from the pending list.")
+    if set(claimed) & set(busy):
+        problems.append(f"you claimed {len(set(claimed) & set(busy))} entries that were not idle for "
+                        f"{min_idle_ms} ms: pass min_idle_ms on to XAUTOCLAIM's min-idle-time.")
+    elif set(claimed) != expected:
+        problems.append(f"you returned {len(set(claimed))} ids; 245 entries were claimable (250 idle, 5 of them "
+                        "deleted from the stream), behind 1,100 that were not idle. XAUTOCLAIM claims at most "
+                        "COUNT (default 100) per call and examines at most 10 x COUNT: a page can be empty while "
+                        "more is left. Call it again with the cursor it returns until the cursor is 0-0, "
+                        "never stopping on an empty page.")
+    elif calls < 2:
+        problems.append(f"one XAUTOCLAIM call claimed everything: a COUNT that large examines up to ten times "
+                        "COUNT pending entries in one command, while every other client waits, and a bigger "
+                        "pending list would still need the cursor. Keep the default COUNT and follow the cursor.")
+    if owners.get("rescuer", 0) != 245:
+        problems.append(f"{owners.get('rescuer', 0)} entries are pending under the rescuer afterwards, expected the "
+                        "245 you claimed.")
+    return verdict(problems, f"all 245 idle live entries claimed in {calls} pages (the first one empty), the 5 "
+                             "deleted ones dropped from the pending list, the 1,100 busy ones left alone.")
 
 
 # -- ordering -------------------------------------------------------------------------------------------

@@ -103,6 +103,35 @@ def test_reclaim_all_rejects_unpacking_two_elements(r, ns):
     assert not result and "three elements" in result.message
 
 
+def test_reclaim_all_rejects_stopping_on_an_empty_page(r, ns):
+    def stop_on_empty(r, stream, group, consumer, min_idle_ms):
+        cursor, ids = "0-0", []
+        while True:
+            cursor, entries, _ = r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms, start_id=cursor)
+            if not entries:
+                return ids
+            ids += [entry_id for entry_id, _ in entries]
+
+    result = lesson.check_reclaim_all(r, ns, stop_on_empty)
+    assert not result and "returned 0 ids" in result.message and "never stopping on an empty page" in result.message
+
+
+def test_reclaim_all_rejects_one_call_with_a_huge_count(r, ns):
+    def one_big(r, stream, group, consumer, min_idle_ms):
+        return [i for i, _ in r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms, count=10_000)[1]]
+
+    result = lesson.check_reclaim_all(r, ns, one_big)
+    assert not result and "one XAUTOCLAIM call claimed everything" in result.message
+
+
+def test_reclaim_all_rejects_claiming_entries_that_are_not_idle(r, ns):
+    def ignore_idle(r, stream, group, consumer, min_idle_ms):
+        return _reclaim_right(r, stream, group, consumer, 0)
+
+    result = lesson.check_reclaim_all(r, ns, ignore_idle)
+    assert not result and "not idle for 500 ms" in result.message and ns.keys(r) == []
+
+
 @pytest.mark.parametrize("engine", sorted(available_engines()))
 def test_ref_policies_spare_pending_entries_where_the_engine_has_them(engine):
     row = lesson.ref_policies(engine)
