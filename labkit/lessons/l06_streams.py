@@ -9,6 +9,7 @@ import os
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -95,6 +96,7 @@ class CrashResult:
     expected_total: int
     seconds: float
     pending_after: int
+    claim_idle_ms: int  # how long a dead worker's entries wait before another worker's XAUTOCLAIM takes them
     kill_times: list[tuple[float, str]]  # (seconds since the start, worker killed)
     progress: list[tuple[float, int, int]]  # (seconds since the start, orders added, orders recorded)
 
@@ -118,16 +120,18 @@ def _crash_worker(spec: dict, stream: str, group: str, consumer: str, prefix: st
 
 
 def _victim(r: redis.Redis, procs: dict, prefix: str, stream: str, group: str, rng: random.Random,
-            wait_s: float = 5.0) -> str:
-    """A worker process that has started working and holds unacknowledged entries (one is picked at random),
-    waiting up to `wait_s` for one; failing that, any worker."""
+            killed: Counter, wait_s: float = 5.0) -> str:
+    """A worker process that has started working and holds unacknowledged entries, waiting up to `wait_s`
+    for one (failing that, any worker): of those, one killed least often so far (ties at random), so the
+    kills spread over every worker rather than follow the seeded generator's luck."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         pending = {c["name"]: c["pending"] for c in r.xinfo_consumers(stream, group)}
         busy = [name for name, process in sorted(procs.items())
                 if r.get(f"{prefix}:ready:{name}") == str(process.pid) and pending.get(name, 0) > 0]
         if busy:
-            return rng.choice(busy)
+            fewest = min(killed[name] for name in busy)
+            return rng.choice([name for name in busy if killed[name] == fewest])
         time.sleep(0.005)
     return rng.choice(sorted(procs))
 
@@ -137,7 +141,8 @@ def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: 
                timeout: float = 60) -> CrashResult:
     """Orders flow into a stream at `rate`/s while worker PROCESSES are SIGKILLed at random moments.
 
-    Each kill picks a worker that is running (not still starting) and holds unacknowledged entries. Each
+    Each kill picks a worker that is running (not still starting) and holds unacknowledged entries, the one
+    killed least often so far (ties at random). Each
     killed worker restarts under its name, except the last, which stays dead: its pending entries can
     only come back through XAUTOCLAIM. A handler records its effect, then works `work_ms` more before
     its batch is acknowledged: a kill in that window makes the entries run again (a duplicate).
@@ -183,7 +188,7 @@ def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: 
     try:
         for k in range(kills):
             time.sleep(rng.uniform(0.5, 1.5) * messages / rate / max(kills, 1))
-            name = _victim(r, procs, prefix, stream, group, rng)
+            name = _victim(r, procs, prefix, stream, group, rng, Counter(name for _, name in kill_times))
             procs[name].kill()  # SIGKILL
             kill_times.append((time.monotonic() - began, name))
             procs[name].join()
@@ -207,7 +212,7 @@ def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: 
     return CrashResult(messages, len(ledger), messages - len(ledger), sum(runs.values()) - len(runs), kills,
                        int(r.get(f"{prefix}:naive-total") or 0),
                        sum(amounts[order] * (count - 1) for order, count in runs.items()), sum(ledger), sum(amounts),
-                       time.monotonic() - began, lag(r, stream, group).pending, kill_times, progress)
+                       time.monotonic() - began, lag(r, stream, group).pending, claim_idle_ms, kill_times, progress)
 
 
 def plot_crash(result: CrashResult) -> None:

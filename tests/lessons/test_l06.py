@@ -17,6 +17,7 @@ def test_sigkilled_worker_processes_lose_nothing(r, ns):
     assert result.idempotent_total == result.expected_total
     assert result.naive_total - result.expected_total == result.duplicated_amount
     assert (result.duplicated_amount > 0) == (result.duplicates > 0)
+    assert {name for _, name in result.kill_times} == {"worker-0", "worker-1", "worker-2"}  # every worker hit
 
 
 def test_crash_test_needs_two_workers(r, ns):
