@@ -312,7 +312,7 @@ def check_reclaim_all(r: redis.Redis, ns: Namespace, reclaim: Callable, *, min_i
                         "more is left. Call it again with the cursor it returns until the cursor is 0-0, "
                         "never stopping on an empty page.")
     elif calls < 2:
-        problems.append(f"one XAUTOCLAIM call claimed everything: a COUNT that large examines up to ten times "
+        problems.append("one XAUTOCLAIM call claimed everything: a COUNT that large examines up to ten times "
                         "COUNT pending entries in one command, while every other client waits, and a bigger "
                         "pending list would still need the cursor. Keep the default COUNT and follow the cursor.")
     if owners.get("rescuer", 0) != 245:
