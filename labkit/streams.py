@@ -56,7 +56,7 @@ def ensure_group(r: redis.Redis, stream: str, group: str, start: str = "0", *, m
 class Lag:
     """How far a group is behind, from XINFO GROUPS and XINFO CONSUMERS."""
 
-    lag: int | None  # entries added but not yet delivered to the group (None when the server cannot tell)
+    lag: int | None  # entries added but not yet delivered to the group; None: unknown, never 0 (see lag())
     pending: int  # delivered but not acknowledged
     entries_read: int | None
     last_delivered_id: str
@@ -64,7 +64,11 @@ class Lag:
 
 
 def lag(r: redis.Redis, stream: str, group: str) -> Lag:
-    """The group's lag, pending count and per-consumer pending and idle time."""
+    """The group's lag, pending count and per-consumer pending and idle time.
+
+    `lag` is None when the server cannot compute it (XINFO GROUPS says nil): an entry was deleted (XDEL,
+    XACKDEL) inside the range the group has not read yet, and the server cannot count past the hole until
+    the group reads beyond it. None means unknown, not caught up: never treat it as 0 in an alert."""
     validate.name(stream, "stream")
     validate.name(group, "group")
     try:

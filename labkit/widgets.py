@@ -34,11 +34,13 @@ class MonitorResult:
     png: bytes = b""
 
     def mean(self, name: str) -> float:
-        values = self.series[name]
+        """The mean of the series, leaving out samples that are NaN (unknown)."""
+        values = [v for v in self.series[name] if not math.isnan(v)]
         return sum(values) / len(values) if values else 0.0
 
     def peak(self, name: str) -> float:
-        return max(self.series[name], default=0.0)
+        """The largest value of the series, leaving out samples that are NaN (unknown)."""
+        return max((v for v in self.series[name] if not math.isnan(v)), default=0.0)
 
 
 class LiveMonitor:
@@ -358,7 +360,10 @@ class PubSubMonitor(LiveMonitor):
 
 class LagMonitor(LiveMonitor):
     """A consumer group's lag (entries not yet delivered) and pending entries (delivered, not acknowledged),
-    in total and per consumer, from XINFO GROUPS and XINFO CONSUMERS."""
+    in total and per consumer, from XINFO GROUPS and XINFO CONSUMERS.
+
+    Where the server reports the lag as nil (an entry deleted in the range the group has not read: it
+    cannot count past it), the sample is NaN: a gap in the line and "lag unknown" in the label, never 0."""
 
     title = "consumer group lag"
 
@@ -370,7 +375,8 @@ class LagMonitor(LiveMonitor):
         info = next((g for g in self.r.xinfo_groups(self.stream) if g["name"] == self.group), None)
         if info is None:
             return {}
-        sample = {"lag": float(info.get("lag") or 0), "pending": float(info["pending"])}
+        lag = info.get("lag")
+        sample = {"lag": math.nan if lag is None else float(lag), "pending": float(info["pending"])}
         for consumer in self.r.xinfo_consumers(self.stream, self.group):
             sample[f"pending {consumer['name']}"] = float(consumer["pending"])
         return sample
@@ -380,7 +386,9 @@ class LagMonitor(LiveMonitor):
         if not s.get("lag"):
             return "no samples yet"
         consumers = sum(1 for name in s if name.startswith("pending ") and s[name])
-        return (f"lag {s['lag'][-1]:,.0f} (peak {max(s['lag']):,.0f}), pending {s['pending'][-1]:,.0f}, "
+        now = ("lag unknown (an entry was deleted where the group has not read yet)" if math.isnan(s["lag"][-1])
+               else f"lag {s['lag'][-1]:,.0f}")
+        return (f"{now} (peak {self.result.peak('lag'):,.0f}), pending {s['pending'][-1]:,.0f}, "
                 f"{consumers} consumer(s)")
 
     def render(self) -> bytes:

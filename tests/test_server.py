@@ -200,8 +200,8 @@ def test_wait_counts_own_writes_matches_what_the_engine_does(engine):
 
 @pytest.mark.parametrize("engine", sorted(available_engines()))
 def test_stream_lag_exact_after_trim_matches_what_the_engine_does(engine):
-    """A group 990 behind, the stream trimmed to 100, the 100 read: lag 0 where exact, 890 (the trimmed gap) where
-    the engine keeps counting what it trimmed."""
+    """A group 990 behind, the stream trimmed to 100: lag 100 where the engine counts the trim at once, else still
+    990; the 100 read: lag 0 where exact, 890 (the trimmed gap) where the engine keeps counting what it trimmed."""
     with Server(engine, modules=False) as srv:
         r = srv.client()
         pipe = r.pipeline(transaction=False)
@@ -211,9 +211,11 @@ def test_stream_lag_exact_after_trim_matches_what_the_engine_does(engine):
         r.xgroup_create("s", "g", id="0")
         r.xreadgroup("g", "c", {"s": ">"}, count=10)
         r.xtrim("s", maxlen=100, approximate=False)
+        trimmed = r.xinfo_groups("s")[0]["lag"]
         r.xreadgroup("g", "c", {"s": ">"}, count=1000)
         after = r.xinfo_groups("s")[0]["lag"]
         caps = capabilities(r)
+    assert trimmed == (100 if caps.stream_lag_counts_trim else 990)
     assert after == (0 if caps.stream_lag_exact_after_trim else 890)
 
 

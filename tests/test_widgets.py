@@ -1,5 +1,6 @@
 """Widgets run headless: bounded in time, ending with a figure and a one-line summary."""
 
+import math
 import threading
 import time
 
@@ -77,6 +78,29 @@ def test_lag_monitor_sees_lag_grow_and_drain(r, ns, capsys, label_only):
     result = monitor.run(workload)
     assert result.peak("lag") == 5 and result.series["lag"][-1] == 0 and result.series["pending c1"][-1] == 0
     assert result.summary.startswith("consumer group lag: lag 0 (peak 5)") and result.summary in capsys.readouterr().out
+
+
+def test_lag_monitor_says_unknown_where_the_server_cannot_count(r, ns, capsys, label_only):
+    stream = ns.key("holed")
+    from labkit.streams import ensure_group
+
+    ensure_group(r, stream, "g")
+    ids = [r.xadd(stream, {"n": n}) for n in range(10)]
+    r.xreadgroup("g", "c1", {stream: ">"}, count=2)
+    monitor = LagMonitor(r, stream, "g", duration=0.3, interval=0.1)
+    before = monitor.run()
+    r.xdel(stream, ids[5])  # deleted where the group has not read yet: XINFO GROUPS says lag nil
+    after = LagMonitor(r, stream, "g", duration=0.3, interval=0.1).run()
+    assert before.series["lag"][-1] == 8 and before.summary.startswith("consumer group lag: lag 8 (peak 8)")
+    assert all(math.isnan(v) for v in after.series["lag"]) and after.peak("lag") == 0 and after.mean("lag") == 0
+    assert after.summary.startswith("consumer group lag: lag unknown") and after.summary in capsys.readouterr().out
+
+
+def test_peak_and_mean_leave_unknown_samples_out():
+    from labkit.widgets import MonitorResult
+
+    result = MonitorResult(series={"lag": [math.nan, 4.0, math.nan, 2.0]})
+    assert result.peak("lag") == 4.0 and result.mean("lag") == 3.0
 
 
 def test_eviction_monitor_sees_a_server_fill_up_and_evict(capsys):

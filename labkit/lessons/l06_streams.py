@@ -9,6 +9,7 @@ import os
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.server import available_engines, capabilities, spawn
 from labkit.streams import Worker, ensure_group, lag
+from labkit.tracing import trace
 
 
 # -- 6.4 deleting and trimming with the groups in mind (XDELEX, XACKDEL, ACKED) ----------------------------
@@ -94,6 +96,7 @@ class CrashResult:
     expected_total: int
     seconds: float
     pending_after: int
+    claim_idle_ms: int  # how long a dead worker's entries wait before another worker's XAUTOCLAIM takes them
     kill_times: list[tuple[float, str]]  # (seconds since the start, worker killed)
     progress: list[tuple[float, int, int]]  # (seconds since the start, orders added, orders recorded)
 
@@ -117,16 +120,18 @@ def _crash_worker(spec: dict, stream: str, group: str, consumer: str, prefix: st
 
 
 def _victim(r: redis.Redis, procs: dict, prefix: str, stream: str, group: str, rng: random.Random,
-            wait_s: float = 5.0) -> str:
-    """A worker process that has started working and holds unacknowledged entries (one is picked at random),
-    waiting up to `wait_s` for one; failing that, any worker."""
+            killed: Counter, wait_s: float = 5.0) -> str:
+    """A worker process that has started working and holds unacknowledged entries, waiting up to `wait_s`
+    for one (failing that, any worker): of those, one killed least often so far (ties at random), so the
+    kills spread over every worker rather than follow the seeded generator's luck."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         pending = {c["name"]: c["pending"] for c in r.xinfo_consumers(stream, group)}
         busy = [name for name, process in sorted(procs.items())
                 if r.get(f"{prefix}:ready:{name}") == str(process.pid) and pending.get(name, 0) > 0]
         if busy:
-            return rng.choice(busy)
+            fewest = min(killed[name] for name in busy)
+            return rng.choice([name for name in busy if killed[name] == fewest])
         time.sleep(0.005)
     return rng.choice(sorted(procs))
 
@@ -136,7 +141,8 @@ def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: 
                timeout: float = 60) -> CrashResult:
     """Orders flow into a stream at `rate`/s while worker PROCESSES are SIGKILLed at random moments.
 
-    Each kill picks a worker that is running (not still starting) and holds unacknowledged entries. Each
+    Each kill picks a worker that is running (not still starting) and holds unacknowledged entries, the one
+    killed least often so far (ties at random). Each
     killed worker restarts under its name, except the last, which stays dead: its pending entries can
     only come back through XAUTOCLAIM. A handler records its effect, then works `work_ms` more before
     its batch is acknowledged: a kill in that window makes the entries run again (a duplicate).
@@ -182,7 +188,7 @@ def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: 
     try:
         for k in range(kills):
             time.sleep(rng.uniform(0.5, 1.5) * messages / rate / max(kills, 1))
-            name = _victim(r, procs, prefix, stream, group, rng)
+            name = _victim(r, procs, prefix, stream, group, rng, Counter(name for _, name in kill_times))
             procs[name].kill()  # SIGKILL
             kill_times.append((time.monotonic() - began, name))
             procs[name].join()
@@ -206,7 +212,7 @@ def crash_test(r: redis.Redis, prefix: str, *, messages: int = 10_000, workers: 
     return CrashResult(messages, len(ledger), messages - len(ledger), sum(runs.values()) - len(runs), kills,
                        int(r.get(f"{prefix}:naive-total") or 0),
                        sum(amounts[order] * (count - 1) for order, count in runs.items()), sum(ledger), sum(amounts),
-                       time.monotonic() - began, lag(r, stream, group).pending, kill_times, progress)
+                       time.monotonic() - began, lag(r, stream, group).pending, claim_idle_ms, kill_times, progress)
 
 
 def plot_crash(result: CrashResult) -> None:
@@ -263,36 +269,57 @@ def check_ack_after_success(r: redis.Redis, ns: Namespace, consume_batch: Callab
 
 
 @check
-def check_reclaim_all(r: redis.Redis, ns: Namespace, reclaim: Callable) -> Result:
+def check_reclaim_all(r: redis.Redis, ns: Namespace, reclaim: Callable, *, min_idle_ms: int = 500) -> Result:
     """`reclaim(r, stream, group, consumer, min_idle_ms)` claims every entry idle longer than
-    `min_idle_ms` and returns their ids, following XAUTOCLAIM's cursor and coping with its third element."""
+    `min_idle_ms` and returns their ids, following XAUTOCLAIM's cursor page by page (its default COUNT) and
+    coping with its third element.
+
+    The pending list is sparse, as in a real group: 1,100 entries a live consumer has just taken (not
+    idle), then 250 a dead consumer left (5 of them deleted from the stream since). The first default page
+    (COUNT 100, at most 1,000 entries examined) is then empty, with a cursor that is not 0-0."""
     stream, group = ns.key("check", "reclaim"), "check"
+    busy_count, dead_count = 1100, 250
     r.delete(stream)
     r.xgroup_create(stream, group, id="0", mkstream=True)
     pipe = r.pipeline(transaction=False)
-    for n in range(250):
+    for n in range(busy_count + dead_count):
         pipe.xadd(stream, {"n": n})
     ids = pipe.execute()
-    r.xreadgroup(group, "died", {stream: ">"}, count=250)
-    r.xdel(stream, *ids[:5])  # trimmed away while pending
-    time.sleep(0.02)
+    busy, dead = ids[:busy_count], ids[busy_count:]
+    r.xreadgroup(group, "died", {stream: ">"}, count=len(ids))
+    r.xdel(stream, *dead[:5])  # trimmed away while pending
+    time.sleep(min_idle_ms / 1000 + 0.02)
+    r.xclaim(stream, group, "alive", min_idle_time=0, message_ids=busy, justid=True)  # idle 0: not claimable
     try:
-        claimed = list(reclaim(r, stream, group, "rescuer", 10))
+        with trace(r, show=False) as sent:
+            claimed = list(reclaim(r, stream, group, "rescuer", min_idle_ms))
     except ValueError as err:
         r.delete(stream)
         return Result(False, f"{type(err).__name__}: {err}. Since 7.0 XAUTOCLAIM replies with three elements "
                              "(cursor, entries, deleted ids): unpack three, or index the reply.")
-    left = r.xpending(stream, group)["pending"]
+    owners = {c["name"]: c["pending"] for c in r.xinfo_consumers(stream, group)}
     r.delete(stream)
-    expected = set(ids[5:])
+    calls = sent.names().count("XAUTOCLAIM")
+    expected = set(dead[5:])
     problems = []
-    if set(claimed) != expected:
-        problems.append(f"you returned {len(set(claimed))} ids; 245 entries were claimable (250 pending, 5 of them "
-                        "deleted from the stream). XAUTOCLAIM claims at most COUNT (default 100) per call: call it "
-                        "again with the cursor it returns until the cursor is 0-0.")
-    if left != 245:
-        problems.append(f"{left} entries are pending afterwards, expected the 245 you now own.")
-    return verdict(problems, "all 245 live entries claimed, the 5 deleted ones dropped from the pending list.")
+    if set(claimed) & set(busy):
+        problems.append(f"you claimed {len(set(claimed) & set(busy))} entries that were not idle for "
+                        f"{min_idle_ms} ms: pass min_idle_ms on to XAUTOCLAIM's min-idle-time.")
+    elif set(claimed) != expected:
+        problems.append(f"you returned {len(set(claimed))} ids; 245 entries were claimable (250 idle, 5 of them "
+                        "deleted from the stream), behind 1,100 that were not idle. XAUTOCLAIM claims at most "
+                        "COUNT (default 100) per call and examines at most 10 x COUNT: a page can be empty while "
+                        "more is left. Call it again with the cursor it returns until the cursor is 0-0, "
+                        "never stopping on an empty page.")
+    elif calls < 2:
+        problems.append("one XAUTOCLAIM call claimed everything: a COUNT that large examines up to ten times "
+                        "COUNT pending entries in one command, while every other client waits, and a bigger "
+                        "pending list would still need the cursor. Keep the default COUNT and follow the cursor.")
+    if owners.get("rescuer", 0) != 245:
+        problems.append(f"{owners.get('rescuer', 0)} entries are pending under the rescuer afterwards, expected the "
+                        "245 you claimed.")
+    return verdict(problems, f"all 245 idle live entries claimed in {calls} pages (the first one empty), the 5 "
+                             "deleted ones dropped from the pending list, the 1,100 busy ones left alone.")
 
 
 # -- ordering -------------------------------------------------------------------------------------------

@@ -85,10 +85,17 @@ class Capabilities:
 
     @property
     def stream_lag_exact_after_trim(self) -> bool:
-        """Once a group has read past entries trimmed before it got to them, XINFO GROUPS reports lag 0 (Valkey 8.1
-        and 9.1, Redis 8.2.3 measured). Redis 7.0 (7.0.15 measured) keeps counting the trimmed entries as lag after
-        they are read past; Redis between 7.0 and 8.2 was not measured, so only 8.2 and later are claimed."""
+        """Once a group has read past entries trimmed before it got to them, XINFO GROUPS reports lag 0 (Valkey
+        8.1 and 9.1, Redis 8.2.3 measured). Redis 7.0 (7.0.15 measured) keeps counting the trimmed entries as lag
+        after they are read past; Redis between 7.0 and 8.2 was not measured here, so it is not claimed."""
         return self.engine == "valkey" or self.version_tuple >= (8, 2)
+
+    @property
+    def stream_lag_counts_trim(self) -> bool:
+        """Right after a trim removed entries a group had not read, XINFO GROUPS' lag counts only the entries left
+        (Redis 8.2.3 measured). Valkey (8.1, 9.1) and Redis 7.0.15 go on counting the trimmed entries until the
+        group reads past the gap; Redis between 7.0 and 8.2 was not measured, so it is not claimed."""
+        return self.engine == "redis" and self.version_tuple >= (8, 2)
 
     @property
     def stream_ack_delete(self) -> bool:

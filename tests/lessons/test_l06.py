@@ -17,6 +17,7 @@ def test_sigkilled_worker_processes_lose_nothing(r, ns):
     assert result.idempotent_total == result.expected_total
     assert result.naive_total - result.expected_total == result.duplicated_amount
     assert (result.duplicated_amount > 0) == (result.duplicates > 0)
+    assert {name for _, name in result.kill_times} == {"worker-0", "worker-1", "worker-2"}  # every worker hit
 
 
 def test_crash_test_needs_two_workers(r, ns):
@@ -101,6 +102,35 @@ def test_reclaim_all_rejects_unpacking_two_elements(r, ns):
 
     result = lesson.check_reclaim_all(r, ns, two)
     assert not result and "three elements" in result.message
+
+
+def test_reclaim_all_rejects_stopping_on_an_empty_page(r, ns):
+    def stop_on_empty(r, stream, group, consumer, min_idle_ms):
+        cursor, ids = "0-0", []
+        while True:
+            cursor, entries, _ = r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms, start_id=cursor)
+            if not entries:
+                return ids
+            ids += [entry_id for entry_id, _ in entries]
+
+    result = lesson.check_reclaim_all(r, ns, stop_on_empty)
+    assert not result and "returned 0 ids" in result.message and "never stopping on an empty page" in result.message
+
+
+def test_reclaim_all_rejects_one_call_with_a_huge_count(r, ns):
+    def one_big(r, stream, group, consumer, min_idle_ms):
+        return [i for i, _ in r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms, count=10_000)[1]]
+
+    result = lesson.check_reclaim_all(r, ns, one_big)
+    assert not result and "one XAUTOCLAIM call claimed everything" in result.message
+
+
+def test_reclaim_all_rejects_claiming_entries_that_are_not_idle(r, ns):
+    def ignore_idle(r, stream, group, consumer, min_idle_ms):
+        return _reclaim_right(r, stream, group, consumer, 0)
+
+    result = lesson.check_reclaim_all(r, ns, ignore_idle)
+    assert not result and "not idle for 500 ms" in result.message and ns.keys(r) == []
 
 
 @pytest.mark.parametrize("engine", sorted(available_engines()))
