@@ -16,7 +16,7 @@ from redis.retry import Retry
 
 import labkit
 from labkit.server import Server, available_engines, capabilities, find_engine, module_paths, replicated, spawn
-from labkit.server.process import mask, ping_raw, _sweep_stale_dirs
+from labkit.server.process import _sweep_stale_dirs, mask, ping_raw
 from labkit.server.topology import wait_until
 
 ONCE = {"retry": Retry(NoBackoff(), 0)}
