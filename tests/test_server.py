@@ -3,6 +3,8 @@
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,7 +16,7 @@ from redis.retry import Retry
 
 import labkit
 from labkit.server import Server, available_engines, capabilities, find_engine, module_paths, replicated, spawn
-from labkit.server.process import mask, ping_raw
+from labkit.server.process import _sweep_stale_dirs, mask, ping_raw
 from labkit.server.topology import wait_until
 
 ONCE = {"retry": Retry(NoBackoff(), 0)}
@@ -429,3 +431,51 @@ def test_a_port_handed_out_is_not_handed_out_again():
     ports = [free_port() for _ in range(30)]
     assert len(set(ports)) == 30  # the kernel may offer a port again; labkit does not hand it out again
     assert not _claim(ports[0])
+
+
+def _wait_silent(port: int, deadline_s: float = 10.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while ping_raw("127.0.0.1", port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not ping_raw("127.0.0.1", port), f"the server on port {port} still answers after {deadline_s} s"
+
+
+def test_a_directory_left_by_a_process_that_skipped_atexit_is_swept_at_the_next_start(tmp_path):
+    """A kernel shut down by its front end skips atexit: its server dies with it (the parent-death signal)
+    and leaves its directory, config file and password included; the next server started there sweeps it."""
+    script = ("import os, sys; from labkit.server import spawn; s = spawn(modules=False, root=sys.argv[1]); "
+              "print(s.port, s.dir, flush=True); os._exit(0)")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    port, left = out.stdout.split()
+    _wait_silent(int(port))
+    assert Path(left).is_dir() and "requirepass" in (Path(left) / "server.conf").read_text()
+    with spawn(modules=False, root=tmp_path) as server:
+        assert not Path(left).exists()
+        assert server.dir.name.startswith(f"labkit-{os.getpid()}-")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_sweep_keeps_a_live_owners_directory_and_a_server_that_still_answers(tmp_path):
+    dead = subprocess.Popen(["true"])  # a pid that has exited
+    dead.wait()
+    with spawn(modules=False, root=tmp_path) as running:
+        orphan_alive = tmp_path / f"labkit-{dead.pid}-answers"  # its owner died, its server still answers
+        orphan_dead = tmp_path / f"labkit-{dead.pid}-silent"
+        for directory, port in ((orphan_alive, running.port), (orphan_dead, _unused_port())):
+            directory.mkdir()
+            (directory / "server.conf").write_text(f"port {port}\nrequirepass x\n")
+        live_owner = tmp_path / f"labkit-{os.getppid()}-mine"
+        old_style = tmp_path / "labkit-ab12cd34"
+        live_owner.mkdir()
+        old_style.mkdir()
+        swept = _sweep_stale_dirs(tmp_path)
+        assert swept == [orphan_dead] and orphan_alive.is_dir() and live_owner.is_dir() and old_style.is_dir()
+        assert running.dir.is_dir()
+    for directory in (orphan_alive, live_owner, old_style):
+        shutil.rmtree(directory)
+
+
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

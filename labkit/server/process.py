@@ -118,9 +118,39 @@ def _die_with_parent() -> None:
 
 
 def _new_data_dir(root: Path | str | None) -> Path:
+    """A new directory labkit-<this process's pid>-<random> under `root`, after sweeping the stale ones there."""
     parent = Path(root).resolve() if root else temp_root()  # the server runs in its own directory
     parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="labkit-", dir=parent))
+    _sweep_stale_dirs(parent)
+    return Path(tempfile.mkdtemp(prefix=f"labkit-{os.getpid()}-", dir=parent))
+
+
+def _sweep_stale_dirs(parent: Path) -> list[Path]:
+    """Delete the server directories under `parent` whose owner is gone: the process named in the directory's
+    name has exited and nothing answers on the port of its config file. A notebook kernel shut down by its
+    front end never runs atexit, and its server (which dies with it) leaves its directory behind, password in
+    its config file included. Returns the directories deleted."""
+    swept = []
+    for path in parent.glob("labkit-[0-9]*-*"):
+        owner = path.name.split("-")[1]
+        if not owner.isdigit() or pid_alive(int(owner)):
+            continue
+        if any(ping_raw(HOST, port) for port in _configured_ports(path)):
+            continue  # a server outlived its owner (started detached or from a thread): still in use
+        shutil.rmtree(path, ignore_errors=True)
+        swept.append(path)
+    return swept
+
+
+def _configured_ports(directory: Path) -> list[int]:
+    ports = []
+    for conf in ("server.conf", "sentinel.conf"):
+        try:
+            lines = (directory / conf).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        ports += [int(line.split()[1]) for line in lines if line.startswith("port ") and line.split()[1].isdigit()]
+    return ports
 
 
 class Server:

@@ -30,6 +30,13 @@ def test_topic_knn_rejects_filtering_after_the_knn(r, ns):
 
 
 @pytest.mark.needs("search")
+def test_topic_knn_rejects_a_hybrid_ft_search_without_limit(r, ns):
+    """FT.SEARCH's default LIMIT 0 10 returns 10 of a KNN 12: right for k=5, short for k=12."""
+    result = lesson.check_topic_knn(r, ns, lambda *a: _topic_by_hand(*a, limit=False))
+    assert not result and "10 results for k=12" in result.message and "LIMIT 0 12" in result.message
+
+
+@pytest.mark.needs("search")
 def test_topic_knn_rejects_farthest_first(r, ns):
     result = lesson.check_topic_knn(r, ns, lambda *a: _topic_right(*a)[::-1])
     assert not result and "wrong order" in result.message
@@ -68,6 +75,15 @@ def test_similarity_lookup_rejects_the_similarity_used_as_the_distance_cut(r, ns
     assert not result and "paraphrases got a different answer" in result.message
 
 
+@pytest.mark.needs("search")
+def test_search_module_names_the_module_and_its_version(r):
+    named = lesson.search_module(r)
+    listed = next(m for m in r.execute_command("MODULE", "LIST") if m["name"] == "search")
+    major, minor, patch = (int(part) for part in named.split()[1].split("."))
+    assert named.startswith("search ") and major * 10000 + minor * 100 + patch == int(listed["ver"])
+    assert named.endswith(f"({listed['path'].rsplit('/', 1)[-1]})")
+
+
 @pytest.mark.parametrize("engine", sorted(available_engines()))
 def test_vector_sets_find_the_exact_neighbours_with_similarity_scores_where_the_engine_has_them(engine):
     points, query = clustered_vectors(300, seed=3), clustered_vectors(1, seed=4)[0]
@@ -100,13 +116,14 @@ def test_server_time_per_query_ranks_hnsw_far_ahead_of_flat(r, ns):
     assert usec["hnsw"] > 0 and usec["flat"] > 2 * usec["hnsw"], usec
 
 
-def _topic_by_hand(r, index, vector, topic, k):
+def _topic_by_hand(r, index, vector, topic, k, limit=True):
     reply = r.execute_command("FT.SEARCH", index, f"(@topic:{{{topic}}})=>[KNN {k} @embedding $vec AS distance]",
-                              "SORTBY", "distance", "ASC", "RETURN", 1, "distance", "PARAMS", 2, "vec",
-                              vector.tobytes(), "DIALECT", 2)
+                              "SORTBY", "distance", "ASC", *(["LIMIT", 0, k] if limit else []), "RETURN", 1,
+                              "distance", "PARAMS", 2, "vec", vector.tobytes(), "DIALECT", 2)
     return [row["id"] for row in reply["results"]] if isinstance(reply, dict) else reply[1::2]
 
 
+@pytest.mark.needs("search")
 def test_topic_knn_accepts_a_hybrid_ft_search_written_by_hand(r, ns):
     assert lesson.check_topic_knn(r, ns, _topic_by_hand)
 
@@ -150,3 +167,10 @@ def test_threshold_rejects_a_threshold_chosen_by_recall_alone():
 def test_threshold_rejects_a_similarity_outside_the_distance_range():
     result = lesson.check_threshold(lambda distances, right, target: -0.5)
     assert not result and "DISTANCE" in result.message
+
+
+def test_precision_recall_counts_a_threshold_without_hits_as_precise():
+    distances, right = [0.1, 0.2, 0.3, 0.4], [True, False, True, True]
+    assert lesson.precision_recall(distances, right, 0.05) == (1.0, 0)
+    assert lesson.precision_recall(distances, right, 0.2) == (0.5, 1)
+    assert lesson.precision_recall(distances, right, 0.4) == (0.75, 3)
