@@ -3,16 +3,17 @@ kind of embedded server the other suites use, so that every rate they report can
 what the server allows one client.
 
 Measured with `valkey-benchmark` or `redis-benchmark` where one is installed, else with a pipelined
-redis-py loop (which states the pipeline depth in its name). The benchmark tool reads no password from its
-environment, and `-a` would show the server's password to anyone running `ps`: it logs in instead as a
-temporary ACL user without a password, allowed nothing but GET, SET and PING on the one key the tool uses
-(`key:__rand_int__`), deleted as soon as the tool exits.
+redis-py loop (which states the pipeline depth in its name). redis-benchmark reads no password from its
+environment (7.0 checked: redis-cli's REDISCLI_AUTH is not read), and `-a` would show the server's password
+to anyone running `ps`: the tool logs in instead as a temporary ACL user without a password, allowed nothing
+but GET, SET and PING on the one key it uses (`key:__rand_int__`), deleted as soon as the tool exits.
 """
 
 from __future__ import annotations
 
 import csv
 import shutil
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -90,21 +91,26 @@ def _redis_py_get(r: redis.Redis, requests: int) -> float:
     return requests / (time.perf_counter() - started)
 
 
-def run(requests: int = 50_000, use_tool: bool = True) -> list[Row]:
+def run(requests: int = 50_000, rounds: int = 5, use_tool: bool = True) -> list[Row]:
     """The server's GET rate for one client with one request in flight (the baseline: the ceiling that the
     other suites' rates are read against) and its SET rate, each contender named with the engine, its
     version and the tool (`use_tool=False`: the pipelined redis-py loop); then redis-py's own GET loop on the
-    same server, against that ceiling."""
+    same server, against that ceiling. `rounds` alternate the tool (requests / rounds of each command) and
+    the redis-py loop (a fifth as many GETs); each row is the median of its rounds and keeps them (a busy
+    spell of the machine slows one round, not the ceiling)."""
+    per_round = max(1, requests // rounds)
     with Server(modules=False) as server:
         r = server.client()
         tool = find_tool(server.engine) if use_tool else None
         engine = f"{server.engine.name} {server.engine.version}"
-        if tool is not None:
-            rates, how = _with_tool(server, r, tool, requests), _tool_version(tool)
-        else:
-            rates, how = _with_pipeline(r, requests), f"redis-py, pipeline of {PIPELINE}: no benchmark tool"
-        rows = [Row(SUITE, METRIC, f"{command}, {engine} ({how})", rates[command], "requests/s",
-                    baseline=command == "GET") for command in ("GET", "SET")]
-        rows.append(Row(SUITE, METRIC, "GET, redis-py loop", _redis_py_get(r, requests // 5), "requests/s"))
+        how = _tool_version(tool) if tool else f"redis-py, pipeline of {PIPELINE}: no benchmark tool"
+        measured: dict[str, list[float]] = {"GET": [], "SET": [], "redis-py": []}
+        for _ in range(rounds):
+            rates = _with_tool(server, r, tool, per_round) if tool else _with_pipeline(r, per_round)
+            measured["GET"].append(rates["GET"])
+            measured["SET"].append(rates["SET"])
+            measured["redis-py"].append(_redis_py_get(r, max(1, per_round // 5)))
         r.delete(BENCH_KEY)
-    return rows
+    names = {"GET": f"GET, {engine} ({how})", "SET": f"SET, {engine} ({how})", "redis-py": "GET, redis-py loop"}
+    return [Row(SUITE, METRIC, names[what], statistics.median(values), "requests/s", baseline=what == "GET",
+                rounds=tuple(values)) for what, values in measured.items()]
