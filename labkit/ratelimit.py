@@ -130,8 +130,10 @@ class Limiter:
         if not isinstance(cost, int) or isinstance(cost, bool) or cost < 1 or cost > self.limit:
             raise ConfigError(f"cost must be an integer from 1 to the limit ({self.limit}), got {cost!r}.")
         args = [*self._args(), cost] + ([now_ms] if now_ms is not None else [])
-        allowed, remaining, retry_ms, reset_ms, server_now = self._script(keys=self.keys(key), args=args)
-        return Decision(bool(allowed), int(remaining), retry_ms / 1000, reset_ms / 1000, self.limit, int(server_now),
+        # the script's reply is one string of five integers: the smallest reply that carries the decision
+        reply = self._script(keys=self.keys(key), args=args)
+        allowed, remaining, retry_ms, reset_ms, server_now = map(int, reply.split())
+        return Decision(allowed == 1, remaining, retry_ms / 1000, reset_ms / 1000, self.limit, server_now,
                         self.policy, self.window, self.limit if isinstance(self, _RateLimiter) else 0)
 
     def _args(self) -> list[int | float]:
@@ -164,10 +166,6 @@ class SlidingLog(_WindowLimiter):
     """One entry per admitted unit; exact: never more than `limit` in any `window`. Memory grows with the limit."""
 
     script, algorithm, slug = "ratelimit/sliding_log", "sliding log", "log"
-
-    def keys(self, key: str) -> list[str]:
-        base = self._key_head + key + "}"
-        return [base, base + ":seq"]
 
 
 class SlidingWindowCounter(_WindowLimiter):

@@ -136,7 +136,7 @@ def test_errors_are_one_line_not_a_traceback(lab_home):
 def test_bench_rejects_an_unknown_suite_and_lists_the_valid_ones():
     out = labkit_cli("bench", "server", "nope")
     assert out.returncode == 2 and "unknown suite 'nope'" in out.stderr
-    assert "server, ratelimit, cache, streams, locks, vectors" in out.stderr
+    assert "server, ceiling, ratelimit, cache, streams, locks, vectors" in out.stderr
 
 
 def test_bench_runs_every_suite_without_arguments_or_the_named_ones():

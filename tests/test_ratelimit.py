@@ -351,6 +351,26 @@ def test_a_sliding_log_denial_drops_entries_that_left_the_window_and_records_not
     assert r.zcard(entries) == 7  # the three from NOW_MS left the window and the denial's trim removed them
 
 
+
+def test_a_sliding_log_keeps_one_key_and_counts_every_unit_of_a_large_cost(r, ns):
+    log = SlidingLog(r, 2000, 1.0, prefix=ns.key("rl"))
+    [entries] = log.keys("u")
+    assert log._decide("u", 1, NOW_MS).allowed and log._decide("u", 1234, NOW_MS).allowed  # ZADD in chunks
+    assert r.zcard(entries) == 1235 and r.keys(ns.key("rl") + "*") == [entries]
+    assert log._decide("u", 765, NOW_MS).remaining == 0 and not log._decide("u", 1, NOW_MS).allowed
+
+
+def test_a_sliding_log_member_taken_before_a_clock_went_back_is_not_reused(r, ns):
+    """Members are "<now>:<n>", n counting on from the entries in the window: after a trim and a clock that
+    went back, the next n can name an entry that exists; that unit must still be counted (a new member)."""
+    log = SlidingLog(r, 3, 1.0, prefix=ns.key("rl"))
+    [entries] = log.keys("u")
+    for now in (NOW_MS, NOW_MS, NOW_MS + 900, NOW_MS + 1500):  # the last trims both NOW_MS entries
+        assert log._decide("u", 1, now).allowed
+    assert r.zcard(entries) == 2  # NOW_MS+900 -> "...:3" and NOW_MS+1500 -> "...:2"
+    assert log._decide("u", 1, NOW_MS + 900).allowed  # the clock went back: n = 3 again, taken
+    assert r.zcard(entries) == 3 and not log._decide("u", 1, NOW_MS + 900).allowed
+
 # --- concurrency: several threads AND processes, the server's clock, the invariant each promises ------
 LIMIT, WINDOW_S, RUN_S = 20, 0.2, 1.0
 

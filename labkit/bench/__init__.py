@@ -7,11 +7,22 @@ Example:
     ['a', 'b']
 """
 
-from labkit.bench.core import Row, format_rows, median_of, print_rows, results_path, side_by_side, write_results
+from labkit.bench.core import (
+    Row,
+    comparisons,
+    format_rows,
+    median_of,
+    print_rows,
+    rate_row,
+    results_path,
+    side_by_side,
+    side_by_side_rounds,
+    write_results,
+)
 from labkit.bench.runner import SUITES, run
 from labkit.bench.vectors import clustered_vectors, load_vectors
 
 __all__ = [
-    "SUITES", "Row", "clustered_vectors", "format_rows", "load_vectors", "median_of", "print_rows", "results_path",
-    "run", "side_by_side", "write_results",
+    "SUITES", "Row", "clustered_vectors", "comparisons", "format_rows", "load_vectors", "median_of", "print_rows",
+    "rate_row", "results_path", "run", "side_by_side", "side_by_side_rounds", "write_results",
 ]

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import redis
 
-from labkit.bench.core import Row, side_by_side
+from labkit.bench.core import Row, rate_row, side_by_side_rounds
 from labkit.server.process import Server
 
 SUITE = "cache"
@@ -53,7 +53,7 @@ def run(seconds: float = 1.0, clients: int = 50) -> list[Row]:
     stampede recomputes and misses per strategy, against no protection."""
     with Server(modules=False) as server:
         r = server.client()
-        medians = side_by_side(_hit_calls(r, server), reps=int(3000 * seconds))
-        rows = [Row(SUITE, "hits per second", name, 1e6 / us, "hits/s", baseline=name == RAW)
-                for name, us in medians.items()]
+        timed = side_by_side_rounds(_hit_calls(r, server), reps=int(3000 * seconds))
+        rows = [rate_row(SUITE, "hits per second", name, t, "hits/s", baseline=name == RAW)
+                for name, t in timed.items()]
         return rows + _stampede_rows(r, clients)

@@ -19,6 +19,7 @@ from labkit.server.lab import home
 
 RESULTS_FORMAT = 1
 RESULTS_PATH = Path("build") / "bench" / "results.json"
+CEILING_SUITE = "ceiling"  # the suite that measures the server's own single-client rate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +27,9 @@ class Row:
     """One measured number: `contender`'s `value` (in `unit`) for `metric` of `suite`.
 
     Rows of one suite and metric share a unit; at most one of them is the `baseline` that the others'
-    ratios are computed against.
+    ratios are computed against. `rounds`, when given, holds the value measured in each round of a
+    comparison whose contenders took turns (round k of every row of the metric ran at the same time): the
+    ratio's spread is computed round by round.
 
     Example:
         >>> Row("cache", "hits per second", "raw GET", 41_000.0, "hits/s", baseline=True).value
@@ -39,9 +42,11 @@ class Row:
     value: float
     unit: str
     baseline: bool = False
+    rounds: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "value", float(self.value))  # counts and numpy scalars become plain floats
+        object.__setattr__(self, "rounds", tuple(float(v) for v in self.rounds))  # a JSON list becomes a tuple
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -57,6 +62,30 @@ def side_by_side(calls: dict[str, Callable[[], object]], reps: int = 300) -> dic
     entry alike (compare the results as ratios, never as absolute times). Each turn starts one entry
     later than the one before, so every entry follows every other equally often: an entry that leaves
     work behind (threads winding down, buffers to free) does not always slow the same neighbour."""
+    return {name: statistics.median(values) for name, values in _turns(calls, reps).items()}
+
+
+def side_by_side_rounds(calls: dict[str, Callable[[], object]], reps: int = 300,
+                        rounds: int = 5) -> dict[str, tuple[float, list[float]]]:
+    """`side_by_side`, with the spread: for each entry, the median microseconds per call over all `reps`
+    turns and the median of each of `rounds` consecutive blocks of turns (a busy spell of the machine moves
+    one block, so the blocks' ratios show how far one comparison can be trusted)."""
+    rounds = max(1, min(rounds, reps))
+    size = reps // rounds
+    return {name: (statistics.median(values), [statistics.median(values[k * size:(k + 1) * size])
+                                               for k in range(rounds)])
+            for name, values in _turns(calls, reps).items()}
+
+
+def rate_row(suite: str, metric: str, contender: str, timed: tuple[float, list[float]], unit: str,
+             baseline: bool = False) -> Row:
+    """A row of calls per second from `side_by_side_rounds`' (median us, per-round median us)."""
+    us, rounds = timed
+    return Row(suite, metric, contender, 1e6 / us, unit, baseline, tuple(1e6 / v for v in rounds))
+
+
+def _turns(calls: dict[str, Callable[[], object]], reps: int) -> dict[str, list[float]]:
+    """Microseconds of each call of each entry, in order, timed in rotating turns (see `side_by_side`)."""
     samples: dict[str, list[float]] = {name: [] for name in calls}
     entries = list(calls.items())
     for rep in range(reps):
@@ -65,7 +94,7 @@ def side_by_side(calls: dict[str, Callable[[], object]], reps: int = 300) -> dic
             started = time.perf_counter_ns()
             call()
             samples[name].append((time.perf_counter_ns() - started) / 1000)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 def by_metric(rows: Iterable[Row]) -> dict[tuple[str, str], list[Row]]:
@@ -96,6 +125,15 @@ def ratio(row: Row, baseline: Row | None) -> float | None:
     return row.value / baseline.value
 
 
+def ratio_spread(row: Row, baseline: Row | None) -> tuple[float, float] | None:
+    """The lowest and highest of `row`'s ratios to its baseline round by round (None without rounds on both,
+    or with a baseline round of 0)."""
+    if baseline is None or not row.rounds or len(row.rounds) != len(baseline.rounds) or 0 in baseline.rounds:
+        return None
+    ratios = [ours / theirs for ours, theirs in zip(row.rounds, baseline.rounds, strict=True)]
+    return min(ratios), max(ratios)
+
+
 def _number(value: float) -> str:
     """Whole numbers and large values without decimals, small ones with two or three."""
     if float(value).is_integer() or abs(value) >= 100:
@@ -109,25 +147,65 @@ def _ratio_note(row: Row, baseline: Row | None) -> str:
     if row is baseline:
         return "baseline"
     factor = ratio(row, baseline)
-    return f"{factor:.2f}x" if factor is not None else "n/a (baseline is 0)"
+    if factor is None:
+        return "n/a (baseline is 0)"
+    spread = ratio_spread(row, baseline)
+    return f"{factor:.2f}x" + (f" ({spread[0]:.2f}-{spread[1]:.2f} over {len(row.rounds)} rounds)" if spread else "")
 
 
-def format_rows(rows: Iterable[Row]) -> str:
-    """Every row as a table grouped by metric, each value followed by its ratio to the metric's baseline."""
+def of_ceiling(row: Row, ceiling: Row | None) -> float | None:
+    """A rate's fraction of the server's single-client `ceiling` (None for other units or no ceiling)."""
+    if ceiling is None or row.suite == ceiling.suite or not row.unit.endswith("/s") or ceiling.value == 0:
+        return None
+    return row.value / ceiling.value
+
+
+def _ceiling_note(row: Row, ceiling: Row | None) -> str:
+    share = of_ceiling(row, ceiling)
+    return "" if share is None else f"[{share:.1%} of the server's ceiling]"
+
+
+def format_rows(rows: Iterable[Row], ceiling: Row | None = None) -> str:
+    """Every row as a table grouped by metric, each value followed by its ratio to the metric's baseline
+    (with the ratio's lowest and highest round when the row has rounds) and, given the server's `ceiling`
+    row, each rate as a fraction of it."""
     lines: list[str] = []
     for (suite, metric), group in by_metric(rows).items():
         baseline = baseline_of(group)
         against = f", ratio to {baseline.contender}" if baseline else ""
         lines.append(f"{suite}: {metric} ({group[0].unit}{against})")
         width = max(len(row.contender) for row in group)
-        lines += [f"  {row.contender:{width}}  {_number(row.value):>14}  {_ratio_note(row, baseline)}".rstrip()
-                  for row in group]
+        lines += [f"  {row.contender:{width}}  {_number(row.value):>14}  {_ratio_note(row, baseline)}  "
+                  f"{_ceiling_note(row, ceiling)}".rstrip() for row in group]
     return "\n".join(lines)
 
 
-def print_rows(rows: Iterable[Row]) -> None:
-    """Print `format_rows(rows)`."""
-    print(format_rows(rows))
+def print_rows(rows: Iterable[Row], ceiling: Row | None = None) -> None:
+    """Print `format_rows(rows, ceiling)`."""
+    print(format_rows(rows, ceiling))
+
+
+def ceiling_of(rows: Iterable[Row]) -> Row | None:
+    """The server's own single-client ceiling among `rows` (the `ceiling` suite's GET row), if measured."""
+    return next((row for row in rows if row.suite == CEILING_SUITE and row.baseline), None)
+
+
+def comparisons(rows: Iterable[Row]) -> list[dict[str, Any]]:
+    """Each row that has a baseline: the peer it is compared to, the ratio and its spread over rounds (None
+    without rounds), and, for a rate, its fraction of the server's single-client ceiling (None unmeasured)."""
+    rows = list(rows)
+    ceiling, found = ceiling_of(rows), []
+    for group in by_metric(rows).values():
+        baseline = baseline_of(group)
+        for row in group:
+            if baseline is None or row is baseline:
+                continue
+            spread = ratio_spread(row, baseline)
+            found.append({"suite": row.suite, "metric": row.metric, "contender": row.contender,
+                          "peer": baseline.contender, "ratio": ratio(row, baseline),
+                          "ratio_low": spread[0] if spread else None, "ratio_high": spread[1] if spread else None,
+                          "of_ceiling": of_ceiling(row, ceiling)})
+    return found
 
 
 def results_path() -> Path:
@@ -159,13 +237,13 @@ def metadata() -> dict[str, Any]:
 def write_results(rows: Iterable[Row], path: Path | None = None) -> Path:
     """Write the rows and `metadata()` as JSON to `path` (default: `results_path()`); return the path.
 
-    The file holds one object: the metadata's keys, `suites` (their names, in order) and `rows` (a list of
-    `Row.as_dict()`).
+    The file holds one object: the metadata's keys, `suites` (their names, in order), `rows` (a list of
+    `Row.as_dict()`) and `comparisons` (see `comparisons`).
     """
     rows = list(rows)
     path = path or results_path()
     document = {**metadata(), "suites": list(dict.fromkeys(row.suite for row in rows)),
-                "rows": [row.as_dict() for row in rows]}
+                "rows": [row.as_dict() for row in rows], "comparisons": comparisons(rows)}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
     return path

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import redis
 
-from labkit.bench.core import Row, side_by_side
+from labkit.bench.core import Row, side_by_side_rounds
 
 SUITE = "locks"
 
@@ -91,9 +91,9 @@ def run(reps: int = 300) -> list[Row]:
         for c in contenders.values():  # load scripts and connections before timing
             c.acquire()
             c.release()
-        medians = side_by_side({name: lambda c=c: (c.acquire(), c.release()) for name, c in contenders.items()},
-                               reps=reps)
-        rows = [Row(SUITE, f"acquire+release, {c.servers}", name, medians[name], "us", c.baseline)
+        timed = side_by_side_rounds({name: lambda c=c: (c.acquire(), c.release()) for name, c in contenders.items()},
+                                    reps=reps)
+        rows = [Row(SUITE, f"acquire+release, {c.servers}", name, timed[name][0], "us", c.baseline, timed[name][1])
                 for name, c in contenders.items()]
         rows += [Row(SUITE, f"round trips per acquire, {c.servers}", name,
                      _round_trips_per_acquire(c.clients, c.acquire, c.release), "round trips", c.baseline)

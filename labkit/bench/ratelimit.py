@@ -8,7 +8,7 @@ import itertools
 import statistics
 from collections.abc import Callable
 
-from labkit.bench.core import Row, side_by_side
+from labkit.bench.core import Row, rate_row, side_by_side_rounds
 from labkit.server.process import Server
 
 SUITE = "ratelimit"
@@ -70,9 +70,9 @@ def _pair_rows(server: Server, per_minute: int, reps: int) -> list[Row]:
         turn = itertools.count()
         calls = {f"limits {peer}": lambda d=theirs[peer], t=turn: d(USERS[next(t) % len(USERS)]),
                  f"labkit {algorithm}": lambda d=ours[algorithm], t=turn: d(USERS[next(t) % len(USERS)])}
-        for name, us in side_by_side(calls, reps=reps).items():
-            rows.append(Row(SUITE, f"decisions, {per_minute:,}/min, 50 users: {algorithm}", name, 1e6 / us,
-                            "decisions/s", baseline=name.startswith("limits")))
+        for name, timed in side_by_side_rounds(calls, reps=reps).items():
+            rows.append(rate_row(SUITE, f"decisions, {per_minute:,}/min, 50 users: {algorithm}", name, timed,
+                                 "decisions/s", baseline=name.startswith("limits")))
     return rows
 
 

@@ -42,8 +42,8 @@ def _drain_raw(r: redis.Redis, stream: str, group: str, batch: int) -> int:
         handled += len(entries)
 
 
-def _drain_rates(r: redis.Redis, messages: int, batch: int, rounds: int) -> dict[str, float]:
-    """Median messages/s of the raw loop and of labkit's Worker, alternating, each round on fresh groups."""
+def _drain_rates(r: redis.Redis, messages: int, batch: int, rounds: int) -> dict[str, list[float]]:
+    """Messages/s of the raw loop and of labkit's Worker in each round, alternating, each on fresh groups."""
     from labkit.streams import Worker, ensure_group
 
     rates: dict[str, list[float]] = {RAW: [], WORKER: []}
@@ -58,7 +58,7 @@ def _drain_rates(r: redis.Redis, messages: int, batch: int, rounds: int) -> dict
                 handled = Worker(r, STREAM, group, "w", lambda i, f: None, batch=batch,
                                  block_ms=0).run(max_messages=messages)
             rates[name].append(handled / (time.perf_counter() - started))
-    return {name: statistics.median(values) for name, values in rates.items()}
+    return rates
 
 
 def _consumers_rate(r: redis.Redis, group: str, consumers: int, jobs: int, io_ms: float) -> float:
@@ -82,13 +82,13 @@ def _consumers_rate(r: redis.Redis, group: str, consumers: int, jobs: int, io_ms
     return sum(handled) / (time.perf_counter() - started)
 
 
-def _consumers_rates(r: redis.Redis, jobs: int, io_ms: float, rounds: int) -> dict[int, float]:
-    """Median messages/s of 1, 2 and 4 Workers, the three alternating, `rounds` times, each on fresh groups."""
+def _consumers_rates(r: redis.Redis, jobs: int, io_ms: float, rounds: int) -> dict[int, list[float]]:
+    """Messages/s of 1, 2 and 4 Workers in each round, the three alternating, each on fresh groups."""
     rates: dict[int, list[float]] = {1: [], 2: [], 4: []}
     for k in range(rounds):
         for consumers in rates:
             rates[consumers].append(_consumers_rate(r, f"io-{consumers}-{k}", consumers, jobs, io_ms))
-    return {consumers: statistics.median(values) for consumers, values in rates.items()}
+    return rates
 
 
 def run(messages: int = 20_000, batch: int = 100, rounds: int = 3, io_ms: float = 0.5) -> list[Row]:
@@ -99,9 +99,9 @@ def run(messages: int = 20_000, batch: int = 100, rounds: int = 3, io_ms: float 
     with Server(modules=False) as server:
         r = server.client()
         _fill(r, messages)
-        rows = [Row(SUITE, "messages, empty handler", name, rate, "messages/s", baseline=name == RAW)
-                for name, rate in _drain_rates(r, messages, batch, rounds).items()]
-        for consumers, rate in _consumers_rates(r, min(messages, 2000), io_ms, rounds).items():
-            rows.append(Row(SUITE, f"messages, {io_ms} ms handler", f"{consumers} labkit Worker(s)", rate,
-                            "messages/s", baseline=consumers == 1))
+        rows = [Row(SUITE, "messages, empty handler", name, statistics.median(rates), "messages/s", name == RAW,
+                    tuple(rates)) for name, rates in _drain_rates(r, messages, batch, rounds).items()]
+        for consumers, rates in _consumers_rates(r, min(messages, 2000), io_ms, rounds).items():
+            rows.append(Row(SUITE, f"messages, {io_ms} ms handler", f"{consumers} labkit Worker(s)",
+                            statistics.median(rates), "messages/s", consumers == 1, tuple(rates)))
     return rows

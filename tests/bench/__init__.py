@@ -15,3 +15,15 @@ def baselines(rows: list[Row]) -> dict[str, str]:
     marked = [(row.metric, row.contender) for row in rows if row.baseline]
     assert len(dict(marked)) == len(marked), "a metric has two baselines"
     return dict(marked)
+
+
+def assert_spread_printed(rows: list[Row], metric: str) -> None:
+    """Every row of `metric` kept its rounds (as many as its baseline's, two or more), and the printed table
+    shows each non-baseline row's ratio with its lowest and highest round."""
+    from labkit.bench import format_rows
+
+    group = [row for row in rows if row.metric == metric]
+    assert group and len({len(row.rounds) for row in group}) == 1 and len(group[0].rounds) >= 2, metric
+    lines = format_rows(group).splitlines()[1:]
+    for row, line in zip(group, lines, strict=True):
+        assert line.endswith("baseline") if row.baseline else f"over {len(row.rounds)} rounds)" in line, line

@@ -1,6 +1,6 @@
 from labkit.bench import cache
 
-from . import baselines, values
+from . import assert_spread_printed, baselines, values
 
 
 def test_compares_hits_and_counts_stampedes():
@@ -11,4 +11,5 @@ def test_compares_hits_and_counts_stampedes():
     recomputes, misses = "stampede: recomputes at expiry", "stampede: misses at expiry"
     assert table[(recomputes, "lock")] == 1 and table[(misses, "swr")] == 0
     assert table[(recomputes, "none")] > table[(recomputes, "lock")]
+    assert_spread_printed(rows, "hits per second")
     assert baselines(rows) == {"hits per second": "raw GET + json.loads", recomputes: "none", misses: "none"}

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from labkit import bench
-from labkit.bench.core import baseline_of, by_metric, ratio
+from labkit.bench.core import baseline_of, by_metric, ceiling_of, ratio, ratio_spread
 from labkit.server import find_engine
 
 ROWS = [
@@ -26,7 +26,8 @@ def test_a_row_is_frozen_and_holds_a_float():
     with pytest.raises(dataclasses.FrozenInstanceError):
         row.value = 4.0
     assert row.as_dict() == {"suite": "demo", "metric": "recomputes", "contender": "none", "value": 3.0,
-                             "unit": "recomputes", "baseline": False}
+                             "unit": "recomputes", "baseline": False, "rounds": ()}
+    assert bench.Row("demo", "rate", "x", 2, "ops/s", rounds=[1, 3]).rounds == (1.0, 3.0)  # from a JSON list
 
 
 def test_rows_group_by_metric_in_the_order_measured():
@@ -118,3 +119,45 @@ def test_run_prints_each_suite_and_writes_the_rows_so_far(monkeypatch, tmp_path,
     assert bench.run(["second", "second"], results=path) == ROWS[2:]
     with pytest.raises(KeyError, match="unknown suite"):
         bench.run(["third"], results=path)
+
+
+TURNS = [
+    bench.Row("demo", "rate", "theirs", 100, "ops/s", baseline=True, rounds=(100, 50, 100)),
+    bench.Row("demo", "rate", "ours", 120, "ops/s", rounds=(110, 60, 130)),
+]
+
+
+def test_the_ratio_spread_is_taken_round_by_round_and_printed():
+    # round by round: 1.1, 1.2, 1.3 (a slow second round slowed both: it does not widen the spread)
+    low, high = ratio_spread(TURNS[1], TURNS[0])
+    assert (round(low, 6), round(high, 6)) == (1.1, 1.3)
+    assert ratio_spread(TURNS[1], dataclasses.replace(TURNS[0], rounds=())) is None
+    assert ratio_spread(TURNS[1], dataclasses.replace(TURNS[0], rounds=(100, 0, 100))) is None
+    assert bench.format_rows(TURNS).splitlines()[2].split()[2:] == ["1.20x", "(1.10-1.30", "over", "3", "rounds)"]
+
+
+def test_side_by_side_rounds_gives_the_median_and_one_median_per_block_of_turns():
+    ticks = iter(range(10**6))
+    timed = bench.side_by_side_rounds({"a": lambda: next(ticks), "b": lambda: None}, reps=20, rounds=4)
+    assert set(timed) == {"a", "b"} and all(len(rounds) == 4 for _, rounds in timed.values())
+    assert next(ticks) == 20  # every entry called reps times
+    assert bench.side_by_side_rounds({"a": lambda: None}, reps=2, rounds=5)["a"][1].__len__() == 2
+    row = bench.rate_row("demo", "rate", "a", (10.0, [5.0, 20.0]), "calls/s")
+    assert (row.value, row.rounds) == (100_000.0, (200_000.0, 50_000.0))
+
+
+CEILING = bench.Row("ceiling", "one client", "GET, valkey9 9.1.2 (redis-benchmark 7.0.15)", 50_000, "requests/s",
+                    baseline=True)
+
+
+def test_rates_are_read_as_a_fraction_of_the_ceiling_in_the_table_and_the_results(tmp_path):
+    assert ceiling_of(TURNS) is None and ceiling_of([*TURNS, CEILING]) is CEILING
+    lines = bench.format_rows(TURNS + ROWS[:2], ceiling=CEILING).splitlines()
+    assert lines[2].endswith("[0.2% of the server's ceiling]") and lines[4].endswith("[0.4% of the server's ceiling]")
+    assert lines[5].startswith("demo: latency (us") and "ceiling" not in lines[6]  # a time is not a rate
+    document = json.loads(bench.write_results([*TURNS, CEILING, *ROWS], tmp_path / "r.json").read_text())
+    ours = next(c for c in document["comparisons"] if c["metric"] == "rate")
+    assert ours == {"suite": "demo", "metric": "rate", "contender": "ours", "peer": "theirs", "ratio": 1.2,
+                    "ratio_low": pytest.approx(1.1), "ratio_high": pytest.approx(1.3), "of_ceiling": 120 / 50_000}
+    latency = next(c for c in document["comparisons"] if c["metric"] == "latency")
+    assert latency["of_ceiling"] is None and latency["ratio_low"] is None and latency["ratio"] == 0.25

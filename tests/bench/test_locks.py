@@ -1,6 +1,6 @@
 from labkit.bench import locks
 
-from . import baselines, values
+from . import assert_spread_printed, baselines, values
 
 
 def test_compares_with_redis_py_and_pottery_in_one_round_trip_per_node():
@@ -19,6 +19,8 @@ def test_compares_with_redis_py_and_pottery_in_one_round_trip_per_node():
     mine, theirs = (table[(f"acquire+release, {per_order}", f"{who} Redlock per order")]
                     for who in ("labkit", "pottery"))
     assert mine < 0.5 * theirs
+    for metric in ("1 server", "3 servers", per_order):
+        assert_spread_printed(rows, f"acquire+release, {metric}")
     assert baselines(rows) == {
         "acquire+release, 1 server": "redis-py Lock", "round trips per acquire, 1 server": "redis-py Lock",
         "acquire+release, 3 servers": "pottery Redlock", "round trips per acquire, 3 servers": "pottery Redlock",

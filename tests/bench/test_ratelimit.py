@@ -1,6 +1,6 @@
 from labkit.bench import ratelimit
 
-from . import baselines, values
+from . import assert_spread_printed, baselines, values
 
 
 def test_compares_each_limiter_with_its_nearest_limits_strategy_in_one_round_trip():
@@ -12,6 +12,7 @@ def test_compares_each_limiter_with_its_nearest_limits_strategy_in_one_round_tri
             metric = f"decisions, {per_minute:,}/min, 50 users: {ours}"
             assert table[(metric, f"labkit {ours}")] > 0 and table[(metric, f"limits {theirs}")] > 0
             expected[metric] = f"limits {theirs}"
+            assert_spread_printed(rows, metric)
     labkit_rtts = [v for (metric, who), v in table.items() if who.startswith("labkit") and metric.startswith("round")]
     assert len(labkit_rtts) == 5 and all(v == 1.0 for v in labkit_rtts)
     assert baselines(rows) == expected

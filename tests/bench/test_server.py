@@ -1,7 +1,7 @@
 from labkit.bench import server
 from labkit.server import available_engines
 
-from . import baselines, values
+from . import assert_spread_printed, baselines, values
 
 
 def test_measures_every_engine_against_the_first():
@@ -10,4 +10,5 @@ def test_measures_every_engine_against_the_first():
     assert {row.suite for row in rows} == {"server"} and {row.unit for row in rows} == {"ms"}
     assert all(table[(server.METRIC, name)] > 0 for name in available_engines())
     assert (server.METRIC, "valkey9 + search/JSON modules") in table
+    assert_spread_printed(rows, server.METRIC)
     assert baselines(rows) == {server.METRIC: next(iter(available_engines()))}

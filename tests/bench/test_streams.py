@@ -1,6 +1,6 @@
 from labkit.bench import streams
 
-from . import baselines, values
+from . import assert_spread_printed, baselines, values
 
 
 def test_compares_the_worker_with_a_raw_loop_and_workers_with_one():
@@ -14,4 +14,6 @@ def test_compares_the_worker_with_a_raw_loop_and_workers_with_one():
     io_bound = "messages, 0.5 ms handler"
     # four Workers overlap their handlers' waits: about 4x under load too (3.5x at worst seen); serialised, 1x
     assert table[(io_bound, "4 labkit Worker(s)")] > 2 * table[(io_bound, "1 labkit Worker(s)")]
+    assert_spread_printed(rows, "messages, empty handler")
+    assert_spread_printed(rows, io_bound)
     assert baselines(rows) == {"messages, empty handler": streams.RAW, io_bound: "1 labkit Worker(s)"}

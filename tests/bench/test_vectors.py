@@ -6,7 +6,7 @@ import redis
 from labkit.bench import vectors
 from labkit.server.lab import URL_ENV
 
-from . import baselines, values
+from . import assert_spread_printed, baselines, values
 
 
 @pytest.mark.needs("search")
@@ -18,6 +18,8 @@ def test_measures_recall_and_compares_with_redisvl():
     for metric in ("semantic cache: true hits of 150 paraphrases", "semantic cache: false hits of 210 queries"):
         assert table[(metric, "labkit SemanticCache")] == table[(metric, "RedisVL SemanticCache")]
     assert table[("semantic cache: lookup", "labkit SemanticCache")] > 0
+    assert_spread_printed(rows, "queries per second")
+    assert_spread_printed(rows, "semantic cache: lookup")
     assert baselines(rows)["queries per second"] == "FLAT"
     assert baselines(rows)["semantic cache: lookup"] == "RedisVL SemanticCache"
 
