@@ -148,7 +148,7 @@ def test_ref_policies_spare_pending_entries_where_the_engine_has_them(engine):
 def test_ref_policies_refuses_too_few_entries(entries):
     """It reads 20 entries, acknowledges 10 and trims to MAXLEN 100: fewer than 101 entries say nothing (or
     fail deep inside), so they are refused at once, naming what to pass."""
-    with pytest.raises(ConfigError, match="entries.*at least 101"):
+    with pytest.raises(ConfigError, match=r"entries.*at least 101"):
         lesson.ref_policies("valkey9", entries)
 
 
