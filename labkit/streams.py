@@ -67,8 +67,10 @@ def lag(r: redis.Redis, stream: str, group: str) -> Lag:
     """The group's lag, pending count and per-consumer pending and idle time.
 
     `lag` is None when the server cannot compute it (XINFO GROUPS says nil): an entry was deleted (XDEL,
-    XACKDEL) inside the range the group has not read yet, and the server cannot count past the hole until
-    the group reads beyond it. None means unknown, not caught up: never treat it as 0 in an alert."""
+    XACKDEL) inside the stream (not its oldest entry), at or past the group's last delivered entry. It stays
+    None until the group has read to the end of the stream, or the entries before the hole are gone (Redis
+    7.0 recovers as soon as the group reads past the hole: `capabilities(r).stream_lag_recovers_past_hole`).
+    Deleting from the head leaves it known. None means unknown, not caught up: never treat it as 0."""
     validate.name(stream, "stream")
     validate.name(group, "group")
     try:

@@ -20,6 +20,10 @@ import redis
 from IPython.display import Image, display
 from matplotlib.figure import Figure
 
+from labkit import validate
+from labkit.clients import text
+from labkit.errors import ConfigError
+
 Sample = dict[str, float]
 Workload = Callable[[threading.Event], None]
 
@@ -34,13 +38,18 @@ class MonitorResult:
     png: bytes = b""
 
     def mean(self, name: str) -> float:
-        """The mean of the series, leaving out samples that are NaN (unknown)."""
-        values = [v for v in self.series[name] if not math.isnan(v)]
-        return sum(values) / len(values) if values else 0.0
+        """The mean of the series, leaving out samples that are NaN (unknown); NaN if none is known."""
+        values = self._known(name)
+        return sum(values) / len(values) if values else math.nan
 
     def peak(self, name: str) -> float:
-        """The largest value of the series, leaving out samples that are NaN (unknown)."""
-        return max((v for v in self.series[name] if not math.isnan(v)), default=0.0)
+        """The largest value of the series, leaving out samples that are NaN (unknown); NaN if none is known."""
+        return max(self._known(name), default=math.nan)
+
+    def _known(self, name: str) -> list[float]:
+        if name not in self.series:
+            raise ConfigError(f"No series {name!r}: this monitor recorded {sorted(self.series)}.")
+        return [v for v in self.series[name] if not math.isnan(v)]
 
 
 class LiveMonitor:
@@ -362,23 +371,40 @@ class LagMonitor(LiveMonitor):
     """A consumer group's lag (entries not yet delivered) and pending entries (delivered, not acknowledged),
     in total and per consumer, from XINFO GROUPS and XINFO CONSUMERS.
 
-    Where the server reports the lag as nil (an entry deleted in the range the group has not read: it
-    cannot count past it), the sample is NaN: a gap in the line and "lag unknown" in the label, never 0."""
+    Where the server reports the lag as nil (a hole a delete left in the stream at or past the group's
+    position: it cannot count past it), the sample is NaN: a gap in the line and "lag unknown" in the label,
+    never 0. A missing stream or group is a ConfigError when the monitor is made (and if it goes during
+    the run), not an empty chart."""
 
     title = "consumer group lag"
 
     def __init__(self, r: redis.Redis, stream: str, group: str, **kwargs: float) -> None:
-        self.r, self.stream, self.group = r, stream, group
+        self.r, self.stream, self.group = r, validate.name(stream, "stream"), validate.name(group, "group")
+        self._group_info()
         super().__init__(self._lag_sample, **kwargs)
 
+    def _group_info(self) -> dict:
+        """The group's row of XINFO GROUPS, or a ConfigError saying what is missing."""
+        try:
+            groups = {text(g["name"]): g for g in self.r.xinfo_groups(self.stream)}
+        except redis.ResponseError as err:
+            if "no such key" in str(err).lower():
+                raise ConfigError(f"No stream {self.stream!r}: create it with its group "
+                                  "(labkit.streams.ensure_group), or check the name.") from None
+            if str(err).startswith("WRONGTYPE"):
+                raise ConfigError(f"{self.stream!r} holds a {text(self.r.type(self.stream))}, not a stream.") from None
+            raise
+        if self.group not in groups:
+            raise ConfigError(f"No group {self.group!r} on {self.stream!r} (groups: {sorted(groups)}); create it "
+                              "with labkit.streams.ensure_group(), or check the name.")
+        return groups[self.group]
+
     def _lag_sample(self) -> Sample:
-        info = next((g for g in self.r.xinfo_groups(self.stream) if g["name"] == self.group), None)
-        if info is None:
-            return {}
+        info = self._group_info()
         lag = info.get("lag")
         sample = {"lag": math.nan if lag is None else float(lag), "pending": float(info["pending"])}
         for consumer in self.r.xinfo_consumers(self.stream, self.group):
-            sample[f"pending {consumer['name']}"] = float(consumer["pending"])
+            sample[f"pending {text(consumer['name'])}"] = float(consumer["pending"])
         return sample
 
     def describe(self) -> str:
@@ -386,10 +412,11 @@ class LagMonitor(LiveMonitor):
         if not s.get("lag"):
             return "no samples yet"
         consumers = sum(1 for name in s if name.startswith("pending ") and s[name])
-        now = ("lag unknown (an entry was deleted where the group has not read yet)" if math.isnan(s["lag"][-1])
+        now = ("lag unknown (a delete left a hole where the group has not read)" if math.isnan(s["lag"][-1])
                else f"lag {s['lag'][-1]:,.0f}")
-        return (f"{now} (peak {self.result.peak('lag'):,.0f}), pending {s['pending'][-1]:,.0f}, "
-                f"{consumers} consumer(s)")
+        peak = self.result.peak("lag")
+        peak_text = "peak unknown" if math.isnan(peak) else f"peak {peak:,.0f}"
+        return f"{now} ({peak_text}), pending {s['pending'][-1]:,.0f}, {consumers} consumer(s)"
 
     def render(self) -> bytes:
         return _two_panels(self, (f"group {self.group}: entries", "pending per consumer"),

@@ -222,6 +222,29 @@ def test_stream_lag_exact_after_trim_matches_what_the_engine_does(engine):
 
 
 @pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_stream_lag_recovers_past_hole_matches_what_the_engine_does(engine):
+    """Ten entries, a group that has read two, XDEL of the second: lag nil. One entry read past the hole: lag 7
+    where the engine recovers, still nil where it does not; read to the end: 0 on every engine."""
+    with Server(engine, modules=False) as srv:
+        r = srv.client()
+        pipe = r.pipeline(transaction=False)
+        for n in range(10):
+            pipe.xadd("s", {"n": n})
+        ids = pipe.execute()
+        r.xgroup_create("s", "g", id="0")
+        r.xreadgroup("g", "c", {"s": ">"}, count=2)
+        r.xdel("s", ids[1])
+        at_hole = r.xinfo_groups("s")[0]["lag"]
+        r.xreadgroup("g", "c", {"s": ">"}, count=1)
+        one_past = r.xinfo_groups("s")[0]["lag"]
+        r.xreadgroup("g", "c", {"s": ">"})
+        at_end = r.xinfo_groups("s")[0]["lag"]
+        caps = capabilities(r)
+    assert at_hole is None and at_end == 0
+    assert one_past == (7 if caps.stream_lag_recovers_past_hole else None), caps
+
+
+@pytest.mark.parametrize("engine", sorted(available_engines()))
 def test_stream_ack_delete_capability_matches_what_the_engine_does(engine):
     with Server(engine, modules=False) as srv:
         r = srv.client()

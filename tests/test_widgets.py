@@ -92,15 +92,66 @@ def test_lag_monitor_says_unknown_where_the_server_cannot_count(r, ns, capsys, l
     r.xdel(stream, ids[5])  # deleted where the group has not read yet: XINFO GROUPS says lag nil
     after = LagMonitor(r, stream, "g", duration=0.3, interval=0.1).run()
     assert before.series["lag"][-1] == 8 and before.summary.startswith("consumer group lag: lag 8 (peak 8)")
-    assert all(math.isnan(v) for v in after.series["lag"]) and after.peak("lag") == 0 and after.mean("lag") == 0
+    assert all(math.isnan(v) for v in after.series["lag"]) and math.isnan(after.peak("lag"))
+    assert math.isnan(after.mean("lag")) and "(peak unknown)" in after.summary and "peak 0" not in after.summary
     assert after.summary.startswith("consumer group lag: lag unknown") and after.summary in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("stream", "group", "says"), [
+    (None, "g", "stream must be a non-empty string"),
+    ("present", "", "group must be a non-empty string"),
+    ("present", None, "group must be a non-empty string"),
+    ("missing", "g", "No stream .*missing.*ensure_group"),
+    ("present", "gg", r"No group 'gg' on .*present.* \(groups: \['g'\]\)"),
+    ("a string", "g", "holds a string, not a stream"),
+])
+def test_lag_monitor_refuses_a_stream_or_group_that_is_not_there_when_made(r, ns, stream, group, says):
+    """A misspelt group used to give an empty chart ("no samples yet") for the whole run, a missing stream a raw
+    server error at the first sample: each is a ConfigError naming what to pass, before anything runs."""
+    from labkit import ConfigError
+    from labkit.streams import ensure_group
+
+    ensure_group(r, ns.key("present"), "g")
+    r.set(ns.key("a string"), "v")
+    with pytest.raises(ConfigError, match=says):
+        LagMonitor(r, ns.key(stream) if stream else stream, group, duration=0.3, interval=0.1)
+
+
+def test_lag_monitor_stops_with_an_error_if_its_group_goes_during_the_run(r, ns, label_only):
+    from labkit import ConfigError
+    from labkit.streams import ensure_group
+
+    stream = ns.key("vanishing")
+    ensure_group(r, stream, "g")
+    monitor = LagMonitor(r, stream, "g", duration=2.0, interval=0.05)
+
+    def workload(stop):
+        eventually(lambda: monitor.result.series.get("lag"))
+        r.xgroup_destroy(stream, "g")
+        stop.wait()
+
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="No group 'g'"):
+        monitor.run(workload)
+    assert time.monotonic() - started < 2.0  # stopped at once, not after an empty run
 
 
 def test_peak_and_mean_leave_unknown_samples_out():
     from labkit.widgets import MonitorResult
 
-    result = MonitorResult(series={"lag": [math.nan, 4.0, math.nan, 2.0]})
+    result = MonitorResult(series={"lag": [math.nan, 4.0, math.nan, 2.0], "unknown": [math.nan, math.nan],
+                                   "zero": [0.0, 0.0]})
     assert result.peak("lag") == 4.0 and result.mean("lag") == 3.0
+    assert math.isnan(result.peak("unknown")) and math.isnan(result.mean("unknown"))  # unknown is never 0
+    assert result.peak("zero") == 0 and result.mean("zero") == 0
+
+
+def test_peak_of_a_series_not_recorded_names_the_ones_that_were():
+    from labkit import ConfigError
+    from labkit.widgets import MonitorResult
+
+    with pytest.raises(ConfigError, match=r"No series 'lg'.*\['lag', 'pending'\]"):
+        MonitorResult(series={"lag": [1.0], "pending": [0.0]}).peak("lg")
 
 
 def test_eviction_monitor_sees_a_server_fill_up_and_evict(capsys):

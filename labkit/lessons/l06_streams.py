@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import redis
 
+from labkit import validate
 from labkit.clients import connection_spec
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
@@ -50,6 +51,8 @@ def _answer(call: Callable):
 def ref_policies(engine: str, entries: int = 1000) -> RefPolicies:
     """On a fresh server of `engine`: `entries` entries, group g has read 20 and acknowledged 10; then
     XTRIM MAXLEN = 100 ACKED, XDEL of a pending entry, XDELEX DELREF of another, XACKDEL of a third."""
+    validate.integer(entries, "entries (ref_policies reads 20, acknowledges 10 and trims to MAXLEN 100)",
+                     minimum=101)
     with spawn(engine, modules=False) as server:
         r = server.client()
         caps = capabilities(r)

@@ -98,6 +98,14 @@ class Capabilities:
         return self.engine == "redis" and self.version_tuple >= (8, 2)
 
     @property
+    def stream_lag_recovers_past_hole(self) -> bool:
+        """Once a group has read one entry past a hole (an entry deleted inside the stream, at or after the group's
+        last delivered entry), XINFO GROUPS reports its lag again (Redis 7.0.15 measured). Valkey (8.1, 9.1) and
+        Redis 8.2.3 report nil until the group has read to the end of the stream, or the entries before the hole
+        are gone; Redis between 7.0 and 8.2 was not measured, so recovery is not claimed there."""
+        return self.engine == "redis" and self.version_tuple < (7, 2)
+
+    @property
     def stream_ack_delete(self) -> bool:
         """XACKDEL and XDELEX, and KEEPREF/DELREF/ACKED on XADD and XTRIM: acknowledge and delete in one command,
         trim only what every group acknowledged (Redis 8.2+; Valkey 8.1 and 9.1 lack them)."""

@@ -144,6 +144,14 @@ def test_ref_policies_spare_pending_entries_where_the_engine_has_them(engine):
         assert all(str(a).startswith("refused") for a in answers[:3]) and answers[3] == 10
 
 
+@pytest.mark.parametrize("entries", [0, -5, 10, 20, 100, "1000", 1000.0, True, None])
+def test_ref_policies_refuses_too_few_entries(entries):
+    """It reads 20 entries, acknowledges 10 and trims to MAXLEN 100: fewer than 101 entries say nothing (or
+    fail deep inside), so they are refused at once, naming what to pass."""
+    with pytest.raises(ConfigError, match=r"entries.*at least 101"):
+        lesson.ref_policies("valkey9", entries)
+
+
 # -- ordering -------------------------------------------------------------------------------------------
 def test_key_inversions_counts_only_within_a_key():
     assert lesson.key_inversions([("a", 0), ("b", 0), ("a", 1), ("b", 1)]) == 0
