@@ -426,13 +426,14 @@ def _pauser(replica: Server, every_s: float, pause_ms: int, stop: threading.Even
 
 
 def _pairs(primary: redis.Redis, replica: redis.Redis, count: int, wait_ms: int | None,
-           until: Callable[[list], bool] = lambda rows: True) -> tuple[list[tuple[float, float, bool]], int]:
-    """(start, end, stale) of each write-then-read, at least `count` of them and until `until(rows)` (asked
-    every 50 pairs), and how many reads went to the primary."""
+           until: Callable[[list, int], bool] = lambda rows, from_primary: True
+           ) -> tuple[list[tuple[float, float, bool]], int]:
+    """(start, end, stale) of each write-then-read, at least `count` of them and until `until(rows, from_primary)`
+    (asked every 50 pairs), and how many reads went to the primary."""
     rows, from_primary = [], 0
     with primary.pipeline(transaction=False) as pipe:
         for i in itertools.count():
-            if i >= count and i % 50 == 0 and until(rows):
+            if i >= count and i % 50 == 0 and until(rows, from_primary):
                 break
             started = time.monotonic()
             pipe.set("ryw", i)
@@ -465,11 +466,13 @@ def read_your_writes(pairs: int = 2000, *, load: bool = False, pause_every_s: fl
             helper.start()
         deadline = time.monotonic() + 30
 
-        def enough(rows: list) -> bool:  # on a busy machine pairs are slow: go on until some fell in a pause
-            if time.monotonic() > deadline or len(windows) < min_pauses:
+        def enough(rows: list, from_primary: int) -> bool:  # a busy machine makes pairs slow: go on until some
+            if time.monotonic() > deadline or len(windows) < min_pauses:  # fell in a pause
                 return time.monotonic() > deadline
-            if not min_pauses or wait_ms is not None:  # with WAIT nothing is stale: enough pauses are enough
+            if not min_pauses:
                 return True
+            if wait_ms is not None:  # with WAIT nothing is stale: until a WAIT has met a pause (and timed out)
+                return from_primary > 0
             inside, after = _around_pauses(rows, list(windows))
             return len(inside) >= 20 and sum(after) > 0
 
