@@ -28,8 +28,11 @@ def publish_numbered(r: redis.Redis, channel: str, count: int, *, start: int = 0
 
     Returns the number of deliveries PUBLISH reported (receivers summed over messages).
     """
-    if count < 0:
-        raise ConfigError(f"count must be zero or more, got {count}.")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ConfigError(f"count must be a whole number, zero or more; got {count!r}.")
+    validate.integer(start, "start", minimum=0)
+    if rate is not None:
+        validate.number(rate, "rate (messages per second; None: as fast as possible)", low=0, low_open=True)
     delivered, began = 0, time.monotonic()
     for i in range(start, start + count):
         if rate:
@@ -98,6 +101,17 @@ def heartbeat_run(feed: PresenceFeed, users: list[str], *, crash: dict[str, floa
     """`users` join and send a heartbeat every `every` seconds; each user in `crash` stops at that time
     (no leave). After each round of heartbeats a sweeper removes those silent for more than `max_age`.
     Everyone still online leaves at the end."""
+    if isinstance(users, str) or not isinstance(users, (list, tuple)) or not users:
+        raise ConfigError(f"users must be a list of names, like ['ada', 'bob']; got {users!r}.")
+    for user in users:
+        validate.name(user, "each user")
+    if not isinstance(crash, dict) or set(crash) - set(users):
+        raise ConfigError(f"crash maps some of users {list(users)} to when each stops, like {{'bob': 0.3}}; "
+                          f"got {crash!r}.")
+    for when in crash.values():
+        validate.seconds(when, "each crash time", allow_zero=True)
+    run_s, every = validate.seconds(run_s, "run_s"), validate.seconds(every, "every")
+    validate.seconds(max_age, "max_age")
     for user in users:
         feed.join(user)
     start, beats, swept = time.monotonic(), {user: [0.0] for user in users}, {}
@@ -168,6 +182,10 @@ def slow_subscriber(r: redis.Redis, channel: str, *, payload_bytes: int = 1000, 
 
     Run it on a server of its own with a small `client-output-buffer-limit pubsub` (see `spawn`).
     """
+    validate.name(channel, "channel")
+    validate.integer(payload_bytes, "payload_bytes")
+    validate.integer(step, "step (messages per look at CLIENT LIST)")
+    validate.integer(max_messages, "max_messages")
     limit = _pubsub_hard_limit(r)
     before, memory_before = _disconnections(r), _used_memory(r)
     name = f"labkit-slow-{secrets.token_hex(4)}"  # its own: other experiments' connections are never counted

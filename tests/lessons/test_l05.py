@@ -21,6 +21,21 @@ def test_publish_numbered_rejects_a_negative_count(r):
         lesson.publish_numbered(r, "x", -1)
 
 
+@pytest.mark.parametrize("count, rate", [("3", None), (2.5, None), (None, None), (3, -5), (3, 0), (3, "fast")])
+def test_publish_numbered_refuses_a_count_or_rate_it_cannot_use_and_publishes_nothing(r, ns, count, rate):
+    with Subscriber(r, ns.key("n"), name=ns.key("n")) as sub:
+        with pytest.raises(ConfigError, match="count|rate"):
+            lesson.publish_numbered(r, ns.key("n"), count, rate=rate)
+        assert lesson.publish_numbered(r, ns.key("n"), 1) == 1 and sub.wait_for(1) and sub.data() == ["0"]
+
+
+@pytest.mark.parametrize("bad", [{"step": 0}, {"step": -1}, {"payload_bytes": 0}, {"max_messages": 0},
+                                 {"step": "50"}])
+def test_slow_subscriber_refuses_a_step_or_size_that_would_never_end(r, bad):
+    with pytest.raises(ConfigError, match=next(iter(bad))):  # step=0 looped forever
+        lesson.slow_subscriber(r, "never", **bad)
+
+
 def test_kill_clients_only_kills_the_named_ones(r, ns):
     def connection_ids():
         return {c.get("name"): c["id"] for c in r.client_list()}
@@ -81,6 +96,20 @@ def test_heartbeat_run_sweeps_only_the_crashed_user(r, ns):
     run = lesson.heartbeat_run(feed, ["ann", "bo"], crash={"bo": 0.2}, run_s=0.8, every=0.05, max_age=0.2)
     assert list(run.swept) == ["bo"] and run.announced == ["leave:bo"] and run.online == {"ann"}
     assert run.swept["bo"] - run.last_beat["bo"] >= 0.2 and run.last_beat["bo"] < 0.2 + 0.1
+    assert feed.online() == set()
+
+
+@pytest.mark.parametrize("users, crash, every, why", [
+    ("ada", {}, 0.1, "list of names"),  # a forgotten pair of brackets: once ran users 'a', 'd', 'a'
+    ([], {}, 0.1, "list of names"),
+    (["ada", ""], {}, 0.1, "each user"),
+    (["ada"], {"zed": 0.1}, 0.1, "crash"),
+    (["ada"], {}, -1, "every"),
+])
+def test_heartbeat_run_refuses_bad_input_before_anyone_joins(r, ns, users, crash, every, why):
+    feed = PresenceFeed(r, "hb-bad", prefix=ns.key("p"))
+    with pytest.raises(ConfigError, match=why):
+        lesson.heartbeat_run(feed, users, crash=crash, run_s=0.3, every=every, max_age=1)
     assert feed.online() == set()
 
 
