@@ -24,7 +24,7 @@ def test_publish_numbered_rejects_a_negative_count(r):
 @pytest.mark.parametrize("count, rate", [("3", None), (2.5, None), (None, None), (3, -5), (3, 0), (3, "fast")])
 def test_publish_numbered_refuses_a_count_or_rate_it_cannot_use_and_publishes_nothing(r, ns, count, rate):
     with Subscriber(r, ns.key("n"), name=ns.key("n")) as sub:
-        with pytest.raises(ConfigError, match="count|rate"):
+        with pytest.raises(ConfigError, match=r"count|rate"):
             lesson.publish_numbered(r, ns.key("n"), count, rate=rate)
         assert lesson.publish_numbered(r, ns.key("n"), 1) == 1 and sub.wait_for(1) and sub.data() == ["0"]
 
