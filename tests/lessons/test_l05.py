@@ -71,8 +71,43 @@ def test_large_messages_are_counted_at_their_size_only_without_copy_avoidance():
     assert "closed" in result.error and result.last_backlog_bytes <= result.hard_limit_bytes
     if threshold is not None and threshold <= 20_000:
         assert result.held_bytes > 20 * result.hard_limit_bytes and result.published > 600
+        assert 0 < result.omem_per_message < 0.02 * 20_000  # omem counts about 1% of each message
     else:
         assert result.held_bytes < 4 * result.hard_limit_bytes and result.published < 600
+
+
+@pytest.mark.parametrize("engine", ["valkey9", "redis8"])
+def test_memory_held_by_reference_is_invisible_to_every_per_client_gauge(engine):
+    """Valkey 9: 1,000 x 20 KB to a subscriber that never reads hold ~16 MB, and only used_memory shows it:
+    omem, tot-mem (what maxmemory-clients counts) and mem_clients_normal stay near 0.2 MB. Copied (Redis 8.2),
+    every gauge sees the messages."""
+    with spawn(engine, modules=False) as srv:
+        threshold = lesson.copy_avoidance_threshold(srv.client())
+        gauges = lesson.memory_gauges(srv.client(), "lab:l05:firehose")
+        assert subscribed_clients(srv.client()) == []
+    assert gauges.used_memory_growth > 10 * 2**20
+    per_client = max(gauges.omem, gauges.tot_mem, gauges.mem_clients_normal)
+    if threshold is not None and threshold <= 20_000:
+        assert gauges.used_memory_growth > 20 * per_client
+    else:
+        assert gauges.omem > gauges.used_memory_growth / 2 and gauges.mem_clients_normal >= gauges.tot_mem
+
+
+def test_memory_gauges_refuses_what_it_cannot_publish(r):
+    for bad in ({"messages": 0}, {"payload_bytes": "20kb"}, {"timeout": -1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            lesson.memory_gauges(r, "never", **bad)
+
+
+def test_omem_per_message_counts_only_the_messages_queued_in_the_server():
+    run = lesson.SlowSubscriberResult(256 * 1024, 500, 3000, 0, None, 0, "", backlog=[(100, 0), (200, 0), (300, 3000)])
+    assert run.in_kernel == 200 and run.omem_per_message == 30.0
+    assert lesson.SlowSubscriberResult(1, 0, 0, 0, None, 0, "").omem_per_message is None
+
+
+def test_pubsub_limit_reads_hard_soft_and_seconds():
+    with spawn(client_output_buffer_limit="pubsub 256kb 128kb 10") as srv:
+        assert lesson.pubsub_limit(srv.client()) == (256 * 1024, 128 * 1024, 10)
 
 
 def test_copy_avoidance_threshold_reads_the_hidden_setting(r):
