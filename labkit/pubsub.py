@@ -27,7 +27,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from labkit import validate
+from labkit import scripts, validate
 from labkit.clients import derive, text
 from labkit.errors import ConfigError, ServerUnavailable
 
@@ -296,67 +296,55 @@ def subscribed_clients(r: redis.Redis, name_prefix: str = "") -> list[dict]:
 class PresenceFeed:
     """Who is online in a room: a sorted set is the truth, a channel announces every change.
 
-    `join` and `leave` update the set and publish in one MULTI (one round trip), so the set and the
-    announcements never disagree. A subscriber that missed announcements reads `online()` to catch up.
-    A member's score is its last sign of life, in seconds on the SERVER's clock, so machines whose clocks
-    disagree still agree on who is silent: `heartbeat` refreshes it, and `sweep` removes the members silent
-    for longer than `max_age` (a client that crashed never says "leave") and announces each as a leave.
-    The sweep reads the server's `TIME`; joins and heartbeats use this process's clock corrected by its
-    offset from the server's, measured once when the feed is made (to within half a round trip; make a new
-    feed after the local clock is stepped). `local_clock` (seconds, like `time.time`) is for tests.
+    `join` adds the user and publishes "join:<user>" in one Lua script, `leave` removes and publishes in one
+    MULTI: one round trip each, and the set and the announcements never disagree. A subscriber that missed
+    announcements reads `online()` to catch up. A member's score is its last sign of life, in seconds on the
+    SERVER's clock (`TIME`, read inside the script or the sweep's transaction), so machines whose clocks
+    disagree, or get stepped, still agree on who is silent: `heartbeat` refreshes it, and `sweep` removes
+    the members silent for longer than `max_age` (a client that crashed never says "leave") and announces
+    each as a leave. No client clock is read anywhere; `now=` on `heartbeat` and `sweep` is for tests.
     """
 
-    def __init__(self, r: redis.Redis, room: str, *, prefix: str = "lab:presence",
-                 local_clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, r: redis.Redis, room: str, *, prefix: str = "lab:presence") -> None:
+        if not isinstance(r, (redis.Redis, RedisCluster)):
+            raise ConfigError(f"PresenceFeed needs a client (labkit.connect() or server.client()), got {r!r}.")
         self.r = r
         validate.name(room, "room")
         validate.prefix(prefix)
-        if not callable(local_clock):
-            raise ConfigError(f"local_clock must be a function returning seconds, like time.time; got {local_clock!r}.")
         self.members_key = f"{prefix}:{room}:online"
         self.channel = f"{prefix}:{room}:events"
-        self.local_clock = local_clock
-        before = local_clock()
-        seconds, micros = r.time()
-        self.offset = seconds + micros / 1e6 - (before + local_clock()) / 2  # server clock minus ours
 
-    def now(self) -> float:
-        """The server's time, from this process's clock and its measured offset (no round trip)."""
-        return self.local_clock() + self.offset
-
-    def _change(self, action: str, user: str) -> None:
+    def join(self, user: str) -> int:
+        """Add `user` with the server's time and announce it; returns how many subscribers heard it."""
         validate.name(user, "user")
-        pipe = self.r.pipeline(transaction=True)
-        if action == "join":
-            pipe.zadd(self.members_key, {user: self.now()})
-        else:
-            pipe.zrem(self.members_key, user)
-        pipe.publish(self.channel, f"{action}:{user}")
-        pipe.execute()
-
-    def join(self, user: str) -> None:
-        self._change("join", user)
+        return scripts.register(self.r, "pubsub/join")(keys=[self.members_key], args=[user, self.channel])
 
     def leave(self, user: str) -> None:
-        self._change("leave", user)
+        validate.name(user, "user")
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zrem(self.members_key, user)
+        pipe.publish(self.channel, f"leave:{user}")
+        pipe.execute()
 
     def online(self) -> set[str]:
         return {text(m) for m in self.r.zrange(self.members_key, 0, -1)}
 
     def heartbeat(self, user: str, *, now: float | None = None) -> bool:
-        """Refresh `user`'s last sign of life (ZADD XX, in one MULTI with a ZSCORE): True if `user` was
-        online; False if not (swept, or never joined), and then nothing is added: call `join` again."""
+        """Refresh `user`'s last sign of life to the server's time, to the ms (one script: ZSCORE, then
+        ZADD XX): True if `user` was online; False if not (swept, or never joined), and then nothing is
+        added: call `join` again. `now` (seconds since the epoch) replaces the server's time, for tests."""
         validate.name(user, "user")
-        pipe = self.r.pipeline(transaction=True)
-        pipe.zscore(self.members_key, user)
-        pipe.zadd(self.members_key, {user: self.now() if now is None else now}, xx=True)
-        return pipe.execute()[0] is not None
+        args = [user] if now is None else [user, round(_test_time(now) * 1000)]
+        return scripts.register(self.r, "pubsub/heartbeat")(keys=[self.members_key], args=args) == 1
 
     def sweep(self, max_age: float, *, now: float | None = None) -> list[str]:
         """Remove the members with no heartbeat for more than `max_age` seconds and announce each as a
         leave, in one MULTI under WATCH: a heartbeat that lands between the read and the removal makes
-        the transaction retry, so a live member is never swept. Returns the members removed."""
+        the transaction retry, so a live member is never swept. Returns the members removed. `now`
+        (seconds since the epoch) replaces the server's time, for tests."""
         validate.seconds(max_age, "max_age")
+        if now is not None:
+            _test_time(now)
 
         def remove_stale(pipe: redis.client.Pipeline) -> list[str]:
             if now is None:
@@ -377,6 +365,11 @@ class PresenceFeed:
         """Apply one announcement ("join:alice" or "leave:alice") to a local view of who is online."""
         action, _, user = event.partition(":")
         (seen.add if action == "join" else seen.discard)(user)
+
+
+def _test_time(now: Any) -> float:
+    return validate.number(now, "now (a test's time in seconds since the epoch; omit it for the server's TIME)",
+                           low=0)
 
 
 async def listen(url: str, channel: str, handler: Callable[[str], Awaitable[None] | None], stop: asyncio.Event,

@@ -2,6 +2,7 @@
 
 import asyncio
 import itertools
+import math
 import random
 import threading
 import time
@@ -13,6 +14,7 @@ from labkit import ConfigError, ServerUnavailable
 from labkit.lessons.l05_pubsub import kill_clients, missing, publish_numbered
 from labkit.pubsub import InvalidatedCache, PresenceFeed, Subscriber, backoff_delays, listen, subscribed_clients
 from labkit.server import Server, cluster, spawn
+from labkit.tracing import trace
 
 from .faults import hooked_client
 from .waiting import eventually
@@ -103,23 +105,49 @@ def test_sweep_removes_only_members_silent_past_max_age_and_announces_them(r, ns
     r.delete(feed.members_key)
 
 
-def test_presence_times_are_the_servers_whatever_each_client_clock_says(r, ns):
-    """Three processes' clocks: one right, one 5 s behind, one 5 s ahead (injected). A member heartbeating from
-    the slow clock is not swept; one that went silent on the fast clock is swept after max_age, not 5 s later."""
-    sweeper = PresenceFeed(r, "skew", prefix=ns.key("p"))
-    behind = PresenceFeed(r, "skew", prefix=ns.key("p"), local_clock=lambda: time.time() - 5)
-    ahead = PresenceFeed(r, "skew", prefix=ns.key("p"), local_clock=lambda: time.time() + 5)
-    assert abs(behind.offset - 5) < 0.5 and abs(ahead.offset + 5) < 0.5 and abs(sweeper.offset) < 0.5
-    server_now = r.time()[0]
+def test_join_and_heartbeat_score_on_the_servers_time_in_one_script_each(r, ns):
+    """No client clock: the score is the server's TIME, read inside the script that writes it (one EVALSHA;
+    the join's announcement goes in the same script)."""
+    feed = PresenceFeed(r, "skew", prefix=ns.key("p"))
+    feed.join("warm")  # loads the scripts, so the traces below show only the calls themselves
+    feed.heartbeat("warm")
     try:
-        behind.join("slow-clock")
-        ahead.join("fast-clock")
-        assert behind.heartbeat("slow-clock") and sweeper.sweep(1) == []  # both fresh on the server's clock
-        assert all(abs(score - server_now) < 2 for _, score in r.zrange(sweeper.members_key, 0, -1, withscores=True))
-        time.sleep(0.3)
-        assert behind.heartbeat("slow-clock") and sweeper.sweep(0.2) == ["fast-clock"]
+        with Subscriber(r, feed.channel, name=ns.key("skew")) as sub:
+            before = r.time()
+            with trace(r, show=False) as joined:
+                assert feed.join("ann") == 1
+            with trace(r, show=False) as beat:
+                assert feed.heartbeat("ann") is True
+            after = r.time()
+            assert sub.wait_for(1) and sub.data() == ["join:ann"]
+        assert joined.names() == ["EVALSHA"] and joined.round_trips == 1
+        assert beat.names() == ["EVALSHA"] and beat.round_trips == 1
+        score_ms = round(r.zscore(feed.members_key, "ann") * 1000)  # seconds, to the ms
+        assert before[0] * 1000 + before[1] // 1000 <= score_ms <= after[0] * 1000 + after[1] // 1000
     finally:
-        r.delete(sweeper.members_key)
+        r.delete(feed.members_key)
+
+
+@pytest.mark.parametrize("now", [math.inf, -math.inf, math.nan, -1, "soon", [130.0], True])
+def test_an_injected_time_that_is_not_one_is_refused_and_changes_nothing(r, ns, now):
+    """now=inf once made a member immortal (never swept), and a sweep at inf removed everyone."""
+    feed = PresenceFeed(r, "clock", prefix=ns.key("p"))
+    feed.join("ann")
+    r.zadd(feed.members_key, {"ann": 100.0})
+    try:
+        with pytest.raises(ConfigError, match="now"):
+            feed.heartbeat("ann", now=now)
+        with pytest.raises(ConfigError, match="now"):
+            feed.sweep(20, now=now)
+        assert r.zrange(feed.members_key, 0, -1, withscores=True) == [("ann", 100.0)]
+    finally:
+        r.delete(feed.members_key)
+
+
+def test_presence_feed_needs_a_client():
+    for bad in (None, "redis://127.0.0.1:6379", 5):
+        with pytest.raises(ConfigError, match="client"):
+            PresenceFeed(bad, "room")
 
 
 def test_sweep_never_removes_a_member_whose_heartbeat_lands_during_it(r, ns):

@@ -36,7 +36,7 @@ def test_every_script_states_its_keys_argv_and_return(name):
             assert re.search(rf"^-- {table}\s+none", header, re.M), f"{name}: say '-- {table}  none'"
 
 
-KEYLESS = {"TIME"}  # commands that take no key
+KEYLESS = {"TIME", "PUBLISH"}  # commands that take no key (PUBLISH takes a channel)
 CALL = re.compile(r"redis\.p?call\(\s*'(\w+)'\s*(?:,\s*([^,)]+))?")
 
 

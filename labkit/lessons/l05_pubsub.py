@@ -28,8 +28,11 @@ def publish_numbered(r: redis.Redis, channel: str, count: int, *, start: int = 0
 
     Returns the number of deliveries PUBLISH reported (receivers summed over messages).
     """
-    if count < 0:
-        raise ConfigError(f"count must be zero or more, got {count}.")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ConfigError(f"count must be a whole number, zero or more; got {count!r}.")
+    validate.integer(start, "start", minimum=0)
+    if rate is not None:
+        validate.number(rate, "rate (messages per second; None: as fast as possible)", low=0, low_open=True)
     delivered, began = 0, time.monotonic()
     for i in range(start, start + count):
         if rate:
@@ -98,6 +101,17 @@ def heartbeat_run(feed: PresenceFeed, users: list[str], *, crash: dict[str, floa
     """`users` join and send a heartbeat every `every` seconds; each user in `crash` stops at that time
     (no leave). After each round of heartbeats a sweeper removes those silent for more than `max_age`.
     Everyone still online leaves at the end."""
+    if isinstance(users, str) or not isinstance(users, (list, tuple)) or not users:
+        raise ConfigError(f"users must be a list of names, like ['ada', 'bob']; got {users!r}.")
+    for user in users:
+        validate.name(user, "each user")
+    if not isinstance(crash, dict) or set(crash) - set(users):
+        raise ConfigError(f"crash maps some of users {list(users)} to when each stops, like {{'bob': 0.3}}; "
+                          f"got {crash!r}.")
+    for when in crash.values():
+        validate.seconds(when, "each crash time", allow_zero=True)
+    run_s, every = validate.seconds(run_s, "run_s"), validate.seconds(every, "every")
+    validate.seconds(max_age, "max_age")
     for user in users:
         feed.join(user)
     start, beats, swept = time.monotonic(), {user: [0.0] for user in users}, {}
@@ -153,13 +167,36 @@ class SlowSubscriberResult:
     error: str
     backlog: list[tuple[int, int]] = field(default_factory=list)  # (published, omem) samples
 
+    @property
+    def in_kernel(self) -> int:
+        """Messages published while omem was still 0: what the kernel's socket buffers took first."""
+        return max((published for published, omem in self.backlog if omem == 0), default=0)
+
+    @property
+    def omem_per_message(self) -> float | None:
+        """omem at the last look over the messages queued in the server by then (published minus those in the
+        kernel's buffers): what the output buffer limit counts for one message. An estimate: omem grows in
+        blocks, and the kernel's buffers may take a few more messages as they grow."""
+        if not self.backlog:
+            return None
+        published, omem = self.backlog[-1]
+        queued = published - self.in_kernel
+        return omem / queued if queued > 0 else None
+
 
 DISCONNECTIONS = "client_output_buffer_limit_disconnections"
 
 
-def _pubsub_hard_limit(r: redis.Redis) -> int:
+def pubsub_limit(r: redis.Redis) -> tuple[int, int, int]:
+    """The server's `client-output-buffer-limit` for pub/sub clients: (hard bytes, soft bytes, soft seconds)."""
     words = r.config_get("client-output-buffer-limit")["client-output-buffer-limit"].split()
-    return int(words[words.index("pubsub") + 1])
+    at = words.index("pubsub")
+    hard, soft, seconds = (int(w) for w in words[at + 1:at + 4])
+    return hard, soft, seconds
+
+
+def _pubsub_hard_limit(r: redis.Redis) -> int:
+    return pubsub_limit(r)[0]
 
 
 def slow_subscriber(r: redis.Redis, channel: str, *, payload_bytes: int = 1000, step: int = 50,
@@ -168,6 +205,10 @@ def slow_subscriber(r: redis.Redis, channel: str, *, payload_bytes: int = 1000, 
 
     Run it on a server of its own with a small `client-output-buffer-limit pubsub` (see `spawn`).
     """
+    validate.name(channel, "channel")
+    validate.integer(payload_bytes, "payload_bytes")
+    validate.integer(step, "step (messages per look at CLIENT LIST)")
+    validate.integer(max_messages, "max_messages")
     limit = _pubsub_hard_limit(r)
     before, memory_before = _disconnections(r), _used_memory(r)
     name = f"labkit-slow-{secrets.token_hex(4)}"  # its own: other experiments' connections are never counted
@@ -235,6 +276,55 @@ def copy_avoidance_threshold(r: redis.Redis) -> int | None:
     setting. A hidden setting: `CONFIG GET *` does not list it, CONFIG GET by its exact name does."""
     value = r.config_get(COPY_AVOIDANCE).get(COPY_AVOIDANCE)
     return None if value is None else int(value)
+
+
+@dataclass
+class MemoryGauges:
+    """What each memory gauge of the server says about one subscriber that never reads."""
+
+    messages: int  # published to it, none read
+    used_memory_growth: int  # INFO memory used_memory, after minus before: what the server really holds
+    omem: int  # CLIENT LIST omem: its output buffer, what client-output-buffer-limit counts
+    tot_mem: int | None  # CLIENT LIST tot-mem: all its memory, what maxmemory-clients (client eviction) counts
+    mem_clients_normal: int | None  # INFO memory: every normal and pub/sub client together (= MEMORY STATS
+    # clients.normal)
+
+
+def memory_gauges(r: redis.Redis, channel: str, *, messages: int = 1000, payload_bytes: int = 20_000,
+                  timeout: float = 3.0) -> MemoryGauges:
+    """Publish `messages` to a subscriber that never reads, then read every gauge once the server's cron
+    has counted the client (mem_clients_normal is updated there, every 100 ms or so, not per command).
+    Run it on a server of its own whose limits let the messages pile up (the default's do: 32 MB hard)."""
+    validate.name(channel, "channel")
+    validate.integer(messages, "messages")
+    validate.integer(payload_bytes, "payload_bytes")
+    validate.seconds(timeout, "timeout")
+    name = f"labkit-gauge-{secrets.token_hex(4)}"
+    listener = named_client(r, name, retry=False).pubsub()
+    try:
+        listener.subscribe(channel)
+        listener.get_message(timeout=1)
+        before = _used_memory(r)
+        pipe, payload = r.pipeline(transaction=False), "x" * payload_bytes
+        for _ in range(messages):
+            pipe.publish(channel, payload)
+        pipe.execute()
+        deadline = time.monotonic() + timeout
+        while True:
+            mine = [c for c in r.client_list() if c.get("name") == name]
+            if not mine:
+                raise ConfigError(f"the subscriber was disconnected: raise this server's client-output-buffer-limit "
+                                  f"pubsub above {messages} x {payload_bytes} bytes, or publish fewer.")
+            memory = r.info("memory")
+            tot_mem = int(mine[0]["tot-mem"]) if "tot-mem" in mine[0] else None
+            normal = int(memory["mem_clients_normal"]) if "mem_clients_normal" in memory else None
+            if tot_mem is None or normal is None or normal >= tot_mem or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        return MemoryGauges(messages, int(memory["used_memory"]) - before, int(mine[0]["omem"]), tot_mem, normal)
+    finally:
+        listener.close()
+        listener.connection_pool.disconnect()
 
 
 def _disconnections(r: redis.Redis) -> int | None:

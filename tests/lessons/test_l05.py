@@ -21,6 +21,21 @@ def test_publish_numbered_rejects_a_negative_count(r):
         lesson.publish_numbered(r, "x", -1)
 
 
+@pytest.mark.parametrize("count, rate", [("3", None), (2.5, None), (None, None), (3, -5), (3, 0), (3, "fast")])
+def test_publish_numbered_refuses_a_count_or_rate_it_cannot_use_and_publishes_nothing(r, ns, count, rate):
+    with Subscriber(r, ns.key("n"), name=ns.key("n")) as sub:
+        with pytest.raises(ConfigError, match=r"count|rate"):
+            lesson.publish_numbered(r, ns.key("n"), count, rate=rate)
+        assert lesson.publish_numbered(r, ns.key("n"), 1) == 1 and sub.wait_for(1) and sub.data() == ["0"]
+
+
+@pytest.mark.parametrize("bad", [{"step": 0}, {"step": -1}, {"payload_bytes": 0}, {"max_messages": 0},
+                                 {"step": "50"}])
+def test_slow_subscriber_refuses_a_step_or_size_that_would_never_end(r, bad):
+    with pytest.raises(ConfigError, match=next(iter(bad))):  # step=0 looped forever
+        lesson.slow_subscriber(r, "never", **bad)
+
+
 def test_kill_clients_only_kills_the_named_ones(r, ns):
     def connection_ids():
         return {c.get("name"): c["id"] for c in r.client_list()}
@@ -56,8 +71,43 @@ def test_large_messages_are_counted_at_their_size_only_without_copy_avoidance():
     assert "closed" in result.error and result.last_backlog_bytes <= result.hard_limit_bytes
     if threshold is not None and threshold <= 20_000:
         assert result.held_bytes > 20 * result.hard_limit_bytes and result.published > 600
+        assert 0 < result.omem_per_message < 0.02 * 20_000  # omem counts about 1% of each message
     else:
         assert result.held_bytes < 4 * result.hard_limit_bytes and result.published < 600
+
+
+@pytest.mark.parametrize("engine", ["valkey9", "redis8"])
+def test_memory_held_by_reference_is_invisible_to_every_per_client_gauge(engine):
+    """Valkey 9: 1,000 x 20 KB to a subscriber that never reads hold ~16 MB, and only used_memory shows it:
+    omem, tot-mem (what maxmemory-clients counts) and mem_clients_normal stay near 0.2 MB. Copied (Redis 8.2),
+    every gauge sees the messages."""
+    with spawn(engine, modules=False) as srv:
+        threshold = lesson.copy_avoidance_threshold(srv.client())
+        gauges = lesson.memory_gauges(srv.client(), "lab:l05:firehose")
+        assert subscribed_clients(srv.client()) == []
+    assert gauges.used_memory_growth > 10 * 2**20
+    per_client = max(gauges.omem, gauges.tot_mem, gauges.mem_clients_normal)
+    if threshold is not None and threshold <= 20_000:
+        assert gauges.used_memory_growth > 20 * per_client
+    else:
+        assert gauges.omem > gauges.used_memory_growth / 2 and gauges.mem_clients_normal >= gauges.tot_mem
+
+
+def test_memory_gauges_refuses_what_it_cannot_publish(r):
+    for bad in ({"messages": 0}, {"payload_bytes": "20kb"}, {"timeout": -1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            lesson.memory_gauges(r, "never", **bad)
+
+
+def test_omem_per_message_counts_only_the_messages_queued_in_the_server():
+    run = lesson.SlowSubscriberResult(256 * 1024, 500, 3000, 0, None, 0, "", backlog=[(100, 0), (200, 0), (300, 3000)])
+    assert run.in_kernel == 200 and run.omem_per_message == 30.0
+    assert lesson.SlowSubscriberResult(1, 0, 0, 0, None, 0, "").omem_per_message is None
+
+
+def test_pubsub_limit_reads_hard_soft_and_seconds():
+    with spawn(client_output_buffer_limit="pubsub 256kb 128kb 10") as srv:
+        assert lesson.pubsub_limit(srv.client()) == (256 * 1024, 128 * 1024, 10)
 
 
 def test_copy_avoidance_threshold_reads_the_hidden_setting(r):
@@ -81,6 +131,20 @@ def test_heartbeat_run_sweeps_only_the_crashed_user(r, ns):
     run = lesson.heartbeat_run(feed, ["ann", "bo"], crash={"bo": 0.2}, run_s=0.8, every=0.05, max_age=0.2)
     assert list(run.swept) == ["bo"] and run.announced == ["leave:bo"] and run.online == {"ann"}
     assert run.swept["bo"] - run.last_beat["bo"] >= 0.2 and run.last_beat["bo"] < 0.2 + 0.1
+    assert feed.online() == set()
+
+
+@pytest.mark.parametrize("users, crash, every, why", [
+    ("ada", {}, 0.1, "list of names"),  # a forgotten pair of brackets: once ran users 'a', 'd', 'a'
+    ([], {}, 0.1, "list of names"),
+    (["ada", ""], {}, 0.1, "each user"),
+    (["ada"], {"zed": 0.1}, 0.1, "crash"),
+    (["ada"], {}, -1, "every"),
+])
+def test_heartbeat_run_refuses_bad_input_before_anyone_joins(r, ns, users, crash, every, why):
+    feed = PresenceFeed(r, "hb-bad", prefix=ns.key("p"))
+    with pytest.raises(ConfigError, match=why):
+        lesson.heartbeat_run(feed, users, crash=crash, run_s=0.3, every=every, max_age=1)
     assert feed.online() == set()
 
 
