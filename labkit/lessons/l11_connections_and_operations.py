@@ -33,10 +33,10 @@ import redis.asyncio as aredis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
-from labkit import ops
+from labkit import ops, validate
 from labkit.bench import side_by_side
 from labkit.clients import connection_spec, options
-from labkit.errors import ServerUnavailable
+from labkit.errors import ConfigError, ServerUnavailable
 from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.server import Server, available_engines, spawn, tls_built_in
@@ -1293,6 +1293,7 @@ def password_guessing(srv: Server, guesses: int = 2000, rounds: int = 40, depth:
     many PINGs from a logged-in one, and, where a fresh connection got answers to `depth` wrong AUTHs sent at
     once, `depth` at a time per round, in `rounds` interleaved turns (the order alternating); then `flood`
     wrong AUTHs in one write from a new connection."""
+    _check_guessing(srv, guesses, rounds, depth, flood)
     admin = client_of(srv)
     admin.acl_log_reset()
     per_round = guesses // rounds
@@ -1322,6 +1323,19 @@ def password_guessing(srv: Server, guesses: int = 2000, rounds: int = 40, depth:
     return Guessing(rate["auth"], rate["ping"], statistics.median(map(_ratio, per_guess["ping"], per_guess["auth"])),
                     rate.get("pipelined"), pipelined_ratio, depth, pipeline_answered, guessed, failures, flood,
                     _flood(srv, flood))
+
+
+def _check_guessing(srv: Any, guesses: Any, rounds: Any, depth: Any, flood: Any) -> None:
+    """Refuse bad arguments to `password_guessing` before it touches the server (and resets its ACL LOG)."""
+    if not isinstance(srv, Server):
+        raise ConfigError(f"srv must be a labkit Server this lesson started (lesson.server(...)): it needs the "
+                          f"server's address and password, and resets its ACL LOG; got {type(srv).__name__}.")
+    for what, value, least in (("guesses", guesses, 1), ("rounds", rounds, 1), ("depth", depth, 1),
+                               ("flood", flood, 0)):
+        validate.integer(value, what, minimum=least)
+    if guesses < rounds:
+        raise ConfigError(f"guesses ({guesses}) must be at least rounds ({rounds}): each round sends guesses // "
+                          f"rounds of them one at a time.")
 
 
 def _ratio(a: float, b: float) -> float:

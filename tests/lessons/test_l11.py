@@ -229,6 +229,21 @@ def test_a_wrong_password_costs_about_a_ping_is_logged_and_a_flood_is_cut_off(sr
     assert lesson.search_time_s(10, 4, 100.0) == 100.0
 
 
+@pytest.mark.parametrize("bad", [{"guesses": 10}, {"guesses": 0}, {"rounds": 0}, {"guesses": -5}, {"depth": 0},
+                                 {"flood": -1}, {"guesses": "2000"}, {"srv": "client"}])
+def test_password_guessing_refuses_bad_input_before_it_resets_the_acl_log(srv, bad):
+    admin = srv.client()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host=srv.host, port=srv.port, password="wrong", **lesson.options()).ping()
+    entries = lambda: [(e["reason"], e["object"], e["count"]) for e in admin.acl_log()]  # noqa: E731
+    logged = entries()
+    arguments = {"srv": srv} | bad | ({"srv": admin} if bad.get("srv") == "client" else {})
+    with pytest.raises(lesson.ConfigError, match="srv|guesses|rounds|depth|flood"):
+        lesson.password_guessing(**arguments)
+    assert entries() == logged and logged  # the ACL LOG a learner was reading is still there
+    admin.close()
+
+
 def test_tls_where_an_engine_has_it():
     engine = lesson.tls_engine()
     if engine is None:
