@@ -238,7 +238,7 @@ def test_password_guessing_refuses_bad_input_before_it_resets_the_acl_log(srv, b
     entries = lambda: [(e["reason"], e["object"], e["count"]) for e in admin.acl_log()]  # noqa: E731
     logged = entries()
     arguments = {"srv": srv} | bad | ({"srv": admin} if bad.get("srv") == "client" else {})
-    with pytest.raises(lesson.ConfigError, match="srv|guesses|rounds|depth|flood"):
+    with pytest.raises(lesson.ConfigError, match=r"srv|guesses|rounds|depth|flood"):
         lesson.password_guessing(**arguments)
     assert entries() == logged and logged  # the ACL LOG a learner was reading is still there
     admin.close()
