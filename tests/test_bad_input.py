@@ -29,6 +29,7 @@ from labkit import (
     vectors,
     workshop,
 )
+from labkit.lessons import l11_connections_and_operations as l11
 from labkit.server import capabilities, cluster
 from labkit.server.topology import Cluster
 
@@ -99,6 +100,7 @@ def world():
 Call = Callable[[World, Any], object]
 UNREACHABLE_TRIO = [redis.Redis(port=port) for port in (1, 2, 3)]  # three servers; the checks run before any call
 NOT_A_CLUSTER = [None, "redis://127.0.0.1:6379", 5, redis.Redis(port=1)]  # a plain client is not a RedisCluster
+NOT_A_SERVER = [None, "redis://127.0.0.1:6379", 5, redis.Redis(port=1)]  # a client is not a labkit Server
 SLOT = [None, "0", -1, 16384, 1.5, True]  # a hash slot: an integer from 0 to 16383
 
 
@@ -349,6 +351,14 @@ ROWS = [
     Row("acl_dryrun", "user", lambda w, v: ops.acl_dryrun(w.r, v, "GET", "k"), NAME),
     Row("acl_dryrun", "command", lambda w, v: ops.acl_dryrun(w.r, "default", *v), [[], [None], [b"GET"], [True]]),
     Row("acl_failures", "count", lambda w, v: ops.acl_failures(w.r, v), COUNT),
+    # -- lesson 11: refused before it resets the server's ACL LOG (a cluster node stands in for a Server) -------
+    Row("password_guessing", "srv", lambda w, v: l11.password_guessing(v), NOT_A_SERVER),
+    Row("password_guessing", "guesses", lambda w, v: l11.password_guessing(w.topo.primaries[0], guesses=v),
+        [*COUNT, 10]),  # 10: fewer than the 40 rounds
+    Row("password_guessing", "rounds", lambda w, v: l11.password_guessing(w.topo.primaries[0], rounds=v),
+        [*COUNT, 3000]),  # 3000: more than the 2000 guesses
+    Row("password_guessing", "depth", lambda w, v: l11.password_guessing(w.topo.primaries[0], depth=v), COUNT),
+    Row("password_guessing", "flood", lambda w, v: l11.password_guessing(w.topo.primaries[0], flood=v), COUNT0),
 ]
 
 

@@ -33,10 +33,10 @@ import redis.asyncio as aredis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
-from labkit import ops
+from labkit import ops, validate
 from labkit.bench import side_by_side
 from labkit.clients import connection_spec, options
-from labkit.errors import ServerUnavailable
+from labkit.errors import ConfigError, ServerUnavailable
 from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.server import Server, available_engines, spawn, tls_built_in
@@ -1216,30 +1216,36 @@ def config_set_refusals(c: redis.Redis) -> dict[str, str]:
 class Guessing:
     """Password guessing from one connection that never logged in: guesses per second one at a time (each
     waiting for its reply) against PINGs per second from a logged-in connection doing the same, and the median
-    of their per-round ratio; how many of `depth` guesses sent at once (pipelined) a fresh connection got
-    answers to, and where it got all of them, guesses per second `depth` at a time; what ACL LOG counted
-    against the wrong passwords answered; and what happened to a burst of `flood` guesses sent without
-    reading a reply."""
+    of their per-round ratio; guesses per second `depth` at a time (pipelined, each write ending with a PING
+    whose reply says the server has answered all it will), the median ratio to one at a time, and how many of
+    the wrong passwords pipelined got a reply; what `depth` - 1 wrong passwords and the right one in one write
+    got; what ACL LOG counted against the wrong passwords sent; and what happened to a connection that sent
+    `flood` wrong AUTHs, or `flood` PINGs, in one write without reading a reply."""
 
     guesses_per_s: float
     ping_per_s: float
     ratio: float
-    pipelined_per_s: float | None  # None where the server does not answer pipelined guesses
-    pipelined_ratio: float | None
+    pipelined_per_s: float
+    pipelined_ratio: float
     depth: int
-    pipeline_answered: int  # of `depth` guesses sent at once by a connection not logged in
+    pipelined_sent: int
+    pipelined_answered: int  # WRONGPASS replies to the `pipelined_sent` wrong passwords
+    right_guess: str  # the replies to `depth` - 1 wrong passwords and the right one in one write, then a PING
     sent: int  # wrong passwords sent before ACL LOG was read, all connections together
     logged_failures: int
     flood: int
     flood_reply: str
+    ping_flood_reply: str
 
     @property
     def fastest_per_s(self) -> float:
-        """Guesses per second the faster way this server allows."""
-        return self.pipelined_per_s or self.guesses_per_s
+        """Guesses per second the faster way."""
+        return max(self.pipelined_per_s, self.guesses_per_s)
 
-
-SILENCE_S = 1.0  # no byte for this long after a write: the server has answered all it will
+    @property
+    def right_guess_found(self) -> bool:
+        """The right password among pipelined guesses got its +OK, and the connection answered the PING after it."""
+        return self.right_guess.endswith("+OK, +PONG")
 
 
 def _one_at_a_time(s: socket.socket, lines: Sequence[bytes]) -> float:
@@ -1252,76 +1258,110 @@ def _one_at_a_time(s: socket.socket, lines: Sequence[bytes]) -> float:
     return time.perf_counter() - started
 
 
-def _all_at_once(s: socket.socket, lines: Sequence[bytes]) -> tuple[float, int]:
-    """Send every line in one write and read their one-line replies: the seconds that took, and how many replies
-    came (fewer than the lines if the server stopped answering for `SILENCE_S`)."""
+def _at_once(s: socket.socket, lines: Sequence[bytes], last: bytes) -> tuple[float, bytes, bool]:
+    """Send every line in one write and read until the reply `last` (the last line's) arrives or the server
+    closes the connection: the seconds that took, what came, and whether the server closed it."""
     started, received = time.perf_counter(), b""
     s.sendall(b"".join(lines))
-    s.settimeout(SILENCE_S)
-    try:
-        while received.count(b"\r\n") < len(lines):
-            chunk = s.recv(65536)
-            if not chunk:
-                raise redis.ConnectionError("the server closed the connection")
-            received += chunk
-    except TimeoutError:
-        pass
-    finally:
-        s.settimeout(5)
-    return time.perf_counter() - started, received.count(b"\r\n")
-
-
-def _flood(srv: Server, guesses: int) -> str:
-    """Send `guesses` wrong AUTHs in one write from a new connection, then read: what came back."""
-    with socket.create_connection((srv.host, srv.port), timeout=SILENCE_S) as s:
-        s.sendall(b"".join(f"AUTH flood-{i}\r\n".encode() for i in range(guesses)))
-        received = b""
+    while not received.endswith(last):
         try:
-            while received.count(b"\r\n") < guesses:
-                chunk = s.recv(65536)
-                if not chunk:
-                    return f"closed by the server after {received.count(b'WRONGPASS')} replies"
-                received += chunk
-        except TimeoutError:
-            return f"{received.count(b'WRONGPASS')} replies, then silence (the connection stays open)"
-    return f"all {guesses} replies"
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            return time.perf_counter() - started, received, True
+        received += chunk
+    return time.perf_counter() - started, received, False
 
 
-def password_guessing(srv: Server, guesses: int = 2000, rounds: int = 40, depth: int = 16,
+NOAUTH = b"-NOAUTH Authentication required.\r\n"  # what a PING gets from a connection that has not logged in
+
+
+def _flood(srv: Server, line: Callable[[int], bytes], count: int) -> str:
+    """Send `count` lines in one write from a new connection that never logged in, then a PING: what came back."""
+    with socket.create_connection((srv.host, srv.port), timeout=5) as s:
+        _, received, closed = _at_once(s, [line(i) for i in range(count)] + [b"PING\r\n"], NOAUTH)
+    answered = received.count(b"\r\n") - (not closed)
+    if closed:
+        return f"closed by the server after {answered:,} replies"
+    return f"{answered:,} of {count:,} answered, then the PING: the connection stays open"
+
+
+def password_guessing(srv: Server, guesses: int = 2000, rounds: int = 40, depth: int = 15,
                       flood: int = 1000) -> Guessing:
     """`guesses` wrong AUTHs one at a time (no pipelining) from a connection that never logged in, against as
-    many PINGs from a logged-in one, and, where a fresh connection got answers to `depth` wrong AUTHs sent at
-    once, `depth` at a time per round, in `rounds` interleaved turns (the order alternating); then `flood`
-    wrong AUTHs in one write from a new connection."""
+    many PINGs from a logged-in one, and `depth` at a time (then a PING) from the first, in `rounds` interleaved
+    turns (the order alternating); `depth` - 1 wrong AUTHs and the right one in one write; then `flood` wrong
+    AUTHs, and `flood` PINGs, in one write from new connections."""
+    _check_guessing(srv, guesses, rounds, depth, flood)
     admin = client_of(srv)
     admin.acl_log_reset()
     per_round = guesses // rounds
     auths = lambda r, kind, n: [f"AUTH {kind}-{r}-{i}\r\n".encode() for i in range(n)]  # noqa: E731
-    with socket.create_connection((srv.host, srv.port), timeout=5) as probe:
-        _, pipeline_answered = _all_at_once(probe, auths(0, "probe", depth))
-    pipelines = pipeline_answered == depth
-    spent: dict[str, list[float]] = {"auth": [], "ping": []} | ({"pipelined": []} if pipelines else {})
+    spent: dict[str, list[float]] = {"auth": [], "ping": [], "pipelined": []}
+    replies = b""
+
+    def pipelined(r: int) -> float:
+        nonlocal replies
+        seconds, received, closed = _at_once(guesser, [*auths(r, "many", depth), b"PING\r\n"], NOAUTH)
+        if closed:
+            raise redis.ConnectionError(
+                f"the server closed a connection that sent {depth} guesses and a PING at once: their replies "
+                f"overflowed its reply buffer, which shrinks to 1 KB for a connection whose replies stay small "
+                f"(15 guesses and the PING fit)")
+        replies += received
+        return seconds
+
     with socket.create_connection((srv.host, srv.port), timeout=5) as guesser, \
             socket.create_connection((srv.host, srv.port), timeout=5) as user:
         _one_at_a_time(user, [f"AUTH {srv.password}\r\n".encode()])
         for r in range(rounds):
             turns = {"auth": lambda r=r: _one_at_a_time(guesser, auths(r, "one", per_round)),
                      "ping": lambda: _one_at_a_time(user, [b"PING\r\n"] * per_round),
-                     "pipelined": lambda r=r: _all_at_once(guesser, auths(r, "many", depth))[0]}
+                     "pipelined": lambda r=r: pipelined(r)}
             for kind in (list(spent) if r % 2 else list(reversed(spent))):
                 spent[kind].append(turns[kind]())
+        right = [*auths(0, "last", depth - 1), f"AUTH {srv.password}\r\n".encode(), b"PING\r\n"]
+        _, received, closed = _at_once(guesser, right, b"+PONG\r\n")
     failures = sum(f.count for f in ops.acl_failures(admin, 100) if f.reason == "auth")
     admin.close()
     sent = {"auth": per_round * rounds, "ping": per_round * rounds, "pipelined": depth * rounds}
     rate = {kind: sent[kind] / sum(seconds) for kind, seconds in spent.items()}
     per_guess = {kind: [t / (depth if kind == "pipelined" else per_round) for t in seconds]
                  for kind, seconds in spent.items()}
-    pipelined_ratio = (statistics.median(map(_ratio, per_guess["auth"], per_guess["pipelined"]))
-                       if pipelines else None)
-    guessed = depth + sent["auth"] + (sent["pipelined"] if pipelines else 0)
-    return Guessing(rate["auth"], rate["ping"], statistics.median(map(_ratio, per_guess["ping"], per_guess["auth"])),
-                    rate.get("pipelined"), pipelined_ratio, depth, pipeline_answered, guessed, failures, flood,
-                    _flood(srv, flood))
+    ratios = {"ping": statistics.median(map(_ratio, per_guess["ping"], per_guess["auth"])),
+              "pipelined": statistics.median(map(_ratio, per_guess["auth"], per_guess["pipelined"]))}
+    right_guess = _replies(received) + (", closed by the server" if closed else "")
+    return Guessing(rate["auth"], rate["ping"], ratios["ping"], rate["pipelined"], ratios["pipelined"], depth,
+                    sent["pipelined"], replies.count(b"-WRONGPASS"), right_guess,
+                    sent["auth"] + sent["pipelined"] + depth - 1, failures, flood,
+                    _flood(srv, lambda i: f"AUTH flood-{i}\r\n".encode(), flood),
+                    _flood(srv, lambda i: b"PING\r\n", flood))
+
+
+def _replies(received: bytes) -> str:
+    """One-line replies, shortened: '15 x -WRONGPASS, +OK, +PONG'."""
+    kinds = [line.split(b" ")[0].decode() for line in received.split(b"\r\n") if line]
+    runs: list[list] = []
+    for kind in kinds:
+        if runs and runs[-1][0] == kind:
+            runs[-1][1] += 1
+        else:
+            runs.append([kind, 1])
+    return ", ".join(kind if n == 1 else f"{n} x {kind}" for kind, n in runs)
+
+
+def _check_guessing(srv: Any, guesses: Any, rounds: Any, depth: Any, flood: Any) -> None:
+    """Refuse bad arguments to `password_guessing` before it touches the server (and resets its ACL LOG)."""
+    if not isinstance(srv, Server):
+        raise ConfigError(f"srv must be a labkit Server this lesson started (lesson.server(...)): it needs the "
+                          f"server's address and password, and resets its ACL LOG; got {type(srv).__name__}.")
+    for what, value, least in (("guesses", guesses, 1), ("rounds", rounds, 1), ("depth", depth, 1),
+                               ("flood", flood, 0)):
+        validate.integer(value, what, minimum=least)
+    if guesses < rounds:
+        raise ConfigError(f"guesses ({guesses}) must be at least rounds ({rounds}): each round sends guesses // "
+                          f"rounds of them one at a time.")
 
 
 def _ratio(a: float, b: float) -> float:
