@@ -170,9 +170,9 @@ def _read_marker(directory: Path) -> dict[str, Any] | None:
 def _new_data_dir(root: Path | str | None) -> Path:
     """A new directory labkit-<this process's pid>-<random> under `root`, holding the owner marker. Under
     labkit's own temp root, the stale server directories there are swept first."""
-    parent = Path(root).resolve() if root else temp_root()  # the server runs in its own directory
+    parent = (Path(root) if root else temp_root()).resolve()  # the server runs in its own directory
     parent.mkdir(parents=True, exist_ok=True)
-    if parent == temp_root().resolve():
+    if parent == temp_root().resolve():  # never a directory of the caller's choosing
         _sweep_stale_dirs(parent)
     directory = Path(tempfile.mkdtemp(prefix=f"labkit-{os.getpid()}-", dir=parent))
     _write_marker(directory)
