@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from labkit.clients import options, probe_options
-from labkit.errors import ServerUnavailable
+from labkit.errors import ConfigError, ServerUnavailable
 from labkit.server.binaries import Engine, find_engine, module_paths
 
 HOST = "127.0.0.1"
@@ -210,6 +210,39 @@ def _sweep_stale_dirs(parent: Path) -> list[Path]:
     return swept
 
 
+# Directives labkit sets itself, with what to pass instead: given as `config`, they would override labkit's and
+# leave a server it cannot reach, authenticate to, or clean up.
+OWNED_DIRECTIVES = {
+    "port": "labkit picks a free port; choose one with Server(port=...)",
+    "requirepass": "every labkit server has a generated password; choose it with Server(password=...)",
+    "masterauth": "labkit sets it to the server's password (Server(password=...))",
+    "masteruser": "a replica authenticates with the server's password (Server(password=...))",
+    "dir": "labkit gives each server a directory of its own; choose it with Server(directory=...), or where "
+           "labkit makes it with root=",
+    "logfile": "the log is the server's log_path, in its directory",
+    "daemonize": "labkit runs the server in the foreground, to watch and stop it",
+    "loadmodule": "labkit loads the search and JSON modules with modules=True",
+    "replicaof": "use labkit.server.replicated(), or REPLICAOF on a client once the server runs",
+    "slaveof": "use labkit.server.replicated(), or REPLICAOF on a client once the server runs",
+}
+
+
+def owned_directives(config: dict[str, Any], *, allow_no_password: bool = True) -> dict[str, Any]:
+    """`config` (server directives), refusing those labkit sets itself, whatever their case or `_`/`-`
+    spelling, with a `ConfigError` saying what to use instead. `requirepass=""` (no password, a lesson's
+    open server) passes only with `allow_no_password`."""
+    refused = []
+    for key, value in config.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config keys are directive names (strings), got {key!r}.")
+        directive = key.lower().replace("_", "-")
+        if directive in OWNED_DIRECTIVES and not (directive == "requirepass" and value == "" and allow_no_password):
+            refused.append(f"{key}: {OWNED_DIRECTIVES[directive]}")
+    if refused:
+        raise ConfigError("labkit sets these directives itself: " + "; ".join(refused) + ".")
+    return config
+
+
 class Server:
     """A real valkey-server/redis-server on 127.0.0.1, a free port and a generated password.
 
@@ -236,6 +269,7 @@ class Server:
         detached: bool = False,
         config: dict[str, Any] | None = None,
     ) -> None:
+        config = owned_directives(dict(config or {}))  # before anything is made
         self.engine = engine if isinstance(engine, Engine) else find_engine(engine)
         self.host = HOST
         self.port = port or free_port()
@@ -245,7 +279,7 @@ class Server:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.sentinel = sentinel
         self.detached = detached
-        self.config = dict(config or {})
+        self.config = config
         self.modules = {} if (sentinel or not modules) else module_paths()
         self.module_error: str | None = _MODULES_REFUSED.get(self.engine.server) if self.modules else None
         if self.module_error:
