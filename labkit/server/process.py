@@ -34,7 +34,16 @@ _MODULES_REFUSED: dict[Path, str] = {}  # engine binary -> why the modules did n
 def temp_root() -> Path:
     """Where throwaway servers keep their directories (`LABKIT_TMP`, else the system temp dir)."""
     root = Path(os.environ.get("LABKIT_TMP") or tempfile.gettempdir())
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        where = f"LABKIT_TMP={root}" if os.environ.get("LABKIT_TMP") else f"The temp directory {root}"
+        reason = "is not a directory" if isinstance(err, (FileExistsError, NotADirectoryError)) else (
+            f"cannot be made ({err.strerror})")
+        raise ConfigError(f"{where} {reason}: unset LABKIT_TMP or point it at a writable directory.") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"{root} (LABKIT_TMP, else the system temp dir) is not writable: unset LABKIT_TMP or "
+                          "point it at a writable directory.")
     return root
 
 
