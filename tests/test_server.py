@@ -327,6 +327,32 @@ def test_every_capability_is_what_the_server_does(engine):
         assert works == SHIPPED[engine] | modules, f"{caps}"
 
 
+@pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_a_learner_who_may_not_read_config_is_told_so_not_that_the_server_lacks_it(engine):
+    """A workshop learner may not CONFIG GET: `config_names` is None (not empty), `has_config` says it cannot
+    tell, and `set_listpack` (from the version) agrees with what an administrator's connection reads."""
+    from labkit import LabkitError, workshop
+
+    with Server(engine, modules=False) as srv:
+        admin = srv.client()
+        seat = workshop.create(admin, ["ada"])[0]
+        try:
+            with redis.Redis.from_url(seat.url, decode_responses=True) as ada:
+                learner = capabilities(ada)
+            full = capabilities(admin)
+        finally:
+            workshop.close(admin)
+    assert learner.config_names is None and "maxmemory" in full.config_names
+    assert learner.set_listpack == full.set_listpack
+    with pytest.raises(LabkitError, match="may not read CONFIG"):
+        learner.has_config("maxmemory")
+    assert full.has_config("MaxMemory") and not full.has_config("no-such-directive")
+    for call in (lambda: full.has_config(None), lambda: full.missing(None), lambda: full.has_info(5),
+                 lambda: capabilities(None), lambda: capabilities(seat.url)):
+        with pytest.raises(labkit.ConfigError):
+            call()
+
+
 def test_an_engine_that_refuses_the_modules_is_not_asked_again():
     """A server whose modules fail to load starts without them and says why; the next server of that engine
     in the process starts without them at once."""
@@ -454,7 +480,7 @@ def test_a_directory_left_by_a_process_that_skipped_atexit_is_swept_at_the_next_
     out = subprocess.run([sys.executable, "-c", script, str(elsewhere)], capture_output=True, text=True, timeout=60)
     pid, left, other_pid, other = out.stdout.split()
     for server_pid in (pid, other_pid):  # each died with its parent
-        wait_until(lambda: not os.path.exists(f"/proc/{server_pid}"), 10, "the orphaned server to exit")
+        wait_until(lambda p=server_pid: not os.path.exists(f"/proc/{p}"), 10, "the orphaned server to exit")
     assert Path(left).is_dir() and "requirepass" in (Path(left) / "server.conf").read_text()
     with spawn(modules=False) as server, spawn(modules=False, root=elsewhere):
         assert not Path(left).exists() and Path(other).is_dir()
@@ -486,7 +512,8 @@ def test_the_sweep_deletes_only_directories_labkit_made_whose_owner_and_server_a
     server_alive = _marker(tmp_path / f"labkit-{dead.pid}-detached", dead.pid, None, server_pid=os.getppid())
     swept = _sweep_stale_dirs(tmp_path)
     assert sorted(swept) == sorted([reused, orphan])
-    assert (notes / "notes.txt").read_text() == "precious" and link.is_symlink() and (target / "labkit-owner.json").exists()
+    assert (notes / "notes.txt").read_text() == "precious"
+    assert link.is_symlink() and (target / "labkit-owner.json").exists()
     assert mine.is_dir() and server_alive.is_dir()
 
 
