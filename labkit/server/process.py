@@ -257,7 +257,8 @@ class Server:
 
     It works in `directory` if given (kept at `stop()`), else in a new directory under `root` (default
     `temp_root()`) that `stop()` deletes. `config` holds server directives; a value of None leaves the
-    directive out, so the engine's built-in default applies.
+    directive out, so the engine's built-in default applies. The directives labkit sets itself (port,
+    requirepass, dir, replicaof, ...: `OWNED_DIRECTIVES`) are refused, saying what to pass instead.
 
     Example:
         >>> with Server() as srv:

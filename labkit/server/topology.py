@@ -56,7 +56,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: 
 
 def spawn(engine: str | None = None, *, modules: bool = True, root: Path | str | None = None, **config: Any) -> Server:
     """A dedicated, started server; `config` becomes server directives (`maxmemory="10mb"`; None leaves one
-    out, so the engine's default applies). Its data directory is created under `root` (default: labkit's
+    out, so the engine's default applies); those labkit sets itself (port, requirepass, dir, replicaof, ...)
+    are refused, saying what to pass instead. Its data directory is created under `root` (default: labkit's
     temp root) and deleted when it stops.
 
     Example:
