@@ -188,6 +188,26 @@ def _readme_markers(readme: Path) -> str:
     return content
 
 
+def readme_engines(readme: Path) -> list[str]:
+    """The engines (columns) of the table between the README's markers; none if it holds no table yet."""
+    inside = _readme_markers(readme).split(README_START, 1)[1].split(README_END, 1)[0]
+    head = next((line for line in inside.splitlines() if line.startswith("| lesson |")), "")
+    return [cell.strip() for cell in head.strip("| ").split("|")[1:]]
+
+
+def _check_readme_run(readme: Path, notebooks: list[Path], engines: list[str]) -> None:
+    """The README's table is the whole matrix: a run that would replace it must cover every lesson, and every
+    engine the table has now (it may add engines, never drop one)."""
+    if notebooks != lessons():
+        raise ConfigError("--readme replaces the README's whole table, so the run must cover every lesson: drop "
+                          "--lessons, or drop --readme and read the report in --output.")
+    dropped = [name for name in readme_engines(readme) if name not in engines]
+    if dropped:
+        raise ConfigError(f"--readme replaces the README's whole table, which has {', '.join(readme_engines(readme))}"
+                          f": the run must include {', '.join(dropped)} too (pass them in --engines, or drop "
+                          "--engines), or drop --readme and read the report in --output.")
+
+
 def check_output(target: Path) -> Path:
     """`target` if the report can be written there without losing anything: not a directory, in a directory
     this user may write (or may create), and not an existing file other than an earlier report."""
@@ -238,12 +258,7 @@ def run(engines: list[str] | None = None, only: list[str] | None = None, output:
     notebooks = _chosen_lessons(only)
     target = check_output(output or Path(__file__).resolve().parents[1] / "build" / "matrix.md")
     if readme is not None:
-        every_engine = [name for name in ENGINES if name in installed]
-        if notebooks != lessons() or sorted(chosen) != sorted(every_engine):
-            raise ConfigError(f"--readme replaces the README's whole table, so the run must cover every lesson on "
-                              f"every installed engine ({', '.join(every_engine)}): drop --lessons and --engines, "
-                              "or drop --readme and read the report in --output.")
-        _readme_markers(readme)
+        _check_readme_run(readme, notebooks, chosen)
     outcomes = []
     for notebook in notebooks:
         for engine in chosen:
