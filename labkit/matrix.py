@@ -28,6 +28,7 @@ from labkit.server.process import first_complaint
 
 CELL_TIMEOUT_S = 300
 README_START, README_END = "<!-- matrix:start -->", "<!-- matrix:end -->"
+REPORT_START = "Run of `python -m labkit matrix`"  # how every report this module writes begins
 
 
 @dataclass
@@ -162,33 +163,102 @@ def report(outcomes: list[Outcome], engines: list[str]) -> str:
     where = f"{platform.system()} {platform.machine()}, Python {platform.python_version()}"
     engine_lines = "\n".join(f"- {engine_line(name)}" for name in engines)
     passed = sum(o.status == "passed" for o in outcomes)
-    return (f"Run of `python -m labkit matrix` on {when} ({where}): {passed} of {len(outcomes)} runs passed.\n\n"
+    return (f"{REPORT_START} on {when} ({where}): {passed} of {len(outcomes)} runs passed.\n\n"
             f"{engine_lines}\n\n{table(outcomes, engines)}")
 
 
 def put_in_readme(readme: Path, text: str) -> None:
     """Replace what stands between the matrix markers in `readme` with `text`."""
-    content = readme.read_text()
-    if README_START not in content or README_END not in content:
-        raise ConfigError(f"{readme} has no {README_START} ... {README_END} markers to put the table between.")
+    content = _readme_markers(readme)
     before, rest = content.split(README_START, 1)
     after = rest.split(README_END, 1)[1]
     readme.write_text(f"{before}{README_START}\n{text}{README_END}{after}")
+
+
+def _readme_markers(readme: Path) -> str:
+    """The README's text, once it is known to hold both markers and to be writable."""
+    try:
+        content = readme.read_text()
+    except OSError as err:
+        raise ConfigError(f"--readme: cannot read {readme} ({err.strerror}).") from None
+    if README_START not in content or README_END not in content:
+        raise ConfigError(f"{readme} has no {README_START} ... {README_END} markers to put the table between.")
+    if not os.access(readme, os.W_OK):
+        raise ConfigError(f"--readme: {readme} is not writable.")
+    return content
+
+
+def readme_engines(readme: Path) -> list[str]:
+    """The engines (columns) of the table between the README's markers; none if it holds no table yet."""
+    inside = _readme_markers(readme).split(README_START, 1)[1].split(README_END, 1)[0]
+    head = next((line for line in inside.splitlines() if line.startswith("| lesson |")), "")
+    return [cell.strip() for cell in head.strip("| ").split("|")[1:]]
+
+
+def _check_readme_run(readme: Path, notebooks: list[Path], engines: list[str]) -> None:
+    """The README's table is the whole matrix: a run that would replace it must cover every lesson, and every
+    engine the table has now (it may add engines, never drop one)."""
+    if notebooks != lessons():
+        raise ConfigError("--readme replaces the README's whole table, so the run must cover every lesson: drop "
+                          "--lessons, or drop --readme and read the report in --output.")
+    dropped = [name for name in readme_engines(readme) if name not in engines]
+    if dropped:
+        raise ConfigError(f"--readme replaces the README's whole table, which has {', '.join(readme_engines(readme))}"
+                          f": the run must include {', '.join(dropped)} too (pass them in --engines, or drop "
+                          "--engines), or drop --readme and read the report in --output.")
+
+
+def check_output(target: Path) -> Path:
+    """`target` if the report can be written there without losing anything: not a directory, in a directory
+    this user may write (or may create), and not an existing file other than an earlier report."""
+    if target.is_dir():
+        raise ConfigError(f"--output {target} is a directory: pass a file name, like {target / 'matrix.md'}.")
+    if target.exists():
+        try:
+            earlier = target.read_text(errors="replace").startswith(REPORT_START)
+        except OSError as err:
+            raise ConfigError(f"--output {target}: cannot read it ({err.strerror}).") from None
+        if not earlier:
+            raise ConfigError(f"--output {target} exists and is not an earlier matrix report: it would be "
+                              "overwritten; pass a new file name (default build/matrix.md).")
+        if not os.access(target, os.W_OK):
+            raise ConfigError(f"--output {target} is not writable.")
+        return target
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {target}: {parent} is not a directory this user may write in.")
+    return target
+
+
+def _chosen_lessons(only: list[str] | None) -> list[Path]:
+    every = lessons()
+    if not only:
+        return every
+    numbers = [p.name[:2] for p in every]
+    unknown = [n for n in only if n not in numbers]
+    if unknown:
+        raise ConfigError(f"No lesson numbered {', '.join(unknown)}: pass two-digit numbers like 05; the lessons "
+                          f"are {' '.join(numbers)}.")
+    return [p for p in every if p.name[:2] in only]
 
 
 def run(engines: list[str] | None = None, only: list[str] | None = None, output: Path | None = None,
         readme: Path | None = None) -> list[Outcome]:
     """Every lesson (or those whose number is in `only`) on every installed engine (or `engines`), one at a time;
     print each outcome as it comes, write the report to `output` (default `build/matrix.md`) and, with `readme`,
-    into the README between its markers."""
+    into the README between its markers. The README's table is the whole matrix: `readme` is refused unless
+    the run covers every lesson on every installed engine. Every argument is checked before the first lesson."""
     installed = available_engines()
-    chosen = engines or [name for name in ENGINES if name in installed]
+    chosen = list(dict.fromkeys(engines)) if engines else [name for name in ENGINES if name in installed]
     absent = [name for name in chosen if name not in installed]
     if absent:
         raise ConfigError(f"Not installed here: {', '.join(absent)}; installed: {', '.join(installed)}.")
-    notebooks = [p for p in lessons() if not only or p.name[:2] in only]
-    if not notebooks:
-        raise ConfigError(f"No lesson numbered {', '.join(only or [])}: pass two-digit numbers like 05.")
+    notebooks = _chosen_lessons(only)
+    target = check_output(output or Path(__file__).resolve().parents[1] / "build" / "matrix.md")
+    if readme is not None:
+        _check_readme_run(readme, notebooks, chosen)
     outcomes = []
     for notebook in notebooks:
         for engine in chosen:
@@ -199,7 +269,6 @@ def run(engines: list[str] | None = None, only: list[str] | None = None, output:
             print(f"{notebook.stem:28} {engine:8} {outcome.status}{parts} in {outcome.seconds:.0f} s{extra}",
                   flush=True)
     text = report(outcomes, chosen)
-    target = output or Path(__file__).resolve().parents[1] / "build" / "matrix.md"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text)
     print(f"wrote {target}")

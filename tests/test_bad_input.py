@@ -30,7 +30,7 @@ from labkit import (
     workshop,
 )
 from labkit.lessons import l11_connections_and_operations as l11
-from labkit.server import capabilities, cluster
+from labkit.server import Server, capabilities, cluster, nodes, replicated, spawn
 from labkit.server.topology import Cluster
 
 # -- garbage, by what the argument should be ------------------------------------------------------------
@@ -312,6 +312,22 @@ ROWS = [
     Row("Cluster.remove_node", "node", lambda w, v: w.topo.remove_node(v), [None, "node", 5]),
     Row("Cluster.rebalance", "among", lambda w, v: w.topo.rebalance(among=v), [[], ["node"], [None]]),
     Row("Cluster.config_set", "directive", lambda w, v: w.topo.config_set(**v), [{}]),
+    Row("Cluster.wait_healthy", "timeout", lambda w, v: w.topo.wait_healthy(v), SECONDS),
+    # -- topologies and spawn: counts, and the directives labkit sets itself (refused before a server starts) -
+    Row("replicated", "replicas", lambda w, v: replicated(v), COUNT),
+    Row("nodes", "n", lambda w, v: nodes(v), COUNT),
+    Row("cluster", "primaries", lambda w, v: cluster(v), COUNT),
+    Row("cluster", "replicas", lambda w, v: cluster(1, v), COUNT0),
+    *[Row("replicated", name, lambda w, v, name=name: replicated(1, **{name: v}), [value])
+      for name, value in (("requirepass", "x"), ("requirepass", ""), ("replicaof", "127.0.0.1 1"), ("PORT", 7000),
+                          ("dir", "/tmp/elsewhere"), ("masterauth", "x"), ("SlaveOf", "127.0.0.1 1"))],
+    *[Row("nodes", name, lambda w, v, name=name: nodes(1, **{name: v}), [value])
+      for name, value in (("port", 7000), ("Requirepass", "x"), ("logfile", ""))],
+    *[Row("spawn", name, lambda w, v, name=name: spawn(modules=False, **{name: v}), [value])
+      for name, value in (("port", 7005), ("requirepass", "x"), ("dir", "/tmp/elsewhere"), ("Dir", "/tmp/x"),
+                          ("loadmodule", "/x.so"), ("daemonize", True), ("replicaof", "127.0.0.1 1"))],
+    Row("Server", "config", lambda w, v: Server(modules=False, config=v), [{5: "x"}, {None: 1}]),
+    Row("Server", "Port", lambda w, v: Server(modules=False, config={"Port": v}), [7000]),
     # -- replication --------------------------------------------------------------------------------------
     Row("retry", "call", lambda w, v: replication.retry(v, deadline_s=1), CALLABLE),
     Row("retry", "deadline_s", lambda w, v: replication.retry(lambda: 1, deadline_s=v), SECONDS),

@@ -127,6 +127,19 @@ def test_doctor_fails_with_a_fix_when_the_url_is_wrong(tmp_path):
     assert f"[FAIL] {URL_ENV}" in out.stdout and "fix:" in out.stdout and "pw@" not in out.stdout
 
 
+def test_doctor_reports_an_unusable_temp_directory_and_an_unknown_engine_with_their_fixes(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    out = labkit_cli("doctor", env=dict(os.environ) | {"LABKIT_TMP": str(not_a_dir)})
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"[FAIL] temp directory: LABKIT_TMP={not_a_dir} is not a directory" in out.stdout
+    assert "pip install" not in out.stdout.split("[FAIL] embedded server starts")[1].splitlines()[1]
+    out = labkit_cli("doctor", env=dict(os.environ) | {"LABKIT_ENGINE": "nosuch"})
+    assert out.returncode == 1 and "[FAIL] server binary: Unknown engine 'nosuch'" in out.stdout
+    fixes = [line for line in out.stdout.splitlines() if "fix:" in line][:2]
+    assert all("set LABKIT_ENGINE to one of valkey9" in line for line in fixes), fixes
+
+
 def test_errors_are_one_line_not_a_traceback(lab_home):
     env = _env_without_url(lab_home) | {"LABKIT_ENGINE": "memcached"}
     out = labkit_cli("server", "start", env=env)

@@ -106,3 +106,33 @@ def test_the_command_refuses_an_unknown_lesson_saying_what_to_pass():
     out = subprocess.run([sys.executable, "-m", "labkit", "matrix", "--lessons", "98", "--engines", ENGINE],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "No lesson numbered 98" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bad_arguments_are_refused_before_any_lesson_runs_and_nothing_is_written(tmp_path, capsys):
+    """--readme with a subset of lessons or engines would replace the README's whole table with a part of it;
+    a bad --output would be found only after the whole run (about 25 minutes), its results lost."""
+    readme = tmp_path / "README.md"
+    other = next(name for name in matrix.ENGINES if name != ENGINE)  # a column the run below leaves out
+    readme.write_text(f"intro\n{matrix.README_START}\nthe whole table\n\n| lesson | {ENGINE} | {other} |\n"
+                      f"|---|---|---|\n{matrix.README_END}\n")
+    assert matrix.readme_engines(readme) == [ENGINE, other]
+    precious = tmp_path / "notes.md"
+    precious.write_text("mine")
+    earlier = tmp_path / "earlier.md"
+    earlier.write_text(f"{matrix.REPORT_START} on a day: 1 of 1 runs passed.\n")
+    cases = [
+        ({"engines": [ENGINE], "only": ["00"], "readme": readme}, "must cover every lesson"),
+        ({"only": ["00"], "readme": readme}, "must cover every lesson"),
+        ({"engines": [ENGINE], "readme": readme}, f"which has .*: the run must include {other}"),
+        ({"engines": [ENGINE], "only": ["00"], "output": tmp_path}, "is a directory"),
+        ({"engines": [ENGINE], "only": ["00"], "output": precious}, "not an earlier matrix report"),
+        ({"engines": [ENGINE], "only": ["00"], "output": precious / "m.md"}, "not a directory this user may write"),
+        ({"engines": [ENGINE], "only": ["05", "99"]}, "No lesson numbered 99"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            matrix.run(**kwargs)
+    assert capsys.readouterr().out == ""  # no lesson ran
+    assert "the whole table" in readme.read_text() and precious.read_text() == "mine"
+    assert matrix.check_output(earlier) == earlier  # an earlier report may be replaced
+    assert matrix.check_output(tmp_path / "new" / "m.md") == tmp_path / "new" / "m.md"

@@ -1,11 +1,14 @@
 """labkit.server against real processes: start, readiness, security, failure injection, restart."""
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from redis.retry import Retry
 
 import labkit
 from labkit.server import Server, available_engines, capabilities, find_engine, module_paths, replicated, spawn
-from labkit.server.process import _sweep_stale_dirs, mask, ping_raw
+from labkit.server.process import _sweep_stale_dirs, mask, ping_raw, process_start
 from labkit.server.topology import wait_until
 
 ONCE = {"retry": Retry(NoBackoff(), 0)}
@@ -347,6 +350,32 @@ def test_every_capability_is_what_the_server_does(engine):
         assert works == SHIPPED[engine] | modules, f"{caps}"
 
 
+@pytest.mark.parametrize("engine", sorted(available_engines()))
+def test_a_learner_who_may_not_read_config_is_told_so_not_that_the_server_lacks_it(engine):
+    """A workshop learner may not CONFIG GET: `config_names` is None (not empty), `has_config` says it cannot
+    tell, and `set_listpack` (from the version) agrees with what an administrator's connection reads."""
+    from labkit import LabkitError, workshop
+
+    with Server(engine, modules=False) as srv:
+        admin = srv.client()
+        seat = workshop.create(admin, ["ada"])[0]
+        try:
+            with redis.Redis.from_url(seat.url, decode_responses=True) as ada:
+                learner = capabilities(ada)
+            full = capabilities(admin)
+        finally:
+            workshop.close(admin)
+    assert learner.config_names is None and "maxmemory" in full.config_names
+    assert learner.set_listpack == full.set_listpack
+    with pytest.raises(LabkitError, match="may not read CONFIG"):
+        learner.has_config("maxmemory")
+    assert full.has_config("MaxMemory") and not full.has_config("no-such-directive")
+    for call in (lambda: full.has_config(None), lambda: full.missing(None), lambda: full.has_info(5),
+                 lambda: capabilities(None), lambda: capabilities(seat.url)):
+        with pytest.raises(labkit.ConfigError):
+            call()
+
+
 def test_an_engine_that_refuses_the_modules_is_not_asked_again():
     """A server whose modules fail to load starts without them and says why; the next server of that engine
     in the process starts without them at once."""
@@ -463,39 +492,84 @@ def _wait_silent(port: int, deadline_s: float = 10.0) -> None:
     assert not ping_raw("127.0.0.1", port), f"the server on port {port} still answers after {deadline_s} s"
 
 
-def test_a_directory_left_by_a_process_that_skipped_atexit_is_swept_at_the_next_start(tmp_path):
+def test_a_directory_left_by_a_process_that_skipped_atexit_is_swept_at_the_next_start(tmp_path, monkeypatch):
     """A kernel shut down by its front end skips atexit: its server dies with it (the parent-death signal)
-    and leaves its directory, config file and password included; the next server started there sweeps it."""
-    script = ("import os, sys; from labkit.server import spawn; s = spawn(modules=False, root=sys.argv[1]); "
-              "print(s.port, s.dir, flush=True); os._exit(0)")
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
-    port, left = out.stdout.split()
-    _wait_silent(int(port))
+    and leaves its directory, config file and password included; the next server started in labkit's temp
+    root sweeps it. A `root=` of the caller's is never swept."""
+    monkeypatch.setenv("LABKIT_TMP", str(tmp_path))
+    elsewhere = tmp_path / "mine"
+    script = ("import os, sys; from labkit.server import spawn; s = spawn(modules=False); t = spawn(modules=False, "
+              "root=sys.argv[1]); print(s.pid, s.dir, t.pid, t.dir, flush=True); os._exit(0)")
+    out = subprocess.run([sys.executable, "-c", script, str(elsewhere)], capture_output=True, text=True, timeout=60)
+    pid, left, other_pid, other = out.stdout.split()
+    for server_pid in (pid, other_pid):  # each died with its parent
+        wait_until(lambda p=server_pid: not os.path.exists(f"/proc/{p}"), 10, "the orphaned server to exit")
     assert Path(left).is_dir() and "requirepass" in (Path(left) / "server.conf").read_text()
-    with spawn(modules=False, root=tmp_path) as server:
-        assert not Path(left).exists()
+    with spawn(modules=False) as server, spawn(modules=False, root=elsewhere):
+        assert not Path(left).exists() and Path(other).is_dir()
         assert server.dir.name.startswith(f"labkit-{os.getpid()}-")
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.glob("labkit-*")) == []
+    assert [p.name for p in elsewhere.iterdir()] == [Path(other).name]
 
 
-def test_the_sweep_keeps_a_live_owners_directory_and_a_server_that_still_answers(tmp_path):
+def _marker(directory: Path, owner_pid: int, owner_start: int | None, server_pid: int | None = None) -> Path:
+    directory.mkdir()
+    (directory / "labkit-owner.json").write_text(json.dumps(
+        {"owner_pid": owner_pid, "owner_start": owner_start, "server_pid": server_pid, "server_start": None}))
+    return directory
+
+
+def test_the_sweep_deletes_only_directories_labkit_made_whose_owner_and_server_are_gone(tmp_path):
     dead = subprocess.Popen(["true"])  # a pid that has exited
     dead.wait()
-    with spawn(modules=False, root=tmp_path) as running:
-        orphan_alive = tmp_path / f"labkit-{dead.pid}-answers"  # its owner died, its server still answers
-        orphan_dead = tmp_path / f"labkit-{dead.pid}-silent"
-        for directory, port in ((orphan_alive, running.port), (orphan_dead, _unused_port())):
-            directory.mkdir()
-            (directory / "server.conf").write_text(f"port {port}\nrequirepass x\n")
-        live_owner = tmp_path / f"labkit-{os.getppid()}-mine"
-        old_style = tmp_path / "labkit-ab12cd34"
-        live_owner.mkdir()
-        old_style.mkdir()
-        swept = _sweep_stale_dirs(tmp_path)
-        assert swept == [orphan_dead] and orphan_alive.is_dir() and live_owner.is_dir() and old_style.is_dir()
-        assert running.dir.is_dir()
-    for directory in (orphan_alive, live_owner, old_style):
-        shutil.rmtree(directory)
+    notes = tmp_path / "labkit-2026-notes"  # a learner's own directory, named like one of labkit's
+    notes.mkdir()
+    (notes / "notes.txt").write_text("precious")
+    (notes / "server.conf").write_text(f"port {_unused_port()}\n")
+    target = _marker(tmp_path / "elsewhere", dead.pid, None)  # a stale-looking marker behind a symlink
+    link = tmp_path / "labkit-4000000-link"
+    link.symlink_to(target)
+    reused = _marker(tmp_path / f"labkit-{os.getpid()}-reused", os.getpid(), 1)  # our pid, another start time
+    mine = _marker(tmp_path / f"labkit-{os.getpid()}-mine", os.getpid(), process_start(os.getpid()))
+    orphan = _marker(tmp_path / f"labkit-{dead.pid}-orphan", dead.pid, None, server_pid=dead.pid)
+    server_alive = _marker(tmp_path / f"labkit-{dead.pid}-detached", dead.pid, None, server_pid=os.getppid())
+    swept = _sweep_stale_dirs(tmp_path)
+    assert sorted(swept) == sorted([reused, orphan])
+    assert (notes / "notes.txt").read_text() == "precious"
+    assert link.is_symlink() and (target / "labkit-owner.json").exists()
+    assert mine.is_dir() and server_alive.is_dir()
+
+
+def test_the_sweep_keeps_the_directory_of_a_paused_or_busy_server_whose_owner_is_gone(tmp_path, monkeypatch):
+    """A detached server outlives the process that started it; paused (SIGSTOP) or running a long script it
+    answers nothing, yet it is alive and its directory (config, log, data) must stay."""
+    monkeypatch.setenv("LABKIT_TMP", str(tmp_path))
+    script = ("from labkit.server.process import Server; s = Server(detached=True, modules=False).start(); "
+              "print(s.pid, s.port, s.dir, s.password, flush=True)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    pid, port, directory, password = out.stdout.split()
+    pid, directory = int(pid), Path(directory)
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        with spawn(modules=False):
+            assert directory.is_dir()
+        os.kill(pid, signal.SIGCONT)
+        r = redis.Redis(port=int(port), password=password, socket_timeout=30)
+        busy = threading.Thread(target=r.eval, args=(
+            "local t = redis.call('TIME')[1] while redis.call('TIME')[1] - t < 2 do end return 1", 0))
+        busy.start()
+        time.sleep(0.3)
+        with spawn(modules=False):
+            assert directory.is_dir() and busy.is_alive()  # swept while the script still ran, it would be gone
+        busy.join()
+        r.close()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGTERM)
+        _wait_silent(int(port))
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 10, "the detached server to exit")
+    with spawn(modules=False):
+        assert not directory.exists()  # now owner and server are gone: swept
 
 
 def _unused_port() -> int:

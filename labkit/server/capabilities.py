@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 import redis
 
+from labkit import validate
 from labkit.clients import text
+from labkit.errors import ConfigError, LabkitError
 from labkit.server.binaries import Engine, find_engine
 from labkit.server.process import free_port
 
@@ -27,7 +29,7 @@ class Capabilities:
     atomic_slot_migration: bool = False  # CLUSTER MIGRATESLOTS moves slots in one step (Valkey 9.0+)
     slot_stats: bool = False  # CLUSTER SLOT-STATS: keys, CPU and bytes per slot (Valkey 8.0+)
     client_setinfo: bool = False  # CLIENT SETINFO: a client names its library for CLIENT LIST (Redis 7.2+, Valkey)
-    config_names: frozenset[str] = field(default_factory=frozenset)  # every CONFIG GET * name
+    config_names: frozenset[str] | None = frozenset()  # every CONFIG GET * name; None: this user may not read them
     info_fields: frozenset[str] = field(default_factory=frozenset)  # every INFO ALL field
 
     @property
@@ -61,7 +63,10 @@ class Capabilities:
     @property
     def set_listpack(self) -> bool:
         """Small sets of strings are stored as a listpack (Redis 7.2+, every Valkey); before, a set that is
-        not all integers is a hash table from its first member."""
+        not all integers is a hash table from its first member. For a user who may not read CONFIG (a workshop
+        learner), from the version that brought them."""
+        if self.config_names is None:
+            return self.engine == "valkey" or self.version_tuple >= (7, 2)
         return "set-max-listpack-entries" in self.config_names
 
     @property
@@ -113,15 +118,23 @@ class Capabilities:
 
     def has(self, command: str) -> bool:
         """True if the server knows `command` (case-insensitive)."""
-        return command.lower() in self.commands
+        return validate.name(command, "command").lower() in self.commands
 
     def has_config(self, name: str) -> bool:
-        """True if CONFIG GET knows the directive `name` (names differ across versions)."""
+        """True if CONFIG GET knows the directive `name` (names differ across versions).
+
+        Raises:
+            LabkitError: this user may not read CONFIG (a workshop learner), so nobody can tell from here.
+        """
+        name = validate.name(name, "name")
+        if self.config_names is None:
+            raise LabkitError(f"Cannot tell whether the server has {name!r}: this user may not read CONFIG (a "
+                              "workshop learner); ask capabilities() with an administrator's connection.")
         return name.lower() in self.config_names
 
     def has_info(self, field_name: str) -> bool:
         """True if INFO ALL reports `field_name` (fields are added across versions)."""
-        return field_name in self.info_fields
+        return validate.name(field_name, "field_name") in self.info_fields
 
     def missing(self, *commands: str) -> list[str]:
         """Those of `commands` the server does not know, upper-cased, for a skip message."""
@@ -137,7 +150,10 @@ class Capabilities:
 
 
 def capabilities(r: redis.Redis) -> Capabilities:
-    """Read engine, version, modules and command table from the server `r` talks to."""
+    """Read engine, version, modules and command table from the server `r` talks to. For a user who may not
+    read the configuration (a workshop learner), `config_names` is None."""
+    if not isinstance(r, redis.Redis):
+        raise ConfigError(f"capabilities(r): pass a redis.Redis client (labkit.connect(), srv.client()), got {r!r}.")
     info = r.info("server")
     engine = "valkey" if info.get("server_name") == "valkey" or "valkey_version" in info else "redis"
     version = str(info.get("valkey_version") or info.get("redis_version"))
@@ -154,15 +170,15 @@ def capabilities(r: redis.Redis) -> Capabilities:
     cluster_parts = _tokens(r, "CLUSTER")
     return Capabilities(engine, version, frozenset(modules), frozenset(commands), "CANCEL" in _tokens(r, "BGSAVE"),
                         "cluster|migrateslots" in cluster_parts, "cluster|slot-stats" in cluster_parts,
-                        "client|setinfo" in _tokens(r, "CLIENT"), frozenset(config_names), frozenset(info_fields))
+                        "client|setinfo" in _tokens(r, "CLIENT"), config_names, frozenset(info_fields))
 
 
-def _config_names(r: redis.Redis) -> set[str]:
-    """Every CONFIG GET * name, or none for a user who may not read the configuration (a workshop learner)."""
+def _config_names(r: redis.Redis) -> frozenset[str] | None:
+    """Every CONFIG GET * name, or None for a user who may not read the configuration (a workshop learner)."""
     try:
-        return {text(n).lower() for n in r.config_get("*")}
+        return frozenset(text(n).lower() for n in r.config_get("*"))
     except redis.exceptions.NoPermissionError:
-        return set()
+        return None
 
 
 def _hello_modules(r: redis.Redis) -> list:

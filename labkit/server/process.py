@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import json
 import os
 import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -20,7 +22,7 @@ from typing import Any
 import redis
 
 from labkit.clients import options, probe_options
-from labkit.errors import ServerUnavailable
+from labkit.errors import ConfigError, ServerUnavailable
 from labkit.server.binaries import Engine, find_engine, module_paths
 
 HOST = "127.0.0.1"
@@ -32,7 +34,16 @@ _MODULES_REFUSED: dict[Path, str] = {}  # engine binary -> why the modules did n
 def temp_root() -> Path:
     """Where throwaway servers keep their directories (`LABKIT_TMP`, else the system temp dir)."""
     root = Path(os.environ.get("LABKIT_TMP") or tempfile.gettempdir())
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        where = f"LABKIT_TMP={root}" if os.environ.get("LABKIT_TMP") else f"The temp directory {root}"
+        reason = "is not a directory" if isinstance(err, (FileExistsError, NotADirectoryError)) else (
+            f"cannot be made ({err.strerror})")
+        raise ConfigError(f"{where} {reason}: unset LABKIT_TMP or point it at a writable directory.") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"{root} (LABKIT_TMP, else the system temp dir) is not writable: unset LABKIT_TMP or "
+                          "point it at a writable directory.")
     return root
 
 
@@ -117,40 +128,128 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
+OWNER_MARKER = "labkit-owner.json"  # in each directory labkit makes for a server: who made it, what runs in it
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first); None if there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, from /proc), so that a pid the kernel handed to
+    another process is told apart; None if there is no such process or no /proc."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def _gone(pid: int | None, started: int | None) -> bool:
+    """True when the process recorded as (`pid`, `started`) no longer runs: no such pid, a zombie, or a pid the
+    kernel has since handed to another process (another start time)."""
+    if pid is None or not pid_alive(pid):
+        return True
+    fields = _proc_stat(pid)
+    if fields is None:
+        return False  # no /proc: the pid is alive, so keep the directory
+    return fields[0] == "Z" or (started is not None and int(fields[19]) != started)
+
+
+def _write_marker(directory: Path, *, server_pid: int | None = None) -> None:
+    marker = {"owner_pid": os.getpid(), "owner_start": process_start(os.getpid()),
+              "server_pid": server_pid, "server_start": process_start(server_pid) if server_pid else None}
+    tmp = directory / f".{OWNER_MARKER}.tmp"
+    tmp.write_text(json.dumps(marker))
+    tmp.replace(directory / OWNER_MARKER)
+
+
+def _read_marker(directory: Path) -> dict[str, Any] | None:
+    marker = directory / OWNER_MARKER
+    try:
+        if marker.is_symlink() or not marker.is_file():
+            return None
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("owner_pid"), int) else None
+
+
 def _new_data_dir(root: Path | str | None) -> Path:
-    """A new directory labkit-<this process's pid>-<random> under `root`, after sweeping the stale ones there."""
-    parent = Path(root).resolve() if root else temp_root()  # the server runs in its own directory
+    """A new directory labkit-<this process's pid>-<random> under `root`, holding the owner marker. Under
+    labkit's own temp root, the stale server directories there are swept first."""
+    parent = (Path(root) if root else temp_root()).resolve()  # the server runs in its own directory
     parent.mkdir(parents=True, exist_ok=True)
-    _sweep_stale_dirs(parent)
-    return Path(tempfile.mkdtemp(prefix=f"labkit-{os.getpid()}-", dir=parent))
+    if parent == temp_root().resolve():  # never a directory of the caller's choosing
+        _sweep_stale_dirs(parent)
+    directory = Path(tempfile.mkdtemp(prefix=f"labkit-{os.getpid()}-", dir=parent))
+    _write_marker(directory)
+    return directory
 
 
 def _sweep_stale_dirs(parent: Path) -> list[Path]:
-    """Delete the server directories under `parent` whose owner is gone: the process named in the directory's
-    name has exited and nothing answers on the port of its config file. A notebook kernel shut down by its
-    front end never runs atexit, and its server (which dies with it) leaves its directory behind, password in
-    its config file included. Returns the directories deleted."""
+    """Delete the server directories under `parent` that labkit made and that are provably abandoned. A
+    notebook kernel shut down by its front end never runs atexit, and its server (which dies with it) leaves
+    its directory behind, password in its config file included.
+
+    A directory is swept only if it is a real directory (not a symlink) of this user holding labkit's owner
+    marker, and both processes the marker names are gone: the owner (pid dead, or alive with another start
+    time) and the server (likewise; none if it never started). A paused or busy server is alive, so its
+    directory stays; nothing is decided on whether it answers. Returns the directories deleted."""
     swept = []
     for path in parent.glob("labkit-[0-9]*-*"):
-        owner = path.name.split("-")[1]
-        if not owner.isdigit() or pid_alive(int(owner)):
+        try:
+            info = path.lstat()
+        except OSError:
             continue
-        if any(ping_raw(HOST, port) for port in _configured_ports(path)):
-            continue  # a server outlived its owner (started detached or from a thread): still in use
-        shutil.rmtree(path, ignore_errors=True)
+        if path.is_symlink() or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        marker = _read_marker(path)
+        if marker is None:
+            continue  # not provably labkit's: never touched
+        if not (_gone(marker["owner_pid"], marker.get("owner_start"))
+                and _gone(marker.get("server_pid"), marker.get("server_start"))):
+            continue
+        try:
+            shutil.rmtree(path)
+        except OSError:
+            continue  # another process is sweeping it too, or a file is not ours: not claimed as deleted
         swept.append(path)
     return swept
 
 
-def _configured_ports(directory: Path) -> list[int]:
-    ports = []
-    for conf in ("server.conf", "sentinel.conf"):
-        try:
-            lines = (directory / conf).read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        ports += [int(line.split()[1]) for line in lines if line.startswith("port ") and line.split()[1].isdigit()]
-    return ports
+# Directives labkit sets itself, with what to pass instead: given as `config`, they would override labkit's and
+# leave a server it cannot reach, authenticate to, or clean up.
+OWNED_DIRECTIVES = {
+    "port": "labkit picks a free port; choose one with Server(port=...)",
+    "requirepass": "every labkit server has a generated password; choose it with Server(password=...)",
+    "masterauth": "labkit sets it to the server's password (Server(password=...))",
+    "masteruser": "a replica authenticates with the server's password (Server(password=...))",
+    "dir": "labkit gives each server a directory of its own; choose it with Server(directory=...), or where "
+           "labkit makes it with root=",
+    "logfile": "the log is the server's log_path, in its directory",
+    "daemonize": "labkit runs the server in the foreground, to watch and stop it",
+    "loadmodule": "labkit loads the search and JSON modules with modules=True",
+    "replicaof": "use labkit.server.replicated(), or REPLICAOF on a client once the server runs",
+    "slaveof": "use labkit.server.replicated(), or REPLICAOF on a client once the server runs",
+}
+
+
+def owned_directives(config: dict[str, Any], *, allow_no_password: bool = True) -> dict[str, Any]:
+    """`config` (server directives), refusing those labkit sets itself, whatever their case or `_`/`-`
+    spelling, with a `ConfigError` saying what to use instead. `requirepass=""` (no password, a lesson's
+    open server) passes only with `allow_no_password`."""
+    refused = []
+    for key, value in config.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config keys are directive names (strings), got {key!r}.")
+        directive = key.lower().replace("_", "-")
+        if directive in OWNED_DIRECTIVES and not (directive == "requirepass" and value == "" and allow_no_password):
+            refused.append(f"{key}: {OWNED_DIRECTIVES[directive]}")
+    if refused:
+        raise ConfigError("labkit sets these directives itself: " + "; ".join(refused) + ".")
+    return config
 
 
 class Server:
@@ -158,7 +257,8 @@ class Server:
 
     It works in `directory` if given (kept at `stop()`), else in a new directory under `root` (default
     `temp_root()`) that `stop()` deletes. `config` holds server directives; a value of None leaves the
-    directive out, so the engine's built-in default applies.
+    directive out, so the engine's built-in default applies. The directives labkit sets itself (port,
+    requirepass, dir, replicaof, ...: `OWNED_DIRECTIVES`) are refused, saying what to pass instead.
 
     Example:
         >>> with Server() as srv:
@@ -179,6 +279,7 @@ class Server:
         detached: bool = False,
         config: dict[str, Any] | None = None,
     ) -> None:
+        config = owned_directives(dict(config or {}))  # before anything is made
         self.engine = engine if isinstance(engine, Engine) else find_engine(engine)
         self.host = HOST
         self.port = port or free_port()
@@ -188,7 +289,7 @@ class Server:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.sentinel = sentinel
         self.detached = detached
-        self.config = dict(config or {})
+        self.config = config
         self.modules = {} if (sentinel or not modules) else module_paths()
         self.module_error: str | None = _MODULES_REFUSED.get(self.engine.server) if self.modules else None
         if self.module_error:
@@ -272,6 +373,8 @@ class Server:
             preexec_fn=_die_with_parent if own_death else None,
         )
         _RUNNING.add(self)
+        if self._owns_dir:
+            _write_marker(self.dir, server_pid=self.proc.pid)  # the sweep keeps the directory while this runs
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:

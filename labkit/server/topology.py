@@ -28,7 +28,7 @@ from labkit import validate
 from labkit.clients import options, probe_options
 from labkit.errors import ConfigError, ServerUnavailable
 from labkit.server.capabilities import _has_token, _tokens
-from labkit.server.process import HOST, Server
+from labkit.server.process import HOST, Server, owned_directives
 
 CLUSTER_SLOTS = 16384
 CLUSTER_RETRIES = 3  # a cluster client's retries after a connection error (redis-py's default: 10)
@@ -42,6 +42,7 @@ MIGRATION_DONE, MIGRATION_FAILED = "success", ("failed", "cancelled")  # CLUSTER
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.02) -> None:
     """Poll `predicate` until true; raise ServerUnavailable naming `what` after `timeout` seconds."""
+    timeout = validate.seconds(timeout, "timeout")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -55,7 +56,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: 
 
 def spawn(engine: str | None = None, *, modules: bool = True, root: Path | str | None = None, **config: Any) -> Server:
     """A dedicated, started server; `config` becomes server directives (`maxmemory="10mb"`; None leaves one
-    out, so the engine's default applies). Its data directory is created under `root` (default: labkit's
+    out, so the engine's default applies); those labkit sets itself (port, requirepass, dir, replicaof, ...)
+    are refused, saying what to pass instead. Its data directory is created under `root` (default: labkit's
     temp root) and deleted when it stops.
 
     Example:
@@ -107,13 +109,21 @@ SERVER_OPTIONS = ("modules", "port", "password", "directory", "sentinel", "detac
 
 
 def directives_only(config: dict[str, Any]) -> dict[str, Any]:
-    """`config` if it holds only server directives; a `Server` option among them (a topology's servers start
-    without modules, on ports and passwords of its choosing) is refused with what to do instead."""
+    """`config` if it holds only server directives a topology leaves to the caller. A `Server` option among
+    them (a topology's servers start without modules, on ports and passwords of its choosing), or a
+    directive labkit or the topology sets itself (port, requirepass, dir, replicaof, ...), is refused with
+    what to do instead."""
     options = [name for name in config if name in SERVER_OPTIONS]
     if options:
         raise ConfigError(f"{', '.join(options)}: not a server directive. A topology chooses its servers' "
                           "ports and password and starts them without modules; pass directives only, e.g. "
                           "maxmemory='10mb'.")
+    try:
+        owned_directives(config, allow_no_password=False)
+    except ConfigError as err:
+        raise ConfigError(f"{err} A topology chooses its servers' ports, password, directories and "
+                          "replication itself (see its own options); pass other directives only, e.g. "
+                          "maxmemory='10mb'.") from None
     return config
 
 
@@ -128,8 +138,7 @@ class Replicated(Topology):
     def __init__(self, replicas: int = 1, engine: str | None = None, *, root: Path | str | None = None,
                  **config: Any) -> None:
         super().__init__()
-        if replicas < 1:
-            raise ConfigError(f"replicas must be at least 1, got {replicas}.")
+        validate.integer(replicas, "replicas")
         self.replicas: list[Server] = []
         self.root = root
         config = directives_only(config)
@@ -139,9 +148,9 @@ class Replicated(Topology):
         config = FAST_SYNC | config
         self.primary = self._add(Server(engine, root=self.root, modules=False, config=config))
         for _ in range(replicas):
-            replica_config = config | {"replicaof": f"{HOST} {self.primary.port}"}
-            replica = self._add(Server(engine, password=self.primary.password, root=self.root, modules=False,
-                                       config=replica_config))
+            replica = Server(engine, password=self.primary.password, root=self.root, modules=False, config=config)
+            replica.config["replicaof"] = f"{HOST} {self.primary.port}"  # the topology's own directive
+            replica = self._add(replica)
             self.replicas.append(replica)
         for replica in self.replicas:
             wait_until(lambda r=replica: _link_up(r), 15, f"replica {replica.port} to sync")
@@ -306,8 +315,9 @@ class Cluster(Topology):
         root: Path | str | None = None,
     ) -> None:
         super().__init__()
-        if primaries < 1 or replicas < 0:
-            raise ConfigError(f"Need primaries >= 1 and replicas >= 0, got {primaries} and {replicas}.")
+        validate.integer(primaries, "primaries")
+        validate.integer(replicas, "replicas", minimum=0)
+        validate.milliseconds(node_timeout_ms, "node_timeout_ms")
         self.primaries: list[Server] = []
         self.replicas: list[Server] = []
         self.engine, self.root = engine, root
@@ -803,8 +813,7 @@ class Nodes(Topology, list):
 
     def __init__(self, n: int, engine: str | None = None, **config: Any) -> None:
         Topology.__init__(self)
-        if n < 1:
-            raise ConfigError(f"n must be at least 1, got {n}.")
+        validate.integer(n, "n")
         config = directives_only(config)
         self._guard(lambda: [self._add(Server(engine, modules=False, config=config)) for _ in range(n)])
         list.extend(self, self.servers)
