@@ -625,7 +625,7 @@ def _data_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.suffix in (".rdb", ".aof"))
 
 
-def restart_times(root: Path, sizes: Iterable[int] = (40_000, 160_000), repeats: int = 2) -> list[RestartSample]:
+def restart_times(root: Path, sizes: Iterable[int] = (40_000, 160_000), repeats: int = 3) -> list[RestartSample]:
     """For each size, one server is filled with that many keys of random 100-byte values (growing through
     the sizes) and persisted three ways: a snapshot, an AOF with an RDB base, an AOF of commands. A server
     per format and size starts from a copy of those files; in `repeats` rounds every one in turn is started

@@ -91,7 +91,7 @@ def test_restart_times_grow_and_an_aof_of_commands_is_bigger_and_slower(root):
     assert [s.keys for s in rdb] == [40_000, 160_000]
     assert all(rows[1].cpu_seconds > 2 * rows[0].cpu_seconds for rows in (rdb, base, commands))
     assert 1.1 < commands[1].file_bytes / rdb[1].file_bytes < 2, "random values dominate either format"
-    assert commands[1].cpu_seconds > 1.15 * rdb[1].cpu_seconds, "replaying commands costs more than loading an RDB"
+    assert commands[1].cpu_seconds > 1.1 * rdb[1].cpu_seconds, "replaying commands costs more than loading an RDB"
     assert abs(base[1].file_bytes / rdb[1].file_bytes - 1) < 0.01
     assert sum(s.loading_replies for s in samples) > 0, "PING gets LOADING while the data loads"
 
