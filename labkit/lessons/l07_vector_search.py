@@ -79,25 +79,35 @@ def vector_sets_everywhere(vectors: np.ndarray, query: np.ndarray, k: int = 5) -
 
 
 # -- 7.5 the server's own time per query -----------------------------------------------------------------------
-def _ft_search_stats(r: redis.Redis) -> tuple[int, int]:
-    stats = r.info("commandstats").get("cmdstat_FT.SEARCH", {"calls": 0, "usec": 0})
-    return int(stats["calls"]), int(stats["usec"])
+def _searches_timed(r: redis.Redis, search: Callable[[np.ndarray], object], probes: np.ndarray) -> list[int]:
+    """Each FT.SEARCH's own microseconds, as the SLOWLOG records them, for one query per probe."""
+    r.slowlog_reset()
+    for vector in probes:
+        search(vector)
+    entries = r.execute_command("SLOWLOG", "GET", len(probes) + 10, NEVER_DECODE=[])  # the vector is binary
+    # each entry: id, time, microseconds, the command's arguments, client address, client name
+    return [int(entry[2]) for entry in entries if bytes(entry[3][0]).upper() == b"FT.SEARCH"]
 
 
 def server_usec_per_query(r: redis.Redis, searches: dict[str, Callable[[np.ndarray], object]], probes: np.ndarray,
                           *, batch: int = 50, rounds: int = 5) -> dict[str, float]:
-    """For each contender (`search(vector)` sends one FT.SEARCH), the server's own microseconds per query from
-    INFO commandstats: `rounds` batches of `batch` queries each, contenders taking turns; the median batch. The
-    client's work (and a busy machine's scheduling of it) is not in it."""
-    per_batch: dict[str, list[float]] = {name: [] for name in searches}
-    for _ in range(rounds):
-        for name, search in searches.items():
-            calls, usec = _ft_search_stats(r)
-            for vector in probes[:batch]:
-                search(vector)
-            calls_after, usec_after = _ft_search_stats(r)
-            per_batch[name].append((usec_after - usec) / max(calls_after - calls, 1))
-    return {name: float(np.median(values)) for name, values in per_batch.items()}
+    """For each contender (`search(vector)` sends one FT.SEARCH), the server's own microseconds per query, as the
+    SLOWLOG records each command (logging all of them while this runs, its settings restored after): `rounds`
+    batches of `batch` queries each, contenders taking turns; the median query. The client's work is not in it,
+    and a query the busy machine's scheduler interrupted is an outlier the median ignores."""
+    saved = r.config_get("slowlog-log-slower-than") | r.config_get("slowlog-max-len")
+    r.config_set("slowlog-log-slower-than", 0)
+    r.config_set("slowlog-max-len", batch + 10)
+    usec: dict[str, list[int]] = {name: [] for name in searches}
+    try:
+        for _ in range(rounds):
+            for name, search in searches.items():
+                usec[name] += _searches_timed(r, search, probes[:batch])
+    finally:
+        for setting, value in saved.items():
+            r.config_set(setting, value)
+        r.slowlog_reset()
+    return {name: float(np.median(values)) for name, values in usec.items()}
 
 
 def _check_index(r: redis.Redis, ns: Namespace) -> tuple[str, str, list[tuple[str, str, str]], np.ndarray, Embedder]:
