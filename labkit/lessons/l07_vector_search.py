@@ -3,6 +3,7 @@ every installed engine, and the exercise checks."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from labkit.keys import Namespace
 from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.server import available_engines, capabilities, spawn
+from labkit.tracing import abridge, trace
 from labkit.vectors import DIM, Embedder, corpus, create_index, index_exists, knn, to_bytes, wait_indexed
 
 
@@ -77,25 +79,35 @@ def vector_sets_everywhere(vectors: np.ndarray, query: np.ndarray, k: int = 5) -
 
 
 # -- 7.5 the server's own time per query -----------------------------------------------------------------------
-def _ft_search_stats(r: redis.Redis) -> tuple[int, int]:
-    stats = r.info("commandstats").get("cmdstat_FT.SEARCH", {"calls": 0, "usec": 0})
-    return int(stats["calls"]), int(stats["usec"])
+def _searches_timed(r: redis.Redis, search: Callable[[np.ndarray], object], probes: np.ndarray) -> list[int]:
+    """Each FT.SEARCH's own microseconds, as the SLOWLOG records them, for one query per probe."""
+    r.slowlog_reset()
+    for vector in probes:
+        search(vector)
+    entries = r.execute_command("SLOWLOG", "GET", len(probes) + 10, NEVER_DECODE=[])  # the vector is binary
+    # each entry: id, time, microseconds, the command's arguments, client address, client name
+    return [int(entry[2]) for entry in entries if bytes(entry[3][0]).upper() == b"FT.SEARCH"]
 
 
 def server_usec_per_query(r: redis.Redis, searches: dict[str, Callable[[np.ndarray], object]], probes: np.ndarray,
                           *, batch: int = 50, rounds: int = 5) -> dict[str, float]:
-    """For each contender (`search(vector)` sends one FT.SEARCH), the server's own microseconds per query from
-    INFO commandstats: `rounds` batches of `batch` queries each, contenders taking turns; the median batch. The
-    client's work (and a busy machine's scheduling of it) is not in it."""
-    per_batch: dict[str, list[float]] = {name: [] for name in searches}
-    for _ in range(rounds):
-        for name, search in searches.items():
-            calls, usec = _ft_search_stats(r)
-            for vector in probes[:batch]:
-                search(vector)
-            calls_after, usec_after = _ft_search_stats(r)
-            per_batch[name].append((usec_after - usec) / max(calls_after - calls, 1))
-    return {name: float(np.median(values)) for name, values in per_batch.items()}
+    """For each contender (`search(vector)` sends one FT.SEARCH), the server's own microseconds per query, as the
+    SLOWLOG records each command (logging all of them while this runs, its settings restored after): `rounds`
+    batches of `batch` queries each, contenders taking turns; the median query. The client's work is not in it,
+    and a query the busy machine's scheduler interrupted is an outlier the median ignores."""
+    saved = r.config_get("slowlog-log-slower-than") | r.config_get("slowlog-max-len")
+    r.config_set("slowlog-log-slower-than", 0)
+    r.config_set("slowlog-max-len", batch + 10)
+    usec: dict[str, list[int]] = {name: [] for name in searches}
+    try:
+        for _ in range(rounds):
+            for name, search in searches.items():
+                usec[name] += _searches_timed(r, search, probes[:batch])
+    finally:
+        for setting, value in saved.items():
+            r.config_set(setting, value)
+        r.slowlog_reset()
+    return {name: float(np.median(values)) for name, values in usec.items()}
 
 
 def _check_index(r: redis.Redis, ns: Namespace) -> tuple[str, str, list[tuple[str, str, str]], np.ndarray, Embedder]:
@@ -119,52 +131,108 @@ def _drop(r: redis.Redis, index: str) -> None:
     r.execute_command("FT.DROPINDEX", index, "DD")
 
 
-TOPIC_KS = (5, 12)  # 12 > 10: FT.SEARCH's default LIMIT 0 10 cuts a KNN 12 short unless the query says LIMIT 0 k
+TOPIC_ASKS = (("billing", 5), ("billing", 12), ("account", 5))  # 12 > 10: FT.SEARCH's default LIMIT 0 10 cuts a
+# KNN 12 short unless the query says LIMIT 0 k; a second topic, so that the `topic` argument has to be used
+NOT_A_FUNCTION = "pass the function itself, without (): {name}, not {answer!r}."
+
+
+def _params(args: tuple[str, ...]) -> dict[str, str]:
+    """An FT.SEARCH's PARAMS, name to value, as sent."""
+    at = next((i for i in range(3, len(args)) if args[i].upper() == "PARAMS"), None)
+    if at is None or not args[at + 1:at + 2] or not args[at + 1].isdigit():
+        return {}
+    pairs = args[at + 2:at + 2 + int(args[at + 1])]
+    return dict(zip(pairs[::2], pairs[1::2], strict=False))  # an odd count: the server's error
+
+
+def prefilters(args: tuple[str, ...], topic: str, k: int) -> bool:
+    """Whether an FT.SEARCH (its arguments as sent) filters on `@topic:{<topic>}` in front of `=>[KNN <k> `, so
+    that the KNN chooses among the matching documents only ($parameters read with the values PARAMS gives)."""
+    params = _params(args)
+    query = re.sub(r"\$(\w+)", lambda m: params.get(m[1], m[0]), args[2] if len(args) > 2 else "")
+    before, arrow, after = query.partition("=>")
+    return bool(arrow and re.search(rf"@topic:\{{\s*{re.escape(topic)}\s*\}}", before)
+                and re.match(rf"\s*\[\s*KNN\s+{k}\s", after, re.IGNORECASE))
+
+
+def _ask_topics(r: redis.Redis, index: str, vector: np.ndarray, nearest_in_topic: Callable
+                ) -> tuple[dict[tuple[str, int], list[str]], dict[tuple[str, int], list[tuple[str, ...]]]]:
+    """Each of TOPIC_ASKS put to the learner's function: the keys it returned, and the FT.SEARCH it sent."""
+    answers, searches = {}, {}
+    for topic, k in TOPIC_ASKS:
+        with trace(r, show=False) as sent:
+            answers[topic, k] = [text(key) for key in nearest_in_topic(r, index, vector, topic, k)]
+        searches[topic, k] = [call.args for call in sent.calls if call.name == "FT.SEARCH"]
+    return answers, searches
 
 
 @check
 def check_topic_knn(r: redis.Redis, ns: Namespace, nearest_in_topic: Callable) -> Result:
     """`nearest_in_topic(r, index, vector, topic, k)` returns the keys of the k documents nearest to
-    `vector` among those whose TAG field `topic` is `topic`, nearest first (a pre-filtered KNN); asked for k 5
-    and 12 (the check's index holds 16 billing documents)."""
+    `vector` among those whose TAG field `topic` is `topic`, nearest first (a pre-filtered KNN): asked for k 5
+    and 12 in topic billing (the check's index holds 16 billing documents) and k 5 in topic account. Its
+    commands are traced: one FT.SEARCH per question, with `@topic:{<topic>}` in front of `=>[KNN <k> `."""
+    if not callable(nearest_in_topic):
+        return Result(False, NOT_A_FUNCTION.format(name="nearest_in_topic", answer=nearest_in_topic))
     index, prefix, docs, vectors, embedder = _check_index(r, ns)
+    query = embedder("I want to close my account permanently.")
     try:
-        query = embedder("I want to close my account permanently.")
-        in_topic = [i for i, (_, topic, _) in enumerate(docs) if topic == "billing"]
-        order = sorted(in_topic, key=lambda i: float(1 - vectors[i] @ query))
-        answers = {}
-        try:
-            for k in TOPIC_KS:
-                answers[k] = [text(key) for key in nearest_in_topic(r, index, np.asarray(query, dtype=np.float32),
-                                                                   "billing", k)]
-        except redis.ResponseError as err:
-            return Result(False, f"the server answered {err}. Vector queries need DIALECT 2, and the vector passed as "
-                                 "a PARAMS blob of FLOAT32 bytes.")
+        answers, searches = _ask_topics(r, index, np.asarray(query, dtype=np.float32), nearest_in_topic)
+    except redis.ResponseError as err:
+        return Result(False, f"the server answered {err}. Vector queries need DIALECT 2, and the vector passed as "
+                             "a PARAMS blob of FLOAT32 bytes.")
+    except UnicodeDecodeError:
+        return Result(False, "the reply could not be decoded as text. RETURN only the fields you need: the vector "
+                             "field is binary (`RETURN 1 distance`; the key comes back anyway).")
     finally:
         _drop(r, index)
-    for k, got in answers.items():
-        expected = [f"{prefix}{i}" for i in order[:k]]
-        if got == expected:
-            continue
-        if len(got) == 10 < k:
-            return Result(False, f"10 results for k={k}: FT.SEARCH returns 10 unless the command says `LIMIT 0 {k}`.")
-        if len(got) < k:
-            return Result(False, f"{len(got)} results instead of {k}: filter inside the query, `(@topic:{{billing}})"
-                                 f"=>[KNN {k} ...]`, so KNN picks among billing documents, rather than filtering the "
-                                 f"{k} nearest of all.")
-        if set(got) == set(expected):
-            return Result(False, "the right documents in the wrong order: sort by the distance, ascending "
-                                 "(0 = nearest).")
-        return Result(False, f"k={k}: got {got[:3]}..., expected {expected[:3]}...: KNN {k} among @topic:{{billing}} "
-                             "documents.")
-    return Result(True, f"the {' and the '.join(map(str, TOPIC_KS))} nearest billing questions, nearest first: the "
-                        "filter ran before the KNN, and LIMIT let all k through.")
+    topic_of = {f"{prefix}{i}": topic for i, (_, topic, _) in enumerate(docs)}
+    for (topic, k), got in answers.items():
+        in_topic = [i for i, (_, t, _) in enumerate(docs) if t == topic]
+        order = sorted(in_topic, key=lambda i: float(1 - vectors[i] @ query))
+        problem = _wrong_keys(got, [f"{prefix}{i}" for i in order[:k]], topic, k, topic_of)
+        if problem:
+            return Result(False, problem)
+    for (topic, k), sent in searches.items():
+        if len(sent) != 1:
+            return Result(False, f"topic {topic!r}, k={k}: {len(sent)} FT.SEARCH commands sent, expected one: the "
+                                 f"filter goes inside the query, `(@topic:{{{topic}}})=>[KNN {k} ...]`, and the "
+                                 "server answers in one go.")
+        if not prefilters(sent[0], topic, k):
+            return Result(False, f"topic {topic!r}, k={k}: the query sent was `{abridge(sent[0][2], 60)}`: the filter "
+                                 f"goes in front of the KNN clause, `(@topic:{{{topic}}})=>[KNN {k} ...]`, so that KNN "
+                                 "chooses among that topic's documents; fetching more neighbours than k and filtering "
+                                 "them afterwards ranks every document, and can still come up short when the topic "
+                                 "is rare.")
+    asked = ", ".join(f"{topic} k={k}" for topic, k in TOPIC_ASKS)
+    return Result(True, f"the nearest documents of the topic asked, nearest first ({asked}), each from one FT.SEARCH "
+                        "whose filter ran before the KNN, with a LIMIT that let all k through.")
+
+
+def _wrong_keys(got: list[str], expected: list[str], topic: str, k: int, topic_of: dict[str, str]) -> str:
+    """What is wrong with the keys `got` for (topic, k), or "" if they are the `expected` ones."""
+    if got == expected:
+        return ""
+    others = sorted({topic_of.get(key, "?") for key in got} - {topic})
+    if got and others:
+        return (f"asked for topic {topic!r}, k={k}, got documents of topic {', '.join(others)}: build the filter "
+                "from the `topic` argument, not a topic written into the query.")
+    if len(got) == 10 < k:
+        return f"10 results for k={k}: FT.SEARCH returns 10 unless the command says `LIMIT 0 {k}`."
+    if len(got) < k:
+        return (f"{len(got)} results instead of {k}: filter inside the query, `(@topic:{{{topic}}})=>[KNN {k} ...]`, "
+                f"so KNN picks among {topic} documents, rather than filtering the {k} nearest of all.")
+    if set(got) == set(expected):
+        return "the right documents in the wrong order: sort by the distance, ascending (0 = nearest)."
+    return f"k={k}: got {got[:3]}..., expected {expected[:3]}...: KNN {k} among @topic:{{{topic}}} documents."
 
 
 @check
 def check_similarity_lookup(r: redis.Redis, ns: Namespace, lookup: Callable) -> Result:
     """`lookup(r, index, vector, min_similarity)` returns the cached `text` of the nearest entry if its
     cosine SIMILARITY is at least `min_similarity`, else None; the server reports cosine DISTANCE."""
+    if not callable(lookup):
+        return Result(False, NOT_A_FUNCTION.format(name="lookup", answer=lookup))
     index, _, docs, vectors, embedder = _check_index(r, ns)
     try:
         data = corpus()
@@ -218,6 +286,8 @@ def check_threshold(pick_threshold: Callable, target: float = 0.85) -> Result:
     """`pick_threshold(distances, right, target)` returns the cosine-distance threshold that answers the most
     questions right while the hits' precision stays at least `target`, from labelled data: `distances[i]` is
     question i's distance to its nearest cached entry, `right[i]` whether that entry's answer is right."""
+    if not callable(pick_threshold):
+        return Result(False, NOT_A_FUNCTION.format(name="pick_threshold", answer=pick_threshold))
     distances, right = _labelled_nearest()
     best = max((precision_recall(distances, right, d)[1], d) for d in distances
                if precision_recall(distances, right, d)[0] >= target)

@@ -42,6 +42,83 @@ def test_topic_knn_rejects_farthest_first(r, ns):
     assert not result and "wrong order" in result.message
 
 
+def _topic_query(r, index, vector, query, k, returned="distance"):
+    """One hybrid FT.SEARCH by hand for `query`, sorted by distance, LIMIT 0 k."""
+    reply = r.execute_command("FT.SEARCH", index, query, "SORTBY", "distance", "ASC", "LIMIT", 0, k,
+                              "RETURN", 1, returned, "PARAMS", 2, "vec", vector.tobytes(), "DIALECT", 2)
+    return reply["results"]
+
+
+@pytest.mark.needs("search")
+def test_topic_knn_rejects_a_topic_written_into_the_query(r, ns):
+    def billing_always(r, index, vector, topic, k):
+        query = f"(@topic:{{billing}})=>[KNN {k} @embedding $vec AS distance]"
+        return [row["id"] for row in _topic_query(r, index, vector, query, k)]
+
+    result = lesson.check_topic_knn(r, ns, billing_always)
+    assert not result and "'account'" in result.message and "billing" in result.message, result.message
+
+
+@pytest.mark.needs("search")
+def test_topic_knn_rejects_a_knn_over_everything_filtered_in_python(r, ns):
+    """KNN 1000 over every document, then the topic kept in Python: the right keys, from a post-filter."""
+    def over_fetch(r, index, vector, topic, k):
+        rows = _topic_query(r, index, vector, "*=>[KNN 1000 @embedding $vec AS distance]", 1000, returned="topic")
+        return [row["id"] for row in rows if row["extra_attributes"]["topic"] == topic][:k]
+
+    result = lesson.check_topic_knn(r, ns, over_fetch)
+    assert not result and "in front of" in result.message and "KNN 1000" in result.message, result.message
+
+
+@pytest.mark.needs("search")
+def test_topic_knn_rejects_a_knn_widened_until_enough_survive_the_filter(r, ns):
+    """Two FT.SEARCH for one answer (a KNN widened until enough survive the filter) is a post-filter too."""
+    def widening(r, index, vector, topic, k):
+        for wanted in (k, 1000):
+            rows = _topic_query(r, index, vector, f"*=>[KNN {wanted} @embedding $vec AS distance]", wanted,
+                                returned="topic")
+            kept = [row["id"] for row in rows if row["extra_attributes"]["topic"] == topic][:k]
+            if len(kept) == k:
+                return kept
+        return kept
+
+    result = lesson.check_topic_knn(r, ns, widening)
+    assert not result and "FT.SEARCH" in result.message, result.message
+
+
+@pytest.mark.needs("search")
+def test_topic_knn_accepts_the_topic_and_k_passed_as_parameters(r, ns):
+    def with_params(r, index, vector, topic, k):
+        reply = r.execute_command("FT.SEARCH", index, "(@topic:{$topic})=>[KNN $k @embedding $vec AS distance]",
+                                  "SORTBY", "distance", "ASC", "LIMIT", 0, k, "RETURN", 1, "distance",
+                                  "PARAMS", 6, "topic", topic, "k", k, "vec", vector.tobytes(), "DIALECT", 2)
+        return [row["id"] for row in reply["results"]]
+
+    assert lesson.check_topic_knn(r, ns, with_params)
+
+
+@pytest.mark.needs("search")
+def test_topic_knn_explains_a_reply_with_the_vector_in_it(r, ns):
+    """Without RETURN the reply carries the binary vector, which a decoding client cannot read as text."""
+    def everything_returned(r, index, vector, topic, k):
+        reply = r.execute_command("FT.SEARCH", index, f"(@topic:{{{topic}}})=>[KNN {k} @embedding $vec AS distance]",
+                                  "SORTBY", "distance", "ASC", "LIMIT", 0, k, "PARAMS", 2, "vec", vector.tobytes(),
+                                  "DIALECT", 2)
+        return [row["id"] for row in reply["results"]]
+
+    result = lesson.check_topic_knn(r, ns, everything_returned)
+    assert not result and "RETURN only the fields you need" in result.message, result.message
+
+
+@pytest.mark.parametrize("answer", [None, "nearest_in_topic", 5])
+def test_checks_explain_an_answer_that_is_not_a_function(r, ns, answer):
+    """A learner passing what their function returned (or its name) gets told to pass the function itself."""
+    for result in (lesson.check_topic_knn(r, ns, answer), lesson.check_similarity_lookup(r, ns, answer),
+                   lesson.check_threshold(answer)):
+        assert not result and "the function itself" in result.message, result.message
+    assert ns.keys(r) == []
+
+
 @pytest.mark.needs("search")
 def test_topic_knn_explains_a_query_without_dialect_2(r, ns):
     def dialect_1(r, index, vector, topic, k):
@@ -174,3 +251,20 @@ def test_precision_recall_counts_a_threshold_without_hits_as_precise():
     assert lesson.precision_recall(distances, right, 0.05) == (1.0, 0)
     assert lesson.precision_recall(distances, right, 0.2) == (0.5, 1)
     assert lesson.precision_recall(distances, right, 0.4) == (0.75, 3)
+
+
+def _sent(query, *params):
+    """An FT.SEARCH's arguments as the trace records them, with its PARAMS (the vector's as decoded text)."""
+    params = params or ("vec", "\x00\ufffd$k")
+    return ("FT.SEARCH", "idx", query, "SORTBY", "d", "PARAMS", str(len(params)), *params, "DIALECT", "2")
+
+
+def test_prefilters_reads_the_filter_in_front_of_the_knn_clause_with_its_parameters():
+    assert lesson.prefilters(_sent("(@topic:{billing})=>[KNN 5 @embedding $vec AS d]"), "billing", 5)
+    assert lesson.prefilters(_sent("@topic:{ billing }=>[knn 5 @embedding $vec]"), "billing", 5)
+    assert lesson.prefilters(_sent("(@topic:{$t})=>[KNN $k @embedding $vec]", "t", "billing", "k", "5", "vec", "x"),
+                             "billing", 5)
+    assert not lesson.prefilters(_sent("*=>[KNN 1000 @embedding $vec]"), "billing", 5)
+    assert not lesson.prefilters(_sent("(@topic:{billing})=>[KNN 50 @embedding $vec]"), "billing", 5)
+    assert not lesson.prefilters(_sent("(@topic:{billing})=>[KNN 5 @embedding $vec]"), "account", 5)
+    assert not lesson.prefilters(("FT.SEARCH", "idx"), "billing", 5)
