@@ -381,17 +381,19 @@ def blocking_checkout_after_release(srv: Server, hold_s: float = 0.2, timeout: f
 
 
 def connections_for_threads(srv: Server, threads: int = 16, block_s: float = 0.1) -> dict[str, int]:
-    """Connections one shared client (redis-py's default pool, bounded at 100) opened for `threads` threads:
-    each sending 200 GETs back to back, and each sending one `BLPOP` of `block_s` seconds on an empty list
-    (counted in CLIENT LIST by name)."""
+    """Connections one shared client (redis-py's default pool, bounded at 100) opened for `threads` threads,
+    started together (a barrier: a thread started late would find the others done): each sending 200 GETs
+    back to back, and each sending one `BLPOP` of `block_s` seconds on an empty list (counted in CLIENT LIST
+    by name)."""
     admin = client_of(srv)
     used = {}
     for label, work in (("200 GETs each", lambda c: [c.get("k") for _ in range(200)]),
                         (f"one BLPOP {block_s:g} s each", lambda c: c.blpop(["empty"], block_s))):
         name = f"{PREFIX}-threads-{len(used)}"
         shared = client_of(srv, client_name=name)
+        together = threading.Barrier(threads)
         with ThreadPoolExecutor(threads, thread_name_prefix=f"{PREFIX}-pool") as executor:
-            list(executor.map(work, [shared] * threads))
+            list(executor.map(lambda c, work=work, together=together: (together.wait(10), work(c)), [shared] * threads))
         used[label] = len(ops.connections(admin, name_prefix=name))
         shared.close()
     admin.close()
