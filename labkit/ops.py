@@ -748,7 +748,7 @@ def hot_slots(rc: RedisCluster, *, by: str = "cpu-usec", limit: int = 5) -> list
             raise LabkitError(f"The primaries do not count {by} per slot yet ({err}): set cluster-slot-stats-enabled "
                               "to yes on every primary (CONFIG SET), or rank by key-count.") from err
         raise LabkitError(f"This server cannot report slot statistics ({err}): CLUSTER SLOT-STATS needs Valkey "
-                          "8.0 or later.") from err
+                          "8.0 or Redis 8.0 or later.") from err
     found = [_slot_stats(slot, node, stats) for node, rows in replies.items() for slot, stats in rows]
     return sorted(found, key=lambda s: getattr(s, by.replace("-", "_")), reverse=True)[:limit]
 

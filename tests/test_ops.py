@@ -5,7 +5,7 @@ import redis
 
 from labkit import ops
 from labkit.errors import ConfigError, LabkitError
-from labkit.server import cluster
+from labkit.server import capabilities, cluster
 
 
 def test_scan_delete_takes_the_prefix_and_nothing_that_merely_starts_like_it(r, ns):
@@ -112,6 +112,10 @@ def test_cluster_errors_counts_the_redirects_the_nodes_sent(rc):
 def test_hot_slots_finds_the_slot_that_gets_the_traffic(rc):
     hot, cold = "lab:test:{hot-slot}:k", [f"lab:test:cold:{i}" for i in range(50)]
     rc.mset_nonatomic(dict.fromkeys([hot, *cold], 1))
+    if not capabilities(rc.get_redis_connection(rc.get_default_node())).slot_stats:  # Redis 7.0
+        with pytest.raises(LabkitError, match=r"cannot report slot statistics.*Valkey 8\.0 or Redis 8\.0"):
+            ops.hot_slots(rc, by="network-bytes-in")
+        return
     with pytest.raises(LabkitError, match="cluster-slot-stats-enabled"):  # off by default: nothing was counted
         ops.hot_slots(rc, by="network-bytes-in")
     rc.config_set("cluster-slot-stats-enabled", "yes", target_nodes=rc.PRIMARIES)
