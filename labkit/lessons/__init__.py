@@ -15,13 +15,15 @@ import pkgutil
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ParamSpec
+from typing import ParamSpec, TypeVar
 
 import redis
 
 from labkit import workshop
+from labkit.server import Capabilities, available_engines, capabilities, spawn
 
 P = ParamSpec("P")
+T = TypeVar("T")
 _MODULE = re.compile(r"^labkit\.lessons\.(l\d\d)_\w+$")
 CHECKS: dict[str, list[str]] = {}  # lesson ("l00") -> its checks, in the order its module defines them
 SKIPPED = re.compile(r"^Skipped on this server: (?P<part>.+?)\. Why: (?P<reason>.+)$", re.M)
@@ -89,3 +91,19 @@ def skip(part: str, reason: str) -> None:
     """Say that `part` of a lesson (a section, or a piece of one) does not run on this server, and why: one
     line that `python -m labkit matrix` collects. Lessons decide from capabilities, never engine names."""
     print(f"Skipped on this server: {part}. Why: {reason}")
+
+
+def on_each_engine(experiment: Callable[[redis.Redis, Capabilities], T], *, modules: bool = False) -> list[T]:
+    """`experiment(r, caps)` on a fresh server of every engine installed here, one engine after another: `r`
+    a client of that server (its keys and settings are the experiment's own), `caps` what it can do (an
+    experiment that needs what `caps` lacks returns a row saying so). Each server is stopped, and its client
+    closed, before the next starts. Lessons show engines side by side with it."""
+    rows = []
+    for engine in available_engines():
+        with spawn(engine, modules=modules) as server:
+            r = server.client()
+            try:
+                rows.append(experiment(r, capabilities(r)))
+            finally:
+                r.close()
+    return rows

@@ -1,0 +1,35 @@
+"""What every lesson module shares (`labkit.lessons`): running one experiment on each installed engine."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from labkit.lessons import on_each_engine
+from labkit.server import available_engines
+
+
+def test_each_installed_engine_gets_a_fresh_server_of_its_own_in_turn():
+    def experiment(r, caps):
+        fresh = r.dbsize() == 0
+        r.set("mark", caps.version)  # a server shared between engines would show it to the next one
+        return caps.engine, caps.version, fresh, r.connection_pool.connection_kwargs["port"]
+
+    rows = on_each_engine(experiment)
+    versions = [engine.version for engine in available_engines().values()]
+    assert [version for _, version, _, _ in rows] == versions
+    assert all(fresh for _, _, fresh, _ in rows)
+
+
+def test_the_server_is_stopped_even_when_the_experiment_fails():
+    ports = []
+
+    def failing(r, caps):
+        ports.append(r.connection_pool.connection_kwargs["port"])
+        raise RuntimeError("the experiment broke")
+
+    with pytest.raises(RuntimeError, match="the experiment broke"):
+        on_each_engine(failing)
+    late = redis.Redis(port=ports[0], socket_connect_timeout=1)
+    with pytest.raises(redis.ConnectionError):
+        late.ping()
