@@ -61,9 +61,11 @@ class LiveMonitor:
     redraw_every = 0.5  # seconds between redraws of the live figure (the label follows every sample)
 
     def __init__(self, sample: Callable[[], Sample], *, duration: float = 3.0, interval: float = 0.2) -> None:
-        if duration <= 0 or interval <= 0:
-            raise ValueError(f"duration and interval must be positive, got {duration} and {interval}.")
-        self.sample, self.duration, self.interval = sample, duration, interval
+        if not callable(sample):
+            raise ConfigError(f"sample is a function returning this moment's counters, got {sample!r}.")
+        self.sample = sample
+        self.duration = validate.seconds(duration, "duration (seconds the monitor samples)")
+        self.interval = validate.seconds(interval, "interval (seconds between samples)")
         self._drawn_at, self._draw_s = float("-inf"), 0.0
         self.started: float | None = None  # time.monotonic() when the run began (the time axis's 0)
         self.result = MonitorResult()
@@ -575,7 +577,7 @@ class FailoverTimeline(LiveMonitor):
     def __init__(self, counts: dict[str, dict[str, int]], events: list[tuple[float, str]] | None = None,
                  **kwargs: float) -> None:
         if not isinstance(counts, dict) or not counts or not all(isinstance(c, dict) for c in counts.values()):
-            raise ValueError(f"counts maps each writer's name to its counters {{'ok': 0, 'errors': 0}}, "
+            raise ConfigError(f"counts maps each writer's name to its counters {{'ok': 0, 'errors': 0}}, "
                              f"got {counts!r}.")
         self.counts = counts
         self.events = events if events is not None else []
@@ -653,8 +655,7 @@ class ProgressBoard:
         from labkit.clients import derive
         from labkit.workshop import Progress
 
-        if not interval > 0:
-            raise ValueError(f"interval is a positive number of seconds, got {interval!r}.")
+        validate.seconds(interval, "interval (seconds between redraws)")
         self._client = derive(r, client_name="labkit-progress-board", retries=0)
         self.progress = Progress(self._client)
         self.interval = interval

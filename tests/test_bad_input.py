@@ -27,6 +27,7 @@ from labkit import (
     sessions,
     streams,
     vectors,
+    widgets,
     workshop,
 )
 from labkit.lessons import l11_connections_and_operations as l11
@@ -375,6 +376,11 @@ ROWS = [
         [*COUNT, 3000]),  # 3000: more than the 2000 guesses
     Row("password_guessing", "depth", lambda w, v: l11.password_guessing(w.topo.primaries[0], depth=v), COUNT),
     Row("password_guessing", "flood", lambda w, v: l11.password_guessing(w.topo.primaries[0], flood=v), COUNT0),
+    # -- widgets: refused before the first sample --------------------------------------------------------------
+    Row("LiveMonitor", "sample", lambda w, v: widgets.LiveMonitor(v), [None, "INFO", 5]),
+    Row("LiveMonitor", "duration", lambda w, v: widgets.LiveMonitor(dict, duration=v), SECONDS),
+    Row("LiveMonitor", "interval", lambda w, v: widgets.LiveMonitor(dict, interval=v), SECONDS),
+    Row("ProgressBoard", "interval", lambda w, v: widgets.ProgressBoard(w.r, interval=v), SECONDS),
 ]
 
 
