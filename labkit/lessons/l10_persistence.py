@@ -33,8 +33,8 @@ from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 from labkit.ops import FSYNC_POLICIES
 from labkit.server import Server, capabilities, replicated, spawn
+from labkit.server.process import OWNER_MARKER, temp_root
 from labkit.server.process import pid_alive as _alive
-from labkit.server.process import temp_root
 from labkit.server.topology import Replicated, wait_until
 from labkit.sessions import SessionStore
 
@@ -392,6 +392,11 @@ def plot_losses(losses: dict[str, Loss], title: str) -> None:
     ax.invert_yaxis()
     ax.legend(fontsize=8, loc="lower right")
     plt.show()
+
+
+def server_files(directory: Path) -> list[str]:
+    """The files in a spawned server's directory, without the marker labkit writes there (who made it)."""
+    return sorted(p.name for p in directory.iterdir() if p.name != OWNER_MARKER)
 
 
 # -- the AOF ---------------------------------------------------------------------------------------------
@@ -846,7 +851,7 @@ def aof_switched_on_by_config_file(root: Path, keys: int = 1000) -> tuple[int, i
         _write_keys(srv.client(), 0, keys)
         srv.config["appendonly"] = True
         srv.restart()
-        return keys, loaded(srv).dbsize(), sorted(p.name for p in srv.dir.iterdir())
+        return keys, loaded(srv).dbsize(), server_files(srv.dir)
 
 
 def aof_switched_on_at_runtime(root: Path, *, keys: int = 1000, rewrite_config: bool) -> tuple[int, int]:

@@ -5,7 +5,7 @@ import pytest
 import redis
 
 from labkit.lessons import l10_persistence as lesson
-from labkit.server.process import temp_root
+from labkit.server.process import OWNER_MARKER, temp_root
 
 
 @pytest.fixture
@@ -314,3 +314,11 @@ def test_durable_write_rejects_a_write_that_never_returns():
 
     result = lesson.check_durable_write(forever, deadline_s=1.0)
     assert not result and "give WAITAOF a timeout" in result.message
+
+
+def test_server_files_are_what_the_server_wrote_without_labkits_marker(root):
+    with lesson.spawn(modules=False, root=root) as srv:
+        srv.client().save()
+        files = lesson.server_files(srv.dir)
+        assert "dump.rdb" in files and OWNER_MARKER not in files
+        assert (srv.dir / OWNER_MARKER).exists()
