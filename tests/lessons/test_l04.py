@@ -34,6 +34,25 @@ def test_sliding_log_accepts_the_atomic_script_given_every_key(r, ns):
     assert ns.keys(r) == []
 
 
+ONE_KEY_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+local used = redis.call('ZCARD', KEYS[1])
+if used >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now, now .. ':' .. used)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+def test_sliding_log_accepts_one_key_whose_members_count_on_from_zcard(r, ns):
+    script = r.register_script(ONE_KEY_LUA)  # the way the exercise names second, as labkit's SlidingLog does
+    result = lesson.check_sliding_log(r, ns, lambda r, key, limit, ms: bool(script(keys=[key], args=[limit, ms])))
+    assert result, result.message
+    assert ns.keys(r) == []
+
+
 def test_sliding_log_rejects_a_key_built_inside_the_script(r, ns):
     script = r.register_script(BUILT_INSIDE)
     result = lesson.check_sliding_log(r, ns, lambda r, key, limit, ms: bool(script(keys=[key], args=[limit, ms])))
