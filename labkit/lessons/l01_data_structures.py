@@ -325,14 +325,14 @@ def differing_defaults(rows: Sequence[EngineEncodings]) -> dict[str, set[int]]:
 
 
 def print_encodings(rows: Sequence[EngineEncodings]) -> None:
-    """One line per server: each threshold (entries/value; "-" where the server has no such setting), then
-    what it did with a small set, a small list and short strings."""
+    """One line per server: each threshold (e/v: entries/value; "-" where the server has no such setting),
+    then what it did with a small set, a small list and short strings."""
     def pair(limits: dict[str, int], kind: str) -> str:
         found = [str(limits.get(f"{kind}-max-listpack-{part}", "-")) for part in ("entries", "value")]
         return "-" if found == ["-", "-"] else "/".join(found)
 
     embstr = "/".join(str(n) for n in EMBSTR_NAMES)
-    print(f"{'server':14} {'hash':8} {'set':8} {'intset':6} {'zset':8} {'list':4}  {'small set':10} "
+    print(f"{'server':14} {'hash e/v':8} {'set e/v':8} {'intset':6} {'zset e/v':8} {'list':4}  {'small set':10} "
           f"{'small list':10} embstr up to (key of {embstr} B)")
     for row in rows:
         print(f"{row.server:14} {pair(row.limits, 'hash'):8} {pair(row.limits, 'set'):8} "

@@ -272,7 +272,7 @@ def test_print_encodings_shows_a_dash_for_what_a_server_lacks(encodings, capsys)
                                  None, (44, 44))
     lesson.print_encodings([old])
     header, line = capsys.readouterr().out.splitlines()
-    assert header.split()[:3] == ["server", "hash", "set"]
+    assert header.split()[:5] == ["server", "hash", "e/v", "set", "e/v"]
     assert line.split() == ["redis", "7.0.15", "512/64", "-", "-", "-", "-2", "hashtable", "quicklist", "44/44"]
     lesson.print_encodings([row for row, _ in encodings])
     assert len(capsys.readouterr().out.splitlines()) == 1 + len(available_engines())
