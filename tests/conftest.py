@@ -11,7 +11,7 @@ import pytest
 
 import labkit
 from labkit.matrix import unmet
-from labkit.server import Capabilities, capabilities, cluster
+from labkit.server import Capabilities, available_engines, capabilities, cluster, spawn
 from labkit.server.process import temp_root
 
 _session_caps: Capabilities | None = None
@@ -46,6 +46,16 @@ def ns(r):
     space = labkit.Namespace(f"test-{uuid.uuid4().hex[:10]}")
     yield space
     space.cleanup(r)
+
+
+@pytest.fixture(params=sorted(available_engines()))
+def fresh(request):
+    """A client of a fresh server of each installed engine (one test per engine), and what that server can do: as
+    `labkit.lessons.on_each_engine` gives an experiment."""
+    with spawn(request.param, modules=False) as server:
+        client = server.client()
+        yield client, capabilities(client)
+        client.close()
 
 
 @pytest.fixture

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import redis
 
-from labkit.lessons import on_each_engine
+from labkit import lessons
+from labkit.lessons import engines_not_installed, on_each_engine
 from labkit.server import available_engines
+from labkit.server.binaries import ENGINES
 
 
 def test_each_installed_engine_gets_a_fresh_server_of_its_own_in_turn():
@@ -33,3 +35,11 @@ def test_the_server_is_stopped_even_when_the_experiment_fails():
     late = redis.Redis(port=ports[0], socket_connect_timeout=1)
     with pytest.raises(redis.ConnectionError):
         late.ping()
+
+
+def test_engines_not_installed_are_the_known_ones_missing_here(monkeypatch):
+    assert set(engines_not_installed()) == set(ENGINES) - set(available_engines())
+    only = next(iter(available_engines().items()))
+    monkeypatch.setattr(lessons, "available_engines", lambda: dict([only]))
+    assert engines_not_installed() == [name for name in ENGINES if name != only[0]]
+    assert len(on_each_engine(lambda r, caps: caps.version)) == 1

@@ -21,6 +21,7 @@ import redis
 
 from labkit import workshop
 from labkit.server import Capabilities, available_engines, capabilities, spawn
+from labkit.server.binaries import ENGINES
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -107,3 +108,9 @@ def on_each_engine(experiment: Callable[[redis.Redis, Capabilities], T], *, modu
             finally:
                 r.close()
     return rows
+
+
+def engines_not_installed() -> list[str]:
+    """The engines labkit knows that are not installed here (what a side-by-side cell could not show)."""
+    installed = available_engines()
+    return [name for name in ENGINES if name not in installed]

@@ -18,6 +18,7 @@ import redis
 from labkit.keys import ROOT, SEP, Namespace
 from labkit.lessons import Result, check, delete_keys, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
+from labkit.server import Capabilities
 
 LEADERBOARD = {"ada": 310, "bob": 120, "cy": 990, "dee": 450, "eve": 45, "fay": 700, "gus": 450.5}
 
@@ -261,6 +262,83 @@ def plot_growth(curves: dict[str, tuple[str, int, Growth]]) -> None:
 
 
 LIST_NODE_BYTES = {-1: 4096, -2: 8192, -3: 16384, -4: 32768, -5: 65536}  # list-max-listpack-size < 0
+
+
+# -- 1.9 the thresholds of every installed engine, side by side -------------------------------------------
+GROW_PAST = {  # each count or size threshold: one more element (or one more byte) per step
+    "hash-max-listpack-entries": lambda p, key, i: p.hset(key, f"field{i}", i),
+    "hash-max-listpack-value": lambda p, key, i: p.hset(key, "field", "x" * i),
+    "set-max-listpack-entries": lambda p, key, i: p.sadd(key, f"member{i}"),
+    "set-max-listpack-value": lambda p, key, i: p.sadd(key, "x" * i),
+    "set-max-intset-entries": lambda p, key, i: p.sadd(key, i),
+    "zset-max-listpack-entries": lambda p, key, i: p.zadd(key, {f"member{i}": i}),
+    "zset-max-listpack-value": lambda p, key, i: p.zadd(key, {"x" * i: i}),
+}
+EMBSTR_NAMES = (8, 16)  # key-name lengths under which the longest embstr value is measured
+
+
+@dataclass
+class EngineEncodings:
+    """What one server does with small structures: its thresholds, and its encodings, measured."""
+
+    server: str  # engine and version
+    limits: dict[str, int]  # the compact-encoding thresholds it has (CONFIG GET)
+    switches: dict[str, int | None]  # threshold -> the element (or byte) at which the encoding changed
+    small_set: str  # OBJECT ENCODING of a set of two short strings
+    small_list: str  # ... of a list of two short strings
+    list_switch: int | None  # the 100-byte item at which a list became a quicklist (None: it started as one)
+    embstr_longest: tuple[int, ...]  # the longest string value kept embstr, under each of EMBSTR_NAMES
+
+
+def encodings_here(r: redis.Redis, caps: Capabilities) -> EngineEncodings:
+    """On a server of its own (its keys are this experiment's): read the thresholds, grow each structure one
+    step past each of them, and note how small sets, small lists and short strings are kept."""
+    limits = encoding_limits(r.config_get("*-max-*"))
+    switches = {setting: grow_one_by_one(r, setting, add, limits[setting] + 1).switch
+                for setting, add in GROW_PAST.items() if setting in limits}
+    r.sadd("small:set", "redis", "python")
+    r.rpush("small:list", "job1", "job2")
+    items = grow_one_by_one(r, "list", lambda p, key, i: p.rpush(key, "x" * 100), 200)
+    return EngineEncodings(f"{caps.engine} {caps.version}", limits, switches, r.object("encoding", "small:set"),
+                           r.object("encoding", "small:list"), items.switch,
+                           tuple(longest_embstr(r, "k" * length) for length in EMBSTR_NAMES))
+
+
+def longest_embstr(r: redis.Redis, key: str, top: int = 256) -> int:
+    """The longest value SET keeps as `embstr` under `key` (0 if none), trying 1..`top` bytes in one pipeline."""
+    with r.pipeline(transaction=False) as pipe:
+        for n in range(1, top + 1):
+            pipe.set(key, "x" * n)
+            pipe.object("encoding", key)
+        encodings = pipe.execute()[1::2]
+    r.delete(key)
+    return next((n for n, encoding in enumerate(encodings) if encoding != "embstr"), top)
+
+
+def differing_defaults(rows: Sequence[EngineEncodings]) -> dict[str, set[int]]:
+    """The thresholds whose default is not the same on every server that has them, with their values."""
+    values: dict[str, set[int]] = {}
+    for row in rows:
+        for setting, limit in row.limits.items():
+            values.setdefault(setting, set()).add(limit)
+    return {setting: found for setting, found in values.items() if len(found) > 1}
+
+
+def print_encodings(rows: Sequence[EngineEncodings]) -> None:
+    """One line per server: each threshold (e/v: entries/value; "-" where the server has no such setting),
+    then what it did with a small set, a small list and short strings."""
+    def pair(limits: dict[str, int], kind: str) -> str:
+        found = [str(limits.get(f"{kind}-max-listpack-{part}", "-")) for part in ("entries", "value")]
+        return "-" if found == ["-", "-"] else "/".join(found)
+
+    embstr = "/".join(str(n) for n in EMBSTR_NAMES)
+    print(f"{'server':14} {'hash e/v':8} {'set e/v':8} {'intset':6} {'zset e/v':8} {'list':4}  {'small set':10} "
+          f"{'small list':10} embstr up to (key of {embstr} B)")
+    for row in rows:
+        print(f"{row.server:14} {pair(row.limits, 'hash'):8} {pair(row.limits, 'set'):8} "
+              f"{row.limits.get('set-max-intset-entries', '-')!s:6} {pair(row.limits, 'zset'):8} "
+              f"{row.limits.get('list-max-listpack-size', '-')!s:4}  {row.small_set:10} {row.small_list:10} "
+              f"{'/'.join(str(n) for n in row.embstr_longest)}")
 
 
 def plot_json_vs_hash(json_bytes: int, hash_bytes: int, timed: dict[str, float]) -> None:

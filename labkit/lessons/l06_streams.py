@@ -21,7 +21,7 @@ from labkit.errors import ConfigError
 from labkit.keys import Namespace
 from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
-from labkit.server import available_engines, capabilities, spawn
+from labkit.server import Capabilities
 from labkit.streams import Worker, ensure_group, lag
 from labkit.tracing import trace
 
@@ -48,39 +48,32 @@ def _answer(call: Callable):
         return f"refused ({str(err).split(',')[0]})"
 
 
-def ref_policies(engine: str, entries: int = 1000) -> RefPolicies:
-    """On a fresh server of `engine`: `entries` entries, group g has read 20 and acknowledged 10; then
-    XTRIM MAXLEN = 100 ACKED, XDEL of a pending entry, XDELEX DELREF of another, XACKDEL of a third."""
+def ref_policies(r: redis.Redis, caps: Capabilities, entries: int = 1000) -> RefPolicies:
+    """On a server of its own (stream `s` is this experiment's; run it with `on_each_engine`): `entries`
+    entries, group g has read 20 and acknowledged 10; then XTRIM MAXLEN = 100 ACKED, XDEL of a pending entry,
+    XDELEX DELREF of another, XACKDEL of a third."""
     validate.integer(entries, "entries (ref_policies reads 20, acknowledges 10 and trims to MAXLEN 100)",
                      minimum=101)
-    with spawn(engine, modules=False) as server:
-        r = server.client()
-        caps = capabilities(r)
-        with r.pipeline(transaction=False) as pipe:
-            for n in range(entries):
-                pipe.xadd("s", {"n": n})
-            ids = pipe.execute()
-        r.xgroup_create("s", "g", id="0")
-        r.xreadgroup("g", "c1", {"s": ">"}, count=20)
-        r.xack("s", "g", *ids[:10])
+    with r.pipeline(transaction=False) as pipe:
+        for n in range(entries):
+            pipe.xadd("s", {"n": n})
+        ids = pipe.execute()
+    r.xgroup_create("s", "g", id="0")
+    r.xreadgroup("g", "c1", {"s": ">"}, count=20)
+    r.xack("s", "g", *ids[:10])
 
-        def pending() -> int:
-            return r.xpending("s", "g")["pending"]
+    def pending() -> int:
+        return r.xpending("s", "g")["pending"]
 
-        trimmed = _answer(lambda: r.execute_command("XTRIM", "s", "MAXLEN", "=", 100, "ACKED"))
-        left = r.xlen("s") if isinstance(trimmed, int) else trimmed
-        r.xdel("s", ids[10])
-        after_xdel = pending()
-        delref = _answer(lambda: r.execute_command("XDELEX", "s", "DELREF", "IDS", 1, ids[11]))
-        after_delref = pending() if isinstance(delref, list) else delref
-        ackdel = _answer(lambda: r.execute_command("XACKDEL", "s", "g", "IDS", 1, ids[12]))
-        return RefPolicies(f"{caps.engine} {caps.version}", caps.stream_ack_delete, left, after_xdel,
-                           after_delref, ackdel, pending())
-
-
-def ref_policies_everywhere() -> list[RefPolicies]:
-    """`ref_policies` on every engine installed here."""
-    return [ref_policies(engine) for engine in available_engines()]
+    trimmed = _answer(lambda: r.execute_command("XTRIM", "s", "MAXLEN", "=", 100, "ACKED"))
+    left = r.xlen("s") if isinstance(trimmed, int) else trimmed
+    r.xdel("s", ids[10])
+    after_xdel = pending()
+    delref = _answer(lambda: r.execute_command("XDELEX", "s", "DELREF", "IDS", 1, ids[11]))
+    after_delref = pending() if isinstance(delref, list) else delref
+    ackdel = _answer(lambda: r.execute_command("XACKDEL", "s", "g", "IDS", 1, ids[12]))
+    return RefPolicies(f"{caps.engine} {caps.version}", caps.stream_ack_delete, left, after_xdel, after_delref,
+                       ackdel, pending())
 
 
 # -- the crash test -------------------------------------------------------------------------------------

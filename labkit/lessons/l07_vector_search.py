@@ -15,7 +15,7 @@ from labkit.clients import text
 from labkit.keys import Namespace
 from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
-from labkit.server import available_engines, capabilities, spawn
+from labkit.server import Capabilities
 from labkit.tracing import abridge, trace
 from labkit.vectors import DIM, Embedder, corpus, create_index, index_exists, knn, to_bytes, wait_indexed
 
@@ -54,28 +54,22 @@ def _vector_set(r: redis.Redis, key: str, vectors: np.ndarray, *options: str) ->
         pipe.execute()
 
 
-def vector_set_run(engine: str, vectors: np.ndarray, query: np.ndarray, k: int = 5) -> VectorSetRun:
-    """Put `vectors` (element i is row i) in a vector set on a fresh server of `engine` and ask VSIM for the `k`
-    nearest to `query`, with scores; build it again with NOQUANT to compare the memory."""
-    with spawn(engine, modules=False) as server:
-        r = server.client()
-        caps = capabilities(r)
-        name = f"{caps.engine} {caps.version}"
-        if not caps.vector_sets:
-            return VectorSetRun(name, False, "no vector sets: VADD is an unknown command")
-        _vector_set(r, "questions", vectors)
-        _vector_set(r, "questions:exact", vectors, "NOQUANT")
-        reply = r.execute_command("VSIM", "questions", "FP32", to_bytes(query), "WITHSCORES", "COUNT", k)
-        pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
-        top = sorted(((int(e), float(s)) for e, s in pairs), key=lambda pair: -pair[1])
-        info = r.execute_command("VINFO", "questions")
-        return VectorSetRun(name, True, "", top, str(info["quant-type"]), r.memory_usage("questions"),
-                            r.memory_usage("questions:exact"))
-
-
-def vector_sets_everywhere(vectors: np.ndarray, query: np.ndarray, k: int = 5) -> list[VectorSetRun]:
-    """`vector_set_run` on every engine installed here."""
-    return [vector_set_run(engine, vectors, query, k) for engine in available_engines()]
+def vector_set_run(r: redis.Redis, caps: Capabilities, vectors: np.ndarray, query: np.ndarray,
+                   k: int = 5) -> VectorSetRun:
+    """On a server of its own (its keys are this experiment's; run it with `on_each_engine`): put `vectors`
+    (element i is row i) in a vector set and ask VSIM for the `k` nearest to `query`, with scores; build it again
+    with NOQUANT to compare the memory."""
+    name = f"{caps.engine} {caps.version}"
+    if not caps.vector_sets:
+        return VectorSetRun(name, False, "no vector sets: VADD is an unknown command")
+    _vector_set(r, "questions", vectors)
+    _vector_set(r, "questions:exact", vectors, "NOQUANT")
+    reply = r.execute_command("VSIM", "questions", "FP32", to_bytes(query), "WITHSCORES", "COUNT", k)
+    pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+    top = sorted(((int(e), float(s)) for e, s in pairs), key=lambda pair: -pair[1])
+    info = r.execute_command("VINFO", "questions")
+    return VectorSetRun(name, True, "", top, str(info["quant-type"]), r.memory_usage("questions"),
+                        r.memory_usage("questions:exact"))
 
 
 # -- 7.5 the server's own time per query -----------------------------------------------------------------------

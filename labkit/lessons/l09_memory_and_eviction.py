@@ -25,7 +25,7 @@ import redis
 from labkit import scripts, validate
 from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
-from labkit.server import Server, available_engines, capabilities, cli_path, spawn
+from labkit.server import Capabilities, Server, available_engines, cli_path, spawn
 
 POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random",
             "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl")
@@ -849,48 +849,38 @@ class FieldExpiry:
     fields_left: set[int] = field(default_factory=set)  # HLEN of the hashes afterwards (each value once)
 
 
-def field_expiry(engine: str, *, sessions: int = 1000, ttl_ms: int = 500, deadline_s: float = 5.0) -> FieldExpiry:
-    """`sessions` hashes (user, csrf, cart) on a fresh server of `engine`; HPEXPIRE `ttl_ms` on each csrf field;
-    then poll INFO (reading no hash) until every csrf field is reclaimed or `deadline_s` passes."""
-    with spawn(engine, modules=False) as server:
-        r = server.client()
-        caps = capabilities(r)
-        name = f"{caps.engine} {caps.version}"
-        if not caps.hash_field_expiration:
-            return FieldExpiry(name, False, "no per-field TTL: HPEXPIRE is an unknown command")
-        with r.pipeline(transaction=False) as pipe:
-            for i in range(sessions):
-                pipe.hset(f"session:{i}", mapping={"user": i, "csrf": secrets.token_hex(16), "cart": "a,b"})
-                pipe.hpexpire(f"session:{i}", ttl_ms, "csrf")
-            pipe.execute()
-        keyspace_name = next(n for n in VOLATILE_KEYS_FIELDS if n in r.info("keyspace")["db0"])
-        stats_name = next(n for n in EXPIRED_FIELDS_STATS if caps.has_info(n))
-        before = int(r.info("keyspace")["db0"][keyspace_name])
-        give_up = time.monotonic() + deadline_s
-        while int(r.info("stats")[stats_name]) < sessions and time.monotonic() < give_up:
-            time.sleep(0.02)
-        reclaimed, after = int(r.info("stats")[stats_name]), int(r.info("keyspace")["db0"][keyspace_name])
-        with r.pipeline(transaction=False) as pipe:
-            for i in range(sessions):
-                pipe.hlen(f"session:{i}")
-            left = set(pipe.execute())
-        return FieldExpiry(name, True, "", keyspace_name, before, after, stats_name, reclaimed, left)
-
-
-def field_expiry_everywhere(**kwargs: int) -> list[FieldExpiry]:
-    """`field_expiry` on every engine installed here."""
-    return [field_expiry(engine, **kwargs) for engine in available_engines()]
+def field_expiry(r: redis.Redis, caps: Capabilities, *, sessions: int = 1000, ttl_ms: int = 500,
+                 deadline_s: float = 5.0) -> FieldExpiry:
+    """On a server of its own (its keys are this experiment's; run it with `on_each_engine`): `sessions` hashes
+    (user, csrf, cart), HPEXPIRE `ttl_ms` on each csrf field; then poll INFO (reading no hash) until every csrf
+    field is reclaimed or `deadline_s` passes."""
+    name = f"{caps.engine} {caps.version}"
+    if not caps.hash_field_expiration:
+        return FieldExpiry(name, False, "no per-field TTL: HPEXPIRE is an unknown command")
+    with r.pipeline(transaction=False) as pipe:
+        for i in range(sessions):
+            pipe.hset(f"session:{i}", mapping={"user": i, "csrf": secrets.token_hex(16), "cart": "a,b"})
+            pipe.hpexpire(f"session:{i}", ttl_ms, "csrf")
+        pipe.execute()
+    keyspace_name = next(n for n in VOLATILE_KEYS_FIELDS if n in r.info("keyspace")["db0"])
+    stats_name = next(n for n in EXPIRED_FIELDS_STATS if caps.has_info(n))
+    before = int(r.info("keyspace")["db0"][keyspace_name])
+    give_up = time.monotonic() + deadline_s
+    while int(r.info("stats")[stats_name]) < sessions and time.monotonic() < give_up:
+        time.sleep(0.02)
+    reclaimed, after = int(r.info("stats")[stats_name]), int(r.info("keyspace")["db0"][keyspace_name])
+    with r.pipeline(transaction=False) as pipe:
+        for i in range(sessions):
+            pipe.hlen(f"session:{i}")
+        left = set(pipe.execute())
+    return FieldExpiry(name, True, "", keyspace_name, before, after, stats_name, reclaimed, left)
 
 
 # -- common mistakes ---------------------------------------------------------------------------------------
-def default_eviction_settings() -> dict[str, dict[str, str]]:
-    """maxmemory and maxmemory-policy as every installed engine starts, with no configuration."""
-    found = {}
-    for name in available_engines():
-        with spawn(name, modules=False) as server:
-            c = server.client()
-            found[f"{name} {server.engine.version}"] = c.config_get("maxmemory") | c.config_get("maxmemory-policy")
-    return found
+def default_eviction_settings(r: redis.Redis, caps: Capabilities) -> tuple[str, dict[str, str]]:
+    """The server (engine and version) and its maxmemory and maxmemory-policy: on a server started with no
+    configuration (`on_each_engine` starts one of each engine), what every server starts with."""
+    return f"{caps.engine} {caps.version}", r.config_get("maxmemory") | r.config_get("maxmemory-policy")
 
 
 @dataclass(frozen=True)

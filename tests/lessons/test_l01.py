@@ -4,6 +4,7 @@ known-wrong ones."""
 import pytest
 
 from labkit.lessons import l01_data_structures as lesson
+from labkit.lessons import on_each_engine
 from labkit.server import available_engines, spawn
 
 
@@ -209,3 +210,69 @@ def test_libraries_reads_function_list_under_resp2_and_resp3():
         resp3, resp2 = srv.client(protocol=3), srv.client(protocol=2)
         resp3.function_load(library)
         assert lesson.libraries(resp3) == lesson.libraries(resp2) == {"lab_test": ["one"]}
+
+
+# -- 1.9 the thresholds of every installed engine ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def encodings():
+    """`encodings_here` on a fresh server of each installed engine, with what each server can do."""
+    return on_each_engine(lambda r, caps: (lesson.encodings_here(r, caps), caps))
+
+
+def test_each_engine_switches_one_step_past_every_threshold_it_has(encodings):
+    for row, caps in encodings:
+        assert row.server == f"{caps.engine} {caps.version}"
+        assert set(row.limits) == {name for name in caps.config_names if lesson.ENCODING_LIMIT.search(name)
+                                   and "ziplist" not in name}
+        assert set(row.switches) == set(row.limits) - {"list-max-listpack-size"}
+        assert all(row.switches[setting] == row.limits[setting] + 1 for setting in row.switches), row
+
+
+def test_small_sets_and_lists_are_listpacks_exactly_where_sets_have_listpack_settings(encodings):
+    for row, caps in encodings:
+        assert (row.small_set == "listpack") is caps.set_listpack is ("set-max-listpack-entries" in row.limits)
+        assert row.small_set in ("listpack", "hashtable") and row.small_list in ("listpack", "quicklist")
+        assert (row.small_list == "listpack") is caps.set_listpack  # both came with Redis 7.2
+        assert (row.list_switch is None) is (row.small_list == "quicklist")
+
+
+def test_the_longest_embstr_is_44_bytes_or_shrinks_with_the_key_name(encodings):
+    for row, caps in encodings:
+        short_name, long_name = row.embstr_longest
+        if caps.engine == "redis" and caps.version_tuple < (7, 2):
+            assert short_name == long_name == 44
+        else:  # the key's name shares the object's allocation
+            assert short_name - long_name == 8 and long_name > 0
+
+
+def test_longest_embstr_is_the_last_length_set_keeps_embedded():
+    with spawn(modules=False) as srv:
+        c = srv.client()
+        longest = lesson.longest_embstr(c, "k" * 8)
+        c.set("k" * 8, "x" * longest)
+        inside = c.object("encoding", "k" * 8)
+        c.set("k" * 8, "x" * (longest + 1))
+        outside = c.object("encoding", "k" * 8)
+        assert lesson.longest_embstr(c, "k" * 8, top=5) == 5 and c.dbsize() == 0  # it removes its key
+    assert longest > 0 and (inside, outside) == ("embstr", "raw")
+
+
+def test_differing_defaults_names_each_setting_whose_values_differ():
+    def row(**limits):
+        return lesson.EngineEncodings("x 1", limits, {}, "listpack", "listpack", 80, (44, 44))
+
+    same = [row(a=1, b=2), row(a=1), row(a=1, b=2)]
+    assert lesson.differing_defaults(same) == {}
+    assert lesson.differing_defaults([*same, row(a=3)]) == {"a": {1, 3}}
+
+
+def test_print_encodings_shows_a_dash_for_what_a_server_lacks(encodings, capsys):
+    old = lesson.EngineEncodings("redis 7.0.15", {"hash-max-listpack-entries": 512, "hash-max-listpack-value": 64,
+                                                  "list-max-listpack-size": -2}, {}, "hashtable", "quicklist",
+                                 None, (44, 44))
+    lesson.print_encodings([old])
+    header, line = capsys.readouterr().out.splitlines()
+    assert header.split()[:5] == ["server", "hash", "e/v", "set", "e/v"]
+    assert line.split() == ["redis", "7.0.15", "512/64", "-", "-", "-", "-2", "hashtable", "quicklist", "44/44"]
+    lesson.print_encodings([row for row, _ in encodings])
+    assert len(capsys.readouterr().out.splitlines()) == 1 + len(available_engines())

@@ -7,7 +7,7 @@ import pytest
 
 from labkit import ConfigError
 from labkit.lessons import l06_streams as lesson
-from labkit.server import available_engines
+from labkit.server import capabilities, spawn
 
 
 # -- the crash test -------------------------------------------------------------------------------------
@@ -133,9 +133,10 @@ def test_reclaim_all_rejects_claiming_entries_that_are_not_idle(r, ns):
     assert not result and "not idle for 500 ms" in result.message and ns.keys(r) == []
 
 
-@pytest.mark.parametrize("engine", sorted(available_engines()))
-def test_ref_policies_spare_pending_entries_where_the_engine_has_them(engine):
-    row = lesson.ref_policies(engine)
+def test_ref_policies_spare_pending_entries_where_the_engine_has_them(fresh):
+    r, caps = fresh
+    row = lesson.ref_policies(r, caps)
+    assert row.server == f"{caps.engine} {caps.version}" and row.supported is caps.has("xackdel")
     assert row.pending_after_xdel == 10  # XDEL leaves the entry pending everywhere
     answers = (row.left_after_acked_trim, row.pending_after_delref, row.ackdel_reply, row.pending_after_ackdel)
     if row.supported:
@@ -144,12 +145,23 @@ def test_ref_policies_spare_pending_entries_where_the_engine_has_them(engine):
         assert all(str(a).startswith("refused") for a in answers[:3]) and answers[3] == 10
 
 
+@pytest.fixture(scope="module")
+def own():
+    """A client of a server of this module's own, and its capabilities."""
+    with spawn(modules=False) as server:
+        client = server.client()
+        yield client, capabilities(client)
+        client.close()
+
+
 @pytest.mark.parametrize("entries", [0, -5, 10, 20, 100, "1000", 1000.0, True, None])
-def test_ref_policies_refuses_too_few_entries(entries):
+def test_ref_policies_refuses_too_few_entries(own, entries):
     """It reads 20 entries, acknowledges 10 and trims to MAXLEN 100: fewer than 101 entries say nothing (or
-    fail deep inside), so they are refused at once, naming what to pass."""
+    fail deep inside), so they are refused at once, naming what to pass, before anything is written."""
+    r, caps = own
     with pytest.raises(ConfigError, match=r"entries.*at least 101"):
-        lesson.ref_policies("valkey9", entries)
+        lesson.ref_policies(r, caps, entries)
+    assert r.dbsize() == 0
 
 
 # -- ordering -------------------------------------------------------------------------------------------

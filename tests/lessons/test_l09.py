@@ -4,10 +4,11 @@ rejects the known-wrong ones; the experiments the checks rest on measure what th
 import time
 
 import pytest
+import redis
 
 from labkit import ops
 from labkit.lessons import l09_memory_and_eviction as lesson
-from labkit.server import available_engines, capabilities, spawn
+from labkit.server import available_engines, spawn
 
 
 # -- exercise 1: choose a policy ---------------------------------------------------------------------------
@@ -166,14 +167,26 @@ def test_the_cli_is_one_that_takes_the_lessons_options_on_every_engine():
             assert str(lesson.cli_binary(server)) in lesson.cli_command(server)
 
 
-@pytest.mark.parametrize("engine", sorted(available_engines()))
-def test_field_expiry_reclaims_every_field_unread_where_the_engine_has_it(engine):
-    row = lesson.field_expiry(engine, sessions=200, ttl_ms=300)
-    with spawn(engine, modules=False) as server:
-        has = capabilities(server.client()).hash_field_expiration
-    assert row.supported is has
-    if has:
+def test_field_expiry_reclaims_every_field_unread_where_the_engine_has_it(fresh):
+    r, caps = fresh
+    row = lesson.field_expiry(r, caps, sessions=200, ttl_ms=300)
+    assert row.server == f"{caps.engine} {caps.version}"
+    if row.supported:
         assert row.keyspace_before > 0 and row.keyspace_after == 0 and row.reclaimed == 200 and row.fields_left == {2}
         assert row.keyspace_name in lesson.VOLATILE_KEYS_FIELDS and row.stats_name in lesson.EXPIRED_FIELDS_STATS
     else:
+        with pytest.raises(redis.ResponseError, match="unknown command"):  # the server really lacks them
+            r.hpexpire("probe", 1000, "field")
         assert "unknown command" in row.reason
+
+
+def test_every_engine_starts_without_a_memory_limit_and_with_noeviction(fresh):
+    """What the lesson's common mistake shows: no engine defaults to volatile-lru (nor to any limit)."""
+    r, caps = fresh
+    server, settings = lesson.default_eviction_settings(r, caps)
+    assert server == f"{caps.engine} {caps.version}"
+    assert settings == {"maxmemory": "0", "maxmemory-policy": "noeviction"}
+    r.config_set("maxmemory-policy", "volatile-lru")  # the function reports what the server says, not a constant
+    assert lesson.default_eviction_settings(r, caps)[1]["maxmemory-policy"] == "volatile-lru"
+
+
