@@ -324,6 +324,14 @@ def push_arrived(client: redis.Redis | valkey.Valkey, timeout: float = 5.0) -> b
         pool.release(conn)
 
 
+def _shut(sock: socket.socket) -> None:
+    """Close `sock` for good: shutdown() first sends the FIN and wakes a thread blocked in its accept() or
+    recv() (close() alone does neither while another thread uses the socket)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
 class HeldLink:
     """A TCP relay on 127.0.0.1 in front of a server: a network whose delivery to the client can be held,
     ordered by events rather than by time. What the client sends goes on at once; what the server sends is
@@ -368,7 +376,8 @@ class HeldLink:
             pass
         finally:
             for end in (source, target):
-                end.close()
+                _shut(end)
+
 
     def wait_held(self, timeout: float = 10.0) -> bool:
         """True once the server has sent something the link holds (at most `timeout` s)."""
@@ -387,9 +396,7 @@ class HeldLink:
     def close(self) -> None:
         self._open.set()
         for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept() or recv(); close() alone does not
-            sock.close()
+            _shut(sock)
         for thread in self._threads:
             thread.join(5)
 
