@@ -1,29 +1,39 @@
 """Lesson 02, caching and stampedes (`notebooks/02_caching.ipynb`): the slow database the cache sits in
-front of, the invalidation races and a cache filled under leases, the Zipf readers, the stampede experiment,
-the plots, and the exercise checks."""
+front of, the invalidation races and a cache filled under leases, the Zipf readers, client-side caching
+(tracking clients, a network that holds a push, each engine with redis-py and valkey-py), the stampede
+experiment, the plots, and the exercise checks."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import secrets
+import socket
 import sqlite3
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
 import numpy as np
 import redis
+import valkey
+from redis.cache import CacheConfig
+from valkey.backoff import NoBackoff as ValkeyNoBackoff
+from valkey.retry import Retry as ValkeyRetry
 
 from labkit import scripts
 from labkit.cache import Cached, CacheStats, cached
+from labkit.clients import CONNECT_TIMEOUT_S, TIMEOUT_S, options, text
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
 from labkit.lessons import Result, check, delete_keys, verdict
+from labkit.server import Capabilities
+from labkit.tracing import cut_middle
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 
 # -- the database to cache ------------------------------------------------------------------------------
@@ -261,6 +271,226 @@ def zipf_readers(get: Callable[[int], object], rows: int, requested: list[int], 
             t.join()
 
     return workload
+
+
+# -- 2.6 client-side caching ------------------------------------------------------------------------------
+def near_cache(r: redis.Redis, port: int | None = None) -> valkey.Valkey:
+    """A valkey-py client of `r`'s server (or of `port` on the same host: a relay in front of it) with its
+    client-side cache on: RESP3, `CLIENT TRACKING ON` on every connection it opens, and each GET reply kept
+    in the process until the server pushes that the key changed. labkit's timeouts, no retry."""
+    kw = r.connection_pool.connection_kwargs
+    return valkey.Valkey(host=kw["host"], port=port or kw["port"], username=kw.get("username"),
+                         password=kw.get("password"), protocol=3, cache_enabled=True, decode_responses=True,
+                         socket_timeout=TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S,
+                         retry=ValkeyRetry(ValkeyNoBackoff(), 0))
+
+
+def redis_py_cache(r: redis.Redis) -> redis.Redis:
+    """redis-py's own client-side cache (`protocol=3, cache_config=CacheConfig()`) on `r`'s server, with
+    labkit's timeouts and no retry. It reads the server's HELLO reply when it connects (at the first command)."""
+    kw = r.connection_pool.connection_kwargs
+    return redis.Redis(host=kw["host"], port=kw["port"], username=kw.get("username"), password=kw.get("password"),
+                       protocol=3, cache_config=CacheConfig(), decode_responses=True, **options())
+
+
+def gets_served(r: redis.Redis) -> int:
+    """GET commands the server has executed since it started (`INFO commandstats`): the server's own count."""
+    return r.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
+
+
+def tracking(r: redis.Redis) -> dict[str, int]:
+    """The server's tracking table, from INFO: clients tracking, keys remembered, prefixes (BCAST)."""
+    info = r.info("all")
+    return {name: info[f"tracking_{name}"] for name in ("clients", "total_keys", "total_prefixes")}
+
+
+def tracking_clients(r: redis.Redis, expected: int, timeout: float = 5.0) -> int:
+    """The server's count of tracking connections, once it equals `expected` or `timeout` s have passed: a
+    connection a client closed is counted until the server has processed the close."""
+    deadline = time.monotonic() + timeout
+    while (count := tracking(r)["clients"]) != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return count
+
+
+def push_arrived(client: redis.Redis | valkey.Valkey, timeout: float = 5.0) -> bool:
+    """Wait, at most `timeout` s, until something the server pushed has reached `client`'s connection: what
+    the client's own check before each local hit looks for (reads nothing; the next command handles it)."""
+    pool = client.connection_pool
+    conn = pool.get_connection("GET") if isinstance(client, valkey.Valkey) else pool.get_connection()
+    try:
+        return bool(conn.can_read(timeout=timeout))
+    finally:
+        pool.release(conn)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Close `sock` for good: shutdown() first sends the FIN and wakes a thread blocked in its accept() or
+    recv() (close() alone does neither while another thread uses the socket)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+class HeldLink:
+    """A TCP relay on 127.0.0.1 in front of a server: a network whose delivery to the client can be held,
+    ordered by events rather than by time. What the client sends goes on at once; what the server sends is
+    passed on at once too, except inside `with link.holding():`, where it waits (`.held` counts its bytes)
+    until the block ends. A context manager: closing it closes every connection it relays."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._open, self._changed = threading.Event(), threading.Condition()
+        self._open.set()
+        self.held = 0
+        self._sockets: list[socket.socket] = [self._listener]
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        try:
+            while True:
+                client, _ = self._listener.accept()
+                server = socket.create_connection(self._target, timeout=CONNECT_TIMEOUT_S)
+                server.settimeout(None)
+                self._sockets += [client, server]
+                for pump in (threading.Thread(target=self._pump, args=(client, server, False), daemon=True),
+                             threading.Thread(target=self._pump, args=(server, client, True), daemon=True)):
+                    self._threads.append(pump)
+                    pump.start()
+        except OSError:
+            pass  # closed
+
+    def _pump(self, source: socket.socket, target: socket.socket, to_client: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if to_client:
+                    with self._changed:
+                        self.held += len(data) * (not self._open.is_set())
+                        self._changed.notify_all()
+                    self._open.wait()
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                _shut(end)
+
+
+    def wait_held(self, timeout: float = 10.0) -> bool:
+        """True once the server has sent something the link holds (at most `timeout` s)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.held > 0, timeout)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        self._open.clear()
+        try:
+            yield
+        finally:
+            self.held = 0
+            self._open.set()
+
+    def close(self) -> None:
+        self._open.set()
+        for sock in self._sockets:
+            _shut(sock)
+        for thread in self._threads:
+            thread.join(5)
+
+    def __enter__(self) -> HeldLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+LOCAL_HITS = 100  # reads of a cached key per client in `client_side_caching`
+
+
+def _as_dict(reply: dict | list) -> dict:
+    """A map reply as a dict of text keys, whether it came as a RESP3 map or as a RESP2 flat list."""
+    pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+    return {text(name): value for name, value in pairs}
+
+
+def tracking_flags(client: redis.Redis | valkey.Valkey) -> list[str]:
+    """`CLIENT TRACKINGINFO`'s flags for the connection `client` sends it on (`["off"]`: tracking nothing)."""
+    return [text(flag) for flag in _as_dict(client.execute_command("CLIENT", "TRACKINGINFO"))["flags"]]
+
+
+def redis_py_accepts(hello: dict) -> bool:
+    """redis-py's own rule for its client-side cache, from its source: the server's HELLO names it
+    `CacheProxyConnection.DEFAULT_SERVER_NAME`, at `MIN_ALLOWED_VERSION` or later."""
+    rule = redis.connection.CacheProxyConnection
+    version = tuple(int(part) for part in text(hello["version"]).split("."))
+    return (text(hello["server"]) == rule.DEFAULT_SERVER_NAME
+            and version >= tuple(int(part) for part in rule.MIN_ALLOWED_VERSION.split(".")))
+
+
+@dataclass
+class CacheRow:
+    """One engine in the side-by-side cell: what its HELLO says (server, version), each client's cache
+    refused (its error, shortened) or accepted (None), the GETs the server executed during `LOCAL_HITS` reads
+    of a cached key, and whether the read after another client's write saw the new value (None: refused)."""
+
+    server: str
+    version: str
+    refusals: dict[str, str | None]
+    gets_during_hits: dict[str, int | None] = field(default_factory=dict)
+    sees_the_write: dict[str, bool | None] = field(default_factory=dict)
+
+    @property
+    def hello(self) -> dict:
+        return {"server": self.server, "version": self.version}
+
+
+def client_side_caching(r: redis.Redis, caps: Capabilities, prefix: str = "lab:l02:csc") -> CacheRow:
+    """redis-py's and valkey-py's client-side caches on `r`'s server: a first read (a miss), `LOCAL_HITS`
+    reads counted on the server, a write by `r` (another client), then the next read once the push arrived."""
+    hello = _as_dict(r.execute_command("HELLO"))  # HELLO without a version: the server's name, changing nothing
+    row = CacheRow(text(hello["server"]), caps.version, {})
+    key = f"{prefix}:price"
+    for name, make in (("redis-py", redis_py_cache), ("valkey-py", near_cache)):
+        r.set(key, "100")
+        client = make(r)
+        try:
+            try:
+                client.get(key)  # the first read connects (redis-py checks the server here) and misses
+            except (redis.RedisError, valkey.ValkeyError) as refused:
+                row.refusals[name], row.gets_during_hits[name], row.sees_the_write[name] = short_error(refused), None, None
+                continue
+            before = gets_served(r)
+            hits = [client.get(key) for _ in range(LOCAL_HITS)]
+            row.gets_during_hits[name] = gets_served(r) - before if hits == ["100"] * LOCAL_HITS else None
+            r.set(key, "120")
+            row.sees_the_write[name] = push_arrived(client) and client.get(key) == "120"
+            row.refusals[name] = None
+        finally:
+            client.close()
+    r.delete(key)
+    return row
+
+
+def short_error(error: Exception, width: int = 80) -> str:
+    """An error as `Type: text`, its middle cut to fit `width` characters."""
+    return cut_middle(f"{type(error).__name__}: {error}", width)
+
+
+def cache_table(rows: list[CacheRow]) -> str:
+    """The side-by-side rows as a Markdown table."""
+    def cell(row: CacheRow, name: str) -> str:
+        if row.refusals[name] is not None:
+            return f"refused: `{row.refusals[name]}`"
+        return (f"accepted; GETs on the server during {LOCAL_HITS} hits: {row.gets_during_hits[name]}; "
+                f"after another client's write: {'new value' if row.sees_the_write[name] else 'STALE'}")
+
+    lines = ["| server (HELLO) | redis-py 8 `cache_config=CacheConfig()` | valkey-py `cache_enabled=True` |",
+             "|---|---|---|"]
+    lines += [f"| {row.server} {row.version} | {cell(row, 'redis-py')} | {cell(row, 'valkey-py')} |" for row in rows]
+    return "\n".join(lines)
 
 
 # -- the stampede experiment ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 import labkit
 from labkit.cache import cached
 from labkit.lessons import l02_caching as lesson
+from labkit.server import available_engines, capabilities, spawn
 
 
 # -- the slow database ----------------------------------------------------------------------------------
@@ -343,3 +344,108 @@ def test_single_flight_rejects_no_reread_after_the_lock(r, ns):
 
     result = lesson.check_single_flight(r, ns, no_reread)
     assert not result and "read the cache again" in result.message
+
+
+# -- client-side caching (2.6) ----------------------------------------------------------------------------
+@pytest.fixture
+def own():
+    """A server of the test's own: tracking and CONFIG SET on it touch no one else."""
+    with spawn(modules=False) as server:
+        client = server.client()
+        yield server, client
+        client.close()
+
+
+def test_a_near_cache_serves_hits_locally_and_sees_another_clients_write(own):
+    server, s = own
+    s.set("price", "100")
+    near = lesson.near_cache(s)
+    assert near.get("price") == "100" and lesson.tracking(s)["clients"] == 1
+    before = lesson.gets_served(s)
+    assert [near.get("price") for _ in range(50)] == ["100"] * 50 and lesson.gets_served(s) == before
+    s.set("price", "120")
+    assert lesson.push_arrived(near) and near.get("price") == "120" and lesson.gets_served(s) == before + 1
+    assert lesson.tracking_flags(near) == ["on"] and lesson.tracking_flags(s) == ["off"]
+    near.close()
+    assert lesson.tracking_clients(s, 0) == 0
+
+
+def test_gets_served_counts_what_the_server_executed(own):
+    _, s = own
+    before = lesson.gets_served(s)
+    s.get("a"), s.get("b"), s.mget("a", "b")  # MGET is not GET
+    assert lesson.gets_served(s) == before + 2
+
+
+def test_a_held_link_holds_the_push_and_the_near_cache_serves_stale_meanwhile(own):
+    server, s = own
+    s.set("price", "1")
+    with lesson.HeldLink(server.host, server.port) as link:
+        far = lesson.near_cache(s, port=link.port)
+        assert far.get("price") == "1"
+        with link.holding():
+            s.set("price", "2")
+            assert link.wait_held() and link.held > 0
+            assert far.get("price") == "1"  # stale: the invalidation is held in the network
+        assert lesson.push_arrived(far) and far.get("price") == "2"
+        far.close()
+    assert lesson.tracking_clients(s, 0) == 0  # closing the link closed the relayed connection on the server
+
+
+def test_a_held_link_reports_nothing_held_when_the_server_sent_nothing(own):
+    server, s = own
+    s.set("price", "1")
+    with lesson.HeldLink(server.host, server.port) as link:
+        far = lesson.near_cache(s, port=link.port)
+        far.get("price")
+        with link.holding():
+            s.set("other", "2")  # a key the near cache never read: nothing is pushed
+            assert not link.wait_held(timeout=0.2) and far.get("price") == "1" and link.held == 0
+        far.close()
+
+
+def test_tracking_table_is_bounded_by_tracking_table_max_keys(own):
+    _, s = own
+    keys = [f"k{i}" for i in range(150)]
+    s.mset({k: "x" for k in keys})
+    s.config_set("tracking-table-max-keys", 50)
+    near = lesson.near_cache(s)
+    for k in keys:
+        near.get(k)
+    assert lesson.tracking(s)["total_keys"] <= 50
+    before = lesson.gets_served(s)
+    for k in keys:
+        near.get(k)
+    assert lesson.gets_served(s) - before >= 100  # the copies of evicted entries were invalidated
+    near.close()
+
+
+def test_redis_py_accepts_by_its_own_rule():
+    assert lesson.redis_py_accepts({"server": "redis", "version": "8.2.3"})
+    assert lesson.redis_py_accepts({"server": b"redis", "version": b"7.4.0"})
+    assert not lesson.redis_py_accepts({"server": "redis", "version": "7.0.15"})
+    assert not lesson.redis_py_accepts({"server": "valkey", "version": "9.1.2"})
+
+
+@pytest.mark.parametrize("engine", list(available_engines()))
+def test_each_engine_row(engine):
+    """valkey-py's cache works on every engine; redis-py's where its rule accepts the server, else it refuses
+    at the first command with its ConnectionError."""
+    with spawn(engine, modules=False) as server:
+        r = server.client()
+        row = lesson.client_side_caching(r, capabilities(r))
+        assert r.dbsize() == 0
+        r.close()
+    assert row.refusals["valkey-py"] is None and row.gets_during_hits["valkey-py"] == 0 and row.sees_the_write["valkey-py"]
+    if lesson.redis_py_accepts(row.hello):
+        assert row.refusals["redis-py"] is None and row.gets_during_hits["redis-py"] == 0 and row.sees_the_write["redis-py"]
+    else:
+        assert row.refusals["redis-py"].startswith("ConnectionError: ") and "7.4 or later" in row.refusals["redis-py"]
+        assert row.gets_during_hits["redis-py"] is None and row.sees_the_write["redis-py"] is None
+    table = lesson.cache_table([row])
+    assert table.count("\n") == 2 and row.version in table
+
+
+def test_short_error_keeps_the_start_and_the_end():
+    text = lesson.short_error(ValueError("x" * 200 + " the end"), width=40)
+    assert len(text) == 40 and text.startswith("ValueError: ") and text.endswith("the end")
