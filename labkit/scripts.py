@@ -92,8 +92,9 @@ class Script(core.Script):
         over a connection borrowed from the client's pool and straight back: redis-py's `execute_command`
         spends about 7 us a call (measured, a quarter of a loopback round trip) on retry and metrics plumbing
         that a command it must not retry has no use for. The connection still disconnects itself on a
-        timeout or a broken socket, and `labkit.trace` still sees the command. Any other client (a cluster,
-        a pipeline, a single-connection client, connections that retry) goes through `execute_command`."""
+        timeout or a broken socket, and `labkit.trace` still sees the command; redis-py's own operation
+        metrics (its observability recorder) do not count it. Any other client (a cluster, a pipeline, a
+        single-connection client, connections that retry) goes through `execute_command`."""
         try:
             return self._on_key(key, args)
         except NoScriptError:
