@@ -11,11 +11,12 @@ stream's hash slot (give the stream a hash tag: `orders:{o}` and `orders:{o}:dea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import redis
@@ -132,14 +133,22 @@ class Worker:
         self._next_claim = 0.0
         self._claim_cursor = "0-0"
         self._more_to_claim = False  # the last reclaim filled its page: claim again at the next step
+        self._unacked: list[str] = []  # handled, their XACK to go with the next read (see run) or at the end
 
     # -- one step -----------------------------------------------------------------------------
     def process_once(self) -> int:
         """Reclaim one page if due, then read one batch (own pending entries first) and process it.
 
         A reclaim is due every `claim_idle_ms / 2`, or at once while pages come back full. Returns the
-        number of entries handled and acknowledged.
+        number of entries handled and acknowledged: what it handled is acknowledged when it returns (or
+        raises).
         """
+        with self._acknowledging():
+            return self._step()
+
+    def _step(self) -> int:
+        """One step of `process_once`, leaving the XACK of what it handled in `_unacked`: each read sends
+        the XACKs waiting before it in its own round trip."""
         done = 0
         if self._more_to_claim or time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + self.claim_idle_ms / 2000
@@ -159,9 +168,40 @@ class Worker:
 
     def _read(self, start: str) -> list[Entry]:
         wait = start == ">" and self.block_ms and not self._more_to_claim  # no waiting while a backlog is left
-        reply = self.r.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch,
-                                  block=self.block_ms if wait else None)
+        block = self.block_ms if wait else None
+        if not self._unacked:
+            reply = self.r.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch, block=block)
+            return reply[0][1] if reply else []
+        # the XACK of what was handled, then the read, in one round trip (not a transaction: the server runs
+        # the XACK before the read waits for entries)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xack(self.stream, self.group, *self._unacked)
+        pipe.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch, block=block)
+        _, reply = pipe.execute()
+        self._acknowledged()
         return reply[0][1] if reply else []
+
+    @contextlib.contextmanager
+    def _acknowledging(self) -> Iterator[None]:
+        """Acknowledge what was handled when the block ends, however it ends (should the block raise, its
+        error is the one raised, not a failed XACK's)."""
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(redis.RedisError):
+                self._acknowledge()
+            raise
+        self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        """XACK what was handled and not yet acknowledged, on its own round trip."""
+        if self._unacked:
+            self.r.xack(self.stream, self.group, *self._unacked)
+            self._acknowledged()
+
+    def _acknowledged(self) -> None:
+        self.stats.processed += len(self._unacked)
+        self._unacked = []
 
     def reclaim(self, max_pages: int = 1) -> list[Entry]:
         """XAUTOCLAIM entries idle for `claim_idle_ms`: up to `max_pages` pages of `batch`, resuming at the
@@ -169,6 +209,7 @@ class Worker:
         more reclaimed entries than it handles in one step: entries waiting longer in its hands would go
         idle again, be reclaimed by another worker, and count deliveries towards the dead-letter stream."""
         claimed = []
+        self._acknowledge()  # never reclaim an entry this worker handled and has not acknowledged yet
         for _ in range(validate.integer(max_pages, "max_pages")):
             reply = self.r.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms, self._claim_cursor,
                                       count=self.batch)
@@ -186,7 +227,7 @@ class Worker:
         if not entries:
             return 0
         deliveries = self._deliveries([i for i, _ in entries]) if reclaimed else None
-        succeeded: list[str] = []
+        handled, unacked, handler = 0, self._unacked, self.handler
         for entry_id, fields in entries:
             if deliveries is not None:  # delivered before: dead-letter it if that was too often
                 count = deliveries.get(entry_id, 1)
@@ -194,14 +235,13 @@ class Worker:
                     self._bury(entry_id, fields, count, "delivered without success (a consumer died each time?)")
                     continue
             try:
-                self.handler(entry_id, fields)
-                succeeded.append(entry_id)
+                handler(entry_id, fields)
             except Exception as err:  # recorded, and the entry stays pending for a later delivery
                 self._failed(entry_id, fields, err)
-        if succeeded:
-            self.r.xack(self.stream, self.group, *succeeded)
-            self.stats.processed += len(succeeded)
-        return len(succeeded)
+                continue
+            unacked.append(entry_id)  # at once: should the next entry's handler raise past us, it is still acked
+            handled += 1
+        return handled
 
     def _deliveries(self, ids: list[str]) -> dict[str, int]:
         """Delivery counts (XPENDING's times_delivered) of pending entries."""
@@ -235,7 +275,11 @@ class Worker:
     def run(self, max_messages: int | None = None, until: threading.Event | Callable[[], bool] | None = None) -> int:
         """Process until `max_messages` were handled or `until` is set (an Event) or returns True.
 
-        Returns the number handled. With neither, runs until the process is stopped.
+        Returns the number handled, every one acknowledged. With neither, runs until the process is stopped.
+        A batch costs one round trip: its XACK goes in the round trip of the next read, pipelined before it
+        (`process_once` acknowledges before it returns); when the loop stops, however it stops, the last
+        XACK is sent on its own. A worker killed between a batch and the next read leaves that batch pending:
+        delivered again, never lost.
         """
         if max_messages is not None:
             validate.integer(max_messages, "max_messages (or None for no limit)")
@@ -243,8 +287,9 @@ class Worker:
             raise ConfigError(f"until must be a threading.Event or a function returning True to stop, got {until!r}.")
         stop = until.is_set if isinstance(until, threading.Event) else until
         handled = 0
-        while (max_messages is None or handled < max_messages) and not (stop and stop()):
-            handled += self.process_once()
+        with self._acknowledging():
+            while (max_messages is None or handled < max_messages) and not (stop and stop()):
+                handled += self._step()
         return handled
 
 

@@ -1,5 +1,6 @@
 """labkit.ratelimit on a real server: behaviour, bad input, one round trip, reference models, concurrency."""
 
+import dataclasses
 import math
 import multiprocessing
 import random
@@ -447,3 +448,25 @@ def test_a_decision_is_one_evalsha_of_a_script_loaded_once(cls):
         calls = {name: stats["calls"] for name, stats in r.info("commandstats").items()}
         assert calls.get("cmdstat_evalsha") == 20 and "cmdstat_eval" not in calls
         assert "cmdstat_script|load" not in calls and "cmdstat_script" not in calls
+
+
+@pytest.mark.parametrize("cls", ALGORITHMS)
+@pytest.mark.parametrize("decode", [True, False])
+def test_a_decision_is_the_frozen_dataclass_built_the_usual_way(cls, r, ns, decode):
+    """The hot path fills a Decision's fields at once (`ratelimit._decision`): the result equals, hashes
+    and prints as the one its constructor makes, stays frozen, and reads alike from a client without
+    decode_responses (bytes replies)."""
+    client = r if decode else labkit.clients.derive(r, decode_responses=False)
+    limiter = make(cls, client, ns.key("rl"))
+    made = [at_now(limiter, "alice", cost=5), at_now(limiter, "alice")]
+    assert [d.allowed for d in made] == [True, False]
+    for d in made:
+        usual = Decision(d.allowed, d.remaining, d.retry_after, d.reset_after, d.limit, d.now_ms, d.policy,
+                         d.window, d.burst)
+        assert d == usual and hash(d) == hash(usual) and repr(d) == repr(usual)
+        assert (d.limit, d.now_ms, d.policy, d.window) == (5, NOW_MS, limiter.policy, 1.0)
+        assert d.burst == (0 if cls in WINDOWED else 5) and isinstance(d.remaining, int)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            d.allowed = True
+    if not decode:
+        client.close()

@@ -1,6 +1,10 @@
 import re
+import time
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 import labkit
 from labkit import scripts
@@ -154,3 +158,71 @@ def test_unknown_modules_and_scripts_name_the_known_ones():
         scripts.library("nope")
     with pytest.raises(labkit.ConfigError, match="sessions/touch"):
         scripts.function_name("sessions/nope")
+
+
+# --- Script.on_key: the hot path of one key --------------------------------------------------------------
+def test_on_key_answers_as_a_call_does_and_sends_one_evalsha(r, ns):
+    capped = scripts.register(r, "l01_data_structures/capped_incr")
+    assert [capped.on_key(ns.key("a"), 3) for _ in range(4)] == [capped(keys=[ns.key("b")], args=[3]) for _ in range(4)]
+    with labkit.trace(r, show=False) as t:
+        assert capped.on_key(ns.key("a"), 3) == -1
+    assert t.names() == ["EVALSHA"] and t.calls[0].args[2:] == ("1", ns.key("a"), "3")
+
+
+def test_on_key_loads_a_script_the_server_lost_and_sends_it_once(lib_server):
+    r = lib_server.client()
+    capped = scripts.register(r, "l01_data_structures/capped_incr")
+    capped.on_key("k", 10)
+    r.script_flush()
+    r.config_resetstat()
+    assert capped.on_key("k", 10) == 2
+    calls = {name: stats["calls"] for name, stats in r.info("commandstats").items()}
+    assert calls["cmdstat_evalsha"] == 2 and calls["cmdstat_script|load"] == 1  # NOSCRIPT, load, again
+    assert capped.on_key("k", 10) == 3
+    r.delete("k")
+    r.close()
+
+
+def test_on_key_after_a_timeout_reads_its_own_reply_not_the_late_one(lib_server):
+    """A timed-out EVALSHA may still run (here: sent to a frozen server, which runs it when it thaws) and
+    its reply arrive late: the connection it went on is closed, so the next call, on a fresh connection,
+    reads its own reply (2, after the late 1), never the late one."""
+    r, admin = lib_server.client(socket_timeout=0.3), lib_server.client()
+    capped = scripts.register(r, "l01_data_structures/capped_incr")
+    capped.on_key("late", 10)
+    admin.delete("late")
+    lib_server.pause()
+    try:
+        with pytest.raises(redis.TimeoutError):
+            capped.on_key("late", 10)
+    finally:
+        lib_server.resume()
+    deadline = time.monotonic() + 10
+    while admin.get("late") != "1" and time.monotonic() < deadline:  # the late call ran once the server thawed
+        time.sleep(0.01)
+    assert admin.get("late") == "1"
+    assert capped.on_key("late", 10) == 2 and admin.get("late") == "2"
+    admin.delete("late")
+    r.close(), admin.close()
+
+
+@pytest.mark.parametrize("kind", ["retries", "single connection", "cluster"])
+def test_on_key_leaves_other_clients_to_execute_command(lib_server, rc, kind):
+    """A client whose connections retry, a single-connection client and a cluster client go through
+    `execute_command` (a pool of one retrying connection does not wait on the connection on_key took)."""
+    if kind == "retries":
+        pool = redis.BlockingConnectionPool(host=lib_server.host, port=lib_server.port, password=lib_server.password,
+                                            decode_responses=True, max_connections=1, timeout=2, socket_timeout=5,
+                                            retry=Retry(NoBackoff(), 2))
+        client = redis.Redis(connection_pool=pool)
+    elif kind == "single connection":
+        client = lib_server.client(single_connection_client=True)
+    else:
+        client = rc
+    capped = scripts.register(client, "l01_data_structures/capped_incr")
+    assert capped._pool is (client.connection_pool if kind == "retries" else None)
+    key = "{route}:" + kind.replace(" ", "-")
+    assert [capped.on_key(key, 2) for _ in range(3)] == [1, 2, -1]
+    client.delete(key)
+    if client is not rc:
+        client.close()

@@ -10,6 +10,7 @@ from redis.crc import key_slot
 
 from labkit import ConfigError, streams
 from labkit.clients import derive
+from labkit.server import spawn
 from labkit.streams import Worker, ensure_group, lag
 
 from .waiting import eventually
@@ -278,3 +279,109 @@ def test_partition_keeps_one_key_in_one_stream_and_spreads_keys():
     per_stream = Counter(chosen.values())
     assert set(per_stream) == {f"orders:p{n}" for n in range(4)} and min(per_stream.values()) > 25
     assert streams.partition("orders", "acct-1", 1) == "orders:p0"
+
+
+# --- run(): a batch's XACK travels with the next read ---------------------------------------------------
+def reads_during(server, call) -> int:
+    """Requests the server read while `call()` ran (each INFO that measures counts itself once, subtracted)."""
+    probe = server.client()
+    before = probe.info("stats")["total_reads_processed"]
+    call()
+    reads = probe.info("stats")["total_reads_processed"] - before - 1
+    probe.close()
+    return reads
+
+
+def test_run_costs_one_round_trip_per_batch_and_leaves_nothing_pending():
+    """Counted on a server of our own: 10 batches more cost 10 requests more, so one round trip per batch
+    (XACK of one batch pipelined with the next read; acknowledged one by one it would be 20), and when run()
+    returns every entry is acknowledged."""
+    with spawn(modules=False) as server:
+        r = server.client()
+        fill(r, "s", 3000)
+        reads = {}
+        for batches in (10, 20):
+            ensure_group(r, "s", f"g{batches}")
+            worker = Worker(r, "s", f"g{batches}", "c", lambda i, f: None, batch=100, block_ms=0)
+            reads[batches] = reads_during(server, lambda w=worker, n=batches: w.run(max_messages=100 * n))
+            assert worker.stats.processed == 100 * batches and lag(r, "s", f"g{batches}").pending == 0
+        assert reads[20] - reads[10] == 10, reads
+        ensure_group(r, "s", "one-by-one")
+        worker = Worker(r, "s", "one-by-one", "c", lambda i, f: None, batch=100, block_ms=0)
+        steps = reads_during(server, lambda: [worker.process_once() for _ in range(10)])
+        assert steps >= reads[10] + 9  # process_once acknowledges before it returns: one round trip more a batch
+        r.close()
+
+
+def test_run_stopped_by_an_event_leaves_nothing_pending(r, ns):
+    stream, stop, seen = ns.key("s"), threading.Event(), []
+    ensure_group(r, stream, "g")
+    fill(r, stream, 25)
+
+    def handler(entry_id, fields):
+        seen.append(entry_id)
+        if len(seen) == 25:
+            stop.set()
+
+    worker = Worker(r, stream, "g", "c", handler, batch=10, block_ms=5)
+    assert worker.run(until=stop) == 25
+    assert lag(r, stream, "g").pending == 0 and worker.stats.processed == 25
+
+
+class Shutdown(BaseException):
+    """Raised by a handler past the worker's `except Exception`, as SystemExit or KeyboardInterrupt would be."""
+
+
+def test_run_stopped_by_an_error_past_the_handler_acknowledges_what_it_handled(r, ns):
+    stream = ns.key("s")
+    ensure_group(r, stream, "g")
+    ids = fill(r, stream, 30)
+
+    def handler(entry_id, fields):
+        if fields["n"] == "24":
+            raise Shutdown
+
+    worker = Worker(r, stream, "g", "c", handler, batch=10, block_ms=5)
+    with pytest.raises(Shutdown):
+        worker.run()
+    pending = [p["message_id"] for p in r.xpending_range(stream, "g", "-", "+", 30)]
+    assert pending == ids[24:30] and worker.stats.processed == 24  # the rest of its batch: not handled
+
+
+def crashing_worker(spec: dict, stream: str, batch: int) -> None:
+    """Handles one batch (each entry recorded), then dies by SIGKILL before the next read: its XACK never left."""
+    import os
+    import signal
+
+    import redis
+
+    r = redis.Redis(**spec, decode_responses=True)
+
+    def handler(entry_id, fields):
+        r.rpush(f"{stream}:handled", entry_id)
+        if r.llen(f"{stream}:handled") == batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    Worker(r, stream, "g", "doomed", handler, batch=batch, block_ms=5).run()
+
+
+def test_a_worker_killed_between_a_batch_and_the_next_read_loses_nothing(r, ns):
+    import multiprocessing
+
+    from labkit.clients import connection_spec
+
+    stream = ns.key("s")
+    ensure_group(r, stream, "g")
+    ids = fill(r, stream, 25)
+    process = multiprocessing.get_context("spawn").Process(target=crashing_worker,
+                                                           args=(connection_spec(r), stream, 10))
+    process.start()
+    process.join(120)
+    assert process.exitcode == -9  # killed, not finished
+    assert r.lrange(f"{stream}:handled", 0, -1) == ids[:10]  # handled...
+    assert [p["message_id"] for p in r.xpending_range(stream, "g", "-", "+", 30)] == ids[:10]  # ...not acked
+    seen = []
+    rescuer = Worker(r, stream, "g", "rescuer", lambda i, f: seen.append(i), batch=10, block_ms=5,
+                     claim_idle_ms=50)
+    assert eventually(lambda: rescuer.process_once() is not None and len(seen) >= 25)
+    assert Counter(seen) == Counter(ids) and lag(r, stream, "g").pending == 0  # its batch redelivered, once

@@ -43,12 +43,13 @@ def _drain_raw(r: redis.Redis, stream: str, group: str, batch: int) -> int:
 
 
 def _drain_rates(r: redis.Redis, messages: int, batch: int, rounds: int) -> dict[str, list[float]]:
-    """Messages/s of the raw loop and of labkit's Worker in each round, alternating, each on fresh groups."""
+    """Messages/s of the raw loop and of labkit's Worker in each round, alternating (the one that goes first
+    changes each round), each on fresh groups."""
     from labkit.streams import Worker, ensure_group
 
     rates: dict[str, list[float]] = {RAW: [], WORKER: []}
     for k in range(rounds):
-        for name in rates:
+        for name in (RAW, WORKER) if k % 2 == 0 else (WORKER, RAW):
             group = f"{name}-{k}"
             ensure_group(r, STREAM, group)
             started = time.perf_counter()
@@ -91,16 +92,20 @@ def _consumers_rates(r: redis.Redis, jobs: int, io_ms: float, rounds: int) -> di
     return rates
 
 
-def run(messages: int = 20_000, batch: int = 100, rounds: int = 3, io_ms: float = 0.5) -> list[Row]:
+def run(messages: int = 20_000, batch: int = 100, rounds: int = 3, io_ms: float = 0.5,
+        drain_rounds: int = 21) -> list[Row]:
     """Messages/s processed and acknowledged: labkit's Worker next to a raw pipelined XREADGROUP+XACK loop
-    (the baseline), then 1 (the baseline), 2 and 4 Workers in threads sharing a group with a handler that
-    waits `io_ms` per message (an I/O-bound job). The contenders of each metric alternate, `rounds` times,
-    and each row is their median: a busy spell of the machine slows one measurement, not one contender."""
+    (the baseline), `drain_rounds` times (a drain of 20,000 takes ~60 ms, and beside other work one round
+    read 0.6x and another 1.4x: medians of 9 rounds still moved from 0.79x to 1.07x between runs, of 20
+    rounds 1.01x and 1.03x), then 1 (the baseline), 2 and 4 Workers in
+    threads sharing a group with a handler that waits `io_ms` per message (an I/O-bound job), `rounds`
+    times. The contenders of each metric alternate and each row is their median: a busy spell of the
+    machine slows one measurement, not one contender."""
     with Server(modules=False) as server:
         r = server.client()
         _fill(r, messages)
         rows = [Row(SUITE, "messages, empty handler", name, statistics.median(rates), "messages/s", name == RAW,
-                    tuple(rates)) for name, rates in _drain_rates(r, messages, batch, rounds).items()]
+                    tuple(rates)) for name, rates in _drain_rates(r, messages, batch, drain_rounds).items()]
         for consumers, rates in _consumers_rates(r, min(messages, 2000), io_ms, rounds).items():
             rows.append(Row(SUITE, f"messages, {io_ms} ms handler", f"{consumers} labkit Worker(s)",
                             statistics.median(rates), "messages/s", consumers == 1, tuple(rates)))
