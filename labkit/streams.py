@@ -169,24 +169,40 @@ class Worker:
     def _read(self, start: str) -> list[Entry]:
         wait = start == ">" and self.block_ms and not self._more_to_claim  # no waiting while a backlog is left
         block = self.block_ms if wait else None
-        if not self._unacked:
-            reply = self.r.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch, block=block)
-            return reply[0][1] if reply else []
-        # the XACK of what was handled, then the read, in one round trip (not a transaction: the server runs
-        # the XACK before the read waits for entries)
-        pipe = self.r.pipeline(transaction=False)
-        pipe.xack(self.stream, self.group, *self._unacked)
-        pipe.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch, block=block)
-        _, reply = pipe.execute()
+        with self._delivering():
+            if not self._unacked:
+                reply = self.r.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch,
+                                          block=block)
+                return reply[0][1] if reply else []
+            # the XACK of what was handled, then the read, in one round trip (not a transaction: the server
+            # runs the XACK before the read waits for entries)
+            pipe = self.r.pipeline(transaction=False)
+            pipe.xack(self.stream, self.group, *self._unacked)
+            pipe.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch, block=block)
+            _, reply = pipe.execute()
         self._acknowledged()
         return reply[0][1] if reply else []
 
     @contextlib.contextmanager
-    def _acknowledging(self) -> Iterator[None]:
-        """Acknowledge what was handled when the block ends, however it ends (should the block raise, its
-        error is the one raised, not a failed XACK's)."""
+    def _delivering(self) -> Iterator[None]:
+        """Around a command that delivers entries to this consumer: should it fail once sent (a timeout, a
+        lost connection, an interrupt), the server may still have run it, putting entries in this consumer's
+        pending list whose reply nobody read. The next step walks that list first (as after a restart), so
+        they come back at once, not only through a reclaim after `claim_idle_ms`."""
         try:
             yield
+        except BaseException:
+            self._backlog_cursor = "0"
+            raise
+
+    @contextlib.contextmanager
+    def _acknowledging(self) -> Iterator[None]:
+        """Acknowledge what was handled when the block ends, however it ends (should the block raise, its
+        error is the one raised, not a failed XACK's), except on a timeout: then at the next step or run."""
+        try:
+            yield
+        except redis.TimeoutError:  # the server is stalled: another XACK would wait out a second timeout; the
+            raise                   # ids stay in _unacked, for the next step or run to acknowledge
         except BaseException:
             with contextlib.suppress(redis.RedisError):
                 self._acknowledge()
@@ -211,8 +227,9 @@ class Worker:
         claimed = []
         self._acknowledge()  # never reclaim an entry this worker handled and has not acknowledged yet
         for _ in range(validate.integer(max_pages, "max_pages")):
-            reply = self.r.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms, self._claim_cursor,
-                                      count=self.batch)
+            with self._delivering():
+                reply = self.r.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms,
+                                          self._claim_cursor, count=self.batch)
             self._claim_cursor, entries = text(reply[0]), reply[1]
             if len(reply) > 2:  # 7.0+: ids deleted from the stream while pending, now dropped from the PEL
                 self.stats.deleted_while_pending += len(reply[2])
@@ -278,9 +295,9 @@ class Worker:
         Returns the number handled, every one acknowledged. With neither, runs until the process is stopped.
         A batch costs one round trip: its XACK goes in the round trip of the next read, pipelined before it
         (`process_once` acknowledges before it returns); when the loop stops, however it stops, the last
-        XACK is sent on its own. A worker killed between a batch and the next read leaves that batch pending:
-        delivered again, never lost.
-        """
+        XACK is sent on its own (after a timeout: by the next run, not to a server that just stalled). A
+        worker killed between a batch and the next read leaves that batch pending: delivered again, never
+        lost."""
         if max_messages is not None:
             validate.integer(max_messages, "max_messages (or None for no limit)")
         if until is not None and not isinstance(until, threading.Event) and not callable(until):

@@ -6,8 +6,10 @@ import time
 from collections import Counter
 
 import pytest
+import redis
 from redis.crc import key_slot
 
+import labkit
 from labkit import ConfigError, streams
 from labkit.clients import derive
 from labkit.server import spawn
@@ -385,3 +387,32 @@ def test_a_worker_killed_between_a_batch_and_the_next_read_loses_nothing(r, ns):
                      claim_idle_ms=50)
     assert eventually(lambda: rescuer.process_once() is not None and len(seen) >= 25)
     assert Counter(seen) == Counter(ids) and lag(r, stream, "g").pending == 0  # its batch redelivered, once
+
+
+def test_a_stall_during_the_pipelined_read_leaves_no_batch_hidden_until_reclaim():
+    """The server freezes while the XACK of a batch and the next read are in flight: the read times out, yet
+    the server runs it when it thaws and delivers the rest to this consumer, a reply nobody reads. The same
+    worker run again finds them in its own pending entries at once (no reclaim, which would wait
+    `claim_idle_ms` and count a delivery more), and the timeout is raised without another XACK to the frozen
+    server first (it would wait out a second socket timeout)."""
+    with spawn(modules=False) as server:
+        r, admin = server.client(socket_timeout=0.5), server.client()
+        ids = fill(admin, "s", 15)
+        ensure_group(admin, "s", "g")
+
+        def handler(entry_id, fields):
+            if entry_id == ids[9]:  # the last of the first batch: the server freezes before the next read
+                server.pause()
+
+        worker = Worker(r, "s", "g", "c", handler, batch=10, block_ms=10, claim_idle_ms=60_000)
+        try:
+            with labkit.trace(r, show=False) as t, pytest.raises(redis.TimeoutError):
+                worker.run(max_messages=15)
+        finally:
+            server.resume()
+        assert t.names(handshake=True)[-2:] == ["XACK", "XREADGROUP"]  # no XACK (nor connection) after it
+        assert eventually(lambda: admin.xpending("s", "g")["pending"] == 5)  # delivered, the reply never read
+        deadline = time.monotonic() + 10  # only spent when the rest waits for a reclaim (60 s)
+        assert worker.run(max_messages=5, until=lambda: time.monotonic() > deadline) == 5
+        assert worker.stats.claimed == 0 and worker.stats.processed == 15 and lag(admin, "s", "g").pending == 0
+        r.close(), admin.close()
