@@ -244,7 +244,7 @@ class Worker:
         if not entries:
             return 0
         deliveries = self._deliveries([i for i, _ in entries]) if reclaimed else None
-        handled, unacked, handler = 0, self._unacked, self.handler
+        handled, handler = 0, self.handler
         for entry_id, fields in entries:
             if deliveries is not None:  # delivered before: dead-letter it if that was too often
                 count = deliveries.get(entry_id, 1)
@@ -256,7 +256,9 @@ class Worker:
             except Exception as err:  # recorded, and the entry stays pending for a later delivery
                 self._failed(entry_id, fields, err)
                 continue
-            unacked.append(entry_id)  # at once: should the next entry's handler raise past us, it is still acked
+            # at once: should the next entry's handler raise past us, it is still acked; self._unacked each time:
+            # a handler that calls this worker (reclaim) has it acknowledged and replaced
+            self._unacked.append(entry_id)
             handled += 1
         return handled
 

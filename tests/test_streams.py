@@ -416,3 +416,19 @@ def test_a_stall_during_the_pipelined_read_leaves_no_batch_hidden_until_reclaim(
         assert worker.run(max_messages=5, until=lambda: time.monotonic() > deadline) == 5
         assert worker.stats.claimed == 0 and worker.stats.processed == 15 and lag(admin, "s", "g").pending == 0
         r.close(), admin.close()
+
+
+def test_entries_handled_after_the_handler_calls_the_worker_are_still_acknowledged(r, ns):
+    """A handler that calls its own worker (here `reclaim()`, which acknowledges what is waiting first)
+    must not make the worker drop the acknowledgements of the entries it handles afterwards."""
+    stream = ns.key("s")
+    ensure_group(r, stream, "g")
+    ids = fill(r, stream, 10)
+
+    def handler(entry_id, fields):
+        if entry_id == ids[2]:
+            worker.reclaim()
+
+    worker = Worker(r, stream, "g", "c", handler, batch=10, block_ms=5)
+    assert worker.run(max_messages=10) == 10
+    assert lag(r, stream, "g").pending == 0 and worker.stats.processed == 10
