@@ -432,3 +432,19 @@ def test_entries_handled_after_the_handler_calls_the_worker_are_still_acknowledg
     worker = Worker(r, stream, "g", "c", handler, batch=10, block_ms=5)
     assert worker.run(max_messages=10) == 10
     assert lag(r, stream, "g").pending == 0 and worker.stats.processed == 10
+
+
+def test_run_with_max_messages_below_a_batch_takes_no_more(r, ns):
+    """run(max_messages=3) with batches of 10 reads (or reclaims) only 3: the rest stay for other workers."""
+    stream = ns.key("s")
+    ensure_group(r, stream, "g")
+    ids = fill(r, stream, 25)
+    seen = []
+    worker = Worker(r, stream, "g", "c", lambda i, f: seen.append(i), batch=10, block_ms=5)
+    assert worker.run(max_messages=3) == 3 and seen == ids[:3]
+    assert lag(r, stream, "g").pending == 0 and lag(r, stream, "g").entries_read == 3
+    r.xreadgroup("g", "dead", {stream: ">"}, count=10)  # ids[3:13], left pending by a consumer that died
+    age(r, stream, ids[3:13])
+    rescuer = Worker(r, stream, "g", "rescuer", lambda i, f: seen.append(i), batch=10, block_ms=5)
+    assert rescuer.run(max_messages=4) == 4 and seen[3:] == ids[3:7] and rescuer.stats.claimed == 4
+    assert lag(r, stream, "g").consumers["dead"]["pending"] == 6 and lag(r, stream, "g").entries_read == 13
