@@ -196,9 +196,17 @@ class Worker:
         """Around a command that delivers entries to this consumer: should it fail once sent (a timeout, a
         lost connection, an interrupt), the server may still have run it, putting entries in this consumer's
         pending list whose reply nobody read. The next step walks that list first (as after a restart), so
-        they come back at once, not only through a reclaim after `claim_idle_ms`."""
+        they come back at once, not only through a reclaim after `claim_idle_ms`. NOGROUP becomes a
+        ConfigError saying what to do."""
         try:
             yield
+        except redis.ResponseError as err:
+            self._backlog_cursor = "0"
+            if "NOGROUP" in str(err):  # said alone, or as "Command # 2 (XREADGROUP ...) of pipeline caused ..."
+                raise ConfigError(f"No group {self.group!r} on stream {self.stream!r}, or no such stream (deleted "
+                                  "while the worker ran?): create it with ensure_group(r, stream, group), then "
+                                  "run the worker again.") from err
+            raise
         except BaseException:
             self._backlog_cursor = "0"
             raise

@@ -448,3 +448,19 @@ def test_run_with_max_messages_below_a_batch_takes_no_more(r, ns):
     rescuer = Worker(r, stream, "g", "rescuer", lambda i, f: seen.append(i), batch=10, block_ms=5)
     assert rescuer.run(max_messages=4) == 4 and seen[3:] == ids[3:7] and rescuer.stats.claimed == 4
     assert lag(r, stream, "g").consumers["dead"]["pending"] == 6 and lag(r, stream, "g").entries_read == 13
+
+
+@pytest.mark.parametrize("deletes", ["the stream", "the group"])
+def test_a_stream_or_group_deleted_while_the_worker_runs_is_a_clear_error(r, ns, deletes):
+    stream = ns.key("s")
+    ensure_group(r, stream, "g")
+    fill(r, stream, 20)
+
+    def handler(entry_id, fields):
+        if fields["n"] == "4":
+            r.delete(stream) if deletes == "the stream" else r.xgroup_destroy(stream, "g")
+
+    worker = Worker(r, stream, "g", "c", handler, batch=10, block_ms=5)
+    with pytest.raises(ConfigError, match=r"No group 'g' on stream .* ensure_group\(r, stream, group\)"):
+        worker.run()
+    assert worker.stats.processed == 10  # its batch handled, and acknowledged as far as anything is left to
