@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -32,6 +33,7 @@ from labkit.errors import ConfigError, MissingLibrary
 PRELUDE = "prelude"
 LIBRARY_PREFIX = "labkit_"  # library `labkit_<module>`, functions `labkit_<module>_<script>`
 _REGISTRY = "_labkit_scripts"  # the attribute a client keeps its registered scripts in
+_EXECUTE_COMMAND = inspect.unwrap(redis.Redis.execute_command)  # redis-py's own, under any wrapper put on it
 
 
 def _root() -> Traversable:
@@ -71,7 +73,8 @@ class Script(core.Script):
     def __init__(self, registered_client, script):
         super().__init__(registered_client, script)
         client = registered_client  # `on_key` borrows from its pool, unless it is anything but a plain client
-        plain = isinstance(client, redis.Redis) and not isinstance(client, Pipeline) and client.connection is None
+        plain = (getattr(client.execute_command, "__func__", None) is _EXECUTE_COMMAND  # not overridden, wrapped
+                 and not isinstance(client, Pipeline) and client.connection is None)
         self._pool = client.connection_pool if plain else None
 
     def __call__(self, keys=(), args=(), client=None):
@@ -94,7 +97,9 @@ class Script(core.Script):
         that a command it must not retry has no use for. The connection still disconnects itself on a
         timeout or a broken socket, and `labkit.trace` still sees the command; redis-py's own operation
         metrics (its observability recorder) do not count it. Any other client (a cluster, a pipeline, a
-        single-connection client, connections that retry) goes through `execute_command`."""
+        single-connection client, connections that retry) goes through `execute_command`, and so does a
+        client whose `execute_command` was overridden or wrapped when the script was registered (a subclass,
+        tracing or APM instrumentation such as OpenTelemetry's): the wrapper sees every EVALSHA."""
         try:
             return self._on_key(key, args)
         except NoScriptError:

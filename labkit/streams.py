@@ -146,47 +146,79 @@ class Worker:
         with self._acknowledging():
             return self._step()
 
-    def _step(self) -> int:
+    def _step(self, limit: int | None = None) -> int:
         """One step of `process_once`, leaving the XACK of what it handled in `_unacked`: each read sends
-        the XACKs waiting before it in its own round trip."""
+        the XACKs waiting before it in its own round trip. With a `limit`, it takes no more entries than that
+        in all (`run(max_messages=...)`)."""
         done = 0
         if self._more_to_claim or time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + self.claim_idle_ms / 2000
-            done += self._handle(self.reclaim(), reclaimed=True)
+            claimed = self._reclaim(1, self._count(limit))
+            done += self._handle(claimed, reclaimed=True)
+            if limit is not None and (limit := limit - len(claimed)) == 0:
+                return done
+        count = self._count(limit)
         backlog = self._backlog_cursor is not None
-        entries = self._read(self._backlog_cursor) if backlog else []
+        entries = self._read(self._backlog_cursor, count) if backlog else []
         if backlog:  # walk this consumer's own pending entries once, oldest first, then switch to new ones
             self._backlog_cursor = entries[-1][0] if entries else None
             backlog = bool(entries)
         if not backlog:
-            entries = self._read(">")
+            entries = self._read(">", count)
         elif gone := [i for i, f in entries if f is None]:  # pending, but deleted from the stream since (new
             self.r.xack(self.stream, self.group, *gone)     # entries, read with ">", always have their fields)
             self.stats.deleted_while_pending += len(gone)
             entries = [(i, f) for i, f in entries if f is not None]
         return done + self._handle(entries, reclaimed=backlog)
 
-    def _read(self, start: str) -> list[Entry]:
+    def _count(self, limit: int | None) -> int:
+        return self.batch if limit is None else min(self.batch, limit)
+
+    def _read(self, start: str, count: int) -> list[Entry]:
         wait = start == ">" and self.block_ms and not self._more_to_claim  # no waiting while a backlog is left
         block = self.block_ms if wait else None
-        if not self._unacked:
-            reply = self.r.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch, block=block)
-            return reply[0][1] if reply else []
-        # the XACK of what was handled, then the read, in one round trip (not a transaction: the server runs
-        # the XACK before the read waits for entries)
-        pipe = self.r.pipeline(transaction=False)
-        pipe.xack(self.stream, self.group, *self._unacked)
-        pipe.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch, block=block)
-        _, reply = pipe.execute()
+        with self._delivering():
+            if not self._unacked:
+                reply = self.r.xreadgroup(self.group, self.consumer, {self.stream: start}, count=count,
+                                          block=block)
+                return reply[0][1] if reply else []
+            # the XACK of what was handled, then the read, in one round trip (not a transaction: the server
+            # runs the XACK before the read waits for entries)
+            pipe = self.r.pipeline(transaction=False)
+            pipe.xack(self.stream, self.group, *self._unacked)
+            pipe.xreadgroup(self.group, self.consumer, {self.stream: start}, count=count, block=block)
+            _, reply = pipe.execute()
         self._acknowledged()
         return reply[0][1] if reply else []
 
     @contextlib.contextmanager
-    def _acknowledging(self) -> Iterator[None]:
-        """Acknowledge what was handled when the block ends, however it ends (should the block raise, its
-        error is the one raised, not a failed XACK's)."""
+    def _delivering(self) -> Iterator[None]:
+        """Around a command that delivers entries to this consumer: should it fail once sent (a timeout, a
+        lost connection, an interrupt), the server may still have run it, putting entries in this consumer's
+        pending list whose reply nobody read. The next step walks that list first (as after a restart), so
+        they come back at once, not only through a reclaim after `claim_idle_ms`. NOGROUP becomes a
+        ConfigError saying what to do."""
         try:
             yield
+        except redis.ResponseError as err:
+            self._backlog_cursor = "0"
+            if "NOGROUP" in str(err):  # said alone, or as "Command # 2 (XREADGROUP ...) of pipeline caused ..."
+                raise ConfigError(f"No group {self.group!r} on stream {self.stream!r}, or no such stream (deleted "
+                                  "while the worker ran?): create it with ensure_group(r, stream, group), then "
+                                  "run the worker again.") from err
+            raise
+        except BaseException:
+            self._backlog_cursor = "0"
+            raise
+
+    @contextlib.contextmanager
+    def _acknowledging(self) -> Iterator[None]:
+        """Acknowledge what was handled when the block ends, however it ends (should the block raise, its
+        error is the one raised, not a failed XACK's), except on a timeout: then at the next step or run."""
+        try:
+            yield
+        except redis.TimeoutError:  # the server is stalled: another XACK would wait out a second timeout; the
+            raise                   # ids stay in _unacked, for the next step or run to acknowledge
         except BaseException:
             with contextlib.suppress(redis.RedisError):
                 self._acknowledge()
@@ -208,11 +240,15 @@ class Worker:
         cursor where the previous call stopped. `process_once` takes one page per step, so a worker holds no
         more reclaimed entries than it handles in one step: entries waiting longer in its hands would go
         idle again, be reclaimed by another worker, and count deliveries towards the dead-letter stream."""
+        return self._reclaim(validate.integer(max_pages, "max_pages"), self.batch)
+
+    def _reclaim(self, pages: int, count: int) -> list[Entry]:
         claimed = []
         self._acknowledge()  # never reclaim an entry this worker handled and has not acknowledged yet
-        for _ in range(validate.integer(max_pages, "max_pages")):
-            reply = self.r.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms, self._claim_cursor,
-                                      count=self.batch)
+        for _ in range(pages):
+            with self._delivering():
+                reply = self.r.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms,
+                                          self._claim_cursor, count=count)
             self._claim_cursor, entries = text(reply[0]), reply[1]
             if len(reply) > 2:  # 7.0+: ids deleted from the stream while pending, now dropped from the PEL
                 self.stats.deleted_while_pending += len(reply[2])
@@ -227,7 +263,7 @@ class Worker:
         if not entries:
             return 0
         deliveries = self._deliveries([i for i, _ in entries]) if reclaimed else None
-        handled, unacked, handler = 0, self._unacked, self.handler
+        handled, handler = 0, self.handler
         for entry_id, fields in entries:
             if deliveries is not None:  # delivered before: dead-letter it if that was too often
                 count = deliveries.get(entry_id, 1)
@@ -239,7 +275,9 @@ class Worker:
             except Exception as err:  # recorded, and the entry stays pending for a later delivery
                 self._failed(entry_id, fields, err)
                 continue
-            unacked.append(entry_id)  # at once: should the next entry's handler raise past us, it is still acked
+            # at once: should the next entry's handler raise past us, it is still acked; self._unacked each time:
+            # a handler that calls this worker (reclaim) has it acknowledged and replaced
+            self._unacked.append(entry_id)
             handled += 1
         return handled
 
@@ -273,14 +311,15 @@ class Worker:
 
     # -- a loop ---------------------------------------------------------------------------------
     def run(self, max_messages: int | None = None, until: threading.Event | Callable[[], bool] | None = None) -> int:
-        """Process until `max_messages` were handled or `until` is set (an Event) or returns True.
+        """Process until `max_messages` were handled or `until` is set (an Event) or returns True. A read or
+        reclaim asks for no more than what is left of `max_messages`: the rest stay for other workers.
 
         Returns the number handled, every one acknowledged. With neither, runs until the process is stopped.
         A batch costs one round trip: its XACK goes in the round trip of the next read, pipelined before it
         (`process_once` acknowledges before it returns); when the loop stops, however it stops, the last
-        XACK is sent on its own. A worker killed between a batch and the next read leaves that batch pending:
-        delivered again, never lost.
-        """
+        XACK is sent on its own (after a timeout: by the next run, not to a server that just stalled). A
+        worker killed between a batch and the next read leaves that batch pending: delivered again, never
+        lost."""
         if max_messages is not None:
             validate.integer(max_messages, "max_messages (or None for no limit)")
         if until is not None and not isinstance(until, threading.Event) and not callable(until):
@@ -289,7 +328,7 @@ class Worker:
         handled = 0
         with self._acknowledging():
             while (max_messages is None or handled < max_messages) and not (stop and stop()):
-                handled += self._step()
+                handled += self._step(None if max_messages is None else max_messages - handled)
         return handled
 
 

@@ -238,6 +238,8 @@ ROWS = [
     Row("Worker.reclaim", "max_pages", lambda w, v: w.worker.reclaim(v), COUNT),
     Row("Worker.run", "max_messages", lambda w, v: w.worker.run(max_messages=v), [*COUNT[1:], 2.5]),
     Row("Worker.run", "until", lambda w, v: w.worker.run(max_messages=1, until=v), ["soon", 5]),
+    Row("Worker.run", "group", lambda w, v: streams.Worker(w.r, w.ns.key("{s}"), v, "c", print).run(1), ["nogroup"]),
+    Row("Worker.run", "stream", lambda w, v: streams.Worker(w.r, w.ns.key(v), "g", "c", print).run(1), ["{nostream}"]),
     Row("lag", "stream", lambda w, v: streams.lag(w.r, v, "g"), NAME),
     Row("lag", "group", lambda w, v: streams.lag(w.r, w.ns.key("{s}"), v), NAME),
     # -- vectors ------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -470,3 +471,16 @@ def test_a_decision_is_the_frozen_dataclass_built_the_usual_way(cls, r, ns, deco
             d.allowed = True
     if not decode:
         client.close()
+
+
+@pytest.mark.parametrize("cls", ALGORITHMS)
+def test_a_string_another_program_left_under_a_key_is_a_clear_error(cls, r, ns):
+    """WRONGTYPE where the algorithm keeps a hash or a sorted set; GCRA keeps a string, and says the one it
+    found is not its timestamp (not a Lua error about a nil in math.max). The next decision is right."""
+    limiter = make(cls, r, ns.key("rl"))
+    for key in limiter.keys("alice"):
+        r.set(key, "notanumber")
+    says = r"holds a string that is not a timestamp in ms" if cls is GCRA else r"^WRONGTYPE"
+    with pytest.raises(redis.ResponseError, match=says):
+        at_now(limiter, "alice")
+    assert at_now(limiter, "bob").remaining == 4

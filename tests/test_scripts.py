@@ -1,3 +1,4 @@
+import functools
 import re
 import time
 
@@ -226,3 +227,37 @@ def test_on_key_leaves_other_clients_to_execute_command(lib_server, rc, kind):
     client.delete(key)
     if client is not rc:
         client.close()
+
+
+class Recording(redis.Redis):
+    """A client that records each command it executes, as tracing and APM wrappers do."""
+
+    def execute_command(self, *args, **options):
+        self.__dict__.setdefault("recorded", []).append(args[0])
+        return super().execute_command(*args, **options)
+
+
+@pytest.mark.parametrize("kind", ["subclass", "class patched", "instance patched"])
+def test_on_key_goes_through_an_execute_command_someone_replaced(r, ns, monkeypatch, kind):
+    """A subclass overriding `execute_command`, or instrumentation wrapping it (on the class, as
+    OpenTelemetry's and ddtrace's do, or on one client), sees every EVALSHA of `on_key`."""
+    recorded = []
+    if kind == "subclass":
+        client = Recording(connection_pool=r.connection_pool)
+    else:
+        original = redis.Redis.execute_command
+
+        @functools.wraps(original)
+        def wrapper(self, *args, **options):
+            recorded.append(args[0])
+            return original(self, *args, **options)
+
+        client = redis.Redis(connection_pool=r.connection_pool)
+        if kind == "class patched":
+            monkeypatch.setattr(redis.Redis, "execute_command", wrapper)
+        else:
+            client.execute_command = functools.partial(wrapper, client)
+    capped = scripts.register(client, "l01_data_structures/capped_incr")
+    assert [capped.on_key(ns.key("k"), 2) for _ in range(3)] == [1, 2, -1]
+    recorded = client.__dict__.get("recorded", recorded)
+    assert recorded.count("EVALSHA") == 3, recorded

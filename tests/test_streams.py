@@ -6,8 +6,10 @@ import time
 from collections import Counter
 
 import pytest
+import redis
 from redis.crc import key_slot
 
+import labkit
 from labkit import ConfigError, streams
 from labkit.clients import derive
 from labkit.server import spawn
@@ -385,3 +387,80 @@ def test_a_worker_killed_between_a_batch_and_the_next_read_loses_nothing(r, ns):
                      claim_idle_ms=50)
     assert eventually(lambda: rescuer.process_once() is not None and len(seen) >= 25)
     assert Counter(seen) == Counter(ids) and lag(r, stream, "g").pending == 0  # its batch redelivered, once
+
+
+def test_a_stall_during_the_pipelined_read_leaves_no_batch_hidden_until_reclaim():
+    """The server freezes while the XACK of a batch and the next read are in flight: the read times out, yet
+    the server runs it when it thaws and delivers the rest to this consumer, a reply nobody reads. The same
+    worker run again finds them in its own pending entries at once (no reclaim, which would wait
+    `claim_idle_ms` and count a delivery more), and the timeout is raised without another XACK to the frozen
+    server first (it would wait out a second socket timeout)."""
+    with spawn(modules=False) as server:
+        r, admin = server.client(socket_timeout=0.5), server.client()
+        ids = fill(admin, "s", 15)
+        ensure_group(admin, "s", "g")
+
+        def handler(entry_id, fields):
+            if entry_id == ids[9]:  # the last of the first batch: the server freezes before the next read
+                server.pause()
+
+        worker = Worker(r, "s", "g", "c", handler, batch=10, block_ms=10, claim_idle_ms=60_000)
+        try:
+            with labkit.trace(r, show=False) as t, pytest.raises(redis.TimeoutError):
+                worker.run(max_messages=15)
+        finally:
+            server.resume()
+        assert t.names(handshake=True)[-2:] == ["XACK", "XREADGROUP"]  # no XACK (nor connection) after it
+        assert eventually(lambda: admin.xpending("s", "g")["pending"] == 5)  # delivered, the reply never read
+        deadline = time.monotonic() + 10  # only spent when the rest waits for a reclaim (60 s)
+        assert worker.run(max_messages=5, until=lambda: time.monotonic() > deadline) == 5
+        assert worker.stats.claimed == 0 and worker.stats.processed == 15 and lag(admin, "s", "g").pending == 0
+        r.close(), admin.close()
+
+
+def test_entries_handled_after_the_handler_calls_the_worker_are_still_acknowledged(r, ns):
+    """A handler that calls its own worker (here `reclaim()`, which acknowledges what is waiting first)
+    must not make the worker drop the acknowledgements of the entries it handles afterwards."""
+    stream = ns.key("s")
+    ensure_group(r, stream, "g")
+    ids = fill(r, stream, 10)
+
+    def handler(entry_id, fields):
+        if entry_id == ids[2]:
+            worker.reclaim()
+
+    worker = Worker(r, stream, "g", "c", handler, batch=10, block_ms=5)
+    assert worker.run(max_messages=10) == 10
+    assert lag(r, stream, "g").pending == 0 and worker.stats.processed == 10
+
+
+def test_run_with_max_messages_below_a_batch_takes_no_more(r, ns):
+    """run(max_messages=3) with batches of 10 reads (or reclaims) only 3: the rest stay for other workers."""
+    stream = ns.key("s")
+    ensure_group(r, stream, "g")
+    ids = fill(r, stream, 25)
+    seen = []
+    worker = Worker(r, stream, "g", "c", lambda i, f: seen.append(i), batch=10, block_ms=5)
+    assert worker.run(max_messages=3) == 3 and seen == ids[:3]
+    assert lag(r, stream, "g").pending == 0 and lag(r, stream, "g").entries_read == 3
+    r.xreadgroup("g", "dead", {stream: ">"}, count=10)  # ids[3:13], left pending by a consumer that died
+    age(r, stream, ids[3:13])
+    rescuer = Worker(r, stream, "g", "rescuer", lambda i, f: seen.append(i), batch=10, block_ms=5)
+    assert rescuer.run(max_messages=4) == 4 and seen[3:] == ids[3:7] and rescuer.stats.claimed == 4
+    assert lag(r, stream, "g").consumers["dead"]["pending"] == 6 and lag(r, stream, "g").entries_read == 13
+
+
+@pytest.mark.parametrize("deletes", ["the stream", "the group"])
+def test_a_stream_or_group_deleted_while_the_worker_runs_is_a_clear_error(r, ns, deletes):
+    stream = ns.key("s")
+    ensure_group(r, stream, "g")
+    fill(r, stream, 20)
+
+    def handler(entry_id, fields):
+        if fields["n"] == "4":
+            r.delete(stream) if deletes == "the stream" else r.xgroup_destroy(stream, "g")
+
+    worker = Worker(r, stream, "g", "c", handler, batch=10, block_ms=5)
+    with pytest.raises(ConfigError, match=r"No group 'g' on stream .* ensure_group\(r, stream, group\)"):
+        worker.run()
+    assert worker.stats.processed == 10  # its batch handled, and acknowledged as far as anything is left to

@@ -5,7 +5,13 @@
 -- Returns  the string "<allowed 0/1> <remaining> <retry_after_ms> <reset_after_ms> <now_ms>"
 local burst, interval, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms(ARGV[4])
-local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
+local stored = redis.call('GET', KEYS[1])
+local tat = tonumber(stored or now)
+if not tat then  -- another program's string under the key: say so, rather than fail on a nil in math.max
+  return redis.error_reply('ERR GCRA key ' .. KEYS[1] .. ' holds a string that is not a timestamp in ms: '
+    .. 'another program writes it; give the limiter its own prefix (or delete the key)')
+end
+tat = math.max(tat, now)
 local new_tat = tat + cost * interval
 local allow_at = new_tat - burst * interval
 if now < allow_at then
