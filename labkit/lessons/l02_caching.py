@@ -1,7 +1,7 @@
 """Lesson 02, caching and stampedes (`notebooks/02_caching.ipynb`): the slow database the cache sits in
 front of, the invalidation races and a cache filled under leases, the Zipf readers, client-side caching
-(tracking clients, a network that holds a push, each engine with redis-py and valkey-py), the stampede
-experiment, the plots, and the exercise checks."""
+(tracking clients, a network that holds a push or goes silent, each engine with redis-py and valkey-py),
+the stampede experiment, the plots, and the exercise checks."""
 
 from __future__ import annotations
 
@@ -354,7 +354,8 @@ class HeldLink:
     """A TCP relay on 127.0.0.1 in front of a server: a network whose delivery to the client can be held,
     ordered by events rather than by time. What the client sends goes on at once; what the server sends is
     passed on at once too, except inside `with link.holding():`, where it waits (`.held_data` keeps its
-    bytes, `.held` counts them) until the block ends. A context manager: closing it closes every connection it relays."""
+    bytes, `.held` counts them) until the block ends. A context manager: closing it closes every connection
+    it relays."""
 
     def __init__(self, host: str, port: int) -> None:
         self._target = (host, port)
