@@ -1,7 +1,7 @@
 """Lesson 02, caching and stampedes (`notebooks/02_caching.ipynb`): the slow database the cache sits in
 front of, the invalidation races and a cache filled under leases, the Zipf readers, client-side caching
-(tracking clients, a network that holds a push, each engine with redis-py and valkey-py), the stampede
-experiment, the plots, and the exercise checks."""
+(tracking clients, a network that holds a push or goes silent, each engine with redis-py and valkey-py),
+the stampede experiment, the plots, and the exercise checks."""
 
 from __future__ import annotations
 
@@ -26,14 +26,13 @@ from redis.cache import CacheConfig
 from valkey.backoff import NoBackoff as ValkeyNoBackoff
 from valkey.retry import Retry as ValkeyRetry
 
-from labkit import scripts
+from labkit import scripts, validate
 from labkit.cache import Cached, CacheStats, cached
 from labkit.clients import CONNECT_TIMEOUT_S, TIMEOUT_S, options, text
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
 from labkit.lessons import Result, check, delete_keys, verdict
 from labkit.server import Capabilities
-from labkit.tracing import cut_middle
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
 
 # -- the database to cache ------------------------------------------------------------------------------
@@ -274,13 +273,20 @@ def zipf_readers(get: Callable[[int], object], rows: int, requested: list[int], 
 
 
 # -- 2.6 client-side caching ------------------------------------------------------------------------------
-def near_cache(r: redis.Redis, port: int | None = None) -> valkey.Valkey:
+def near_cache(r: redis.Redis, port: int | None = None, ttl: float = 0,
+               health_check_interval: float = 0) -> valkey.Valkey:
     """A valkey-py client of `r`'s server (or of `port` on the same host: a relay in front of it) with its
-    client-side cache on: RESP3, `CLIENT TRACKING ON` on every connection it opens, and each GET reply kept
-    in the process until the server pushes that the key changed. labkit's timeouts, no retry."""
+    client-side cache on: `valkey.Valkey(host, port, password, protocol=3, cache_enabled=True)`, so RESP3 and
+    `CLIENT TRACKING ON` on every connection it opens, and each cacheable reply kept in the process until the
+    server pushes that the key changed, or for `ttl` s at most (valkey-py's `cache_ttl`; 0: no local TTL).
+    `health_check_interval` (s, 0: off) is valkey-py's: a PING before a command sent after that long idle.
+    labkit's timeouts, no retry."""
+    ttl = validate.seconds(ttl, "ttl", allow_zero=True)
+    health_check_interval = validate.seconds(health_check_interval, "health_check_interval", allow_zero=True)
     kw = r.connection_pool.connection_kwargs
     return valkey.Valkey(host=kw["host"], port=port or kw["port"], username=kw.get("username"),
-                         password=kw.get("password"), protocol=3, cache_enabled=True, decode_responses=True,
+                         password=kw.get("password"), protocol=3, cache_enabled=True, cache_ttl=ttl,
+                         health_check_interval=health_check_interval, decode_responses=True,
                          socket_timeout=TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S,
                          retry=ValkeyRetry(ValkeyNoBackoff(), 0))
 
@@ -293,9 +299,21 @@ def redis_py_cache(r: redis.Redis) -> redis.Redis:
                        protocol=3, cache_config=CacheConfig(), decode_responses=True, **options())
 
 
+def commands_served(r: redis.Redis, *names: str) -> dict[str, int]:
+    """Calls of each named command the server has executed since it started (`INFO commandstats`, its own
+    count; a subcommand as `client|tracking`)."""
+    stats = r.info("commandstats")
+    return {name: stats.get(f"cmdstat_{name.lower()}", {}).get("calls", 0) for name in names}
+
+
 def gets_served(r: redis.Redis) -> int:
     """GET commands the server has executed since it started (`INFO commandstats`): the server's own count."""
-    return r.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
+    return commands_served(r, "get")["get"]
+
+
+def served_since(r: redis.Redis, before: dict[str, int]) -> dict[str, int]:
+    """What `commands_served` counts now, less `before` (a dict it returned earlier)."""
+    return {name: calls - before[name] for name, calls in commands_served(r, *before).items()}
 
 
 def tracking(r: redis.Redis) -> dict[str, int]:
@@ -335,8 +353,9 @@ def _shut(sock: socket.socket) -> None:
 class HeldLink:
     """A TCP relay on 127.0.0.1 in front of a server: a network whose delivery to the client can be held,
     ordered by events rather than by time. What the client sends goes on at once; what the server sends is
-    passed on at once too, except inside `with link.holding():`, where it waits (`.held` counts its bytes)
-    until the block ends. A context manager: closing it closes every connection it relays."""
+    passed on at once too, except inside `with link.holding():`, where it waits (`.held_data` keeps its
+    bytes, `.held` counts them) until the block ends. A context manager: closing it closes every connection
+    it relays."""
 
     def __init__(self, host: str, port: int) -> None:
         self._target = (host, port)
@@ -344,7 +363,7 @@ class HeldLink:
         self.port = self._listener.getsockname()[1]
         self._open, self._changed = threading.Event(), threading.Condition()
         self._open.set()
-        self.held = 0
+        self.held_data = b""
         self._sockets: list[socket.socket] = [self._listener]
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
         self._threads[0].start()
@@ -368,7 +387,8 @@ class HeldLink:
             while data := source.recv(65536):
                 if to_client:
                     with self._changed:
-                        self.held += len(data) * (not self._open.is_set())
+                        if not self._open.is_set():
+                            self.held_data += data
                         self._changed.notify_all()
                     self._open.wait()
                 target.sendall(data)
@@ -378,6 +398,10 @@ class HeldLink:
             for end in (source, target):
                 _shut(end)
 
+    @property
+    def held(self) -> int:
+        """Bytes the link holds now."""
+        return len(self.held_data)
 
     def wait_held(self, timeout: float = 10.0) -> bool:
         """True once the server has sent something the link holds (at most `timeout` s)."""
@@ -390,7 +414,7 @@ class HeldLink:
         try:
             yield
         finally:
-            self.held = 0
+            self.held_data = b""
             self._open.set()
 
     def close(self) -> None:
@@ -407,7 +431,50 @@ class HeldLink:
         self.close()
 
 
+@dataclass
+class SilentReads:
+    """`reads_through_a_silent_link`: each value read after the write, in order; how many of them were read
+    before the server heard anything from the client, and over how many seconds; what the server heard
+    first (PING, GET), and in all."""
+
+    values: list[str]
+    before_any_sent: int
+    hitting_s: float
+    first_sent: dict[str, int]
+    sent_in_all: dict[str, int]
+
+
+def reads_through_a_silent_link(link: HeldLink, client: valkey.Valkey, key: str, write: Callable[[], object],
+                                r: redis.Redis, timeout: float = 10.0) -> SilentReads:
+    """A connection that died without a FIN, ordered by events: `client` reads `key` once (a copy), then
+    `link` holds everything the server sends, `write()` changes `key`, and a thread reads `key` through
+    `client` every 10 ms until a read reaches the server (its PING or GET, counted by the server through
+    `r`); then the link delivers again, and the loop ends at the first read that returns something new.
+    `timeout` s bound every wait."""
+    first = client.get(key)
+    values: list[str] = []
+
+    def read_until_new() -> None:
+        while not values or values[-1] == first:
+            values.append(client.get(key))
+            time.sleep(0.01)
+
+    reader = threading.Thread(target=read_until_new, daemon=True)
+    with link.holding():
+        write()
+        link.wait_held(timeout)
+        before = commands_served(r, "ping", "get")
+        started = time.monotonic()
+        reader.start()
+        while (heard := served_since(r, before)) == dict.fromkeys(before, 0) and time.monotonic() < started + timeout:
+            time.sleep(0.01)
+        hitting_s, before_any_sent = time.monotonic() - started, len(values)  # the read that was sent waits
+    reader.join(timeout)
+    return SilentReads(values, before_any_sent, hitting_s, heard, served_since(r, before))
+
+
 LOCAL_HITS = 100  # reads of a cached key per client in `client_side_caching`
+THREADS = 4  # threads sharing one client in `client_side_caching`
 
 
 def _as_dict(reply: dict | list) -> dict:
@@ -433,59 +500,84 @@ def redis_py_accepts(hello: dict) -> bool:
 @dataclass
 class CacheRow:
     """One engine in the side-by-side cell: what its HELLO says (server, version), each client's cache
-    refused (its error, shortened) or accepted (None), the GETs the server executed during `LOCAL_HITS` reads
-    of a cached key, and whether the read after another client's write saw the new value (None: refused)."""
+    refused (its error, in full) or accepted (None), the GETs the server executed during `LOCAL_HITS` reads
+    of a cached key, whether the read after another client's write saw the new value, and, for `THREADS`
+    threads reading a new key through one client, (its tracking connections, the GETs the server executed).
+    None where the client refused."""
 
     server: str
     version: str
     refusals: dict[str, str | None]
     gets_during_hits: dict[str, int | None] = field(default_factory=dict)
     sees_the_write: dict[str, bool | None] = field(default_factory=dict)
+    threads: dict[str, tuple[int, int] | None] = field(default_factory=dict)
 
     @property
     def hello(self) -> dict:
         return {"server": self.server, "version": self.version}
 
 
+def threads_reading(client: redis.Redis | valkey.Valkey, r: redis.Redis, key: str,
+                    reads: int = 1000) -> tuple[int, int]:
+    """One read of `key` (which `client` has not read yet: a miss), then `THREADS` threads, started
+    together, read it `reads` times each through `client`'s pool: (the tracking connections the server then
+    counts, the GETs it executed for all of it). Run it when no other client tracks."""
+    before, start = gets_served(r), threading.Barrier(THREADS, timeout=10)
+    client.get(key)
+
+    def read() -> None:
+        start.wait()
+        for _ in range(reads):
+            client.get(key)
+
+    threads = [threading.Thread(target=read, daemon=True) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return tracking(r)["clients"], gets_served(r) - before
+
+
 def client_side_caching(r: redis.Redis, caps: Capabilities, prefix: str = "lab:l02:csc") -> CacheRow:
     """redis-py's and valkey-py's client-side caches on `r`'s server: a first read (a miss), `LOCAL_HITS`
-    reads counted on the server, a write by `r` (another client), then the next read once the push arrived."""
+    reads counted on the server, a write by `r` (another client), the next read once the push arrived, then
+    `THREADS` threads reading another key through the same client."""
     hello = _as_dict(r.execute_command("HELLO"))  # HELLO without a version: the server's name, changing nothing
     row = CacheRow(text(hello["server"]), caps.version, {})
-    key = f"{prefix}:price"
+    key, shared = f"{prefix}:price", f"{prefix}:shared"
     for name, make in (("redis-py", redis_py_cache), ("valkey-py", near_cache)):
-        r.set(key, "100")
+        r.set(key, "100"), r.set(shared, "1")
         client = make(r)
         try:
             try:
                 client.get(key)  # the first read connects (redis-py checks the server here) and misses
             except (redis.RedisError, valkey.ValkeyError) as refused:
-                row.refusals[name], row.gets_during_hits[name], row.sees_the_write[name] = short_error(refused), None, None
+                row.refusals[name] = f"{type(refused).__name__}: {refused}"
+                row.gets_during_hits[name] = row.sees_the_write[name] = row.threads[name] = None
                 continue
             before = gets_served(r)
             hits = [client.get(key) for _ in range(LOCAL_HITS)]
             row.gets_during_hits[name] = gets_served(r) - before if hits == ["100"] * LOCAL_HITS else None
             r.set(key, "120")
             row.sees_the_write[name] = push_arrived(client) and client.get(key) == "120"
+            row.threads[name] = threads_reading(client, r, shared)
             row.refusals[name] = None
         finally:
             client.close()
-    r.delete(key)
+            tracking_clients(r, 0)  # the server has seen every connection of it close
+    r.delete(key, shared)
     return row
-
-
-def short_error(error: Exception, width: int = 80) -> str:
-    """An error as `Type: text`, its middle cut to fit `width` characters."""
-    return cut_middle(f"{type(error).__name__}: {error}", width)
 
 
 def cache_table(rows: list[CacheRow]) -> str:
     """The side-by-side rows as a Markdown table."""
     def cell(row: CacheRow, name: str) -> str:
         if row.refusals[name] is not None:
-            return f"refused: `{row.refusals[name]}`"
-        return (f"accepted; GETs on the server during {LOCAL_HITS} hits: {row.gets_during_hits[name]}; "
-                f"after another client's write: {'new value' if row.sees_the_write[name] else 'STALE'}")
+            return f"refused ({row.refusals[name].split(':')[0]})"
+        connections, gets = row.threads[name]
+        return (f"{row.gets_during_hits[name]} GETs in {LOCAL_HITS} hits, write "
+                f"{'seen' if row.sees_the_write[name] else 'NOT seen'}; {THREADS} threads: {connections} "
+                f"connections, {gets} GETs")
 
     lines = ["| server (HELLO) | redis-py 8 `cache_config=CacheConfig()` | valkey-py `cache_enabled=True` |",
              "|---|---|---|"]

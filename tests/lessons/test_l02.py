@@ -1,12 +1,14 @@
 """The lesson 02 module (`labkit.lessons.l02_caching`): the slow database, the stampede experiment, and each
 check accepting the reference answer and rejecting the known-wrong ones."""
 
+import contextlib
 import math
 import statistics
 import threading
 import time
 
 import pytest
+import redis
 
 import labkit
 from labkit.cache import cached
@@ -350,58 +352,121 @@ def test_single_flight_rejects_no_reread_after_the_lock(r, ns):
 @pytest.fixture
 def own():
     """A server of the test's own: tracking and CONFIG SET on it touch no one else."""
-    with spawn(modules=False) as server:
-        client = server.client()
+    with spawn(modules=False) as server, contextlib.closing(server.client()) as client:
         yield server, client
-        client.close()
 
 
 def test_a_near_cache_serves_hits_locally_and_sees_another_clients_write(own):
     server, s = own
     s.set("price", "100")
-    near = lesson.near_cache(s)
-    assert near.get("price") == "100" and lesson.tracking(s)["clients"] == 1
-    before = lesson.gets_served(s)
-    assert [near.get("price") for _ in range(50)] == ["100"] * 50 and lesson.gets_served(s) == before
-    s.set("price", "120")
-    assert lesson.push_arrived(near) and near.get("price") == "120" and lesson.gets_served(s) == before + 1
-    assert lesson.tracking_flags(near) == ["on"] and lesson.tracking_flags(s) == ["off"]
-    near.close()
+    connecting = lesson.commands_served(s, "hello", "client|tracking", "get")
+    with contextlib.closing(lesson.near_cache(s)) as near:
+        assert near.get("price") == "100" and lesson.tracking(s)["clients"] == 1
+        assert lesson.served_since(s, connecting) == {"hello": 1, "client|tracking": 1, "get": 1}
+        before = lesson.gets_served(s)
+        assert [near.get("price") for _ in range(50)] == ["100"] * 50 and lesson.gets_served(s) == before
+        s.set("price", "120")
+        assert lesson.push_arrived(near) and near.get("price") == "120" and lesson.gets_served(s) == before + 1
+        assert lesson.tracking_flags(near) == ["on"] and lesson.tracking_flags(s) == ["off"]
     assert lesson.tracking_clients(s, 0) == 0
 
 
-def test_gets_served_counts_what_the_server_executed(own):
+def test_commands_served_counts_what_the_server_executed(own):
     _, s = own
     before = lesson.gets_served(s)
+    counted = lesson.commands_served(s, "get", "mget", "hmget")
     s.get("a"), s.get("b"), s.mget("a", "b")  # MGET is not GET
     assert lesson.gets_served(s) == before + 2
+    assert lesson.served_since(s, counted) == {"get": 2, "mget": 1, "hmget": 0}
+
+
+def test_a_near_cache_keeps_allow_listed_replies_only_and_the_server_tracks_every_key_read(own):
+    _, s = own
+    s.hset("h", "f", "1")
+    with contextlib.closing(lesson.near_cache(s)) as near:
+        sent_before = lesson.commands_served(s, "hmget", "pttl", "get")
+        for _ in range(5):
+            near.hmget("h", "f"), near.pttl("h"), near.get("missing")
+        assert lesson.served_since(s, sent_before) == {"hmget": 1, "pttl": 5, "get": 5}
+        assert lesson.tracking(s)["total_keys"] == 2  # kept or not, both keys are tracked
+
+
+def test_the_tracking_table_keeps_a_closed_connections_keys_until_they_are_written(own):
+    _, s = own
+    keys = [f"k{i}" for i in range(20)]
+    s.mset({k: "x" for k in keys})
+    with contextlib.closing(lesson.near_cache(s)) as reader:
+        for k in keys:
+            reader.get(k)
+    assert lesson.tracking_clients(s, 0) == 0 and lesson.tracking(s)["total_keys"] == 20
+    s.set(keys[0], "y")
+    assert lesson.tracking(s)["total_keys"] == 19
+
+
+def test_a_near_cache_flushes_and_tracks_again_after_a_kill(own):
+    _, s = own
+    s.set("price", "1")
+    with contextlib.closing(lesson.near_cache(s)) as near:
+        near.get("price")
+        s.client_kill_filter(_id=near.client_id())
+        assert lesson.tracking_clients(s, 0) == 0
+        s.set("price", "2")  # pushed to nobody
+        before = lesson.gets_served(s)
+        assert near.get("price") == "2" and lesson.gets_served(s) == before + 1
+        assert lesson.tracking_flags(near) == ["on"]
 
 
 def test_a_held_link_holds_the_push_and_the_near_cache_serves_stale_meanwhile(own):
     server, s = own
     s.set("price", "1")
-    with lesson.HeldLink(server.host, server.port) as link:
-        far = lesson.near_cache(s, port=link.port)
+    with lesson.HeldLink(server.host, server.port) as link, \
+            contextlib.closing(lesson.near_cache(s, port=link.port)) as far:
         assert far.get("price") == "1"
         with link.holding():
             s.set("price", "2")
-            assert link.wait_held() and link.held > 0
+            assert link.wait_held() and link.held == len(link.held_data) > 0
+            assert link.held_data == b">2\r\n$10\r\ninvalidate\r\n*1\r\n$5\r\nprice\r\n"  # one RESP3 push
             assert far.get("price") == "1"  # stale: the invalidation is held in the network
-        assert lesson.push_arrived(far) and far.get("price") == "2"
-        far.close()
+        assert link.held_data == b"" and lesson.push_arrived(far) and far.get("price") == "2"
     assert lesson.tracking_clients(s, 0) == 0  # closing the link closed the relayed connection on the server
 
 
 def test_a_held_link_reports_nothing_held_when_the_server_sent_nothing(own):
     server, s = own
     s.set("price", "1")
-    with lesson.HeldLink(server.host, server.port) as link:
-        far = lesson.near_cache(s, port=link.port)
+    with lesson.HeldLink(server.host, server.port) as link, \
+            contextlib.closing(lesson.near_cache(s, port=link.port)) as far:
         far.get("price")
         with link.holding():
             s.set("other", "2")  # a key the near cache never read: nothing is pushed
             assert not link.wait_held(timeout=0.2) and far.get("price") == "1" and link.held == 0
-        far.close()
+
+
+def test_a_local_ttl_bounds_the_staleness_of_a_silent_connection_and_a_health_check_does_not(own):
+    """On a link that delivers nothing, a near cache with a local TTL goes to the server once the TTL has run
+    out (its health-check PING first); without one it keeps serving the old value and sends nothing."""
+    server, s = own
+    s.set("price", "1")
+    with lesson.HeldLink(server.host, server.port) as link, \
+            contextlib.closing(lesson.near_cache(s, port=link.port, ttl=0.3, health_check_interval=0.05)) as far:
+        run = lesson.reads_through_a_silent_link(link, far, "price", lambda: s.set("price", "2"), s)
+    stale = run.values[:run.before_any_sent]
+    assert stale and stale == ["1"] * len(stale) and run.values[-1] == "2"
+    assert run.first_sent == {"ping": 1, "get": 0} and run.sent_in_all == {"ping": 1, "get": 1}
+
+    with lesson.HeldLink(server.host, server.port) as link, \
+            contextlib.closing(lesson.near_cache(s, port=link.port, health_check_interval=0.05)) as far:
+        run = lesson.reads_through_a_silent_link(link, far, "price", lambda: s.set("price", "3"), s, timeout=1.0)
+    assert run.first_sent == {"ping": 0, "get": 0} and run.before_any_sent > 10  # silent for 1 s: nothing sent
+    assert set(run.values[:run.before_any_sent]) == {"2"} and run.values[-1] == "3"  # new once the push arrived
+
+
+def test_near_cache_rejects_a_negative_ttl_or_interval(own):
+    _, s = own
+    with pytest.raises(labkit.ConfigError, match="ttl"):
+        lesson.near_cache(s, ttl=-1)
+    with pytest.raises(labkit.ConfigError, match="health_check_interval"):
+        lesson.near_cache(s, health_check_interval="often")
 
 
 def test_tracking_table_is_bounded_by_tracking_table_max_keys(own):
@@ -409,15 +474,35 @@ def test_tracking_table_is_bounded_by_tracking_table_max_keys(own):
     keys = [f"k{i}" for i in range(150)]
     s.mset({k: "x" for k in keys})
     s.config_set("tracking-table-max-keys", 50)
-    near = lesson.near_cache(s)
-    for k in keys:
-        near.get(k)
-    assert lesson.tracking(s)["total_keys"] <= 50
-    before = lesson.gets_served(s)
-    for k in keys:
-        near.get(k)
-    assert lesson.gets_served(s) - before >= 100  # the copies of evicted entries were invalidated
-    near.close()
+    with contextlib.closing(lesson.near_cache(s)) as near:
+        for k in keys:
+            near.get(k)
+        assert lesson.tracking(s)["total_keys"] <= 50
+        before = lesson.gets_served(s)
+        for k in keys:
+            near.get(k)
+        assert lesson.gets_served(s) - before >= 100  # the copies of evicted entries were invalidated
+
+
+def test_broadcast_mode_adds_a_prefix_not_keys_and_pushes_writes_never_read(own):
+    """The control the notebook runs: 50 reads of keys the table does not hold add 50 entries in the default
+    mode, none in broadcast mode (only its prefix), and a write to a key never read is pushed in broadcast."""
+    _, s = own
+    s.mset({f"b{i}": "x" for i in range(100)})
+    with contextlib.closing(lesson.near_cache(s)):  # another tracking client, as in the notebook
+        added = {}
+        for mode, options in (("default", ()), ("bcast", ("BCAST", "PREFIX", "b"))):
+            with contextlib.closing(redis.Redis(**labkit.clients.connection_spec(s), protocol=3)) as watcher:
+                before = lesson.tracking(s)
+                watcher.execute_command("CLIENT", "TRACKING", "ON", *options)
+                for i in range(50) if mode == "default" else range(50, 100):
+                    watcher.get(f"b{i}")
+                after = lesson.tracking(s)
+                added[mode] = tuple(after[name] - before[name] for name in ("total_keys", "total_prefixes"))
+                if mode == "bcast":
+                    s.set("b-never-read", "y")
+                    assert lesson.push_arrived(watcher)
+    assert added == {"default": (50, 0), "bcast": (0, 1)}
 
 
 def test_redis_py_accepts_by_its_own_rule():
@@ -429,23 +514,21 @@ def test_redis_py_accepts_by_its_own_rule():
 
 @pytest.mark.parametrize("engine", list(available_engines()))
 def test_each_engine_row(engine):
-    """valkey-py's cache works on every engine; redis-py's where its rule accepts the server, else it refuses
-    at the first command with its ConnectionError."""
-    with spawn(engine, modules=False) as server:
-        r = server.client()
+    """valkey-py's cache works on every engine, a copy per connection; redis-py's where its rule accepts the
+    server, one cache for the pool, else it refuses at the first command with its ConnectionError."""
+    with spawn(engine, modules=False) as server, contextlib.closing(server.client()) as r:
         row = lesson.client_side_caching(r, capabilities(r))
-        assert r.dbsize() == 0
-        r.close()
+        assert r.dbsize() == 0 and lesson.tracking(r)["clients"] == 0
     assert row.refusals["valkey-py"] is None and row.gets_during_hits["valkey-py"] == 0 and row.sees_the_write["valkey-py"]
+    connections, gets = row.threads["valkey-py"]
+    assert 1 <= connections <= lesson.THREADS and gets == connections
     if lesson.redis_py_accepts(row.hello):
         assert row.refusals["redis-py"] is None and row.gets_during_hits["redis-py"] == 0 and row.sees_the_write["redis-py"]
+        assert 1 <= row.threads["redis-py"][0] <= lesson.THREADS and row.threads["redis-py"][1] == 1
     else:
-        assert row.refusals["redis-py"].startswith("ConnectionError: ") and "7.4 or later" in row.refusals["redis-py"]
+        assert row.refusals["redis-py"] == ("ConnectionError: To maximize compatibility with all Redis products, "
+                                            "client-side caching is supported by Redis 7.4 or later")
         assert row.gets_during_hits["redis-py"] is None and row.sees_the_write["redis-py"] is None
+        assert row.threads["redis-py"] is None
     table = lesson.cache_table([row])
-    assert table.count("\n") == 2 and row.version in table
-
-
-def test_short_error_keeps_the_start_and_the_end():
-    text = lesson.short_error(ValueError("x" * 200 + " the end"), width=40)
-    assert len(text) == 40 and text.startswith("ValueError: ") and text.endswith("the end")
+    assert table.count("\n") == 2 and row.version in table and f"{gets} GETs" in table
