@@ -32,8 +32,8 @@ from labkit.clients import CONNECT_TIMEOUT_S, TIMEOUT_S, options, text
 from labkit.errors import ConfigError
 from labkit.keys import Namespace
 from labkit.lessons import Result, check, delete_keys, verdict
-from labkit.server import Capabilities
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
+from labkit.server import Capabilities
 
 # -- the database to cache ------------------------------------------------------------------------------
 CATEGORIES = ("books", "games", "garden", "kitchen", "music", "outdoor", "toys", "tools")
