@@ -99,12 +99,20 @@ def on_each_engine(experiment: Callable[[redis.Redis, Capabilities], T], *, modu
     a client of that server (its keys and settings are the experiment's own), `caps` what it can do (an
     experiment that needs what `caps` lacks returns a row saying so). Each server is stopped, and its client
     closed, before the next starts. Lessons show engines side by side with it."""
+    return [row for _, row in on_each_engine_named(experiment, modules=modules)]
+
+
+def on_each_engine_named(experiment: Callable[[redis.Redis, Capabilities], T], *,
+                         modules: bool = False) -> list[tuple[str, T]]:
+    """`on_each_engine`, each row paired with the lab's name of its engine (`valkey9`, `redis8`: what
+    `LABKIT_ENGINE` takes). Unlike the name and version a server reports (`caps.engine`, `caps.version`), it
+    tells apart two installed engines of the same family and version."""
     rows = []
     for engine in available_engines():
         with spawn(engine, modules=modules) as server:
             r = server.client()
             try:
-                rows.append(experiment(r, capabilities(r)))
+                rows.append((engine, experiment(r, capabilities(r))))
             finally:
                 r.close()
     return rows

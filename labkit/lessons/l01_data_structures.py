@@ -274,7 +274,8 @@ GROW_PAST = {  # each count or size threshold: one more element (or one more byt
     "zset-max-listpack-entries": lambda p, key, i: p.zadd(key, {f"member{i}": i}),
     "zset-max-listpack-value": lambda p, key, i: p.zadd(key, {"x" * i: i}),
 }
-EMBSTR_NAMES = (8, 16)  # key-name lengths under which the longest embstr value is measured
+EMBSTR_CASES = ((8, None), (16, None), (16, 100), (48, None))  # (key-name bytes, EX seconds or None): where the
+# longest embstr value is measured
 
 
 @dataclass
@@ -287,7 +288,12 @@ class EngineEncodings:
     small_set: str  # OBJECT ENCODING of a set of two short strings
     small_list: str  # ... of a list of two short strings
     list_switch: int | None  # the 100-byte item at which a list became a quicklist (None: it started as one)
-    embstr_longest: tuple[int, ...]  # the longest string value kept embstr, under each of EMBSTR_NAMES
+    embstr_longest: tuple[int, ...]  # the longest string value kept embstr, in each of EMBSTR_CASES
+
+    @property
+    def switched_one_past(self) -> int:
+        """How many thresholds the encoding changed at exactly one element (or byte) past."""
+        return sum(self.switches[setting] == self.limits[setting] + 1 for setting in self.switches)
 
 
 def encodings_here(r: redis.Redis, caps: Capabilities) -> EngineEncodings:
@@ -301,14 +307,15 @@ def encodings_here(r: redis.Redis, caps: Capabilities) -> EngineEncodings:
     items = grow_one_by_one(r, "list", lambda p, key, i: p.rpush(key, "x" * 100), 200)
     return EngineEncodings(f"{caps.engine} {caps.version}", limits, switches, r.object("encoding", "small:set"),
                            r.object("encoding", "small:list"), items.switch,
-                           tuple(longest_embstr(r, "k" * length) for length in EMBSTR_NAMES))
+                           tuple(longest_embstr(r, "k" * length, ex=ex) for length, ex in EMBSTR_CASES))
 
 
-def longest_embstr(r: redis.Redis, key: str, top: int = 256) -> int:
-    """The longest value SET keeps as `embstr` under `key` (0 if none), trying 1..`top` bytes in one pipeline."""
+def longest_embstr(r: redis.Redis, key: str, top: int = 256, ex: int | None = None) -> int:
+    """The longest value `SET key value [EX ex]` keeps as `embstr` (0 if none), trying 1..`top` bytes in one
+    pipeline."""
     with r.pipeline(transaction=False) as pipe:
         for n in range(1, top + 1):
-            pipe.set(key, "x" * n)
+            pipe.set(key, "x" * n, ex=ex)
             pipe.object("encoding", key)
         encodings = pipe.execute()[1::2]
     r.delete(key)
@@ -324,21 +331,34 @@ def differing_defaults(rows: Sequence[EngineEncodings]) -> dict[str, set[int]]:
     return {setting: found for setting, found in values.items() if len(found) > 1}
 
 
+def embstr_case(length: int, ex: int | None) -> str:
+    """A column name of the embstr figures: the key name's bytes, `+EX` when the key has a TTL."""
+    return f"{length}{'+EX' if ex else ''}"
+
+
 def print_encodings(rows: Sequence[EngineEncodings]) -> None:
     """One line per server: each threshold (e/v: entries/value; "-" where the server has no such setting),
-    then what it did with a small set, a small list and short strings."""
+    how many thresholds it switched at one step past, then what it did with a small set, a small list and
+    short strings; a legend after the table."""
     def pair(limits: dict[str, int], kind: str) -> str:
         found = [str(limits.get(f"{kind}-max-listpack-{part}", "-")) for part in ("entries", "value")]
         return "-" if found == ["-", "-"] else "/".join(found)
 
-    embstr = "/".join(str(n) for n in EMBSTR_NAMES)
-    print(f"{'server':14} {'hash e/v':8} {'set e/v':8} {'intset':6} {'zset e/v':8} {'list':4}  {'small set':10} "
-          f"{'small list':10} embstr up to (key of {embstr} B)")
+    cases = "/".join(embstr_case(length, ex) for length, ex in EMBSTR_CASES)
+    print(f"{'server':14} {'hash e/v':8} {'set e/v':8} {'intset':6} {'zset e/v':8} {'list':4}  {'switched':8}  "
+          f"{'small set':10} {'small list':10} embstr up to (name {cases})")
     for row in rows:
         print(f"{row.server:14} {pair(row.limits, 'hash'):8} {pair(row.limits, 'set'):8} "
               f"{row.limits.get('set-max-intset-entries', '-')!s:6} {pair(row.limits, 'zset'):8} "
-              f"{row.limits.get('list-max-listpack-size', '-')!s:4}  {row.small_set:10} {row.small_list:10} "
+              f"{row.limits.get('list-max-listpack-size', '-')!s:4}  "
+              f"{f'{row.switched_one_past}/{len(row.switches)}':8}  {row.small_set:10} {row.small_list:10} "
               f"{'/'.join(str(n) for n in row.embstr_longest)}")
+    print("e/v = -max-listpack-entries (a count) / -max-listpack-value (bytes of one field or member); "
+          "intset = set-max-intset-entries (a count)")
+    print("list = list-max-listpack-size (-2: 8 KB per node); switched = thresholds at which the encoding changed "
+          "exactly one element (or byte) past / thresholds grown past")
+    print("small set/list = OBJECT ENCODING of two short strings; embstr = the longest value (bytes) SET keeps "
+          f"embstr under a key name of {cases} bytes (+EX: with EX 100)")
 
 
 def plot_json_vs_hash(json_bytes: int, hash_bytes: int, timed: dict[str, float]) -> None:

@@ -236,13 +236,24 @@ def test_small_sets_and_lists_are_listpacks_exactly_where_sets_have_listpack_set
         assert (row.list_switch is None) is (row.small_list == "quicklist")
 
 
-def test_the_longest_embstr_is_44_bytes_or_shrinks_with_the_key_name(encodings):
-    for row, caps in encodings:
-        short_name, long_name = row.embstr_longest
-        if caps.engine == "redis" and caps.version_tuple < (7, 2):
-            assert short_name == long_name == 44
-        else:  # the key's name shares the object's allocation
-            assert short_name - long_name == 8 and long_name > 0
+def test_the_longest_embstr_is_44_bytes_or_shrinks_with_the_key_name_and_a_ttl(encodings):
+    for row, _ in encodings:  # decided from the measurement: Redis moved the key into the value's allocation in 8.0
+        name_8, name_16, name_16_ex, name_48 = row.embstr_longest
+        fixed = name_8 == name_16 == name_16_ex == name_48 == 44
+        shared = name_8 - name_16 == 8 and name_16 - name_16_ex == 8 and 0 <= name_48 <= max(0, name_16 - 32)
+        assert fixed != shared and name_16_ex > 0, row
+
+
+def test_longest_embstr_measures_with_a_ttl_when_given_one():
+    with spawn(modules=False) as srv:
+        c = srv.client()
+        plain, with_ttl = lesson.longest_embstr(c, "k" * 16), lesson.longest_embstr(c, "k" * 16, ex=100)
+        c.set("k" * 16, "x" * with_ttl, ex=100)
+        inside = c.object("encoding", "k" * 16)
+        c.set("k" * 16, "x" * (with_ttl + 1), ex=100)
+        outside = c.object("encoding", "k" * 16)
+        c.delete("k" * 16)
+    assert (inside, outside) == ("embstr", "raw") and with_ttl in (plain, plain - 8)
 
 
 def test_longest_embstr_is_the_last_length_set_keeps_embedded():
@@ -259,20 +270,25 @@ def test_longest_embstr_is_the_last_length_set_keeps_embedded():
 
 def test_differing_defaults_names_each_setting_whose_values_differ():
     def row(**limits):
-        return lesson.EngineEncodings("x 1", limits, {}, "listpack", "listpack", 80, (44, 44))
+        return lesson.EngineEncodings("x 1", limits, {}, "listpack", "listpack", 80, (44, 44, 44, 44))
 
     same = [row(a=1, b=2), row(a=1), row(a=1, b=2)]
     assert lesson.differing_defaults(same) == {}
     assert lesson.differing_defaults([*same, row(a=3)]) == {"a": {1, 3}}
 
 
-def test_print_encodings_shows_a_dash_for_what_a_server_lacks(encodings, capsys):
+def test_print_encodings_shows_a_dash_for_what_a_server_lacks_and_a_legend(encodings, capsys):
     old = lesson.EngineEncodings("redis 7.0.15", {"hash-max-listpack-entries": 512, "hash-max-listpack-value": 64,
-                                                  "list-max-listpack-size": -2}, {}, "hashtable", "quicklist",
-                                 None, (44, 44))
+                                                  "list-max-listpack-size": -2},
+                                 {"hash-max-listpack-entries": 513, "hash-max-listpack-value": 66}, "hashtable",
+                                 "quicklist", None, (44, 44, 44, 44))
+    assert old.switched_one_past == 1
     lesson.print_encodings([old])
-    header, line = capsys.readouterr().out.splitlines()
-    assert header.split()[:5] == ["server", "hash", "e/v", "set", "e/v"]
-    assert line.split() == ["redis", "7.0.15", "512/64", "-", "-", "-", "-2", "hashtable", "quicklist", "44/44"]
+    header, line, *legend = capsys.readouterr().out.splitlines()
+    assert header.split()[:5] == ["server", "hash", "e/v", "set", "e/v"] and "switched" in header
+    assert "(name 8/16/16+EX/48)" in header
+    assert line.split() == ["redis", "7.0.15", "512/64", "-", "-", "-", "-2", "1/2", "hashtable", "quicklist",
+                            "44/44/44/44"]
+    assert legend and all(word in " ".join(legend) for word in ("e/v", "intset", "list", "switched", "embstr"))
     lesson.print_encodings([row for row, _ in encodings])
-    assert len(capsys.readouterr().out.splitlines()) == 1 + len(available_engines())
+    assert len(capsys.readouterr().out.splitlines()) == 1 + len(available_engines()) + len(legend)

@@ -8,6 +8,7 @@ import redis
 
 from labkit import ops
 from labkit.lessons import l09_memory_and_eviction as lesson
+from labkit.lessons import on_each_engine_named
 from labkit.server import available_engines, spawn
 
 
@@ -190,3 +191,10 @@ def test_every_engine_starts_without_a_memory_limit_and_with_noeviction(fresh):
     assert lesson.default_eviction_settings(r, caps)[1]["maxmemory-policy"] == "volatile-lru"
 
 
+
+
+def test_the_defaults_cell_has_a_row_per_installed_engine_named_as_labkit_names_it():
+    """The common mistake's cell: one row per engine (no dict() to merge two of the same name and version)."""
+    defaults = on_each_engine_named(lesson.default_eviction_settings)
+    assert [engine for engine, _ in defaults] == list(available_engines())
+    assert all(settings == {"maxmemory": "0", "maxmemory-policy": "noeviction"} for _, (_, settings) in defaults)
