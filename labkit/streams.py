@@ -1,5 +1,5 @@
-"""Streams with consumer groups: an idempotent group set-up, an at-least-once `Worker`, `lag`, and `partition`
-(per-key order across several streams).
+"""Streams with consumer groups: an idempotent group set-up, an at-least-once `Worker`, `lag` (and the
+group's raw `group_info`), and `partition` (per-key order across several streams).
 
 A `Worker` reads new entries with `>`, hands each to your handler, and acknowledges only those the
 handler finished. Entries left pending by a consumer that died are reclaimed with XAUTOCLAIM once idle
@@ -64,14 +64,9 @@ class Lag:
     consumers: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> pending, idle_ms, inactive_ms
 
 
-def lag(r: redis.Redis, stream: str, group: str) -> Lag:
-    """The group's lag, pending count and per-consumer pending and idle time.
-
-    `lag` is None when the server cannot compute it (XINFO GROUPS says nil): an entry was deleted (XDEL,
-    XACKDEL) inside the stream (not its oldest entry), at or past the group's last delivered entry. It stays
-    None until the group has read to the end of the stream, or the entries before the hole are gone (Redis
-    7.0 recovers as soon as the group reads past the hole: `capabilities(r).stream_lag_recovers_past_hole`).
-    Deleting from the head leaves it known. None means unknown, not caught up: never treat it as 0."""
+def group_info(r: redis.Redis, stream: str, group: str) -> dict:
+    """The group's row of XINFO GROUPS (name, consumers, pending, last-delivered-id, entries-read, lag), or a
+    ConfigError saying what is missing: the stream, or the group on it."""
     validate.name(stream, "stream")
     validate.name(group, "group")
     try:
@@ -84,8 +79,20 @@ def lag(r: redis.Redis, stream: str, group: str) -> Lag:
             raise ConfigError(f"{stream!r} holds a {text(r.type(stream))}, not a stream: choose another key.") from None
         raise
     if group not in groups:
-        raise ConfigError(f"No group {group!r} on {stream!r} (groups: {sorted(groups)}); see ensure_group().")
-    info = groups[group]
+        raise ConfigError(f"No group {group!r} on {stream!r} (groups: {sorted(groups)}); create it with "
+                          "ensure_group(r, stream, group), or check the name.")
+    return groups[group]
+
+
+def lag(r: redis.Redis, stream: str, group: str) -> Lag:
+    """The group's lag, pending count and per-consumer pending and idle time.
+
+    `lag` is None when the server cannot compute it (XINFO GROUPS says nil): an entry was deleted (XDEL,
+    XACKDEL) inside the stream (not its oldest entry), at or past the group's last delivered entry. It stays
+    None until the group has read to the end of the stream, or the entries before the hole are gone (Redis
+    7.0 recovers as soon as the group reads past the hole: `capabilities(r).stream_lag_recovers_past_hole`).
+    Deleting from the head leaves it known. None means unknown, not caught up: never treat it as 0."""
+    info = group_info(r, stream, group)
     consumers = {c["name"]: {"pending": int(c["pending"]), "idle_ms": int(c["idle"]),
                              "inactive_ms": int(c.get("inactive", -1))}
                  for c in r.xinfo_consumers(stream, group)}

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from labkit import validate
 from labkit.clients import text
 from labkit.errors import ConfigError
+from labkit.streams import group_info
 
 Sample = dict[str, float]
 Workload = Callable[[threading.Event], None]
@@ -386,20 +387,7 @@ class LagMonitor(LiveMonitor):
         super().__init__(self._lag_sample, **kwargs)
 
     def _group_info(self) -> dict:
-        """The group's row of XINFO GROUPS, or a ConfigError saying what is missing."""
-        try:
-            groups = {text(g["name"]): g for g in self.r.xinfo_groups(self.stream)}
-        except redis.ResponseError as err:
-            if "no such key" in str(err).lower():
-                raise ConfigError(f"No stream {self.stream!r}: create it with its group "
-                                  "(labkit.streams.ensure_group), or check the name.") from None
-            if str(err).startswith("WRONGTYPE"):
-                raise ConfigError(f"{self.stream!r} holds a {text(self.r.type(self.stream))}, not a stream.") from None
-            raise
-        if self.group not in groups:
-            raise ConfigError(f"No group {self.group!r} on {self.stream!r} (groups: {sorted(groups)}); create it "
-                              "with labkit.streams.ensure_group(), or check the name.")
-        return groups[self.group]
+        return group_info(self.r, self.stream, self.group)
 
     def _lag_sample(self) -> Sample:
         info = self._group_info()

@@ -242,6 +242,8 @@ ROWS = [
     Row("Worker.run", "stream", lambda w, v: streams.Worker(w.r, w.ns.key(v), "g", "c", print).run(1), ["{nostream}"]),
     Row("lag", "stream", lambda w, v: streams.lag(w.r, v, "g"), NAME),
     Row("lag", "group", lambda w, v: streams.lag(w.r, w.ns.key("{s}"), v), NAME),
+    Row("group_info", "stream", lambda w, v: streams.group_info(w.r, v, "g"), NAME),
+    Row("group_info", "group", lambda w, v: streams.group_info(w.r, w.ns.key("{s}"), v), NAME),
     # -- vectors ------------------------------------------------------------------------------------------
     Row("create_index", "name", lambda w, v: vectors.create_index(w.r, v, prefix=w.ns.key("d2") + ":"), NAME),
     Row("create_index", "prefix", lambda w, v: vectors.create_index(w.r, w.ns.key("i2"), prefix=v), NAME),
