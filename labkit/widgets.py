@@ -60,6 +60,7 @@ class LiveMonitor:
     unit = ""
 
     redraw_every = 0.5  # seconds between redraws of the live figure (the label follows every sample)
+    sample_at_the_end = False  # one more sample once the workload has stopped (monitors of counts it keeps)
 
     def __init__(self, sample: Callable[[], Sample], *, duration: float = 3.0, interval: float = 0.2) -> None:
         if not callable(sample):
@@ -95,6 +96,8 @@ class LiveMonitor:
                 worker.join()
         if errors:
             raise errors[0]
+        if self.sample_at_the_end and worker:  # what the workload did after the last sample, until it stopped
+            self._record(time.monotonic() - self.started, self.sample())
         return self._finish()
 
     def _sample_until_done(self, worker: threading.Thread | None) -> None:
@@ -222,6 +225,7 @@ class AdmissionTimeline(LiveMonitor):
 
     title = "admitted / rejected per interval"
     redraw_every = 1.0  # five panels cost more to draw than one line
+    sample_at_the_end = True  # the totals are then the workload's counts, to the last request
 
     def __init__(self, counts: dict[str, dict[str, int]], **kwargs: float) -> None:
         self.counts = counts
@@ -260,7 +264,7 @@ class AdmissionTimeline(LiveMonitor):
             ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
             ax.tick_params(labelsize=7)
         axes[0].set_title(f"{self.title}: green admitted, red rejected", fontsize=9)
-        axes[-1].set(xlabel="seconds", xlim=(0, self.duration))
+        axes[-1].set(xlabel="seconds", xlim=(0, max([self.duration, *ends])))
         return _png(fig)
 
 

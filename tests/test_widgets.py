@@ -7,7 +7,7 @@ import time
 import pytest
 
 from labkit import ConfigError
-from labkit.widgets import LagMonitor, LiveMonitor, OpsMonitor, PubSubMonitor
+from labkit.widgets import AdmissionTimeline, LagMonitor, LiveMonitor, OpsMonitor, PubSubMonitor
 
 from .waiting import eventually
 
@@ -39,6 +39,23 @@ def test_the_live_figure_is_drawn_while_sampling():
     monitor.plot.observe(lambda change: drawn.append(change["new"]), names="outputs")
     monitor.run()
     assert drawn and drawn[0][0]["data"]["image/png"] and monitor.label.value.startswith("<b>live monitor</b> (done)")
+
+
+def test_admission_timeline_totals_are_the_workloads_counts_to_its_last_request(capsys, label_only):
+    counts = {"limiter": {"admitted": 0, "rejected": 0}}
+
+    def workload(stop):
+        i = 0
+        while not stop.is_set():
+            counts["limiter"]["admitted" if i % 3 else "rejected"] += 1
+            i += 1
+            time.sleep(0.001)
+        counts["limiter"]["admitted"] += 5  # after the monitor's last timed sample
+
+    monitor = AdmissionTimeline(counts, duration=0.5, interval=0.1)
+    monitor.run(workload)
+    assert monitor.totals("limiter") == (counts["limiter"]["admitted"], counts["limiter"]["rejected"])
+    assert counts["limiter"]["rejected"] > 0 and f"limiter {counts['limiter']['admitted']}/" in capsys.readouterr().out
 
 
 def test_duration_must_be_positive():
