@@ -305,7 +305,7 @@ def encodings_here(r: redis.Redis, caps: Capabilities) -> EngineEncodings:
     r.sadd("small:set", "redis", "python")
     r.rpush("small:list", "job1", "job2")
     items = grow_one_by_one(r, "list", lambda p, key, i: p.rpush(key, "x" * 100), 200)
-    return EngineEncodings(f"{caps.engine} {caps.version}", limits, switches, r.object("encoding", "small:set"),
+    return EngineEncodings(caps.server, limits, switches, r.object("encoding", "small:set"),
                            r.object("encoding", "small:list"), items.switch,
                            tuple(longest_embstr(r, "k" * length, ex=ex) for length, ex in EMBSTR_CASES))
 

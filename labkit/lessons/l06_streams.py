@@ -72,7 +72,7 @@ def ref_policies(r: redis.Redis, caps: Capabilities, entries: int = 1000) -> Ref
     delref = _answer(lambda: r.execute_command("XDELEX", "s", "DELREF", "IDS", 1, ids[11]))
     after_delref = pending() if isinstance(delref, list) else delref
     ackdel = _answer(lambda: r.execute_command("XACKDEL", "s", "g", "IDS", 1, ids[12]))
-    return RefPolicies(f"{caps.engine} {caps.version}", caps.stream_ack_delete, left, after_xdel, after_delref,
+    return RefPolicies(caps.server, caps.stream_ack_delete, left, after_xdel, after_delref,
                        ackdel, pending())
 
 

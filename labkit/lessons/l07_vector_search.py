@@ -59,7 +59,7 @@ def vector_set_run(r: redis.Redis, caps: Capabilities, vectors: np.ndarray, quer
     """On a server of its own (its keys are this experiment's; run it with `on_each_engine`): put `vectors`
     (element i is row i) in a vector set and ask VSIM for the `k` nearest to `query`, with scores; build it again
     with NOQUANT to compare the memory."""
-    name = f"{caps.engine} {caps.version}"
+    name = caps.server
     if not caps.vector_sets:
         return VectorSetRun(name, False, "no vector sets: VADD is an unknown command")
     _vector_set(r, "questions", vectors)

@@ -854,7 +854,7 @@ def field_expiry(r: redis.Redis, caps: Capabilities, *, sessions: int = 1000, tt
     """On a server of its own (its keys are this experiment's; run it with `on_each_engine`): `sessions` hashes
     (user, csrf, cart), HPEXPIRE `ttl_ms` on each csrf field; then poll INFO (reading no hash) until every csrf
     field is reclaimed or `deadline_s` passes."""
-    name = f"{caps.engine} {caps.version}"
+    name = caps.server
     if not caps.hash_field_expiration:
         return FieldExpiry(name, False, "no per-field TTL: HPEXPIRE is an unknown command")
     with r.pipeline(transaction=False) as pipe:
@@ -880,7 +880,7 @@ def field_expiry(r: redis.Redis, caps: Capabilities, *, sessions: int = 1000, tt
 def default_eviction_settings(r: redis.Redis, caps: Capabilities) -> tuple[str, dict[str, str]]:
     """The server (engine and version) and its maxmemory and maxmemory-policy: on a server started with no
     configuration (`on_each_engine` starts one of each engine), what every server starts with."""
-    return f"{caps.engine} {caps.version}", r.config_get("maxmemory") | r.config_get("maxmemory-policy")
+    return caps.server, r.config_get("maxmemory") | r.config_get("maxmemory-policy")
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,11 @@ class Capabilities:
     def version_tuple(self) -> tuple[int, ...]:
         return tuple(int(p) for p in self.version.split(".") if p.isdigit())
 
+    @property
+    def server(self) -> str:
+        """Engine and version, as a side-by-side table labels a row: "valkey 9.1.2"."""
+        return f"{self.engine} {self.version}"
+
     def __str__(self) -> str:
         mods = ", ".join(sorted(self.modules)) or "none"
         return f"{self.engine} {self.version} (modules: {mods})"
