@@ -53,7 +53,7 @@ def run(seconds: float = 1.0, clients: int = 50) -> list[Row]:
     stampede recomputes and misses per strategy, against no protection."""
     with Server(modules=False) as server:
         r = server.client()
-        timed = side_by_side_rounds(_hit_calls(r, server), reps=int(3000 * seconds))
+        timed = side_by_side_rounds(_hit_calls(r, server), reps=int(3000 * seconds), settle=1)
         rows = [rate_row(SUITE, "hits per second", name, t, "hits/s", baseline=name == RAW)
                 for name, t in timed.items()]
         return rows + _stampede_rows(r, clients)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -58,23 +59,25 @@ def median_of(runs: int, measure: Callable[[], float]) -> float:
 
 
 def side_by_side(calls: dict[str, Callable[[], object]], reps: int = 300) -> dict[str, float]:
-    """Median microseconds per call of each entry, timed round-robin so that a busy machine slows every
-    entry alike (compare the results as ratios, never as absolute times). Each turn starts one entry
-    later than the one before, so every entry follows every other equally often: an entry that leaves
-    work behind (threads winding down, buffers to free) does not always slow the same neighbour."""
+    """Median microseconds per call of each entry, timed in turns so that a busy machine slows every entry
+    alike (compare the results as ratios, never as absolute times). The calls follow a balanced order (see
+    `call_order`): an entry that leaves work behind (threads winding down, buffers to free) slows every
+    other entry equally often, not always the same neighbour."""
     return {name: statistics.median(values) for name, values in _turns(calls, reps).items()}
 
 
-def side_by_side_rounds(calls: dict[str, Callable[[], object]], reps: int = 300,
-                        rounds: int = 5) -> dict[str, tuple[float, list[float]]]:
+def side_by_side_rounds(calls: dict[str, Callable[[], object]], reps: int = 300, rounds: int = 5,
+                        settle: int = 0) -> dict[str, tuple[float, list[float]]]:
     """`side_by_side`, with the spread: for each entry, the median microseconds per call over all `reps`
     turns and the median of each of `rounds` consecutive blocks of turns (a busy spell of the machine moves
-    one block, so the blocks' ratios show how far one comparison can be trusted)."""
+    one block, so the blocks' ratios show how far one comparison can be trusted). With `settle`, each turn
+    of an entry begins with that many untimed calls: they pay for what the entry before left behind (a
+    peer's threads winding down), so the timed call measures the entry in its steady state."""
     rounds = max(1, min(rounds, reps))
     size = reps // rounds
     return {name: (statistics.median(values), [statistics.median(values[k * size:(k + 1) * size])
                                                for k in range(rounds)])
-            for name, values in _turns(calls, reps).items()}
+            for name, values in _turns(calls, reps, settle).items()}
 
 
 def rate_row(suite: str, metric: str, contender: str, timed: tuple[float, list[float]], unit: str,
@@ -84,16 +87,39 @@ def rate_row(suite: str, metric: str, contender: str, timed: tuple[float, list[f
     return Row(suite, metric, contender, 1e6 / us, unit, baseline, tuple(1e6 / v for v in rounds))
 
 
-def _turns(calls: dict[str, Callable[[], object]], reps: int) -> dict[str, list[float]]:
-    """Microseconds of each call of each entry, in order, timed in rotating turns (see `side_by_side`)."""
+def call_order(n: int) -> list[int]:
+    """One cycle of calls to `n` entries in which each entry directly follows every other exactly once (an
+    Eulerian circuit of the complete directed graph, found by Hierholzer's algorithm), so that repeated, it
+    keeps every entry following every other equally often. A plain rotation has each entry follow the same
+    neighbour in all but one turn of n."""
+    if n < 2:
+        return list(range(n))
+    unused = {entry: [other for other in range(n) if other != entry] for entry in range(n)}
+    stack, circuit = [0], []
+    while stack:
+        if unused[stack[-1]]:
+            stack.append(unused[stack[-1]].pop())
+        else:
+            circuit.append(stack.pop())
+    return circuit[::-1][:-1]  # the circuit ends where it began: the next cycle makes that step
+
+
+def _turns(calls: dict[str, Callable[[], object]], reps: int, settle: int = 0) -> dict[str, list[float]]:
+    """Microseconds of each timed call of each entry, in order, `reps` each, in the balanced order of
+    `call_order` (see `side_by_side`), each turn after `settle` untimed calls."""
     samples: dict[str, list[float]] = {name: [] for name in calls}
-    entries = list(calls.items())
-    for rep in range(reps):
-        shift = rep % len(entries) if entries else 0
-        for name, call in entries[shift:] + entries[:shift]:
+    entries, left = list(calls.items()), len(calls) * reps
+    for i in itertools.cycle(call_order(len(entries)) or [0]):
+        if not left:
+            break
+        name, call = entries[i]
+        if len(samples[name]) < reps:
+            for _ in range(settle):
+                call()
             started = time.perf_counter_ns()
             call()
             samples[name].append((time.perf_counter_ns() - started) / 1000)
+            left -= 1
     return samples
 
 

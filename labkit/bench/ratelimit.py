@@ -70,7 +70,7 @@ def _pair_rows(server: Server, per_minute: int, reps: int) -> list[Row]:
         turn = itertools.count()
         calls = {f"limits {peer}": lambda d=theirs[peer], t=turn: d(USERS[next(t) % len(USERS)]),
                  f"labkit {algorithm}": lambda d=ours[algorithm], t=turn: d(USERS[next(t) % len(USERS)])}
-        for name, timed in side_by_side_rounds(calls, reps=reps).items():
+        for name, timed in side_by_side_rounds(calls, reps=reps, settle=1).items():
             rows.append(rate_row(SUITE, f"decisions, {per_minute:,}/min, 50 users: {algorithm}", name, timed,
                                  "decisions/s", baseline=name.startswith("limits")))
     return rows

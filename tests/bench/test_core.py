@@ -1,5 +1,6 @@
 """The row type, the timing helpers, the one printer, the results file and the runner."""
 
+import collections
 import dataclasses
 import json
 import os
@@ -95,6 +96,30 @@ def test_side_by_side_times_every_call_the_same_number_of_times():
                                   "slow": lambda: (time.sleep(0.001), calls.append("s"))}, reps=20)
     assert calls.count("f") == calls.count("s") == 20 and calls[:2] == ["f", "s"]
     assert medians["slow"] > 10 * medians["fast"]
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_call_order_has_each_entry_follow_every_other_exactly_once_per_cycle(n):
+    order = bench.core.call_order(n)
+    assert sorted(collections.Counter(order).values()) == [max(1, n - 1)] * n  # every entry equally often
+    follows = collections.Counter(zip(order, order[1:] + order[:1]))  # the cycle closes on itself
+    assert set(follows) == {(a, b) for a in range(n) for b in range(n) if a != b} or n == 1
+    assert set(follows.values()) <= {1}
+
+
+@pytest.mark.parametrize("n", [3, 4, 6])
+def test_side_by_side_spreads_what_an_entry_leaves_behind_over_the_others(n):
+    """An entry that slows the next call (leaves work behind) slows each other entry alike, where a rotation
+    slowed its fixed neighbour in all but one turn."""
+    previous, slowed = [None], collections.Counter()
+
+    def entry(i):
+        def call():
+            slowed[i] += previous[0] == 0
+            previous[0] = i
+        return call
+    bench.side_by_side({f"entry {i}": entry(i) for i in range(n)}, reps=60)
+    assert slowed[0] == 0 and max(slowed.values()) - min(slowed[i] for i in range(1, n)) <= 1
 
 
 def test_median_of_takes_the_middle_run():
