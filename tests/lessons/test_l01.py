@@ -94,7 +94,8 @@ def test_daily_visitors_rejects_counts_kept_in_python(r, ns):
 
 
 def test_daily_visitors_rejects_counters_outside_the_prefix_and_removes_them(r, ns):
-    outside = "lab:elsewhere:visitors:"
+    # outside the lesson's prefix, but where its user may write (a workshop learner only under lab:<learner>:)
+    outside = f"lab:{ns.learner}:elsewhere:visitors:" if ns.learner else "lab:elsewhere:visitors:"
     result = lesson.check_daily_visitors(r, ns, lambda r, ns, day, user: r.pfadd(outside + day, user),
                                          lambda r, ns, day: r.pfcount(outside + day))
     assert not result and "outside this lesson's prefix" in result.message
