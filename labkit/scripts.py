@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import re
+import threading
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
@@ -33,6 +35,7 @@ from labkit.errors import ConfigError, MissingLibrary
 PRELUDE = "prelude"
 LIBRARY_PREFIX = "labkit_"  # library `labkit_<module>`, functions `labkit_<module>_<script>`
 _REGISTRY = "_labkit_scripts"  # the attribute a client keeps its registered scripts in
+_LEASES = "_labkit_leases"  # the attribute a pool keeps its per-thread leases in (see `Script.on_key`)
 _EXECUTE_COMMAND = inspect.unwrap(redis.Redis.execute_command)  # redis-py's own, under any wrapper put on it
 
 
@@ -74,7 +77,9 @@ class Script(core.Script):
         super().__init__(registered_client, script)
         client = registered_client  # `on_key` borrows from its pool, unless it is anything but a plain client
         plain = (getattr(client.execute_command, "__func__", None) is _EXECUTE_COMMAND  # not overridden, wrapped
-                 and not isinstance(client, Pipeline) and client.connection is None)
+                 and not isinstance(client, Pipeline) and client.connection is None
+                 and type(client.connection_pool) is redis.ConnectionPool
+                 and getattr(client.connection_pool, "cache", None) is None)
         self._pool = client.connection_pool if plain else None
 
     def __call__(self, keys=(), args=(), client=None):
@@ -91,15 +96,20 @@ class Script(core.Script):
         """`self(keys=[key], args=args)` on the registered client, for a hot path: one key, the arguments as
         they are (no list or tuple built).
 
-        On a client of one server whose connections do not retry (labkit's `clients.options()`), EVALSHA goes
-        over a connection borrowed from the client's pool and straight back: redis-py's `execute_command`
-        spends about 7 us a call (measured, a quarter of a loopback round trip) on retry and metrics plumbing
-        that a command it must not retry has no use for. The connection still disconnects itself on a
-        timeout or a broken socket, and `labkit.trace` still sees the command; redis-py's own operation
-        metrics (its observability recorder) do not count it. Any other client (a cluster, a pipeline, a
-        single-connection client, connections that retry) goes through `execute_command`, and so does a
-        client whose `execute_command` was overridden or wrapped when the script was registered (a subclass,
-        tracing or APM instrumentation such as OpenTelemetry's): the wrapper sees every EVALSHA."""
+        On a client of one server whose connections do not retry (labkit's `clients.options()`) and whose
+        pool is a plain, unbounded `ConnectionPool` without a client-side cache, each thread keeps one
+        connection of the pool for every script of that pool (a `_Lease`) and sends EVALSHA on it straight:
+        redis-py's `execute_command` and a pool checkout per call cost about 15 us together (measured: a
+        sixth of a loopback round trip on an idle machine) for retry, metrics and bookkeeping that a command
+        it must not retry has no use for. Like a checkout, each call first looks whether the server closed
+        the connection (one poll) and reconnects if so; a call that fails or is interrupted midway closes
+        it, so a late reply is never read as the next call's; the connection goes back to the pool when the
+        thread ends. `labkit.trace` still sees the command; redis-py's own operation metrics (its
+        observability recorder) do not count it. Any other client (a cluster, a pipeline, a single-connection
+        client, connections that retry, a bounded pool: a held connection could starve it) goes through
+        `execute_command`, and so does a client whose `execute_command` was overridden or wrapped when the
+        script was registered (a subclass, tracing or APM instrumentation such as OpenTelemetry's): the
+        wrapper sees every EVALSHA."""
         try:
             return self._on_key(key, args)
         except NoScriptError:
@@ -110,15 +120,58 @@ class Script(core.Script):
         pool = self._pool
         if pool is None:
             return self.registered_client.execute_command("EVALSHA", self.sha, 1, key, *args)
-        conn = pool.get_connection()
-        if conn.retry.get_retries() != 0:  # given back first: a pool of one connection must not wait on itself
-            pool.release(conn)
+        lease = _lease(pool)
+        conn = lease.conn
+        if conn.retry.get_retries() != 0:  # this pool's connections retry: execute_command must send, always
+            lease.give_back()
+            self._pool = None
             return self.registered_client.execute_command("EVALSHA", self.sha, 1, key, *args)
+        _drop_if_stale(conn)
         try:
             conn.send_command("EVALSHA", self.sha, 1, key, *args)
             return conn.read_response()
-        finally:
-            pool.release(conn)
+        except redis.ResponseError:  # a whole reply was read (NOSCRIPT, a script error): the connection is fine
+            raise
+        except BaseException:
+            conn.disconnect()  # the reply may still come: the next call must never read it
+            raise
+
+
+def _drop_if_stale(conn: redis.Connection) -> None:
+    """Disconnect `conn` (the next command connects it again) if the server closed it or it holds data no
+    command asked for: what a pool's checkout checks, in one poll."""
+    if conn._sock is None:
+        return
+    try:
+        stale = conn.can_read()
+    except (redis.ConnectionError, OSError):  # closed by the server
+        stale = True
+    if stale:
+        conn.disconnect()
+
+
+class _Lease:
+    """The connection one thread keeps from a pool for `Script.on_key`: given back to the pool when the
+    thread ends (its thread-local storage is dropped), once only."""
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self.pool, self.conn = pool, pool.get_connection()
+
+    def give_back(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None and conn.pid == os.getpid():  # a forked child's pool reset itself: nothing to give
+            self.pool.release(conn)
+
+    __del__ = give_back
+
+
+def _lease(pool: redis.ConnectionPool) -> _Lease:
+    """This thread's lease of a connection of `pool`, taken at its first call (or first in a forked child)."""
+    leases = pool.__dict__.get(_LEASES) or pool.__dict__.setdefault(_LEASES, threading.local())
+    lease = getattr(leases, "lease", None)
+    if lease is None or lease.conn is None or lease.conn.pid != os.getpid():
+        lease = leases.lease = _Lease(pool)
+    return lease
 
 
 def register(r: redis.Redis, name: str) -> Script:

@@ -1,5 +1,8 @@
 import functools
+import multiprocessing
+import os
 import re
+import threading
 import time
 
 import pytest
@@ -207,10 +210,80 @@ def test_on_key_after_a_timeout_reads_its_own_reply_not_the_late_one(lib_server)
     r.close(), admin.close()
 
 
+def test_on_key_keeps_one_connection_per_thread_for_every_script_and_gives_it_back_when_the_thread_ends(lib_server):
+    r = lib_server.client()
+    pool, scripts_of_r = r.connection_pool, [scripts.register(r, "l01_data_structures/capped_incr"),
+                                             scripts.register(r, "locks/release")]
+    for _ in range(3):
+        scripts_of_r[0].on_key("k", 100), scripts_of_r[1].on_key("k", "no-token")
+    assert len(pool._in_use_connections) == 1  # this thread's, for both scripts
+
+    def calls() -> None:
+        for _ in range(3):
+            scripts_of_r[0].on_key("k", 100)
+    threads = [threading.Thread(target=calls) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert r.get("k") == "12" and len(pool._in_use_connections) == 1  # the threads' three are back in the pool
+    assert len(pool._available_connections) == 3
+    r.delete("k")
+    r.close()
+
+
+def test_on_key_reconnects_when_the_server_closed_its_connection(lib_server):
+    r, admin = lib_server.client(), lib_server.client()
+    capped = scripts.register(r, "l01_data_structures/capped_incr")
+    assert capped.on_key("closed", 10) == 1
+    kept = [c["id"] for c in admin.client_list() if c["cmd"] == "evalsha"]
+    assert len(kept) == 1 and admin.client_kill_filter(_id=kept[0]) == 1
+    assert capped.on_key("closed", 10) == 2  # no error: the closed connection was seen and replaced
+    admin.delete("closed")
+    r.close(), admin.close()
+
+
+def test_on_key_interrupted_between_send_and_reply_never_lets_the_next_call_read_that_reply(r, ns, monkeypatch):
+    capped = scripts.register(r, "l01_data_structures/capped_incr")
+    assert capped.on_key(ns.key("i"), 10) == 1
+    conn = scripts._lease(r.connection_pool).conn
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(conn, "read_response", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        capped.on_key(ns.key("i"), 10)  # sent, and run by the server: its reply (2) stays unread
+    monkeypatch.undo()
+    assert capped.on_key(ns.key("i"), 10) == 3  # this call's own reply, not the 2 left on the old connection
+
+
+def test_on_key_on_a_pool_whose_connections_retry_gives_its_lease_back_and_uses_execute_command(lib_server):
+    pool = redis.ConnectionPool(host=lib_server.host, port=lib_server.port, password=lib_server.password,
+                                decode_responses=True, socket_timeout=5, retry=Retry(NoBackoff(), 2))
+    client = redis.Redis(connection_pool=pool)
+    capped = scripts.register(client, "l01_data_structures/capped_incr")
+    assert [capped.on_key("retried", 2) for _ in range(3)] == [1, 2, -1]
+    assert capped._pool is None and not pool._in_use_connections
+    client.delete("retried")
+    client.close()
+
+
+def test_on_key_in_a_forked_child_takes_a_connection_of_its_own(lib_server):
+    r = lib_server.client()
+    capped = scripts.register(r, "l01_data_structures/capped_incr")
+    assert capped.on_key("forked", 10) == 1
+    child = multiprocessing.get_context("fork").Process(target=lambda: os._exit(capped.on_key("forked", 10)))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 2 and capped.on_key("forked", 10) == 3  # the parent's connection still in step
+    r.delete("forked")
+    r.close()
+
+
 @pytest.mark.parametrize("kind", ["retries", "single connection", "cluster"])
 def test_on_key_leaves_other_clients_to_execute_command(lib_server, rc, kind):
-    """A client whose connections retry, a single-connection client and a cluster client go through
-    `execute_command` (a pool of one retrying connection does not wait on the connection on_key took)."""
+    """A client of a bounded pool (a connection kept by a thread could starve it) whose connections retry, a
+    single-connection client and a cluster client go through `execute_command`."""
     if kind == "retries":
         pool = redis.BlockingConnectionPool(host=lib_server.host, port=lib_server.port, password=lib_server.password,
                                             decode_responses=True, max_connections=1, timeout=2, socket_timeout=5,
@@ -221,7 +294,7 @@ def test_on_key_leaves_other_clients_to_execute_command(lib_server, rc, kind):
     else:
         client = rc
     capped = scripts.register(client, "l01_data_structures/capped_incr")
-    assert capped._pool is (client.connection_pool if kind == "retries" else None)
+    assert capped._pool is None
     key = "{route}:" + kind.replace(" ", "-")
     assert [capped.on_key(key, 2) for _ in range(3)] == [1, 2, -1]
     client.delete(key)
