@@ -9,6 +9,7 @@ import statistics
 from collections.abc import Callable
 
 from labkit.bench.core import Row, rate_row, side_by_side_rounds
+from labkit.clients import options
 from labkit.server.process import Server
 
 SUITE = "ratelimit"
@@ -28,7 +29,8 @@ def _theirs(server: Server, per_minute: int) -> dict[str, Callable[[str], object
     from limits.storage import RedisStorage
     from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 
-    storage, item = RedisStorage(server.url.removesuffix("/0")), parse(f"{per_minute}/minute")
+    # its client with labkit's timeouts and no retry, as labkit's own limiters have: the same terms
+    storage, item = RedisStorage(server.url.removesuffix("/0"), **options()), parse(f"{per_minute}/minute")
     strategies = {"fixed window": FixedWindowRateLimiter, "moving window": MovingWindowRateLimiter,
                   "sliding window counter": SlidingWindowCounterRateLimiter}
     return {name: functools.partial(cls(storage).hit, item) for name, cls in strategies.items()}
