@@ -113,6 +113,8 @@ class Worker:
     """One consumer of a group: read, process, acknowledge after success; reclaim; dead-letter.
 
     A read waits up to `block_ms` for new entries (0: return at once, never XREADGROUP's BLOCK 0 = forever).
+    A Worker is one consumer with its own cursors and counts: run it on one thread at a time. For
+    parallel work, make one Worker per thread or process, each with its own consumer name.
 
     Example:
         >>> ensure_group(r, "orders", "billing")
