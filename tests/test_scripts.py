@@ -226,8 +226,8 @@ def test_on_key_keeps_one_connection_per_thread_for_every_script_and_gives_it_ba
         t.start()
     for t in threads:
         t.join()
-    assert r.get("k") == "12" and len(pool._in_use_connections) == 1  # the threads' three are back in the pool
-    assert len(pool._available_connections) == 3
+    assert r.get("k") == "12" and len(pool._in_use_connections) == 1  # the threads' are back in the pool
+    assert len(pool._available_connections) == pool._created_connections - 1 >= 1  # (a thread may reuse one)
     r.delete("k")
     r.close()
 
@@ -236,8 +236,9 @@ def test_on_key_reconnects_when_the_server_closed_its_connection(lib_server):
     r, admin = lib_server.client(), lib_server.client()
     capped = scripts.register(r, "l01_data_structures/capped_incr")
     assert capped.on_key("closed", 10) == 1
-    kept = [c["id"] for c in admin.client_list() if c["cmd"] == "evalsha"]
-    assert len(kept) == 1 and admin.client_kill_filter(_id=kept[0]) == 1
+    kept = scripts._lease(r.connection_pool).conn
+    kept.send_command("CLIENT", "ID")
+    assert admin.client_kill_filter(_id=kept.read_response()) == 1
     assert capped.on_key("closed", 10) == 2  # no error: the closed connection was seen and replaced
     admin.delete("closed")
     r.close(), admin.close()
