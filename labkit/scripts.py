@@ -154,8 +154,11 @@ class _Lease:
     """The connection one thread keeps from a pool for `Script.on_key`: given back to the pool when the
     thread ends (its thread-local storage is dropped), once only."""
 
+    conn = None  # until the pool gives one: a checkout that failed leaves nothing to give back
+
     def __init__(self, pool: redis.ConnectionPool) -> None:
-        self.pool, self.conn = pool, pool.get_connection()
+        self.pool = pool
+        self.conn = pool.get_connection()
 
     def give_back(self) -> None:
         conn, self.conn = self.conn, None

@@ -1,7 +1,9 @@
 import functools
+import gc
 import multiprocessing
 import os
 import re
+import socket
 import threading
 import time
 
@@ -334,3 +336,19 @@ def test_on_key_goes_through_an_execute_command_someone_replaced(r, ns, monkeypa
     assert [capped.on_key(ns.key("k"), 2) for _ in range(3)] == [1, 2, -1]
     recorded = client.__dict__.get("recorded", recorded)
     assert recorded.count("EVALSHA") == 3, recorded
+
+
+def test_on_key_that_cannot_connect_raises_and_prints_nothing(monkeypatch):
+    """A first call that cannot take a connection (nothing listens) raises ConnectionError, and the lease
+    it could not make leaves no "Exception ignored" behind."""
+    ignored = []
+    monkeypatch.setattr("sys.unraisablehook", ignored.append)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # a port nothing listens on
+        client = redis.Redis(host="127.0.0.1", port=s.getsockname()[1], **labkit.clients.options())
+        capped = scripts.register(client, "l01_data_structures/capped_incr")
+        with pytest.raises(redis.ConnectionError):
+            capped.on_key("k", 1)
+    gc.collect()
+    assert ignored == []
+    client.close()
