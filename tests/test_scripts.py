@@ -220,9 +220,12 @@ def test_on_key_keeps_one_connection_per_thread_for_every_script_and_gives_it_ba
         scripts_of_r[0].on_key("k", 100), scripts_of_r[1].on_key("k", "no-token")
     assert len(pool._in_use_connections) == 1  # this thread's, for both scripts
 
+    together = threading.Barrier(3)  # all three hold their connection at once: none can take another's
+
     def calls() -> None:
         for _ in range(3):
             scripts_of_r[0].on_key("k", 100)
+        together.wait(timeout=30)
     threads = [threading.Thread(target=calls) for _ in range(3)]
     for t in threads:
         t.start()
@@ -238,8 +241,8 @@ def test_on_key_reconnects_when_the_server_closed_its_connection(lib_server):
     r, admin = lib_server.client(), lib_server.client()
     capped = scripts.register(r, "l01_data_structures/capped_incr")
     assert capped.on_key("closed", 10) == 1
-    kept = [c["id"] for c in admin.client_list() if c["cmd"] == "evalsha"]
-    assert len(kept) == 1 and admin.client_kill_filter(_id=kept[0]) == 1
+    host, port = scripts._lease(r.connection_pool).conn._sock.getsockname()
+    assert admin.client_kill_filter(addr=f"{host}:{port}") == 1  # the connection this thread keeps
     assert capped.on_key("closed", 10) == 2  # no error: the closed connection was seen and replaced
     admin.delete("closed")
     r.close(), admin.close()
