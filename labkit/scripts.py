@@ -169,10 +169,11 @@ class _Lease:
 
 
 def _lease(pool: redis.ConnectionPool) -> _Lease:
-    """This thread's lease of a connection of `pool`, taken at its first call (or first in a forked child)."""
+    """This thread's lease of a connection of `pool`, taken at its first call, and again if the pool no
+    longer counts it as in use (given back, `pool.reset()`) or in a forked child."""
     leases = pool.__dict__.get(_LEASES) or pool.__dict__.setdefault(_LEASES, threading.local())
     lease = getattr(leases, "lease", None)
-    if lease is None or lease.conn is None or lease.conn.pid != os.getpid():
+    if lease is None or lease.conn not in pool._in_use_connections or lease.conn.pid != os.getpid():
         lease = leases.lease = _Lease(pool)
     return lease
 

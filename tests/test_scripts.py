@@ -355,3 +355,18 @@ def test_on_key_that_cannot_connect_raises_and_prints_nothing(monkeypatch):
     gc.collect()
     assert ignored == []
     client.close()
+
+
+def test_on_key_after_a_pool_reset_takes_a_connection_the_pool_knows(lib_server):
+    """After `pool.reset()` the pool no longer counts the connection a thread kept: the next call takes a
+    new one, so that `labkit.trace` and `close()` still reach it."""
+    r = lib_server.client()
+    capped = scripts.register(r, "l01_data_structures/capped_incr")
+    capped.on_key("reset", 10)
+    r.connection_pool.reset()
+    with labkit.trace(r, show=False) as t:
+        assert capped.on_key("reset", 10) == 2
+    assert t.names() == ["EVALSHA"] and scripts._lease(r.connection_pool).conn in r.connection_pool._in_use_connections
+    r.delete("reset")
+    r.close()
+
