@@ -111,24 +111,24 @@ class Script(core.Script):
         script was registered (a subclass, tracing or APM instrumentation such as OpenTelemetry's): the
         wrapper sees every EVALSHA."""
         try:
-            return self._on_key(key, args)
+            return self._send("EVALSHA", self.sha, 1, key, *args)
         except NoScriptError:
-            self.sha = self.registered_client.script_load(self.script)
-            return self._on_key(key, args)
+            self._send("SCRIPT LOAD", self.script)  # on the same connection: it returns the SHA1 we send
+            return self._send("EVALSHA", self.sha, 1, key, *args)
 
-    def _on_key(self, key, args):
+    def _send(self, *command):
         pool = self._pool
         if pool is None:
-            return self.registered_client.execute_command("EVALSHA", self.sha, 1, key, *args)
+            return self.registered_client.execute_command(*command)
         lease = _lease(pool)
         conn = lease.conn
         if conn.retry.get_retries() != 0:  # this pool's connections retry: execute_command must send, always
             lease.give_back()
             self._pool = None
-            return self.registered_client.execute_command("EVALSHA", self.sha, 1, key, *args)
+            return self.registered_client.execute_command(*command)
         _drop_if_stale(conn)
         try:
-            conn.send_command("EVALSHA", self.sha, 1, key, *args)
+            conn.send_command(*command)
             return conn.read_response()
         except redis.ResponseError:  # a whole reply was read (NOSCRIPT, a script error): the connection is fine
             raise

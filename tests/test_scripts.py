@@ -370,3 +370,18 @@ def test_on_key_after_a_pool_reset_takes_a_connection_the_pool_knows(lib_server)
     r.delete("reset")
     r.close()
 
+
+def test_on_key_loads_a_lost_script_on_its_own_connection(lib_server):
+    """NOSCRIPT: the SCRIPT LOAD goes on the connection the thread keeps, not on a second one of its pool."""
+    r = lib_server.client()
+    capped = scripts.register(r, "l01_data_structures/capped_incr")
+    r.script_flush()
+    r.connection_pool.disconnect()
+    r.connection_pool.reset()
+    with labkit.trace(r, show=False) as t:
+        assert capped.on_key("noscript", 10) == 1
+    assert t.names() == ["EVALSHA", "SCRIPT LOAD", "EVALSHA"] and len({c.connection for c in t.calls}) == 1
+    assert r.connection_pool._created_connections == 1
+    r.delete("noscript")
+    r.close()
+
