@@ -385,3 +385,32 @@ def test_on_key_loads_a_lost_script_on_its_own_connection(lib_server):
     r.delete("noscript")
     r.close()
 
+
+def test_on_key_threads_that_keep_connections_leave_half_a_bounded_pool_to_other_commands(lib_server):
+    """A plain pool is bounded too (redis-py 8 makes 100 at most by default): idle threads that called
+    `on_key` keep at most half of it, so other commands and threads still get a connection."""
+    r = lib_server.client(max_connections=4)
+    capped = scripts.register(r, "l01_data_structures/capped_incr")
+    capped.on_key("bounded", 1000)
+    called, done = threading.Barrier(5), threading.Event()
+
+    def call_then_idle() -> None:
+        capped.on_key("bounded", 1000)
+        called.wait()
+        done.wait()
+    threads = [threading.Thread(target=call_then_idle) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        called.wait(timeout=10)
+        assert len(r.connection_pool._in_use_connections) == 2  # the main thread's and one other thread's
+        with r.pipeline(transaction=False) as p1, r.pipeline(transaction=False) as p2:  # each holds a connection
+            p1.get("bounded").execute(), p2.get("bounded").execute()
+            assert capped.on_key("bounded", 1000) == 6
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    r.delete("bounded")
+    r.close()
+
