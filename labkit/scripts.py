@@ -96,39 +96,40 @@ class Script(core.Script):
         """`self(keys=[key], args=args)` on the registered client, for a hot path: one key, the arguments as
         they are (no list or tuple built).
 
-        On a client of one server whose connections do not retry (labkit's `clients.options()`) and whose
-        pool is a plain, unbounded `ConnectionPool` without a client-side cache, each thread keeps one
-        connection of the pool for every script of that pool (a `_Lease`) and sends EVALSHA on it straight:
-        redis-py's `execute_command` and a pool checkout per call cost about 15 us together (measured: a
-        sixth of a loopback round trip on an idle machine) for retry, metrics and bookkeeping that a command
-        it must not retry has no use for. Like a checkout, each call first looks whether the server closed
-        the connection (one poll) and reconnects if so; a call that fails or is interrupted midway closes
-        it, so a late reply is never read as the next call's; the connection goes back to the pool when the
-        thread ends. `labkit.trace` still sees the command; redis-py's own operation metrics (its
-        observability recorder) do not count it. Any other client (a cluster, a pipeline, a single-connection
-        client, connections that retry, a bounded pool: a held connection could starve it) goes through
-        `execute_command`, and so does a client whose `execute_command` was overridden or wrapped when the
-        script was registered (a subclass, tracing or APM instrumentation such as OpenTelemetry's): the
-        wrapper sees every EVALSHA."""
+        On a client of one server whose connections do not retry (labkit's `clients.options()`) and whose pool is a
+        plain `ConnectionPool` without a client-side cache, each thread keeps one connection of the pool for every
+        script of that pool (a `_Lease`, taken while less than half the pool is in use) and sends EVALSHA on it
+        straight: redis-py's `execute_command` and a pool checkout per call cost about 15 us together (measured: a
+        sixth of a loopback round trip on an idle machine) for retry, metrics and bookkeeping that a command it must
+        not retry has no use for. Like a checkout, each call first looks whether the server closed the connection
+        (one poll) and reconnects if so; a call that fails or is interrupted midway closes it, so a late reply is
+        never read as the next call's; the connection goes back to the pool when the thread ends. `labkit.trace`
+        still sees the command; redis-py's own operation metrics (its observability recorder) do not count it. Any
+        other client (a cluster, a pipeline, a single-connection client, connections that retry, a blocking pool:
+        its callers would wait on a held connection) goes through `execute_command`, and so does a client whose
+        `execute_command` was overridden or wrapped when the script was registered (a subclass, tracing or APM
+        instrumentation such as OpenTelemetry's): the wrapper sees every EVALSHA."""
         try:
-            return self._on_key(key, args)
+            return self._send("EVALSHA", self.sha, 1, key, *args)
         except NoScriptError:
-            self.sha = self.registered_client.script_load(self.script)
-            return self._on_key(key, args)
+            self._send("SCRIPT LOAD", self.script)  # on the same connection: it returns the SHA1 we send
+            return self._send("EVALSHA", self.sha, 1, key, *args)
 
-    def _on_key(self, key, args):
+    def _send(self, *command):
         pool = self._pool
         if pool is None:
-            return self.registered_client.execute_command("EVALSHA", self.sha, 1, key, *args)
+            return self.registered_client.execute_command(*command)
         lease = _lease(pool)
+        if lease is None:  # half the pool is in use: this call checks one out, as any command does
+            return self.registered_client.execute_command(*command)
         conn = lease.conn
         if conn.retry.get_retries() != 0:  # this pool's connections retry: execute_command must send, always
             lease.give_back()
             self._pool = None
-            return self.registered_client.execute_command("EVALSHA", self.sha, 1, key, *args)
+            return self.registered_client.execute_command(*command)
         _drop_if_stale(conn)
         try:
-            conn.send_command("EVALSHA", self.sha, 1, key, *args)
+            conn.send_command(*command)
             return conn.read_response()
         except redis.ResponseError:  # a whole reply was read (NOSCRIPT, a script error): the connection is fine
             raise
@@ -154,8 +155,11 @@ class _Lease:
     """The connection one thread keeps from a pool for `Script.on_key`: given back to the pool when the
     thread ends (its thread-local storage is dropped), once only."""
 
+    conn = None  # until the pool gives one: a checkout that failed leaves nothing to give back
+
     def __init__(self, pool: redis.ConnectionPool) -> None:
-        self.pool, self.conn = pool, pool.get_connection()
+        self.pool = pool
+        self.conn = pool.get_connection()
 
     def give_back(self) -> None:
         conn, self.conn = self.conn, None
@@ -165,12 +169,17 @@ class _Lease:
     __del__ = give_back
 
 
-def _lease(pool: redis.ConnectionPool) -> _Lease:
-    """This thread's lease of a connection of `pool`, taken at its first call (or first in a forked child)."""
+def _lease(pool: redis.ConnectionPool) -> _Lease | None:
+    """This thread's lease of a connection of `pool`, taken at its first call, and again if the pool no
+    longer counts it as in use (given back, `pool.reset()`) or in a forked child; None while half the pool's
+    connections or more are in use (every pool is bounded, redis-py 8's at 100 by default): idle threads
+    that keep one never take more than half of it from the commands that check one out."""
     leases = pool.__dict__.get(_LEASES) or pool.__dict__.setdefault(_LEASES, threading.local())
     lease = getattr(leases, "lease", None)
-    if lease is None or lease.conn is None or lease.conn.pid != os.getpid():
-        lease = leases.lease = _Lease(pool)
+    if lease is None or lease.conn not in pool._in_use_connections or lease.conn.pid != os.getpid():
+        leases.lease = lease = None  # a stale lease goes back (if its pool still counts it)
+        if len(pool._in_use_connections) < pool.max_connections // 2:
+            lease = leases.lease = _Lease(pool)
     return lease
 
 

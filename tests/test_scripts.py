@@ -1,7 +1,9 @@
 import functools
+import gc
 import multiprocessing
 import os
 import re
+import socket
 import threading
 import time
 
@@ -218,16 +220,19 @@ def test_on_key_keeps_one_connection_per_thread_for_every_script_and_gives_it_ba
         scripts_of_r[0].on_key("k", 100), scripts_of_r[1].on_key("k", "no-token")
     assert len(pool._in_use_connections) == 1  # this thread's, for both scripts
 
+    together = threading.Barrier(3)  # all three hold their connection at once: none can take another's
+
     def calls() -> None:
         for _ in range(3):
             scripts_of_r[0].on_key("k", 100)
+        together.wait(timeout=30)
     threads = [threading.Thread(target=calls) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert r.get("k") == "12" and len(pool._in_use_connections) == 1  # the threads' are back in the pool
-    assert len(pool._available_connections) == pool._created_connections - 1 >= 1  # (a thread may reuse one)
+    assert r.get("k") == "12" and len(pool._in_use_connections) == 1  # the threads' three are back in the pool
+    assert len(pool._available_connections) == 3
     r.delete("k")
     r.close()
 
@@ -236,9 +241,8 @@ def test_on_key_reconnects_when_the_server_closed_its_connection(lib_server):
     r, admin = lib_server.client(), lib_server.client()
     capped = scripts.register(r, "l01_data_structures/capped_incr")
     assert capped.on_key("closed", 10) == 1
-    kept = scripts._lease(r.connection_pool).conn
-    kept.send_command("CLIENT", "ID")
-    assert admin.client_kill_filter(_id=kept.read_response()) == 1
+    host, port = scripts._lease(r.connection_pool).conn._sock.getsockname()
+    assert admin.client_kill_filter(addr=f"{host}:{port}") == 1  # the connection this thread keeps
     assert capped.on_key("closed", 10) == 2  # no error: the closed connection was seen and replaced
     admin.delete("closed")
     r.close(), admin.close()
@@ -335,3 +339,79 @@ def test_on_key_goes_through_an_execute_command_someone_replaced(r, ns, monkeypa
     assert [capped.on_key(ns.key("k"), 2) for _ in range(3)] == [1, 2, -1]
     recorded = client.__dict__.get("recorded", recorded)
     assert recorded.count("EVALSHA") == 3, recorded
+
+
+def test_on_key_that_cannot_connect_raises_and_prints_nothing(monkeypatch):
+    """A first call that cannot take a connection (nothing listens) raises ConnectionError, and the lease
+    it could not make leaves no "Exception ignored" behind."""
+    ignored = []
+    monkeypatch.setattr("sys.unraisablehook", ignored.append)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # a port nothing listens on
+        client = redis.Redis(host="127.0.0.1", port=s.getsockname()[1], **labkit.clients.options())
+        capped = scripts.register(client, "l01_data_structures/capped_incr")
+        with pytest.raises(redis.ConnectionError):
+            capped.on_key("k", 1)
+    gc.collect()
+    assert ignored == []
+    client.close()
+
+
+def test_on_key_after_a_pool_reset_takes_a_connection_the_pool_knows(lib_server):
+    """After `pool.reset()` the pool no longer counts the connection a thread kept: the next call takes a
+    new one, so that `labkit.trace` and `close()` still reach it."""
+    r = lib_server.client()
+    capped = scripts.register(r, "l01_data_structures/capped_incr")
+    capped.on_key("reset", 10)
+    r.connection_pool.reset()
+    with labkit.trace(r, show=False) as t:
+        assert capped.on_key("reset", 10) == 2
+    assert t.names() == ["EVALSHA"] and scripts._lease(r.connection_pool).conn in r.connection_pool._in_use_connections
+    r.delete("reset")
+    r.close()
+
+
+def test_on_key_loads_a_lost_script_on_its_own_connection(lib_server):
+    """NOSCRIPT: the SCRIPT LOAD goes on the connection the thread keeps, not on a second one of its pool."""
+    r = lib_server.client()
+    capped = scripts.register(r, "l01_data_structures/capped_incr")
+    r.script_flush()
+    r.connection_pool.disconnect()
+    r.connection_pool.reset()
+    with labkit.trace(r, show=False) as t:
+        assert capped.on_key("noscript", 10) == 1
+    assert t.names() == ["EVALSHA", "SCRIPT LOAD", "EVALSHA"] and len({c.connection for c in t.calls}) == 1
+    assert r.connection_pool._created_connections == 1
+    r.delete("noscript")
+    r.close()
+
+
+def test_on_key_threads_that_keep_connections_leave_half_a_bounded_pool_to_other_commands(lib_server):
+    """A plain pool is bounded too (redis-py 8 makes 100 at most by default): idle threads that called
+    `on_key` keep at most half of it, so other commands and threads still get a connection."""
+    r = lib_server.client(max_connections=4)
+    capped = scripts.register(r, "l01_data_structures/capped_incr")
+    capped.on_key("bounded", 1000)
+    called, done, one_at_a_time = threading.Barrier(5), threading.Event(), threading.Lock()
+
+    def call_then_idle() -> None:
+        with one_at_a_time:  # at once, four calls and two kept connections need six of four: any pool's limit
+            capped.on_key("bounded", 1000)
+        called.wait()
+        done.wait()
+    threads = [threading.Thread(target=call_then_idle) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        called.wait(timeout=10)
+        assert len(r.connection_pool._in_use_connections) == 2  # the main thread's and one other thread's
+        with r.pipeline(transaction=False) as p1, r.pipeline(transaction=False) as p2:  # each holds a connection
+            p1.get("bounded").execute(), p2.get("bounded").execute()
+            assert capped.on_key("bounded", 1000) == 6
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    r.delete("bounded")
+    r.close()
+
