@@ -20,7 +20,6 @@ import functools
 import inspect
 import os
 import re
-import threading
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
@@ -35,7 +34,6 @@ from labkit.errors import ConfigError, MissingLibrary
 PRELUDE = "prelude"
 LIBRARY_PREFIX = "labkit_"  # library `labkit_<module>`, functions `labkit_<module>_<script>`
 _REGISTRY = "_labkit_scripts"  # the attribute a client keeps its registered scripts in
-_LEASES = "_labkit_leases"  # the attribute a pool keeps its per-thread leases in (see `Script.on_key`)
 _EXECUTE_COMMAND = inspect.unwrap(redis.Redis.execute_command)  # redis-py's own, under any wrapper put on it
 
 
@@ -79,7 +77,8 @@ class Script(core.Script):
         plain = (getattr(client.execute_command, "__func__", None) is _EXECUTE_COMMAND  # not overridden, wrapped
                  and not isinstance(client, Pipeline) and client.connection is None
                  and type(client.connection_pool) is redis.ConnectionPool
-                 and getattr(client.connection_pool, "cache", None) is None)
+                 and getattr(client.connection_pool, "cache", None) is None
+                 and client.connection_pool.connection_kwargs.get("credential_provider") is None)
         self._pool = client.connection_pool if plain else None
 
     def __call__(self, keys=(), args=(), client=None):
@@ -97,50 +96,75 @@ class Script(core.Script):
         they are (no list or tuple built).
 
         On a client of one server whose connections do not retry (labkit's `clients.options()`) and whose pool is a
-        plain `ConnectionPool` without a client-side cache, each thread keeps one connection of the pool for every
-        script of that pool (a `_Lease`, taken while less than half the pool is in use) and sends EVALSHA on it
-        straight: redis-py's `execute_command` and a pool checkout per call cost about 15 us together (measured: a
-        sixth of a loopback round trip on an idle machine) for retry, metrics and bookkeeping that a command it must
-        not retry has no use for. Like a checkout, each call first looks whether the server closed the connection
-        (one poll) and reconnects if so; a call that fails or is interrupted midway closes it, so a late reply is
-        never read as the next call's; the connection goes back to the pool when the thread ends. `labkit.trace`
-        still sees the command; redis-py's own operation metrics (its observability recorder) do not count it. Any
-        other client (a cluster, a pipeline, a single-connection client, connections that retry, a blocking pool:
-        its callers would wait on a held connection) goes through `execute_command`, and so does a client whose
+        plain `ConnectionPool` without a client-side cache or a credential provider, EVALSHA goes straight over a
+        connection borrowed from the pool and given back at once (`_borrow`): redis-py's `execute_command` and
+        `get_connection`/`release` cost about 10 us together (measured: a tenth of a loopback round trip on an
+        idle machine) in retry, metrics and event plumbing that a command it must not retry has no use for. As
+        a checkout does, the borrow looks (one non-blocking read) whether the server closed the connection and
+        reconnects if so; a call that fails or is interrupted midway closes it, so a late reply is never read as
+        the next call's. `labkit.trace` still sees the command; redis-py's own metrics (its observability
+        recorder) do not count the borrow. Any other client (a cluster, a pipeline, a single-connection client,
+        connections that retry, a blocking pool) goes through `execute_command`, and so does a client whose
         `execute_command` was overridden or wrapped when the script was registered (a subclass, tracing or APM
         instrumentation such as OpenTelemetry's): the wrapper sees every EVALSHA."""
         try:
             return self._send("EVALSHA", self.sha, 1, key, *args)
         except NoScriptError:
-            self._send("SCRIPT LOAD", self.script)  # on the same connection: it returns the SHA1 we send
+            self._send("SCRIPT LOAD", self.script)  # it returns the SHA1 we send
             return self._send("EVALSHA", self.sha, 1, key, *args)
 
     def _send(self, *command):
         pool = self._pool
-        if pool is None:
+        conn = None if pool is None else _borrow(pool)
+        if conn is not None and conn.retry.get_retries() != 0:  # they retry: execute_command must send, always
+            _give_back(pool, conn)
+            conn, self._pool = None, None
+        if conn is None:
             return self.registered_client.execute_command(*command)
-        lease = _lease(pool)
-        if lease is None:  # half the pool is in use: this call checks one out, as any command does
-            return self.registered_client.execute_command(*command)
-        conn = lease.conn
-        if conn.retry.get_retries() != 0:  # this pool's connections retry: execute_command must send, always
-            lease.give_back()
-            self._pool = None
-            return self.registered_client.execute_command(*command)
-        _drop_if_stale(conn)
         try:
+            _drop_if_stale(conn)
             conn.send_command(*command)
             return conn.read_response()
         except redis.ResponseError:  # a whole reply was read (NOSCRIPT, a script error): the connection is fine
             raise
         except BaseException:
-            conn.disconnect()  # the reply may still come: the next call must never read it
+            conn.disconnect()  # the reply may still come: the next user must never read it
             raise
+        finally:
+            _give_back(pool, conn)
+
+
+def _borrow(pool: redis.ConnectionPool) -> redis.Connection | None:
+    """An idle connection of `pool`, counted in use as `pool.get_connection()` counts it, without the metrics
+    and events around it; None (ask the pool itself) when it has none idle or was made in another process
+    (after a fork, `get_connection` resets it)."""
+    if pool.pid != os.getpid():
+        return None
+    with pool._lock:
+        if not pool._available_connections:
+            return None
+        conn = pool._available_connections.pop()
+        pool._in_use_connections.add(conn)
+    return conn
+
+
+def _give_back(pool: redis.ConnectionPool, conn: redis.Connection) -> None:
+    """Return a borrowed connection as `pool.release()` does: idle again, or closed if the pool was reset
+    meanwhile (it no longer counts the connection) or the connection asks to reconnect."""
+    with pool._lock:
+        counted = conn in pool._in_use_connections
+        if counted:
+            pool._in_use_connections.remove(conn)
+            if conn.should_reconnect():
+                conn.disconnect()
+            pool._available_connections.append(conn)
+    if not counted:
+        conn.disconnect()
 
 
 def _drop_if_stale(conn: redis.Connection) -> None:
     """Disconnect `conn` (the next command connects it again) if the server closed it or it holds data no
-    command asked for: what a pool's checkout checks, in one poll."""
+    command asked for: what a pool's checkout checks."""
     if conn._sock is None:
         return
     try:
@@ -149,38 +173,6 @@ def _drop_if_stale(conn: redis.Connection) -> None:
         stale = True
     if stale:
         conn.disconnect()
-
-
-class _Lease:
-    """The connection one thread keeps from a pool for `Script.on_key`: given back to the pool when the
-    thread ends (its thread-local storage is dropped), once only."""
-
-    conn = None  # until the pool gives one: a checkout that failed leaves nothing to give back
-
-    def __init__(self, pool: redis.ConnectionPool) -> None:
-        self.pool = pool
-        self.conn = pool.get_connection()
-
-    def give_back(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None and conn.pid == os.getpid():  # a forked child's pool reset itself: nothing to give
-            self.pool.release(conn)
-
-    __del__ = give_back
-
-
-def _lease(pool: redis.ConnectionPool) -> _Lease | None:
-    """This thread's lease of a connection of `pool`, taken at its first call, and again if the pool no
-    longer counts it as in use (given back, `pool.reset()`) or in a forked child; None while half the pool's
-    connections or more are in use (every pool is bounded, redis-py 8's at 100 by default): idle threads
-    that keep one never take more than half of it from the commands that check one out."""
-    leases = pool.__dict__.get(_LEASES) or pool.__dict__.setdefault(_LEASES, threading.local())
-    lease = getattr(leases, "lease", None)
-    if lease is None or lease.conn not in pool._in_use_connections or lease.conn.pid != os.getpid():
-        leases.lease = lease = None  # a stale lease goes back (if its pool still counts it)
-        if len(pool._in_use_connections) < pool.max_connections // 2:
-            lease = leases.lease = _Lease(pool)
-    return lease
 
 
 def register(r: redis.Redis, name: str) -> Script:

@@ -1,9 +1,7 @@
 import functools
-import gc
 import multiprocessing
 import os
 import re
-import socket
 import threading
 import time
 
@@ -212,28 +210,50 @@ def test_on_key_after_a_timeout_reads_its_own_reply_not_the_late_one(lib_server)
     r.close(), admin.close()
 
 
-def test_on_key_keeps_one_connection_per_thread_for_every_script_and_gives_it_back_when_the_thread_ends(lib_server):
+def test_on_key_borrows_a_connection_and_gives_it_back_at_once(lib_server):
     r = lib_server.client()
-    pool, scripts_of_r = r.connection_pool, [scripts.register(r, "l01_data_structures/capped_incr"),
-                                             scripts.register(r, "locks/release")]
+    pool, both = r.connection_pool, [scripts.register(r, "l01_data_structures/capped_incr"),
+                                     scripts.register(r, "locks/release")]
     for _ in range(3):
-        scripts_of_r[0].on_key("k", 100), scripts_of_r[1].on_key("k", "no-token")
-    assert len(pool._in_use_connections) == 1  # this thread's, for both scripts
-
-    together = threading.Barrier(3)  # all three hold their connection at once: none can take another's
+        both[0].on_key("borrowed", 100), both[1].on_key("borrowed", "no-token")
+    assert not pool._in_use_connections and pool._created_connections == 1
 
     def calls() -> None:
-        for _ in range(3):
-            scripts_of_r[0].on_key("k", 100)
-        together.wait(timeout=30)
+        for _ in range(20):
+            both[0].on_key("borrowed", 100)
     threads = [threading.Thread(target=calls) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert r.get("k") == "12" and len(pool._in_use_connections) == 1  # the threads' three are back in the pool
-    assert len(pool._available_connections) == 3
-    r.delete("k")
+    assert r.get("borrowed") == "63" and not pool._in_use_connections
+    assert len(pool._available_connections) == pool._created_connections <= 3
+    r.delete("borrowed")
+    r.close()
+
+
+def test_on_key_holds_no_connection_between_calls_so_a_full_pool_still_serves_every_thread(lib_server):
+    """Three threads of a pool of three: each calls on_key, then all three block in BLPOP at once. A
+    connection kept between calls (per thread, say) would leave one of them none: MaxConnectionsError."""
+    r = lib_server.client(max_connections=3)
+    capped = scripts.register(r, "l01_data_structures/capped_incr")
+    together, errors = threading.Barrier(3), []
+
+    def call_then_block() -> None:
+        try:
+            capped.on_key("full", 100)
+            together.wait(timeout=30)
+            r.blpop(["full:nothing"], timeout=0.3)
+            capped.on_key("full", 100)
+        except Exception as err:
+            errors.append(err)
+    threads = [threading.Thread(target=call_then_block) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and r.get("full") == "6"
+    r.delete("full")
     r.close()
 
 
@@ -241,28 +261,33 @@ def test_on_key_reconnects_when_the_server_closed_its_connection(lib_server):
     r, admin = lib_server.client(), lib_server.client()
     capped = scripts.register(r, "l01_data_structures/capped_incr")
     assert capped.on_key("closed", 10) == 1
-    host, port = scripts._lease(r.connection_pool).conn._sock.getsockname()
-    assert admin.client_kill_filter(addr=f"{host}:{port}") == 1  # the connection this thread keeps
+    (kept,) = r.connection_pool._available_connections
+    host, port = kept._sock.getsockname()
+    assert admin.client_kill_filter(addr=f"{host}:{port}") == 1
     assert capped.on_key("closed", 10) == 2  # no error: the closed connection was seen and replaced
     admin.delete("closed")
     r.close(), admin.close()
 
 
-def test_on_key_interrupted_between_send_and_reply_never_lets_the_next_call_read_that_reply(r, ns, monkeypatch):
+def test_on_key_interrupted_between_send_and_reply_closes_its_connection(lib_server, monkeypatch):
+    r = lib_server.client()
     capped = scripts.register(r, "l01_data_structures/capped_incr")
-    assert capped.on_key(ns.key("i"), 10) == 1
-    conn = scripts._lease(r.connection_pool).conn
+    assert capped.on_key("interrupted", 10) == 1
+    (conn,) = r.connection_pool._available_connections
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(conn, "read_response", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        capped.on_key(ns.key("i"), 10)  # sent, and run by the server: its reply (2) stays unread
+        capped.on_key("interrupted", 10)  # sent, and run by the server: its reply (2) stays unread
     monkeypatch.undo()
-    assert capped.on_key(ns.key("i"), 10) == 3  # this call's own reply, not the 2 left on the old connection
+    assert conn._sock is None and not r.connection_pool._in_use_connections  # closed, and back in the pool
+    assert capped.on_key("interrupted", 10) == 3  # this call's own reply, not the 2 left on the old socket
+    r.delete("interrupted")
+    r.close()
 
 
-def test_on_key_on_a_pool_whose_connections_retry_gives_its_lease_back_and_uses_execute_command(lib_server):
+def test_on_key_on_a_pool_whose_connections_retry_uses_execute_command(lib_server):
     pool = redis.ConnectionPool(host=lib_server.host, port=lib_server.port, password=lib_server.password,
                                 decode_responses=True, socket_timeout=5, retry=Retry(NoBackoff(), 2))
     client = redis.Redis(connection_pool=pool)
@@ -273,22 +298,27 @@ def test_on_key_on_a_pool_whose_connections_retry_gives_its_lease_back_and_uses_
     client.close()
 
 
-def test_on_key_in_a_forked_child_takes_a_connection_of_its_own(lib_server):
+def test_on_key_in_a_forked_child_uses_connections_of_its_own(lib_server):
     r = lib_server.client()
     capped = scripts.register(r, "l01_data_structures/capped_incr")
     assert capped.on_key("forked", 10) == 1
-    child = multiprocessing.get_context("fork").Process(target=lambda: os._exit(capped.on_key("forked", 10)))
-    child.start()
-    child.join(30)
-    assert child.exitcode == 2 and capped.on_key("forked", 10) == 3  # the parent's connection still in step
+
+    def child() -> None:
+        answer = capped.on_key("forked", 10)
+        own = all(c.pid == os.getpid() for c in r.connection_pool._available_connections)
+        os._exit(answer if own else 99)
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(30)
+    assert process.exitcode == 2 and capped.on_key("forked", 10) == 3  # the parent's connection still in step
     r.delete("forked")
     r.close()
 
 
 @pytest.mark.parametrize("kind", ["retries", "single connection", "cluster"])
 def test_on_key_leaves_other_clients_to_execute_command(lib_server, rc, kind):
-    """A client of a bounded pool (a connection kept by a thread could starve it) whose connections retry, a
-    single-connection client and a cluster client go through `execute_command`."""
+    """A client of a blocking pool, a single-connection client and a cluster client go through
+    `execute_command`."""
     if kind == "retries":
         pool = redis.BlockingConnectionPool(host=lib_server.host, port=lib_server.port, password=lib_server.password,
                                             decode_responses=True, max_connections=1, timeout=2, socket_timeout=5,
@@ -341,38 +371,20 @@ def test_on_key_goes_through_an_execute_command_someone_replaced(r, ns, monkeypa
     assert recorded.count("EVALSHA") == 3, recorded
 
 
-def test_on_key_that_cannot_connect_raises_and_prints_nothing(monkeypatch):
-    """A first call that cannot take a connection (nothing listens) raises ConnectionError, and the lease
-    it could not make leaves no "Exception ignored" behind."""
-    ignored = []
-    monkeypatch.setattr("sys.unraisablehook", ignored.append)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))  # a port nothing listens on
-        client = redis.Redis(host="127.0.0.1", port=s.getsockname()[1], **labkit.clients.options())
-        capped = scripts.register(client, "l01_data_structures/capped_incr")
-        with pytest.raises(redis.ConnectionError):
-            capped.on_key("k", 1)
-    gc.collect()
-    assert ignored == []
-    client.close()
-
-
-def test_on_key_after_a_pool_reset_takes_a_connection_the_pool_knows(lib_server):
-    """After `pool.reset()` the pool no longer counts the connection a thread kept: the next call takes a
-    new one, so that `labkit.trace` and `close()` still reach it."""
+def test_on_key_after_a_pool_reset_is_traced_and_leaves_nothing_in_use(lib_server):
     r = lib_server.client()
     capped = scripts.register(r, "l01_data_structures/capped_incr")
     capped.on_key("reset", 10)
     r.connection_pool.reset()
     with labkit.trace(r, show=False) as t:
         assert capped.on_key("reset", 10) == 2
-    assert t.names() == ["EVALSHA"] and scripts._lease(r.connection_pool).conn in r.connection_pool._in_use_connections
+    assert t.names() == ["EVALSHA"] and not r.connection_pool._in_use_connections
     r.delete("reset")
     r.close()
 
 
 def test_on_key_loads_a_lost_script_on_its_own_connection(lib_server):
-    """NOSCRIPT: the SCRIPT LOAD goes on the connection the thread keeps, not on a second one of its pool."""
+    """NOSCRIPT, SCRIPT LOAD and the EVALSHA again go on one connection: never two of the pool at once."""
     r = lib_server.client()
     capped = scripts.register(r, "l01_data_structures/capped_incr")
     r.script_flush()
@@ -385,33 +397,4 @@ def test_on_key_loads_a_lost_script_on_its_own_connection(lib_server):
     r.delete("noscript")
     r.close()
 
-
-def test_on_key_threads_that_keep_connections_leave_half_a_bounded_pool_to_other_commands(lib_server):
-    """A plain pool is bounded too (redis-py 8 makes 100 at most by default): idle threads that called
-    `on_key` keep at most half of it, so other commands and threads still get a connection."""
-    r = lib_server.client(max_connections=4)
-    capped = scripts.register(r, "l01_data_structures/capped_incr")
-    capped.on_key("bounded", 1000)
-    called, done, one_at_a_time = threading.Barrier(5), threading.Event(), threading.Lock()
-
-    def call_then_idle() -> None:
-        with one_at_a_time:  # at once, four calls and two kept connections need six of four: any pool's limit
-            capped.on_key("bounded", 1000)
-        called.wait()
-        done.wait()
-    threads = [threading.Thread(target=call_then_idle) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        called.wait(timeout=10)
-        assert len(r.connection_pool._in_use_connections) == 2  # the main thread's and one other thread's
-        with r.pipeline(transaction=False) as p1, r.pipeline(transaction=False) as p2:  # each holds a connection
-            p1.get("bounded").execute(), p2.get("bounded").execute()
-            assert capped.on_key("bounded", 1000) == 6
-    finally:
-        done.set()
-        for t in threads:
-            t.join()
-    r.delete("bounded")
-    r.close()
 

@@ -72,7 +72,9 @@ def side_by_side_rounds(calls: dict[str, Callable[[], object]], reps: int = 300,
     turns and the median of each of `rounds` consecutive blocks of turns (a busy spell of the machine moves
     one block, so the blocks' ratios show how far one comparison can be trusted). With `settle`, each turn
     of an entry begins with that many untimed calls: they pay for what the entry before left behind (a
-    peer's threads winding down), so the timed call measures the entry in its steady state."""
+    peer's threads winding down), so that less of it falls on the timed call (one such call absorbed most
+    of what pottery's Redlock leaves behind, not all). With two entries the balanced order is plain
+    alternation: each one's leftovers fall on the other in every turn, which is what `settle` is for."""
     rounds = max(1, min(rounds, reps))
     size = reps // rounds
     return {name: (statistics.median(values), [statistics.median(values[k * size:(k + 1) * size])
@@ -90,8 +92,8 @@ def rate_row(suite: str, metric: str, contender: str, timed: tuple[float, list[f
 def call_order(n: int) -> list[int]:
     """One cycle of calls to `n` entries in which each entry directly follows every other exactly once (an
     Eulerian circuit of the complete directed graph, found by Hierholzer's algorithm), so that repeated, it
-    keeps every entry following every other equally often. A plain rotation has each entry follow the same
-    neighbour in all but one turn of n."""
+    keeps every entry following every other equally often (within one, once each entry has had n - 1
+    calls). A plain rotation has each entry follow the same neighbour in all but one turn of n."""
     if n < 2:
         return list(range(n))
     unused = {entry: [other for other in range(n) if other != entry] for entry in range(n)}
@@ -109,8 +111,8 @@ def _turns(calls: dict[str, Callable[[], object]], reps: int, settle: int = 0) -
     `call_order` (see `side_by_side`), each turn after `settle` untimed calls."""
     samples: dict[str, list[float]] = {name: [] for name in calls}
     entries, left = list(calls.items()), len(calls) * reps
-    for i in itertools.cycle(call_order(len(entries)) or [0]):
-        if not left:
+    for i in itertools.cycle(call_order(len(entries))):
+        if left <= 0:
             break
         name, call = entries[i]
         if len(samples[name]) < reps:

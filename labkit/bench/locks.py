@@ -92,9 +92,9 @@ def run(reps: int = 300) -> list[Row]:
             c.acquire()
             c.release()
         timed = {}
-        for servers in dict.fromkeys(c.servers for c in contenders.values()):  # each metric's pair on its own
+        for group in dict.fromkeys(c.servers for c in contenders.values()):  # each metric's pair on its own
             timed |= side_by_side_rounds({name: lambda c=c: (c.acquire(), c.release())
-                                          for name, c in contenders.items() if c.servers == servers}, reps=reps, settle=1)
+                                          for name, c in contenders.items() if c.servers == group}, reps=reps, settle=1)
         rows = [Row(SUITE, f"acquire+release, {c.servers}", name, timed[name][0], "us", c.baseline, timed[name][1])
                 for name, c in contenders.items()]
         rows += [Row(SUITE, f"round trips per acquire, {c.servers}", name,

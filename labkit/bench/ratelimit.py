@@ -63,7 +63,8 @@ def _round_trips(server: Server, decide: Callable[[], object], n: int = 51) -> f
 
 def _pair_rows(server: Server, per_minute: int, reps: int) -> list[Row]:
     """Each labkit limiter timed in turns with its nearest `limits` strategy (the baseline), on an empty
-    keyspace, 50 users taking turns."""
+    keyspace, 50 users taking turns. Each turn makes one untimed decision first (`settle`): the windows
+    fill twice as fast as the timed decisions alone would fill them, for both sides alike."""
     rows: list[Row] = []
     theirs, ours = _theirs(server, per_minute), _ours(server, per_minute)
     r = server.client()

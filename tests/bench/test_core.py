@@ -98,11 +98,11 @@ def test_side_by_side_times_every_call_the_same_number_of_times():
     assert medians["slow"] > 10 * medians["fast"]
 
 
-@pytest.mark.parametrize("n", range(1, 8))
+@pytest.mark.parametrize("n", range(8))
 def test_call_order_has_each_entry_follow_every_other_exactly_once_per_cycle(n):
     order = bench.core.call_order(n)
     assert sorted(collections.Counter(order).values()) == [max(1, n - 1)] * n  # every entry equally often
-    follows = collections.Counter(zip(order, order[1:] + order[:1]))  # the cycle closes on itself
+    follows = collections.Counter(zip(order, order[1:] + order[:1], strict=True))  # the cycle closes on itself
     assert set(follows) == {(a, b) for a in range(n) for b in range(n) if a != b} or n == 1
     assert set(follows.values()) <= {1}
 
@@ -120,6 +120,26 @@ def test_side_by_side_spreads_what_an_entry_leaves_behind_over_the_others(n):
         return call
     bench.side_by_side({f"entry {i}": entry(i) for i in range(n)}, reps=60)
     assert slowed[0] == 0 and max(slowed.values()) - min(slowed[i] for i in range(1, n)) <= 1
+
+
+def test_settle_makes_untimed_calls_at_the_start_of_each_turn():
+    calls = []
+
+    def entry(name):
+        def call():
+            first_of_its_turn = not calls or calls[-1] != name
+            calls.append(name)
+            if first_of_its_turn:
+                time.sleep(0.005)  # what the entry before left behind, paid by the first call only
+        return call
+    settled = bench.side_by_side_rounds({"a": entry("a"), "b": entry("b")}, reps=3, rounds=1, settle=1)
+    assert "".join(calls) == "aabb" * 3
+    unsettled = bench.side_by_side_rounds({"a": entry("a"), "b": entry("b")}, reps=3, rounds=1)
+    assert all(settled[name][0] * 10 < unsettled[name][0] for name in "ab")  # only the settled skip the wait
+
+
+def test_no_repetitions_time_nothing_and_return():
+    assert bench.core._turns({"a": lambda: None}, 0) == bench.core._turns({"a": lambda: None}, -1) == {"a": []}
 
 
 def test_median_of_takes_the_middle_run():
