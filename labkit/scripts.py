@@ -67,9 +67,9 @@ def source(name: str) -> str:
 
 class Script(core.Script):
     """redis-py's `Script` with a lean call: EVALSHA of the SHA1 computed once, SCRIPT LOAD and again only
-    when the server lacks the script (a restart, a flush, another server). Called on a hot path, so it
-    builds no argument tuples, imports nothing and sends EVALSHA through `execute_command` itself (redis-py's
-    `evalsha` adds two calls on the way)."""
+    when the server lacks the script (a restart, a flush, another server). Called on hot paths, so it builds
+    no argument tuples and, on the client it was registered with, sends as `on_key` does (over a borrowed
+    connection where the client allows it); on another client or a pipeline, through `execute_command`."""
 
     def __init__(self, registered_client, script):
         super().__init__(registered_client, script)
@@ -82,7 +82,8 @@ class Script(core.Script):
         self._pool = client.connection_pool if plain else None
 
     def __call__(self, keys=(), args=(), client=None):
-        client = self.registered_client if client is None else client
+        if client is None or client is self.registered_client:
+            return self._evalsha(len(keys), *keys, *args)
         if isinstance(client, Pipeline):
             client.scripts.add(self)  # the pipeline loads it before EXEC if the server lacks it
         try:
@@ -108,11 +109,17 @@ class Script(core.Script):
         blocking pool) goes through `execute_command`, and so does a client whose `execute_command` was
         overridden or wrapped when the script was registered (a subclass, tracing or APM instrumentation
         such as OpenTelemetry's): the wrapper sees every EVALSHA."""
+        return self._evalsha(1, key, *args)
+
+    def _evalsha(self, numkeys, *keys_and_args):
+        """EVALSHA on the registered client (see `on_key`); SCRIPT LOAD and again if the server lacks it."""
+        if isinstance(self.registered_client, Pipeline):
+            self.registered_client.scripts.add(self)  # the pipeline loads it before EXEC if the server lacks it
         try:
-            return self._send("EVALSHA", self.sha, 1, key, *args)
+            return self._send("EVALSHA", self.sha, numkeys, *keys_and_args)
         except NoScriptError:
             self._send("SCRIPT LOAD", self.script)  # it returns the SHA1 we send
-            return self._send("EVALSHA", self.sha, 1, key, *args)
+            return self._send("EVALSHA", self.sha, numkeys, *keys_and_args)
 
     def _send(self, *command):
         pool = self._pool
