@@ -74,7 +74,7 @@ class Script(core.Script):
     def __init__(self, registered_client, script):
         super().__init__(registered_client, script)
         client = registered_client  # `on_key` borrows from its pool, unless it is anything but a plain client
-        plain = (getattr(client.execute_command, "__func__", None) is _EXECUTE_COMMAND  # not overridden, wrapped
+        plain = (inspect.getattr_static(client, "execute_command") is _EXECUTE_COMMAND  # not overridden, wrapped
                  and not isinstance(client, Pipeline) and client.connection is None
                  and type(client.connection_pool) is redis.ConnectionPool
                  and getattr(client.connection_pool, "cache", None) is None

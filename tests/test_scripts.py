@@ -345,13 +345,23 @@ class Recording(redis.Redis):
         return super().execute_command(*args, **options)
 
 
-@pytest.mark.parametrize("kind", ["subclass", "class patched", "instance patched"])
+@pytest.mark.parametrize("kind", ["subclass", "class patched", "class wrapped by wrapt", "instance patched"])
 def test_on_key_goes_through_an_execute_command_someone_replaced(r, ns, monkeypatch, kind):
     """A subclass overriding `execute_command`, or instrumentation wrapping it (on the class, as
-    OpenTelemetry's and ddtrace's do, or on one client), sees every EVALSHA of `on_key`."""
+    OpenTelemetry's does with wrapt, whose bound wrapper passes `__func__` on from the function it wraps,
+    or on one client), sees every EVALSHA of `on_key`."""
     recorded = []
     if kind == "subclass":
         client = Recording(connection_pool=r.connection_pool)
+    elif kind == "class wrapped by wrapt":
+        wrapt = pytest.importorskip("wrapt")
+
+        def record(wrapped, instance, args, kwargs):
+            recorded.append(args[0])
+            return wrapped(*args, **kwargs)
+        monkeypatch.setattr(redis.Redis, "execute_command",
+                            wrapt.FunctionWrapper(redis.Redis.__dict__["execute_command"], record))
+        client = redis.Redis(connection_pool=r.connection_pool)
     else:
         original = redis.Redis.execute_command
 
@@ -366,6 +376,7 @@ def test_on_key_goes_through_an_execute_command_someone_replaced(r, ns, monkeypa
         else:
             client.execute_command = functools.partial(wrapper, client)
     capped = scripts.register(client, "l01_data_structures/capped_incr")
+    client.script_load(capped.script)  # no NOSCRIPT: three calls send three EVALSHA
     assert [capped.on_key(ns.key("k"), 2) for _ in range(3)] == [1, 2, -1]
     recorded = client.__dict__.get("recorded", recorded)
     assert recorded.count("EVALSHA") == 3, recorded
