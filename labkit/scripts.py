@@ -132,7 +132,7 @@ class Script(core.Script):
         try:
             _drop_if_stale(conn)
             conn.send_command(*command)
-            return conn.read_response()
+            reply = conn.read_response()
         except redis.ResponseError:  # a whole reply was read (NOSCRIPT, a script error): the connection is fine
             raise
         except BaseException:
@@ -140,6 +140,8 @@ class Script(core.Script):
             raise
         finally:
             _give_back(pool, conn)
+        parse = self.registered_client.response_callbacks.get(command[0])  # one set for EVALSHA, if any
+        return reply if parse is None else parse(reply)
 
 
 def _borrow(pool: redis.ConnectionPool) -> redis.Connection | None:

@@ -409,3 +409,16 @@ def test_on_key_loads_a_lost_script_on_its_own_connection(lib_server):
     r.close()
 
 
+
+
+def test_a_script_answers_through_a_response_callback_set_for_evalsha(lib_server):
+    """As redis-py's `evalsha` and `Script` do: a callback set on the client for EVALSHA parses the reply."""
+    r = lib_server.client()
+    capped = scripts.register(r, "l01_data_structures/capped_incr")
+    r.set_response_callback("EVALSHA", lambda reply, **options: ("parsed", reply))
+    r.script_flush()  # NOSCRIPT, SCRIPT LOAD and again: the callback parses the EVALSHA that answers
+    assert capped(keys=["callback"], args=[10]) == ("parsed", 1)
+    assert capped.on_key("callback", 10) == ("parsed", 2)
+    assert r.evalsha(capped.sha, 1, "callback", 10) == ("parsed", 3)  # redis-py's own, for comparison
+    r.delete("callback")
+    r.close()
