@@ -104,7 +104,8 @@ class Script(core.Script):
         that a command it must not retry has no use for. As a checkout does, the borrow looks (one
         non-blocking read) whether the server closed the connection and reconnects if so; a call that fails
         or is interrupted midway closes it, so a late reply is never read as the next call's. `labkit.trace`
-        still sees the command; redis-py's own metrics (its observability recorder) do not count the borrow.
+        still sees the command and a response callback set for EVALSHA still parses the reply; redis-py's own
+        metrics (its observability recorder) and release events do not count the borrow.
         Any other client (a cluster, a pipeline, a single-connection client, connections that retry, a
         blocking pool) goes through `execute_command`, and so does a client whose `execute_command` was
         overridden or wrapped when the script was registered (a subclass, tracing or APM instrumentation
