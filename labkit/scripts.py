@@ -141,7 +141,7 @@ class Script(core.Script):
             raise
         finally:
             _give_back(pool, conn)
-        parse = self.registered_client.response_callbacks.get(command[0])  # one set for EVALSHA, if any
+        parse = dict.get(self.registered_client.response_callbacks, command[0])  # one set for EVALSHA, if any
         return reply if parse is None else parse(reply)
 
 
