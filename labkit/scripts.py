@@ -141,7 +141,8 @@ class Script(core.Script):
             raise
         finally:
             _give_back(pool, conn)
-        parse = dict.get(self.registered_client.response_callbacks, command[0])  # one set for EVALSHA, if any
+        # a callback set for EVALSHA, if any; dict.get skips case folding: the keys are upper case, as ours
+        parse = dict.get(self.registered_client.response_callbacks, command[0])
         return reply if parse is None else parse(reply)
 
 
