@@ -134,8 +134,8 @@ def test_measure_stalls_sees_the_server_busy_and_the_other_client_wait():
     with spawn(modules=False) as server:
         lesson.fill_keyspace(server.client(), 100_000)
         run = lesson.measure_stalls(server, {"KEYS": lambda c: c.keys("user:*"), "PING": lambda c: c.ping()})
-    keys_cpu = run.best("KEYS", "server_cpu_ms")
-    assert [s.calls for s in run.stalls["KEYS"]] == [1, 1, 1] and keys_cpu > 2
+    keys_cpu = run.best("KEYS", "server_cpu_ms")  # 2.2-3.0 ms measured, once 1.7 on a busy machine; PING 0.02
+    assert [s.calls for s in run.stalls["KEYS"]] == [1, 1, 1] and keys_cpu > 20 * run.worst("PING", "server_cpu_ms")
     assert run.worst("KEYS", "other_client_ms") > 0.5 * keys_cpu > run.worst("PING", "server_cpu_ms")
     assert len(run.windows) == 6 and len(run.timeline) > 50
 
