@@ -10,6 +10,7 @@ Example:
 from labkit.bench.core import (
     Row,
     comparisons,
+    cycling,
     format_rows,
     median_of,
     print_rows,
@@ -23,6 +24,6 @@ from labkit.bench.runner import SUITES, run
 from labkit.bench.vectors import clustered_vectors, load_vectors
 
 __all__ = [
-    "SUITES", "Row", "clustered_vectors", "comparisons", "format_rows", "load_vectors", "median_of", "print_rows",
-    "rate_row", "results_path", "run", "side_by_side", "side_by_side_rounds", "write_results",
+    "SUITES", "Row", "clustered_vectors", "comparisons", "cycling", "format_rows", "load_vectors", "median_of",
+    "print_rows", "rate_row", "results_path", "run", "side_by_side", "side_by_side_rounds", "write_results",
 ]

@@ -58,6 +58,14 @@ def median_of(runs: int, measure: Callable[[], float]) -> float:
     return statistics.median(measure() for _ in range(runs))
 
 
+def cycling(call: Callable[[Any], object], items: Iterable[Any]) -> Callable[[], object]:
+    """A contender for `side_by_side` that calls `call` on the next of `items` each time, round and round:
+    give each contender its own, so that each is asked the same inputs in the same order (one shared
+    counter, with two contenders alternating, gives one the even inputs and the other the odd ones)."""
+    turn = itertools.cycle(items)
+    return lambda: call(next(turn))
+
+
 def side_by_side(calls: dict[str, Callable[[], object]], reps: int = 300) -> dict[str, float]:
     """Median microseconds per call of each entry, timed in turns so that a busy machine slows every entry
     alike (compare the results as ratios, never as absolute times). The calls follow a balanced order (see

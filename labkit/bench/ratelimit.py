@@ -4,11 +4,10 @@ second with 50 users in turn, and round trips per decision."""
 from __future__ import annotations
 
 import functools
-import itertools
 import statistics
 from collections.abc import Callable
 
-from labkit.bench.core import Row, rate_row, side_by_side_rounds
+from labkit.bench.core import Row, cycling, rate_row, side_by_side_rounds
 from labkit.clients import options
 from labkit.server.process import Server
 
@@ -63,16 +62,15 @@ def _round_trips(server: Server, decide: Callable[[], object], n: int = 51) -> f
 
 def _pair_rows(server: Server, per_minute: int, reps: int) -> list[Row]:
     """Each labkit limiter timed in turns with its nearest `limits` strategy (the baseline), on an empty
-    keyspace, 50 users taking turns. Each turn makes one untimed decision first (`settle`): the windows
-    fill twice as fast as the timed decisions alone would fill them, for both sides alike."""
+    keyspace, each side deciding for the 50 users in the same order. Each turn makes one untimed decision
+    first (`settle`): the windows fill twice as fast as the timed decisions alone would fill them, for both
+    sides alike."""
     rows: list[Row] = []
     theirs, ours = _theirs(server, per_minute), _ours(server, per_minute)
     r = server.client()
     for algorithm, peer in NEAREST.items():
         r.flushdb()  # a server of our own: every pair starts from an empty keyspace
-        turn = itertools.count()
-        calls = {f"limits {peer}": lambda d=theirs[peer], t=turn: d(USERS[next(t) % len(USERS)]),
-                 f"labkit {algorithm}": lambda d=ours[algorithm], t=turn: d(USERS[next(t) % len(USERS)])}
+        calls = {f"limits {peer}": cycling(theirs[peer], USERS), f"labkit {algorithm}": cycling(ours[algorithm], USERS)}
         for name, timed in side_by_side_rounds(calls, reps=reps, settle=1).items():
             rows.append(rate_row(SUITE, f"decisions, {per_minute:,}/min, 50 users: {algorithm}", name, timed,
                                  "decisions/s", baseline=name.startswith("limits")))

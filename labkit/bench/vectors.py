@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from labkit.bench.core import Row, rate_row, side_by_side_rounds
+from labkit.bench.core import Row, cycling, rate_row, side_by_side_rounds
 from labkit.server.process import Server
 
 SUITE = "vectors"
@@ -108,9 +108,8 @@ def _semantic_cache_rows(server: Server, threshold: float, reps: int) -> list[Ro
                         sum(a is not None and a == g for a, g in answers), "hits", base))
         rows.append(Row(SUITE, f"semantic cache: false hits of {len(queries)} queries", name,
                         sum(a is not None and a != g for a, g in answers), "hits", base))
-    cycle = iter(range(10**9))
-    timed = side_by_side_rounds({name: lambda f=f: f(queries[next(cycle) % len(queries)][0])
-                                 for name, f in lookups.items()}, reps=reps)
+    texts = [text for text, _ in queries]
+    timed = side_by_side_rounds({name: cycling(f, texts) for name, f in lookups.items()}, reps=reps)
     rows += [Row(SUITE, "semantic cache: lookup", name, us, "us", name == REDISVL, rounds)
              for name, (us, rounds) in timed.items()]
     return rows
@@ -132,9 +131,7 @@ def run(n: int = 20_000, queries: int = 200, threshold: float = 0.4) -> list[Row
         for name, search in searches.items():
             recall = np.mean([len(set(search(q)) & e) / 10 for q, e in zip(probes, exact, strict=True)])
             rows.append(Row(SUITE, "recall@10", name, recall, "fraction", name == EXACT))
-        cycle = iter(range(10**9))
-        timed = side_by_side_rounds({name: lambda s=s: s(probes[next(cycle) % queries])
-                                     for name, s in searches.items()}, reps=queries)
+        timed = side_by_side_rounds({name: cycling(s, probes) for name, s in searches.items()}, reps=queries)
         rows += [rate_row(SUITE, "queries per second", name, t, "queries/s", name == FLAT) for name, t in timed.items()]
         rows += _semantic_cache_rows(server, threshold, reps=300)
     return rows

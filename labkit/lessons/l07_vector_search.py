@@ -4,13 +4,13 @@ every installed engine, and the exercise checks."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import redis
 
-from labkit.bench import clustered_vectors, side_by_side
+from labkit.bench import clustered_vectors, cycling, side_by_side
 from labkit.clients import text
 from labkit.keys import Namespace
 from labkit.lessons import Result, check, verdict
@@ -306,9 +306,9 @@ CROSSOVER_HNSW = ("M", 16, "EF_CONSTRUCTION", 20)  # a cheap build: the cell sta
 
 def crossover(r: redis.Redis, ns: Namespace, *, queries: int = 30, reps: int = 60) -> dict[int, dict[str, float]]:
     """FLAT against HNSW over 1k, 10k and 50k clustered vectors: per size, the median microseconds of a KNN 10
-    query on each index (timed side by side, queries taking turns) and HNSW's recall@10 at EF_RUNTIME 10 and 100.
-    The vectors are loaded once, in tiers, and each size's index covers the first tiers (FT.CREATE ... PREFIX n);
-    everything is dropped at the end."""
+    query on each index (timed side by side, each asked the same probes in order) and HNSW's recall@10 at
+    EF_RUNTIME 10 and 100. The vectors are loaded once, in tiers, and each size's index covers the first tiers
+    (FT.CREATE ... PREFIX n); everything is dropped at the end."""
     points, probes = clustered_vectors(CROSSOVER_TIERS[-1][0], seed=11), clustered_vectors(queries, seed=12)
     base, results = ns.key("x"), {}
     keys = [f"{base}:{_tier_of(i)}:{i}" for i in range(len(points))]
@@ -321,8 +321,7 @@ def crossover(r: redis.Redis, ns: Namespace, *, queries: int = 30, reps: int = 6
         for n, (size, _) in enumerate(CROSSOVER_TIERS):
             prefixes = [f"{base}:{tier}:" for _, tier in CROSSOVER_TIERS[:n + 1]]
             flat, hnsw = (_tiered_index(r, f"{base}-{a}-{size}", prefixes, a) for a in ("FLAT", "HNSW"))
-            turn = iter(range(10**9))
-            speed = side_by_side({name: _query(r, name, probes, turn) for name in (flat, hnsw)}, reps=reps)
+            speed = side_by_side({name: cycling(_query(r, name), probes) for name in (flat, hnsw)}, reps=reps)
             truth = [set(np.argsort(-(points[:size] @ q))[:10]) for q in probes]
             results[size] = {"FLAT us": speed[flat], "HNSW us": speed[hnsw],
                              **{f"recall ef {ef}": _recall(r, hnsw, probes, truth, ef) for ef in (10, 100)}}
@@ -349,8 +348,8 @@ def _tiered_index(r: redis.Redis, name: str, prefixes: list[str], algorithm: str
     return name
 
 
-def _query(r: redis.Redis, index: str, probes: np.ndarray, turn: Iterator[int]) -> Callable[[], object]:
-    return lambda: knn(r, index, probes[next(turn) % len(probes)], k=10)
+def _query(r: redis.Redis, index: str) -> Callable[[np.ndarray], object]:
+    return lambda probe: knn(r, index, probe, k=10)
 
 
 def _recall(r: redis.Redis, index: str, probes: np.ndarray, truth: list[set], ef: int) -> float:

@@ -142,6 +142,12 @@ def test_no_repetitions_time_nothing_and_return():
     assert bench.core._turns({"a": lambda: None}, 0) == bench.core._turns({"a": lambda: None}, -1) == {"a": []}
 
 
+def test_cycling_asks_each_contender_every_input_in_the_same_order():
+    seen: dict[str, list[int]] = {"a": [], "b": []}
+    bench.side_by_side({name: bench.cycling(seen[name].append, [1, 2, 3]) for name in seen}, reps=4)
+    assert seen["a"] == seen["b"] == [1, 2, 3, 1]  # a shared counter would have given a 1, 3, 2 and b 2, 1, 3
+
+
 def test_median_of_takes_the_middle_run():
     runs = iter([5.0, 1.0, 9.0])
     assert bench.median_of(3, lambda: next(runs)) == 5.0
