@@ -28,8 +28,22 @@ def test_lab_server_is_reused_and_survives_its_starter(monkeypatch, lab_home):
     assert status["running"] and first["password"] not in str(status)
     assert (lab_home / ".labkit" / "server.json").stat().st_mode & 0o077 == 0
     assert lab.stop() is True
+    assert not lab._running(first["pid"])  # gone, not only silent: it writes its last log lines before it exits
     assert lab.status()["running"] is False
     assert lab.stop() is False
+
+
+def test_running_tells_a_live_process_from_an_exited_one():
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while lab._running(child.pid) and time.monotonic() < deadline:  # exited, not yet reaped: a zombie
+        time.sleep(0.01)
+    assert not lab._running(child.pid) and lab._running(__import__("os").getpid())
+    child.wait()
+    assert not lab._running(child.pid)
 
 
 def test_lab_server_keeps_its_password_and_data_across_restarts(monkeypatch, lab_home):

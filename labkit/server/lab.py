@@ -103,9 +103,24 @@ def stop() -> bool:
     except ProcessLookupError:
         return False
     deadline = time.monotonic() + 10
-    while ping_raw(HOST, state["port"]) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    while (ping_raw(HOST, state["port"]) or _running(state["pid"])) and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the process is gone: it writes its last log lines after it stops answering
     return True
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` still exists (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 def status() -> dict[str, Any]:
