@@ -20,7 +20,7 @@ from labkit.clients import options, probe_options
 from labkit.errors import ConfigError, ServerUnavailable
 from labkit.keys import URL_ENV, WORKSHOP
 from labkit.server.binaries import DEFAULT_ENGINE, find_engine
-from labkit.server.process import HOST, Server, mask, ping_raw
+from labkit.server.process import HOST, Server, mask, pid_alive, ping_raw
 
 LAB_SAVE = "3600 1 300 100 60 10000"
 START_HINT = "Start it with `make lab` (or `python -m labkit server start`)"
@@ -113,14 +113,8 @@ def _running(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    except OSError:  # no /proc (macOS): whether the pid exists at all
+        return pid_alive(pid)
 
 
 def status() -> dict[str, Any]:
