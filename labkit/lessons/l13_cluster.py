@@ -33,7 +33,7 @@ from redis.retry import Retry
 
 from labkit import ops
 from labkit.clients import probe_options
-from labkit.errors import LabkitError
+from labkit.errors import LabkitError, ServerUnavailable
 from labkit.keys import Namespace
 from labkit.lessons import Result, check, verdict
 from labkit.lessons import skip as skip  # lessons say `lesson.skip(...)` where a part cannot run here
@@ -1251,13 +1251,32 @@ def _tidy_slots(c: Cluster, slots: list[int], sources: dict[int, Server], target
         source = sources[slot]
         on_source, on_target = _count_keys(source, slot, slot), _count_keys(target, slot, slot)
         holder = target if on_target and not on_source else source
-        if holder is source and on_target:  # keys on both sides: bring the target's back
+        if holder is source and on_target:  # keys on both sides: the source takes the slot, then the target's keys
+            _assign(c, {slot: source}, [source])
             with target.client() as admin:
                 while keys := admin.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
                     admin.execute_command("MIGRATE", source.host, source.port, "", 0, 5000, "REPLACE", "AUTH",
                                           source.password, "KEYS", *keys)
+        holders[slot] = holder
+    for attempt in range(3):
+        _assign(c, holders)
+        try:
+            wait_until(lambda: all(c.owner(s) is holders[s] for s in slots), 10, "every primary to agree on the slots")
+            return
+        except ServerUnavailable:
+            if attempt == 2:
+                raise
+
+
+def _assign(c: Cluster, holders: dict[int, Server], nodes: list[Server] | None = None) -> None:
+    """Each slot to its holder on `nodes` (every primary), the holder first, after CLUSTER BUMPEPOCH on the
+    holder. An answer may have left a claim in flight from a node with a greater config epoch: arriving after the
+    holder took the slot back, it would hand the slot to a node that no longer claims it, and nobody would
+    serve it."""
+    primaries = c.serving_primaries() if nodes is None else nodes
+    for slot, holder in holders.items():
+        with holder.client() as admin:
+            admin.execute_command("CLUSTER", "BUMPEPOCH")
         for node in [holder, *[n for n in primaries if n is not holder]]:
             with node.client() as admin, contextlib.suppress(redis.ResponseError):
                 admin.execute_command("CLUSTER", "SETSLOT", slot, "NODE", c.node_id(holder))
-        holders[slot] = holder
-    wait_until(lambda: all(c.owner(s) is holders[s] for s in slots), 30, "every primary to agree on the slots")

@@ -37,6 +37,7 @@ MIGRATE_CONNECTIONS = 32  # connections per node a step-by-step migration uses a
 SETSLOT_TIMEOUT_MS, SETSLOT_ATTEMPTS = 10_000, 3  # how long a node may wait for its replicas, and how often to ask
 MIGRATE_KEYS = 100  # keys per MIGRATE call
 MIGRATE_TIMEOUT_MS = 5000  # MIGRATE's own timeout for one batch of keys
+TURNED_REPLICA = ("only with masters", "master -> replica")  # a SETSLOT NODE refused, or ended, by a demotion
 MIGRATION_DONE, MIGRATION_FAILED = "success", ("failed", "cancelled")  # CLUSTER GETSLOTMIGRATIONS states
 
 
@@ -726,15 +727,22 @@ def _setslot(client: redis.Redis, slots: list[int], state: str, node_id: str, ti
     changing anything. So the wait is stated (TIMEOUT, where the engine takes it) and a refused slot is asked
     again. A node that has turned replica meanwhile refuses SETSLOT NODE: that is a source that lost its last
     slot (a primary left with none follows the node that took it, `cluster-allow-replica-migration`); it learns
-    the new owner from the cluster bus, so that refusal is fine."""
+    the new owner from the cluster bus, so that refusal is fine, and so is the error (or the closed connection)
+    of a SETSLOT NODE that was waiting for the replicas when the node turned replica."""
     pending = list(slots)
     for attempt in range(SETSLOT_ATTEMPTS):
         pipe = client.pipeline(transaction=False)
         for slot in pending:
             pipe.execute_command("CLUSTER", "SETSLOT", slot, state, node_id, *timeout)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except redis.ConnectionError:  # Valkey 8 may close it instead
+            if state == "NODE" and client.info("replication")["role"] == "slave":
+                return
+            raise
         refused = []
-        for slot, reply in zip(pending, pipe.execute(raise_on_error=False), strict=True):
-            if not isinstance(reply, Exception) or (state == "NODE" and "only with masters" in str(reply)):
+        for slot, reply in zip(pending, replies, strict=True):
+            if not isinstance(reply, Exception) or (state == "NODE" and any(w in str(reply) for w in TURNED_REPLICA)):
                 continue
             if not str(reply).startswith("NOREPLICAS") or attempt == SETSLOT_ATTEMPTS - 1:
                 raise reply

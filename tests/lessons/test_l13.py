@@ -413,6 +413,26 @@ def test_move_slot_rejects(bare, name):
         assert not rc.keys("lab:l13:*", target_nodes=rc.PRIMARIES)
 
 
+def test_move_slot_check_leaves_the_holders_with_the_greatest_config_epoch(bare):
+    """A target with the greatest epoch that claimed a slot (only SETSLOT NODE) has a claim in flight that would
+    take the slot back from its holder after the check: the check's tidy-up bumps each holder past it."""
+    target = sorted(bare.serving_primaries(), key=lambda n: n.port)[0]
+    epoch = {}
+    with target.client() as admin:
+        admin.execute_command("CLUSTER", "BUMPEPOCH")
+    for node in bare.serving_primaries():
+        with node.client() as admin:
+            epoch[node] = int(admin.cluster("info")["cluster_my_epoch"])
+    assert epoch[target] == max(epoch.values())
+    owners = lesson.slot_owners(bare)
+    holders = {owners[slot] for slot in lesson._exercise_keys(owners, target)}  # the check's slots stay there
+    lesson.check_move_slot(bare, only_setslot_node)
+    bare.wait_healthy()
+    for node in holders:
+        with node.client() as admin:
+            assert int(admin.cluster("info")["cluster_my_epoch"]) > epoch[target]
+
+
 def test_move_slot_accepts_the_protocol_on_a_cluster_with_replicas(c):
     """Since Valkey 8 each SETSLOT waits for the node's replicas: the reference must still pass where it does."""
     assert all(c.replicas_of(n) for n in c.serving_primaries())
