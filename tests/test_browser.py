@@ -168,24 +168,46 @@ def wait_for(page, locator, what: str) -> None:
 
 
 def run_until_rendered(page, widget, attempts: int = 3, first_wait_ms: int = SLOW_MS) -> int:
-    """Run All until `widget` shows (the first attempt waits `first_wait_ms`, the others SLOW_MS). A cell that
-    fails is reported at once. A run that stops with no error and no widget is started again on a reloaded
-    page: on a loaded machine JupyterLab can take a slow kernel for dead and restart it, cancelling the queued
-    cells; and a kernel connection refused while the kernel starts (jupyter_server answers 500, "no attribute
+    """Run All until `widget` is in the page (the first attempt waits `first_wait_ms`, the others SLOW_MS). A cell
+    that fails is reported at once. A run that stops short of the widget with no error is started again on a
+    reloaded page as soon as it stops: on a loaded machine JupyterLab can take a slow kernel for dead and restart
+    it, and a kernel connection refused while the kernel starts (jupyter_server answers 500, "no attribute
     'kernel_ws_protocol'", jupyter-server/jupyter_server#1265; seen in a fresh-clone `make test`) leaves the
-    page with no widget rendered until it is reloaded. Returns the attempts it took."""
+    page with no widget rendered until it is reloaded; both cancel the queued cells (seen: only the first cell
+    ran, the kernel idle). The widget is awaited in the page, not on screen: Run All scrolls on to the last
+    cell, and JupyterLab 4 does not lay out cells out of view (windowing mode `contentVisibility`), which
+    Playwright counts as hidden; the caller scrolls it into view. Returns the attempts it took."""
     for attempt in range(1, attempts + 1):
         start_lesson(page)
-        try:
-            widget.first.wait_for(timeout=first_wait_ms if attempt == 1 else SLOW_MS)
+        if rendered_or_stopped(page, widget, first_wait_ms if attempt == 1 else SLOW_MS):
             return attempt
-        except PlaywrightTimeout:
-            if errors_shown(page) or attempt == attempts:
-                wait_for(page, widget, "the widget")  # fails, saying what the page shows
-            page.reload()
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=SLOW_MS)
-            accept_dialogs(page)
+        if errors_shown(page) or attempt == attempts:
+            prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_text_contents()
+            raise AssertionError(f"Run All stopped with no widget rendered at attempt {attempt}; prompts {prompts}; "
+                                 f"errors shown: {errors_shown(page) or 'none'}")
+        page.reload()
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=SLOW_MS)
+        accept_dialogs(page)
     raise AssertionError("unreachable: the last attempt returns or fails")
+
+
+def rendered_or_stopped(page, widget, timeout_ms: int, stopped_for_s: float = 3) -> bool:
+    """True once `widget` is in the page; False once Run All has stopped short of it (the kernel idle with the
+    last cell not run, for `stopped_for_s` seconds running) or after `timeout_ms`."""
+    idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+    last_prompt = page.locator(".jp-CodeCell .jp-InputArea-prompt").last
+    deadline, stopped_since = time.monotonic() + timeout_ms / 1000, None
+    while time.monotonic() < deadline:
+        if widget.count():
+            return True
+        if idle.count() and (last_prompt.text_content() or "").strip() == "[ ]:":
+            stopped_since = stopped_since or time.monotonic()
+            if time.monotonic() - stopped_since >= stopped_for_s:
+                return False
+        else:
+            stopped_since = None
+        page.wait_for_timeout(250)
+    return False
 
 
 def start_lesson(page, attempts: int = 3) -> None:
@@ -219,6 +241,7 @@ def test_lesson_00_runs_in_jupyterlab_and_its_widget_renders(jupyterlab):
             widget = page.locator(".widget-vbox .widget-html", has_text="server ops/s")
             run_until_rendered(page, widget)  # the widget's view rendered (live, or already done)
             widget.evaluate("label => label.scrollIntoView({block: 'start'})")
+            widget.first.wait_for(timeout=SLOW_MS)  # on screen
             page.screenshot(path=str(SHOTS / "00_setup.png"))
             assert "ops/s" in widget.inner_text()
             wait_for(page, page.locator(".widget-vbox .widget-html", has_text="(done)"), "the widget's (done)")
